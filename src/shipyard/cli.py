@@ -1,0 +1,294 @@
+"""`shipyard <verb>`: a thin client of the daemon's API, plus the verbs that need no
+daemon (validate, schema, build, image verify). Every failure is one clear message and a
+non-zero exit code; every read verb takes --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shipyard.errors import ShipyardError
+from shipyard.paths import ENV_HOME, StatePaths
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Zero-downtime deploys for HTTP services on your own machines.")
+image_app = typer.Typer(no_args_is_help=True, help="Inspect images.")
+app.add_typer(image_app, name="image")
+out = Console()
+err = Console(stderr=True)
+
+StateDir = typer.Option(None, "--state-dir", envvar=ENV_HOME,
+                        help="State directory (default ~/.local/state/shipyard).")
+JsonOut = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _paths(state_dir: str | None) -> StatePaths:
+    return StatePaths.resolve(state_dir)
+
+
+def _client(state_dir: str | None):  # noqa: ANN202 - keeps the import lazy
+    from shipyard.client import ApiClient
+    return ApiClient(_paths(state_dir))
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _ts(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S") if t else "-"
+
+
+def _short(image: str | None) -> str:
+    return image[:12] if image else "-"
+
+
+# -- no daemon needed -------------------------------------------------------------------
+
+@app.command()
+def validate(file: Path = typer.Argument(..., help="The spec file.")) -> None:
+    """Check a spec file; print every problem with its file:line."""
+    from shipyard.spec import load_spec
+    spec = load_spec(file)
+    strategy = "blue_green" if spec.strategy.blue_green is not None else "canary"
+    out.print(f"[green]ok[/] {file}: service {spec.service}, {spec.replicas} replica(s), {strategy}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of shipyard.yaml (for editors)."""
+    from shipyard.spec import json_schema
+    _print_json(json_schema())
+
+
+@app.command()
+def build(file: Path = typer.Argument(..., help="The spec file."), state_dir: str | None = StateDir,
+          as_json: bool = JsonOut) -> None:
+    """Build the image of a spec into the local image store; print its id."""
+    import asyncio
+
+    from shipyard.building import build_input
+    from shipyard.images import ImageStore
+    from shipyard.spec import load_spec
+    spec = load_spec(file)
+    store = ImageStore(_paths(state_dir).ensure().images)
+    log = (lambda _line: None) if as_json else (lambda line: err.print(f"[dim]  {line}[/]", highlight=False))
+    image = asyncio.run(store.build(build_input(spec), log=log))
+    if as_json:
+        _print_json({"id": image.id, "service": image.service, "files": image.files, "size": image.size})
+    else:
+        out.print(f"image [bold]{image.id}[/] ({image.files} files, {image.size} bytes)")
+
+
+@app.command()
+def images(service: str | None = typer.Option(None, "--service", "-s"), state_dir: str | None = StateDir,
+           as_json: bool = JsonOut) -> None:
+    """List images in the local store, newest first."""
+    from shipyard.images import ImageStore
+    items = ImageStore(_paths(state_dir).ensure().images).list(service)
+    if as_json:
+        _print_json([{"id": i.id, "service": i.service, "created_at": i.created_at, "files": i.files,
+                      "size": i.size} for i in items])
+        return
+    t = Table("IMAGE", "SERVICE", "CREATED", "FILES", "SIZE")
+    for i in items:
+        t.add_row(_short(i.id), i.service, _ts(i.created_at), str(i.files), f"{i.size / 1024:.1f} KiB")
+    out.print(t)
+
+
+@image_app.command("verify")
+def image_verify(image_id: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Re-hash an image's tree against its manifest; exit 1 if anything changed."""
+    from shipyard.images import ImageStore
+    store = ImageStore(_paths(state_dir).ensure().images)
+    image = store.get(image_id)
+    store.materialize(image.id)
+    report = store.verify(image.id)
+    if as_json:
+        _print_json({"id": image.id, "ok": report.ok, "changed": report.changed, "missing": report.missing,
+                     "added": report.added})
+    elif report.ok:
+        out.print(f"[green]ok[/] image {image.id} matches its manifest")
+    else:
+        out.print(f"[red]modified[/] image {image.id}:\n{report.summary()}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+@app.command()
+def serve(state_dir: str | None = StateDir,
+          listen: str = typer.Option("127.0.0.1:0", help="API address; port 0 picks a free port.")) -> None:
+    """Run the daemon in the foreground: controller, supervisor, API."""
+    from shipyard.server.daemon import run
+    run(state_dir, listen)
+
+
+@app.command()
+def deploy(file: Path = typer.Option(..., "-f", "--file", help="The spec file."),
+           wait: bool = typer.Option(False, "--wait", help="Follow the rollout; exit 0 only if the release serves."),
+           state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Roll out the release described by a spec file (builds its image if needed)."""
+    from shipyard.spec import load_spec
+    load_spec(file)   # fail fast, with file:line, before talking to the daemon
+    client = _client(state_dir)
+    r = client.post("/v1/deploy", {"spec_path": str(file.resolve())})["rollout"]
+    if not wait:
+        _print_json(r) if as_json else out.print(f"rollout [bold]{r['id']}[/] started (phase {r['phase']})")
+        return
+    final = follow(client, r["id"], quiet=as_json)
+    if as_json:
+        _print_json(final)
+    if final["phase"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def follow(client: Any, rollout_id: str, quiet: bool = False) -> dict[str, Any]:
+    """Print a rollout's events as they happen until it ends; return its final state."""
+    since = 0
+    with out.status(f"rollout {rollout_id}", spinner="dots") as status:
+        while True:
+            doc = client.get(f"/v1/rollouts/{rollout_id}?since={since}")
+            r = doc["rollout"]
+            for e in doc["events"]:
+                since = e["id"]
+                if not quiet and e["kind"] != "build.log":
+                    out.print(f"[dim]{_ts(e['ts'])}[/] {e['message']}", highlight=False)
+            status.update(f"rollout {rollout_id}: {r['phase']}")
+            if r["phase"] in ("succeeded", "failed", "aborted"):
+                break
+            time.sleep(0.2)
+    if not quiet:
+        color = "green" if r["phase"] == "succeeded" else "red"
+        out.print(f"[{color}]{r['kind']} {r['id']} {r['phase']}[/]" + (f": {r['reason']}" if r["reason"] else ""),
+                  highlight=False)
+    return r
+
+
+@app.command()
+def status(service: str | None = typer.Argument(None), state_dir: str | None = StateDir,
+           as_json: bool = JsonOut) -> None:
+    """Live slot, image, instances and rollout of one or all services."""
+    client = _client(state_dir)
+    docs = [client.get(f"/v1/services/{service}")] if service else client.get("/v1/services")["services"]
+    if as_json:
+        _print_json(docs[0] if service else docs)
+        return
+    if not docs:
+        out.print("no services deployed yet (shipyard deploy -f FILE)")
+    for d in docs:
+        out.print(f"[bold]{d['service']}[/] on {d['listen']}: live slot [bold]{d['live_slot'] or '-'}[/] "
+                  f"image {_short(d['live_image'])}")
+        r = d["rollout"]
+        if r:
+            out.print(f"  rollout {r['id']} ({r['kind']}): [yellow]{r['phase']}[/] -> slot {r['target_slot']}")
+        t = Table("SLOT", "STATE", "IMAGE", "INSTANCE", "STATUS", "PID", "PORT")
+        for name, s in d["slots"].items():
+            insts = s["instances"] or [None]
+            for i in insts:
+                t.add_row(name, s["state"], _short(s["image"]), i["id"] if i else "-", i["status"] if i else "-",
+                          str(i["pid"]) if i else "-", str(i["port"]) if i else "-")
+        out.print(t)
+
+
+@app.command()
+def history(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Past rollouts of a service, newest first."""
+    rollouts = _client(state_dir).get(f"/v1/services/{service}/history")["rollouts"]
+    if as_json:
+        _print_json(rollouts)
+        return
+    t = Table("ROLLOUT", "KIND", "PHASE", "SLOT", "IMAGE", "STARTED", "REASON")
+    for r in rollouts:
+        t.add_row(r["id"], r["kind"], r["phase"], r["target_slot"], _short(r["image_id"]), _ts(r["created_at"]),
+                  r["reason"] or "")
+    out.print(t)
+
+
+@app.command()
+def promote(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Switch traffic to a release waiting for promotion."""
+    r = _client(state_dir).post(f"/v1/services/{service}/promote")["rollout"]
+    _print_json(r) if as_json else out.print(f"{r['id']}: {r['phase']}")
+    if r["phase"] not in ("succeeded", "switching"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Go back to the previous release: a switch while its slot is warm, else a redeploy."""
+    client = _client(state_dir)
+    r = client.post(f"/v1/services/{service}/rollback")["rollout"]
+    if r["phase"] not in ("succeeded", "failed", "aborted"):
+        r = follow(client, r["id"], quiet=as_json)
+    if as_json:
+        _print_json(r)
+    else:
+        out.print(f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r["reason"] else ""),
+                  highlight=False)
+    if r["phase"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(service: str, lines: int = typer.Option(50, "--lines", "-n"),
+         instance: str | None = typer.Option(None, "--instance", "-i"),
+         state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """The last lines of each live instance's log."""
+    q = f"?lines={lines}" + (f"&instance={instance}" if instance else "")
+    items = _client(state_dir).get(f"/v1/services/{service}/logs{q}")["logs"]
+    if as_json:
+        _print_json(items)
+        return
+    for item in items:
+        out.rule(f"{item['instance']} ({item['slot']}, {item['status']})")
+        sys.stdout.write(item["log"] + ("" if item["log"].endswith("\n") else "\n"))
+
+
+@app.command()
+def remove(service: str, state_dir: str | None = StateDir) -> None:
+    """Stop a service entirely (instances and router); its history is kept."""
+    _client(state_dir).request("DELETE", f"/v1/services/{service}")
+    out.print(f"service {service} removed")
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="Leave the daemon and service running."),
+         state_dir: str | None = typer.Option(None, "--state-dir", help="Default: a new temporary dir.")) -> None:
+    """Deploy the example shop blue-green under traffic, roll back, refuse a broken release."""
+    from shipyard.demo import run_demo
+    raise typer.Exit(run_demo(keep=keep, state_dir=state_dir))
+
+
+def main() -> None:
+    try:
+        rc = app(standalone_mode=False)
+    except ShipyardError as e:
+        err.print(f"[red]error:[/] {e.message}", highlight=False)
+        if e.hint:
+            err.print(f"  [dim]hint:[/] {e.hint}", highlight=False)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors and the like
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

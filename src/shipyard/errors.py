@@ -1,0 +1,58 @@
+"""Errors a user can hit. Each says what is wrong and what to do; the CLI prints them
+without a traceback and exits with `exit_code`."""
+
+from __future__ import annotations
+
+
+class ShipyardError(Exception):
+    """Base of every user-facing failure."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class SpecError(ShipyardError):
+    """The spec file is missing, unparsable or invalid."""
+
+    exit_code = 2
+
+
+class ImageError(ShipyardError):
+    """An image cannot be built, found or verified."""
+
+
+class ImageVerificationError(ImageError):
+    """An image tree no longer matches its manifest: it must not run."""
+
+
+class RuntimeFailure(ShipyardError):
+    """An instance could not be started or stopped."""
+
+
+class RouterError(ShipyardError):
+    """The router process cannot be reached or refused a table."""
+
+
+class ConflictError(ShipyardError):
+    """The request conflicts with work in progress (e.g. a rollout already running)."""
+
+    exit_code = 3
+
+
+class NotFoundError(ShipyardError):
+    """A service, image or rollout does not exist."""
+
+    exit_code = 4
+
+
+class DaemonUnavailable(ShipyardError):
+    """The CLI cannot reach the daemon."""
+
+    exit_code = 5

@@ -1,0 +1,76 @@
+"""Where the daemon keeps things: one state directory, found from --state-dir or SHIPYARD_HOME.
+
+Every process (daemon, CLI, router, tests) derives its file locations from here, so a
+single directory is the whole installation and a temporary one is a whole sandbox."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "SHIPYARD_HOME"
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "shipyard"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @classmethod
+    def resolve(cls, state_dir: str | Path | None = None) -> StatePaths:
+        return cls(Path(state_dir).expanduser().resolve() if state_dir else default_home().resolve())
+
+    @property
+    def db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def api(self) -> Path:
+        """JSON file with the daemon's API address and pid, written when it listens."""
+        return self.root / "api.json"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "daemon.log"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.instances / instance_id
+
+    @property
+    def routers(self) -> Path:
+        return self.root / "router"
+
+    def router_socket(self, service: str) -> Path:
+        return self.routers / f"{service}.sock"
+
+    def router_table(self, service: str) -> Path:
+        return self.routers / f"{service}.table.json"
+
+    def router_log(self, service: str) -> Path:
+        return self.routers / f"{service}.log"
+
+    def ensure(self) -> StatePaths:
+        for d in (self.root, self.images, self.instances, self.routers):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        return self

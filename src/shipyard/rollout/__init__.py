@@ -1,0 +1,1 @@
+"""Deciding: the rollout state machines (pure) and the controller that carries out their actions."""

@@ -1,0 +1,366 @@
+"""The controller: the only place that decides. It turns API commands into rollouts,
+drives each rollout's state machine by carrying out its actions, and persists every
+step so a restarted daemon resumes exactly where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from shipyard.building import build_input
+from shipyard.errors import ConflictError, NotFoundError, ShipyardError
+from shipyard.rollout import bluegreen
+from shipyard.rollout.model import (
+    AbortRequested,
+    Action,
+    BuildFailed,
+    BuildImage,
+    Built,
+    KeepWarm,
+    Kind,
+    Observation,
+    Phase,
+    PreviewFailed,
+    PreviewPassed,
+    PromoteRequested,
+    Rollout,
+    RunPreview,
+    SlotFailed,
+    SlotHealthy,
+    StartSlot,
+    Switched,
+    SwitchFailed,
+    SwitchTraffic,
+    TearDown,
+    other_slot,
+)
+from shipyard.rollout.preview import run_preview_checks
+from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
+from shipyard.rollout.supervisor import Supervisor
+from shipyard.spec import Spec, load_spec
+from shipyard.state.records import ServiceRecord, SlotState
+
+log = logging.getLogger("shipyard.controller")
+
+Command = PromoteRequested | AbortRequested
+
+
+class Controller:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.ops = SlotOps(deps)
+        self.supervisor = Supervisor(deps, self.ops)
+        self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
+        self._commands: dict[str, asyncio.Queue[Command]] = {}   # rollout id -> queue
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Re-adopt what survived the last daemon, then resume unfinished rollouts."""
+        for svc in self.d.store.list_services():
+            for inst, _status in self.d.store.instances(svc.name):
+                if self.d.runtime.is_alive(inst):
+                    self.ops.event(svc.name, "instance.adopted", f"re-adopted instance {inst.id} (pid {inst.pid})",
+                                   instance=inst.id)
+                else:
+                    self.d.store.set_instance_status(inst.id, "dead")
+                    self.ops.event(svc.name, "instance.lost", f"instance {inst.id} (pid {inst.pid}) is gone",
+                                   instance=inst.id)
+            try:
+                await self.d.router.ensure(svc.name, svc.listen)
+                async with self.ops.lock(svc.name):
+                    await self.ops.push_table(svc)
+            except ShipyardError as e:
+                self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
+        for r in self.d.store.active_rollouts():
+            doc = self.d.store.rollout_spec(r.id)
+            if doc is None:
+                self._finish_orphan(r, "its spec was not recorded")
+                continue
+            self.ops.event(r.service, "rollout.resumed", f"resuming rollout {r.id} in phase {r.phase}", r.id)
+            self._spawn(r, spec_from_doc(doc))
+        self.supervisor.start()
+
+    async def close(self) -> None:
+        """Stop deciding; instances and routers keep running (they are re-adopted next start)."""
+        await self.supervisor.stop()
+        tasks = list(self._drivers.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    # -- commands from the API ---------------------------------------------------------
+
+    async def deploy(self, spec_path: str, image_id: str | None = None) -> Rollout:
+        spec = load_spec(spec_path)
+        return await self._begin_deploy(spec, str(Path(spec_path).resolve()), image_id)
+
+    async def _begin_deploy(self, spec: Spec, spec_path: str, image_id: str | None,
+                            kind: Kind = Kind.DEPLOY) -> Rollout:
+        self._refuse_if_busy(spec.service)
+        svc = self.d.store.get_service(spec.service)
+        if svc is None:
+            self._refuse_listen_clash(spec)
+            svc = ServiceRecord(spec.service, spec.listen, spec_path)
+        elif svc.listen != spec.listen:
+            self._refuse_listen_clash(spec)
+        svc.spec_path = spec_path
+        self.d.store.put_service(svc)
+        await self.d.router.ensure(spec.service, svc.listen)
+        now = self.d.clock()
+        live = svc.active_slot
+        bg = spec.strategy.blue_green
+        r = Rollout(
+            id=f"{spec.service}-{self.d.store.next_rollout_seq(spec.service)}", service=spec.service, kind=kind,
+            phase=Phase.BUILDING if image_id is None else Phase.STARTING, target_slot=other_slot(live),
+            previous_slot=live, image_id=image_id, previous_image_id=svc.live.image_id if svc.live else None,
+            auto_promote=True if kind is Kind.ROLLBACK or bg is None else bg.auto_promote,
+            created_at=now, updated_at=now, phase_started_at=now)
+        self.d.store.put_rollout(r, spec.to_json_dict())
+        self.ops.event(spec.service, "rollout.created",
+                       f"{kind} {r.id}: new release goes to slot {r.target_slot}"
+                       + (f" (slot {live} keeps serving until the switch)" if live else ""), r.id)
+        self._spawn(r, spec)
+        return r
+
+    async def promote(self, service: str) -> Rollout:
+        r = self._active(service)
+        if r is None or r.phase is not Phase.AWAITING_PROMOTION:
+            where = f"rollout {r.id} is in phase {r.phase}" if r else "no rollout is in progress"
+            raise ConflictError(f"nothing to promote for {service}: {where}",
+                                "promote applies to a rollout waiting for promotion (auto_promote: false)")
+        await self._command(r, PromoteRequested())
+        return await self.wait(r.id, timeout=30)
+
+    async def rollback(self, service: str) -> Rollout:
+        """Abort a rollout that has not moved traffic; else switch back to the warm slot;
+        else redeploy the previous image."""
+        svc = self._service(service)
+        r = self._active(service)
+        if r is not None:
+            if r.phase is Phase.SWITCHING:
+                raise ConflictError(f"rollout {r.id} is switching traffic right now",
+                                    "run the rollback again in a moment")
+            await self._command(r, AbortRequested("rolled back by user before the switch"))
+            return await self.wait(r.id, timeout=120)
+        live = svc.active_slot
+        if live is None:
+            raise ConflictError(f"{service} has no live release to roll back")
+        other = other_slot(live)
+        warm = svc.slots[other]
+        if warm.state == SlotState.WARM and warm.image_id and warm.spec and self.supervisor.slot_ready(service, other):
+            spec = spec_from_doc(warm.spec, svc.spec_path)
+            self._refuse_if_busy(service)
+            now = self.d.clock()
+            r = Rollout(id=f"{service}-{self.d.store.next_rollout_seq(service)}", service=service,
+                        kind=Kind.ROLLBACK, phase=Phase.SWITCHING, target_slot=other, previous_slot=live,
+                        image_id=warm.image_id, previous_image_id=svc.live.image_id if svc.live else None,
+                        owns_target=False, created_at=now, updated_at=now, phase_started_at=now)
+            self.d.store.put_rollout(r, warm.spec)
+            self.ops.event(service, "rollout.created", f"rollback {r.id}: switching back to warm slot {other}", r.id)
+            self._spawn(r, spec)
+            return await self.wait(r.id, timeout=30)
+        if svc.previous_image_id and svc.previous_spec:
+            spec = spec_from_doc(svc.previous_spec, svc.spec_path)
+            return await self._begin_deploy(spec, svc.spec_path, svc.previous_image_id, Kind.ROLLBACK)
+        raise ConflictError(f"{service} has no previous release to roll back to",
+                            "rollback returns to the release that served before the live one")
+
+    async def remove(self, service: str) -> None:
+        """Stop a service entirely: its rollout, instances and router. History is kept."""
+        svc = self._service(service)
+        r = self._active(service)
+        if r is not None:
+            task = self._drivers.get(r.id)
+            if task:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            self.d.store.put_rollout(r.enter(Phase.ABORTED, self.d.clock(), "service removed"))
+        async with self.ops.lock(service):
+            svc.active_slot = None
+            self.d.store.put_service(svc)
+        for slot in ("blue", "green"):
+            await self.ops.teardown(service, slot, None, "service removed")
+        await self.d.router.stop(service)
+        self.d.store.delete_service(service)
+        self.ops.event(service, "service.removed", f"service {service} removed")
+
+    async def wait(self, rollout_id: str, timeout: float) -> Rollout:
+        task = self._drivers.get(rollout_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        r = self.d.store.get_rollout(rollout_id)
+        if r is None:
+            raise NotFoundError(f"no rollout {rollout_id}")
+        return r
+
+    # -- driving a rollout -------------------------------------------------------------
+
+    def _spawn(self, r: Rollout, spec: Spec) -> None:
+        self._commands[r.id] = asyncio.Queue()
+        task = asyncio.create_task(self._drive(r, spec), name=f"rollout {r.id}")
+        self._drivers[r.id] = task
+        task.add_done_callback(lambda _t, rid=r.id: (self._drivers.pop(rid, None), self._commands.pop(rid, None)))
+
+    async def _command(self, r: Rollout, cmd: Command) -> None:
+        q = self._commands.get(r.id)
+        if q is None:
+            raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
+        await q.put(cmd)
+
+    async def _drive(self, r: Rollout, spec: Spec) -> None:
+        queue = self._commands[r.id]
+        actions: list[Action] = bluegreen.entry_actions(r)
+        try:
+            while True:
+                observing: asyncio.Task[Observation] | None = None
+                for a in actions:
+                    if isinstance(a, KeepWarm | TearDown):
+                        await self._side_effect(r, spec, a)
+                    else:
+                        observing = asyncio.create_task(self._observe(r, spec, a))
+                if r.phase.terminal:
+                    break
+                r, actions = await self._next(r, observing, queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not leave a rollout hanging: record it and stop safely
+            log.exception("rollout %s crashed", r.id)
+            r, actions = bluegreen.step(r, AbortRequested(f"internal error: {e!r}"), self.d.clock())
+            self.d.store.put_rollout(r)
+            for a in actions:
+                with contextlib.suppress(Exception):
+                    await self._side_effect(r, spec, a)
+        self._record_end(r)
+
+    async def _next(self, r: Rollout, observing: asyncio.Task[Observation] | None,
+                    queue: asyncio.Queue[Command]) -> tuple[Rollout, list[Action]]:
+        """Wait for the running action's observation or a user command, whichever changes the rollout."""
+        while True:
+            getter = asyncio.create_task(queue.get())
+            waiting = {getter} | ({observing} if observing else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if observing in done:
+                getter.cancel()
+                obs = observing.result()
+            else:
+                obs = getter.result()
+            new, actions = bluegreen.step(r, obs, self.d.clock())
+            if new is r:
+                if observing in done:
+                    self.ops.event(r.service, "rollout.ignored", f"{type(obs).__name__} ignored in phase {r.phase}", r.id)
+                    observing = None
+                continue
+            if observing is not None and observing not in done:
+                observing.cancel()
+                with contextlib.suppress(BaseException):
+                    await observing
+            self.d.store.put_rollout(new)
+            self._record_phase(new, obs)
+            return new, actions
+
+    async def _observe(self, r: Rollout, spec: Spec, a: Action) -> Observation:
+        match a:
+            case BuildImage():
+                return await self._build(r, spec)
+            case StartSlot(slot=slot, image_id=image_id):
+                why = await self.ops.start_slot(spec, slot, image_id, r.id)
+                return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
+            case RunPreview(slot=slot):
+                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id))
+                return PreviewPassed() if why is None else PreviewFailed(why)
+            case SwitchTraffic(slot=slot):
+                try:
+                    await self.ops.switch(spec, slot, r.id)
+                except ShipyardError as e:
+                    return SwitchFailed(f"the router did not take the new table: {e.message}")
+                return Switched(slot)
+        raise AssertionError(f"not an observing action: {a}")
+
+    async def _side_effect(self, r: Rollout, spec: Spec, a: Action) -> None:
+        if isinstance(a, KeepWarm):
+            bg = spec.strategy.blue_green
+            delay = bg.scale_down_delay if bg is not None else 0.0
+            await self.ops.keep_warm(r.service, a.slot, delay, r.id)
+        elif isinstance(a, TearDown):
+            await self.ops.teardown(r.service, a.slot, r.id, f"rollout {r.id} {r.phase}")
+
+    async def _build(self, r: Rollout, spec: Spec) -> Observation:
+        self.ops.event(r.service, "build.started", f"building image for {spec.service}", r.id)
+        lines: list[str] = []
+        try:
+            image = await self.d.images.build(build_input(spec), log=lines.append)
+        except ShipyardError as e:
+            return BuildFailed(f"build failed: {e}")
+        finally:
+            if lines:
+                self.ops.event(r.service, "build.log", "\n".join(lines[-100:]), r.id)
+        svc = self.d.store.get_service(r.service)
+        live = svc.live.image_id if svc and svc.live else None
+        self.ops.event(r.service, "build.done", f"image {image.id[:12]} ({image.files} files)", r.id, image=image.id)
+        return Built(image.id, live)
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _record_phase(self, r: Rollout, obs: Observation) -> None:
+        detail = f": {r.reason}" if r.reason and r.phase.terminal else ""
+        self.ops.event(r.service, "rollout.phase", f"{r.id} -> {r.phase}{detail}", r.id,
+                       phase=str(r.phase), observation=type(obs).__name__)
+
+    def _record_end(self, r: Rollout) -> None:
+        self.ops.event(r.service, f"rollout.{r.phase}",
+                       f"{r.kind} {r.id} {r.phase}" + (f": {r.reason}" if r.reason else ""), r.id,
+                       phase=str(r.phase), timings=r.timings)
+
+    def _finish_orphan(self, r: Rollout, why: str) -> None:
+        self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock(), f"could not resume: {why}"))
+
+    def _active(self, service: str) -> Rollout | None:
+        rs = self.d.store.active_rollouts(service)
+        return rs[-1] if rs else None
+
+    def _refuse_if_busy(self, service: str) -> None:
+        r = self._active(service)
+        if r is not None:
+            raise ConflictError(
+                f"{service} already has a rollout in progress ({r.id}, phase {r.phase})",
+                f"wait for it (`shipyard status {service}`), promote it, or `shipyard rollback {service}` to abort it")
+
+    def _refuse_listen_clash(self, spec: Spec) -> None:
+        for other in self.d.store.list_services():
+            if other.name != spec.service and other.listen == spec.listen:
+                raise ConflictError(f"{spec.listen} is already the listen address of service {other.name}",
+                                    "give each service its own `listen` address")
+
+    def _service(self, service: str) -> ServiceRecord:
+        svc = self.d.store.get_service(service)
+        if svc is None:
+            raise NotFoundError(f"no service named {service!r}", "deploy it first: shipyard deploy -f FILE")
+        return svc
+
+    # -- reads for the API -------------------------------------------------------------
+
+    def status(self, service: str) -> dict[str, Any]:
+        svc = self._service(service)
+        active = self._active(service)
+        insts = self.d.store.instances(service)
+        return {
+            "service": svc.name, "listen": svc.listen, "live_slot": svc.active_slot,
+            "live_image": svc.live.image_id if svc.live else None, "table_version": svc.table_version,
+            "previous_image": svc.previous_image_id,
+            "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at,
+                             "instances": [dict(i.to_dict(), status=st) for i, st in insts if i.slot == name]}
+                      for name, s in svc.slots.items()},
+            "rollout": active.to_dict() if active else None,
+        }
+
+    def services(self) -> list[dict[str, Any]]:
+        return [self.status(s.name) for s in self.d.store.list_services()]
+

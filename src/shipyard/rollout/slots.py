@@ -1,0 +1,219 @@
+"""Operations on a service's two slots: start a release into one, switch traffic to it,
+keep the other warm, tear one down. The blue-green switch itself is `SlotOps.switch`.
+
+Shared by the rollout driver and the supervisor; every change to a service record and
+every table push happens here, under the service's lock, so the routing table is
+always rebuilt from one consistent view."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shipyard.errors import RuntimeFailure, ShipyardError
+from shipyard.rollout.traffic import build_table
+from shipyard.router.base import Router
+from shipyard.runtime.base import Instance, LaunchSpec, Runtime
+from shipyard.runtime.health import wait_healthy
+from shipyard.spec import Spec
+from shipyard.state.records import ServiceRecord, Slot, SlotState
+
+if TYPE_CHECKING:
+    from shipyard.images import ImageStore
+    from shipyard.paths import StatePaths
+    from shipyard.state.sqlite import SqliteStore
+
+@dataclass
+class Deps:
+    store: SqliteStore
+    images: ImageStore
+    runtime: Runtime
+    router: Router
+    paths: StatePaths
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    clock: Callable[[], float] = time.time
+
+
+class SlotOps:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
+
+    def event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
+              **data: Any) -> None:
+        self.d.store.add_event(service, kind, message, rollout_id, data or None)
+
+    # -- the routing table -----------------------------------------------------------
+
+    async def push_table(self, svc: ServiceRecord, spec: Spec | None = None) -> float:
+        """Rebuild the table from the record and the instances, push it; returns seconds taken.
+        Caller holds the service lock."""
+        t0 = time.perf_counter()
+        current = None
+        try:
+            current = await self.d.router.current(svc.name)
+        except ShipyardError:
+            current = None
+        version = max(svc.table_version, current.version if current else 0) + 1
+        sticky_header = sticky_cookie = None
+        if spec is not None and spec.strategy.canary is not None and spec.strategy.canary.sticky is not None:
+            sticky_header = spec.strategy.canary.sticky.header
+            sticky_cookie = spec.strategy.canary.sticky.cookie
+        table = build_table(svc, self.d.store.instances(svc.name), version, sticky_header, sticky_cookie)
+        await self.d.router.apply(table)
+        svc.table_version = version
+        self.d.store.put_service(svc)
+        return time.perf_counter() - t0
+
+    # -- instances -------------------------------------------------------------------
+
+    def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
+        image = self.d.images.get(image_id)
+        tree = self.d.images.verified_tree(image_id)        # refuses a tampered image
+        env = dict(image.env)
+        missing = [k for k in spec.run.secret_env if k not in self.d.env]
+        if missing:
+            raise RuntimeFailure(
+                f"secret {', '.join(missing)} for service {spec.service} is not set in the daemon's environment",
+                "export it in the environment of `shipyard serve` (e.g. an EnvironmentFile in its systemd unit)")
+        env.update({k: self.d.env[k] for k in spec.run.secret_env})
+        iid = f"{spec.service}-{slot}-{secrets.token_hex(3)}"
+        return LaunchSpec(instance_id=iid, service=spec.service, slot=slot, image_id=image_id, tree=tree,
+                          command=list(image.command), env=env, instance_dir=self.d.paths.instance_dir(iid))
+
+    async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None) -> Instance:
+        launch = self.launch_spec(spec, slot, image_id)
+        inst = await self.d.runtime.start(launch)
+        self.d.store.put_instance(inst, "starting")
+        self.event(spec.service, "instance.started", f"instance {inst.id} started (pid {inst.pid}, port {inst.port})",
+                   rollout_id, instance=inst.id, slot=slot)
+        return inst
+
+    async def wait_ready(self, spec: Spec, inst: Instance) -> tuple[bool, str]:
+        h = spec.health
+        return await wait_healthy(inst, path=h.path, interval=h.interval, timeout=h.timeout,
+                                  healthy_threshold=h.healthy_threshold, deadline_s=spec.health.start_timeout,
+                                  is_alive=self.d.runtime.is_alive, exit_code=self.d.runtime.exit_code)
+
+    async def stop_instance(self, inst: Instance, stop_timeout: float, reason: str,
+                            rollout_id: str | None = None) -> None:
+        self.d.store.set_instance_status(inst.id, "stopping")
+        await self.d.runtime.stop(inst, stop_timeout)
+        self.d.store.set_instance_status(inst.id, "stopped")
+        self.event(inst.service, "instance.stopped", f"instance {inst.id} stopped ({reason})", rollout_id,
+                   instance=inst.id, slot=inst.slot)
+
+    # -- slots -----------------------------------------------------------------------
+
+    async def start_slot(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None) -> str | None:
+        """Bring `spec.replicas` healthy instances of the image up in `slot`.
+        Returns None when healthy, else the reason it failed. Idempotent: instances of
+        the same image already running there (a resumed rollout) are kept."""
+        service = spec.service
+        async with self.lock(service):
+            svc = self.d.store.get_service(service)
+            assert svc is not None
+            old = svc.slots.get(slot, Slot())
+            if svc.active_slot == slot:
+                return f"slot {slot} is serving traffic; refusing to start a release into it"
+            if old.state == SlotState.WARM and old.image_id and old.image_id != image_id:
+                self.event(service, "slot.replaced",
+                           f"warm slot {slot} (image {old.image_id[:12]}) is replaced by the new release; "
+                           "a later rollback will start that image again", rollout_id)
+            svc.slots[slot] = Slot(SlotState.STARTING, image_id, spec.to_json_dict(), None)
+            self.d.store.put_service(svc)
+        keep: list[Instance] = []
+        for inst, _status in self.d.store.instances(service, slot):
+            if inst.image_id == image_id and self.d.runtime.is_alive(inst) and len(keep) < spec.replicas:
+                keep.append(inst)
+            else:
+                await self.stop_instance(inst, spec.run.stop_timeout, "not part of the new release", rollout_id)
+        async with self.lock(service):
+            svc = self.d.store.get_service(service)
+            assert svc is not None
+            await self.push_table(svc, spec)
+        try:
+            started = [await self.start_instance(spec, slot, image_id, rollout_id)
+                       for _ in range(spec.replicas - len(keep))]
+        except ShipyardError as e:
+            return f"could not start an instance: {e.message}"
+        results = await asyncio.gather(*(self.wait_ready(spec, i) for i in keep + started))
+        failures = [f"{i.id}: {why}" for i, (ok, why) in zip(keep + started, results, strict=True) if not ok]
+        if failures:
+            return f"slot {slot} did not become healthy: " + "; ".join(failures)
+        async with self.lock(service):
+            for i in keep + started:
+                self.d.store.set_instance_status(i.id, "healthy")
+                self.event(service, "instance.healthy", f"instance {i.id} is healthy", rollout_id, instance=i.id)
+            svc = self.d.store.get_service(service)
+            assert svc is not None
+            await self.push_table(svc, spec)
+        return None
+
+    async def switch(self, spec: Spec, slot: str, rollout_id: str | None) -> float:
+        """The blue-green switch: one table swap moves all unpinned traffic to `slot`.
+        Returns the seconds the swap took."""
+        async with self.lock(spec.service):
+            svc = self.d.store.get_service(spec.service)
+            assert svc is not None
+            before = svc.active_slot
+            if before and before != slot:
+                prev = svc.slots[before]
+                svc.previous_image_id, svc.previous_spec = prev.image_id, prev.spec
+                svc.slots[before] = Slot(SlotState.WARM, prev.image_id, prev.spec, None)
+            target = svc.slots[slot]
+            svc.slots[slot] = Slot(SlotState.LIVE, target.image_id, target.spec or spec.to_json_dict(), None)
+            svc.active_slot = slot
+            svc.listen = spec.listen
+            seconds = await self.push_table(svc, spec)
+        self.event(spec.service, "traffic.switched",
+                   f"traffic switched to slot {slot} (image {(svc.slots[slot].image_id or '')[:12]}) "
+                   f"in {seconds * 1000:.1f} ms", rollout_id, slot=slot, seconds=seconds)
+        return seconds
+
+    async def keep_warm(self, service: str, slot: str, delay: float, rollout_id: str | None) -> None:
+        async with self.lock(service):
+            svc = self.d.store.get_service(service)
+            assert svc is not None
+            s = svc.slots[slot]
+            if s.state != SlotState.WARM:
+                return
+            s.retire_at = self.d.clock() + delay
+            self.d.store.put_service(svc)
+        self.event(service, "slot.warm", f"slot {slot} stays warm for {delay:g}s so rollback is a switch",
+                   rollout_id, slot=slot, retire_at=s.retire_at)
+        if delay <= 0:
+            await self.teardown(service, slot, rollout_id, "scale_down_delay is 0")
+
+    async def teardown(self, service: str, slot: str, rollout_id: str | None, reason: str) -> None:
+        """Stop every instance of a slot that does not serve traffic. The live slot is never
+        torn down. Its instances leave the table before they are signalled."""
+        async with self.lock(service):
+            svc = self.d.store.get_service(service)
+            if svc is None or svc.active_slot == slot:
+                return
+            spec_doc = svc.slots[slot].spec
+            svc.slots[slot] = Slot()
+            insts = [i for i, _ in self.d.store.instances(service, slot)]
+            for i in insts:
+                self.d.store.set_instance_status(i.id, "stopping")
+            self.d.store.put_service(svc)
+            await self.push_table(svc)
+        stop_timeout = spec_from_doc(spec_doc).run.stop_timeout if spec_doc else 10.0
+        await asyncio.gather(*(self.stop_instance(i, stop_timeout, reason, rollout_id) for i in insts))
+        self.event(service, "slot.torn_down", f"slot {slot} torn down ({reason})", rollout_id, slot=slot)
+
+
+def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:
+    """A spec as stored with a slot or a rollout (its json form)."""
+    base = Path(spec_path).parent if spec_path else Path("/")
+    return Spec.from_json_dict(doc, base)

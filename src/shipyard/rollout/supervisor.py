@@ -1,0 +1,178 @@
+"""Keeps what was decided true while no rollout is running: instances of the live and
+warm slots are probed, a dead or unhealthy one leaves the table and is replaced, warm
+slots retire when their time is up, and a dead router is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from shipyard.errors import ShipyardError
+from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
+from shipyard.runtime.base import Instance
+from shipyard.runtime.health import probe
+from shipyard.spec import Spec
+from shipyard.state.records import ServiceRecord, SlotState
+
+log = logging.getLogger("shipyard.supervisor")
+
+TICK = 0.25
+ROUTER_CHECK_EVERY = 1.0
+
+
+class Supervisor:
+    def __init__(self, deps: Deps, ops: SlotOps) -> None:
+        self.d = deps
+        self.ops = ops
+        self._task: asyncio.Task[None] | None = None
+        self._fails: dict[str, int] = {}
+        self._oks: dict[str, int] = {}
+        self._next_probe: dict[str, float] = {}
+        self._replacing: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
+        self._retiring: set[tuple[str, str]] = set()
+        self._router_checked: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="supervisor")
+
+    async def stop(self) -> None:
+        tasks = [t for ts in self._replacing.values() for t in ts]
+        if self._task:
+            tasks.append(self._task)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    def slot_ready(self, service: str, slot: str) -> bool:
+        """A warm slot can take traffic back only if a process of it is alive and healthy."""
+        return any(st == "healthy" and self.d.runtime.is_alive(i)
+                   for i, st in self.d.store.instances(service, slot))
+
+    async def _loop(self) -> None:
+        while True:
+            for svc in self.d.store.list_services():
+                try:
+                    await self._tick(svc)
+                except ShipyardError as e:
+                    self.ops.event(svc.name, "supervisor.error", e.message)
+                except Exception:
+                    log.exception("supervisor tick for %s failed", svc.name)
+            await asyncio.sleep(TICK)
+
+    async def _tick(self, svc: ServiceRecord) -> None:
+        now = time.monotonic()
+        if now - self._router_checked.get(svc.name, 0.0) >= ROUTER_CHECK_EVERY:
+            self._router_checked[svc.name] = now
+            await self._check_router(svc)
+        changed = False
+        for slot_name, slot in svc.slots.items():
+            if slot.state not in (SlotState.LIVE, SlotState.WARM) or not slot.spec or not slot.image_id:
+                continue
+            if slot.state == SlotState.WARM and slot.retire_at and slot.retire_at <= self.d.clock():
+                self._retire(svc.name, slot_name)
+                continue
+            spec = spec_from_doc(slot.spec, svc.spec_path)
+            changed |= await self._watch_slot(spec, slot_name, slot.image_id)
+        if changed:
+            async with self.ops.lock(svc.name):
+                fresh = self.d.store.get_service(svc.name)
+                if fresh is not None:
+                    await self.ops.push_table(fresh)
+
+    async def _check_router(self, svc: ServiceRecord) -> None:
+        await self.d.router.ensure(svc.name, svc.listen)
+        table = await self.d.router.current(svc.name)
+        if table is None or table.version < svc.table_version:
+            async with self.ops.lock(svc.name):
+                fresh = self.d.store.get_service(svc.name)
+                if fresh is not None:
+                    await self.ops.push_table(fresh)
+                    self.ops.event(svc.name, "router.restored", "router had an older table; current table pushed")
+
+    async def _watch_slot(self, spec: Spec, slot: str, image_id: str) -> bool:
+        """Probe due instances, drop the dead and unhealthy, start replacements. True if
+        the set of routable instances changed."""
+        service = spec.service
+        h = spec.health
+        changed = False
+        insts = [(i, st) for i, st in self.d.store.instances(service, slot) if st in ("healthy", "unhealthy")]
+        due: list[Instance] = []
+        for inst, _st in insts:
+            if not self.d.runtime.is_alive(inst):
+                self.d.store.set_instance_status(inst.id, "dead")
+                self.ops.event(service, "instance.died", f"instance {inst.id} (pid {inst.pid}) exited; replacing it",
+                               instance=inst.id, slot=slot)
+                self._forget(inst.id)
+                changed = True
+            elif time.monotonic() >= self._next_probe.get(inst.id, 0.0):
+                due.append(inst)
+        results = await asyncio.gather(*(probe(i.host, i.port, h.path, h.timeout) for i in due))
+        status = dict((i.id, st) for i, st in insts)
+        for inst, res in zip(due, results, strict=True):
+            self._next_probe[inst.id] = time.monotonic() + h.interval
+            if res.ok:
+                self._oks[inst.id] = self._oks.get(inst.id, 0) + 1
+                self._fails[inst.id] = 0
+            else:
+                self._fails[inst.id] = self._fails.get(inst.id, 0) + 1
+                self._oks[inst.id] = 0
+            if status[inst.id] == "healthy" and self._fails[inst.id] >= h.unhealthy_threshold:
+                self.ops.event(service, "instance.unhealthy",
+                               f"instance {inst.id} failed {h.unhealthy_threshold} health checks "
+                               f"({res.error or res.status}); replacing it", instance=inst.id, slot=slot)
+                self.d.store.set_instance_status(inst.id, "unhealthy")
+                self._forget(inst.id)
+                changed = True
+                asyncio.create_task(self.ops.stop_instance(inst, spec.run.stop_timeout, "unhealthy"))
+        alive = sum(1 for i, st in self.d.store.instances(service, slot) if st in ("healthy", "starting"))
+        pending = self._replacing.setdefault((service, slot), set())
+        missing = spec.replicas - alive - len([t for t in pending if not t.done()])
+        for _ in range(max(0, missing)):
+            t = asyncio.create_task(self._replace(spec, slot, image_id))
+            pending.add(t)
+            t.add_done_callback(pending.discard)
+        return changed
+
+    async def _replace(self, spec: Spec, slot: str, image_id: str) -> None:
+        try:
+            inst = await self.ops.start_instance(spec, slot, image_id)
+        except ShipyardError as e:
+            self.ops.event(spec.service, "instance.replace_failed", f"could not replace an instance of {slot}: {e}")
+            await asyncio.sleep(spec.health.interval)
+            return
+        ok, why = await self.ops.wait_ready(spec, inst)
+        if not ok:
+            self.ops.event(spec.service, "instance.replace_failed", f"replacement {inst.id} not healthy: {why}")
+            await self.ops.stop_instance(inst, spec.run.stop_timeout, "replacement never became healthy")
+            return
+        async with self.ops.lock(spec.service):
+            svc = self.d.store.get_service(spec.service)
+            if svc is None or svc.slots[slot].image_id != image_id:
+                await self.ops.stop_instance(inst, spec.run.stop_timeout, "slot changed while replacing")
+                return
+            self.d.store.set_instance_status(inst.id, "healthy")
+            await self.ops.push_table(svc)
+        self.ops.event(spec.service, "instance.replaced", f"replacement {inst.id} is healthy and routed",
+                       instance=inst.id, slot=slot)
+
+    def _retire(self, service: str, slot: str) -> None:
+        key = (service, slot)
+        if key in self._retiring:
+            return
+        self._retiring.add(key)
+
+        async def run() -> None:
+            try:
+                await self.ops.teardown(service, slot, None, "scale_down_delay elapsed; rollback now redeploys")
+            finally:
+                self._retiring.discard(key)
+        asyncio.create_task(run())
+
+    def _forget(self, iid: str) -> None:
+        self._fails.pop(iid, None)
+        self._oks.pop(iid, None)
+        self._next_probe.pop(iid, None)

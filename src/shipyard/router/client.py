@@ -1,0 +1,304 @@
+"""A client connection to the data plane: HTTP/1.1 parsing, keep-alive, pipelining, timeouts.
+
+It rewrites each request head for the instance (hop-by-hop headers out,
+X-Forwarded-* in) and hands it to an Exchange; exchanges run one at a time per
+connection, in order. The connection outlives any table swap: only the next
+request looks at the new table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from shipyard.router.exchange import (
+    H_CONN,
+    H_COOKIE,
+    H_DROP,
+    H_HOST,
+    H_TE,
+    H_TRACK,
+    H_XFF,
+    HOP,
+    P_BUFFER,
+    P_PIPELINE,
+    P_UPSTREAM,
+    Exchange,
+    connection_tokens,
+    error_response,
+    without_names,
+)
+from shipyard.router.table import TRACK_HEADER
+
+if TYPE_CHECKING:
+    from shipyard.router.proxy import ProxyServer
+
+log = logging.getLogger("shipyard.router")
+
+MAX_HEAD = 64 * 1024
+REQUEST_HEADERS = {**HOP, b"host": H_HOST, b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_DROP,
+                   b"x-forwarded-host": H_DROP, TRACK_HEADER.encode(): H_TRACK, b"cookie": H_COOKIE}
+"""Request headers the router acts on; any other header is relayed as is."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs their exchanges in order, keeps alive."""
+
+    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "active",
+                 "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
+                 "eof", "closed")
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.peer = b""
+        self.url = b""
+        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.in_head = False
+        self.active: Exchange | None = None
+        """The exchange whose response is being produced; others wait in `queue` (pipelining)."""
+        self.queue: deque[Exchange] | None = None
+        self.reading: Exchange | None = None
+        """The exchange whose request body is being read (differs from `active` when pipelining)."""
+        self.paused = 0
+        self.write_paused = False
+        self.write_paused_at = 0.0
+        self.deadline = 0.0
+        self.draining = self.eof = self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b""
+        server = self.server
+        server.clients.add(self)
+        self.in_head = True
+        self.deadline = server.clock + server.client_head_timeout
+        if server.draining:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        if self.active is None and self.reading is None:
+            if not self.in_head:
+                self.in_head = True
+                self.head_size = 0
+                self.deadline = server.clock + server.client_head_timeout
+            self.head_size += len(data)  # an upper bound: the chunk may also hold body bytes
+        else:
+            self.deadline = server.clock + server.client_idle_timeout
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:  # Upgrade is stripped: what follows is a new request
+            self.parser = HttpRequestParser(self)
+            rest = data[e.args[0]:]
+            if rest and not self.closed:
+                self.data_received(rest)
+            return
+        except HttpParserCallbackError:  # a bug of ours, not a bad request: make it visible
+            log.exception("internal error while relaying a request")
+            self.abort()
+            return
+        except HttpParserError as e:
+            self._reject(400, f"bad request ({e})")
+            return
+        if self.in_head and self.head_size > MAX_HEAD:
+            self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
+
+    def eof_received(self) -> bool:
+        if self.active is None:
+            return False
+        self.eof = True  # half-closed: answer what was asked, then close
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.clients.discard(self)
+        ex = self.active
+        if ex is not None:
+            self.active = None
+            ex.abort()
+        if self.queue:
+            for q in self.queue:
+                q.abort()
+            self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_paused_at = self.server.clock
+        ex = self.active
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.hdrs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.closed:  # pipelined after a request that closed the connection
+            return
+        p = self.parser
+        hdrs, self.hdrs = self.hdrs, []
+        url, self.url = self.url, b""
+        if self.head_size > MAX_HEAD and len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
+            self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
+            return
+        method = p.get_method()
+        out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
+        host = xff = override = cookies = None
+        chunked = False
+        drop = None
+        for name, value in hdrs:
+            code = REQUEST_HEADERS.get(name.lower())
+            if code is not None:
+                if code == H_HOST:
+                    host = value
+                elif code == H_TRACK:
+                    override = value
+                elif code == H_COOKIE:
+                    cookies = value if cookies is None else cookies + b"; " + value
+                elif code == H_XFF:
+                    xff = value if xff is None else xff + b", " + value
+                    continue
+                elif code == H_TE:
+                    chunked = chunked or b"chunked" in value.lower()
+                    continue
+                elif code == H_CONN:
+                    drop = connection_tokens(value, drop)
+                    continue
+                else:
+                    continue
+            elif name[:6].lower() == b"proxy-":
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        if drop:
+            out = out[:1] + without_names(out[1:], drop)
+        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n"
+                   % (xff + b", " + self.peer if xff else self.peer))
+        if host is not None:
+            out.append(b"X-Forwarded-Host: %s\r\n" % host)
+        else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one
+            out.append(b"Host: %s\r\n" % self.server.listen.encode())
+        if chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        out.append(b"\r\n")
+        ex = Exchange(self, b"".join(out), chunked, p.should_keep_alive(), p.get_http_version() == "1.0",
+                      method == b"HEAD", override, hdrs, cookies)
+        self.reading = ex
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(ex)
+            self.pause(P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.reading
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.reading
+        self.reading = None
+        if ex is not None:
+            if ex is self.active:
+                self.deadline = 0.0  # now the instance's response timeout applies
+            ex.request_complete()
+
+    # -- used by exchanges and the server --------------------------------------------------
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if ex is not self.active:
+            return
+        self.active = None
+        self.resume(P_BUFFER | P_UPSTREAM)
+        if ex.close_after or self.draining or self.eof:
+            self.close()
+            return
+        server = self.server
+        q = self.queue
+        if q:
+            nxt = self.active = q.popleft()
+            if not q:
+                self.resume(P_PIPELINE)
+            self.deadline = server.clock + server.client_idle_timeout if self.reading is nxt else 0.0
+            nxt.start()
+        else:
+            self.in_head = False
+            self.deadline = server.clock + server.client_idle_timeout
+
+    def pause(self, why: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self.paused |= why
+
+    def resume(self, why: int) -> None:
+        if self.paused & why:
+            self.paused &= ~why
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the sweeper: client idle/head/body timeouts and the instance's 504."""
+        server = self.server
+        if self.deadline and now > self.deadline and not self.paused:
+            if self.active is None and self.reading is None:
+                self.close()
+            else:
+                self.abort()
+            return
+        if self.write_paused and now - self.write_paused_at > server.client_idle_timeout:
+            self.abort()  # the client stopped reading its response
+            return
+        ex = self.active
+        if ex is not None and ex.conn is not None and ex.req_done and not ex.done:
+            conn = ex.conn
+            if conn.seen or conn.read_paused:
+                conn.seen = False
+                ex.deadline = now + server.response_timeout
+            elif ex.deadline and now > ex.deadline:
+                ex.timeout()
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.active is None and self.reading is None:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.closed = True
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def _reject(self, status: int, message: str) -> None:
+        """The request cannot be parsed: answer if nothing else is in progress, then close."""
+        if self.closed:
+            return
+        if self.active is not None:
+            self.abort()
+            return
+        self.transport.write(error_response(status, message, b"Connection: close\r\n"))  # type: ignore
+        self.close()

@@ -1,0 +1,284 @@
+"""The router's control socket: how the daemon pushes tables and reads metrics.
+
+Newline-delimited JSON over a unix stream socket (mode 0600), one response per
+request, several requests per connection. Modelled on HAProxy's Runtime API: the
+data plane never restarts to change its routing, so no client connection is ever
+dropped by a deploy. A table is persisted (atomically) before it is served, so a
+router restarted after a crash comes back with exactly the table it last served.
+
+Server side: `ControlService` (the ops) and `serve_control` (the socket).
+Client side: `RouterControlClient`, used by the daemon's `EmbeddedRouter`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from shipyard.errors import RouterError
+from shipyard.router.table import RoutingTable
+
+log = logging.getLogger("shipyard.router")
+
+MAX_LINE = 16 * 1024 * 1024
+"""A table of a large fleet is still far below this; anything bigger is a bug."""
+
+
+class DataPlane(Protocol):
+    """What the control service needs from the proxy (proxy.ProxyServer)."""
+
+    service: str
+    listen: str
+    has_table: bool
+
+    @property
+    def table(self) -> RoutingTable: ...
+
+    def swap(self, table: RoutingTable) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+# -- the persisted table -----------------------------------------------------------
+
+
+def save_table(path: Path, table: RoutingTable) -> None:
+    """Write temp file, fsync, rename, fsync dir: a crash leaves the old or the new table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(table.to_dict(), indent=1, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load_table(path: Path, service: str) -> RoutingTable | None:
+    """The last persisted table, or None (missing, unreadable or for another service)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.error("cannot read table %s: %s; starting with an empty table", path, e.strerror)
+        return None
+    try:
+        table = RoutingTable.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as e:
+        log.error("table %s is invalid (%s); starting with an empty table", path, e)
+        return None
+    if table.service != service:
+        log.error("table %s is for service %s, not %s; ignoring it", path, table.service, service)
+        return None
+    return table
+
+
+# -- server side -----------------------------------------------------------------
+
+
+class ControlService:
+    """The ops of the control protocol, independent of the socket that carries them."""
+
+    def __init__(self, plane: DataPlane, table_path: Path, on_shutdown: Callable[[], None]) -> None:
+        self.plane = plane
+        self.table_path = table_path
+        self.on_shutdown = on_shutdown
+
+    def handle(self, request: Any) -> tuple[dict[str, Any], bool]:
+        """Answer one request; the flag asks the caller to shut down after replying."""
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            return _error('a request is a JSON object with an "op" field'), False
+        op = request["op"]
+        if op == "ping":
+            p = self.plane
+            return {"ok": True, "pid": os.getpid(), "service": p.service, "listen": p.listen,
+                    "version": p.table.version}, False
+        if op == "set_table":
+            return self._set_table(request.get("table")), False
+        if op == "get_table":
+            return {"ok": True, "table": self.plane.table.to_dict() if self.plane.has_table else None}, False
+        if op == "stats":
+            return {"ok": True, "stats": self.plane.stats()}, False
+        if op == "shutdown":
+            return {"ok": True}, True
+        return _error(f"unknown op {op!r} (expected ping, set_table, get_table, stats or shutdown)"), False
+
+    def _set_table(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            return _error('set_table needs a "table" object')
+        try:
+            table = RoutingTable.from_dict(raw)
+        except (KeyError, ValueError, TypeError) as e:
+            return _error(f"invalid table: {e}")
+        plane = self.plane
+        if table.service != plane.service:
+            return _error(f"the table is for service {table.service!r} but this router serves {plane.service!r}")
+        for track, ups in table.tracks.items():
+            for u in ups:
+                if not 0 < u.port < 65536 or not u.host:
+                    return _error(f"invalid address {u.host}:{u.port} for {u.id} in track {track!r}")
+        if plane.has_table and table.version < plane.table.version:
+            return _error(f"stale table: version {table.version} is older than the served version "
+                          f"{plane.table.version}")
+        try:
+            save_table(self.table_path, table)
+        except OSError as e:
+            return _error(f"cannot persist the table to {self.table_path}: {e.strerror or e}")
+        plane.swap(table)
+        return {"ok": True, "version": table.version}
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        shutdown = False
+        try:
+            while not shutdown:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE: the stream is no longer framed
+                    writer.write(_line(_error(f"request longer than {MAX_LINE} bytes")))
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    request = json.loads(line)
+                except ValueError as e:
+                    response = _error(f"invalid JSON: {e}")
+                else:
+                    try:
+                        response, shutdown = self.handle(request)
+                    except Exception as e:  # a bug must not kill the control socket
+                        log.exception("control request failed")
+                        response = _error(f"internal error: {e}")
+                writer.write(_line(response))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            if shutdown:
+                self.on_shutdown()
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+async def claim_socket(path: Path) -> None:
+    """Remove a stale socket file; refuse if a live router still answers on it."""
+    if not os.path.lexists(path):
+        return
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+    except (OSError, TimeoutError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    writer.close()
+    raise RouterError(f"another router already answers on {path}",
+                      hint="stop it first (shipyard stops it when the service is removed)")
+
+
+async def serve_control(path: Path, service: ControlService) -> asyncio.AbstractServer:
+    """Listen on `path` (call claim_socket first); the socket is 0600 from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(service.serve_connection, str(path), limit=MAX_LINE)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+def remove_socket(path: Path, inode: int) -> None:
+    """Remove our socket file unless a newer router already replaced it."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+# -- client side -----------------------------------------------------------------
+
+
+class RouterControlClient:
+    """Talks to one router's control socket; every failure is a RouterError saying what to do."""
+
+    def __init__(self, sock_path: str | Path, timeout: float = 5.0) -> None:
+        self.sock_path = Path(sock_path)
+        self.timeout = timeout
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._call({"op": "ping"})
+
+    async def set_table(self, table: RoutingTable) -> int:
+        """Returns once the router persisted and serves `table`."""
+        return int((await self._call({"op": "set_table", "table": table.to_dict()}))["version"])
+
+    async def get_table(self) -> RoutingTable | None:
+        raw = (await self._call({"op": "get_table"})).get("table")
+        return RoutingTable.from_dict(raw) if raw else None
+
+    async def stats(self) -> dict[str, Any]:
+        return dict((await self._call({"op": "stats"}))["stats"])
+
+    async def shutdown(self) -> None:
+        await self._call({"op": "shutdown"})
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        path, op = self.sock_path, request["op"]
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
+                writer.write(_line(request))
+                await writer.drain()
+                line = await reader.readline()
+        except FileNotFoundError:
+            raise RouterError(f"no router control socket at {path}",
+                              hint="the router is not running; the daemon starts it (shipyard serve)") from None
+        except ConnectionRefusedError:
+            raise RouterError(f"nothing answers on the router control socket {path} (the router is gone)",
+                              hint="the daemon restarts it; check the router log next to the socket") from None
+        except TimeoutError:
+            raise RouterError(f"the router did not answer {op} on {path} within {self.timeout:g}s",
+                              hint="it may be hung; check the router log next to the socket") from None
+        except (OSError, ValueError) as e:
+            raise RouterError(f"cannot talk to the router on {path}: {getattr(e, 'strerror', None) or e}",
+                              hint="check the router log next to the socket") from None
+        finally:
+            if writer is not None:
+                writer.close()
+        if not line:
+            raise RouterError(f"the router closed {path} without answering {op}",
+                              hint="it may have crashed; check the router log next to the socket")
+        try:
+            response = json.loads(line)
+        except ValueError:
+            raise RouterError(f"the router sent an unreadable answer to {op}") from None
+        if not isinstance(response, dict) or not response.get("ok"):
+            error = response.get("error") if isinstance(response, dict) else response
+            raise RouterError(f"the router refused {op}: {error}")
+        return response

@@ -1,0 +1,252 @@
+"""The daemon's handle on embedded routers: one `shipyard.router.proxy` process per service.
+
+The router is a separate session so it outlives the daemon and keeps serving its
+last table; the daemon re-adopts it through its control socket on restart, and
+`ensure` (called periodically) restarts a dead one, which reloads its persisted
+table. Nothing here is on the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import RouterError
+from shipyard.paths import StatePaths
+from shipyard.router.control import RouterControlClient
+from shipyard.router.table import RoutingTable
+
+START_TIMEOUT = 5.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_BYTES = 4096
+
+
+def normalize_listen(listen: str) -> str:
+    """'localhost:08080' and 'localhost:8080' are the same address for adoption purposes."""
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise RouterError(f"listen address {listen!r} is not HOST:PORT",
+                          hint="write it like 127.0.0.1:8080 in the spec's `listen`")
+    return f"{host}:{int(port)}"
+
+
+class EmbeddedRouter:
+    """Implements router.base.Router with the embedded data plane."""
+
+    def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
+        self.paths = paths
+        self.python = python
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        """Routers this object started: polled so that none is left a zombie."""
+        self._ensuring: dict[str, asyncio.Lock] = {}
+        """One ensure at a time per service: two concurrent callers would otherwise both
+        find no router, and the second would terminate the one the first just started."""
+
+    # -- Router protocol ------------------------------------------------------------
+
+    async def ensure(self, service: str, listen: str) -> None:
+        async with self._ensuring.setdefault(service, asyncio.Lock()):
+            await self._ensure(service, listen)
+
+    async def _ensure(self, service: str, listen: str) -> None:
+        self._reap()
+        want = normalize_listen(listen)
+        self.paths.routers.mkdir(parents=True, exist_ok=True)
+        info = await self._ping(service)
+        if info is not None:
+            if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
+                self._write_pid(service, int(info["pid"]), want)
+                return
+            await self.stop(service)  # it listens elsewhere: the spec's `listen` changed
+        else:
+            await self._terminate(service, self._pid_from_file(service))  # alive but mute, if any
+        await self._start(service, want)
+
+    async def apply(self, table: RoutingTable) -> None:
+        try:
+            await self._client(table.service).set_table(table)
+        except RouterError as e:
+            raise RouterError(f"cannot apply table version {table.version} to the router for "
+                              f"{table.service}: {e.message}", e.hint) from None
+
+    async def current(self, service: str) -> RoutingTable | None:
+        return await self._client(service).get_table()
+
+    async def stats(self, service: str) -> dict[str, Any]:
+        return await self._client(service).stats()
+
+    async def stop(self, service: str) -> None:
+        """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s."""
+        self._reap()
+        pid = None
+        try:
+            client = self._client(service)
+            pid = int((await client.ping())["pid"])
+            await client.shutdown()
+        except RouterError:
+            await self._terminate(service, self._pid_from_file(service))
+        else:
+            if not await self._wait_exit(pid, STOP_TIMEOUT):
+                self._kill(pid)
+                await self._wait_exit(pid, 2.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file(service).unlink()
+
+    # -- files ------------------------------------------------------------------------
+
+    def pid_file(self, service: str) -> Path:
+        return self.paths.routers / f"{service}.pid"
+
+    def _client(self, service: str, timeout: float = 5.0) -> RouterControlClient:
+        return RouterControlClient(self.paths.router_socket(service), timeout)
+
+    def _write_pid(self, service: str, pid: int, listen: str) -> None:
+        data = json.dumps({"pid": pid, "start_time": _start_time(pid), "listen": listen})
+        tmp = self.pid_file(service).with_suffix(".pid.tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self.pid_file(service))
+
+    def _pid_from_file(self, service: str) -> int | None:
+        """The recorded router pid if that very process (same start time, a router) still runs."""
+        try:
+            d = json.loads(self.pid_file(service).read_text())
+            pid, started = int(d["pid"]), d.get("start_time")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if started is not None and _start_time(pid) != started:
+            return None
+        return pid if _is_router(pid, self.paths.router_socket(service)) else None
+
+    # -- processes ----------------------------------------------------------------------
+
+    async def _ping(self, service: str) -> dict[str, Any] | None:
+        try:
+            return await self._client(service).ping()
+        except RouterError:
+            return None
+
+    async def _start(self, service: str, listen: str) -> None:
+        log_path = self.paths.router_log(service)
+        argv = [self.python, "-m", "shipyard.router.proxy", "--service", service, "--listen", listen,
+                "--control", str(self.paths.router_socket(service)),
+                "--table", str(self.paths.router_table(service))]
+        with open(log_path, "ab") as log:
+            offset = log.tell()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True)
+        self._children[proc.pid] = proc
+        self._write_pid(service, proc.pid, listen)
+        client = self._client(service, timeout=1.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            code = proc.poll()
+            if code is not None:
+                self._children.pop(proc.pid, None)
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_file(service).unlink()
+                raise _start_error(service, listen, code, log_path, offset)
+            try:
+                if (await client.ping()).get("pid") == proc.pid:
+                    return
+            except RouterError:
+                pass
+            if loop.time() > deadline:
+                self._kill(proc.pid)
+                proc.wait()
+                self._children.pop(proc.pid, None)
+                raise RouterError(f"the router for {service} did not answer on its control socket within "
+                                  f"{START_TIMEOUT:g}s", hint=f"see {log_path}")
+            await asyncio.sleep(0.05)
+
+    async def _terminate(self, service: str, pid: int | None) -> None:
+        """SIGTERM a router that does not answer its socket, SIGKILL if it lingers."""
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not await self._wait_exit(pid, STOP_TIMEOUT):
+            self._kill(pid)
+            await self._wait_exit(pid, 2.0)
+
+    async def _wait_exit(self, pid: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            proc = self._children.get(pid)
+            if proc is not None:
+                if proc.poll() is not None:
+                    del self._children[pid]
+                    return True
+            elif not _alive(pid):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def _kill(self, pid: int) -> None:
+        # The router leads its own session (start_new_session), so its group id is its pid.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+
+def _start_error(service: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:
+    """Turn the router's last words into a message that says what to do."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(offset, os.path.getsize(log_path) - LOG_TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith("listen "):
+            reason = line.split(": ", 1)[-1]
+            hint = (f"another process uses {listen}: stop it, or change `listen` in the spec"
+                    if "in use" in reason else f"change `listen` in the spec; see {log_path}")
+            return RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint)
+    last = lines[-1] if lines else "no output"
+    return RouterError(f"the router for {service} exited at start (exit code {code}): {last}",
+                       hint=f"see {log_path}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"  # a zombie is dead; its parent (not us) will reap it
+    except (OSError, IndexError):
+        return True
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_router(pid: int, sock: Path) -> bool:
+    """Never signal a recycled pid: it must be a router bound to this very socket."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"shipyard.router.proxy" in argv and os.fsencode(str(sock)) in argv

@@ -1,0 +1,452 @@
+"""One request/response exchange through the data plane: the relay's state machine.
+
+An Exchange is created when a request head has been read. It picks an instance
+(round-robin within the chosen track, skipping ejected ones), relays the request
+body as it arrives and the response as it comes back, and decides what is safe
+to retry: a failed connect (nothing was sent) goes to another instance, and a
+reused pooled connection that dies before any response byte is replayed once on a
+fresh connection (the instance closed it while idle, so it processed nothing).
+It never buffers a whole body: flow control pauses whichever side is ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from shipyard.router.metrics import TrackMetrics
+from shipyard.router.upstream import UpstreamConnection, UpstreamState
+
+if TYPE_CHECKING:
+    from shipyard.router.client import ClientConnection
+    from shipyard.router.proxy import TrackRoute
+
+# Why a client's reading is paused; it resumes when no reason is left.
+P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
+P_BUFFER = 2  # the request body waits for a connection to an instance
+P_PIPELINE = 4  # a pipelined request waits for the one before it
+
+BUFFER_LIMIT = 256 * 1024
+"""Request body buffered while no instance connection is ready; beyond it the client waits."""
+REPLAY_LIMIT = 1024 * 1024
+"""Request body kept for a retry on a fresh connection; a longer body is not retried."""
+
+# How the response body is framed towards the client.
+M_NONE, M_RAW, M_CHUNK = 0, 1, 2
+
+H_HOST, H_XFF, H_TE, H_CONN, H_DROP, H_TRACK, H_COOKIE, H_LEN = range(8)
+HOP = {b"connection": H_CONN, b"keep-alive": H_DROP, b"te": H_DROP, b"trailer": H_DROP,
+        b"upgrade": H_DROP, b"transfer-encoding": H_TE}
+RESPONSE_HEADERS = {**HOP, b"content-length": H_LEN}
+REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
+            503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+
+def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
+    """Header names listed in Connection are hop-by-hop too (keep-alive/close are not names)."""
+    for token in value.lower().split(b","):
+        token = token.strip()
+        if token and token not in (b"keep-alive", b"close"):
+            into = into or set()
+            into.add(token)
+    return into
+
+
+def without_names(lines: list[bytes], names: set[bytes]) -> list[bytes]:
+    return [line for line in lines if line.split(b":", 1)[0].lower() not in names]
+
+
+def error_response(status: int, message: str, connection: bytes, with_body: bool = True) -> bytes:
+    body = b"shipyard: %s\n" % message.encode()
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"X-Shipyard-Error: 1\r\n%s\r\n%s") % (status, REASONS[status], len(body), connection,
+                                                   body if with_body else b"")
+
+
+
+class Exchange:
+    """One request and its response: picks the instance, relays both bodies, retries what
+    is safe to retry, and records the outcome. Driven by callbacks from both connections."""
+
+    __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "hdrs", "cookies",
+                 "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
+                 "retried", "pending", "pending_size", "replay", "replay_size", "req_done", "resp_started",
+                 "resp_mode", "until_close", "interim", "status", "done", "finished", "close_after", "counted",
+                 "deadline", "wbuf")
+
+    def __init__(self, client: ClientConnection, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
+                 is_head: bool, override: bytes | None, hdrs: list[tuple[bytes, bytes]],
+                 cookies: bytes | None) -> None:
+        self.client = client
+        self.head = head
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.is_head = is_head
+        self.override = override
+        self.hdrs: list[tuple[bytes, bytes]] | None = hdrs
+        self.cookies = cookies
+        self.t0 = time.perf_counter()
+        self.route: TrackRoute | None = None
+        self.metrics: TrackMetrics | None = None
+        self.ups: UpstreamState | None = None
+        self.tried: list[UpstreamState] | None = None
+        self.last_error = ""
+        self.conn: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.reused = self.retried = False
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.req_done = self.resp_started = self.until_close = self.interim = False
+        self.resp_mode = M_NONE
+        self.status = 0
+        self.done = self.finished = self.close_after = self.counted = False
+        self.deadline = 0.0
+        self.wbuf: list[bytes] = []
+
+    # -- choosing the instance --------------------------------------------------------
+
+    def start(self) -> None:
+        server = self.client.server
+        st = server.state
+        user_key = None
+        hdrs = self.hdrs
+        if st.sticky_header is not None and hdrs:
+            for name, value in hdrs:
+                if name.lower() == st.sticky_header:
+                    user_key = value.decode("latin-1")
+                    break
+        if user_key is None and st.sticky_cookie is not None and self.cookies:
+            for part in self.cookies.split(b";"):
+                k, _, v = part.strip().partition(b"=")
+                if k == st.sticky_cookie:
+                    user_key = v.decode("latin-1")
+                    break
+        self.hdrs = None
+        override = self.override.decode("latin-1") if self.override is not None else None
+        track = st.table.track_for(override, user_key)
+        if track is None:
+            self.fail(503, f"service {server.service} has no live release")
+            return
+        route = self.route = st.routes[track]
+        m = self.metrics = route.metrics
+        m.requests += 1
+        m.inflight += 1
+        self.counted = True
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        route = self.route
+        assert route is not None
+        ups = route.pick(self.tried)
+        if ups is None:
+            reason = self.last_error or "the track has no instances"
+            self.fail(502, f"no reachable instance of track {route.name} for service "
+                           f"{self.client.server.service} ({reason})")
+            return
+        if self.tried is None:
+            self.tried = [ups]
+        else:
+            self.tried.append(ups)
+        self.ups = ups
+        ups.metrics.requests += 1
+        conn = ups.acquire()
+        if conn is not None:
+            self._attach(conn, True)
+        else:
+            self.connecting = self.client.server.loop.create_task(self._connect(ups))  # type: ignore[union-attr]
+
+    async def _connect(self, ups: UpstreamState) -> None:
+        try:
+            conn = await ups.connect()
+        except (OSError, TimeoutError) as e:
+            self.connecting = None
+            reason = ups.connect_failed(e)
+            if not self.done:
+                self.last_error = reason
+                self._dispatch()
+            return
+        self.connecting = None
+        if self.done:
+            ups.release(conn, self.client.server.clock)
+        else:
+            self._attach(conn, False)
+
+    def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.ex = self
+        conn.answered = conn.seen = False
+        client = self.client
+        if client.write_paused:
+            conn.pause_reading()
+        t = conn.transport
+        assert t is not None
+        if self.retried and self.replay:
+            t.writelines([self.head, *self.replay])
+        elif self.pending:
+            t.writelines([self.head, *self.pending])
+        else:
+            t.write(self.head)
+        if self.pending is not None:
+            self.pending = None
+            self.pending_size = 0
+            client.resume(P_BUFFER)
+        if self.req_done:
+            self.deadline = client.server.clock + client.server.response_timeout
+
+    # -- request side (called by the client connection) ------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.done:
+            return  # answered early (error or instance replied first): the rest is dropped
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        if self.replay_size <= REPLAY_LIMIT:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            elif self.replay is None:
+                self.replay = [data]
+            else:
+                self.replay.append(data)
+        conn = self.conn
+        if conn is not None:
+            conn.transport.write(data)  # type: ignore[union-attr]
+            return
+        if self.pending is None:
+            self.pending = [data]
+        else:
+            self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > BUFFER_LIMIT:
+            self.client.pause(P_BUFFER)
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        if self.done:
+            self._maybe_finish()
+            return
+        if self.chunked:
+            self._forward(b"0\r\n\r\n")
+        if self.conn is not None:
+            server = self.client.server
+            self.deadline = server.clock + server.response_timeout
+
+    # -- response side (called by the upstream connection) ---------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.done:
+            return
+        if status < 200:
+            if status == 101:
+                self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
+                               "switched protocols, which shipyard does not proxy")
+                return
+            self.interim = True
+            if self.http10:
+                return
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        has_len = chunked_up = False
+        drop = None
+        for name, value in headers:
+            code = RESPONSE_HEADERS.get(name.lower())
+            if code is not None:
+                if code == H_TE:
+                    chunked_up = chunked_up or b"chunked" in value.lower()
+                    continue
+                if code == H_CONN:
+                    drop = connection_tokens(value, drop)
+                    continue
+                if code != H_LEN:
+                    continue
+                has_len = True
+            elif name[:6].lower() == b"proxy-":
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        if drop:
+            out = out[:1] + without_names(out[1:], drop)
+        if self.interim:
+            out.append(b"\r\n")
+            self.wbuf += out
+            return
+        client = self.client
+        close = self.close_after or not self.keep_alive or client.draining or client.eof
+        if self.is_head or status == 204 or status == 304:
+            mode = M_NONE
+        elif chunked_up or not has_len:
+            self.until_close = not chunked_up
+            if self.http10:  # no chunked encoding for HTTP/1.0: the end of the body is the close
+                mode = M_RAW
+                close = True
+            else:
+                mode = M_CHUNK
+                out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            mode = M_RAW
+        if close:
+            out.append(b"Connection: close\r\n")
+            self.close_after = True
+        elif self.http10:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_mode = mode
+        self.status = status
+        self.resp_started = True
+        self.wbuf.append(b"".join(out))
+
+    def response_body(self, data: bytes) -> None:
+        mode = self.resp_mode
+        if mode == M_RAW:
+            self.wbuf.append(data)
+        elif mode == M_CHUNK:
+            self.wbuf += (b"%x\r\n" % len(data), data, b"\r\n")
+
+    def flush(self) -> None:
+        """Send what the last upstream read produced in one write (one syscall, one packet)."""
+        buf = self.wbuf
+        if buf:
+            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            buf.clear()
+
+    def response_complete(self, keep_alive: bool) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        conn = self.conn
+        self.conn = None
+        if self.resp_mode == M_CHUNK:
+            self.wbuf.append(b"0\r\n\r\n")
+        self.flush()
+        if conn is not None:
+            if keep_alive and self.req_done and not conn.closed:
+                self.ups.release(conn, self.client.server.clock)  # type: ignore[union-attr]
+            else:
+                conn.ex = None
+                conn.close()
+        self._finish_response()
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self.conn is conn:
+            self.conn = None
+        if self.done:
+            return
+        if self.resp_started:
+            if self.until_close:  # the close is the end of this body
+                if self.resp_mode == M_CHUNK:
+                    self.wbuf.append(b"0\r\n\r\n")
+                self.flush()
+                self._finish_response()
+            else:
+                self._broken()
+            return
+        svc = self.client.server.service
+        if conn.answered:
+            self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
+        elif self.reused and not self.retried and self.replay_size <= REPLAY_LIMIT:
+            # The instance closed an idle pooled connection as we wrote to it: nothing was
+            # processed, so the request is replayed once on a fresh connection.
+            self.retried = True
+            self.wbuf.clear()
+            self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
+        else:
+            self.fail(502, f"instance {self._ups_id()} of service {svc} closed the connection without answering")
+
+    def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
+        if self.conn is conn:
+            self.conn = None
+        if self.resp_started:
+            self._broken()
+        else:
+            self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
+                           f"sent an invalid HTTP response ({error})")
+
+    def upstream_pause(self, paused: bool) -> None:
+        if paused:
+            self.client.pause(P_UPSTREAM)
+        else:
+            self.client.resume(P_UPSTREAM)
+
+    def timeout(self) -> None:
+        server = self.client.server
+        self.fail(504, f"instance {self._ups_id()} of service {server.service} did not answer "
+                       f"within {server.response_timeout:g}s")
+
+    # -- endings -----------------------------------------------------------------------
+
+    def fail(self, status: int, message: str) -> None:
+        """Answer with a router error (or cut the client if a response already started)."""
+        if self.done:
+            return
+        self._detach()
+        if self.resp_started:
+            self._broken()
+            return
+        m = self.metrics
+        if m is None:
+            m = self.metrics = self.client.server.none_metrics
+            m.requests += 1
+            m.inflight += 1
+            self.counted = True
+        m.errors += 1
+        client = self.client
+        close = self.close_after or not self.keep_alive or client.draining or client.eof
+        self.close_after = close
+        conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
+        self.wbuf.clear()
+        client.transport.write(error_response(status, message, conn_header, not self.is_head))  # type: ignore
+        self.status = status
+        self.resp_started = True
+        self._finish_response()
+
+    def _broken(self) -> None:
+        """The response cannot be completed: the client must see a cut connection, not a lie."""
+        self._detach()
+        if self.counted and self.metrics is not None:
+            self.metrics.errors += 1
+            self.status = 502
+        self.close_after = True
+        self.client.abort()
+        self._finish_response()
+
+    def _finish_response(self) -> None:
+        self.done = True
+        self.client.resume(P_UPSTREAM)
+        if self.counted:
+            self.counted = False
+            m = self.metrics
+            assert m is not None
+            m.inflight -= 1
+            m.observe(self.status, (time.perf_counter() - self.t0) * 1000.0)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self.finished and (self.req_done or self.close_after):
+            self.finished = True
+            self.client.exchange_done(self)
+
+    def _detach(self) -> None:
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.ex = None
+            conn.close()
+
+    def abort(self) -> None:
+        """The client is gone: stop everything, count nothing but the in-flight decrement."""
+        self._detach()
+        if self.counted and self.metrics is not None:
+            self.counted = False
+            self.metrics.inflight -= 1
+        self.done = self.finished = True
+
+    def _ups_id(self) -> str:
+        return self.ups.id if self.ups is not None else "?"

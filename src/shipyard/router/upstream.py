@@ -1,0 +1,285 @@
+"""Connections from the data plane to instances: keep-alive pools, ejection, probing.
+
+Reusing connections is most of the router's speed; it is also the source of the
+classic restart race (the instance closes an idle connection just as a request is
+written to it), which the exchange handles by retrying on a fresh connection. An
+instance that refuses connections is ejected from round-robin and probed in the
+background, so one dead instance costs one failed connect, not one per request."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Protocol
+
+from httptools import HttpParserError, HttpResponseParser
+
+from shipyard.router.metrics import UpstreamMetrics
+from shipyard.router.table import Upstream
+
+log = logging.getLogger("shipyard.router")
+
+CONNECT_TIMEOUT = 2.0
+PROBE_INTERVAL = 1.0
+MAX_IDLE_PER_UPSTREAM = 1024
+IDLE_POOL_TIMEOUT = 60.0
+"""Close pooled connections unused for this long; instances usually close theirs sooner."""
+
+
+class ResponseSink(Protocol):
+    """The side of an exchange that receives one upstream response (proxy.Exchange)."""
+
+    is_head: bool
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def response_complete(self, keep_alive: bool) -> None: ...
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None: ...
+
+    def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None: ...
+
+    def upstream_pause(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an instance; carries one exchange at a time."""
+
+    __slots__ = ("state", "transport", "parser", "ex", "reason", "headers", "seen", "answered",
+                 "head_done", "head_keep", "read_paused", "idle_since", "closed")
+
+    def __init__(self, state: UpstreamState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.ex: ResponseSink | None = None
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.seen = False
+        """Bytes arrived since the timeout sweeper last looked (cheaper than a timer per read)."""
+        self.answered = False
+        """At least one response byte arrived for the current exchange: no retry any more."""
+        self.head_done = False
+        self.head_keep = False
+        self.read_paused = False
+        self.idle_since = 0.0
+        self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None:  # an idle connection must stay silent; anything else is desync
+            self.close()
+            return
+        self.seen = self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as e:
+            self.close()
+            if self.ex is not None:
+                self.ex = None
+                ex.upstream_invalid(self, e)
+            return
+        if self.head_done:  # a HEAD response has no body, whatever its headers announce
+            self.head_done = False
+            self.parser = HttpResponseParser(self)
+            if self.ex is not None:
+                self.ex.response_complete(self.head_keep)
+        elif self.ex is not None:
+            self.ex.flush()  # one client write per upstream read
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ex = self.ex
+        if ex is None:
+            self.state.forget(self)
+        else:
+            self.ex = None
+            ex.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.ex is not None:
+            self.ex.upstream_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.ex is not None:
+            self.ex.upstream_pause(False)
+
+    # -- httptools callbacks ------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        status = self.parser.get_status_code()
+        headers, self.headers = self.headers, []
+        reason, self.reason = self.reason, b""
+        if ex is None:
+            return
+        if ex.is_head and status >= 200:
+            self.head_done = True
+            self.head_keep = self.parser.should_keep_alive()
+        ex.response_head(status, reason, headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.ex is not None:
+            self.ex.response_body(body)
+
+    def on_message_complete(self) -> None:
+        self.head_done = False
+        if self.ex is not None:
+            self.ex.response_complete(self.parser.should_keep_alive())
+
+    # -- used by the exchange -----------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close now, dropping anything unsent: the connection's state is unknown."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamState:
+    """Everything the data plane knows about one instance, across table versions."""
+
+    __slots__ = ("upstream", "id", "metrics", "idle", "retired", "probe", "last_error")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.id = upstream.id
+        self.metrics = UpstreamMetrics()
+        self.idle: list[UpstreamConnection] = []
+        self.retired = False
+        self.probe: asyncio.Task[None] | None = None
+        self.last_error = ""
+
+    @property
+    def ejected(self) -> bool:
+        return self.metrics.ejected
+
+    def acquire(self) -> UpstreamConnection | None:
+        """A pooled connection still believed open, most recently used first."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Return a connection whose response is complete, or close it if it cannot be reused."""
+        conn.ex = None
+        conn.answered = False
+        if conn.closed or self.retired or len(self.idle) >= MAX_IDLE_PER_UPSTREAM:
+            conn.close()
+            return
+        conn.resume_reading()  # an idle connection must read so that a close is noticed
+        conn.idle_since = now
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """The instance closed an idle connection: drop it from the pool."""
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def expire_idle(self, now: float) -> None:
+        if self.idle and now - self.idle[0].idle_since > IDLE_POOL_TIMEOUT:
+            keep = [c for c in self.idle if now - c.idle_since <= IDLE_POOL_TIMEOUT]
+            for c in self.idle:
+                if now - c.idle_since > IDLE_POOL_TIMEOUT:
+                    c.close()
+            self.idle = keep
+
+    async def connect(self) -> UpstreamConnection:
+        """A fresh connection; raises OSError or TimeoutError (the caller ejects)."""
+        loop = asyncio.get_running_loop()
+        host, port = self.upstream.host, self.upstream.port
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+        if self.metrics.ejected:  # it came back before its probe noticed
+            self._readmit()
+        return conn
+
+    def connect_failed(self, error: BaseException) -> str:
+        """Count the failure, eject the instance, start probing; returns a short reason."""
+        reason = describe_connect_error(error)
+        self.last_error = reason
+        self.metrics.connect_failures += 1
+        if not self.metrics.ejected:
+            self.metrics.ejected = True
+            log.warning("ejected %s (%s:%d): %s", self.id, self.upstream.host, self.upstream.port, reason)
+            for c in self.idle:
+                c.close()
+            self.idle.clear()
+            if not self.retired:
+                self.probe = asyncio.get_running_loop().create_task(self._probe())
+        return reason
+
+    async def _probe(self) -> None:
+        """Re-admit the instance as soon as a plain TCP connect succeeds again."""
+        loop = asyncio.get_running_loop()
+        host, port = self.upstream.host, self.upstream.port
+        while self.metrics.ejected and not self.retired:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
+            except (OSError, TimeoutError):
+                continue
+            transport.close()
+            if self.metrics.ejected:
+                self._readmit()
+        self.probe = None
+
+    def _readmit(self) -> None:
+        self.metrics.ejected = False
+        log.warning("re-admitted %s (%s:%d)", self.id, self.upstream.host, self.upstream.port)
+
+    def retire(self) -> None:
+        """No table routes here any more: close idle connections now, busy ones when done."""
+        self.retired = True
+        for c in self.idle:
+            c.close()
+        self.idle.clear()
+        if self.probe is not None:
+            self.probe.cancel()
+            self.probe = None
+
+
+def describe_connect_error(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return f"connect timed out after {CONNECT_TIMEOUT:g}s"
+    if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__

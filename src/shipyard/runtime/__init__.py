@@ -1,0 +1,1 @@
+"""Instances: start them from verified image trees, watch their health, stop them cleanly."""

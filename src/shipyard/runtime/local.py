@@ -1,0 +1,309 @@
+"""Instances as plain OS processes on this machine.
+
+Each instance runs in its own session (own process group), so it survives a daemon
+restart and can be stopped as a whole, children included. A process is identified by
+(pid, start time) read from /proc: after a restart the daemon re-adopts instances it did
+not spawn, and a recycled pid (same number, other start time) is never signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shipyard.errors import RuntimeFailure
+from shipyard.runtime.base import Instance, LaunchSpec
+from shipyard.runtime.ports import PortAllocator, default_allocator
+
+# Taken from the daemon's environment; everything else an instance sees comes from its spec.
+BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+# How long to wait for the kernel to remove a process after SIGKILL before giving up.
+KILL_WAIT_SECONDS = 5.0
+_EXIT_CODES_KEPT = 256
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The few fields of /proc/<pid>/stat we need."""
+
+    state: str
+    pgrp: int
+    start_time: int
+
+    @property
+    def dead(self) -> bool:
+        """A zombie has exited; only its exit status is left for its parent to collect."""
+        return self.state in ("Z", "X", "x")
+
+
+def read_proc_stat(pid: int) -> ProcStat | None:
+    """None when the pid does not exist (or /proc cannot tell)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError, PermissionError):
+        return None
+    # The command name (field 2) is in parentheses and may itself contain ')' or spaces.
+    try:
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        return ProcStat(state=fields[0].decode(), pgrp=int(fields[2]), start_time=int(fields[19]))
+    except (ValueError, IndexError):  # pragma: no cover - a process vanishing mid-read
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: clock ticks after boot at which the process started."""
+    stat = read_proc_stat(pid)
+    return stat.start_time if stat else None
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of not-yet-exited processes in process group `pgid`."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = read_proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and not stat.dead:
+                members.append(int(entry.name))
+    return members
+
+
+def log_tail(path: str | Path, lines: int = 20, max_bytes: int = 1 << 20) -> str:
+    """The last `lines` lines of a file, read from its end (logs can be large)."""
+    if lines <= 0:
+        return ""
+    data = b""
+    try:
+        with open(path, "rb") as f:
+            pos = f.seek(0, os.SEEK_END)
+            # One newline more than asked for, so the first returned line is complete.
+            while pos > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:
+                step = min(8192, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _substitute(value: str, variables: dict[str, str]) -> str:
+    for name, replacement in variables.items():
+        value = value.replace("${" + name + "}", replacement)
+    return value
+
+
+class LocalRuntime:
+    """Runtime for OS processes; implements shipyard.runtime.base.Runtime."""
+
+    def __init__(self, ports: PortAllocator | None = None) -> None:
+        self._ports = ports or default_allocator
+        # Processes this object spawned, so they can be reaped (no zombies) and their exit code read.
+        self._children: dict[tuple[int, int], subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[tuple[int, int], int] = {}
+
+    async def start(self, launch: LaunchSpec) -> Instance:
+        tree = launch.tree.absolute()
+        if not tree.is_dir():
+            raise RuntimeFailure(
+                f"cannot start {launch.instance_id}: image tree {tree} does not exist",
+                hint="materialize the image again (it may have been garbage-collected)",
+            )
+        if not launch.command:
+            raise RuntimeFailure(
+                f"cannot start {launch.instance_id}: run.command is empty",
+                hint="set run.command in the spec, e.g. [python3, -m, app, --port, '${PORT}']",
+            )
+        instance_dir = launch.instance_dir.absolute()
+        data_dir = instance_dir / "data"
+        log_path = instance_dir / "log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = self._ports.allocate(launch.host)
+
+        variables = {"PORT": str(port), "SHIPYARD_DATA_DIR": str(data_dir)}
+        argv = [_substitute(arg, variables) for arg in launch.command]
+        env = self._environment(launch, variables)
+        argv[0] = _resolve_program(argv[0], tree, env["PATH"])
+
+        with open(log_path, "ab", buffering=0) as log:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=tree,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"cannot start {launch.instance_id}: {argv[0]}: {exc.strerror or exc}",
+                    hint="check that the command is an executable for this machine",
+                ) from exc
+            log.write(f"--- shipyard: starting {launch.instance_id} pid={proc.pid} at {_now()}\n".encode())
+
+        # The child is not reaped before we read it, so /proc/<pid> exists even if it already exited.
+        start_time = process_start_time(proc.pid)
+        if start_time is None:  # pragma: no cover - /proc missing: not Linux
+            proc.kill()
+            proc.wait()
+            raise RuntimeFailure(
+                f"cannot read /proc/{proc.pid}/stat for {launch.instance_id}",
+                hint="the local runtime needs Linux with /proc mounted",
+            )
+        self._children[(proc.pid, start_time)] = proc
+        return Instance(
+            id=launch.instance_id,
+            service=launch.service,
+            slot=launch.slot,
+            image_id=launch.image_id,
+            host=launch.host,
+            port=port,
+            pid=proc.pid,
+            start_time=start_time,
+            log_path=str(log_path),
+            data_dir=str(data_dir),
+        )
+
+    @staticmethod
+    def _environment(launch: LaunchSpec, variables: dict[str, str]) -> dict[str, str]:
+        """A small known environment: the daemon's own variables (and secrets) do not leak in."""
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update({k: _substitute(v, variables) for k, v in launch.env.items()})
+        env.update(variables)
+        env.update(
+            SHIPYARD_INSTANCE_ID=launch.instance_id,
+            SHIPYARD_SLOT=launch.slot,
+            SHIPYARD_IMAGE_ID=launch.image_id,
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def is_alive(self, instance: Instance) -> bool:
+        self._reap()
+        stat = read_proc_stat(instance.pid)
+        return stat is not None and stat.start_time == instance.start_time and not stat.dead
+
+    def exit_code(self, instance: Instance) -> int | None:
+        """Exit status of an instance this object started and that has exited (negative: signal).
+        None while it runs, or when it is not our child (re-adopted after a restart)."""
+        self._reap()
+        return self._exit_codes.get((instance.pid, instance.start_time))
+
+    async def stop(self, instance: Instance, timeout: float) -> None:
+        stat = read_proc_stat(instance.pid)
+        if stat is not None and stat.start_time != instance.start_time:
+            return  # the pid now belongs to another process: ours is long gone
+        if not self._running(instance):
+            return
+        began = time.monotonic()
+        self._signal(instance, signal.SIGTERM)
+        how = "SIGTERM"
+        if not await self._wait_gone(instance, max(0.0, timeout)):
+            self._signal(instance, signal.SIGKILL)
+            how = f"SIGKILL after {timeout:g}s grace"
+            if not await self._wait_gone(instance, KILL_WAIT_SECONDS):
+                raise RuntimeFailure(
+                    f"instance {instance.id} (pid {instance.pid}) is still running "
+                    f"{KILL_WAIT_SECONDS:g}s after SIGKILL",
+                    hint="it may be stuck in uninterruptible I/O (state D in `ps`); check the disk/NFS",
+                )
+        code = self.exit_code(instance)
+        status = "exit code unknown (not started by this daemon)" if code is None else f"exit code {code}"
+        _append_line(
+            instance.log_path,
+            f"--- shipyard: stopped {instance.id} pid={instance.pid} by {how} "
+            f"in {time.monotonic() - began:.2f}s, {status}, at {_now()}",
+        )
+
+    def _running(self, instance: Instance) -> bool:
+        """The process, or something left in its process group (a child that outlived it)."""
+        if self.is_alive(instance):
+            return True
+        # A process group id cannot be reused while the group has members, so members of
+        # group <pid> are leftovers of this instance.
+        return bool(live_group_members(instance.pid))
+
+    def _signal(self, instance: Instance, sig: signal.Signals) -> None:
+        stat = read_proc_stat(instance.pid)
+        if stat is not None and stat.start_time != instance.start_time:
+            return
+        try:
+            os.killpg(instance.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise RuntimeFailure(
+                f"not allowed to signal instance {instance.id} (process group {instance.pid})",
+                hint="run the daemon as the user that started the instance",
+            ) from exc
+        if stat is not None and not stat.dead and stat.pgrp != instance.pid:
+            # The process left its own group; reach it directly as well.
+            try:
+                os.kill(instance.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def _wait_gone(self, instance: Instance, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        delay = 0.005
+        while self._running(instance):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def _reap(self) -> None:
+        for key, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[key]
+                self._exit_codes[key] = proc.returncode
+                while len(self._exit_codes) > _EXIT_CODES_KEPT:
+                    del self._exit_codes[next(iter(self._exit_codes))]
+
+
+def _resolve_program(program: str, tree: Path, path_value: str) -> str:
+    """Absolute path of command[0]: relative paths are inside the image, bare names on PATH."""
+    if "/" in program:
+        candidate = Path(program) if os.path.isabs(program) else tree / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        problem = "is not executable" if candidate.is_file() else "does not exist"
+        raise RuntimeFailure(
+            f"command {program!r} {problem} (looked at {candidate})",
+            hint="a command with '/' is relative to the image tree: check that build.context or "
+            "build.steps produce it, with its executable bit set",
+        )
+    # Relative PATH entries (and empty ones, meaning cwd) are inside the image, like the cwd.
+    entries = [d if os.path.isabs(d) else str(tree / d) for d in path_value.split(os.pathsep)]
+    found = shutil.which(program, path=os.pathsep.join(entries))
+    if found is None:
+        raise RuntimeFailure(
+            f"command {program!r} not found on PATH (looked in {os.pathsep.join(entries)})",
+            hint="install it on this machine, set PATH in run.env, or ship it in the image and "
+            "use a relative path such as bin/app",
+        )
+    return found
+
+
+def _append_line(path: str, line: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass  # the footer is a courtesy; a removed instance dir must not fail the stop

@@ -1,0 +1,1 @@
+"""The daemon's face: the HTTP API (token-authenticated) and the `serve` entry point."""

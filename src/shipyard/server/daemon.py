@@ -1,0 +1,133 @@
+"""`shipyard serve`: wire the concrete adapters together (the only place that does) and
+run the controller and the API until SIGTERM / SIGINT. Instances and routers are left
+running on exit: the next daemon re-adopts them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from shipyard.errors import ShipyardError
+from shipyard.images import ImageStore
+from shipyard.paths import StatePaths
+from shipyard.rollout.controller import Controller
+from shipyard.rollout.slots import Deps
+from shipyard.router.embedded import EmbeddedRouter
+from shipyard.runtime.local import LocalRuntime
+from shipyard.server.api import create_app
+from shipyard.state.sqlite import SqliteStore
+
+log = logging.getLogger("shipyard.daemon")
+
+
+def ensure_token(paths: StatePaths) -> str:
+    """The API token, created on first start, readable only by the owner."""
+    try:
+        fd = os.open(paths.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return paths.token.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def take_lock(paths: StatePaths) -> int:
+    fd = os.open(paths.root / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = ""
+        with contextlib.suppress(OSError, ValueError):
+            pid = f" (pid {json.loads(paths.api.read_text())['pid']})"
+        raise ShipyardError(f"another shipyard daemon is already running for {paths.root}{pid}",
+                            "stop it first, or use another --state-dir") from None
+    return fd
+
+
+def bind(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except (OSError, ValueError) as e:
+        sock.close()
+        raise ShipyardError(f"the API cannot listen on {listen}: {e}",
+                            "choose another address with --listen (port 0 picks a free one)") from None
+    sock.listen(128)
+    return sock
+
+
+def write_api_file(paths: StatePaths, url: str) -> None:
+    tmp = paths.api.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, paths.api)
+
+
+def setup_logging(path: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
+        h.setFormatter(fmt)
+        root.addHandler(h)
+
+
+async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
+    paths.ensure()
+    lock_fd = take_lock(paths)
+    setup_logging(paths.daemon_log)
+    token = ensure_token(paths)
+    store = SqliteStore(paths.db)
+    deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
+                router=EmbeddedRouter(paths), paths=paths)
+    controller = Controller(deps)
+    sock = bind(listen)
+    host, port = sock.getsockname()[:2]
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(controller, token, on_shutdown=request_exit)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    try:
+        await controller.start()
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        write_api_file(paths, url)
+        log.info("shipyard daemon listening on %s (state %s)", url, paths.root)
+        await server.serve(sockets=[sock])
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.api.unlink()
+        await controller.close()
+        store.close()
+        sock.close()
+        os.close(lock_fd)
+
+
+def run(state_dir: str | None, listen: str) -> None:
+    paths = StatePaths.resolve(state_dir)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(paths, listen))

@@ -1,0 +1,161 @@
+"""The models of shipyard.yaml: one class per section, key names exactly as users write them.
+
+They are frozen values: the controller compares and stores what it was given,
+so nothing may change a spec after it was validated. Scalars are strict (a quoted "2"
+is not a replica count, `yes` is not a service name) because a spec that means
+something other than what it says is worse than one that fails to load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, Strict, ValidationInfo, field_validator, model_validator
+
+from .durations import PositiveDuration
+from .strategy import BlueGreenSpec, StrategySpec
+from .values import (
+    Argv,
+    EnvMap,
+    EnvName,
+    HttpPath,
+    Listen,
+    RelativePath,
+    ServiceName,
+    SpecModel,
+    Text,
+    exactly_one,
+    regex_check,
+    split_listen,
+)
+
+# -- build, run, health ---------------------------------------------------------------------------
+
+class BuildSpec(SpecModel):
+    """How the immutable image is made; any change here makes a new image."""
+
+    context: Text = "."
+    ignore: list[Text] = Field(default_factory=lambda: [".git", "__pycache__", "*.pyc"])
+    steps: list[Argv] = Field(default_factory=list)
+    env: EnvMap = Field(default_factory=dict)
+    files: dict[RelativePath, str] = Field(default_factory=dict)
+
+
+class RunSpec(SpecModel):
+    """How an instance is started and stopped from its image."""
+
+    command: Argv
+    env: EnvMap = Field(default_factory=dict)
+    secret_env: list[EnvName] = Field(default_factory=list)
+    stop_timeout: PositiveDuration = 10.0
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secrets_apart(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise ValueError(f"{name} is listed twice")
+            seen.add(name)
+            if name in info.data.get("env", {}):
+                raise ValueError(f"{name} is also set in run.env; a secret comes only from the daemon's environment")
+        return value
+
+
+class HealthSpec(SpecModel):
+    """When an instance counts as healthy (before it gets traffic) and unhealthy (after)."""
+
+    path: HttpPath = "/healthz"
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
+    healthy_threshold: Annotated[int, Strict(), Field(ge=1)] = 2
+    unhealthy_threshold: Annotated[int, Strict(), Field(ge=1)] = 3
+    start_timeout: PositiveDuration = 60.0
+    """How long a new instance may take to become healthy before its release is refused."""
+
+
+# -- database, router -----------------------------------------------------------------------------
+
+class DatabaseSpec(SpecModel):
+    """The Database test: where migrations come from and how long a DDL may wait for a lock."""
+
+    url: Annotated[str, regex_check(r"postgres(ql)?://\S+", "PostgreSQL URL (postgresql://host:port/db)")]
+    migrations: Text | None = None
+    """Directory of NNNN_name.sql files, relative to the spec file."""
+    alembic: Text | None = None
+    """Path of alembic.ini, relative to the spec file."""
+    lock_timeout: PositiveDuration = 1.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatabaseSpec:
+        exactly_one(self, ("migrations", "alembic"))
+        return self
+
+    @property
+    def kind(self) -> Literal["migrations", "alembic"]:
+        return "migrations" if self.migrations is not None else "alembic"
+
+
+class RouterSpec(SpecModel):
+    """Which data plane carries the traffic; both sit behind the same Router protocol."""
+
+    kind: Literal["embedded", "haproxy"] = "embedded"
+
+
+# -- the whole file -------------------------------------------------------------------------------
+
+class Spec(SpecModel):
+    """A whole shipyard.yaml. `source` and `base_dir` say where it came from and are not dumped."""
+
+    service: ServiceName
+    listen: Listen
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    run: RunSpec
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    replicas: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
+    strategy: StrategySpec = Field(default_factory=lambda: StrategySpec(blue_green=BlueGreenSpec()))
+    database: DatabaseSpec | None = None
+    router: RouterSpec = Field(default_factory=RouterSpec)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="<memory>")
+
+    def _located(self, source: str, base_dir: Path) -> Spec:
+        self._source = source
+        self._base_dir = Path(base_dir).resolve()
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def listen_host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the spec (build.context, database.migrations...) made absolute against base_dir."""
+        return (self._base_dir / Path(path).expanduser()).resolve()
+
+    @property
+    def context_dir(self) -> Path:
+        return self.resolve_path(self.build.context)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON data (durations as strings) that `from_json_dict` turns back into an equal Spec."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str = "<json>") -> Spec:
+        """Raises SpecError (with key paths) if `data` is not a valid spec."""
+        from .load import validate_data  # load imports this module; import at call time
+
+        return validate_data(data, source=source, base_dir=Path(base_dir))

@@ -1,0 +1,1 @@
+"""Persistence: services, instances, rollouts and the event log (SQLite in WAL mode)."""

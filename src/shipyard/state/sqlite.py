@@ -1,0 +1,177 @@
+"""The state store on SQLite (WAL): one file in the state directory, one writer (the daemon).
+
+Rows hold JSON documents for the evolving parts (slots, rollout state) so that the
+schema stays small and a rollout is stored exactly as the state machine sees it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from shipyard.rollout.model import Rollout
+from shipyard.runtime.base import Instance
+from shipyard.state.records import Event, ServiceRecord, Slot
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (
+  name TEXT PRIMARY KEY, listen TEXT NOT NULL, spec_path TEXT NOT NULL, active_slot TEXT,
+  table_version INTEGER NOT NULL DEFAULT 0, slots TEXT NOT NULL, previous_image_id TEXT,
+  previous_spec TEXT, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+  id TEXT PRIMARY KEY, service TEXT NOT NULL, slot TEXT NOT NULL, image_id TEXT NOT NULL,
+  status TEXT NOT NULL, data TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_service ON instances(service, status);
+CREATE TABLE IF NOT EXISTS rollouts (
+  id TEXT PRIMARY KEY, seq INTEGER NOT NULL, service TEXT NOT NULL, phase TEXT NOT NULL,
+  data TEXT NOT NULL, spec TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rollouts_service ON rollouts(service, seq);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, service TEXT NOT NULL, rollout_id TEXT,
+  kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_rollout ON events(rollout_id, id);
+CREATE INDEX IF NOT EXISTS events_service ON events(service, id);
+"""
+
+LIVE_STATUSES = ("starting", "healthy", "unhealthy")
+TERMINAL_PHASES = ("succeeded", "failed", "aborted")
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- services ----------------------------------------------------------------
+
+    def get_service(self, name: str) -> ServiceRecord | None:
+        row = self.db.execute("SELECT * FROM services WHERE name=?", (name,)).fetchone()
+        return _service(row) if row else None
+
+    def list_services(self) -> list[ServiceRecord]:
+        return [_service(r) for r in self.db.execute("SELECT * FROM services ORDER BY name")]
+
+    def put_service(self, rec: ServiceRecord) -> None:
+        rec.updated_at = time.time()
+        self.db.execute(
+            "INSERT INTO services(name, listen, spec_path, active_slot, table_version, slots, previous_image_id,"
+            " previous_spec, updated_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET"
+            " listen=excluded.listen, spec_path=excluded.spec_path, active_slot=excluded.active_slot,"
+            " table_version=excluded.table_version, slots=excluded.slots,"
+            " previous_image_id=excluded.previous_image_id, previous_spec=excluded.previous_spec,"
+            " updated_at=excluded.updated_at",
+            (rec.name, rec.listen, rec.spec_path, rec.active_slot, rec.table_version,
+             json.dumps(rec.slots_json()), rec.previous_image_id,
+             json.dumps(rec.previous_spec) if rec.previous_spec is not None else None, rec.updated_at))
+
+    def delete_service(self, name: str) -> None:
+        self.db.execute("DELETE FROM services WHERE name=?", (name,))
+
+    # -- instances -----------------------------------------------------------------
+
+    def put_instance(self, inst: Instance, status: str) -> None:
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO instances(id, service, slot, image_id, status, data, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status,"
+            " data=excluded.data, updated_at=excluded.updated_at",
+            (inst.id, inst.service, inst.slot, inst.image_id, status, json.dumps(inst.to_dict()), now, now))
+
+    def set_instance_status(self, instance_id: str, status: str) -> None:
+        self.db.execute("UPDATE instances SET status=?, updated_at=? WHERE id=?",
+                        (status, time.time(), instance_id))
+
+    def instances(self, service: str | None = None, slot: str | None = None,
+                  live_only: bool = True) -> list[tuple[Instance, str]]:
+        q, args = "SELECT data, status FROM instances WHERE 1=1", []
+        if service:
+            q += " AND service=?"
+            args.append(service)
+        if slot:
+            q += " AND slot=?"
+            args.append(slot)
+        if live_only:
+            q += f" AND status IN ({','.join('?' * len(LIVE_STATUSES))})"
+            args.extend(LIVE_STATUSES)
+        q += " ORDER BY created_at, id"
+        return [(Instance.from_dict(json.loads(r["data"])), r["status"]) for r in self.db.execute(q, args)]
+
+    def instance(self, instance_id: str) -> tuple[Instance, str] | None:
+        r = self.db.execute("SELECT data, status FROM instances WHERE id=?", (instance_id,)).fetchone()
+        return (Instance.from_dict(json.loads(r["data"])), r["status"]) if r else None
+
+    # -- rollouts ------------------------------------------------------------------
+
+    def next_rollout_seq(self, service: str) -> int:
+        r = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM rollouts WHERE service=?", (service,)).fetchone()
+        return int(r[0])
+
+    def put_rollout(self, r: Rollout, spec: dict[str, Any] | None = None) -> None:
+        seq = int(r.id.rsplit("-", 1)[-1]) if r.id.rsplit("-", 1)[-1].isdigit() else 0
+        self.db.execute(
+            "INSERT INTO rollouts(id, seq, service, phase, data, spec, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET phase=excluded.phase, data=excluded.data,"
+            " spec=COALESCE(excluded.spec, rollouts.spec), updated_at=excluded.updated_at",
+            (r.id, seq, r.service, str(r.phase), json.dumps(r.to_dict()),
+             json.dumps(spec) if spec is not None else None, r.created_at, r.updated_at))
+
+    def get_rollout(self, rollout_id: str) -> Rollout | None:
+        row = self.db.execute("SELECT data FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+        return Rollout.from_dict(json.loads(row["data"])) if row else None
+
+    def rollout_spec(self, rollout_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT spec FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+        return json.loads(row["spec"]) if row and row["spec"] else None
+
+    def active_rollouts(self, service: str | None = None) -> list[Rollout]:
+        q = f"SELECT data FROM rollouts WHERE phase NOT IN ({','.join('?' * len(TERMINAL_PHASES))})"
+        args: list[Any] = list(TERMINAL_PHASES)
+        if service:
+            q += " AND service=?"
+            args.append(service)
+        return [Rollout.from_dict(json.loads(r["data"])) for r in self.db.execute(q + " ORDER BY created_at", args)]
+
+    def rollouts(self, service: str, limit: int = 50) -> list[Rollout]:
+        rows = self.db.execute("SELECT data FROM rollouts WHERE service=? ORDER BY seq DESC LIMIT ?",
+                               (service, limit))
+        return [Rollout.from_dict(json.loads(r["data"])) for r in rows]
+
+    # -- events --------------------------------------------------------------------
+
+    def add_event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
+                  data: dict[str, Any] | None = None) -> Event:
+        ts = time.time()
+        cur = self.db.execute("INSERT INTO events(ts, service, rollout_id, kind, message, data) VALUES (?,?,?,?,?,?)",
+                              (ts, service, rollout_id, kind, message, json.dumps(data or {})))
+        return Event(int(cur.lastrowid or 0), ts, service, rollout_id, kind, message, data or {})
+
+    def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,
+               limit: int = 500) -> list[Event]:
+        q, args = "SELECT * FROM events WHERE id > ?", [since]
+        if service:
+            q += " AND service=?"
+            args.append(service)
+        if rollout_id:
+            q += " AND rollout_id=?"
+            args.append(rollout_id)
+        q += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [Event(r["id"], r["ts"], r["service"], r["rollout_id"], r["kind"], r["message"], json.loads(r["data"]))
+                for r in self.db.execute(q, args)]
+
+
+def _service(row: sqlite3.Row) -> ServiceRecord:
+    slots = {k: Slot.from_dict(v) for k, v in json.loads(row["slots"]).items()}
+    return ServiceRecord(row["name"], row["listen"], row["spec_path"], row["active_slot"], row["table_version"],
+                         slots, row["previous_image_id"],
+                         json.loads(row["previous_spec"]) if row["previous_spec"] else None, row["updated_at"])

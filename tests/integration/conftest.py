@@ -1,0 +1,80 @@
+"""Fixtures for end-to-end tests: a real daemon on a private state dir, the example
+shop's specs pointed at a free port, and cleanup of every process they start."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shipyard.client import AsyncApiClient
+from shipyard.daemonproc import DaemonProcess
+from shipyard.demo import example_dir, free_port
+from support.procs import kill_everything_under
+
+EXAMPLE = example_dir()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sy"))
+    try:
+        yield d
+    finally:
+        kill_everything_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(state_dir: Path) -> Iterator[DaemonProcess]:
+    dp = DaemonProcess(state_dir).start()
+    try:
+        yield dp
+    finally:
+        dp.stop()
+
+
+@pytest.fixture
+async def api(daemon: DaemonProcess) -> AsyncIterator[AsyncApiClient]:
+    client = AsyncApiClient(daemon.paths, timeout=120)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def listen() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+SpecMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_spec(state_dir: Path, listen: str) -> SpecMaker:
+    """make_spec("v2", name="v2-manual", **{"strategy.blue_green.auto_promote": False})"""
+    def make(version: str, name: str | None = None, **changes: Any) -> Path:
+        doc: dict[str, Any] = yaml.safe_load((EXAMPLE / f"{version}.yaml").read_text())
+        doc["listen"] = listen
+        doc["build"]["context"] = str((EXAMPLE / doc["build"]["context"]).resolve())
+        doc["health"]["interval"] = "100ms"
+        for dotted, value in changes.items():
+            node = doc
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            if value is None:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = value
+        path = state_dir / "specs" / f"{name or version}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+    return make

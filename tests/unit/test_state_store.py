@@ -1,0 +1,40 @@
+"""The SQLite state store: records survive a reopen exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shipyard.rollout.model import Kind, Phase, Rollout
+from shipyard.runtime.base import Instance
+from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.state.sqlite import SqliteStore
+
+
+def test_service_instance_rollout_event_round_trip(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    s = SqliteStore(db)
+    svc = ServiceRecord("shop", "127.0.0.1:8080", "/x/shop.yaml", active_slot="blue", table_version=3)
+    svc.slots["blue"] = Slot(SlotState.LIVE, "img1", {"service": "shop"}, None)
+    s.put_service(svc)
+    i = Instance("shop-blue-1", "shop", "blue", "img1", "127.0.0.1", 4000, 99, 12345, "/l", "/d")
+    s.put_instance(i, "healthy")
+    r = Rollout("shop-1", "shop", Kind.DEPLOY, Phase.STARTING, "green", "blue", "img2", "img1")
+    s.put_rollout(r, {"service": "shop"})
+    e = s.add_event("shop", "x", "hello", "shop-1", {"a": 1})
+    s.close()
+
+    s = SqliteStore(db)
+    got = s.get_service("shop")
+    assert got is not None and got.active_slot == "blue" and got.table_version == 3
+    assert got.slots["blue"] == svc.slots["blue"] and got.slots["green"] == Slot()
+    assert s.instances("shop") == [(i, "healthy")]
+    s.set_instance_status(i.id, "stopped")
+    assert s.instances("shop") == [] and s.instances("shop", live_only=False) == [(i, "stopped")]
+    assert s.get_rollout("shop-1") == r and s.rollout_spec("shop-1") == {"service": "shop"}
+    assert s.active_rollouts("shop") == [r]
+    s.put_rollout(r.enter(Phase.FAILED, 1.0, "x"))
+    assert s.active_rollouts("shop") == [] and s.rollout_spec("shop-1") == {"service": "shop"}
+    assert s.next_rollout_seq("shop") == 2
+    assert [ev.message for ev in s.events(rollout_id="shop-1")] == ["hello"]
+    assert s.events(since=e.id) == []
+    s.close()

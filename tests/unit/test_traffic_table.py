@@ -1,0 +1,34 @@
+"""Deriving the routing table from slots and instance health."""
+
+from __future__ import annotations
+
+from shipyard.rollout.traffic import build_table
+from shipyard.runtime.base import Instance
+from shipyard.state.records import ServiceRecord
+
+
+def inst(iid: str, slot: str, port: int) -> Instance:
+    return Instance(iid, "shop", slot, "img", "127.0.0.1", port, 1, 1, "/l", "/d")
+
+
+def test_live_slot_gets_all_traffic_and_new_slot_is_preview_only() -> None:
+    svc = ServiceRecord("shop", "127.0.0.1:8080", active_slot="blue")
+    t = build_table(svc, [(inst("b0", "blue", 1), "healthy"), (inst("g0", "green", 2), "healthy"),
+                          (inst("g1", "green", 3), "starting")], version=7)
+    assert t.version == 7
+    assert t.weights == {"blue": 100}
+    assert [u.id for u in t.tracks["green"]] == ["g0"]
+    assert t.track_for() == "blue"
+    assert t.track_for(override="green") == "green"
+
+
+def test_no_live_slot_means_no_weights() -> None:
+    svc = ServiceRecord("shop", "127.0.0.1:8080")
+    t = build_table(svc, [(inst("g0", "green", 2), "healthy")], version=1)
+    assert t.weights == {} and t.track_for() is None
+
+
+def test_live_slot_without_healthy_instances_still_routes_to_live_processes() -> None:
+    svc = ServiceRecord("shop", "127.0.0.1:8080", active_slot="blue")
+    t = build_table(svc, [(inst("b0", "blue", 1), "unhealthy")], version=1)
+    assert t.weights == {"blue": 100} and [u.id for u in t.tracks["blue"]] == ["b0"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import yaml
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.demo import example_dir, free_port
+from support import SpecMaker
 from support.procs import kill_everything_under
 
 EXAMPLE = example_dir()
@@ -51,9 +52,6 @@ async def api(daemon: DaemonProcess) -> AsyncIterator[AsyncApiClient]:
 @pytest.fixture
 def listen() -> str:
     return f"127.0.0.1:{free_port()}"
-
-
-SpecMaker = Callable[..., Path]
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import SpecMaker
-
 from shipyard.client import AsyncApiClient
 from shipyard.loadgen import Traffic
+from support import SpecMaker
 
 
 async def deploy(api: AsyncApiClient, spec: object, timeout: float = 120) -> dict:

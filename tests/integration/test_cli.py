@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SpecMaker
 
 from shipyard.daemonproc import DaemonProcess
+from support import SpecMaker
 
 
 def sy(*args: str, state: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -8,11 +8,12 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import SpecMaker
+import httpx
 
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.loadgen import Traffic
+from support import SpecMaker
 
 
 async def deploy(api: AsyncApiClient, spec: Path, timeout: float = 120) -> dict:
@@ -114,6 +115,13 @@ async def test_router_killed_is_restarted_with_its_table(api: AsyncApiClient, da
             pass
         await asyncio.sleep(0.1)
     assert new_pid and new_pid != pid
+    async with httpx.AsyncClient() as c:      # back in service once it listens again
+        while time.monotonic() < deadline:
+            try:
+                if (await c.get(f"http://{listen}/")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
     async with Traffic(f"http://{listen}", clients=4) as traffic:
         await asyncio.sleep(0.5)
     assert traffic.failures() == [] and set(traffic.versions()) == {"2"}

@@ -19,6 +19,8 @@ from test_router_support import (
     upstreams,
 )
 
+from shipyard.errors import RouterError
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -364,3 +366,19 @@ async def test_malformed_and_oversized_requests_are_refused(router: RouterProces
         finally:
             c.close()
     assert blue.seen == []  # nothing malformed reached the instance
+
+
+async def test_stale_or_foreign_tables_are_refused(router: RouterProcess, farm: list[TestUpstream]) -> None:
+    blue, green = farm
+    await router.set(make_table(5, {"blue": [blue]}, {"blue": 100}))
+    with pytest.raises(RouterError, match="stale table: version 4 is older than the served version 5"):
+        await router.set(make_table(4, {"green": [green]}, {"green": 100}))
+    with pytest.raises(RouterError, match="this router serves 'shop'"):
+        await router.set(make_table(6, {"green": [green]}, {"green": 100}, service="cart"))
+    assert (await router.client.get_table()).version == 5  # type: ignore[union-attr]
+    assert await names(router.port, 3) == {"blue": 3}
+    # what is persisted is what is served: a restart comes back with version 5
+    router.kill()
+    await router.start()
+    assert (await router.client.get_table()).version == 5  # type: ignore[union-attr]
+    assert await names(router.port, 2) == {"blue": 2}

@@ -44,6 +44,7 @@ class SlotOps:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self._locks: dict[str, asyncio.Lock] = {}
+        self._router_version: dict[str, int] = {}
 
     def lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
@@ -58,27 +59,31 @@ class SlotOps:
         """Rebuild the table from the record and the instances, push it; returns seconds taken.
         Caller holds the service lock."""
         t0 = time.perf_counter()
-        current = None
-        try:
+        if svc.name not in self._router_version:   # once per daemon life: the router may hold a newer table
             current = await self.d.router.current(svc.name)
-        except ShipyardError:
-            current = None
-        version = max(svc.table_version, current.version if current else 0) + 1
+            self._router_version[svc.name] = current.version if current else 0
+        version = max(svc.table_version, self._router_version[svc.name]) + 1
         sticky_header = sticky_cookie = None
         if spec is not None and spec.strategy.canary is not None and spec.strategy.canary.sticky is not None:
             sticky_header = spec.strategy.canary.sticky.header
             sticky_cookie = spec.strategy.canary.sticky.cookie
         table = build_table(svc, self.d.store.instances(svc.name), version, sticky_header, sticky_cookie)
-        await self.d.router.apply(table)
+        try:
+            await self.d.router.apply(table)
+        except ShipyardError:
+            self._router_version.pop(svc.name, None)   # re-read it next time (restarted or refused as stale)
+            raise
+        self._router_version[svc.name] = version
         svc.table_version = version
         self.d.store.put_service(svc)
         return time.perf_counter() - t0
 
     # -- instances -------------------------------------------------------------------
 
-    def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
+    async def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
         image = self.d.images.get(image_id)
-        tree = self.d.images.verified_tree(image_id)        # refuses a tampered image
+        # re-hashing a whole tree is CPU work: keep the event loop (and the API) responsive
+        tree = await asyncio.to_thread(self.d.images.verified_tree, image_id)   # refuses a tampered image
         env = dict(image.env)
         missing = [k for k in spec.run.secret_env if k not in self.d.env]
         if missing:
@@ -91,7 +96,7 @@ class SlotOps:
                           command=list(image.command), env=env, instance_dir=self.d.paths.instance_dir(iid))
 
     async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None) -> Instance:
-        launch = self.launch_spec(spec, slot, image_id)
+        launch = await self.launch_spec(spec, slot, image_id)
         inst = await self.d.runtime.start(launch)
         self.d.store.put_instance(inst, "starting")
         self.event(spec.service, "instance.started", f"instance {inst.id} started (pid {inst.pid}, port {inst.port})",

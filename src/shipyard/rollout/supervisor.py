@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from shipyard.errors import ShipyardError
 from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
@@ -33,12 +35,13 @@ class Supervisor:
         self._replacing: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
 
     async def stop(self) -> None:
-        tasks = [t for ts in self._replacing.values() for t in ts]
+        tasks = [t for ts in self._replacing.values() for t in ts] + list(self._background)
         if self._task:
             tasks.append(self._task)
         for t in tasks:
@@ -127,7 +130,7 @@ class Supervisor:
                 self.d.store.set_instance_status(inst.id, "unhealthy")
                 self._forget(inst.id)
                 changed = True
-                asyncio.create_task(self.ops.stop_instance(inst, spec.run.stop_timeout, "unhealthy"))
+                self._spawn(self.ops.stop_instance(inst, spec.run.stop_timeout, "unhealthy"))
         alive = sum(1 for i, st in self.d.store.instances(service, slot) if st in ("healthy", "starting"))
         pending = self._replacing.setdefault((service, slot), set())
         missing = spec.replicas - alive - len([t for t in pending if not t.done()])
@@ -170,7 +173,13 @@ class Supervisor:
                 await self.ops.teardown(service, slot, None, "scale_down_delay elapsed; rollback now redeploys")
             finally:
                 self._retiring.discard(key)
-        asyncio.create_task(run())
+        self._spawn(run())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Background work the tick must not wait for, kept referenced until done."""
+        t = asyncio.create_task(work)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
 
     def _forget(self, iid: str) -> None:
         self._fails.pop(iid, None)

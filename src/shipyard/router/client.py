@@ -231,7 +231,8 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active:
             return
         self.active = None
-        self.resume(P_BUFFER | P_UPSTREAM)
+        if self.paused:
+            self.resume(P_BUFFER | P_UPSTREAM)
         if ex.close_after or self.draining or self.eof:
             self.close()
             return

@@ -125,12 +125,15 @@ class Exchange:
                     user_key = v.decode("latin-1")
                     break
         self.hdrs = None
-        override = self.override.decode("latin-1") if self.override is not None else None
-        track = st.table.track_for(override, user_key)
-        if track is None:
-            self.fail(503, f"service {server.service} has no live release")
-            return
-        route = self.route = st.routes[track]
+        if self.override is None and st.single is not None:
+            route = self.route = st.single  # what track_for would answer, without the draw
+        else:
+            override = self.override.decode("latin-1") if self.override is not None else None
+            track = st.table.track_for(override, user_key)
+            if track is None:
+                self.fail(503, f"service {server.service} has no live release")
+                return
+            route = self.route = st.routes[track]
         m = self.metrics = route.metrics
         m.requests += 1
         m.inflight += 1
@@ -146,10 +149,6 @@ class Exchange:
             self.fail(502, f"no reachable instance of track {route.name} for service "
                            f"{self.client.server.service} ({reason})")
             return
-        if self.tried is None:
-            self.tried = [ups]
-        else:
-            self.tried.append(ups)
         self.ups = ups
         ups.metrics.requests += 1
         conn = ups.acquire()
@@ -166,6 +165,10 @@ class Exchange:
             reason = ups.connect_failed(e)
             if not self.done:
                 self.last_error = reason
+                if self.tried is None:  # only failures are remembered: the happy path allocates nothing
+                    self.tried = [ups]
+                else:
+                    self.tried.append(ups)
                 self._dispatch()
             return
         self.connecting = None
@@ -416,7 +419,8 @@ class Exchange:
 
     def _finish_response(self) -> None:
         self.done = True
-        self.client.resume(P_UPSTREAM)
+        if self.client.paused & P_UPSTREAM:
+            self.client.resume(P_UPSTREAM)
         if self.counted:
             self.counted = False
             m = self.metrics

@@ -68,11 +68,14 @@ class TrackRoute:
 class RouteState:
     """A table compiled for the hot path; swapped as one reference."""
 
-    __slots__ = ("table", "routes", "sticky_header", "sticky_cookie")
+    __slots__ = ("table", "routes", "sticky_header", "sticky_cookie", "single")
 
     def __init__(self, table: RoutingTable, routes: dict[str, TrackRoute]) -> None:
         self.table = table
         self.routes = routes
+        serving = table.serving
+        self.single = routes[serving[0]] if len(serving) == 1 else None
+        """The only serving track, when there is one: a request without override skips the draw."""
         self.sticky_header = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
         self.sticky_cookie = table.sticky_cookie.encode("latin-1") if table.sticky_cookie else None
 

@@ -200,7 +200,8 @@ class UpstreamState:
         if conn.closed or self.retired or len(self.idle) >= MAX_IDLE_PER_UPSTREAM:
             conn.close()
             return
-        conn.resume_reading()  # an idle connection must read so that a close is noticed
+        if conn.read_paused:  # an idle connection must read so that a close is noticed
+            conn.resume_reading()
         conn.idle_since = now
         self.idle.append(conn)
 

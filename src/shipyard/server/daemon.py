@@ -127,7 +127,7 @@ def run(state_dir: str | None, listen: str) -> None:
     paths = StatePaths.resolve(state_dir)
     try:
         import uvloop
-        uvloop.install()
     except ImportError:
-        pass
-    asyncio.run(serve(paths, listen))
+        asyncio.run(serve(paths, listen))
+    else:
+        uvloop.run(serve(paths, listen))

@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(BIN)/shipyard demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 300
 
 bench: $(VENV)/.installed

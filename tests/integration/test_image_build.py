@@ -255,3 +255,27 @@ async def test_step_killed_by_a_signal_is_reported(tmp: Path, ctx: Path) -> None
     with pytest.raises(ImageError, match=r"(?s)was killed by SIGKILL.*about to die"):
         await store.build(shop_input(ctx, steps=[[sys.executable, "-c", step]]))
     assert os.listdir(tmp / "images" / "staging") == []
+
+
+async def test_unchanged_inputs_skip_the_steps(tmp: Path) -> None:
+    """`deploy` builds only if needed: the steps run again only when an input changed."""
+    ctx = tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "app.py").write_text("print('hi')\n")
+    runs = tmp / "runs.log"
+    step = [sys.executable, "-c", f"open({str(runs)!r}, 'a').write('x'); open('out.txt', 'w').write('built')"]
+    store = ImageStore(tmp / "store")
+    inp = BuildInput(service="svc", context=ctx, ignore=[], steps=[step], env={}, files={},
+                     run_command=["python3", "app.py"], run_env={})
+    lines: list[str] = []
+    first = await store.build(inp)
+    again = await store.build(inp, log=lines.append)
+    assert again.id == first.id and runs.read_text() == "x"
+    assert any("without running the steps" in line for line in lines)
+    (ctx / "app.py").write_text("print('changed')\n")
+    changed = await store.build(inp)
+    assert changed.id != first.id and runs.read_text() == "xx"
+    forced = await store.build(inp, use_cache=False)
+    assert forced.id == changed.id and runs.read_text() == "xxx"
+    other_env = await store.build(BuildInput(**{**inp.__dict__, "run_env": {"A": "1"}}))
+    assert other_env.id != changed.id and runs.read_text() == "xxxx"

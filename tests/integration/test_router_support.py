@@ -108,8 +108,8 @@ class TestUpstream:
                 self.seen.append(Seen(method, target, headers, conn_id))
                 if not await self._respond(method, target, headers, reader, writer, conn_id):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, RuntimeError):
+            return  # RuntimeError: uvloop refuses writes once the peer is gone
         finally:
             self._writers.discard(writer)
             writer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from shipyard.errors import ImageError
 from shipyard.images.ignore import IgnoreRules
-from shipyard.images.manifest import manifest_mode, symlink_escapes, walk_tree
+from shipyard.images.manifest import canonical_json, describe_tree, manifest_mode, symlink_escapes, walk_tree
 
 LogFn = Callable[[str], None]
 
@@ -242,8 +243,8 @@ async def run_step(
         )
 
 
-async def stage(inp: BuildInput, tree: Path, log: LogFn | None = None, exclude: Path | None = None) -> None:
-    """Fill the empty directory ``tree`` with what the image will contain."""
+async def prepare(inp: BuildInput, tree: Path, log: LogFn | None = None, exclude: Path | None = None) -> None:
+    """Fill the empty directory ``tree`` with the build context and the rendered files."""
     context = Path(inp.context)
     if not context.is_dir():
         raise ImageError(
@@ -256,6 +257,17 @@ async def stage(inp: BuildInput, tree: Path, log: LogFn | None = None, exclude: 
     if log is not None:
         log(f"--- copied {count} files from {context}")
     write_files(tree, inp.files)
+
+
+def input_key(tree: Path, inp: BuildInput) -> str:
+    """What a build's steps start from: the staged tree plus everything else that goes
+    into the image. Equal keys mean the steps would run on identical inputs."""
+    doc = {"cache": 1, "service": inp.service, "tree": describe_tree(tree), "steps": [list(a) for a in inp.steps],
+           "env": dict(inp.env), "run_command": list(inp.run_command), "run_env": dict(inp.run_env)}
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+async def run_steps(inp: BuildInput, tree: Path, log: LogFn | None = None) -> None:
     env = step_env(inp.env)
     for i, argv in enumerate(inp.steps, start=1):
         await run_step(i, len(inp.steps), list(argv), tree, env, log)

@@ -102,6 +102,20 @@ def make_manifest(
     }
 
 
+def describe_tree(root: Path) -> list[Entry]:
+    """The content of a tree as manifest-like entries (used to key the build cache)."""
+    out: list[Entry] = []
+    for rel, st in walk_tree(root):
+        if stat.S_ISLNK(st.st_mode):
+            out.append({"path": rel, "type": "symlink", "target": os.readlink(root / rel)})
+        elif stat.S_ISREG(st.st_mode):
+            sha, size = hash_file(root / rel)
+            out.append({"path": rel, "type": "file", "mode": manifest_mode(st.st_mode), "sha256": sha})
+        else:
+            out.append({"path": rel, "type": "dir" if stat.S_ISDIR(st.st_mode) else "other"})
+    return out
+
+
 def _check_path(rel: Any) -> str:
     if (
         not isinstance(rel, str)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ImageError, ImageVerificationError, NotFoundError
-from shipyard.images.build import BuildInput, LogFn, remove_dir, stage
+from shipyard.images.build import BuildInput, LogFn, input_key, prepare, remove_dir, run_steps
 from shipyard.images.manifest import (
     CHUNK,
     TREE_DIR_MODE,
@@ -138,24 +138,51 @@ class ImageStore:
         return self.root / "staging"
 
     def _ensure(self) -> None:
-        for d in (self._objects, self._manifests, self._meta, self._trees, self._staging):
+        for d in (self._objects, self._manifests, self._meta, self._trees, self._staging, self._inputs):
             d.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def _inputs(self) -> Path:
+        """input key -> image id, so an unchanged build skips its steps."""
+        return self.root / "inputs"
+
+    def _cached(self, key: str) -> Image | None:
+        try:
+            image_id = (self._inputs / key).read_text().strip()
+        except OSError:
+            return None
+        if not (self._manifests / f"{image_id}.json").exists():
+            return None
+        return self._load(image_id)
 
     def _object_path(self, sha: str) -> Path:
         return self._objects / sha[:2] / sha[2:]
 
     # ---- build -------------------------------------------------------------------------
 
-    async def build(self, inp: BuildInput, log: LogFn | None = None) -> Image:
-        """Stage, run the steps, store the result. Same inputs -> same id -> the existing image."""
+    async def build(self, inp: BuildInput, log: LogFn | None = None, use_cache: bool = True) -> Image:
+        """Stage, run the steps, store the result. Same inputs -> same id -> the existing image.
+
+        With build steps, the inputs (staged context + files, steps, env, command) are
+        hashed first: if an image was already built from exactly these inputs it is
+        returned without running the steps again (`use_cache=False` forces a rebuild)."""
         if not inp.service or "/" in inp.service:
             raise ImageError(f"invalid service name {inp.service!r}", hint="use letters, digits and dashes")
         self._ensure()
         staging = Path(tempfile.mkdtemp(prefix="build-", dir=self._staging))
+        key = None
         try:
             tree = staging / "tree"
             tree.mkdir()
-            await stage(inp, tree, log, exclude=self.root.resolve())
+            await prepare(inp, tree, log, exclude=self.root.resolve())
+            if inp.steps:
+                key = await asyncio.to_thread(input_key, tree, inp)
+                cached = self._cached(key) if use_cache else None
+                if cached is not None:
+                    if log is not None:
+                        log(f"--- inputs unchanged: image {cached.short_id} reused without running the steps")
+                    return cached
+                await run_steps(inp, tree, log)
             entries = await asyncio.to_thread(self._ingest, tree)
         finally:
             remove_dir(staging)
@@ -163,6 +190,8 @@ class ImageStore:
         data = canonical_json(manifest)
         image_id = hashlib.sha256(data).hexdigest()
         if (self._manifests / f"{image_id}.json").exists():
+            if key is not None:
+                _write_atomic(self._inputs / key, image_id.encode())
             if log is not None:
                 log(f"--- image {image_id[:12]} already exists: reused")
             return self._load(image_id)
@@ -171,6 +200,8 @@ class ImageStore:
             canonical_json({"service": inp.service, "created_at": time.time()}),
         )
         _write_atomic(self._manifests / f"{image_id}.json", data)
+        if key is not None:
+            _write_atomic(self._inputs / key, image_id.encode())
         if log is not None:
             log(f"--- built image {image_id[:12]} ({len(entries)} entries)")
         return self._load(image_id)

@@ -113,9 +113,9 @@ class ClientConnection(asyncio.Protocol):
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
 
     def eof_received(self) -> bool:
-        if self.active is None:
-            return False
-        self.eof = True  # half-closed: answer what was asked, then close
+        if self.active is None or self.reading is not None or self.in_head:
+            return False  # nothing to answer, or a request that can never be complete: close
+        self.eof = True  # half-closed after a complete request: answer it, then close
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -161,21 +161,27 @@ class Exchange:
         try:
             conn = await ups.connect()
         except (OSError, TimeoutError) as e:
-            self.connecting = None
-            reason = ups.connect_failed(e)
-            if not self.done:
-                self.last_error = reason
-                if self.tried is None:  # only failures are remembered: the happy path allocates nothing
-                    self.tried = [ups]
-                else:
-                    self.tried.append(ups)
-                self._dispatch()
+            self._connect_failed(ups, e)
+            return
+        if conn.closed:  # reset between connect and now: nothing was sent, same as a failed connect
+            self._connect_failed(ups, ConnectionResetError(104, "Connection reset by peer"))
             return
         self.connecting = None
         if self.done:
             ups.release(conn, self.client.server.clock)
         else:
             self._attach(conn, False)
+
+    def _connect_failed(self, ups: UpstreamState, error: BaseException) -> None:
+        self.connecting = None
+        reason = ups.connect_failed(error)
+        if not self.done:
+            self.last_error = reason
+            if self.tried is None:  # only failures are remembered: the happy path allocates nothing
+                self.tried = [ups]
+            else:
+                self.tried.append(ups)
+            self._dispatch()
 
     def _attach(self, conn: UpstreamConnection, reused: bool) -> None:
         self.conn = conn

@@ -13,7 +13,7 @@ import errno
 import logging
 from typing import Protocol
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
 from shipyard.router.metrics import UpstreamMetrics
 from shipyard.router.table import Upstream
@@ -84,6 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
+            if isinstance(e, HttpParserCallbackError):  # a bug of ours: make it visible
+                log.exception("internal error while relaying a response")
             self.close()
             if self.ex is not None:
                 self.ex = None

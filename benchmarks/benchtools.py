@@ -1,0 +1,210 @@
+"""Pieces every benchmark script needs: child processes that are always stopped, wrk and
+HAProxy runs with machine-readable results, a description of the machine, and the
+rewrite of one section of docs/benchmarks.md. Kept apart so each script is its figure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import ShipyardError
+
+WRK = "/usr/bin/wrk"
+HAPROXY = "/usr/sbin/haproxy"
+
+# wrk runs the script once per thread (its own Lua state) and once in the main state,
+# where setup() sees each thread and done() sums what the threads counted.
+_LUA_DONE = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0 end
+function done(summary, latency, requests)
+  local non2xx = 0
+  for _, t in ipairs(threads) do non2xx = non2xx + (t:get("bad") or 0) end
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%.0f,"duration_us":%.0f,"bytes":%.0f,"connect":%.0f,'
+    .. '"read":%.0f,"write":%.0f,"status":%.0f,"timeout":%.0f,"non2xx":%.0f,"p50_us":%.0f,'
+    .. '"p90_us":%.0f,"p99_us":%.0f,"max_us":%.0f,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    non2xx, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    latency.mean))
+end
+"""
+# Only when asked: a response() hook makes wrk parse every response, which costs it CPU.
+_LUA_COUNT = r"""
+function response(status, headers, body)
+  if status < 200 or status > 299 then bad = bad + 1 end
+end
+"""
+
+
+class Children:
+    """Every process a benchmark starts, each in its own session, so that stopping one
+    stops its whole group and `stop_all` leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(self, argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    async def stop(self, proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def stop_all(self) -> None:
+        for proc in self.procs:
+            await self.stop(proc)
+
+
+def kill_everything_under(root: Path, timeout: float = 5.0) -> list[int]:
+    """Last resort after a crash: SIGKILL the process group of anything whose command line
+    names `root` or whose working directory is inside it (daemon, router, instances)."""
+    root_s = str(root.resolve())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if root_s in cmd or cwd == root_s or cwd.startswith(root_s + "/"):
+            found.append(int(entry))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in found):
+        time.sleep(0.05)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def run_wrk(children: Children, workdir: Path, url: str, seconds: int, connections: int,
+                  threads: int = 2, count_non2xx: bool = False) -> dict[str, Any]:
+    """One wrk run; its figures as a dict (latencies in µs, rps). non2xx is -1 unless counted."""
+    script = workdir / ("wrk-count.lua" if count_non2xx else "wrk-plain.lua")
+    script.write_text(_LUA_DONE + (_LUA_COUNT if count_non2xx else ""))
+    argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    proc = await children.spawn(argv, cwd=workdir, stdout=asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    finally:
+        await children.stop(proc)
+    text = out.decode(errors="replace")
+    line = next((ln for ln in text.splitlines() if ln.startswith("WRKJSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise ShipyardError(f"wrk against {url} failed (exit {proc.returncode}):\n{text[-2000:]}",
+                            f"is {WRK} installed and the target listening?")
+    res: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    if not count_non2xx:
+        res["non2xx"] = -1
+    res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+    res["command"] = " ".join(argv[:-3] + [url])
+    return res
+
+
+async def start_haproxy(children: Children, workdir: Path, port: int, backends: list[str],
+                        threads: int = 1) -> asyncio.subprocess.Process:
+    """HAProxy in the foreground, keep-alive on both sides, round robin over `backends`."""
+    cfg = workdir / "haproxy.cfg"
+    servers = "\n".join(f"    server s{i} {b}" for i, b in enumerate(backends))
+    cfg.write_text(f"""global
+    nbthread {threads}
+    maxconn 10000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance roundrobin
+{servers}
+""")
+    with open(workdir / "haproxy.log", "wb") as log:
+        return await children.spawn([HAPROXY, "-f", str(cfg), "-db"], cwd=workdir, stdout=log,
+                                    stderr=asyncio.subprocess.STDOUT)
+
+
+async def wait_port(host: str, port: int, proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.returncode is not None:
+            raise ShipyardError(f"a benchmark helper exited with code {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        if time.monotonic() > deadline:
+            raise ShipyardError(f"nothing listens on {host}:{port} after {timeout:g}s")
+        await asyncio.sleep(0.05)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on, recorded next to them."""
+    model = ""
+    with contextlib.suppress(OSError):
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = m.group(1).strip() if m else ""
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model or platform.processor() or "unknown",
+            "python": platform.python_version(), "kernel": platform.release(),
+            "wrk": _version([WRK, "--version"]), "haproxy": _version([HAPROXY, "-v"])}
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return first[0] if first else None
+
+
+def write_doc_section(doc: Path, name: str, body: str) -> None:
+    """Replace what lies between <!-- name:begin --> and <!-- name:end --> (appended if absent)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + f"\n\n## {name}\n\n{block}\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)

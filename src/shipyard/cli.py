@@ -71,6 +71,7 @@ def schema() -> None:
 
 @app.command()
 def build(file: Path = typer.Argument(..., help="The spec file."), state_dir: str | None = StateDir,
+          no_cache: bool = typer.Option(False, "--no-cache", help="Run the build steps even if no input changed."),
           as_json: bool = JsonOut) -> None:
     """Build the image of a spec into the local image store; print its id."""
     import asyncio
@@ -81,7 +82,7 @@ def build(file: Path = typer.Argument(..., help="The spec file."), state_dir: st
     spec = load_spec(file)
     store = ImageStore(_paths(state_dir).ensure().images)
     log = (lambda _line: None) if as_json else (lambda line: err.print(f"[dim]  {line}[/]", highlight=False))
-    image = asyncio.run(store.build(build_input(spec), log=log))
+    image = asyncio.run(store.build(build_input(spec), log=log, use_cache=not no_cache))
     if as_json:
         _print_json({"id": image.id, "service": image.service, "files": image.files, "size": image.size})
     else:

@@ -239,6 +239,10 @@ async def test_slow_instance_gets_504(workdir: Path, farm: list[TestUpstream]) -
             assert r.status == 504
             assert r.body == (f"shipyard: instance {blue.upstream.id} of service shop did not answer "
                               "within 1s\n").encode()
+            # an instance that stops reading a large body is timed out too (the client is paused)
+            r = await asyncio.wait_for(c.request("POST", "/stall", body=pattern(8 * 1024 * 1024)), 6)
+            assert r.status == 504
+            assert (await router.client.stats())["tracks"]["blue"]["inflight"] == 0
         finally:
             c.close()
 
@@ -381,4 +385,29 @@ async def test_stale_or_foreign_tables_are_refused(router: RouterProcess, farm: 
     router.kill()
     await router.start()
     assert (await router.client.get_table()).version == 5  # type: ignore[union-attr]
+    assert await names(router.port, 2) == {"blue": 2}
+
+
+async def test_client_gone_mid_request_frees_everything(router: RouterProcess, farm: list[TestUpstream]) -> None:
+    """A client that leaves (FIN or reset) mid-body or mid-wait must not leave the exchange,
+    the in-flight count or the instance connection behind."""
+    blue, _ = farm
+    await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
+    half = await RawClient.open(router.port)
+    half.writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"z" * 1000)
+    waiting = await RawClient.open(router.port)
+    waiting.send("GET", "/sleep?s=3")
+    await asyncio.sleep(0.3)
+    assert (await router.client.stats())["tracks"]["blue"]["inflight"] == 2
+    half.writer.write_eof()  # FIN with the body incomplete: the request can never finish
+    waiting.writer.transport.abort()
+    for _ in range(40):
+        # (the sleeping handler only notices its closed connection when it wakes up)
+        if (await router.client.stats())["tracks"]["blue"]["inflight"] == 0 and len(blue._writers) <= 1:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"an exchange outlived its client {(await router.client.stats())['tracks']['blue']} {len(blue._writers)}")
+    assert (await router.client.stats())["tracks"]["blue"]["aborted"] == 2
+    half.close()
     assert await names(router.port, 2) == {"blue": 2}

@@ -62,6 +62,7 @@ class TestUpstream:
     connections: int = 0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> TestUpstream:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
@@ -76,6 +77,9 @@ class TestUpstream:
         for w in list(self._writers):
             w.transport.abort()
         self._writers.clear()
+        for t in list(self._tasks):  # handlers asleep in /sleep or /stall
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.sleep(0.05)
 
     @property
@@ -86,6 +90,9 @@ class TestUpstream:
         self.connections += 1
         conn_id = self.connections
         self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
         served = 0
         try:
             while True:
@@ -112,6 +119,7 @@ class TestUpstream:
             return  # RuntimeError: uvloop refuses writes once the peer is gone
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def _body(self, headers: dict[str, str], reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
@@ -143,6 +151,9 @@ class TestUpstream:
                 await w.drain()
             w.write(b"0\r\n\r\n")
             return True
+        if path == "/stall":  # never reads the body nor answers: a hung instance
+            await asyncio.sleep(30)
+            return False
         h = hashlib.sha256()
         size = 0
         async for chunk in self._body(headers, reader):

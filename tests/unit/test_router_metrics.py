@@ -28,9 +28,9 @@ def test_status_classes_and_odd_codes() -> None:
 
 def test_snapshot_is_plain_json_data() -> None:
     m = TrackMetrics()
-    m.requests, m.errors, m.inflight = 3, 1, 2
+    m.requests, m.errors, m.aborted, m.inflight = 3, 1, 1, 2
     snap = m.snapshot()
-    assert (snap["requests"], snap["errors"], snap["inflight"]) == (3, 1, 2)
+    assert (snap["requests"], snap["errors"], snap["aborted"], snap["inflight"]) == (3, 1, 1, 2)
     assert snap["latency"]["buckets"][-1] == "+inf"
     assert len(snap["latency"]["buckets"]) == len(snap["latency"]["counts"]) == 14
     snap["latency"]["counts"][0] = 99  # a copy: the reader cannot corrupt the live counters

@@ -49,7 +49,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "eof", "closed")
+                 "closed")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -69,7 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.write_paused_at = 0.0
         self.deadline = 0.0
-        self.draining = self.eof = self.closed = False
+        self.draining = self.closed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -113,10 +113,9 @@ class ClientConnection(asyncio.Protocol):
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
 
     def eof_received(self) -> bool:
-        if self.active is None or self.reading is not None or self.in_head:
-            return False  # nothing to answer, or a request that can never be complete: close
-        self.eof = True  # half-closed after a complete request: answer it, then close
-        return True
+        # A client that closes its side has given up (as nginx assumes; HTTP clients do not
+        # half-close): its exchange is aborted so it holds no instance and no in-flight slot.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -233,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         if self.paused:
             self.resume(P_BUFFER | P_UPSTREAM)
-        if ex.close_after or self.draining or self.eof:
+        if ex.close_after or self.draining:
             self.close()
             return
         server = self.server
@@ -272,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
             self.abort()  # the client stopped reading its response
             return
         ex = self.active
-        if ex is not None and ex.conn is not None and ex.req_done and not ex.done:
+        if ex is not None and ex.conn is not None and not ex.done and (ex.req_done or self.paused & P_UPSTREAM):
             conn = ex.conn
             if conn.seen or conn.read_paused:
                 conn.seen = False

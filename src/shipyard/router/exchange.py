@@ -285,7 +285,7 @@ class Exchange:
             self.wbuf += out
             return
         client = self.client
-        close = self.close_after or not self.keep_alive or client.draining or client.eof
+        close = self.close_after or not self.keep_alive or client.draining
         if self.is_head or status == 204 or status == 304:
             mode = M_NONE
         elif chunked_up or not has_len:
@@ -376,10 +376,12 @@ class Exchange:
                            f"sent an invalid HTTP response ({error})")
 
     def upstream_pause(self, paused: bool) -> None:
-        if paused:
-            self.client.pause(P_UPSTREAM)
+        client = self.client
+        if paused:  # the instance stopped reading the body: its silence is now timed too
+            client.pause(P_UPSTREAM)
+            self.deadline = client.server.clock + client.server.response_timeout
         else:
-            self.client.resume(P_UPSTREAM)
+            client.resume(P_UPSTREAM)
 
     def timeout(self) -> None:
         server = self.client.server
@@ -404,7 +406,7 @@ class Exchange:
             self.counted = True
         m.errors += 1
         client = self.client
-        close = self.close_after or not self.keep_alive or client.draining or client.eof
+        close = self.close_after or not self.keep_alive or client.draining
         self.close_after = close
         conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
         self.wbuf.clear()
@@ -456,6 +458,7 @@ class Exchange:
         if self.counted and self.metrics is not None:
             self.counted = False
             self.metrics.inflight -= 1
+            self.metrics.aborted += 1
         self.done = self.finished = True
 
     def _ups_id(self) -> str:

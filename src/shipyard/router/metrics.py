@@ -19,13 +19,17 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 class TrackMetrics:
     """What one track served: request count, status classes, router errors, latency, in-flight."""
 
-    __slots__ = ("requests", "status", "errors", "inflight", "counts", "sum_ms", "count")
+    __slots__ = ("requests", "status", "errors", "aborted", "inflight", "counts", "sum_ms", "count")
 
     def __init__(self) -> None:
         self.requests = 0
         self.status = [0, 0, 0, 0, 0, 0]  # index = status // 100; index 0 unused
         self.errors = 0
-        """Responses the router generated itself (502/503/504): the instance never answered."""
+        """Responses the router generated itself (502/503/504) or cut short because the instance
+        broke mid-response; they are also counted in `status` (as 5xx)."""
+        self.aborted = 0
+        """Requests whose client left before the response was complete (no status recorded):
+        requests == sum(status) + aborted + inflight."""
         self.inflight = 0
         self.counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.sum_ms = 0.0
@@ -44,6 +48,7 @@ class TrackMetrics:
             "requests": self.requests,
             "status": {name: self.status[i + 1] for i, name in enumerate(STATUS_CLASSES)},
             "errors": self.errors,
+            "aborted": self.aborted,
             "inflight": self.inflight,
             "latency": {
                 "buckets": [*LATENCY_BUCKETS_MS, "+inf"],

@@ -1,6 +1,7 @@
-"""Pieces every benchmark script needs: child processes that are always stopped, wrk and
-HAProxy runs with machine-readable results, a description of the machine, and the
-rewrite of one section of docs/benchmarks.md. Kept apart so each script is its figure."""
+"""Pieces every benchmark script needs: child processes that are always stopped, a prober
+that records which release answered each request, wrk and HAProxy runs with
+machine-readable results, a description of the machine, and the rewrite of one section
+of docs/benchmarks.md. Kept apart so that each script is only its figure."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +111,99 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Probe:
+    sent: float             # time.monotonic() just before the request was written
+    done: float
+    status: int             # 0: no response (connection error, timeout, bad response)
+    version: str | None     # the answer's version header
+
+
+class Prober:
+    """Which release answered each request, by send time: a few keep-alive connections
+    sending GET / (back to back unless `pause`). Raw HTTP/1.1 on asyncio streams rather than
+    httpx: cheaper per request, so send times are dense and precise."""
+
+    def __init__(self, host: str, port: int, connections: int = 4, version_header: str = "x-shop-version",
+                 pause: float = 0.0) -> None:
+        self.host, self.port, self.connections, self.pause = host, port, connections, pause
+        self.version_header = version_header.lower()
+        self.probes: list[Probe] = []
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._connection()) for _ in range(self.connections)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connection(self) -> None:
+        request = f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: sybench\r\n\r\n".encode()
+        while not self._stop.is_set():
+            writer = None
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                while not self._stop.is_set():
+                    sent = time.monotonic()
+                    writer.write(request)
+                    async with asyncio.timeout(5.0):
+                        status, version, close = await read_response(reader, self.version_header)
+                    self.probes.append(Probe(sent, time.monotonic(), status, version))
+                    if close:
+                        break
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
+            except (OSError, EOFError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+                self.probes.append(Probe(time.monotonic(), time.monotonic(), 0, None))
+                self.errors.append(f"{type(e).__name__}: {e}")
+                await asyncio.sleep(0.01)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+    def failures(self) -> int:
+        return sum(1 for p in self.probes if not 200 <= p.status < 300)
+
+
+async def read_response(reader: asyncio.StreamReader, version_header: str) -> tuple[int, str | None, bool]:
+    """(status, version header, server will close) of one response; its body is read and dropped."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")   # no trailers expected: the empty line after the last chunk
+    else:
+        await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get(version_header), headers.get("connection", "").lower() == "close"
+
+
 async def run_wrk(children: Children, workdir: Path, url: str, seconds: int, connections: int,
-                  threads: int = 2, count_non2xx: bool = False) -> dict[str, Any]:
-    """One wrk run; its figures as a dict (latencies in µs, rps). non2xx is -1 unless counted."""
+                  threads: int = 2, count_non2xx: bool = False,
+                  until: asyncio.Event | None = None) -> dict[str, Any]:
+    """One wrk run; its figures as a dict (latencies in µs, rps). non2xx is -1 unless counted.
+    With `until`, `seconds` is a cap: setting the event ends the run early (wrk stops on
+    SIGINT and still reports), for a load that must last as long as something else."""
     script = workdir / ("wrk-count.lua" if count_non2xx else "wrk-plain.lua")
     script.write_text(_LUA_DONE + (_LUA_COUNT if count_non2xx else ""))
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     proc = await children.spawn(argv, cwd=workdir, stdout=asyncio.subprocess.PIPE,
                                 stderr=asyncio.subprocess.STDOUT)
+    talk = asyncio.ensure_future(proc.communicate())
+    stopper = asyncio.ensure_future(until.wait() if until else asyncio.sleep(seconds + 30))
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+        await asyncio.wait({talk, stopper}, timeout=seconds + 30, return_when=asyncio.FIRST_COMPLETED)
+        if until is not None and until.is_set() and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+        out, _ = await asyncio.wait_for(talk, 30)
     finally:
+        stopper.cancel()
+        talk.cancel()
         await children.stop(proc)
     text = out.decode(errors="replace")
     line = next((ln for ln in text.splitlines() if ln.startswith("WRKJSON ")), None)
@@ -131,6 +215,8 @@ async def run_wrk(children: Children, workdir: Path, url: str, seconds: int, con
         res["non2xx"] = -1
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
     res["command"] = " ".join(argv[:-3] + [url])
+    if until is not None:
+        res["stopped_by_caller"] = True   # -d is only a cap; duration_us is how long it ran
     return res
 
 
@@ -141,7 +227,7 @@ async def start_haproxy(children: Children, workdir: Path, port: int, backends: 
     servers = "\n".join(f"    server s{i} {b}" for i, b in enumerate(backends))
     cfg.write_text(f"""global
     nbthread {threads}
-    maxconn 10000
+    maxconn 4000
 defaults
     mode http
     option http-keep-alive
@@ -162,11 +248,14 @@ backend app
                                     stderr=asyncio.subprocess.STDOUT)
 
 
-async def wait_port(host: str, port: int, proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+async def wait_port(host: str, port: int, proc: asyncio.subprocess.Process, timeout: float = 5.0,
+                    log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.returncode is not None:
-            raise ShipyardError(f"a benchmark helper exited with code {proc.returncode} before listening on {port}")
+            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+            raise ShipyardError(f"a benchmark helper exited with code {proc.returncode} before listening on "
+                                f"{port}" + (f":\n{tail}" if tail else ""))
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection(host, port)
             writer.close()

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from benchtools import (
+    HAPROXY,
     Children,
+    Probe,
+    Prober,
     kill_everything_under,
     machine,
     run_wrk,
@@ -46,77 +49,14 @@ SERVICE = "shop"
 GOAL_MS = 50.0
 WARMUP = 1.5
 """Seconds of load before the first switch, and kept free at the end of the load."""
+IDLE_PROBE_PAUSE = 0.004
+"""Pause between a prober connection's requests in the no-wrk series: ~1000 requests/s in
+all, so the machine stays nearly idle while the switch moment is still known to ~1 ms."""
+LOAD_CAP_FACTOR = 4
+"""wrk stops by itself after this many times --duration if the switches never finish."""
 MIN_GAP = 0.25
 """Quiet time after one switch returned before the next may start, so every switch has
 a window of its own in which to settle."""
-
-
-# -- the prober: which release answered each request, by send time ---------------------------
-
-@dataclass(frozen=True)
-class Probe:
-    sent: float             # time.monotonic() just before the request was written
-    done: float
-    status: int             # 0: no response (connection error, timeout, bad response)
-    version: str | None     # X-Shop-Version of the answer
-
-
-class Prober:
-    """A few keep-alive connections sending GET / back to back. Raw HTTP/1.1 on asyncio
-    streams rather than httpx: cheaper per request, so send times are dense and precise."""
-
-    def __init__(self, host: str, port: int, connections: int = 4) -> None:
-        self.host, self.port, self.connections = host, port, connections
-        self.probes: list[Probe] = []
-        self.errors: list[str] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._connection()) for _ in range(self.connections)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _connection(self) -> None:
-        request = f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: sybench\r\n\r\n".encode()
-        while not self._stop.is_set():
-            writer = None
-            try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                while not self._stop.is_set():
-                    sent = time.monotonic()
-                    writer.write(request)
-                    async with asyncio.timeout(5.0):
-                        status, version, close = await read_response(reader)
-                    self.probes.append(Probe(sent, time.monotonic(), status, version))
-                    if close:
-                        break
-            except (OSError, EOFError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-                self.probes.append(Probe(time.monotonic(), time.monotonic(), 0, None))
-                self.errors.append(f"{type(e).__name__}: {e}")
-                await asyncio.sleep(0.01)
-            finally:
-                if writer is not None:
-                    writer.close()
-
-    def failures(self) -> int:
-        return sum(1 for p in self.probes if not 200 <= p.status < 300)
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, str | None, bool]:
-    """(status, X-Shop-Version, server will close) of one response; its body is read and dropped."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    status = int(head[0].split(" ", 2)[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            await reader.readexactly(size + 2)
-        await reader.readuntil(b"\r\n")   # no trailers expected: the empty line after the last chunk
-    else:
-        await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("x-shop-version"), headers.get("connection", "").lower() == "close"
 
 
 # -- switches --------------------------------------------------------------------------------
@@ -188,25 +128,25 @@ async def deploy(api: AsyncApiClient, spec: Path) -> dict[str, Any]:
 
 async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncApiClient, state: Path,
                        host: str, port: int) -> dict[str, Any]:
-    """wrk + prober on the router for --duration s while 2*cycles CLI and 2*cycles API switches
-    run, in pairs (CLI there and back, API there and back), spaced evenly."""
+    """wrk + prober on the router while 2*cycles CLI and 2*cycles API switches run, in pairs
+    (CLI there and back, API there and back), spread over --duration s. The load lasts at
+    least --duration s and until WARMUP s after the last switch, even when the CLI is slow."""
     n = 4 * args.cycles
     spacing = (args.duration - 2 * WARMUP) / n
     prober = Prober(host, port)
     prober.start()
-    wrk = asyncio.create_task(run_wrk(children, state, f"http://{host}:{port}/", args.duration,
-                                      args.connections, count_non2xx=True))
+    enough = asyncio.Event()
+    wrk = asyncio.create_task(run_wrk(children, state, f"http://{host}:{port}/", LOAD_CAP_FACTOR * args.duration,
+                                      args.connections, count_non2xx=True, until=enough))
     t0 = time.monotonic()
-    last_start_allowed = t0 + args.duration - WARMUP
     switches: list[Switch] = []
     version = "2"
     try:
         free_at = t0 + WARMUP
         for k in range(n):
-            start = max(t0 + WARMUP + k * spacing, free_at)
-            if start > last_start_allowed:
-                break
-            await asyncio.sleep(start - time.monotonic())
+            await asyncio.sleep(max(t0 + WARMUP + k * spacing, free_at) - time.monotonic())
+            if wrk.done():
+                break               # the load ended (cap reached or wrk failed): no switch without it
             version = "1" if version == "2" else "2"
             sw = (await switch_cli(children, state, version) if (k // 2) % 2 == 0
                   else await switch_api(api, version))
@@ -214,6 +154,8 @@ async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncA
             free_at = time.monotonic() + MIN_GAP
             if not sw.ok:
                 break
+        await asyncio.sleep(max(t0 + args.duration, time.monotonic() + WARMUP) - time.monotonic())
+        enough.set()
         load = await wrk
     finally:
         if not wrk.done():
@@ -222,7 +164,31 @@ async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncA
     probes = sorted(prober.probes, key=lambda p: p.sent)
     for i, sw in enumerate(switches):
         measure_settle(sw, probes, switches[i + 1].t_cmd if i + 1 < len(switches) else float("inf"))
-    return {"wrk": load, "switches": switches, "prober": prober, "spacing_s": spacing}
+    starts = [s.t_cmd for s in switches]
+    mean_gap = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else 0.0
+    return {"wrk": load, "switches": switches, "prober": prober, "spacing_s": mean_gap}
+
+
+async def idle_series(children: Children, state: Path, host: str, port: int, version: str,
+                      cycles: int) -> tuple[list[Switch], Prober]:
+    """CLI switches on a nearly idle machine (a paced prober, no wrk): how much of the loaded
+    figure is the CLI process competing for CPU, rather than the CLI and the switch."""
+    prober = Prober(host, port, pause=IDLE_PROBE_PAUSE)
+    prober.start()
+    switches: list[Switch] = []
+    try:
+        for _ in range(2 * cycles):
+            await asyncio.sleep(0.4)
+            version = "1" if version == "2" else "2"
+            switches.append(await switch_cli(children, state, version))
+            if not switches[-1].ok:
+                break
+        await asyncio.sleep(0.4)
+    finally:
+        await prober.stop()
+    for i, sw in enumerate(switches):
+        measure_settle(sw, prober.probes, switches[i + 1].t_cmd if i + 1 < len(switches) else float("inf"))
+    return switches, prober
 
 
 async def throughput_phase(args: argparse.Namespace, children: Children, api: AsyncApiClient, state: Path,
@@ -235,11 +201,11 @@ async def throughput_phase(args: argparse.Namespace, children: Children, api: As
     out["router"] = await run_wrk(children, state, f"http://{listen}/", secs, conns)
     out["direct"] = await run_wrk(children, state, f"http://{backends[0]}/", secs, conns)
     out["haproxy"] = None
-    if shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists():
+    if Path(HAPROXY).exists():
         hport = free_port()
         proc = await start_haproxy(children, state, hport, backends, threads=1)
         try:
-            await wait_port("127.0.0.1", hport, proc)
+            await wait_port("127.0.0.1", hport, proc, log=state / "haproxy.log")
             out["haproxy"] = await run_wrk(children, state, f"http://127.0.0.1:{hport}/", secs, conns)
             out["haproxy"]["nbthread"] = 1
         finally:
@@ -254,25 +220,33 @@ def stats(values: list[float]) -> dict[str, float | None]:
             "n": len(values)}
 
 
-def summarize(args: argparse.Namespace, sp: dict[str, Any], tp: dict[str, Any] | None) -> dict[str, Any]:
+def series(switches: list[Switch]) -> dict[str, Any]:
+    """p50/max of one series; a cycle counts when both its switches succeeded and settled."""
+    good = [s for s in switches if s.ok and s.settle_ms is not None]
+    cycles = sum(1 for i in range(0, len(switches) - 1, 2) if switches[i] in good and switches[i + 1] in good)
+    return {"switches": len(switches), "settled": len(good), "cycles": cycles,
+            "settle_ms": stats([s.settle_ms for s in good if s.settle_ms is not None]),
+            "wall_ms": stats([s.wall_ms for s in switches]),
+            "old_after_return": sum(1 for s in switches if s.last_old_ms is not None and s.last_old_ms > s.wall_ms)}
+
+
+def switch_rows(switches: list[Switch]) -> list[dict[str, Any]]:
+    return [{**{k: v for k, v in asdict(s).items() if k not in ("t_cmd", "t_done")}, "wall_ms": s.wall_ms}
+            for s in switches]
+
+
+def summarize(args: argparse.Namespace, sp: dict[str, Any], idle: tuple[list[Switch], Prober] | None,
+              tp: dict[str, Any] | None) -> dict[str, Any]:
     sws: list[Switch] = sp["switches"]
     wrk, prober = sp["wrk"], sp["prober"]
     wrk_failed = sum(wrk[k] for k in ("connect", "read", "write", "timeout")) + max(wrk["non2xx"], wrk["status"])
-    router_failed = wrk_failed + prober.failures()
+    router_failed = wrk_failed + prober.failures() + (idle[1].failures() if idle else 0)
     if tp is not None:
         r = tp["router"]
         router_failed += sum(r[k] for k in ("connect", "read", "write", "timeout", "status"))
-
-    def series(method: str) -> dict[str, Any]:
-        mine = [s for s in sws if s.method == method]
-        good = [s for s in mine if s.ok and s.settle_ms is not None]
-        cycles = sum(1 for i in range(0, len(mine) - 1, 2) if mine[i] in good and mine[i + 1] in good)
-        return {"switches": len(mine), "settled": len(good), "cycles": cycles,
-                "settle_ms": stats([s.settle_ms for s in good if s.settle_ms is not None]),
-                "wall_ms": stats([s.wall_ms for s in mine]),
-                "settled_before_return": sum(1 for s in good if (s.settle_ms or 0) <= s.wall_ms)}
-
-    cli, api = series("cli"), series("api")
+    cli, api = series([s for s in sws if s.method == "cli"]), series([s for s in sws if s.method == "api"])
+    sent = (wrk["requests"] + len(prober.probes) + (len(idle[1].probes) if idle else 0)
+            + (tp["router"]["requests"] if tp else 0))
     result: dict[str, Any] = {
         "benchmark": "bluegreen", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {},
@@ -280,21 +254,28 @@ def summarize(args: argparse.Namespace, sp: dict[str, Any], tp: dict[str, Any] |
                     "throughput_seconds": args.throughput_seconds, "spacing_s": round(sp["spacing_s"], 3),
                     "prober_connections": prober.connections},
         "goal_settle_ms": GOAL_MS,
-        "failed_requests": {"total_through_router": router_failed, "switch_wrk": wrk_failed,
-                            "prober": prober.failures(), "prober_errors": prober.errors[:20]},
+        "failed_requests": {"total_through_router": router_failed, "requests_through_router": sent,
+                            "switch_wrk": wrk_failed, "prober": prober.failures(),
+                            "prober_errors": prober.errors[:20]},
         "switch_load": wrk, "prober_requests": len(prober.probes),
         "cli": cli, "api": api,
         "goal_met": {"cli": (cli["settle_ms"]["max"] or 1e9) <= GOAL_MS,
                      "api": (api["settle_ms"]["max"] or 1e9) <= GOAL_MS},
-        "switches": [{**{k: v for k, v in asdict(s).items() if k not in ("t_cmd", "t_done")},
-                      "wall_ms": s.wall_ms} for s in sws],
+        "switches": switch_rows(sws),
+        "cli_without_load": {**series(idle[0]), "prober_failures": idle[1].failures(),
+                             "prober_requests": len(idle[1].probes),
+                             "switches_raw": switch_rows(idle[0])} if idle else None,
         "throughput": tp,
     }
     if tp is not None:
         rps = {k: tp[k]["rps"] for k in ("router", "direct", "haproxy") if tp.get(k)}
         result["ratios"] = {"router_over_direct": rps["router"] / rps["direct"],
                             "router_over_haproxy": rps["router"] / rps["haproxy"] if "haproxy" in rps else None}
-    result["ok"] = router_failed == 0 and cli["cycles"] >= args.cycles and api["cycles"] >= args.cycles
+    idle_s = series(idle[0]) if idle else {"cycles": args.idle_cycles, "old_after_return": 0}
+    result["ok"] = (router_failed == 0
+                    and cli["old_after_return"] == api["old_after_return"] == idle_s["old_after_return"] == 0
+                    and cli["cycles"] >= args.cycles and api["cycles"] >= args.cycles
+                    and idle_s["cycles"] >= args.idle_cycles)
     return result
 
 
@@ -307,17 +288,16 @@ def markdown(res: dict[str, Any]) -> str:
     m, cli, api, f = res["machine"], res["cli"], res["api"], res["failed_requests"]
     o = res["options"]
     lines = [
-        f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, Python {m['python']}. "
-        f"Load: wrk {o['connections']} keep-alive connections through the router for {o['duration_s']} s, "
-        f"plus a {o['prober_connections']}-connection prober; switches every {o['spacing_s']:.2f} s.",
+        f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, Python {m['python']} "
+        f"(1-min load average before the run: {m['loadavg_1min_before']:.2f}). "
+        f"Load: wrk {o['connections']} keep-alive connections through the router for "
+        f"{res['switch_load']['duration_us'] / 1e6:.1f} s, plus a {o['prober_connections']}-connection prober; "
+        f"a switch every {o['spacing_s']:.2f} s on average.",
         "",
         "| figure | result | goal |",
         "|---|---|---|",
-        f"| failed requests through the router (wrk errors + non-2xx + prober) | {f['total_through_router']} "
-        f"of {res['switch_load']['requests'] + res['prober_requests']:,} in the switch phase "
-        f"(+ {res['throughput']['router']['requests']:,} in the throughput run) | 0 |"
-        if res["throughput"] else
-        f"| failed requests through the router | {f['total_through_router']} | 0 |",
+        f"| failed requests through the router (wrk socket errors + non-2xx + prober failures) | "
+        f"{f['total_through_router']} of {f['requests_through_router']:,} | 0 |",
         f"| switch/rollback cycles under load | {cli['cycles']} by CLI + {api['cycles']} by API "
         f"({cli['switches'] + api['switches']} switches) | >= {o['cycles']} |",
     ]
@@ -327,8 +307,15 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{ms(s['settle_ms']['p50'])} / {ms(s['settle_ms']['max'])} | <= {GOAL_MS:.0f} ms ({goal}) |")
     lines += [f"| CLI process wall time (p50 / max) | {ms(cli['wall_ms']['p50'])} / {ms(cli['wall_ms']['max'])} | |",
               f"| API call time (p50 / max) | {ms(api['wall_ms']['p50'])} / {ms(api['wall_ms']['max'])} | |",
-              f"| switches settled before the command returned | {cli['settled_before_return']}/{cli['switches']} "
-              f"CLI, {api['settled_before_return']}/{api['switches']} API | |"]
+              f"| requests sent after the command returned that the old release answered | "
+              f"in {cli['old_after_return']} of {cli['switches']} CLI switches, in {api['old_after_return']} "
+              f"of {api['switches']} API switches | 0 |"]
+    idle = res["cli_without_load"]
+    if idle:
+        goal = "met" if (idle["settle_ms"]["max"] or 1e9) <= GOAL_MS else "**not met**"
+        lines.append(f"| no wrk, nearly idle machine ({idle['switches']} CLI switches): CLI started -> every new "
+                     f"request on the target (p50 / max); CLI wall p50 | {ms(idle['settle_ms']['p50'])} / "
+                     f"{ms(idle['settle_ms']['max'])}; {ms(idle['wall_ms']['p50'])} | <= {GOAL_MS:.0f} ms ({goal}) |")
     tp = res["throughput"]
     if tp:
         lines += ["", f"Throughput, no switching: wrk -t2 -c{o['connections']} -d{o['throughput_seconds']}s on GET /.",
@@ -349,11 +336,13 @@ def markdown(res: dict[str, Any]) -> str:
 
 def print_human(res: dict[str, Any]) -> None:
     print("\n" + markdown(res) + "\n")
-    for s in res["switches"]:
-        print(f"  {s['method']} -> v{s['target']}: {'ok' if s['ok'] else 'FAILED'}  settle {ms(s['settle_ms'])}  "
+    loaded = [(s, "") for s in res["switches"]]
+    for s, tag in loaded + [(s, " (no wrk)") for s in (res["cli_without_load"] or {}).get("switches_raw", [])]:
+        print(f"  {s['method']}{tag} -> v{s['target']}: {'ok' if s['ok'] else 'FAILED'}  settle {ms(s['settle_ms'])}  "
               f"last old {ms(s['last_old_ms'])}  wall {ms(s['wall_ms'])}  ({s['probes']} probes)"
               + ("" if s["ok"] else f"  {s['detail']}"))
-    print("\nresult:", "PASS" if res["ok"] else "FAIL (failed requests or too few cycles)")
+    print("\nresult:", "PASS" if res["ok"] else
+          "FAIL (a failed request, an old-release answer after a command returned, or too few cycles)")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -371,11 +360,16 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
         print(f"switch phase: {args.duration} s, {args.connections} connections, "
               f"{args.cycles} CLI + {args.cycles} API cycles ...", flush=True)
         sp = await switch_phase(args, children, api, state, "127.0.0.1", port)
+        idle: tuple[list[Switch], Prober] | None = None
+        if args.idle_cycles > 0 and sp["switches"] and all(s.ok for s in sp["switches"]):
+            print(f"CLI on a nearly idle machine: {args.idle_cycles} cycles ...", flush=True)
+            idle = await idle_series(children, state, "127.0.0.1", port, sp["switches"][-1].target,
+                                     args.idle_cycles)
         tp = None
         if args.throughput_seconds > 0:
             print(f"throughput phase: {args.throughput_seconds} s each for router, direct, haproxy ...", flush=True)
             tp = await throughput_phase(args, children, api, state, listen)
-        return summarize(args, sp, tp)
+        return summarize(args, sp, idle, tp)
     finally:
         await children.stop_all()
         with contextlib.suppress(ShipyardError):
@@ -390,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", type=int, default=10, help="switch/rollback cycles by CLI (and as many by API)")
     p.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections")
     p.add_argument("--throughput-seconds", type=int, default=10, help="wrk seconds per throughput target; 0 skips")
+    p.add_argument("--idle-cycles", type=int, default=2,
+                   help="extra CLI cycles with only the prober running (no wrk); 0 skips")
     p.add_argument("--output", type=Path, default=HERE / "results" / "bluegreen.json")
     p.add_argument("--write-doc", action="store_true", help=f"rewrite the bluegreen section of {DOC}")
     args = p.parse_args(argv)
     if args.duration < 20 or args.cycles < 1 or args.connections < 1:
         p.error("the acceptance needs --duration >= 20, --cycles >= 1 and --connections >= 1")
+    load_before = Path("/proc/loadavg").read_text().split()[0]   # another load on the machine skews everything
     state = Path(tempfile.mkdtemp(prefix="sybench"))
     children = Children()
     try:
@@ -408,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         kill_everything_under(state)
         shutil.rmtree(state, ignore_errors=True)
-    res["machine"] = machine()
+    res["machine"] = {**machine(), "loadavg_1min_before": float(load_before)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=2) + "\n")
     print_human(res)

@@ -227,17 +227,8 @@ def promote(service: str, state_dir: str | None = StateDir, as_json: bool = Json
 @app.command()
 def rollback(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
     """Go back to the previous release: a switch while its slot is warm, else a redeploy."""
-    client = _client(state_dir)
-    r = client.post(f"/v1/services/{service}/rollback")["rollout"]
-    if r["phase"] not in ("succeeded", "failed", "aborted"):
-        r = follow(client, r["id"], quiet=as_json)
-    if as_json:
-        _print_json(r)
-    else:
-        out.print(f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r["reason"] else ""),
-                  highlight=False)
-    if r["phase"] == "failed":
-        raise typer.Exit(1)
+    from shipyard.entry import rollback as run  # one implementation, normally run before the CLI loads
+    raise typer.Exit(run(service, state_dir, as_json))
 
 
 @app.command()

@@ -6,7 +6,6 @@ single directory is the whole installation and a temporary one is a whole sandbo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 ENV_HOME = "SHIPYARD_HOME"
@@ -20,9 +19,23 @@ def default_home() -> Path:
     return Path(base) / "shipyard"
 
 
-@dataclass(frozen=True)
 class StatePaths:
-    root: Path
+    """Plain class rather than a dataclass: `shipyard rollback` imports this before it
+    sends its request, and every millisecond of import is a millisecond of the switch."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StatePaths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"StatePaths({str(self.root)!r})"
 
     @classmethod
     def resolve(cls, state_dir: str | Path | None = None) -> StatePaths:

@@ -99,3 +99,19 @@ def test_tampered_image_is_refused(daemon: DaemonProcess, make_spec: SpecMaker, 
     res = sy("deploy", "-f", str(spec), "--wait", state=state_dir)
     assert res.returncode == 1
     assert "release.toml" in res.stdout and "failed" in res.stdout
+
+
+def test_rollback_command_switches_back(daemon: DaemonProcess, make_spec: SpecMaker, state_dir: Path) -> None:
+    for v in ("v1", "v2"):
+        assert sy("deploy", "-f", str(make_spec(v)), "--wait", state=state_dir).returncode == 0
+    res = sy("rollback", "shop", state=state_dir)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "rollback shop-3: succeeded"
+    st = json.loads(sy("status", "shop", "--json", state=state_dir).stdout)
+    first = json.loads(sy("history", "shop", "--json", state=state_dir).stdout)[-1]
+    assert st["live_slot"] == first["target_slot"]
+    again = sy("rollback", "shop", "--json", state=state_dir)
+    assert again.returncode == 0 and json.loads(again.stdout)["phase"] == "succeeded"
+    assert sy("rollback", "nosuch", state=state_dir).returncode == 4
+    helped = sy("rollback", "--help", state=state_dir)
+    assert helped.returncode == 0 and "warm" in helped.stdout

@@ -28,8 +28,6 @@ class DaemonProcess:
 
     def start(self, timeout: float = 20.0) -> DaemonProcess:
         self.paths.ensure()
-        with contextlib.suppress(FileNotFoundError):
-            self.paths.api.unlink()
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shipyard", "serve", "--state-dir", str(self.paths.root)],

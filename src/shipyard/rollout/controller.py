@@ -108,10 +108,13 @@ class Controller:
             self._refuse_listen_clash(spec)
             svc = ServiceRecord(spec.service, spec.listen, spec_path)
         elif svc.listen != spec.listen:
-            self._refuse_listen_clash(spec)
+            raise ConflictError(
+                f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
+                f"moving the address moves every client at once, which no rollout can make safe: keep "
+                f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
+        await self.d.router.ensure(spec.service, svc.listen)   # may refuse (address in use): nothing recorded yet
         svc.spec_path = spec_path
         self.d.store.put_service(svc)
-        await self.d.router.ensure(spec.service, svc.listen)
         now = self.d.clock()
         live = svc.active_slot
         bg = spec.strategy.blue_green

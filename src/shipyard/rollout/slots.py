@@ -8,6 +8,7 @@ always rebuilt from one consistent view."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import time
@@ -59,20 +60,24 @@ class SlotOps:
         """Rebuild the table from the record and the instances, push it; returns seconds taken.
         Caller holds the service lock."""
         t0 = time.perf_counter()
-        if svc.name not in self._router_version:   # once per daemon life: the router may hold a newer table
-            current = await self.d.router.current(svc.name)
-            self._router_version[svc.name] = current.version if current else 0
-        version = max(svc.table_version, self._router_version[svc.name]) + 1
         sticky_header = sticky_cookie = None
         if spec is not None and spec.strategy.canary is not None and spec.strategy.canary.sticky is not None:
             sticky_header = spec.strategy.canary.sticky.header
             sticky_cookie = spec.strategy.canary.sticky.cookie
-        table = build_table(svc, self.d.store.instances(svc.name), version, sticky_header, sticky_cookie)
-        try:
-            await self.d.router.apply(table)
-        except ShipyardError:
-            self._router_version.pop(svc.name, None)   # re-read it next time (restarted or refused as stale)
-            raise
+        instances = self.d.store.instances(svc.name)
+        for attempt in (1, 2):
+            if svc.name not in self._router_version:   # the router may hold a newer table than we recorded
+                current = await self.d.router.current(svc.name)
+                self._router_version[svc.name] = current.version if current else 0
+            version = max(svc.table_version, self._router_version[svc.name]) + 1
+            table = build_table(svc, instances, version, sticky_header, sticky_cookie)
+            try:
+                await self.d.router.apply(table)
+                break
+            except ShipyardError:
+                self._router_version.pop(svc.name, None)   # restarted, or refused ours as stale: ask again
+                if attempt == 2:
+                    raise
         self._router_version[svc.name] = version
         svc.table_version = version
         self.d.store.put_service(svc)
@@ -218,7 +223,17 @@ class SlotOps:
         self.event(service, "slot.torn_down", f"slot {slot} torn down ({reason})", rollout_id, slot=slot)
 
 
+_parsed: dict[tuple[str, str], Spec] = {}
+
+
 def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:
-    """A spec as stored with a slot or a rollout (its json form)."""
-    base = Path(spec_path).parent if spec_path else Path("/")
-    return Spec.from_json_dict(doc, base)
+    """A spec as stored with a slot or a rollout (its json form). Validation costs about a
+    millisecond and the supervisor asks every tick, so equal documents are parsed once."""
+    key = (json.dumps(doc, sort_keys=True), spec_path)
+    spec = _parsed.get(key)
+    if spec is None:
+        if len(_parsed) > 64:
+            _parsed.clear()
+        base = Path(spec_path).parent if spec_path else Path("/")
+        spec = _parsed[key] = Spec.from_json_dict(doc, base)
+    return spec

@@ -42,7 +42,9 @@ class ServiceRecord:
         return self.slots.get(self.active_slot) if self.active_slot else None
 
     def slots_json(self) -> dict[str, Any]:
-        return {k: asdict(v) for k, v in self.slots.items()}
+        # not dataclasses.asdict: it deep-copies each slot's spec, a measurable part of a switch
+        return {k: {"state": v.state, "image_id": v.image_id, "spec": v.spec, "retire_at": v.retire_at}
+                for k, v in self.slots.items()}
 
 
 @dataclass(frozen=True)

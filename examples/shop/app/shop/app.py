@@ -75,7 +75,8 @@ class Shop:
         try:
             self.products = json.loads((PACKAGE_DIR / release.catalog).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            self.catalog_error = f"catalog {release.catalog!r} unavailable: {exc}"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.catalog_error = f"catalog {release.catalog!r} unavailable: {why}"
         self._by_id = {str(p["id"]): p for p in self.products}
         broken = json_reply(500, {"error": self.catalog_error})
         self._static: dict[str, Reply] = {

@@ -47,6 +47,11 @@ function response(status, headers, body)
   if status < 200 or status > 299 then bad = bad + 1 end
 end
 """
+# A paced load: wrk calls delay() after each response and waits that many milliseconds
+# before the connection's next request, so the offered rate is at most connections/pause.
+_LUA_PACE = """
+function delay() return {ms} end
+"""
 
 
 class Children:
@@ -132,13 +137,21 @@ class Prober:
         self.errors: list[str] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.started = self.stopped = 0.0
 
     def start(self) -> None:
+        self.started = time.monotonic()
         self._tasks = [asyncio.create_task(self._connection()) for _ in range(self.connections)]
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stopped = time.monotonic()
+
+    def rate(self) -> float:
+        """Requests per second it sent while it ran (part of the load it measures)."""
+        secs = (self.stopped or time.monotonic()) - self.started
+        return len(self.probes) / secs if self.started and secs > 0 else 0.0
 
     async def _connection(self) -> None:
         request = f"GET / HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: sybench\r\n\r\n".encode()
@@ -184,12 +197,15 @@ async def read_response(reader: asyncio.StreamReader, version_header: str) -> tu
 
 async def run_wrk(children: Children, workdir: Path, url: str, seconds: int, connections: int,
                   threads: int = 2, count_non2xx: bool = False,
-                  until: asyncio.Event | None = None) -> dict[str, Any]:
+                  until: asyncio.Event | None = None, pace_ms: int = 0) -> dict[str, Any]:
     """One wrk run; its figures as a dict (latencies in µs, rps). non2xx is -1 unless counted.
     With `until`, `seconds` is a cap: setting the event ends the run early (wrk stops on
-    SIGINT and still reports), for a load that must last as long as something else."""
-    script = workdir / ("wrk-count.lua" if count_non2xx else "wrk-plain.lua")
-    script.write_text(_LUA_DONE + (_LUA_COUNT if count_non2xx else ""))
+    SIGINT and still reports), for a load that must last as long as something else.
+    With `pace_ms`, each connection pauses that long between a response and its next request
+    (offered_rps is then the ceiling connections/pause); without, it is unpaced (None)."""
+    script = workdir / f"wrk-{'count' if count_non2xx else 'plain'}-{pace_ms}ms.lua"
+    script.write_text(_LUA_DONE + (_LUA_COUNT if count_non2xx else "")
+                      + (_LUA_PACE.format(ms=pace_ms) if pace_ms > 0 else ""))
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     proc = await children.spawn(argv, cwd=workdir, stdout=asyncio.subprocess.PIPE,
                                 stderr=asyncio.subprocess.STDOUT)
@@ -214,6 +230,8 @@ async def run_wrk(children: Children, workdir: Path, url: str, seconds: int, con
     if not count_non2xx:
         res["non2xx"] = -1
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+    res["pace_ms"] = pace_ms
+    res["offered_rps"] = connections * 1000 / pace_ms if pace_ms > 0 else None
     res["command"] = " ".join(argv[:-3] + [url])
     if until is not None:
         res["stopped_by_caller"] = True   # -d is only a cap; duration_us is how long it ran
@@ -297,3 +315,81 @@ def write_doc_section(doc: Path, name: str, body: str) -> None:
         text = text.rstrip() + f"\n\n## {name}\n\n{block}\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+# -- traffic switches --------------------------------------------------------------------------------
+
+@dataclass
+class Switch:
+    method: str                      # "cli" | "api"
+    target: str                      # the version that must serve afterwards
+    t_cmd: float                     # monotonic, just before the CLI process / API request started
+    t_done: float = 0.0              # when the CLI process exited / the API call returned
+    ok: bool = False
+    detail: str = ""
+    settle_ms: float | None = None   # t_cmd -> send time of the first target answer after the last old one
+    last_old_ms: float | None = None  # t_cmd -> send time of the last answer by the old release
+    probes: int = 0                  # prober answers sent in this switch's window
+
+    @property
+    def wall_ms(self) -> float:
+        return (self.t_done - self.t_cmd) * 1000
+
+
+def cli_argv() -> list[str]:
+    script = Path(sys.executable).with_name("shipyard")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shipyard"]
+
+
+async def switch_cli(children: Children, state: Path, service: str, target: str) -> Switch:
+    """`shipyard rollback <service>` as a real process (the user's path, start-up included)."""
+    env = {**os.environ, "SHIPYARD_HOME": str(state)}
+    sw = Switch("cli", target, time.monotonic())
+    proc = await children.spawn([*cli_argv(), "rollback", service], env=env, cwd=state,
+                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    sw.t_done = time.monotonic()
+    sw.detail = out.decode(errors="replace").strip()
+    sw.ok = proc.returncode == 0 and "succeeded" in sw.detail
+    return sw
+
+
+async def switch_api(api: AsyncApiClient, service: str, target: str) -> Switch:
+    sw = Switch("api", target, time.monotonic())
+    try:
+        r = (await api.post(f"/v1/services/{service}/rollback"))["rollout"]
+        sw.ok, sw.detail = r["phase"] == "succeeded", f"{r['kind']} {r['id']}: {r['phase']}"
+    except ShipyardError as e:
+        sw.detail = e.message
+    sw.t_done = time.monotonic()
+    return sw
+
+
+def measure_settle(sw: Switch, probes: list[Probe], until: float) -> None:
+    """Fill in when, within [t_cmd, until), every request sent was answered by the target."""
+    window = [p for p in probes if sw.t_cmd <= p.sent < until and p.status]
+    sw.probes = len(window)
+    last_old = max((p.sent for p in window if p.version != sw.target), default=None)
+    after = [p.sent for p in window if p.version == sw.target and (last_old is None or p.sent > last_old)]
+    sw.last_old_ms = (last_old - sw.t_cmd) * 1000 if last_old is not None else None
+    sw.settle_ms = (min(after) - sw.t_cmd) * 1000 if after else None
+
+
+def stats(values: list[float]) -> dict[str, float | None]:
+    return {"p50": statistics.median(values) if values else None, "max": max(values) if values else None,
+            "n": len(values)}
+
+
+def series(switches: list[Switch]) -> dict[str, Any]:
+    """p50/max of one series; a cycle counts when both its switches succeeded and settled."""
+    good = [s for s in switches if s.ok and s.settle_ms is not None]
+    cycles = sum(1 for i in range(0, len(switches) - 1, 2) if switches[i] in good and switches[i + 1] in good)
+    return {"switches": len(switches), "settled": len(good), "cycles": cycles,
+            "settle_ms": stats([s.settle_ms for s in good if s.settle_ms is not None]),
+            "wall_ms": stats([s.wall_ms for s in switches]),
+            "old_after_return": sum(1 for s in switches if s.last_old_ms is not None and s.last_old_ms > s.wall_ms)}
+
+
+def switch_rows(switches: list[Switch]) -> list[dict[str, Any]]:
+    return [{**{k: v for k, v in asdict(s).items() if k not in ("t_cmd", "t_done")}, "wall_ms": s.wall_ms}
+            for s in switches]

@@ -6,8 +6,10 @@ and what does the embedded router cost compared with no proxy and with HAProxy?
 A real daemon on a temporary state dir deploys the example shop v1 then v2 (both slots
 kept warm), wrk drives the router while the CLI (and, as a second series, the API) flips
 traffic back and forth, and a small prober records which release answered every request
-it sent. A second phase measures throughput with no switching. Everything started here is
-stopped at the end, also on failure or Ctrl-C. Run: .venv/bin/python benchmarks/bluegreen.py"""
+it sent. The switch phase runs twice: under a steady paced load (the goal's condition) and
+under an unpaced load that saturates the machine (a stress figure). A last phase measures
+throughput with no switching. Everything started here is stopped at the end, also on
+failure or Ctrl-C. Run: .venv/bin/python benchmarks/bluegreen.py"""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ WARMUP = 1.5
 IDLE_PROBE_PAUSE = 0.004
 """Pause between a prober connection's requests in the no-wrk series: ~1000 requests/s in
 all, so the machine stays nearly idle while the switch moment is still known to ~1 ms."""
+STEADY_PROBE_PAUSE = 0.002
+"""The same under steady load: the prober is paced like wrk so it does not become the
+unpaced part of the load, and still resolves the switch moment to under 1 ms."""
 LOAD_CAP_FACTOR = 4
 """wrk stops by itself after this many times --duration if the switches never finish."""
 MIN_GAP = 0.25
@@ -59,61 +64,19 @@ MIN_GAP = 0.25
 a window of its own in which to settle."""
 
 
-# -- switches --------------------------------------------------------------------------------
-
-@dataclass
-class Switch:
-    method: str                      # "cli" | "api"
-    target: str                      # the version that must serve afterwards
-    t_cmd: float                     # monotonic, just before the CLI process / API request started
-    t_done: float = 0.0              # when the CLI process exited / the API call returned
-    ok: bool = False
-    detail: str = ""
-    settle_ms: float | None = None   # t_cmd -> send time of the first target answer after the last old one
-    last_old_ms: float | None = None  # t_cmd -> send time of the last answer by the old release
-    probes: int = 0                  # prober answers sent in this switch's window
-
-    @property
-    def wall_ms(self) -> float:
-        return (self.t_done - self.t_cmd) * 1000
+@dataclass(frozen=True)
+class Load:
+    """The background load of one switch phase."""
+    name: str                        # its key in the JSON
+    title: str                       # its column in the doc table
+    pace_ms: int                     # wrk delay() between a connection's requests; 0: unpaced
+    probe_pause: float               # s between a prober connection's requests; 0: back to back
+    goal: bool                       # the 50 ms goal is stated under this load
 
 
-def cli_argv() -> list[str]:
-    script = Path(sys.executable).with_name("shipyard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shipyard"]
-
-
-async def switch_cli(children: Children, state: Path, target: str) -> Switch:
-    env = {**os.environ, "SHIPYARD_HOME": str(state)}
-    sw = Switch("cli", target, time.monotonic())
-    proc = await children.spawn([*cli_argv(), "rollback", SERVICE], env=env, cwd=state,
-                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    sw.t_done = time.monotonic()
-    sw.detail = out.decode(errors="replace").strip()
-    sw.ok = proc.returncode == 0 and "succeeded" in sw.detail
-    return sw
-
-
-async def switch_api(api: AsyncApiClient, target: str) -> Switch:
-    sw = Switch("api", target, time.monotonic())
-    try:
-        r = (await api.post(f"/v1/services/{SERVICE}/rollback"))["rollout"]
-        sw.ok, sw.detail = r["phase"] == "succeeded", f"{r['kind']} {r['id']}: {r['phase']}"
-    except ShipyardError as e:
-        sw.detail = e.message
-    sw.t_done = time.monotonic()
-    return sw
-
-
-def measure_settle(sw: Switch, probes: list[Probe], until: float) -> None:
-    """Fill in when, within [t_cmd, until), every request sent was answered by the target."""
-    window = [p for p in probes if sw.t_cmd <= p.sent < until and p.status]
-    sw.probes = len(window)
-    last_old = max((p.sent for p in window if p.version != sw.target), default=None)
-    after = [p.sent for p in window if p.version == sw.target and (last_old is None or p.sent > last_old)]
-    sw.last_old_ms = (last_old - sw.t_cmd) * 1000 if last_old is not None else None
-    sw.settle_ms = (min(after) - sw.t_cmd) * 1000 if after else None
+def loads(args: argparse.Namespace) -> list[Load]:
+    return [Load("steady", "steady load", args.pace_ms, STEADY_PROBE_PAUSE, True),
+            Load("saturating", "saturating load (stress)", 0, 0.0, False)]
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -126,21 +89,21 @@ async def deploy(api: AsyncApiClient, spec: Path) -> dict[str, Any]:
     return final
 
 
-async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncApiClient, state: Path,
-                       host: str, port: int) -> dict[str, Any]:
+async def switch_phase(args: argparse.Namespace, load: Load, children: Children, api: AsyncApiClient,
+                       state: Path, host: str, port: int, version: str) -> dict[str, Any]:
     """wrk + prober on the router while 2*cycles CLI and 2*cycles API switches run, in pairs
     (CLI there and back, API there and back), spread over --duration s. The load lasts at
-    least --duration s and until WARMUP s after the last switch, even when the CLI is slow."""
+    least --duration s and until WARMUP s after the last switch, even when the CLI is slow.
+    `version` is the one live when the phase starts."""
     n = 4 * args.cycles
     spacing = (args.duration - 2 * WARMUP) / n
-    prober = Prober(host, port)
+    prober = Prober(host, port, pause=load.probe_pause)
     prober.start()
     enough = asyncio.Event()
     wrk = asyncio.create_task(run_wrk(children, state, f"http://{host}:{port}/", LOAD_CAP_FACTOR * args.duration,
-                                      args.connections, count_non2xx=True, until=enough))
+                                      args.connections, count_non2xx=True, until=enough, pace_ms=load.pace_ms))
     t0 = time.monotonic()
     switches: list[Switch] = []
-    version = "2"
     try:
         free_at = t0 + WARMUP
         for k in range(n):
@@ -148,15 +111,15 @@ async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncA
             if wrk.done():
                 break               # the load ended (cap reached or wrk failed): no switch without it
             version = "1" if version == "2" else "2"
-            sw = (await switch_cli(children, state, version) if (k // 2) % 2 == 0
-                  else await switch_api(api, version))
+            sw = (await switch_cli(children, state, SERVICE, version) if (k // 2) % 2 == 0
+                  else await switch_api(api, SERVICE, version))
             switches.append(sw)
             free_at = time.monotonic() + MIN_GAP
             if not sw.ok:
                 break
         await asyncio.sleep(max(t0 + args.duration, time.monotonic() + WARMUP) - time.monotonic())
         enough.set()
-        load = await wrk
+        result = await wrk
     finally:
         if not wrk.done():
             wrk.cancel()
@@ -166,7 +129,7 @@ async def switch_phase(args: argparse.Namespace, children: Children, api: AsyncA
         measure_settle(sw, probes, switches[i + 1].t_cmd if i + 1 < len(switches) else float("inf"))
     starts = [s.t_cmd for s in switches]
     mean_gap = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else 0.0
-    return {"wrk": load, "switches": switches, "prober": prober, "spacing_s": mean_gap}
+    return {"load": load, "wrk": result, "switches": switches, "prober": prober, "spacing_s": mean_gap}
 
 
 async def idle_series(children: Children, state: Path, host: str, port: int, version: str,
@@ -180,7 +143,7 @@ async def idle_series(children: Children, state: Path, host: str, port: int, ver
         for _ in range(2 * cycles):
             await asyncio.sleep(0.4)
             version = "1" if version == "2" else "2"
-            switches.append(await switch_cli(children, state, version))
+            switches.append(await switch_cli(children, state, SERVICE, version))
             if not switches[-1].ok:
                 break
         await asyncio.sleep(0.4)
@@ -215,55 +178,51 @@ async def throughput_phase(args: argparse.Namespace, children: Children, api: As
 
 # -- report ----------------------------------------------------------------------------------
 
-def stats(values: list[float]) -> dict[str, float | None]:
-    return {"p50": statistics.median(values) if values else None, "max": max(values) if values else None,
-            "n": len(values)}
+def goal_met(s: dict[str, Any]) -> bool:
+    return (s["settle_ms"]["max"] or 1e9) <= GOAL_MS
 
 
-def series(switches: list[Switch]) -> dict[str, Any]:
-    """p50/max of one series; a cycle counts when both its switches succeeded and settled."""
-    good = [s for s in switches if s.ok and s.settle_ms is not None]
-    cycles = sum(1 for i in range(0, len(switches) - 1, 2) if switches[i] in good and switches[i + 1] in good)
-    return {"switches": len(switches), "settled": len(good), "cycles": cycles,
-            "settle_ms": stats([s.settle_ms for s in good if s.settle_ms is not None]),
-            "wall_ms": stats([s.wall_ms for s in switches]),
-            "old_after_return": sum(1 for s in switches if s.last_old_ms is not None and s.last_old_ms > s.wall_ms)}
-
-
-def switch_rows(switches: list[Switch]) -> list[dict[str, Any]]:
-    return [{**{k: v for k, v in asdict(s).items() if k not in ("t_cmd", "t_done")}, "wall_ms": s.wall_ms}
-            for s in switches]
-
-
-def summarize(args: argparse.Namespace, sp: dict[str, Any], idle: tuple[list[Switch], Prober] | None,
-              tp: dict[str, Any] | None) -> dict[str, Any]:
+def phase_summary(sp: dict[str, Any]) -> dict[str, Any]:
+    """One switch phase: its load as offered and as achieved, its failures, its two series."""
+    load: Load = sp["load"]
     sws: list[Switch] = sp["switches"]
     wrk, prober = sp["wrk"], sp["prober"]
     wrk_failed = sum(wrk[k] for k in ("connect", "read", "write", "timeout")) + max(wrk["non2xx"], wrk["status"])
-    router_failed = wrk_failed + prober.failures() + (idle[1].failures() if idle else 0)
+    cli, api = series([s for s in sws if s.method == "cli"]), series([s for s in sws if s.method == "api"])
+    return {
+        "title": load.title, "goal_applies": load.goal, "pace_ms": load.pace_ms,
+        "offered_rps": wrk["offered_rps"], "achieved_rps": wrk["rps"],
+        "duration_s": wrk["duration_us"] / 1e6, "spacing_s": round(sp["spacing_s"], 3),
+        "prober": {"connections": prober.connections, "pause_ms": load.probe_pause * 1000,
+                   "achieved_rps": prober.rate(), "requests": len(prober.probes),
+                   "failures": prober.failures(), "errors": prober.errors[:20]},
+        "failed_requests": wrk_failed + prober.failures(), "requests": wrk["requests"] + len(prober.probes),
+        "wrk_failed": wrk_failed, "wrk": wrk,
+        "cli": cli, "api": api, "goal_met": {"cli": goal_met(cli), "api": goal_met(api)},
+        "switches": switch_rows(sws),
+    }
+
+
+def summarize(args: argparse.Namespace, sps: list[dict[str, Any]], idle: tuple[list[Switch], Prober] | None,
+              tp: dict[str, Any] | None) -> dict[str, Any]:
+    phases = {sp["load"].name: phase_summary(sp) for sp in sps}
+    failed = sum(p["failed_requests"] for p in phases.values()) + (idle[1].failures() if idle else 0)
+    sent = sum(p["requests"] for p in phases.values()) + (len(idle[1].probes) if idle else 0)
     if tp is not None:
         r = tp["router"]
-        router_failed += sum(r[k] for k in ("connect", "read", "write", "timeout", "status"))
-    cli, api = series([s for s in sws if s.method == "cli"]), series([s for s in sws if s.method == "api"])
-    sent = (wrk["requests"] + len(prober.probes) + (len(idle[1].probes) if idle else 0)
-            + (tp["router"]["requests"] if tp else 0))
+        failed += sum(r[k] for k in ("connect", "read", "write", "timeout", "status"))
+        sent += r["requests"]
     result: dict[str, Any] = {
         "benchmark": "bluegreen", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {},
         "options": {"duration_s": args.duration, "cycles": args.cycles, "connections": args.connections,
-                    "throughput_seconds": args.throughput_seconds, "spacing_s": round(sp["spacing_s"], 3),
-                    "prober_connections": prober.connections},
+                    "pace_ms": args.pace_ms, "throughput_seconds": args.throughput_seconds,
+                    "idle_cycles": args.idle_cycles},
         "goal_settle_ms": GOAL_MS,
-        "failed_requests": {"total_through_router": router_failed, "requests_through_router": sent,
-                            "switch_wrk": wrk_failed, "prober": prober.failures(),
-                            "prober_errors": prober.errors[:20]},
-        "switch_load": wrk, "prober_requests": len(prober.probes),
-        "cli": cli, "api": api,
-        "goal_met": {"cli": (cli["settle_ms"]["max"] or 1e9) <= GOAL_MS,
-                     "api": (api["settle_ms"]["max"] or 1e9) <= GOAL_MS},
-        "switches": switch_rows(sws),
+        "failed_requests": {"total_through_router": failed, "requests_through_router": sent},
+        "phases": phases,
         "cli_without_load": {**series(idle[0]), "prober_failures": idle[1].failures(),
-                             "prober_requests": len(idle[1].probes),
+                             "prober_requests": len(idle[1].probes), "prober_rps": idle[1].rate(),
                              "switches_raw": switch_rows(idle[0])} if idle else None,
         "throughput": tp,
     }
@@ -272,10 +231,10 @@ def summarize(args: argparse.Namespace, sp: dict[str, Any], idle: tuple[list[Swi
         result["ratios"] = {"router_over_direct": rps["router"] / rps["direct"],
                             "router_over_haproxy": rps["router"] / rps["haproxy"] if "haproxy" in rps else None}
     idle_s = series(idle[0]) if idle else {"cycles": args.idle_cycles, "old_after_return": 0}
-    result["ok"] = (router_failed == 0
-                    and cli["old_after_return"] == api["old_after_return"] == idle_s["old_after_return"] == 0
-                    and cli["cycles"] >= args.cycles and api["cycles"] >= args.cycles
-                    and idle_s["cycles"] >= args.idle_cycles)
+    result["ok"] = (failed == 0 and len(phases) == len(loads(args))
+                    and all(p[m]["old_after_return"] == 0 and p[m]["cycles"] >= args.cycles
+                            for p in phases.values() for m in ("cli", "api"))
+                    and idle_s["old_after_return"] == 0 and idle_s["cycles"] >= args.idle_cycles)
     return result
 
 
@@ -283,42 +242,63 @@ def ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f} ms"
 
 
+def load_cells(p: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, this phase's value, goal) rows that describe a phase's load."""
+    offered = (f"<= {p['offered_rps']:,.0f} ({p['pace_ms']} ms pause per connection)" if p["offered_rps"]
+               else "unpaced (as fast as answered)")
+    pr = p["prober"]
+    pace = f"{pr['pause_ms']:g} ms pause" if pr["pause_ms"] else "back to back"
+    return [("wrk requests/s offered / achieved", f"{offered} / {p['achieved_rps']:,.0f}", ""),
+            (f"prober requests/s ({pr['connections']} connections)", f"{pr['achieved_rps']:,.0f} ({pace})", ""),
+            ("wrk latency p50 / p99", f"{p['wrk']['p50_us'] / 1000:.2f} ms / {p['wrk']['p99_us'] / 1000:.2f} ms", ""),
+            ("load duration; mean time between switches", f"{p['duration_s']:.1f} s; {p['spacing_s']:.2f} s",
+             ">= 20 s")]
+
+
+def phase_cells(p: dict[str, Any], cycles: int) -> list[tuple[str, str, str]]:
+    cli, api = p["cli"], p["api"]
+    rows = load_cells(p) + [
+        ("failed requests (wrk socket errors + non-2xx + prober failures)",
+         f"{p['failed_requests']} of {p['requests']:,}", "0"),
+        ("switch/rollback cycles", f"{cli['cycles']} by CLI + {api['cycles']} by API", f">= {cycles} each")]
+    for name, s, what in (("cli", cli, "`shipyard rollback shop` started"), ("api", api, "POST .../rollback sent")):
+        verdict = (" (met)" if p["goal_met"][name] else " (**not met**)") if p["goal_applies"] else ""
+        rows.append((f"{what} -> every new request on the target (p50 / max)",
+                     f"{ms(s['settle_ms']['p50'])} / {ms(s['settle_ms']['max'])}{verdict}",
+                     f"<= {GOAL_MS:.0f} ms under steady load"))
+    rows += [("CLI process wall time (p50 / max)", f"{ms(cli['wall_ms']['p50'])} / {ms(cli['wall_ms']['max'])}", ""),
+             ("API call time (p50 / max)", f"{ms(api['wall_ms']['p50'])} / {ms(api['wall_ms']['max'])}", ""),
+             ("switches after whose return the old release answered a request",
+              f"{cli['old_after_return']} of {cli['switches']} CLI, {api['old_after_return']} of {api['switches']} API",
+              "0")]
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The bluegreen section of docs/benchmarks.md: the run's figures as tables."""
-    m, cli, api, f = res["machine"], res["cli"], res["api"], res["failed_requests"]
-    o = res["options"]
-    lines = [
-        f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, Python {m['python']} "
-        f"(1-min load average before the run: {m['loadavg_1min_before']:.2f}). "
-        f"Load: wrk {o['connections']} keep-alive connections through the router for "
-        f"{res['switch_load']['duration_us'] / 1e6:.1f} s, plus a {o['prober_connections']}-connection prober; "
-        f"a switch every {o['spacing_s']:.2f} s on average.",
-        "",
-        "| figure | result | goal |",
-        "|---|---|---|",
-        f"| failed requests through the router (wrk socket errors + non-2xx + prober failures) | "
-        f"{f['total_through_router']} of {f['requests_through_router']:,} | 0 |",
-        f"| switch/rollback cycles under load | {cli['cycles']} by CLI + {api['cycles']} by API "
-        f"({cli['switches'] + api['switches']} switches) | >= {o['cycles']} |",
-    ]
-    for name, s, what in (("CLI", cli, "`shipyard rollback shop` started"), ("API", api, "POST .../rollback sent")):
-        goal = "met" if res["goal_met"][name.lower()] else "**not met**"
-        lines.append(f"| {what} -> every new request on the target (p50 / max) | "
-                     f"{ms(s['settle_ms']['p50'])} / {ms(s['settle_ms']['max'])} | <= {GOAL_MS:.0f} ms ({goal}) |")
-    lines += [f"| CLI process wall time (p50 / max) | {ms(cli['wall_ms']['p50'])} / {ms(cli['wall_ms']['max'])} | |",
-              f"| API call time (p50 / max) | {ms(api['wall_ms']['p50'])} / {ms(api['wall_ms']['max'])} | |",
-              f"| requests sent after the command returned that the old release answered | "
-              f"in {cli['old_after_return']} of {cli['switches']} CLI switches, in {api['old_after_return']} "
-              f"of {api['switches']} API switches | 0 |"]
+    m, f, o = res["machine"], res["failed_requests"], res["options"]
+    phases = list(res["phases"].values())
+    lines = [f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, "
+             f"Python {m['python']} (1-min load average before the run: {m['loadavg_1min_before']:.2f}). "
+             f"Each switch phase: wrk {o['connections']} keep-alive connections through the router "
+             f"plus the prober. Failed requests through the router in all phases: "
+             f"{f['total_through_router']} of {f['requests_through_router']:,}.", "",
+             "| figure | " + " | ".join(p["title"] for p in phases) + " | goal |",
+             "|---|" + "---|" * len(phases) + "---|"]
+    columns = [phase_cells(p, o["cycles"]) for p in phases]
+    for i, (label, _, goal) in enumerate(columns[0] if columns else []):
+        lines.append(f"| {label} | " + " | ".join(c[i][1] for c in columns) + f" | {goal} |")
     idle = res["cli_without_load"]
     if idle:
-        goal = "met" if (idle["settle_ms"]["max"] or 1e9) <= GOAL_MS else "**not met**"
-        lines.append(f"| no wrk, nearly idle machine ({idle['switches']} CLI switches): CLI started -> every new "
-                     f"request on the target (p50 / max); CLI wall p50 | {ms(idle['settle_ms']['p50'])} / "
-                     f"{ms(idle['settle_ms']['max'])}; {ms(idle['wall_ms']['p50'])} | <= {GOAL_MS:.0f} ms ({goal}) |")
+        verdict = "met" if goal_met(idle) else "**not met**"
+        lines += ["", f"No wrk, nearly idle machine (prober only, {idle['prober_rps']:,.0f} requests/s; "
+                  f"{idle['switches']} CLI switches): `shipyard rollback shop` started -> every new request on "
+                  f"the target {ms(idle['settle_ms']['p50'])} p50 / {ms(idle['settle_ms']['max'])} max "
+                  f"({verdict}); CLI wall time p50 {ms(idle['wall_ms']['p50'])}."]
     tp = res["throughput"]
     if tp:
-        lines += ["", f"Throughput, no switching: wrk -t2 -c{o['connections']} -d{o['throughput_seconds']}s on GET /.",
+        lines += ["", f"Throughput, no switching: wrk -t2 -c{o['connections']} -d{o['throughput_seconds']}s "
+                  "on GET /, unpaced.",
                   "", "| target | requests/s | p50 | p99 | errors | router relative to it |", "|---|---|---|---|---|---|"]
         labels = {"router": "shipyard router (1 process) -> 2 instances", "direct": "one instance directly",
                   "haproxy": "HAProxy (nbthread 1) -> the same 2 instances"}
@@ -336,11 +316,12 @@ def markdown(res: dict[str, Any]) -> str:
 
 def print_human(res: dict[str, Any]) -> None:
     print("\n" + markdown(res) + "\n")
-    loaded = [(s, "") for s in res["switches"]]
-    for s, tag in loaded + [(s, " (no wrk)") for s in (res["cli_without_load"] or {}).get("switches_raw", [])]:
-        print(f"  {s['method']}{tag} -> v{s['target']}: {'ok' if s['ok'] else 'FAILED'}  settle {ms(s['settle_ms'])}  "
-              f"last old {ms(s['last_old_ms'])}  wall {ms(s['wall_ms'])}  ({s['probes']} probes)"
-              + ("" if s["ok"] else f"  {s['detail']}"))
+    tagged = [(s, name) for name, p in res["phases"].items() for s in p["switches"]]
+    tagged += [(s, "no wrk") for s in (res["cli_without_load"] or {}).get("switches_raw", [])]
+    for s, tag in tagged:
+        print(f"  {tag:10} {s['method']} -> v{s['target']}: {'ok' if s['ok'] else 'FAILED'}  "
+              f"settle {ms(s['settle_ms'])}  last old {ms(s['last_old_ms'])}  wall {ms(s['wall_ms'])}  "
+              f"({s['probes']} probes)" + ("" if s["ok"] else f"  {s['detail']}"))
     print("\nresult:", "PASS" if res["ok"] else
           "FAIL (a failed request, an old-release answer after a command returned, or too few cycles)")
 
@@ -357,19 +338,25 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
         print(f"state dir {state}; deploying shop v1 and v2 on {listen} ...", flush=True)
         await deploy(api, specs["v1"])
         await deploy(api, specs["v2"])
-        print(f"switch phase: {args.duration} s, {args.connections} connections, "
-              f"{args.cycles} CLI + {args.cycles} API cycles ...", flush=True)
-        sp = await switch_phase(args, children, api, state, "127.0.0.1", port)
+        sps: list[dict[str, Any]] = []
+        version = "2"
+        for load in loads(args):
+            if sps and not all(s.ok for s in sps[-1]["switches"]):
+                break               # a switch failed: the report says so; no more switching on top
+            pace = f"{load.pace_ms} ms pause per connection" if load.pace_ms else "unpaced"
+            print(f"switch phase, {load.title}: {args.duration} s, {args.connections} connections ({pace}), "
+                  f"{args.cycles} CLI + {args.cycles} API cycles ...", flush=True)
+            sps.append(await switch_phase(args, load, children, api, state, "127.0.0.1", port, version))
+            version = sps[-1]["switches"][-1].target if sps[-1]["switches"] else version
         idle: tuple[list[Switch], Prober] | None = None
-        if args.idle_cycles > 0 and sp["switches"] and all(s.ok for s in sp["switches"]):
+        if args.idle_cycles > 0 and all(sp["switches"] and all(s.ok for s in sp["switches"]) for sp in sps):
             print(f"CLI on a nearly idle machine: {args.idle_cycles} cycles ...", flush=True)
-            idle = await idle_series(children, state, "127.0.0.1", port, sp["switches"][-1].target,
-                                     args.idle_cycles)
+            idle = await idle_series(children, state, "127.0.0.1", port, version, args.idle_cycles)
         tp = None
         if args.throughput_seconds > 0:
             print(f"throughput phase: {args.throughput_seconds} s each for router, direct, haproxy ...", flush=True)
             tp = await throughput_phase(args, children, api, state, listen)
-        return summarize(args, sp, idle, tp)
+        return summarize(args, sps, idle, tp)
     finally:
         await children.stop_all()
         with contextlib.suppress(ShipyardError):
@@ -380,17 +367,19 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=24, help="seconds of load in the switch phase")
+    p.add_argument("--duration", type=int, default=24, help="seconds of load in each switch phase")
     p.add_argument("--cycles", type=int, default=10, help="switch/rollback cycles by CLI (and as many by API)")
     p.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections")
+    p.add_argument("--pace-ms", type=int, default=5,
+                   help="steady load: pause of each wrk connection between a response and its next request")
     p.add_argument("--throughput-seconds", type=int, default=10, help="wrk seconds per throughput target; 0 skips")
     p.add_argument("--idle-cycles", type=int, default=2,
                    help="extra CLI cycles with only the prober running (no wrk); 0 skips")
     p.add_argument("--output", type=Path, default=HERE / "results" / "bluegreen.json")
     p.add_argument("--write-doc", action="store_true", help=f"rewrite the bluegreen section of {DOC}")
     args = p.parse_args(argv)
-    if args.duration < 20 or args.cycles < 1 or args.connections < 1:
-        p.error("the acceptance needs --duration >= 20, --cycles >= 1 and --connections >= 1")
+    if args.duration < 20 or args.cycles < 1 or args.connections < 1 or args.pace_ms < 1:
+        p.error("the acceptance needs --duration >= 20, --cycles >= 1, --connections >= 1 and --pace-ms >= 1")
     load_before = Path("/proc/loadavg").read_text().split()[0]   # another load on the machine skews everything
     state = Path(tempfile.mkdtemp(prefix="sybench"))
     children = Children()

@@ -19,6 +19,7 @@ from shipyard.spec import (
     SuccessRateMetric,
     parse_spec,
 )
+from shipyard.spec.strategy import StickySpec
 
 BASE = """\
 service: shop
@@ -67,7 +68,7 @@ steps:
     for step in spec.steps:
         match step:
             case SetWeightStep(set_weight=w):
-                kinds.append(f"w{w}")
+                kinds.append(f"w{w:g}")
             case PauseStep(pause=PauseSpec(duration=None)):
                 kinds.append("until-promote")
             case PauseStep(pause=p):
@@ -79,7 +80,8 @@ steps:
 
 def test_defaults() -> None:
     spec = canary("steps: [{set_weight: 10}]")
-    assert spec.sticky is None
+    assert spec.sticky == StickySpec(header=None, cookie=None, client_address=True)   # users by client address
+    assert spec.replicas is None and spec.canary_instances(5, 4) == 1 and spec.canary_instances(50, 4) == 2
     assert (spec.analysis.min_requests, spec.analysis.alpha, spec.analysis.interval) == (50, 0.05, 5.0)
     assert [(m.name, m.kind) for m in spec.analysis.metrics] == [("vs-stable", "compare_to_stable")]
     assert spec.analysis.metrics[0].check == CompareToStableMetric(error_rate=True, latency=True, tolerance=0.1)
@@ -134,12 +136,22 @@ steps:
         "(write 30s, not 30)",
         "shop.yaml:14 strategy.canary.steps[6].pause.duration: 0s is too short: must be longer than 0s",
         "shop.yaml:15 strategy.canary.steps[7].pause.until: unknown key (expected one of: duration)",
-        'shop.yaml:16 strategy.canary.steps[8].set_weight: expected a whole number, got "5"',
+        'shop.yaml:16 strategy.canary.steps[8].set_weight: expected a number, got "5"',
     ]
     assert problems("steps: []") == ["shop.yaml:7 strategy.canary.steps: must not be empty"]
-    assert problems("sticky: {}") == ["shop.yaml:6 strategy.canary.steps: required key missing",
-                                      "shop.yaml:7 strategy.canary.sticky: give header, cookie or both "
-                                      "(or remove sticky)"]
+    assert problems("sticky: {}") == ["shop.yaml:6 strategy.canary.steps: required key missing"]
+
+
+def test_weights_in_hundredths_and_canary_replicas() -> None:
+    spec = canary("steps: [{set_weight: 0.01}, {set_weight: 2.5}, {set_weight: 100}]\nreplicas: 3")
+    assert [s.set_weight for s in spec.steps] == [0.01, 2.5, 100.0]     # type: ignore[union-attr]
+    assert spec.replicas == 3 and spec.canary_instances(1, 10) == 3
+    assert canary("steps: [{set_weight: 1}]\nreplicas: auto").replicas is None
+    assert problems("steps: [{set_weight: 0.001}]") == [
+        "shop.yaml:7 strategy.canary.steps[0].set_weight: 0.001 is finer than 0.01 (users are split into "
+        "10,000 buckets)"]
+    assert problems("steps: [{set_weight: 101}]")[0].startswith("shop.yaml:7 strategy.canary.steps[0].set_weight:")
+    assert problems("steps: [{set_weight: 1}]\nreplicas: 0")[0].startswith("shop.yaml:8 strategy.canary.replicas:")
 
 
 def test_analysis_errors() -> None:

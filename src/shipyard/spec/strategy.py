@@ -6,6 +6,7 @@ Python so the controller can `match` on them."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -63,10 +64,17 @@ class BlueGreenSpec(SpecModel):
 
 # -- canary: steps --------------------------------------------------------------------------------
 
-class SetWeightStep(SpecModel):
-    """Send this percent of unpinned traffic to the canary."""
+def _hundredths(value: float) -> float:
+    """Users are hashed into 10,000 buckets, so a weight is a whole number of 0.01 %."""
+    if abs(value * 100 - round(value * 100)) > 1e-6:
+        raise ValueError(f"{show(value)} is finer than 0.01 (users are split into 10,000 buckets)")
+    return round(value, 2)
 
-    set_weight: Annotated[int, Strict(), Field(ge=0, le=100)]
+
+class SetWeightStep(SpecModel):
+    """Send this percent of users to the canary (0.01 to 100, in steps of 0.01)."""
+
+    set_weight: Annotated[float, Strict(), Field(ge=0, le=100), AfterValidator(_hundredths)]
 
 
 class PauseSpec(SpecModel):
@@ -240,24 +248,36 @@ class AnalysisSpec(SpecModel):
 
 
 class StickySpec(SpecModel):
-    """How a user is recognised so they stay on one track; without it, each request is drawn anew."""
+    """How a user is recognised so they stay on one track as the weight rises: the header,
+    else the cookie, else (unless turned off) the client address. A request with no key
+    is drawn anew."""
 
     header: HeaderName | None = None
     cookie: CookieName | None = None
+    client_address: Bool = True
 
-    @model_validator(mode="after")
-    def _something(self) -> StickySpec:
-        if self.header is None and self.cookie is None:
-            raise ValueError("give header, cookie or both (or remove sticky)")
-        return self
+
+def _replicas_form(value: object) -> object:
+    if value == "auto":
+        return None
+    return value
 
 
 class CanarySpec(SpecModel):
     """Shift traffic to the new release step by step, judging it against the stable one."""
 
-    sticky: StickySpec | None = None
+    sticky: StickySpec = Field(default_factory=StickySpec)
+    replicas: Annotated[Annotated[int, Strict(), Field(ge=1, le=64)] | None, BeforeValidator(_replicas_form),
+                        WithJsonSchema({"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]})] = None
+    """Canary instances: "auto" (default) scales with the weight, at least one; or a fixed count."""
     steps: Annotated[list[CanaryStep], Field(min_length=1)]
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+
+    def canary_instances(self, weight: float, replicas: int) -> int:
+        """How many canary instances carry `weight` percent of a service of `replicas`."""
+        if self.replicas is not None:
+            return self.replicas
+        return max(1, min(replicas, math.ceil(replicas * weight / 100 - 1e-9)))
 
 
 # -- strategy, database, router -------------------------------------------------------------------

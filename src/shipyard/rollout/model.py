@@ -16,6 +16,10 @@ class Phase(StrEnum):
     PREVIEWING = "previewing"          # preview checks through the preview route
     AWAITING_PROMOTION = "awaiting_promotion"
     SWITCHING = "switching"            # table swap in flight
+    PROGRESSING = "progressing"        # canary: carrying out its current step
+    ANALYZING = "analyzing"            # canary: inline analysis step running
+    PAUSED = "paused"                  # canary: holding its weight (timed, until promote, or by a human)
+    PROMOTING = "promoting"            # canary: scaling to full and taking all traffic
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ABORTED = "aborted"
@@ -54,6 +58,12 @@ class Rollout:
     updated_at: float = 0.0
     phase_started_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)   # phase -> seconds spent
+    strategy: str = "blue_green"       # or "canary"
+    step_index: int = 0                # canary: the step being carried out
+    weight: float = 0.0                # canary: percent of users on the canary now
+    hold: str = ""                     # canary, while paused: "timer" | "promote" | "user" | "inconclusive"
+    paused_reason: str = ""            # canary: why it holds, in words
+    resume_at: float | None = None     # canary: end of a timed pause or of an analysis step
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -130,8 +140,42 @@ class SwitchFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class WeightSet:
+    weight: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed (the controller reports it when a timer it was asked for fires)."""
+    now: float
+
+
+@dataclass(frozen=True)
+class AnalysisVerdict:
+    status: str                        # successful | failed | inconclusive
+    summary: str
+    background: bool = False           # from the whole-rollout monitor rather than an analysis step
+
+
+@dataclass(frozen=True)
+class PauseRequested:
+    reason: str = "paused by user"
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class FullPromoteRequested:
+    pass
+
+
 Observation = (Built | BuildFailed | SlotHealthy | SlotFailed | PreviewPassed | PreviewFailed
-               | PromoteRequested | AbortRequested | Switched | SwitchFailed)
+               | PromoteRequested | AbortRequested | Switched | SwitchFailed | WeightSet | Tick
+               | AnalysisVerdict | PauseRequested | ResumeRequested | FullPromoteRequested)
 
 
 # -- what the machine asks for -------------------------------------------------
@@ -145,6 +189,7 @@ class BuildImage:
 class StartSlot:
     slot: str
     image_id: str
+    instances: int | None = None       # None: the spec's replicas
 
 
 @dataclass(frozen=True)
@@ -168,4 +213,26 @@ class TearDown:
     slot: str
 
 
-Action = BuildImage | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown
+@dataclass(frozen=True)
+class SetCanaryWeight:
+    """Scale the canary to `instances` (waiting for them to be healthy), then route `weight` percent of users to it."""
+    slot: str
+    weight: float
+    instances: int
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """Report a Tick once the clock reaches `at` (timed pause, end of an analysis step)."""
+    at: float
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """Judge the canary until `until`, reporting an AnalysisVerdict (failed ends it early)."""
+    slot: str
+    until: float
+
+
+Action = (BuildImage | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown | SetCanaryWeight
+          | WaitUntil | RunAnalysis)

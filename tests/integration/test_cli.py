@@ -115,3 +115,18 @@ def test_rollback_command_switches_back(daemon: DaemonProcess, make_spec: SpecMa
     assert sy("rollback", "nosuch", state=state_dir).returncode == 4
     helped = sy("rollback", "--help", state=state_dir)
     assert helped.returncode == 0 and "warm" in helped.stdout
+
+
+def test_plan_states_the_blast_radius(make_spec: SpecMaker, state_dir: Path) -> None:
+    spec = make_spec("v1", "canary", **{"strategy": {"canary": {
+        "steps": [{"set_weight": 5}, {"pause": "60s"}, {"set_weight": 50}],
+        "analysis": {"min_requests": 50, "interval": "5s"}}}})
+    res = sy("plan", str(spec), "--rate", "200", "--json", state=state_dir)
+    assert res.returncode == 0, res.stderr
+    radius = json.loads(res.stdout)["blast_radius"]
+    assert (radius["max_share"], radius["requests"], radius["seconds"], radius["step"]) == (5, 50, 5, 2)
+    human = sy("plan", str(spec), state=state_dir)
+    assert "up to 5% of users, 50 requests" in human.stdout
+    bg = json.loads(sy("plan", "-f", str(make_spec("v1")), "--json", state=state_dir).stdout)
+    assert bg["blast_radius"]["max_share"] == 100 and bg["blast_radius"]["requests"] is None
+    assert sy("plan", state=state_dir).returncode == 2

@@ -10,34 +10,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shipyard.building import build_input
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
-from shipyard.rollout import bluegreen
+from shipyard.rollout.driver import RolloutDriver
 from shipyard.rollout.model import (
     AbortRequested,
-    Action,
-    BuildFailed,
-    BuildImage,
-    Built,
-    KeepWarm,
     Kind,
     Observation,
     Phase,
-    PreviewFailed,
-    PreviewPassed,
     PromoteRequested,
     Rollout,
-    RunPreview,
-    SlotFailed,
-    SlotHealthy,
-    StartSlot,
-    Switched,
-    SwitchFailed,
-    SwitchTraffic,
-    TearDown,
     other_slot,
 )
-from shipyard.rollout.preview import run_preview_checks
 from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.rollout.supervisor import Supervisor
 from shipyard.spec import Spec, load_spec
@@ -45,16 +28,15 @@ from shipyard.state.records import ServiceRecord, SlotState
 
 log = logging.getLogger("shipyard.controller")
 
-Command = PromoteRequested | AbortRequested
-
 
 class Controller:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self.ops = SlotOps(deps)
         self.supervisor = Supervisor(deps, self.ops)
+        self.driver = RolloutDriver(deps, self.ops)
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
-        self._commands: dict[str, asyncio.Queue[Command]] = {}   # rollout id -> queue
+        self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -207,120 +189,19 @@ class Controller:
     # -- driving a rollout -------------------------------------------------------------
 
     def _spawn(self, r: Rollout, spec: Spec) -> None:
-        self._commands[r.id] = asyncio.Queue()
-        task = asyncio.create_task(self._drive(r, spec), name=f"rollout {r.id}")
+        queue: asyncio.Queue[Observation] = asyncio.Queue()
+        self._commands[r.id] = queue
+        task = asyncio.create_task(self.driver.run(r, spec, queue), name=f"rollout {r.id}")
         self._drivers[r.id] = task
         task.add_done_callback(lambda _t, rid=r.id: (self._drivers.pop(rid, None), self._commands.pop(rid, None)))
 
-    async def _command(self, r: Rollout, cmd: Command) -> None:
+    async def _command(self, r: Rollout, cmd: Observation) -> None:
         q = self._commands.get(r.id)
         if q is None:
             raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
         await q.put(cmd)
 
-    async def _drive(self, r: Rollout, spec: Spec) -> None:
-        queue = self._commands[r.id]
-        actions: list[Action] = bluegreen.entry_actions(r)
-        try:
-            while True:
-                observing: asyncio.Task[Observation] | None = None
-                for a in actions:
-                    if isinstance(a, KeepWarm | TearDown):
-                        await self._side_effect(r, spec, a)
-                    else:
-                        observing = asyncio.create_task(self._observe(r, spec, a))
-                if r.phase.terminal:
-                    break
-                r, actions = await self._next(r, observing, queue)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug must not leave a rollout hanging: record it and stop safely
-            log.exception("rollout %s crashed", r.id)
-            r, actions = bluegreen.step(r, AbortRequested(f"internal error: {e!r}"), self.d.clock())
-            self.d.store.put_rollout(r)
-            for a in actions:
-                with contextlib.suppress(Exception):
-                    await self._side_effect(r, spec, a)
-        self._record_end(r)
-
-    async def _next(self, r: Rollout, observing: asyncio.Task[Observation] | None,
-                    queue: asyncio.Queue[Command]) -> tuple[Rollout, list[Action]]:
-        """Wait for the running action's observation or a user command, whichever changes the rollout."""
-        while True:
-            getter = asyncio.create_task(queue.get())
-            waiting = {getter} | ({observing} if observing else set())
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if observing in done:
-                getter.cancel()
-                obs = observing.result()
-            else:
-                obs = getter.result()
-            new, actions = bluegreen.step(r, obs, self.d.clock())
-            if new is r:
-                if observing in done:
-                    self.ops.event(r.service, "rollout.ignored", f"{type(obs).__name__} ignored in phase {r.phase}", r.id)
-                    observing = None
-                continue
-            if observing is not None and observing not in done:
-                observing.cancel()
-                with contextlib.suppress(BaseException):
-                    await observing
-            self.d.store.put_rollout(new)
-            self._record_phase(new, obs)
-            return new, actions
-
-    async def _observe(self, r: Rollout, spec: Spec, a: Action) -> Observation:
-        match a:
-            case BuildImage():
-                return await self._build(r, spec)
-            case StartSlot(slot=slot, image_id=image_id):
-                why = await self.ops.start_slot(spec, slot, image_id, r.id)
-                return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
-            case RunPreview(slot=slot):
-                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id))
-                return PreviewPassed() if why is None else PreviewFailed(why)
-            case SwitchTraffic(slot=slot):
-                try:
-                    await self.ops.switch(spec, slot, r.id)
-                except ShipyardError as e:
-                    return SwitchFailed(f"the router did not take the new table: {e.message}")
-                return Switched(slot)
-        raise AssertionError(f"not an observing action: {a}")
-
-    async def _side_effect(self, r: Rollout, spec: Spec, a: Action) -> None:
-        if isinstance(a, KeepWarm):
-            bg = spec.strategy.blue_green
-            delay = bg.scale_down_delay if bg is not None else 0.0
-            await self.ops.keep_warm(r.service, a.slot, delay, r.id)
-        elif isinstance(a, TearDown):
-            await self.ops.teardown(r.service, a.slot, r.id, f"rollout {r.id} {r.phase}")
-
-    async def _build(self, r: Rollout, spec: Spec) -> Observation:
-        self.ops.event(r.service, "build.started", f"building image for {spec.service}", r.id)
-        lines: list[str] = []
-        try:
-            image = await self.d.images.build(build_input(spec), log=lines.append)
-        except ShipyardError as e:
-            return BuildFailed(f"build failed: {e}")
-        finally:
-            if lines:
-                self.ops.event(r.service, "build.log", "\n".join(lines[-100:]), r.id)
-        svc = self.d.store.get_service(r.service)
-        live = svc.live.image_id if svc and svc.live else None
-        self.ops.event(r.service, "build.done", f"image {image.id[:12]} ({image.files} files)", r.id, image=image.id)
-        return Built(image.id, live)
-
     # -- bookkeeping -------------------------------------------------------------------
-
-    def _record_phase(self, r: Rollout, obs: Observation) -> None:
-        detail = f": {r.reason}" if r.reason and r.phase.terminal else ""
-        self.ops.event(r.service, "rollout.phase", f"{r.id} -> {r.phase}{detail}", r.id,
-                       phase=str(r.phase), observation=type(obs).__name__)
-
-    def _record_end(self, r: Rollout) -> None:
-        self.ops.event(r.service, f"rollout.{r.phase}",
-                       f"{r.kind} {r.id} {r.phase}" + (f": {r.reason}" if r.reason else ""), r.id,
-                       phase=str(r.phase), timings=r.timings)
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:
         self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock(), f"could not resume: {why}"))

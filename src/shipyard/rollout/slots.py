@@ -124,11 +124,13 @@ class SlotOps:
 
     # -- slots -----------------------------------------------------------------------
 
-    async def start_slot(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None) -> str | None:
-        """Bring `spec.replicas` healthy instances of the image up in `slot`.
+    async def start_slot(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None,
+                         count: int | None = None) -> str | None:
+        """Bring `count` (default `spec.replicas`) healthy instances of the image up in `slot`.
         Returns None when healthy, else the reason it failed. Idempotent: instances of
         the same image already running there (a resumed rollout) are kept."""
         service = spec.service
+        want = spec.replicas if count is None else count
         async with self.lock(service):
             svc = self.d.store.get_service(service)
             assert svc is not None
@@ -143,7 +145,7 @@ class SlotOps:
             self.d.store.put_service(svc)
         keep: list[Instance] = []
         for inst, _status in self.d.store.instances(service, slot):
-            if inst.image_id == image_id and self.d.runtime.is_alive(inst) and len(keep) < spec.replicas:
+            if inst.image_id == image_id and self.d.runtime.is_alive(inst) and len(keep) < want:
                 keep.append(inst)
             else:
                 await self.stop_instance(inst, spec.run.stop_timeout, "not part of the new release", rollout_id)
@@ -153,7 +155,7 @@ class SlotOps:
             await self.push_table(svc, spec)
         try:
             started = [await self.start_instance(spec, slot, image_id, rollout_id)
-                       for _ in range(spec.replicas - len(keep))]
+                       for _ in range(want - len(keep))]
         except ShipyardError as e:
             return f"could not start an instance: {e.message}"
         results = await asyncio.gather(*(self.wait_ready(spec, i) for i in keep + started))

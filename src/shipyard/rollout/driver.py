@@ -1,0 +1,143 @@
+"""Driving one rollout: carry out the actions its state machine asks for, feed back what
+they observed (or what a user commanded), persist every step. Strategy-agnostic: the
+machine is chosen by `machines`; the actions are carried out here or by `SlotOps`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from shipyard.building import build_input
+from shipyard.errors import ShipyardError
+from shipyard.rollout import machines
+from shipyard.rollout.model import (
+    AbortRequested,
+    Action,
+    BuildFailed,
+    BuildImage,
+    Built,
+    KeepWarm,
+    Observation,
+    PreviewFailed,
+    PreviewPassed,
+    Rollout,
+    RunPreview,
+    SlotFailed,
+    SlotHealthy,
+    StartSlot,
+    Switched,
+    SwitchFailed,
+    SwitchTraffic,
+    TearDown,
+)
+from shipyard.rollout.preview import run_preview_checks
+from shipyard.rollout.slots import Deps, SlotOps
+from shipyard.spec import Spec
+
+log = logging.getLogger("shipyard.driver")
+
+SIDE_EFFECTS = (KeepWarm, TearDown)
+"""Actions whose outcome the machine does not wait for."""
+
+
+class RolloutDriver:
+    def __init__(self, deps: Deps, ops: SlotOps) -> None:
+        self.d = deps
+        self.ops = ops
+
+    async def run(self, r: Rollout, spec: Spec, queue: asyncio.Queue[Observation]) -> None:
+        actions: list[Action] = machines.entry_actions(r, spec)
+        try:
+            while True:
+                observing: asyncio.Task[Observation] | None = None
+                for a in actions:
+                    if isinstance(a, SIDE_EFFECTS):
+                        await self.side_effect(r, spec, a)
+                    else:
+                        observing = asyncio.create_task(self.observe(r, spec, a))
+                if r.phase.terminal:
+                    break
+                r, actions = await self._next(r, spec, observing, queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not leave a rollout hanging: record it and stop safely
+            log.exception("rollout %s crashed", r.id)
+            r, actions = machines.step(r, spec, AbortRequested(f"internal error: {e!r}"), self.d.clock())
+            self.d.store.put_rollout(r)
+            for a in actions:
+                with contextlib.suppress(Exception):
+                    await self.side_effect(r, spec, a)
+        self.ops.event(r.service, f"rollout.{r.phase}",
+                       f"{r.kind} {r.id} {r.phase}" + (f": {r.reason}" if r.reason else ""), r.id,
+                       phase=str(r.phase), timings=r.timings)
+
+    async def _next(self, r: Rollout, spec: Spec, observing: asyncio.Task[Observation] | None,
+                    queue: asyncio.Queue[Observation]) -> tuple[Rollout, list[Action]]:
+        """Wait for the running action's observation or a command, whichever changes the rollout."""
+        while True:
+            getter = asyncio.create_task(queue.get())
+            waiting = {getter} | ({observing} if observing else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if observing in done:
+                getter.cancel()
+                obs = observing.result()
+            else:
+                obs = getter.result()
+            new, actions = machines.step(r, spec, obs, self.d.clock())
+            if new is r:
+                if observing in done:
+                    self.ops.event(r.service, "rollout.ignored", f"{type(obs).__name__} ignored in phase {r.phase}",
+                                   r.id)
+                    observing = None
+                continue
+            if observing is not None and observing not in done:
+                observing.cancel()
+                with contextlib.suppress(BaseException):
+                    await observing
+            self.d.store.put_rollout(new)
+            detail = f": {new.reason}" if new.reason and new.phase.terminal else ""
+            self.ops.event(r.service, "rollout.phase", f"{new.id} -> {new.phase}{detail}", r.id,
+                           phase=str(new.phase), observation=type(obs).__name__)
+            return new, actions
+
+    async def observe(self, r: Rollout, spec: Spec, a: Action) -> Observation:
+        match a:
+            case BuildImage():
+                return await self._build(r, spec)
+            case StartSlot(slot=slot, image_id=image_id, instances=count):
+                why = await self.ops.start_slot(spec, slot, image_id, r.id, count)
+                return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
+            case RunPreview(slot=slot):
+                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id))
+                return PreviewPassed() if why is None else PreviewFailed(why)
+            case SwitchTraffic(slot=slot):
+                try:
+                    await self.ops.switch(spec, slot, r.id)
+                except ShipyardError as e:
+                    return SwitchFailed(f"the router did not take the new table: {e.message}")
+                return Switched(slot)
+        raise AssertionError(f"not an observing action: {a}")
+
+    async def side_effect(self, r: Rollout, spec: Spec, a: Action) -> None:
+        if isinstance(a, KeepWarm):
+            bg = spec.strategy.blue_green
+            delay = bg.scale_down_delay if bg is not None else 0.0
+            await self.ops.keep_warm(r.service, a.slot, delay, r.id)
+        elif isinstance(a, TearDown):
+            await self.ops.teardown(r.service, a.slot, r.id, f"rollout {r.id} {r.phase}")
+
+    async def _build(self, r: Rollout, spec: Spec) -> Observation:
+        self.ops.event(r.service, "build.started", f"building image for {spec.service}", r.id)
+        lines: list[str] = []
+        try:
+            image = await self.d.images.build(build_input(spec), log=lines.append)
+        except ShipyardError as e:
+            return BuildFailed(f"build failed: {e}")
+        finally:
+            if lines:
+                self.ops.event(r.service, "build.log", "\n".join(lines[-100:]), r.id)
+        svc = self.d.store.get_service(r.service)
+        live = svc.live.image_id if svc and svc.live else None
+        self.ops.event(r.service, "build.done", f"image {image.id[:12]} ({image.files} files)", r.id, image=image.id)
+        return Built(image.id, live)

@@ -22,6 +22,8 @@ def bucket_of(ms: float) -> int:
     """Index of the bucket a latency falls in (0..COUNT)."""
     if ms <= BASE_MS:
         return 0
+    if ms > BOUNDS_MS[-1]:          # includes inf: the overflow bucket
+        return COUNT
     i = math.ceil(math.log2(ms / BASE_MS) * PER_DOUBLING - 1e-9)
     return min(i, COUNT)
 

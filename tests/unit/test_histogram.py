@@ -20,7 +20,7 @@ def test_bounds_are_their_own_bucket_and_about_nine_percent_apart() -> None:
         assert bucket_of(b) == i
     ratios = {round(BOUNDS_MS[i + 1] / BOUNDS_MS[i], 6) for i in range(COUNT - 1)}
     assert ratios == {round(2 ** (1 / 8), 6)}
-    assert bucket_of(10 ** 9) == COUNT
+    assert bucket_of(10 ** 9) == COUNT and bucket_of(float("inf")) == COUNT
 
 
 def test_quantile_is_an_upper_bound_within_one_bucket() -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,10 @@ async def test_ensure_starts_applies_and_adopts(paths: StatePaths, router: Embed
         assert json.loads(router.pid_file("shop").read_text())["pid"] == pid
         stats = await router.stats("shop")
         assert stats["tracks"]["blue"]["requests"] == 1
+        await asyncio.sleep(int(time.time()) + 1.02 - time.time())  # that second is now complete
+        series = await router.series("shop", 0)
+        assert [(p["requests"], p["errors"]) for p in series["series"]["blue"]] == [(1, 0)]
+        assert series["now"] > series["series"]["blue"][0]["t"] + 1
         await router.stop("shop")
         assert _gone(pid) and not paths.router_socket("shop").exists()
         with pytest.raises(RouterError, match="no router control socket"):

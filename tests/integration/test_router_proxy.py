@@ -306,6 +306,27 @@ async def test_reused_connection_closed_by_instance_is_retried(router: RouterPro
         await flaky.stop()
 
 
+async def test_idempotent_request_in_flight_on_a_dying_instance_goes_to_another(
+        router: RouterProcess, farm: list[TestUpstream]) -> None:
+    """An instance killed with a request in flight answers nothing: a GET is sent again to
+    another instance of the track (the user sees a 200); a POST is not (it may have run)."""
+    a, b = farm[0], farm[1]
+    await router.set(make_table(1, {"blue": [a, b]}, {"blue": 100}))
+    c = await RawClient.open(router.port)
+    try:
+        for _ in range(6):
+            r = await c.request("GET", f"/die?who={a.name}")
+            assert r.status == 200 and r.json()["name"] == b.name
+        statuses = []
+        for _ in range(6):
+            c.close()
+            c = await RawClient.open(router.port)
+            statuses.append((await c.request("POST", f"/die?who={a.name}", body=b"x")).status)
+        assert 502 in statuses and 200 in statuses      # round robin: a's share fails, b's succeeds
+    finally:
+        c.close()
+
+
 async def test_head_and_pipelined_requests(router: RouterProcess, farm: list[TestUpstream]) -> None:
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.control import RouterControlClient
@@ -161,6 +162,15 @@ class TestUpstream:
             size += len(chunk)
         if path == "/sleep":
             await asyncio.sleep(float(args.get("s", "1")))
+        if path == "/die" and args.get("who") == self.name:  # read the request, then vanish: a killed instance
+            w.transport.abort()
+            return False
+        if path == "/status":  # an answer with the given status (e.g. an instance's 500)
+            code = int(args.get("code", "200"))
+            w.write(b"HTTP/1.1 %d Status\r\nContent-Length: %d\r\nX-Upstream: %s\r\n\r\n%s"
+                    % (code, len(self.name), self.name.encode(), self.name.encode()))
+            await w.drain()
+            return True
         if path == "/bytes":
             n = int(args["n"])
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
@@ -212,8 +222,10 @@ class RawClient:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, port: int) -> RawClient:
-        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    async def open(cls, port: int, source: str | None = None) -> RawClient:
+        """Connect to 127.0.0.1:port, from the loopback address `source` if given (127.x.y.z)."""
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20,
+                                             local_addr=(source, 0) if source else None)
         return cls(r, w)
 
     @property
@@ -322,10 +334,10 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def make_table(version: int, tracks: dict[str, list[TestUpstream]], weights: dict[str, int],
-               service: str = "shop", **kw: str | None) -> RoutingTable:
+def make_table(version: int, tracks: dict[str, list[TestUpstream]], weights: dict[str, float],
+               service: str = "shop", **kw: Any) -> RoutingTable:
     return RoutingTable(service, version, {t: tuple(u.upstream for u in ups) for t, ups in tracks.items()},
-                        weights, **kw)  # type: ignore[arg-type]
+                        weights, **kw)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ class Plane:
         self.has_table = False
         self._table = RoutingTable("shop")
         self.swaps: list[int] = []
+        self.series_asked: list[float] = []
 
     @property
     def table(self) -> RoutingTable:
@@ -47,6 +48,11 @@ class Plane:
 
     def stats(self) -> dict[str, Any]:
         return {"version": self._table.version, "tracks": {}}
+
+    def series(self, since: float) -> dict[str, Any]:
+        self.series_asked.append(since)
+        return {"now": 1700000002.5, "series": {"blue": [{"t": 1700000001, "requests": 3, "errors": 1,
+                                                          "latency": {"40": 3}}]}}
 
 
 def table(version: int, service: str = "shop") -> dict[str, Any]:
@@ -90,6 +96,13 @@ def test_other_ops_and_bad_requests(tmp: Path) -> None:
     assert svc.handle({"op": "stats"})[0] == {"ok": True, "stats": {"version": 0, "tracks": {}}}
     assert svc.handle({"op": "shutdown"}) == ({"ok": True}, True)
     assert "unknown op 'reload'" in svc.handle({"op": "reload"})[0]["error"]
+    series = svc.handle({"op": "series", "since": 1700000000})[0]
+    assert series == {"ok": True, "now": 1700000002.5, "series": {"blue": [
+        {"t": 1700000001, "requests": 3, "errors": 1, "latency": {"40": 3}}]}}
+    for bad in ("yesterday", None, True):
+        assert svc.handle({"op": "series", "since": bad})[0] == {
+            "ok": False, "error": f'series needs "since", a unix time in seconds, got {bad!r}'}
+    assert svc.handle({"op": "series"})[0]["ok"] and plane.series_asked == [1700000000, 0]
     assert svc.handle(["ping"])[0]["ok"] is False
 
 
@@ -115,6 +128,9 @@ async def test_socket_roundtrip_several_requests_per_connection(tmp: Path) -> No
         assert (await client.get_table()) == RoutingTable.from_dict(table(3))
         with pytest.raises(RouterError, match="the router refused set_table: stale table"):
             await client.set_table(RoutingTable.from_dict(table(2)))
+        assert await client.series(1700000000.5) == {"now": 1700000002.5, "series": {"blue": [
+            {"t": 1700000001, "requests": 3, "errors": 1, "latency": {"40": 3}}]}}
+        assert plane.series_asked == [1700000000.5]
         r, w = await asyncio.open_unix_connection(str(sock))
         w.write(b'{"op":"ping"}\nnot json\n{"op":"stats"}\n')
         answers = [json.loads(await r.readline()) for _ in range(3)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from shipyard.router.metrics import LATENCY_BUCKETS_MS, TrackMetrics, UpstreamMetrics
+import random
+
+from shipyard.histogram import bucket_of, lower_ms, upper_ms
+from shipyard.router.metrics import LATENCY_BUCKETS_MS, SERIES_SECONDS, TrackMetrics, UpstreamMetrics
 
 
 def test_latency_lands_in_the_first_bucket_whose_bound_is_not_smaller() -> None:
@@ -38,3 +41,43 @@ def test_snapshot_is_plain_json_data() -> None:
     u = UpstreamMetrics()
     u.requests, u.connect_failures, u.ejected = 5, 2, True
     assert u.snapshot() == {"requests": 5, "connect_failures": 2, "ejected": True}
+
+
+def test_series_has_completed_seconds_only_and_errors_are_5xx() -> None:
+    m = TrackMetrics()
+    for now, status, ms in ((100.2, 200, 3.0), (100.9, 500, 3.1), (101.0, 404, 50.0), (101.5, 502, 2000.0),
+                            (103.4, 200, 1.0)):
+        m.observe(status, ms, now=now)
+    assert m.series(0, now=103.9) == [
+        {"t": 100, "requests": 2, "errors": 1, "latency": {str(bucket_of(3.0)): 2}},
+        {"t": 101, "requests": 2, "errors": 1, "latency": {str(bucket_of(50.0)): 1, str(bucket_of(2000.0)): 1}},
+    ]  # 102 had no traffic (omitted); 103 is still open
+    assert bucket_of(3.0) == bucket_of(3.1) and lower_ms(bucket_of(50.0)) < 50 <= upper_ms(bucket_of(50.0))
+    assert [p["t"] for p in m.series(100, now=104.0)] == [101, 103]
+    # the wall clock steps back to 102.5 after second 103 was read: counted in the open second
+    # (104), never in one a reader has already seen, and never lost
+    m.observe(200, 1.0, now=102.5)
+    m.observe(200, 1.0, now=104.2)
+    assert m.series(101, now=104.5) == [{"t": 103, "requests": 1, "errors": 0,
+                                         "latency": {str(bucket_of(1.0)): 1}}]
+    assert m.series(103, now=105.0) == [{"t": 104, "requests": 2, "errors": 0,
+                                         "latency": {str(bucket_of(1.0)): 2}}]
+    assert m.series(103, now=200.0) == m.series(103, now=105.0)  # reading twice changes nothing
+
+
+def test_series_keeps_the_last_600_seconds() -> None:
+    m = TrackMetrics()
+    for s in range(1000, 1000 + 700):
+        m.observe(200, 1.0, now=s + 0.5)
+    points = m.series(0, now=1700.1)
+    assert len(points) == SERIES_SECONDS == 600
+    assert points[0]["t"] == 1100 and points[-1]["t"] == 1699
+    assert sum(p["requests"] for p in points) == 600
+
+
+def test_series_buckets_are_the_shared_histogram_buckets() -> None:
+    rnd = random.Random(3)
+    for ms in [0.0, 0.05, 0.051, 1.0, 50.0, 999.9, 200000.0, *(rnd.lognormvariate(2, 2) for _ in range(5000))]:
+        m = TrackMetrics()
+        m.observe(200, ms, now=10.5)
+        assert m.series(0, now=12)[0]["latency"] == {str(bucket_of(ms)): 1}, ms

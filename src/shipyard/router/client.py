@@ -31,7 +31,7 @@ from shipyard.router.exchange import (
     error_response,
     without_names,
 )
-from shipyard.router.table import TRACK_HEADER
+from shipyard.router.table import TRACK_HEADER, user_bucket
 
 if TYPE_CHECKING:
     from shipyard.router.proxy import ProxyServer
@@ -49,7 +49,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "closed")
+                 "closed", "bucket")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -70,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused_at = 0.0
         self.deadline = 0.0
         self.draining = self.closed = False
+        self.bucket = -2
+        """The client address's user bucket, hashed on first use (-2: not yet, -1: no address)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -225,6 +227,13 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete()
 
     # -- used by exchanges and the server --------------------------------------------------
+
+    def peer_bucket(self) -> int:
+        """The bucket of the client's TCP peer address (the user key of last resort); -1 if unknown."""
+        b = self.bucket
+        if b == -2:
+            b = self.bucket = user_bucket(self.peer) if self.peer else -1
+        return b
 
     def exchange_done(self, ex: Exchange) -> None:
         if ex is not self.active:

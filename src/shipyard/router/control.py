@@ -43,6 +43,8 @@ class DataPlane(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    def series(self, since: float) -> dict[str, Any]: ...
+
 
 # -- the persisted table -----------------------------------------------------------
 
@@ -117,9 +119,15 @@ class ControlService:
             return {"ok": True, "table": self.plane.table.to_dict() if self.plane.has_table else None}, False
         if op == "stats":
             return {"ok": True, "stats": self.plane.stats()}, False
+        if op == "series":
+            since = request.get("since", 0)
+            if isinstance(since, bool) or not isinstance(since, int | float):
+                return _error(f'series needs "since", a unix time in seconds, got {since!r}'), False
+            return {"ok": True, **self.plane.series(since)}, False
         if op == "shutdown":
             return {"ok": True}, True
-        return _error(f"unknown op {op!r} (expected ping, set_table, get_table, stats or shutdown)"), False
+        return _error(f"unknown op {op!r} (expected ping, set_table, get_table, stats, series "
+                      "or shutdown)"), False
 
     def _set_table(self, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
@@ -243,6 +251,12 @@ class RouterControlClient:
 
     async def stats(self) -> dict[str, Any]:
         return dict((await self._call({"op": "stats"}))["stats"])
+
+    async def series(self, since: float) -> dict[str, Any]:
+        """{"now": unix time, "series": {track: [{"t", "requests", "errors", "latency"}, ...]}}:
+        the completed seconds after `since`, ascending; see Router.series."""
+        r = await self._call({"op": "series", "since": since})
+        return {"now": float(r["now"]), "series": dict(r["series"])}
 
     async def shutdown(self) -> None:
         await self._call({"op": "shutdown"})

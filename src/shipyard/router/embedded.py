@@ -81,6 +81,9 @@ class EmbeddedRouter:
     async def stats(self, service: str) -> dict[str, Any]:
         return await self._client(service).stats()
 
+    async def series(self, service: str, since: float) -> dict[str, Any]:
+        return await self._client(service).series(since)
+
     async def stop(self, service: str) -> None:
         """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s."""
         self._reap()

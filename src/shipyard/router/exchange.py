@@ -28,6 +28,8 @@ P_PIPELINE = 4  # a pipelined request waits for the one before it
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+"""Methods RFC 9110 calls idempotent: safe to send again after an instance died mid-request."""
 REPLAY_LIMIT = 1024 * 1024
 """Request body kept for a retry on a fresh connection; a longer body is not retried."""
 
@@ -111,29 +113,15 @@ class Exchange:
     def start(self) -> None:
         server = self.client.server
         st = server.state
-        user_key = None
-        hdrs = self.hdrs
-        if st.sticky_header is not None and hdrs:
-            for name, value in hdrs:
-                if name.lower() == st.sticky_header:
-                    user_key = value.decode("latin-1")
-                    break
-        if user_key is None and st.sticky_cookie is not None and self.cookies:
-            for part in self.cookies.split(b";"):
-                k, _, v = part.strip().partition(b"=")
-                if k == st.sticky_cookie:
-                    user_key = v.decode("latin-1")
-                    break
-        self.hdrs = None
         if self.override is None and st.single is not None:
-            route = self.route = st.single  # what track_for would answer, without the draw
+            route = st.single  # the common case (one live track), without a call
         else:
-            override = self.override.decode("latin-1") if self.override is not None else None
-            track = st.table.track_for(override, user_key)
-            if track is None:
-                self.fail(503, f"service {server.service} has no live release")
-                return
-            route = self.route = st.routes[track]
+            route = st.route_for(self.override, self.hdrs, self.cookies, self.client)
+        self.hdrs = None
+        if route is None:
+            self.fail(503, f"service {server.service} has no live release")
+            return
+        self.route = route
         m = self.metrics = route.metrics
         m.requests += 1
         m.inflight += 1
@@ -363,6 +351,19 @@ class Exchange:
             self.retried = True
             self.wbuf.clear()
             self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
+        elif (not self.retried and self.req_done and self.replay_size <= REPLAY_LIMIT
+              and self.head.split(b" ", 1)[0] in IDEMPOTENT):
+            # The instance went away with the request in flight (killed, crashed): nothing
+            # was answered, and an idempotent request may safely run again, so it goes to
+            # another instance of the track, as HAProxy's `retry-on empty-response` does.
+            self.retried = True
+            self.last_error = "an instance closed the connection without answering"
+            if self.tried is None:
+                self.tried = [self.ups]  # type: ignore[list-item]
+            else:
+                self.tried.append(self.ups)  # type: ignore[arg-type]
+            self.wbuf.clear()
+            self._dispatch()
         else:
             self.fail(502, f"instance {self._ups_id()} of service {svc} closed the connection without answering")
 

@@ -1,25 +1,36 @@
 """Per-track and per-upstream counters kept by the data plane.
 
-They are read by the controller's analysis (is the canary worse than stable?), so
-they are cumulative since the router started: the reader takes differences. The
-hot path only does integer increments and one bisect, with no locks: the data
-plane is a single-threaded event loop."""
+Two views of each track. The cumulative counters (`snapshot`, the `stats` op) are
+since the router started: a reader takes differences. The per-second series (`series`,
+the `series` op) is what the canary analysis judges: for each wall-clock second,
+completed requests, errors and a sparse latency histogram in the shared
+`shipyard.histogram` buckets, the last 600 seconds kept. The hot path only does
+integer increments, one bisect and one dict update, with no locks: the data plane is
+a single-threaded event loop."""
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
+from collections import deque
 from typing import Any
+
+from shipyard.histogram import BOUNDS_MS
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 """Upper bounds (inclusive) of the latency buckets; one more bucket counts the rest (+inf)."""
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
+SERIES_SECONDS = 600
+"""Completed seconds kept per track: enough for a long analysis step, bounded memory."""
+
 
 class TrackMetrics:
     """What one track served: request count, status classes, router errors, latency, in-flight."""
 
-    __slots__ = ("requests", "status", "errors", "aborted", "inflight", "counts", "sum_ms", "count")
+    __slots__ = ("requests", "status", "errors", "aborted", "inflight", "counts", "sum_ms", "count",
+                 "sec", "sec_requests", "sec_errors", "sec_latency", "ring")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -34,14 +45,51 @@ class TrackMetrics:
         self.counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.sum_ms = 0.0
         self.count = 0
+        # The second being filled, then the completed ones (only seconds with traffic).
+        self.sec = 0
+        self.sec_requests = 0
+        self.sec_errors = 0
+        self.sec_latency: dict[int, int] = {}
+        self.ring: deque[tuple[int, int, int, dict[int, int]]] = deque(maxlen=SERIES_SECONDS)
 
-    def observe(self, status: int, ms: float) -> None:
-        """Record one finished response: its status class and its latency."""
+    def observe(self, status: int, ms: float, now: float | None = None) -> None:
+        """Record one finished response: its status class, its latency, and its second
+        (`now`, wall-clock; read here when not given). A status >= 500 is an error:
+        the instance's 5xx, and the router's own 502/503/504 (failed connects, timeouts)."""
         cls = status // 100
         self.status[cls if 1 <= cls <= 5 else 5] += 1
         self.counts[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
         self.sum_ms += ms
         self.count += 1
+        sec = int(time.time() if now is None else now)
+        if sec > self.sec:  # a clock stepped back keeps counting into the open second
+            self._roll(sec)
+        self.sec_requests += 1
+        if status >= 500:
+            self.sec_errors += 1
+        lat = self.sec_latency
+        # histogram.bucket_of at half the cost (a C bisect over its bounds); it differs only for a
+        # latency within 1e-9 relative above a bound, which it puts in the next bucket, as the bounds say
+        b = bisect_left(BOUNDS_MS, ms)
+        lat[b] = lat.get(b, 0) + 1
+
+    def _roll(self, sec: int) -> None:
+        """Close the open second (kept only if it saw traffic) and open `sec`."""
+        if self.sec_requests:
+            self.ring.append((self.sec, self.sec_requests, self.sec_errors, self.sec_latency))
+            self.sec_requests = self.sec_errors = 0
+            self.sec_latency = {}
+        self.sec = sec
+
+    def series(self, since: float, now: float) -> list[dict[str, Any]]:
+        """Completed seconds t with since < t < int(now), ascending; a second with no
+        completed request is omitted (read it as zero). Of the last SERIES_SECONDS only."""
+        cur = int(now)
+        if self.sec < cur:  # nothing can land in the open second any more: close it
+            self._roll(cur)
+        low = max(since, cur - SERIES_SECONDS - 1)
+        return [{"t": t, "requests": n, "errors": e, "latency": {str(b): c for b, c in lat.items()}}
+                for t, n, e, lat in self.ring if low < t < cur]
 
     def snapshot(self) -> dict[str, Any]:
         return {

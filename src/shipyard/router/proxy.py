@@ -20,13 +20,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from random import random as _random
 from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.client import ClientConnection
 from shipyard.router.control import ControlService, claim_socket, load_table, remove_socket, serve_control
 from shipyard.router.metrics import TrackMetrics
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import BUCKETS, RoutingTable, Upstream, user_bucket
 from shipyard.router.upstream import UpstreamState
 
 log = logging.getLogger("shipyard.router")
@@ -66,18 +67,63 @@ class TrackRoute:
 
 
 class RouteState:
-    """A table compiled for the hot path; swapped as one reference."""
+    """A table compiled for the hot path once, when it is swapped in: a request costs one
+    dict lookup (override) or one hash and one list index (its user's bucket)."""
 
-    __slots__ = ("table", "routes", "sticky_header", "sticky_cookie", "single")
+    __slots__ = ("table", "routes", "overrides", "by_bucket", "sticky_header", "sticky_cookie",
+                 "sticky_address", "single")
 
     def __init__(self, table: RoutingTable, routes: dict[str, TrackRoute]) -> None:
         self.table = table
         self.routes = routes
+        self.overrides: dict[bytes, TrackRoute] = {
+            **{a.encode("latin-1"): routes[t] for a, t in table.aliases.items()},
+            **{t.encode("latin-1"): r for t, r in routes.items()}}
+        """X-Shipyard-Track values (track names, then aliases) -> route, matched as raw bytes."""
+        by_bucket: list[TrackRoute] = []
+        for name, first, end in table.bucket_ranges():
+            by_bucket += [routes[name]] * (end - first)
+        self.by_bucket = by_bucket or None
+        """Bucket (0..BUCKETS-1) -> route; None when no track takes traffic (503)."""
         serving = table.serving
         self.single = routes[serving[0]] if len(serving) == 1 else None
-        """The only serving track, when there is one: a request without override skips the draw."""
+        """The only serving track, when there is one: a request without override skips the hash."""
         self.sticky_header = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
         self.sticky_cookie = table.sticky_cookie.encode("latin-1") if table.sticky_cookie else None
+        self.sticky_address = table.sticky_client_address
+
+    def route_for(self, override: bytes | None, hdrs: list[tuple[bytes, bytes]] | None, cookies: bytes | None,
+                  client: ClientConnection) -> TrackRoute | None:
+        """Where a request goes: its X-Shipyard-Track override (track or alias), else its
+        user's bucket, else a random bucket. None when no track takes traffic (503)."""
+        if override is not None:
+            route = self.overrides.get(override)
+            if route is not None:
+                return route
+        if self.single is not None:  # what the bucket lookup would answer, without hashing
+            return self.single
+        by_bucket = self.by_bucket
+        if by_bucket is None:
+            return None
+        key = None
+        if self.sticky_header is not None and hdrs:
+            for name, value in hdrs:
+                if name.lower() == self.sticky_header:
+                    key = value
+                    break
+        if not key and self.sticky_cookie is not None and cookies:
+            for part in cookies.split(b";"):
+                k, _, v = part.strip().partition(b"=")
+                if k == self.sticky_cookie:
+                    key = v
+                    break
+        if key:
+            return by_bucket[user_bucket(key)]
+        if self.sticky_address:
+            b = client.peer_bucket()
+            if b >= 0:
+                return by_bucket[b]
+        return by_bucket[int(_random() * BUCKETS)]
 
 
 class ProxyServer:
@@ -137,7 +183,7 @@ class ProxyServer:
         for u in [u for u in self.upstreams if u not in live]:
             self.upstreams.pop(u).retire()
         log.info("serving table version %d (weights %s)", table.version,
-                 ", ".join(f"{t}={w}" for t, w in sorted(table.weights.items())) or "none")
+                 ", ".join(f"{t}={w:g}" for t, w in sorted(table.weights.items())) or "none")
 
     def stats(self) -> dict[str, Any]:
         ups: dict[str, Any] = {}
@@ -152,6 +198,17 @@ class ProxyServer:
                        if name != NO_TRACK or m.requests},
             "upstreams": ups,
         }
+
+    def series(self, since: float) -> dict[str, Any]:
+        """Per-track completed seconds after `since` (see TrackMetrics.series). Track metrics
+        live across table versions, so a swap neither resets nor splits a second."""
+        now = time.time()
+        out = {}
+        for name, m in self.track_metrics.items():
+            points = m.series(since, now)
+            if points or name != NO_TRACK:
+                out[name] = points
+        return {"now": now, "series": out}
 
     # -- lifecycle ------------------------------------------------------------------
 

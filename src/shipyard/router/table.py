@@ -2,17 +2,34 @@
 
 A value object shared by the controller (which builds it) and the data plane (which
 serves it). It is swapped whole, never edited, so a request always sees one
-consistent version."""
+consistent version.
+
+Traffic is split between *users*, not requests: a user's key (sticky header, else
+cookie, else client address) hashes to one of 10,000 buckets, and the tracks of
+`bucket_order` own consecutive bucket ranges from bucket 0 up. The canary comes
+first, so raising its weight only moves users from stable to canary, never back and
+forth. A request with no key draws a random bucket (a weighted choice per request)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shipyard.errors import RouterError
+
 TRACK_HEADER = "x-shipyard-track"
-"""A request carrying this header goes to the named track (preview / overrides)."""
+"""A request carrying this header goes to the named track (or alias): previews and overrides."""
+
+BUCKETS = 10_000
+"""Users are hashed into this many buckets, so a weight is a whole number of 0.01 %."""
+
+
+class TableError(RouterError, ValueError):
+    """A routing table that cannot be served. A ValueError too, so wire-format readers
+    that already treat ValueError as "invalid table" keep doing so."""
 
 
 @dataclass(frozen=True)
@@ -31,45 +48,81 @@ class RoutingTable:
     service: str
     version: int = 0
     tracks: dict[str, tuple[Upstream, ...]] = field(default_factory=dict)
-    weights: dict[str, int] = field(default_factory=dict)
-    """Percent of unpinned traffic per track; sums to 100, or is empty (no live track: 503)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Percent of users per track, in steps of 0.01; sums to 100, or is empty (no live track: 503)."""
     sticky_header: str | None = None
-    """Requests with this header keep their track across weight changes (canary)."""
+    """A request's value of this header is its user key (canary stickiness)."""
     sticky_cookie: str | None = None
+    """Else the value of this cookie."""
+    sticky_client_address: bool = False
+    """Else, when true, the client's TCP peer address (never X-Forwarded-For, which clients forge)."""
+    bucket_order: tuple[str, ...] = ()
+    """Which track takes the lowest buckets, then the next, ...: the canary first. Tracks
+    with weight left out of it follow in name order."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Override names for tracks, e.g. {"canary": "green", "stable": "blue"}."""
+    _slices: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
+    """(track, end bucket) in bucket order, weight > 0 only: computed once per table."""
 
     def __post_init__(self) -> None:
-        for name, w in self.weights.items():
+        units = _validate_weights(self.weights, self.tracks)
+        object.__setattr__(self, "weights", {t: u / 100 for t, u in units.items()})
+        order = tuple(self.bucket_order)
+        object.__setattr__(self, "bucket_order", order)
+        for name in order:
             if name not in self.tracks:
-                raise ValueError(f"weight given for unknown track {name!r}")
-            if not 0 <= w <= 100:
-                raise ValueError(f"weight of track {name!r} must be 0..100, got {w}")
-        if self.weights and sum(self.weights.values()) != 100:
-            raise ValueError(f"track weights must add up to 100, got {sum(self.weights.values())}")
+                raise TableError(f"bucket_order names unknown track {name!r} (tracks: {_names(self.tracks)})")
+        if len(set(order)) != len(order):
+            raise TableError(f"bucket_order lists a track twice: {list(order)}")
+        for alias, target in self.aliases.items():
+            if alias in self.tracks:
+                raise TableError(f"alias {alias!r} is also a track name: rename the alias")
+            if target not in self.tracks:
+                raise TableError(f"alias {alias!r} points to unknown track {target!r} "
+                                 f"(tracks: {_names(self.tracks)})")
+        full = order + tuple(sorted(t for t in units if t not in order))
+        slices, end = [], 0
+        for name in full:
+            if units.get(name, 0) > 0:
+                end += units[name]
+                slices.append((name, end))
+        object.__setattr__(self, "_slices", tuple(slices))
 
     # -- choosing ---------------------------------------------------------------
 
-    def track_for(self, override: str | None = None, user_key: str | None = None,
+    def track_for(self, override: str | None = None, user_key: str | bytes | None = None,
                   rnd: random.Random | None = None) -> str | None:
-        """The track a request goes to: an explicit override wins, then the user's
-        stable bucket, then a weighted random draw. None when nothing can serve."""
-        if override is not None and override in self.tracks:
-            return override
-        live = [(t, w) for t, w in self.weights.items() if w > 0]
-        if not live:
+        """The track a request goes to: an explicit override (track or alias) wins, then the
+        user's bucket, then a random bucket. None when nothing can serve."""
+        if override is not None:
+            if override in self.tracks:
+                return override
+            if override in self.aliases:
+                return self.aliases[override]
+        if not self._slices:
             return None
-        if len(live) == 1:
-            return live[0][0]
-        point = bucket(user_key) if user_key else (rnd or random).random() * 100.0
-        acc = 0.0
-        for name, w in sorted(live):
-            acc += w
-            if point < acc:
-                return name
-        return sorted(live)[-1][0]
+        b = user_bucket(user_key) if user_key else (rnd or random).randrange(BUCKETS)
+        return self.track_at(b)
 
-    def with_weights(self, weights: dict[str, int]) -> RoutingTable:
-        return RoutingTable(self.service, self.version + 1, dict(self.tracks), dict(weights),
-                            self.sticky_header, self.sticky_cookie)
+    def track_at(self, bucket: int) -> str | None:
+        """The track that owns a bucket (0..9999)."""
+        slices = self._slices
+        if not slices:
+            return None
+        i = bisect_right([end for _, end in slices], bucket)
+        return slices[min(i, len(slices) - 1)][0]
+
+    def bucket_ranges(self) -> list[tuple[str, int, int]]:
+        """(track, first bucket, end bucket exclusive) of every track with users, in bucket order."""
+        out, start = [], 0
+        for name, end in self._slices:
+            out.append((name, start, end))
+            start = end
+        return out
+
+    def with_weights(self, weights: dict[str, float]) -> RoutingTable:
+        return replace(self, version=self.version + 1, tracks=dict(self.tracks), weights=dict(weights),
+                       aliases=dict(self.aliases))
 
     @property
     def serving(self) -> list[str]:
@@ -87,23 +140,54 @@ class RoutingTable:
             "weights": dict(self.weights),
             "sticky_header": self.sticky_header,
             "sticky_cookie": self.sticky_cookie,
+            "sticky_client_address": self.sticky_client_address,
+            "bucket_order": list(self.bucket_order),
+            "aliases": dict(self.aliases),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoutingTable:
+        """Tables persisted before canary support (no order, aliases or address stickiness) load too."""
         return cls(
             service=str(d["service"]),
             version=int(d.get("version", 0)),
             tracks={str(t): tuple(Upstream(str(u["id"]), str(u["host"]), int(u["port"])) for u in ups)
                     for t, ups in (d.get("tracks") or {}).items()},
-            weights={str(t): int(w) for t, w in (d.get("weights") or {}).items()},
+            weights={str(t): w for t, w in (d.get("weights") or {}).items()},
             sticky_header=d.get("sticky_header"),
             sticky_cookie=d.get("sticky_cookie"),
+            sticky_client_address=bool(d.get("sticky_client_address", False)),
+            bucket_order=tuple(str(t) for t in d.get("bucket_order") or ()),
+            aliases={str(a): str(t) for a, t in (d.get("aliases") or {}).items()},
         )
 
 
-def bucket(user_key: str) -> float:
-    """A user's stable position in [0, 100): the same user always lands on the same
-    side of a weight split, and raising the weight only moves users one way."""
-    h = hashlib.blake2b(user_key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64 * 100.0
+def user_bucket(user_key: str | bytes) -> int:
+    """A user's bucket (0..9999): stable across processes and releases. A str key is hashed
+    as its UTF-8 bytes, which is what the data plane sees on the wire."""
+    if isinstance(user_key, str):
+        user_key = user_key.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(user_key, digest_size=8).digest(), "big") % BUCKETS
+
+
+def _validate_weights(weights: dict[str, Any], tracks: dict[str, Any]) -> dict[str, int]:
+    """Weights as whole hundredths of a percent; TableError saying what to fix otherwise."""
+    units: dict[str, int] = {}
+    for name, w in weights.items():
+        if name not in tracks:
+            raise TableError(f"weight given for unknown track {name!r} (tracks: {_names(tracks)})")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 100:
+            raise TableError(f"weight of track {name!r} must be a percent from 0 to 100, got {w!r}")
+        u = round(w * 100)
+        if abs(w * 100 - u) > 1e-6:
+            raise TableError(f"weight {w:g} of track {name!r} is finer than 0.01 (users are split into "
+                             f"{BUCKETS:,} buckets): use a multiple of 0.01")
+        units[name] = u
+    if units and sum(units.values()) != BUCKETS:
+        shown = ", ".join(f"{t}={u / 100:g}" for t, u in sorted(units.items()))
+        raise TableError(f"track weights must add up to 100, got {sum(units.values()) / 100:g} ({shown})")
+    return units
+
+
+def _names(tracks: dict[str, Any]) -> str:
+    return ", ".join(sorted(tracks)) or "none"

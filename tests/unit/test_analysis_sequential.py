@@ -168,7 +168,7 @@ def test_the_batch_engine_computes_what_the_state_computes() -> None:
 
 
 def test_the_latency_split_only_uses_stable_seconds_before_the_current_one() -> None:
-    plans = plans_for([("vs", CompareToStableMetric(error_rate=False))], 0.05)
+    plans = plans_for([("vs", CompareToStableMetric(error_rate=False, latency_margin=0.0))], 0.05)
     state = SequentialState()
     for t in range(3):
         state = advance(state, _sec(t, 10, 0, {B20: 10}), _sec(t, 100, 0, {B20 - 5: 50, B20: 50}), plans)
@@ -178,6 +178,17 @@ def test_the_latency_split_only_uses_stable_seconds_before_the_current_one() -> 
     b = advance(state, _sec(3, 10, 0, {B20: 10}), _sec(3, 100, 0, {B20 - 5: 50, B20: 50}), plans)
     assert a.monitors["vs/latency_p50"].above_ms == b.monitors["vs/latency_p50"].above_ms == split_before
     assert split_before == (histogram.upper_ms(B20 - 5), histogram.lower_ms(B20 - 5 + 3))
+
+
+def test_the_latency_margin_raises_the_canary_threshold() -> None:
+    """Sub-margin differences never count: the canary threshold is at least stable's split + margin."""
+    plans = plans_for([("vs", CompareToStableMetric(error_rate=False, latency_margin=0.005))], 0.05)
+    state = SequentialState()
+    for t in range(4):
+        state = advance(state, _sec(t, 10, 0, {B20: 10}), _sec(t, 100, 0, {B20 - 5: 50, B20: 50}), plans)
+    stable_split, canary_above = state.monitors["vs/latency_p50"].above_ms
+    assert canary_above >= stable_split + 5.0
+    assert canary_above <= (stable_split + 5.0) * 2 ** (1 / 8) * 1.0001      # rounded up by at most a bucket
 
 
 def test_alpha_is_split_over_every_monitor_of_the_spec() -> None:

@@ -66,7 +66,7 @@ class BatchMonitors:
             self.log_e = {key: arr[:, keep] for key, arr in self.log_e.items()}
         history_cum = np.cumsum(self.history, axis=-1)
         for p in self.plans:
-            counts = mg.monitor_counts(p.kind, tick, history_cum, p.tolerance)
+            counts = mg.monitor_counts(p.kind, tick, history_cum, p.tolerance, p.margin_ms)
             open_ = self.crossed_at[p.key] < 0
             factor = mg.log_factors(counts.x_c, counts.x_s, counts.n_c, counts.n_s, counts.rho0)
             self.log_e[p.key] += np.where(open_[:, None], factor, 0.0)[:, None, :]

@@ -166,7 +166,7 @@ def error_rate_vs_stable(metric: str, canary: Window, stable: Window, tolerance:
 
 
 def latency_vs_stable(metric: str, canary: Window, stable: Window, tolerance: float, alpha: float,
-                      min_requests: int) -> Verdict:
+                      min_requests: int, margin_ms: float = 0.0) -> Verdict:
     """Fails if the canary is significantly slower (Mann-Whitney) AND its Hodges-Lehmann shift
     exceeds tolerance x stable's median: significance alone would fail a canary 1 % slower
     once there are enough requests."""
@@ -179,12 +179,13 @@ def latency_vs_stable(metric: str, canary: Window, stable: Window, tolerance: fl
     shift = hodges_lehmann_ms(canary.latency, stable.latency)
     median = weighted_median(*_arrays(stable.latency))
     assert shift is not None and median is not None
-    allowed = tolerance * median
+    allowed = max(tolerance * median, margin_ms)
     significant, beyond = test.p < alpha, shift > allowed
     failed = significant and beyond
     head = (f"canary - stable latency shift {ms(shift)} (Hodges-Lehmann; stable median {ms(median)}, "
             f"n={n1} vs {n2}): one-sided Mann-Whitney p = {num(test.p)}")
-    limit = f"{ms(allowed)} ({tolerance:g} x stable median)"
+    limit = (f"{ms(allowed)} ({tolerance:g} x stable median)" if tolerance * median >= margin_ms
+             else f"{ms(allowed)} (the latency margin)")
     if failed:
         detail = f"{head} < alpha = {num(alpha)} and shift {ms(shift)} > {limit}"
     elif significant:

@@ -58,7 +58,8 @@ def _judge(spec: AnalysisSpec, metric: MetricSpec, canary: Window, stable: Windo
         if final and cmp.error_rate:
             out.append(_advisory(compare.error_rate_vs_stable(name, canary, stable, cmp.tolerance, spec.alpha, n)))
         if final and cmp.latency:
-            out.append(_advisory(compare.latency_vs_stable(name, canary, stable, cmp.tolerance, spec.alpha, n)))
+            out.append(_advisory(compare.latency_vs_stable(name, canary, stable, cmp.tolerance, spec.alpha, n,
+                                                                cmp.latency_margin * 1000)))
         return out
     query = metric.prometheus.query if metric.prometheus is not None else ""
     return [Verdict(metric=name, kind="prometheus", status="inconclusive", value=None, threshold=None, samples=0,

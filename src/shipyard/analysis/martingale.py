@@ -120,11 +120,13 @@ def split_bucket(cum: np.ndarray, q: float) -> np.ndarray:
     return np.where(ok, idx, -1)
 
 
-def canary_start_table(tolerance: float) -> np.ndarray:
-    """For each split bucket b: the first bucket all of whose latencies exceed (1+tol) x upper(b),
-    so a canary request is only counted slow when it surely is (histogram.first_bucket_above)."""
+def canary_start_table(tolerance: float, margin_ms: float = 0.0) -> np.ndarray:
+    """For each split bucket b: the first bucket all of whose latencies exceed
+    max((1+tol) x upper(b), upper(b) + margin), so a canary request is only counted slow
+    when it surely is (histogram.first_bucket_above). Both are increasing in upper(b), so
+    the null "canary <= that transform of stable, in distribution" keeps the test valid."""
     bounds = np.array(histogram.BOUNDS_MS)
-    start = np.searchsorted(bounds, (1 + tolerance) * bounds, side="left") + 1
+    start = np.searchsorted(bounds, np.maximum((1 + tolerance) * bounds, bounds + margin_ms), side="left") + 1
     return np.append(start, B).astype(np.int64)
 
 
@@ -176,7 +178,8 @@ class Counts:
     """... and canary requests above this (>= (1 + tolerance) x the stable split)."""
 
 
-def monitor_counts(kind: str, tick: Tick, history_cum: np.ndarray, tolerance: float) -> Counts:
+def monitor_counts(kind: str, tick: Tick, history_cum: np.ndarray, tolerance: float,
+                   margin_ms: float = 0.0) -> Counts:
     """The events of monitor `kind` ("error_rate" or a key of SPLITS) in this tick; the latency
     split comes from `history_cum`, the cumulative sum of stable's latency history before it."""
     if kind == "error_rate":
@@ -184,7 +187,7 @@ def monitor_counts(kind: str, tick: Tick, history_cum: np.ndarray, tolerance: fl
                       x_s=tick.stable_errors, rho0=1 + tolerance)
     split = split_bucket(history_cum, SPLITS[kind])
     ok = split >= 0
-    start_c = canary_start_table(tolerance)[np.where(ok, split, 0)]
+    start_c = canary_start_table(tolerance, margin_ms)[np.where(ok, split, 0)]
     zero = np.zeros_like(split)
     return Counts(
         n_c=np.where(ok, tick.canary_cum[..., -1], zero),

@@ -55,6 +55,8 @@ class MonitorPlan:
     """The whole spec's alpha."""
     share: int
     """How many monitors split it (Bonferroni): this one fails at e >= share / alpha."""
+    margin_ms: float = 0.0
+    """Latency: slower by at most this much never counts (see CompareToStableMetric.latency_margin)."""
 
     @property
     def key(self) -> str:
@@ -68,9 +70,10 @@ class MonitorPlan:
 
 def plans_for(metrics: Sequence[tuple[str, CompareToStableMetric]], alpha: float) -> list[MonitorPlan]:
     """All sequential monitors of these comparisons, splitting alpha equally among them."""
-    chosen = [(name, kind, check.tolerance) for name, check in metrics
+    chosen = [(name, kind, check) for name, check in metrics
               for kind in KINDS if getattr(check, "error_rate" if kind == "error_rate" else "latency")]
-    return [MonitorPlan(metric=m, kind=k, tolerance=t, alpha=alpha, share=len(chosen)) for m, k, t in chosen]
+    return [MonitorPlan(metric=m, kind=k, tolerance=c.tolerance, alpha=alpha, share=len(chosen),
+                        margin_ms=c.latency_margin * 1000) for m, k, c in chosen]
 
 
 def plans_of(spec: AnalysisSpec) -> list[MonitorPlan]:
@@ -219,7 +222,7 @@ def advance(state: SequentialState, canary: Second, stable: Second,
         old = state.monitors.get(plan.key)
         if old is None or old.kind != plan.kind or old.tolerance != plan.tolerance:
             old = MonitorState(kind=plan.kind, tolerance=plan.tolerance)
-        monitors[plan.key] = _step(old, plan, mg.monitor_counts(plan.kind, tick, history_cum, plan.tolerance),
+        monitors[plan.key] = _step(old, plan, mg.monitor_counts(plan.kind, tick, history_cum, plan.tolerance, plan.margin_ms),
                                    canary.t)
     faded = mg.decay(canary.t - state.last_t) if state.last_t is not None else 0.0
     new_history = history[0] * faded + tick.stable_latency[0]
@@ -271,7 +274,8 @@ def _what(plan: MonitorPlan, figures: Mapping[str, Any], origin: int | None) -> 
     above = figures.get("above_ms")
     if not above:
         return f"no split yet (stable's running {q} needs {mg.MIN_HISTORY:g} stable latency samples)"
-    return (f"canary requests slower than {ms(above[1])} ({1 + plan.tolerance:g} x stable's running {q} "
+    slack = f" or + {ms(plan.margin_ms)}" if plan.margin_ms else ""
+    return (f"canary requests slower than {ms(above[1])} ({1 + plan.tolerance:g} x{slack} stable's running {q} "
             f"{ms(above[0])}, rounded up to a bucket bound): {rate(cx, cn)} vs stable slower than "
             f"{ms(above[0])}: {rate(sx, sn)}{since}")
 
@@ -318,9 +322,11 @@ def verdict(state: SequentialState, plan: MonitorPlan, *, final: bool = False, m
 
 def update(state: SequentialState | None, canary: Second, stable: Second, tolerance: float = 0.1,
            alpha: float = 0.05, *, metric: str = "vs-stable", error_rate: bool = True, latency: bool = True,
-           final: bool = False, min_requests: int = 0) -> tuple[SequentialState, list[Verdict]]:
+           final: bool = False, min_requests: int = 0,
+           latency_margin: float = 0.0) -> tuple[SequentialState, list[Verdict]]:
     """One second for one comparison (error rate and latency monitors sharing alpha)."""
-    check = CompareToStableMetric(error_rate=error_rate, latency=latency, tolerance=float(tolerance))
+    check = CompareToStableMetric(error_rate=error_rate, latency=latency, tolerance=float(tolerance),
+                                  latency_margin=latency_margin)
     plans = plans_for([(metric, check)], alpha)
     new = advance(state or SequentialState(), canary, stable, plans)
     return new, [verdict(new, p, final=final, min_requests=min_requests) for p in plans]

@@ -170,6 +170,10 @@ class CompareToStableMetric(SpecModel):
     error_rate: Bool = True
     latency: Bool = True
     tolerance: Annotated[float, Strict(), Field(ge=0)] = 0.1
+    latency_margin: Duration = 0.005
+    """Latency differences up to this many seconds never count as a regression, whatever
+    the tolerance says: between two instances of a fast service, tenths of a millisecond
+    of jitter are real but not a regression."""
 
     @model_validator(mode="after")
     def _something_compared(self) -> CompareToStableMetric:

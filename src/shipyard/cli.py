@@ -233,12 +233,24 @@ def status(service: str | None = typer.Argument(None), state_dir: str | None = S
                   f"image {_short(d['live_image'])}")
         r = d["rollout"]
         if r:
-            out.print(f"  rollout {r['id']} ({r['kind']}): [yellow]{r['phase']}[/] -> slot {r['target_slot']}")
+            out.print(f"  rollout {r['id']} ({r['kind']}, {r['strategy'].replace('_', '-')}): [yellow]{r['phase']}[/]"
+                      f" -> slot {r['target_slot']}", highlight=False)
+            if r["strategy"] == "canary":
+                hold = f"; {r['paused_reason']}" if r["paused_reason"] else ""
+                out.print(f"  canary takes {r['weight']:g}% of users, step {r['step_index'] + 1}{hold}",
+                          highlight=False)
+        analysis = d.get("analysis")
+        if analysis:
+            for v in analysis.get("verdicts", []):
+                color = {"failed": "red", "successful": "green"}.get(v["status"], "yellow")
+                out.print(f"  [{color}]{v['status']:>12}[/] {v['metric']} ({v['kind']}): {v['detail']}",
+                          highlight=False)
         t = Table("SLOT", "STATE", "IMAGE", "INSTANCE", "STATUS", "PID", "PORT")
         for name, s in d["slots"].items():
+            state = f"{s['state']} {s['weight']:g}%" if s["state"] == "canary" else s["state"]
             insts = s["instances"] or [None]
             for i in insts:
-                t.add_row(name, s["state"], _short(s["image"]), i["id"] if i else "-", i["status"] if i else "-",
+                t.add_row(name, state, _short(s["image"]), i["id"] if i else "-", i["status"] if i else "-",
                           str(i["pid"]) if i else "-", str(i["port"]) if i else "-")
         out.print(t)
 
@@ -258,12 +270,55 @@ def history(service: str, state_dir: str | None = StateDir, as_json: bool = Json
 
 
 @app.command()
-def promote(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
-    """Switch traffic to a release waiting for promotion."""
-    r = _client(state_dir).post(f"/v1/services/{service}/promote")["rollout"]
-    _print_json(r) if as_json else out.print(f"{r['id']}: {r['phase']}")
-    if r["phase"] not in ("succeeded", "switching"):
+def promote(service: str, full: bool = typer.Option(False, "--full", help="Canary: skip the remaining steps."),
+            state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Blue-green: switch a release waiting for promotion. Canary: go past the current step."""
+    r = _client(state_dir).post(f"/v1/services/{service}/promote", {"full": full})["rollout"]
+    _print_rollout(r, as_json)
+    if r["phase"] in ("failed", "aborted"):
         raise typer.Exit(1)
+
+
+@app.command()
+def pause(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Canary: hold the current weight until `shipyard resume`."""
+    _print_rollout(_client(state_dir).post(f"/v1/services/{service}/pause")["rollout"], as_json)
+
+
+@app.command()
+def resume(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Canary: continue after `shipyard pause` (redoes the interrupted step)."""
+    _print_rollout(_client(state_dir).post(f"/v1/services/{service}/resume")["rollout"], as_json)
+
+
+@app.command()
+def abort(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Stop the rollout in progress; every user goes back to the release that served before."""
+    _print_rollout(_client(state_dir).post(f"/v1/services/{service}/abort")["rollout"], as_json)
+
+
+@app.command()
+def retry(service: str, wait: bool = typer.Option(False, "--wait", help="Follow it; exit 0 only if it serves."),
+          state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Start the last failed or aborted deploy again (same spec, same image)."""
+    client = _client(state_dir)
+    r = client.post(f"/v1/services/{service}/retry")["rollout"]
+    if wait:
+        r = follow(client, r["id"], quiet=as_json)
+    _print_rollout(r, as_json)
+    if wait and r["phase"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_rollout(r: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(r)
+        return
+    extra = ""
+    if r.get("strategy") == "canary" and r["phase"] not in ("succeeded", "failed", "aborted"):
+        extra = f", canary at {r['weight']:g}%, step {r['step_index'] + 1}"
+    why = r.get("paused_reason") or r.get("reason")
+    out.print(f"{r['id']}: {r['phase']}{extra}" + (f" ({why})" if why else ""), highlight=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ and to time a switch: the moment after which every request is served by the targ
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class Sample:
     status: int           # 0 when the request failed without a response
     version: str | None   # the value of the version header, if any
     error: str | None = None
+    user: int | None = None  # the user id sent, when the traffic comes from distinct users
 
 
 @dataclass
@@ -29,6 +31,10 @@ class Traffic:
     pause: float = 0.01
     version_header: str = "x-shop-version"
     path: str = "/"
+    users: int = 0
+    """When > 0, each request comes from one of this many users (id in `user_header`)."""
+    user_header: str = "x-user-id"
+    seed: int = 1
     samples: list[Sample] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -42,25 +48,28 @@ class Traffic:
 
     def start(self) -> None:
         self._stop.clear()
-        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.clients)]
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def _client(self) -> None:
+    async def _client(self, index: int) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        rnd = random.Random(self.seed * 1000 + index)
         async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=10.0) as c:
             while not self._stop.is_set():
+                user = rnd.randrange(self.users) if self.users else None
+                headers = {self.user_header: f"user-{user}"} if user is not None else None
                 t0 = time.monotonic()
                 try:
-                    r = await c.get(self.path)
+                    r = await c.get(self.path, headers=headers)
                     await r.aread()
                     self.samples.append(Sample(t0, time.monotonic(), r.status_code,
-                                               r.headers.get(self.version_header)))
+                                               r.headers.get(self.version_header), None, user))
                 except httpx.HTTPError as e:
-                    self.samples.append(Sample(t0, time.monotonic(), 0, None, f"{type(e).__name__}: {e}"))
+                    self.samples.append(Sample(t0, time.monotonic(), 0, None, f"{type(e).__name__}: {e}", user))
                 if self.pause:
                     await asyncio.sleep(self.pause)
 

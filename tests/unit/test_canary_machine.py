@@ -173,3 +173,10 @@ def test_resume_after_restart_reissues_the_phase_work(spec: Spec, phase: Phase, 
 def test_rollout_with_canary_fields_round_trips() -> None:
     r = Rollout(**{**new().__dict__, "phase": Phase.PAUSED, "hold": "user", "weight": 2.5, "resume_at": 9.0})
     assert Rollout.from_dict(r.to_dict()) == r
+
+
+def test_a_first_release_is_promoted_directly(spec: Spec) -> None:
+    first = Rollout(**{**new().__dict__, "previous_slot": None, "previous_image_id": None})
+    r, acts = canary.step(first, spec, Built("img", None), 0)
+    r, acts = canary.step(r, spec, SlotHealthy("green"), 1)
+    assert (r.phase, acts) == (Phase.PROMOTING, [SetCanaryWeight("green", 100, 4)])

@@ -104,6 +104,9 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
             return r.enter(Phase.FAILED, now, reason), []
 
         case Phase.STARTING, SlotHealthy(slot=slot) if slot == r.target_slot:
+            if r.previous_slot is None:     # a first release has no stable to compare with: it is promoted
+                return _go(replace(r, reason="first release: no stable track to compare with").enter(
+                    Phase.PROMOTING, now), spec)
             return enter_step(r, spec, 0, now)
         case Phase.STARTING | Phase.PROGRESSING | Phase.PROMOTING, SlotFailed(reason=reason):
             return _end(r, Phase.FAILED, reason, now)
@@ -129,7 +132,7 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
         case Phase.PROMOTING, WeightSet(weight=w) if w >= 100:
             return _go(replace(r, weight=100.0).enter(Phase.SWITCHING, now), spec)
         case Phase.SWITCHING, Switched(slot=slot) if slot == r.target_slot:
-            done = r.enter(Phase.SUCCEEDED, now, "")
+            done = r.enter(Phase.SUCCEEDED, now)
             return done, ([TearDown(r.previous_slot)] if r.previous_slot and r.previous_slot != slot else [])
         case Phase.SWITCHING, SwitchFailed(reason=reason):
             return _end(r, Phase.FAILED, reason, now)

@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
+from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.driver import RolloutDriver
+from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import (
     AbortRequested,
+    FullPromoteRequested,
     Kind,
     Observation,
+    PauseRequested,
     Phase,
     PromoteRequested,
+    ResumeRequested,
     Rollout,
     other_slot,
 )
@@ -34,7 +39,8 @@ class Controller:
         self.d = deps
         self.ops = SlotOps(deps)
         self.supervisor = Supervisor(deps, self.ops)
-        self.driver = RolloutDriver(deps, self.ops)
+        self.feed = MetricsFeed(deps)
+        self.driver = RolloutDriver(deps, self.ops, self.feed)
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 
@@ -65,10 +71,12 @@ class Controller:
             self.ops.event(r.service, "rollout.resumed", f"resuming rollout {r.id} in phase {r.phase}", r.id)
             self._spawn(r, spec_from_doc(doc))
         self.supervisor.start()
+        self.feed.start()
 
     async def close(self) -> None:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""
         await self.supervisor.stop()
+        await self.feed.stop()
         tasks = list(self._drivers.values())
         for t in tasks:
             t.cancel()
@@ -105,7 +113,9 @@ class Controller:
             phase=Phase.BUILDING if image_id is None else Phase.STARTING, target_slot=other_slot(live),
             previous_slot=live, image_id=image_id, previous_image_id=svc.live.image_id if svc.live else None,
             auto_promote=True if kind is Kind.ROLLBACK or bg is None else bg.auto_promote,
-            created_at=now, updated_at=now, phase_started_at=now)
+            created_at=now, updated_at=now, phase_started_at=now,
+            # going back is never walked step by step: a rollback is a blue-green switch
+            strategy="blue_green" if kind is Kind.ROLLBACK else spec.strategy.kind)
         self.d.store.put_rollout(r, spec.to_json_dict())
         self.ops.event(spec.service, "rollout.created",
                        f"{kind} {r.id}: new release goes to slot {r.target_slot}"
@@ -113,14 +123,64 @@ class Controller:
         self._spawn(r, spec)
         return r
 
-    async def promote(self, service: str) -> Rollout:
+    async def promote(self, service: str, full: bool = False) -> Rollout:
+        """Blue-green: switch a release waiting for promotion. Canary: go past the current
+        step (a pause, an inconclusive analysis), or with `full` straight to 100 %."""
         r = self._active(service)
-        if r is None or r.phase is not Phase.AWAITING_PROMOTION:
+        if r is not None and r.phase is Phase.AWAITING_PROMOTION:
+            await self._command(r, PromoteRequested())
+            return await self.wait(r.id, timeout=30)
+        if r is None or r.strategy != "canary" or r.phase not in JUDGED:
             where = f"rollout {r.id} is in phase {r.phase}" if r else "no rollout is in progress"
             raise ConflictError(f"nothing to promote for {service}: {where}",
-                                "promote applies to a rollout waiting for promotion (auto_promote: false)")
-        await self._command(r, PromoteRequested())
-        return await self.wait(r.id, timeout=30)
+                                "promote applies to a blue-green rollout waiting for promotion "
+                                "(auto_promote: false) or to a canary that is progressing or paused")
+        return await self._command(r, FullPromoteRequested() if full else PromoteRequested())
+
+    async def pause(self, service: str) -> Rollout:
+        r = self._active_canary(service, "pause")
+        if r.phase is Phase.PAUSED and r.hold != "timer":
+            raise ConflictError(f"rollout {r.id} is already paused: {r.paused_reason}")
+        return await self._command(r, PauseRequested())
+
+    async def resume(self, service: str) -> Rollout:
+        r = self._active_canary(service, "resume")
+        if r.phase is not Phase.PAUSED or r.hold != "user":
+            why = r.paused_reason or f"it is {r.phase}"
+            raise ConflictError(f"rollout {r.id} was not paused by `shipyard pause` ({why})",
+                                "a pause step or an inconclusive analysis goes on with `shipyard promote`")
+        return await self._command(r, ResumeRequested())
+
+    async def abort(self, service: str) -> Rollout:
+        """Stop the rollout in progress: every user back on the release that served before."""
+        r = self._active(service)
+        if r is None:
+            raise ConflictError(f"{service} has no rollout in progress to abort",
+                                "to go back to the previous release, use `shipyard rollback`")
+        if r.phase is Phase.SWITCHING:
+            raise ConflictError(f"rollout {r.id} is switching traffic right now", "run the abort again in a moment")
+        await self._command(r, AbortRequested("aborted by user"))
+        return await self.wait(r.id, timeout=120)
+
+    async def retry(self, service: str) -> Rollout:
+        """Start the last failed or aborted rollout again, with the same spec and image."""
+        self._refuse_if_busy(service)
+        svc = self._service(service)
+        last = next(iter(self.d.store.rollouts(service, 1)), None)
+        if last is None or last.phase not in (Phase.FAILED, Phase.ABORTED) or last.kind is not Kind.DEPLOY:
+            state = f"the last rollout {last.id} {last.phase}" if last else "it has no rollout"
+            raise ConflictError(f"nothing to retry for {service}: {state}",
+                                "retry starts a failed or aborted deploy again")
+        doc = self.d.store.rollout_spec(last.id)
+        if doc is None:
+            raise ConflictError(f"the spec of rollout {last.id} was not recorded", "deploy the spec file again")
+        return await self._begin_deploy(spec_from_doc(doc, svc.spec_path), svc.spec_path, last.image_id)
+
+    def _active_canary(self, service: str, verb: str) -> Rollout:
+        r = self._active(service)
+        if r is None or r.strategy != "canary" or r.phase.terminal:
+            raise ConflictError(f"nothing to {verb} for {service}: no canary rollout is in progress")
+        return r
 
     async def rollback(self, service: str) -> Rollout:
         """Abort a rollout that has not moved traffic; else switch back to the warm slot;
@@ -195,13 +255,20 @@ class Controller:
         self._drivers[r.id] = task
         task.add_done_callback(lambda _t, rid=r.id: (self._drivers.pop(rid, None), self._commands.pop(rid, None)))
 
-    async def _command(self, r: Rollout, cmd: Observation) -> None:
+    async def _command(self, r: Rollout, cmd: Observation) -> Rollout:
+        """Hand a command to the rollout's driver; return the rollout once it took effect
+        (or after 2 s: scaling a canary may take longer, `status` follows it)."""
         q = self._commands.get(r.id)
         if q is None:
             raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
         await q.put(cmd)
-
-    # -- bookkeeping -------------------------------------------------------------------
+        deadline = self.d.clock() + 2.0
+        while self.d.clock() < deadline:
+            now = self.d.store.get_rollout(r.id)
+            if now is not None and (now.phase, now.step_index, now.hold) != (r.phase, r.step_index, r.hold):
+                return now
+            await asyncio.sleep(0.02)
+        return self.d.store.get_rollout(r.id) or r
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:
         self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock(), f"could not resume: {why}"))
@@ -239,10 +306,11 @@ class Controller:
             "service": svc.name, "listen": svc.listen, "live_slot": svc.active_slot,
             "live_image": svc.live.image_id if svc.live else None, "table_version": svc.table_version,
             "previous_image": svc.previous_image_id,
-            "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at,
+            "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at, "weight": s.weight,
                              "instances": [dict(i.to_dict(), status=st) for i, st in insts if i.slot == name]}
                       for name, s in svc.slots.items()},
             "rollout": active.to_dict() if active else None,
+            "analysis": self.d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
         }
 
     def services(self) -> list[dict[str, Any]]:

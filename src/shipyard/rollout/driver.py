@@ -11,6 +11,8 @@ import logging
 from shipyard.building import build_input
 from shipyard.errors import ShipyardError
 from shipyard.rollout import machines
+from shipyard.rollout.judging import CanaryJudge
+from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import (
     AbortRequested,
     Action,
@@ -22,7 +24,9 @@ from shipyard.rollout.model import (
     PreviewFailed,
     PreviewPassed,
     Rollout,
+    RunAnalysis,
     RunPreview,
+    SetCanaryWeight,
     SlotFailed,
     SlotHealthy,
     StartSlot,
@@ -30,6 +34,9 @@ from shipyard.rollout.model import (
     SwitchFailed,
     SwitchTraffic,
     TearDown,
+    Tick,
+    WaitUntil,
+    WeightSet,
 )
 from shipyard.rollout.preview import run_preview_checks
 from shipyard.rollout.slots import Deps, SlotOps
@@ -42,12 +49,17 @@ SIDE_EFFECTS = (KeepWarm, TearDown)
 
 
 class RolloutDriver:
-    def __init__(self, deps: Deps, ops: SlotOps) -> None:
+    def __init__(self, deps: Deps, ops: SlotOps, feed: MetricsFeed) -> None:
         self.d = deps
         self.ops = ops
+        self.feed = feed
 
     async def run(self, r: Rollout, spec: Spec, queue: asyncio.Queue[Observation]) -> None:
         actions: list[Action] = machines.entry_actions(r, spec)
+        judge = watcher = None
+        if r.strategy == "canary" and r.previous_slot is not None:
+            judge = CanaryJudge(self.d, self.feed, r, spec)
+            watcher = asyncio.create_task(judge.watch(lambda: r, queue), name=f"analysis {r.id}")
         try:
             while True:
                 observing: asyncio.Task[Observation] | None = None
@@ -55,7 +67,7 @@ class RolloutDriver:
                     if isinstance(a, SIDE_EFFECTS):
                         await self.side_effect(r, spec, a)
                     else:
-                        observing = asyncio.create_task(self.observe(r, spec, a))
+                        observing = asyncio.create_task(self.observe(r, spec, a, judge))
                 if r.phase.terminal:
                     break
                 r, actions = await self._next(r, spec, observing, queue)
@@ -68,6 +80,9 @@ class RolloutDriver:
             for a in actions:
                 with contextlib.suppress(Exception):
                     await self.side_effect(r, spec, a)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         self.ops.event(r.service, f"rollout.{r.phase}",
                        f"{r.kind} {r.id} {r.phase}" + (f": {r.reason}" if r.reason else ""), r.id,
                        phase=str(r.phase), timings=r.timings)
@@ -101,8 +116,17 @@ class RolloutDriver:
                            phase=str(new.phase), observation=type(obs).__name__)
             return new, actions
 
-    async def observe(self, r: Rollout, spec: Spec, a: Action) -> Observation:
+    async def observe(self, r: Rollout, spec: Spec, a: Action, judge: CanaryJudge | None = None) -> Observation:
         match a:
+            case SetCanaryWeight(slot=slot, weight=weight, instances=count):
+                why = await self.ops.set_canary_weight(spec, slot, weight, count, r.id)
+                return WeightSet(weight) if why is None else SlotFailed(slot, why)
+            case WaitUntil(at=at):
+                await asyncio.sleep(max(0.0, at - self.d.clock()))
+                return Tick(self.d.clock())
+            case RunAnalysis(until=until):
+                assert judge is not None, "an analysis step needs a stable track to compare with"
+                return await judge.step(until)
             case BuildImage():
                 return await self._build(r, spec)
             case StartSlot(slot=slot, image_id=image_id, instances=count):

@@ -58,19 +58,17 @@ class SlotOps:
 
     async def push_table(self, svc: ServiceRecord, spec: Spec | None = None) -> float:
         """Rebuild the table from the record and the instances, push it; returns seconds taken.
-        Caller holds the service lock."""
+        Caller holds the service lock. (`spec` is accepted for callers' convenience; all
+        the table needs is in the record.)"""
         t0 = time.perf_counter()
-        sticky_header = sticky_cookie = None
-        if spec is not None and spec.strategy.canary is not None and spec.strategy.canary.sticky is not None:
-            sticky_header = spec.strategy.canary.sticky.header
-            sticky_cookie = spec.strategy.canary.sticky.cookie
+        sticky = sticky_of(svc)
         instances = self.d.store.instances(svc.name)
         for attempt in (1, 2):
             if svc.name not in self._router_version:   # the router may hold a newer table than we recorded
                 current = await self.d.router.current(svc.name)
                 self._router_version[svc.name] = current.version if current else 0
             version = max(svc.table_version, self._router_version[svc.name]) + 1
-            table = build_table(svc, instances, version, sticky_header, sticky_cookie)
+            table = build_table(svc, instances, version, *sticky)
             try:
                 await self.d.router.apply(table)
                 break
@@ -143,16 +141,26 @@ class SlotOps:
                            "a later rollback will start that image again", rollout_id)
             svc.slots[slot] = Slot(SlotState.STARTING, image_id, spec.to_json_dict(), None)
             self.d.store.put_service(svc)
+        return await self.scale(spec, slot, image_id, want, rollout_id)
+
+    async def scale(self, spec: Spec, slot: str, image_id: str, want: int, rollout_id: str | None) -> str | None:
+        """Make `slot` run exactly `want` healthy instances of `image_id`: keep those that
+        run it, stop the rest and any surplus, start what is missing, wait for health.
+        Returns None when done, else why not."""
+        service = spec.service
         keep: list[Instance] = []
-        for inst, _status in self.d.store.instances(service, slot):
-            if inst.image_id == image_id and self.d.runtime.is_alive(inst) and len(keep) < want:
+        for inst, status in self.d.store.instances(service, slot):
+            if (inst.image_id == image_id and status in ("healthy", "starting") and self.d.runtime.is_alive(inst)
+                    and len(keep) < want):
                 keep.append(inst)
             else:
-                await self.stop_instance(inst, spec.run.stop_timeout, "not part of the new release", rollout_id)
-        async with self.lock(service):
-            svc = self.d.store.get_service(service)
-            assert svc is not None
-            await self.push_table(svc, spec)
+                self.d.store.set_instance_status(inst.id, "stopping")
+                async with self.lock(service):
+                    svc = self.d.store.get_service(service)
+                    assert svc is not None
+                    await self.push_table(svc)
+                await self.stop_instance(inst, spec.run.stop_timeout, "not part of the release in this slot",
+                                         rollout_id)
         try:
             started = [await self.start_instance(spec, slot, image_id, rollout_id)
                        for _ in range(want - len(keep))]
@@ -164,11 +172,39 @@ class SlotOps:
             return f"slot {slot} did not become healthy: " + "; ".join(failures)
         async with self.lock(service):
             for i in keep + started:
-                self.d.store.set_instance_status(i.id, "healthy")
-                self.event(service, "instance.healthy", f"instance {i.id} is healthy", rollout_id, instance=i.id)
+                if self.d.store.instance(i.id) != (i, "healthy"):
+                    self.d.store.set_instance_status(i.id, "healthy")
+                    self.event(service, "instance.healthy", f"instance {i.id} is healthy", rollout_id,
+                               instance=i.id)
             svc = self.d.store.get_service(service)
             assert svc is not None
-            await self.push_table(svc, spec)
+            await self.push_table(svc)
+        return None
+
+    async def set_canary_weight(self, spec: Spec, slot: str, weight: float, instances: int,
+                                rollout_id: str | None) -> str | None:
+        """Scale the canary slot to `instances`, then give it `weight` percent of the users in
+        one table swap. Returns None when done, else why not."""
+        async with self.lock(spec.service):
+            svc = self.d.store.get_service(spec.service)
+            assert svc is not None
+            image_id = svc.slots[slot].image_id
+        if image_id is None:
+            return f"slot {slot} holds no release"
+        why = await self.scale(spec, slot, image_id, instances, rollout_id)
+        if why is not None:
+            return why
+        async with self.lock(spec.service):
+            svc = self.d.store.get_service(spec.service)
+            assert svc is not None
+            s = svc.slots[slot]
+            before = s.weight if s.state == SlotState.CANARY else 0.0
+            svc.slots[slot] = Slot(SlotState.CANARY, image_id, s.spec or spec.to_json_dict(), None, weight, instances)
+            seconds = await self.push_table(svc)
+        self.event(spec.service, "canary.weight",
+                   f"canary slot {slot} takes {weight:g}% of users (was {before:g}%, {instances} instance"
+                   f"{'s' if instances != 1 else ''}) in {seconds * 1000:.1f} ms", rollout_id,
+                   slot=slot, weight=weight, instances=instances)
         return None
 
     async def switch(self, spec: Spec, slot: str, rollout_id: str | None) -> float:
@@ -226,6 +262,16 @@ class SlotOps:
 
 
 _parsed: dict[tuple[str, str], Spec] = {}
+
+
+def sticky_of(svc: ServiceRecord) -> tuple[str | None, str | None, bool]:
+    """How users are recognised: the canary's spec says; without a canary it does not matter."""
+    canary = svc.canary_slot
+    doc = svc.slots[canary].spec if canary else None
+    c = spec_from_doc(doc, svc.spec_path).strategy.canary if doc else None
+    if c is None:
+        return None, None, False
+    return c.sticky.header, c.sticky.cookie, c.sticky.client_address
 
 
 def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:

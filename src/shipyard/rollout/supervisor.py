@@ -21,6 +21,8 @@ from shipyard.state.records import ServiceRecord, SlotState
 log = logging.getLogger("shipyard.supervisor")
 
 TICK = 0.25
+WATCHED = (SlotState.LIVE, SlotState.WARM, SlotState.CANARY)
+"""Slots whose instances are kept up by the supervisor (a starting slot is its rollout's job)."""
 ROUTER_CHECK_EVERY = 1.0
 
 
@@ -73,13 +75,13 @@ class Supervisor:
             await self._check_router(svc)
         changed = False
         for slot_name, slot in svc.slots.items():
-            if slot.state not in (SlotState.LIVE, SlotState.WARM) or not slot.spec or not slot.image_id:
+            if slot.state not in WATCHED or not slot.spec or not slot.image_id:
                 continue
             if slot.state == SlotState.WARM and slot.retire_at and slot.retire_at <= self.d.clock():
                 self._retire(svc.name, slot_name)
                 continue
             spec = spec_from_doc(slot.spec, svc.spec_path)
-            changed |= await self._watch_slot(spec, slot_name, slot.image_id)
+            changed |= await self._watch_slot(spec, slot_name, slot.image_id, slot.replicas or spec.replicas)
         if changed:
             async with self.ops.lock(svc.name):
                 fresh = self.d.store.get_service(svc.name)
@@ -96,7 +98,7 @@ class Supervisor:
                     await self.ops.push_table(fresh)
                     self.ops.event(svc.name, "router.restored", "router had an older table; current table pushed")
 
-    async def _watch_slot(self, spec: Spec, slot: str, image_id: str) -> bool:
+    async def _watch_slot(self, spec: Spec, slot: str, image_id: str, replicas: int) -> bool:
         """Probe due instances, drop the dead and unhealthy, start replacements. True if
         the set of routable instances changed."""
         service = spec.service
@@ -133,7 +135,7 @@ class Supervisor:
                 self._spawn(self.ops.stop_instance(inst, spec.run.stop_timeout, "unhealthy"))
         alive = sum(1 for i, st in self.d.store.instances(service, slot) if st in ("healthy", "starting"))
         pending = self._replacing.setdefault((service, slot), set())
-        missing = spec.replicas - alive - len([t for t in pending if not t.done()])
+        missing = replicas - alive - len([t for t in pending if not t.done()])
         for _ in range(max(0, missing)):
             t = asyncio.create_task(self._replace(spec, slot, image_id))
             pending.add(t)

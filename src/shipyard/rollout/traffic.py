@@ -15,11 +15,14 @@ ROUTABLE = ("healthy",)
 
 
 def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], version: int,
-                sticky_header: str | None = None, sticky_cookie: str | None = None) -> RoutingTable:
+                sticky_header: str | None = None, sticky_cookie: str | None = None,
+                sticky_client_address: bool = False) -> RoutingTable:
     """Tracks are the slots with healthy instances (so the preview route reaches a new
     slot as soon as it is healthy); all unpinned traffic goes to the live slot. If the
     live slot has no healthy instance left we still route to its live processes rather
-    than answer 503: the router ejects the ones that refuse connections."""
+    than answer 503: the router ejects the ones that refuse connections. A canary slot
+    takes its weight of the users, from the lowest buckets up (so raising it only adds
+    users), and `X-Shipyard-Track: canary|stable` reach the two sides."""
     healthy: dict[str, list[Upstream]] = {}
     alive: dict[str, list[Upstream]] = {}
     for inst, status in instances:
@@ -31,5 +34,16 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
     live = svc.active_slot
     if live and live not in tracks and alive.get(live):
         tracks[live] = tuple(alive[live])
-    weights = {live: 100} if live and live in tracks else {}
-    return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie)
+    weights: dict[str, float] = {live: 100.0} if live and live in tracks else {}
+    order: tuple[str, ...] = ()
+    aliases: dict[str, str] = {}
+    canary = svc.canary_slot
+    if live and live in tracks:
+        aliases["stable"] = live
+    if canary and canary in tracks and weights:
+        share = min(100.0, max(0.0, svc.slots[canary].weight))
+        weights = {canary: share, live: round(100.0 - share, 2)} if share < 100 else {canary: 100.0}
+        order = (canary, live) if share < 100 else (canary,)
+        aliases["canary"] = canary
+    return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie,
+                        sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases)

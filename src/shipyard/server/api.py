@@ -90,7 +90,25 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     @route("/v1/services/{name}/promote", ["POST"])
     async def promote(request: Request) -> Any:
-        return {"rollout": (await controller.promote(request.path_params["name"])).to_dict()}
+        full = bool((await body(request)).get("full", False))
+        return {"rollout": (await controller.promote(request.path_params["name"], full=full)).to_dict()}
+
+    @route("/v1/services/{name}/pause", ["POST"])
+    async def pause(request: Request) -> Any:
+        return {"rollout": (await controller.pause(request.path_params["name"])).to_dict()}
+
+    @route("/v1/services/{name}/resume", ["POST"])
+    async def resume(request: Request) -> Any:
+        return {"rollout": (await controller.resume(request.path_params["name"])).to_dict()}
+
+    @route("/v1/services/{name}/abort", ["POST"])
+    async def abort(request: Request) -> Any:
+        return {"rollout": (await controller.abort(request.path_params["name"])).to_dict()}
+
+    @route("/v1/services/{name}/retry", ["POST"])
+    async def retry(request: Request) -> Any:
+        return JSONResponse({"rollout": (await controller.retry(request.path_params["name"])).to_dict()},
+                            status_code=202)
 
     @route("/v1/services/{name}/rollback", ["POST"])
     async def rollback(request: Request) -> Any:
@@ -104,7 +122,8 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
             raise NotFoundError(f"no rollout {rid}")
         since = int(request.query_params.get("since", "0"))
         events = store.events(rollout_id=rid, since=since)
-        return {"rollout": r.to_dict(), "events": [e.to_dict() for e in events]}
+        return {"rollout": r.to_dict(), "events": [e.to_dict() for e in events],
+                "analysis": store.get_analysis(rid) if r.strategy == "canary" else None}
 
     @route("/v1/services/{name}/events")
     async def events(request: Request) -> Any:
@@ -137,8 +156,8 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
             on_shutdown()
         return {"ok": True}
 
-    return Starlette(routes=[ping, services, service, remove, history, deploy, promote, rollback, rollout,
-                             events, logs, images, shutdown])
+    return Starlette(routes=[ping, services, service, remove, history, deploy, promote, pause, resume, abort,
+                             retry, rollback, rollout, events, logs, images, shutdown])
 
 
 def _authorized(request: Request, token: str) -> bool:

@@ -11,6 +11,7 @@ class SlotState:
     STARTING = "starting"  # a rollout is bringing it up
     LIVE = "live"          # receives the traffic
     WARM = "warm"          # stopped serving, kept up until retire_at so rollback is a switch
+    CANARY = "canary"      # takes `weight` percent of users beside the live slot
 
 
 @dataclass
@@ -19,10 +20,13 @@ class Slot:
     image_id: str | None = None
     spec: dict[str, Any] | None = None      # the spec of the release in this slot (json form)
     retire_at: float | None = None
+    weight: float = 0.0                      # canary: percent of users it takes
+    replicas: int | None = None              # instances to keep, when not the spec's replicas (canary)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Slot:
-        return cls(d.get("state", SlotState.IDLE), d.get("image_id"), d.get("spec"), d.get("retire_at"))
+        return cls(d.get("state", SlotState.IDLE), d.get("image_id"), d.get("spec"), d.get("retire_at"),
+                   float(d.get("weight") or 0.0), d.get("replicas"))
 
 
 @dataclass
@@ -43,8 +47,12 @@ class ServiceRecord:
 
     def slots_json(self) -> dict[str, Any]:
         # not dataclasses.asdict: it deep-copies each slot's spec, a measurable part of a switch
-        return {k: {"state": v.state, "image_id": v.image_id, "spec": v.spec, "retire_at": v.retire_at}
-                for k, v in self.slots.items()}
+        return {k: {"state": v.state, "image_id": v.image_id, "spec": v.spec, "retire_at": v.retire_at,
+                    "weight": v.weight, "replicas": v.replicas} for k, v in self.slots.items()}
+
+    @property
+    def canary_slot(self) -> str | None:
+        return next((k for k, v in self.slots.items() if v.state == SlotState.CANARY), None)
 
 
 @dataclass(frozen=True)

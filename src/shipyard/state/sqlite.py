@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS events (
   kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_rollout ON events(rollout_id, id);
 CREATE INDEX IF NOT EXISTS events_service ON events(service, id);
+CREATE TABLE IF NOT EXISTS analysis (
+  rollout_id TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
@@ -145,6 +147,17 @@ class SqliteStore:
         rows = self.db.execute("SELECT data FROM rollouts WHERE service=? ORDER BY seq DESC LIMIT ?",
                                (service, limit))
         return [Rollout.from_dict(json.loads(r["data"])) for r in rows]
+
+    # -- analysis evidence (one document per rollout, rewritten each tick) -----------------
+
+    def put_analysis(self, rollout_id: str, doc: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO analysis(rollout_id, data, updated_at) VALUES (?,?,?) ON CONFLICT(rollout_id)"
+                        " DO UPDATE SET data=excluded.data, updated_at=excluded.updated_at",
+                        (rollout_id, json.dumps(doc), time.time()))
+
+    def get_analysis(self, rollout_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT data FROM analysis WHERE rollout_id=?", (rollout_id,)).fetchone()
+        return json.loads(row["data"]) if row else None
 
     # -- events --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import tomllib
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ class Release:
     version: str = "dev"
     greeting: str = "hello"
     catalog: str = "catalog.json"
+    error_rate: float = 0.0
+    """Share of page requests (/ and /products...) answered 500: a release with a bug some users hit."""
+    extra_latency_ms: float = 0.0
+    """Added to every page request: a release that got slower."""
 
 
 def load_release(path: Path) -> Release:
@@ -37,6 +42,8 @@ def load_release(path: Path) -> Release:
         version=str(data.get("version", Release.version)),
         greeting=str(data.get("greeting", Release.greeting)),
         catalog=str(data.get("catalog", Release.catalog)),
+        error_rate=float(data.get("error_rate", 0.0)),
+        extra_latency_ms=float(data.get("extra_latency_ms", 0.0)),
     )
 
 
@@ -96,10 +103,25 @@ class Shop:
             "/products": broken if self.catalog_error else json_reply(200, self.products),
         }
         self._broken = broken
+        self._flaky = json_reply(500, {"error": "injected failure (release.toml error_rate)"})
+
+    async def _later(self, req: Request) -> Reply:
+        await asyncio.sleep(self.release.extra_latency_ms / 1000)
+        reply = self._static.get(req.path)
+        return reply if reply is not None else await _resolve(self._route(req))
 
     def handle(self, req: Request) -> Reply | Awaitable[Reply]:
         if req.path != "/healthz":
             self.visits += 1
+            r = self.release
+            if r.error_rate and (req.path == "/" or req.path.startswith("/products")) and \
+                    random.random() < r.error_rate:
+                return self._flaky
+            if r.extra_latency_ms and req.path != "/slow":
+                return self._later(req)
+        return self._route(req)
+
+    def _route(self, req: Request) -> Reply | Awaitable[Reply]:
         if req.path == "/orders":
             return self._order(req) if req.method == "POST" else _not_allowed("POST")
         if req.method not in ("GET", "HEAD"):
@@ -144,6 +166,10 @@ class Shop:
             return json_reply(400, {"error": "ms must be an integer"})
         await asyncio.sleep(ms / 1000)
         return json_reply(200, {"slept_ms": ms, "version": self.release.version})
+
+
+async def _resolve(reply: Reply | Awaitable[Reply]) -> Reply:
+    return reply if isinstance(reply, Reply) else await reply
 
 
 def _not_allowed(allow: str) -> Reply:

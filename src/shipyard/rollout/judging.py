@@ -1,0 +1,92 @@
+"""Judging one canary rollout while it runs: every second the router's fresh seconds of
+both tracks go into the analysis, the evidence is stored with the rollout (so it
+survives a daemon restart and is shown by `status`), and a failed verdict is reported
+at once. Inline `analysis` steps ask the same judge for a verdict over their window,
+so there is one sequential test per rollout and its false-alarm bound holds."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
+
+from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall
+from shipyard.rollout.canary import JUDGED
+from shipyard.rollout.metrics_feed import MetricsFeed
+from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
+from shipyard.rollout.slots import Deps
+from shipyard.spec import Spec
+
+
+class CanaryJudge:
+    def __init__(self, deps: Deps, feed: MetricsFeed, r: Rollout, spec: Spec) -> None:
+        assert spec.strategy.canary is not None and r.previous_slot is not None
+        self.d = deps
+        self.feed = feed
+        self.spec = spec
+        self.analysis = spec.strategy.canary.analysis
+        self.rollout_id = r.id
+        self.service = r.service
+        self.canary, self.stable = r.target_slot, r.previous_slot
+        doc = deps.store.get_analysis(r.id) or {}
+        self.state = SequentialState.from_dict(doc["state"]) if doc.get("state") else None
+        self.since = int(doc.get("since") or math.floor(deps.clock()) - 1)   # judged seconds are > since
+        self.fed = int(doc.get("fed") or self.since)
+        self.verdicts: list[Verdict] = [Verdict.from_dict(v) for v in doc.get("verdicts", [])]
+
+    def tick(self, window_from: int | None = None, final: bool = False) -> list[Verdict]:
+        """Feed what is new, judge the window (whole rollout by default), store the evidence."""
+        upto = self.feed.complete_upto(self.service)
+        start = self.since if window_from is None else window_from
+        canary = self.feed.seconds(self.service, self.canary, start, upto)
+        stable = self.feed.seconds(self.service, self.stable, start, upto)
+        new = [(c, s) for c, s in zip(canary, stable, strict=True) if c.t > self.fed]
+        verdicts, self.state = evaluate(self.analysis, Window.of(canary), Window.of(stable), self.state, new,
+                                        final=final)
+        self.fed = max(self.fed, upto)
+        self.verdicts = verdicts
+        self.d.store.put_analysis(self.rollout_id, self.to_dict())
+        return verdicts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"since": self.since, "fed": self.fed, "canary": self.canary, "stable": self.stable,
+                "state": self.state.to_dict() if self.state else None,
+                "verdicts": [v.to_dict() for v in self.verdicts], "status": overall(self.verdicts)}
+
+    async def watch(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
+        """The background analysis: runs for the whole rollout, reports the first failure."""
+        while True:
+            await self._fresh_seconds()
+            if current().phase not in JUDGED:
+                continue
+            verdicts = self.tick()
+            if overall(verdicts) == "failed":
+                await queue.put(AnalysisVerdict("failed", summary(verdicts), background=True))
+                return
+
+    async def step(self, until: float) -> AnalysisVerdict:
+        """An inline analysis step: judge the seconds from now until `until`; a failure seen
+        meanwhile is reported by `watch`, which ends the rollout before this returns."""
+        begin = math.floor(self.d.clock())
+        while self.d.clock() < until or self.feed.complete_upto(self.service) < math.floor(until) - 1:
+            if self.d.clock() > until + 5:        # the router stopped reporting: judge what we have
+                break
+            await self._fresh_seconds()
+        verdicts = self.tick(window_from=begin, final=True)
+        return AnalysisVerdict(overall(verdicts), summary(verdicts))
+
+    async def _fresh_seconds(self) -> None:
+        try:
+            await asyncio.wait_for(self.feed.pulled.wait(), 2.0)
+        except TimeoutError:
+            pass
+
+
+def summary(verdicts: list[Verdict]) -> str:
+    """The verdicts that decided, in one line: failures first, else the inconclusive ones."""
+    for status in ("failed", "inconclusive"):
+        picked = [f"{v.metric} ({v.kind.replace('_', ' ')}): {v.detail}" for v in verdicts if v.status == status]
+        if picked:
+            return "; ".join(picked)
+    return "; ".join(f"{v.metric}: {v.detail}" for v in verdicts) or "no metric to judge"

@@ -159,3 +159,26 @@ async def test_daemon_restart_mid_canary_resumes(state_dir: Path, make_spec: Spe
     finally:
         await api.aclose()
         daemon.stop()
+
+
+async def test_pause_resume_abort_and_retry(api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+    await first_release(api, make_spec)
+    steps = [{"set_weight": 20}, {"pause": "60s"}, {"set_weight": 40}, {"pause": {}}]
+    r = await deploy(api, canary_spec(make_spec, "v2", "ctl", steps))
+    r = await wait_for(api, r["id"], lambda x: x["phase"] == "paused" and x["hold"] == "timer")
+    paused = (await api.post("/v1/services/shop/pause"))["rollout"]
+    assert (paused["phase"], paused["hold"], paused["weight"]) == ("paused", "user", 20)
+    resumed = (await api.post("/v1/services/shop/resume"))["rollout"]
+    assert resumed["step_index"] == 1 and resumed["hold"] == "timer"      # the interrupted pause starts again
+    aborted = (await api.post("/v1/services/shop/abort"))["rollout"]
+    assert aborted["phase"] == "aborted" and aborted["weight"] == 0
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as c:
+        seen = {(await c.get("/", headers={"X-User-Id": f"u{i}"})).headers["x-shop-version"] for i in range(200)}
+    assert seen == {"1"}
+    again = (await api.post("/v1/services/shop/retry"))["rollout"]
+    assert again["id"] != r["id"] and again["image_id"] == aborted["image_id"]
+    again = await wait_for(api, again["id"], lambda x: x["phase"] == "paused" and x["hold"] == "timer")
+    done = (await api.post("/v1/services/shop/promote", {"full": True}))["rollout"]
+    assert done["phase"] in ("promoting", "switching", "succeeded")
+    final = await api.wait_rollout(again["id"], 60)
+    assert final["phase"] == "succeeded"

@@ -1,18 +1,19 @@
-"""The `shipyard` command's entry point. `rollback` is the panic button: it is sent to
-the daemon before the full CLI (Typer, Rich, pydantic) is even imported, so the command
-switches traffic in tens of milliseconds. Everything else goes to `shipyard.cli`."""
+"""The `shipyard` command's entry point. `rollback` is the panic button: it goes to the
+daemon before anything heavier than `os` and `socket` is imported (not Typer, Rich or
+pydantic, not even json or pathlib), so the command switches traffic in a few tens of
+milliseconds. The daemon answers it in plain text with the exit code in a header.
+Everything else, and any case the fast path does not cover, goes to `shipyard.cli`."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-TERMINAL = ("succeeded", "failed", "aborted")
+ENV_HOME = "SHIPYARD_HOME"     # as in shipyard.paths, which this module must not import (pathlib)
 
 
-def _fast_rollback(argv: list[str]) -> int | None:
-    """Handle `rollback SERVICE [--state-dir DIR] [--json]`; None for anything else."""
+def _parse(argv: list[str]) -> tuple[str, str | None, bool] | None:
+    """`rollback SERVICE [--state-dir DIR] [--json]` -> (service, state dir, json); else None."""
     if not argv or argv[0] != "rollback":
         return None
     service, state_dir, as_json = None, None, False
@@ -29,35 +30,82 @@ def _fast_rollback(argv: list[str]) -> int | None:
             service = arg
         else:
             return None          # --help, typos, ...: the full CLI explains
-    if service is None:
+    return (service, state_dir, as_json) if service else None
+
+
+def _home(state_dir: str | None) -> str:
+    if state_dir:
+        return os.path.realpath(os.path.expanduser(state_dir))
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return os.path.realpath(os.path.expanduser(env))
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.realpath(os.path.join(base, "shipyard"))
+
+
+def _fast_rollback(service: str, state_dir: str | None) -> int | None:
+    """One plain-text request; None when anything is unusual (the full CLI then explains)."""
+    import socket
+    home = _home(state_dir)
+    try:
+        with open(os.path.join(home, "api.json")) as f:
+            url = f.read().split('"url"', 1)[1].split('"', 2)[1]      # {"url": "http://host:port", ...}
+        with open(os.path.join(home, "token")) as f:
+            token = f.read().strip()
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        request = (f"POST /v1/services/{service}/rollback HTTP/1.1\r\nHost: {host}\r\n"
+                   f"Authorization: Bearer {token}\r\nAccept: text/plain\r\nContent-Length: 0\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=600) as sock:
+            sock.sendall(request)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except (OSError, IndexError, ValueError):
         return None
-    return rollback(service, state_dir, as_json)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")[1:])}
+    if b"x-shipyard-exit" not in headers or headers.get(b"transfer-encoding") == b"chunked":
+        return None
+    if headers.get(b"x-shipyard-done") == b"0":      # a redeploy of the previous image: follow it
+        from shipyard.cli import follow
+        from shipyard.client import ApiClient
+        from shipyard.paths import StatePaths
+        r = follow(ApiClient(StatePaths.resolve(home)), headers[b"x-shipyard-rollout"].decode())
+        from shipyard.rollout.model import outcome_line
+        sys.stdout.write(outcome_line(r) + "\n")
+        return 1 if r["phase"] == "failed" else 0
+    code = int(headers[b"x-shipyard-exit"])
+    (sys.stderr if code else sys.stdout).write(body.decode(errors="replace"))
+    return code
 
 
 def rollback(service: str, state_dir: str | None, as_json: bool) -> int:
-    """`shipyard rollback`: one request; a cold redeploy is then followed like a deploy."""
+    """`shipyard rollback`, the JSON way (used for --json and when the fast path declines)."""
+    import json
+
     from shipyard.client import ApiClient
     from shipyard.errors import ShipyardError
-    from shipyard.paths import ENV_HOME, StatePaths
+    from shipyard.paths import StatePaths
+    from shipyard.rollout.model import outcome_line
     try:
-        client = ApiClient(StatePaths.resolve(state_dir or os.environ.get(ENV_HOME)))
+        client = ApiClient(StatePaths.resolve(state_dir))
         r = client.post(f"/v1/services/{service}/rollback")["rollout"]
     except ShipyardError as e:
         sys.stderr.write(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else ""))
         return e.exit_code
-    if r["phase"] not in TERMINAL:       # a redeploy of the previous image: follow it with the full CLI
+    if r["phase"] not in ("succeeded", "failed", "aborted"):
         from shipyard.cli import follow
         r = follow(client, r["id"], quiet=as_json)
-    if as_json:
-        sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r["reason"] else "") + "\n")
+    sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else outcome_line(r) + "\n")
     return 1 if r["phase"] == "failed" else 0
 
 
 def main() -> None:
-    code = _fast_rollback(sys.argv[1:])
-    if code is not None:
-        sys.exit(code)
+    parsed = _parse(sys.argv[1:])
+    if parsed is not None:
+        service, state_dir, as_json = parsed
+        code = None if as_json else _fast_rollback(service, state_dir)
+        sys.exit(rollback(service, state_dir, as_json) if code is None else code)
     from shipyard.cli import main as cli_main
     cli_main()

@@ -10,22 +10,32 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from shipyard import __version__
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.controller import Controller
+from shipyard.rollout.model import outcome_line
 from shipyard.runtime.local import log_tail
 
 STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404}
+EXIT_HEADER = "X-Shipyard-Exit"
+"""With `Accept: text/plain`, the exit code the CLI should end with."""
 
 Handler = Callable[[Request], Awaitable[Any]]
 
 
-def error_response(e: ShipyardError) -> JSONResponse:
+def error_response(e: ShipyardError, plain: bool = False) -> Response:
     code = next((c for t, c in STATUS.items() if isinstance(e, t)), 422)
+    if plain:   # the CLI's fast path prints this as is and exits with the given code
+        text = f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else "")
+        return PlainTextResponse(text, status_code=code, headers={EXIT_HEADER: str(e.exit_code)})
     return JSONResponse({"error": e.message, "hint": e.hint, "kind": type(e).__name__}, status_code=code)
+
+
+def wants_text(request: Request) -> bool:
+    return request.headers.get("accept") == "text/plain"
 
 
 def create_app(controller: Controller, token: str, on_shutdown: Callable[[], None] | None = None) -> Starlette:
@@ -41,7 +51,7 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
                 try:
                     result = await fn(request)
                 except ShipyardError as e:
-                    return error_response(e)
+                    return error_response(e, wants_text(request))
                 return result if isinstance(result, Response) else JSONResponse(result)
             return Route(path, endpoint, methods=methods or ["GET"])
         return wrap
@@ -112,7 +122,13 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     @route("/v1/services/{name}/rollback", ["POST"])
     async def rollback(request: Request) -> Any:
-        return {"rollout": (await controller.rollback(request.path_params["name"])).to_dict()}
+        r = (await controller.rollback(request.path_params["name"])).to_dict()
+        if wants_text(request):
+            done = r["phase"] in ("succeeded", "failed", "aborted")
+            return PlainTextResponse(outcome_line(r) + "\n" if done else "", headers={
+                EXIT_HEADER: "1" if r["phase"] == "failed" else "0",
+                "X-Shipyard-Rollout": r["id"], "X-Shipyard-Done": "1" if done else "0"})
+        return {"rollout": r}
 
     @route("/v1/rollouts/{rid}")
     async def rollout(request: Request) -> Any:

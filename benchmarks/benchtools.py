@@ -1,7 +1,8 @@
 """Pieces every benchmark script needs: child processes that are always stopped, a prober
 that records which release answered each request, wrk and HAProxy runs with
-machine-readable results, a description of the machine, and the rewrite of one section
-of docs/benchmarks.md. Kept apart so that each script is only its figure."""
+machine-readable results, a description of the machine, the rewrite of one section of
+docs/benchmarks.md, and traffic switches (CLI or API) with the time each took to settle.
+Kept apart so that each script is only its figure."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shipyard.client import AsyncApiClient
 from shipyard.errors import ShipyardError
 
 WRK = "/usr/bin/wrk"
@@ -294,6 +298,19 @@ def machine() -> dict[str, Any]:
             "wrk": _version([WRK, "--version"]), "haproxy": _version([HAPROXY, "-v"])}
 
 
+def cpu_times() -> list[int]:
+    """All CPUs' time so far, in ticks: user nice system idle iowait irq softirq steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def cpu_use(before: list[int], after: list[int]) -> dict[str, float]:
+    """Share of the machine's CPU time that was busy (and stolen by the hypervisor) between
+    two cpu_times(): says whether a load left the machine headroom."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    return {"busy": (total - d[3] - d[4]) / total, "steal": d[7] / total}
+
+
 def _version(argv: list[str]) -> str | None:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
@@ -317,10 +334,12 @@ def write_doc_section(doc: Path, name: str, body: str) -> None:
     doc.write_text(text)
 
 
-# -- traffic switches --------------------------------------------------------------------------------
+# -- traffic switches ------------------------------------------------------------------------
 
 @dataclass
 class Switch:
+    """One traffic switch, timed from the command's start; the settle fields come from the
+    prober's record of who answered (measure_settle)."""
     method: str                      # "cli" | "api"
     target: str                      # the version that must serve afterwards
     t_cmd: float                     # monotonic, just before the CLI process / API request started

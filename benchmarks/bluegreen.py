@@ -17,25 +17,30 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchtools import (
     HAPROXY,
     Children,
-    Probe,
     Prober,
+    Switch,
+    cpu_times,
+    cpu_use,
     kill_everything_under,
     machine,
+    measure_settle,
     run_wrk,
+    series,
     start_haproxy,
+    switch_api,
+    switch_cli,
+    switch_rows,
     wait_port,
     write_doc_section,
 )
@@ -97,6 +102,7 @@ async def switch_phase(args: argparse.Namespace, load: Load, children: Children,
     `version` is the one live when the phase starts."""
     n = 4 * args.cycles
     spacing = (args.duration - 2 * WARMUP) / n
+    cpu_before = cpu_times()
     prober = Prober(host, port, pause=load.probe_pause)
     prober.start()
     enough = asyncio.Event()
@@ -124,12 +130,13 @@ async def switch_phase(args: argparse.Namespace, load: Load, children: Children,
         if not wrk.done():
             wrk.cancel()
         await prober.stop()
+    cpu = cpu_use(cpu_before, cpu_times())
     probes = sorted(prober.probes, key=lambda p: p.sent)
     for i, sw in enumerate(switches):
         measure_settle(sw, probes, switches[i + 1].t_cmd if i + 1 < len(switches) else float("inf"))
     starts = [s.t_cmd for s in switches]
     mean_gap = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else 0.0
-    return {"load": load, "wrk": result, "switches": switches, "prober": prober, "spacing_s": mean_gap}
+    return {"load": load, "wrk": result, "switches": switches, "prober": prober, "spacing_s": mean_gap, "cpu": cpu}
 
 
 async def idle_series(children: Children, state: Path, host: str, port: int, version: str,
@@ -192,7 +199,7 @@ def phase_summary(sp: dict[str, Any]) -> dict[str, Any]:
     return {
         "title": load.title, "goal_applies": load.goal, "pace_ms": load.pace_ms,
         "offered_rps": wrk["offered_rps"], "achieved_rps": wrk["rps"],
-        "duration_s": wrk["duration_us"] / 1e6, "spacing_s": round(sp["spacing_s"], 3),
+        "duration_s": wrk["duration_us"] / 1e6, "spacing_s": round(sp["spacing_s"], 3), "cpu": sp["cpu"],
         "prober": {"connections": prober.connections, "pause_ms": load.probe_pause * 1000,
                    "achieved_rps": prober.rate(), "requests": len(prober.probes),
                    "failures": prober.failures(), "errors": prober.errors[:20]},
@@ -251,6 +258,8 @@ def load_cells(p: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("wrk requests/s offered / achieved", f"{offered} / {p['achieved_rps']:,.0f}", ""),
             (f"prober requests/s ({pr['connections']} connections)", f"{pr['achieved_rps']:,.0f} ({pace})", ""),
             ("wrk latency p50 / p99", f"{p['wrk']['p50_us'] / 1000:.2f} ms / {p['wrk']['p99_us'] / 1000:.2f} ms", ""),
+            ("CPU time busy, all CPUs (of it stolen by the hypervisor)",
+             f"{p['cpu']['busy']:.0%} ({p['cpu']['steal']:.0%})", ""),
             ("load duration; mean time between switches", f"{p['duration_s']:.1f} s; {p['spacing_s']:.2f} s",
              ">= 20 s")]
 
@@ -341,7 +350,7 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
         sps: list[dict[str, Any]] = []
         version = "2"
         for load in loads(args):
-            if sps and not all(s.ok for s in sps[-1]["switches"]):
+            if sps and not (sps[-1]["switches"] and all(s.ok for s in sps[-1]["switches"])):
                 break               # a switch failed: the report says so; no more switching on top
             pace = f"{load.pace_ms} ms pause per connection" if load.pace_ms else "unpaced"
             print(f"switch phase, {load.title}: {args.duration} s, {args.connections} connections ({pace}), "

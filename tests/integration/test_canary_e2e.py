@@ -182,3 +182,36 @@ async def test_pause_resume_abort_and_retry(api: AsyncApiClient, make_spec: Spec
     assert done["phase"] in ("promoting", "switching", "succeeded")
     final = await api.wait_rollout(again["id"], 60)
     assert final["phase"] == "succeeded"
+
+
+async def test_abort_decided_just_before_a_crash_is_finished_after_restart(state_dir: Path, make_spec: SpecMaker,
+                                                                          listen: str) -> None:
+    """The rollout is stored as failed first, then its canary is torn down: a daemon killed
+    in between must finish the teardown when it comes back, not leave the canary serving."""
+    import json
+    import sqlite3
+    daemon = DaemonProcess(state_dir).start()
+    api = AsyncApiClient(daemon.paths)
+    try:
+        await first_release(api, make_spec)
+        r = await deploy(api, canary_spec(make_spec, "v2", "crash", [{"set_weight": 40}, {"pause": {}}]))
+        r = await wait_for(api, r["id"], lambda x: x["phase"] == "paused")
+        daemon.kill()
+        await api.aclose()
+        db = sqlite3.connect(daemon.paths.db)
+        doc = json.loads(db.execute("SELECT data FROM rollouts WHERE id=?", (r["id"],)).fetchone()[0])
+        doc.update(phase="failed", reason="analysis failed (simulated crash right after the decision)")
+        db.execute("UPDATE rollouts SET phase='failed', data=? WHERE id=?", (json.dumps(doc), r["id"]))
+        db.commit()
+        db.close()
+        daemon = DaemonProcess(state_dir).start()
+        api = AsyncApiClient(daemon.paths)
+        status = await api.get("/v1/services/shop")
+        assert status["slots"][r["target_slot"]]["state"] == "idle"
+        assert status["slots"][r["target_slot"]]["instances"] == []
+        async with httpx.AsyncClient(base_url=f"http://{listen}") as c:
+            seen = {(await c.get("/", headers={"X-User-Id": f"u{i}"})).headers["x-shop-version"] for i in range(100)}
+        assert seen == {"1"}
+    finally:
+        await api.aclose()
+        daemon.stop()

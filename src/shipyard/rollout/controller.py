@@ -63,6 +63,7 @@ class Controller:
                     await self.ops.push_table(svc)
             except ShipyardError as e:
                 self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
+        await self._finish_interrupted_teardowns()
         for r in self.d.store.active_rollouts():
             doc = self.d.store.rollout_spec(r.id)
             if doc is None:
@@ -72,6 +73,18 @@ class Controller:
             self._spawn(r, spec_from_doc(doc))
         self.supervisor.start()
         self.feed.start()
+
+    async def _finish_interrupted_teardowns(self) -> None:
+        """A rollout is stored as failed or aborted before its canary or new slot is torn
+        down; a daemon killed in between left that slot up. With no rollout in progress,
+        a canary or starting slot belongs to nobody: finish the teardown."""
+        for svc in self.d.store.list_services():
+            if self.d.store.active_rollouts(svc.name):
+                continue
+            for slot, s in svc.slots.items():
+                if s.state in (SlotState.CANARY, SlotState.STARTING) and slot != svc.active_slot:
+                    await self.ops.teardown(svc.name, slot, None,
+                                            "its rollout had ended before the daemon restarted")
 
     async def close(self) -> None:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""

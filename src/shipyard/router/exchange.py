@@ -72,7 +72,7 @@ class Exchange:
 
     __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
-                 "retried", "pending", "pending_size", "replay", "replay_size", "req_done", "resp_started",
+                 "retried", "moved", "pending", "pending_size", "replay", "replay_size", "req_done", "resp_started",
                  "resp_mode", "until_close", "interim", "status", "done", "finished", "close_after", "counted",
                  "deadline", "wbuf")
 
@@ -96,7 +96,7 @@ class Exchange:
         self.last_error = ""
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.reused = self.retried = False
+        self.reused = self.retried = self.moved = False
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replay: list[bytes] | None = None
@@ -351,12 +351,14 @@ class Exchange:
             self.retried = True
             self.wbuf.clear()
             self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
-        elif (not self.retried and self.req_done and self.replay_size <= REPLAY_LIMIT
+        elif (not self.moved and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
             # was answered, and an idempotent request may safely run again, so it goes to
             # another instance of the track, as HAProxy's `retry-on empty-response` does.
-            self.retried = True
+            # (Also after a replay on the same instance: a dying instance may still accept
+            # the fresh connection and then drop it.)
+            self.retried = self.moved = True
             self.last_error = "an instance closed the connection without answering"
             if self.tried is None:
                 self.tried = [self.ups]  # type: ignore[list-item]

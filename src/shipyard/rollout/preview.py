@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import httpx
 
+from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
 from shipyard.router.table import TRACK_HEADER
 from shipyard.spec import Spec
-
-PREVIEW_TIMEOUT = 10.0
 
 
 def connect_host(host: str) -> str:
@@ -29,20 +28,6 @@ async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None]) 
     if not checks:
         log(f"no preview checks configured for slot {slot}")
         return None
-    async with httpx.AsyncClient(base_url=base_url(spec), timeout=PREVIEW_TIMEOUT) as client:
-        for c in checks:
-            headers = dict(c.headers or {})
-            headers[TRACK_HEADER] = slot
-            what = f"{c.method} {c.path}"
-            try:
-                resp = await client.request(c.method, c.path, headers=headers)
-            except httpx.HTTPError as e:
-                return f"preview check {what} on slot {slot} failed: {type(e).__name__}: {e}"
-            if resp.status_code != c.expect_status:
-                body = resp.text.strip().replace("\n", " ")[:200]
-                return (f"preview check {what} on slot {slot} answered {resp.status_code}, "
-                        f"expected {c.expect_status}" + (f": {body}" if body else ""))
-            if c.expect_body_contains and c.expect_body_contains not in resp.text:
-                return f"preview check {what} on slot {slot}: body does not contain {c.expect_body_contains!r}"
-            log(f"preview check {what} on slot {slot} -> {resp.status_code} ok")
-    return None
+    async with httpx.AsyncClient(base_url=base_url(spec), timeout=CHECK_TIMEOUT) as client:
+        failure = await run_checks(client, checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot}, log=log)
+    return None if failure is None else f"preview {failure}"

@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, Strict, ValidationInfo, field_validator, model_validator
 
 from .durations import PositiveDuration
-from .strategy import BlueGreenSpec, StrategySpec
+from .strategy import BlueGreenSpec, PreviewCheck, StrategySpec
 from .values import (
     Argv,
+    Bool,
     EnvMap,
     EnvName,
     HttpPath,
@@ -76,6 +77,20 @@ class HealthSpec(SpecModel):
 
 # -- database, router -----------------------------------------------------------------------------
 
+class DatabaseCheckSpec(SpecModel):
+    """`shipyard db check`: rehearse the pending migrations on a scratch copy of the database."""
+
+    enabled: Bool = True
+    """false: deploy skips the rehearsal (lint still runs)."""
+    sample_rows: Annotated[int, Strict(), Field(ge=0, le=10_000_000)] = 1000
+    """Rows copied per table into the scratch database (0: schema only)."""
+    max_stall: PositiveDuration | None = None
+    """Longest an application query may wait on a migration lock; default: database.lock_timeout."""
+    requests: list[PreviewCheck] | None = None
+    """Sent to the live and the new release, both on the migrated copy; default: the preview
+    checks (blue-green), else a GET of the health path."""
+
+
 class DatabaseSpec(SpecModel):
     """The Database test: where migrations come from and how long a DDL may wait for a lock."""
 
@@ -84,7 +99,14 @@ class DatabaseSpec(SpecModel):
     """Directory of NNNN_name.sql files, relative to the spec file."""
     alembic: Text | None = None
     """Path of alembic.ini, relative to the spec file."""
+    target: Text | None = None
+    """Apply migrations up to this version (NNNN, or an Alembic revision); default: all of them."""
     lock_timeout: PositiveDuration = 1.0
+    retries: Annotated[int, Strict(), Field(ge=0, le=20)] = 3
+    """How often a migration that hit lock_timeout is tried again (with backoff) before the deploy stops."""
+    url_env: EnvName = "DATABASE_URL"
+    """The variable through which instances receive database.url."""
+    check: DatabaseCheckSpec = Field(default_factory=DatabaseCheckSpec)
 
     @model_validator(mode="after")
     def _one_source(self) -> DatabaseSpec:

@@ -1,0 +1,55 @@
+"""The dynamic half of the Database test, as one call: copy the database to a scratch
+one, apply the pending migrations there while a probe workload runs (observe), then start
+the live and the new release side by side on the result (compat). The scratch database
+is gone afterwards whatever happens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shipyard.images.store import ImageStore
+from shipyard.runtime.base import Runtime
+from shipyard.spec import DatabaseSpec
+
+from .compat import CompatReport, ReleaseUnderTest, compat_gate
+from .observe import CheckReport, observe_apply
+from .scratch import ScratchDatabase
+from .statements import Script
+
+
+@dataclass
+class Rehearsal:
+    check: CheckReport
+    compat: CompatReport | None
+    scripts: int
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok and (self.compat is None or self.compat.ok)
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.check.reasons) + (self.compat.reasons if self.compat else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reasons": self.reasons, "migrations": self.scripts, "check": self.check.to_dict(),
+                "compat": self.compat.to_dict() if self.compat else None}
+
+
+async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[ReleaseUnderTest], *,
+                   images: ImageStore, runtime: Runtime, workdir: Path, env_source: Mapping[str, str],
+                   log: Callable[[str], None] = lambda _m: None) -> Rehearsal:
+    max_stall = db.check.max_stall if db.check.max_stall is not None else db.lock_timeout
+    async with ScratchDatabase.copy_of(db.url, sample_rows=db.check.sample_rows) as scratch:
+        log(f"scratch copy {scratch.name} ready (up to {db.check.sample_rows} rows per table)")
+        check = await observe_apply(scratch.url, scripts, lock_timeout=db.lock_timeout, max_stall=max_stall)
+        log("migrations rehearsed: " + ("ok" if check.ok else "; ".join(check.reasons)))
+        compat = None
+        if releases and not check.failed_statement:
+            compat = await compat_gate(releases, scratch.url, images=images, runtime=runtime, workdir=workdir,
+                                       env_source=env_source, log=log)
+            log("compatibility: " + ("both releases pass" if compat.ok else "; ".join(compat.reasons)))
+    return Rehearsal(check, compat, len(scripts))

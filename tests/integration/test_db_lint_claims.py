@@ -1,0 +1,347 @@
+"""The lint rules' claims, checked on the real PostgreSQL: for each statement a rule flags,
+the table lock it says the statement takes is the one pg_locks shows, it says "rewrite"
+exactly when the table gets a new file with the same rows, and "scan" when the statement
+reads the table. The safe rewrites the rules recommend are held to their claims the same
+way. Every case runs in its own schema (dropped afterwards) and inside a transaction that
+is rolled back, except the statements PostgreSQL refuses in one: those are observed from
+another session while a blocker makes them wait for their lock."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+
+from shipyard.database import locks
+from shipyard.database.connect import connect, server_version
+from shipyard.database.findings import Finding
+from shipyard.database.lint import Catalog, lint_scripts, load_catalog
+from shipyard.database.statements import parse_script
+
+URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+SETUP = """
+CREATE TABLE o (id int PRIMARY KEY);
+INSERT INTO o SELECT generate_series(1, 50);
+CREATE TABLE t (id int PRIMARY KEY, name varchar(20), note text, price numeric(10,2), ts timestamp(3),
+                addr cidr, code char(5), o_id int, email text, bits varbit(8), at time(2),
+                CONSTRAINT t_email_nn CHECK (email IS NOT NULL));
+INSERT INTO t SELECT g, 'n' || g, 'note', g, now(), '10.0.0.0/8', 'ab', 1 + g % 50, 'e' || g, B'101', '12:00'
+  FROM generate_series(1, 200) g;
+CREATE INDEX t_name_idx ON t (name);
+CREATE TABLE child (id int, o_id int REFERENCES o (id));
+INSERT INTO child SELECT g, g FROM generate_series(1, 50) g;
+CREATE TABLE e (id int);
+CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
+INSERT INTO p SELECT g, g FROM generate_series(0, 99) g;
+ANALYZE o, t, child, e, p;
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    rule: str | None
+    """The rule that must flag `sql`; None for a safe rewrite no rule may flag."""
+    sql: str
+    table: str
+    """The table whose lock, file and scans are observed."""
+    prepare: tuple[str, ...] = ()
+    """Committed before (and linted as an earlier migration)."""
+    before: tuple[str, ...] = ()
+    """Run first in the same transaction (and linted in the same file)."""
+    lock: str | None = None
+    rewrite: bool = False
+    scan: bool = False
+    """Expectations for safe rewrites (for flagged statements they come from the finding)."""
+    others: dict[str, str] = field(default_factory=dict)
+    """Other tables and the lock the statement must take on them."""
+    outside_transaction: bool = False
+
+
+AE, SRE, SUE, SHARE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE"
+
+FLAGGED = [
+    Claim("add-column-volatile-default", "ALTER TABLE t ADD COLUMN r float DEFAULT random()", "t"),
+    Claim("add-column-volatile-default", "ALTER TABLE t ADD COLUMN u uuid DEFAULT gen_random_uuid()", "t"),
+    Claim("add-column-stored-generated", "ALTER TABLE t ADD COLUMN twice int GENERATED ALWAYS AS (id * 2) STORED",
+          "t"),
+    Claim("add-column-identity", "ALTER TABLE t ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY", "t"),
+    Claim("add-column-identity", "ALTER TABLE t ADD COLUMN n bigserial", "t"),
+    Claim("add-column-not-null-no-default", "ALTER TABLE e ADD COLUMN flag boolean NOT NULL", "e"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN id TYPE bigint", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN name TYPE varchar(10)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN price TYPE numeric(12,3)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN code TYPE char(10)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN bits TYPE varbit(4)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN at TYPE time(0)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN name TYPE varchar(30) USING upper(name)", "t"),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t",
+          before=("SET LOCAL TimeZone = 'Europe/Berlin'",)),
+    Claim("alter-column-type", "ALTER TABLE t ALTER COLUMN ts TYPE timestamptz(3)", "t",
+          before=("SET LOCAL TimeZone = 'UTC'",)),
+    Claim("create-index-non-concurrent", "CREATE INDEX t_note_idx ON t (note)", "t"),
+    Claim("drop-index-non-concurrent", "DROP INDEX t_name_idx", "t"),
+    Claim("add-foreign-key-validating", "ALTER TABLE t ADD CONSTRAINT t_o FOREIGN KEY (o_id) REFERENCES o (id)", "t",
+          others={"o": SRE}),
+    Claim("add-foreign-key-validating", "ALTER TABLE t ADD COLUMN o2 int DEFAULT 1 REFERENCES o (id)", "t",
+          others={"o": SRE}),
+    Claim("add-check-validating", "ALTER TABLE t ADD CONSTRAINT t_pos CHECK (price > 0)", "t"),
+    Claim("validate-in-same-transaction", "ALTER TABLE t VALIDATE CONSTRAINT t_pos", "t",
+          before=("ALTER TABLE t ADD CONSTRAINT t_pos CHECK (price > 0) NOT VALID",)),
+    Claim("validate-in-same-transaction", "ALTER TABLE t VALIDATE CONSTRAINT t_o", "t",
+          before=("ALTER TABLE t ADD CONSTRAINT t_o FOREIGN KEY (o_id) REFERENCES o (id) NOT VALID",),
+          others={"o": SRE}),
+    Claim("set-not-null", "ALTER TABLE t ALTER COLUMN note SET NOT NULL", "t"),
+    Claim("add-unique-without-index", "ALTER TABLE t ADD CONSTRAINT t_name_key UNIQUE (name)", "t"),
+    Claim("rename-column", "ALTER TABLE t RENAME COLUMN note TO remark", "t"),
+    Claim("rename-table", "ALTER TABLE t RENAME TO things", "t"),
+    Claim("drop-column", "ALTER TABLE t DROP COLUMN note", "t"),
+    Claim("drop-table", "DROP TABLE child", "child"),
+    Claim("reindex-non-concurrent", "REINDEX TABLE t", "t"),
+    Claim("reindex-non-concurrent", "REINDEX INDEX t_name_idx", "t"),
+    Claim("vacuum-full", "VACUUM FULL t", "t", outside_transaction=True),
+    Claim("cluster", "CLUSTER t USING t_name_idx", "t"),
+    Claim("detach-partition-non-concurrent", "ALTER TABLE p DETACH PARTITION p1", "p", others={"p1": AE}),
+    Claim("truncate-cascade", "TRUNCATE o CASCADE", "o", others={"child": AE}),
+]
+
+SAFE = [
+    Claim(None, "ALTER TABLE t ADD COLUMN created timestamptz DEFAULT now()", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ADD COLUMN n int NOT NULL DEFAULT 0", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ADD COLUMN o3 int REFERENCES o (id)", "t", lock=AE, others={"o": SRE}),
+    Claim(None, "ALTER TABLE t ALTER COLUMN name TYPE varchar(40)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN name TYPE text", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN note TYPE varchar", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN price TYPE numeric(12,2)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN price TYPE numeric", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN addr TYPE inet", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN ts TYPE timestamp(6)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t", lock=AE,
+          before=("SET LOCAL TimeZone = 'UTC'",)),
+    Claim(None, "ALTER TABLE t ALTER COLUMN ts TYPE timestamp(4)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN bits TYPE varbit(16)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN at TYPE time(4)", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ADD CONSTRAINT t_o FOREIGN KEY (o_id) REFERENCES o (id) NOT VALID", "t", lock=SRE,
+          others={"o": SRE}),
+    Claim(None, "ALTER TABLE t VALIDATE CONSTRAINT t_o", "t", lock=SUE, scan=True, others={"o": "ROW SHARE"},
+          prepare=("ALTER TABLE t ADD CONSTRAINT t_o FOREIGN KEY (o_id) REFERENCES o (id) NOT VALID",)),
+    Claim(None, "ALTER TABLE t ADD CONSTRAINT t_pos CHECK (price > 0) NOT VALID", "t", lock=AE),
+    Claim(None, "ALTER TABLE t VALIDATE CONSTRAINT t_pos", "t", lock=SUE, scan=True,
+          prepare=("ALTER TABLE t ADD CONSTRAINT t_pos CHECK (price > 0) NOT VALID",)),
+    Claim(None, "ALTER TABLE t ALTER COLUMN email SET NOT NULL", "t", lock=AE),
+    Claim(None, "ALTER TABLE t ALTER COLUMN note SET NOT NULL", "t", lock=AE,
+          prepare=("ALTER TABLE t ADD CONSTRAINT t_note_nn CHECK (note IS NOT NULL) NOT VALID",
+                   "ALTER TABLE t VALIDATE CONSTRAINT t_note_nn")),
+    Claim(None, "ALTER TABLE t ADD CONSTRAINT t_name_key UNIQUE USING INDEX t_name_uq", "t", lock=AE,
+          prepare=("CREATE UNIQUE INDEX CONCURRENTLY t_name_uq ON t (name)",)),
+    Claim(None, "CREATE INDEX CONCURRENTLY t_note_idx ON t (note)", "t", lock=SUE, outside_transaction=True),
+    Claim(None, "DROP INDEX CONCURRENTLY t_name_idx", "t", lock=SUE, outside_transaction=True),
+    Claim(None, "REINDEX TABLE CONCURRENTLY t", "t", lock=SUE, outside_transaction=True),
+    Claim(None, "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", "p", lock=SUE, outside_transaction=True),
+    Claim(None, "VACUUM t", "t", lock=SUE, outside_transaction=True),
+]
+
+
+@dataclass
+class Observed:
+    locks: dict[str, str]
+    """table -> strongest mode the statement's session held (or waited for) on it."""
+    rewrite: bool
+    scans: int | None
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[tuple[psycopg.AsyncConnection, str]]:
+    schema = f"lint_{uuid.uuid4().hex[:12]}"
+    conn = await connect(URL)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path = {schema}")
+        await conn.execute(SETUP)
+        yield conn, schema
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+async def _one(conn: psycopg.AsyncConnection, sql: str, *args: object) -> object:
+    cur = await conn.execute(sql, args or None)
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def _oids(conn: psycopg.AsyncConnection, tables: list[str]) -> dict[str, int]:
+    return {name: int(await _one(conn, "SELECT %s::regclass::oid", name)) for name in tables}  # type: ignore[arg-type]
+
+
+async def _file(conn: psycopg.AsyncConnection, oid: int) -> tuple[object, object]:
+    """(relfilenode, rows) of a relation by oid; rows only counted for a table that still exists."""
+    node = await _one(conn, "SELECT relfilenode FROM pg_class WHERE oid = %s::oid", oid)
+    rows = await _one(conn, f"SELECT count(*) FROM {await _one(conn, 'SELECT %s::oid::regclass::text', oid)}") \
+        if node is not None else None
+    return node, rows
+
+
+def _rewritten(before: tuple[object, object], after: tuple[object, object]) -> bool:
+    """A new file holding the same rows (TRUNCATE makes a new, empty one: not a rewrite)."""
+    return after[0] is not None and after[0] != before[0] and after[1] == before[1]
+
+
+async def _held(conn: psycopg.AsyncConnection, pid: int, oids: dict[str, int], granted: bool) -> dict[str, str]:
+    cur = await conn.execute("SELECT relation, mode FROM pg_locks WHERE pid = %s AND locktype = 'relation' "
+                             "AND granted = %s", (pid, granted))
+    by_oid: dict[int, list[str]] = {}
+    for relation, mode in await cur.fetchall():
+        by_oid.setdefault(int(relation), []).append(locks.from_pg_locks(mode))
+    return {name: locks.strongest(by_oid[oid]) or "" for name, oid in oids.items() if oid in by_oid}
+
+
+async def observe_in_transaction(conn: psycopg.AsyncConnection, claim: Claim) -> Observed:
+    tables = [claim.table, *claim.others]
+    oids = await _oids(conn, tables)
+    seq_sql = "SELECT sum(seq_scan) FROM pg_stat_xact_user_tables WHERE relid = %s::oid"
+    await conn.execute("BEGIN")
+    try:
+        for stmt in claim.before:
+            await conn.execute(stmt)
+        before = await _file(conn, oids[claim.table])
+        scans_before = await _one(conn, seq_sql, oids[claim.table])
+        await conn.execute(claim.sql)
+        scans_after = await _one(conn, seq_sql, oids[claim.table])
+        scans = None if scans_after is None else int(scans_after) - int(scans_before or 0)  # type: ignore[arg-type]
+        held = await _held(conn, conn.info.backend_pid, oids, granted=True)
+        after = await _file(conn, oids[claim.table])
+    finally:
+        await conn.execute("ROLLBACK")
+    return Observed(held, _rewritten(before, after), scans)
+
+
+async def observe_outside_transaction(conn: psycopg.AsyncConnection, schema: str, claim: Claim) -> Observed:
+    """Statements PostgreSQL refuses in a transaction: a blocker holds SHARE UPDATE EXCLUSIVE, the
+    weakest mode that every DDL lock conflicts with (it lets the name lookup's ACCESS SHARE
+    through), so the statement queues for its real lock and pg_locks shows the mode it asks for."""
+    oids = await _oids(conn, [claim.table])
+    before = await _file(conn, oids[claim.table])
+    blocker = await connect(URL, autocommit=False)
+    runner = await connect(URL)
+    try:
+        await blocker.execute(f"SET search_path = {schema}")
+        await blocker.execute(f"LOCK TABLE {claim.table} IN SHARE UPDATE EXCLUSIVE MODE")
+        await runner.execute(f"SET search_path = {schema}")
+        pid = runner.info.backend_pid
+        task = asyncio.create_task(runner.execute(claim.sql))
+        waiting: dict[str, str] = {}
+        for _ in range(500):
+            waiting = await _held(conn, pid, oids, granted=False)
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.01)
+        await blocker.rollback()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await blocker.close()
+        await runner.close()
+    return Observed(waiting, _rewritten(before, await _file(conn, oids[claim.table])), None)
+
+
+async def _lint(conn: psycopg.AsyncConnection, claim: Claim, catalog: Catalog, assume: bool) -> list[Finding]:
+    scripts = [parse_script(";\n".join(claim.prepare), "0001_prepare.sql")] if claim.prepare else []
+    body = ";\n".join([*claim.before, claim.sql]) + ";"
+    if claim.outside_transaction:
+        body = "-- shipyard:no-transaction\n" + body
+    scripts.append(parse_script(body, "0002_claim.sql"))
+    version = await server_version(conn)
+    last = scripts[-1].statements[-1].line
+    return [f for f in lint_scripts(scripts, version, assume_lock_timeout=assume, catalog=catalog)
+            if f.source == "0002_claim.sql" and f.line == last]
+
+
+async def _check(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
+    conn, schema = db
+    catalog = await load_catalog(conn)
+    for stmt in claim.prepare:
+        await conn.execute(stmt)
+    findings = await _lint(conn, claim, catalog, assume=True)
+    if claim.rule is None:
+        assert [f for f in findings if f.severity == "error"] == [], findings
+        lock, rewrite, scan = claim.lock, claim.rewrite, claim.scan
+    else:
+        flagged = [f for f in findings if f.rule == claim.rule]
+        assert flagged, f"{claim.rule} did not flag {claim.sql}: {findings}"
+        lock, rewrite, scan = flagged[0].lock, flagged[0].effect == "rewrite", flagged[0].effect == "scan"
+    seen = (await observe_outside_transaction(conn, schema, claim) if claim.outside_transaction
+            else await observe_in_transaction(conn, claim))
+    assert seen.locks.get(claim.table) == lock, (claim.sql, seen.locks)
+    for other, mode in claim.others.items():
+        assert seen.locks.get(other) == mode, (claim.sql, other, seen.locks)
+    assert seen.rewrite == rewrite, (claim.sql, "rewrite" if seen.rewrite else "no rewrite")
+    if seen.scans is not None and claim.rule != "truncate-cascade":     # TRUNCATE counts as one scan in the
+        # statistics although it replaces the table's file instead of reading it
+        if rewrite or scan:
+            assert seen.scans >= 1, (claim.sql, "expected a scan")
+        else:
+            assert seen.scans == 0, (claim.sql, f"{seen.scans} unexpected scans")
+
+    if claim.rule == "validate-in-same-transaction":
+        return          # VALIDATE itself waits for nothing: the lock was taken by the add before it
+    # missing-lock-timeout claims the same lock, on the table it names
+    timeout = [f for f in await _lint(conn, claim, catalog, assume=False) if f.rule == "missing-lock-timeout"]
+    blocking = lock is not None and (locks.blocks_reads(lock) or locks.blocks_writes(lock))
+    assert bool(timeout) == blocking, (claim.sql, timeout)
+    if timeout:
+        named = (timeout[0].table or claim.table).rsplit(".", 1)[-1]
+        assert seen.locks.get(named) == timeout[0].lock, (claim.sql, timeout[0], seen.locks)
+
+
+@pytest.mark.parametrize("claim", FLAGGED, ids=[f"{c.rule}:{c.sql}" for c in FLAGGED])
+async def test_flagged_statement_does_what_the_finding_says(db: tuple[psycopg.AsyncConnection, str],
+                                                          claim: Claim) -> None:
+    await _check(db, claim)
+
+
+@pytest.mark.parametrize("claim", SAFE, ids=[c.sql for c in SAFE])
+async def test_safe_rewrite_keeps_its_promise(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
+    await _check(db, claim)
+
+
+async def test_not_null_column_without_default_fails_on_a_table_with_rows(
+        db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, _ = db
+    sql = "ALTER TABLE t ADD COLUMN flag boolean NOT NULL"
+    [finding] = [f for f in await _lint(conn, Claim(None, sql, "t"), await load_catalog(conn), True)
+                 if f.rule == "add-column-not-null-no-default"]
+    assert finding.breaks_old_release
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        await conn.execute(sql)
+
+
+async def test_concurrently_in_a_transaction_is_refused(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, _ = db
+    claim = Claim(None, "CREATE INDEX CONCURRENTLY t_note_idx ON t (note)", "t", before=("BEGIN",))
+    script = parse_script("BEGIN;\nCREATE INDEX CONCURRENTLY t_note_idx ON t (note);\nCOMMIT;", "0001.sql")
+    found = lint_scripts([script], await server_version(conn), assume_lock_timeout=True)
+    assert [(f.rule, f.line) for f in found] == [("concurrently-in-transaction", 2)]
+    await conn.execute("BEGIN")
+    try:
+        with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+            await conn.execute(claim.sql)
+    finally:
+        await conn.execute("ROLLBACK")
+
+
+async def test_load_catalog_reads_types_checks_rows_and_indexes(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, schema = db
+    catalog = await load_catalog(conn)
+    t = catalog.tables[(schema, "t")]
+    assert str(t.columns["name"].type) == "varchar(20)" and t.columns["id"].not_null
+    assert str(t.columns["ts"].type) == "timestamp(3)" and str(t.columns["price"].type) == "numeric(10,2)"
+    assert t.rows == 200 and [c.name for c in t.checks] == ["t_email_nn"]
+    assert catalog.indexes[(schema, "t_name_idx")] == (schema, "t")
+    assert catalog.tables[(schema, "p")].partitioned
+    assert catalog.search_path == (schema,)
+    assert catalog.functions["random"] == "v" and catalog.functions["now"] == "s"

@@ -1,4 +1,5 @@
-"""`python -m shop --port N`: read the release config from the working directory and serve."""
+"""`python -m shop --port N`: read the release config from the working directory and serve
+(from PostgreSQL when DATABASE_URL is set)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     if delay > 0:  # lets tests catch a release while it is still starting
         log(f"waiting {delay:g}s before listening (SHOP_STARTUP_DELAY)")
         time.sleep(delay)
-    shop = Shop(release, os.environ.get("SHIPYARD_INSTANCE_ID", "local"))
+    try:
+        shop = Shop(release, os.environ.get("SHIPYARD_INSTANCE_ID", "local"), os.environ.get("DATABASE_URL") or None)
+    except ValueError as exc:
+        log(f"cannot use DATABASE_URL or a column named in {args.release}: {exc}")
+        return 2
     data_dir = os.environ.get("SHIPYARD_DATA_DIR")
-    return asyncio.run(serve(shop, args.host, args.port, Path(data_dir) if data_dir else None))
+    return asyncio.run(_serve_then_close(shop, args.host, args.port, Path(data_dir) if data_dir else None))
+
+
+async def _serve_then_close(shop: Shop, host: str, port: int, data_dir: Path | None) -> int:
+    try:
+        return await serve(shop, host, port, data_dir)
+    finally:
+        shop.close()  # database connections belong to this event loop
 
 
 if __name__ == "__main__":

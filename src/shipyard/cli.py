@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shipyard.cli_db import db_app
 from shipyard.errors import ShipyardError, SpecError
 from shipyard.paths import ENV_HOME, StatePaths
 
@@ -22,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-downtime deploys for HTTP services on your own machines.")
 image_app = typer.Typer(no_args_is_help=True, help="Inspect images.")
 app.add_typer(image_app, name="image")
+app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
@@ -179,12 +181,17 @@ def serve(state_dir: str | None = StateDir,
 @app.command()
 def deploy(file: Path = typer.Option(..., "-f", "--file", help="The spec file."),
            wait: bool = typer.Option(False, "--wait", help="Follow the rollout; exit 0 only if the release serves."),
+           allow_unsafe: str | None = typer.Option(None, "--allow-unsafe", help="Apply migrations the Database "
+                                                   "test calls unsafe; the reason goes to the audit log."),
            state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
     """Roll out the release described by a spec file (builds its image if needed)."""
     from shipyard.spec import load_spec
     load_spec(file)   # fail fast, with file:line, before talking to the daemon
+    if allow_unsafe is not None and not allow_unsafe.strip():
+        raise SpecError("--allow-unsafe needs a reason", 'e.g. --allow-unsafe "orders is empty, the lock is brief"')
     client = _client(state_dir)
-    r = client.post("/v1/deploy", {"spec_path": str(file.resolve())})["rollout"]
+    body = {"spec_path": str(file.resolve())} | ({"allow_unsafe": allow_unsafe.strip()} if allow_unsafe else {})
+    r = client.post("/v1/deploy", body)["rollout"]
     if not wait:
         _print_json(r) if as_json else out.print(f"rollout [bold]{r['id']}[/] started (phase {r['phase']})")
         return

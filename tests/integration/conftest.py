@@ -58,9 +58,12 @@ def listen() -> str:
 def make_spec(state_dir: Path, listen: str) -> SpecMaker:
     """make_spec("v2", name="v2-manual", **{"strategy.blue_green.auto_promote": False})"""
     def make(version: str, name: str | None = None, **changes: Any) -> Path:
-        doc: dict[str, Any] = yaml.safe_load((EXAMPLE / f"{version}.yaml").read_text())
+        source = EXAMPLE / f"{version}.yaml"
+        doc: dict[str, Any] = yaml.safe_load(source.read_text())
         doc["listen"] = listen
-        doc["build"]["context"] = str((EXAMPLE / doc["build"]["context"]).resolve())
+        doc["build"]["context"] = str((source.parent / doc["build"]["context"]).resolve())
+        if doc.get("database", {}).get("migrations"):
+            doc["database"]["migrations"] = str((source.parent / doc["database"]["migrations"]).resolve())
         doc["health"]["interval"] = "100ms"
         for dotted, value in changes.items():
             node = doc
@@ -71,7 +74,7 @@ def make_spec(state_dir: Path, listen: str) -> SpecMaker:
                 node.pop(leaf, None)
             else:
                 node[leaf] = value
-        path = state_dir / "specs" / f"{name or version}.yaml"
+        path = state_dir / "specs" / f"{name or version.replace('/', '-')}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path

@@ -16,6 +16,9 @@ from shipyard.rollout.model import (
     BuildImage,
     Built,
     KeepWarm,
+    Migrated,
+    MigrateDatabase,
+    MigrationFailed,
     Observation,
     Phase,
     PreviewFailed,
@@ -39,6 +42,9 @@ def entry_actions(r: Rollout) -> list[Action]:
     match r.phase:
         case Phase.BUILDING:
             return [BuildImage()]
+        case Phase.MIGRATING:
+            assert r.image_id is not None
+            return [MigrateDatabase(r.image_id)]
         case Phase.STARTING:
             assert r.image_id is not None
             return [StartSlot(r.target_slot, r.image_id)]
@@ -67,8 +73,12 @@ def step(r: Rollout, obs: Observation, now: float) -> tuple[Rollout, list[Action
                 done = replace(r, image_id=image).enter(Phase.SUCCEEDED, now,
                                                         f"image {image[:12]} is already serving; nothing to do")
                 return done, []
-            return _go(replace(r, image_id=image), Phase.STARTING, now)
+            return _go(replace(r, image_id=image), Phase.MIGRATING if r.migrate else Phase.STARTING, now)
         case Phase.BUILDING, BuildFailed(reason=reason):
+            return r.enter(Phase.FAILED, now, reason), []
+        case Phase.MIGRATING, Migrated():
+            return _go(r, Phase.STARTING, now)
+        case Phase.MIGRATING, MigrationFailed(reason=reason):
             return r.enter(Phase.FAILED, now, reason), []
 
         case Phase.STARTING, SlotHealthy(slot=slot) if slot == r.target_slot:
@@ -105,5 +115,5 @@ def _go(r: Rollout, phase: Phase, now: float) -> tuple[Rollout, list[Action]]:
 def _fail(r: Rollout, phase: Phase, reason: str, now: float) -> tuple[Rollout, list[Action]]:
     """End without moving traffic. The new slot is torn down only if this rollout
     started it (a switch back to a warm slot never started anything)."""
-    started = r.owns_target and r.phase is not Phase.BUILDING
+    started = r.owns_target and r.phase not in (Phase.BUILDING, Phase.MIGRATING)
     return r.enter(phase, now, reason), ([TearDown(r.target_slot)] if started else [])

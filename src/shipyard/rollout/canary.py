@@ -17,6 +17,9 @@ from shipyard.rollout.model import (
     BuildImage,
     Built,
     FullPromoteRequested,
+    Migrated,
+    MigrateDatabase,
+    MigrationFailed,
     Observation,
     PauseRequested,
     Phase,
@@ -60,6 +63,9 @@ def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
     match r.phase:
         case Phase.BUILDING:
             return [BuildImage()]
+        case Phase.MIGRATING:
+            assert r.image_id is not None
+            return [MigrateDatabase(r.image_id)]
         case Phase.STARTING:
             assert r.image_id is not None
             return [StartSlot(r.target_slot, r.image_id, first_instances(spec))]
@@ -99,8 +105,12 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
             if image == live:
                 return replace(r, image_id=image).enter(
                     Phase.SUCCEEDED, now, f"image {image[:12]} is already serving; nothing to do"), []
-            return _go(replace(r, image_id=image).enter(Phase.STARTING, now), spec)
+            return _go(replace(r, image_id=image).enter(Phase.MIGRATING if r.migrate else Phase.STARTING, now), spec)
         case Phase.BUILDING, BuildFailed(reason=reason):
+            return r.enter(Phase.FAILED, now, reason), []
+        case Phase.MIGRATING, Migrated():
+            return _go(r.enter(Phase.STARTING, now), spec)
+        case Phase.MIGRATING, MigrationFailed(reason=reason):
             return r.enter(Phase.FAILED, now, reason), []
 
         case Phase.STARTING, SlotHealthy(slot=slot) if slot == r.target_slot:
@@ -171,6 +181,6 @@ def _hold(r: Rollout, hold: str, reason: str, resume_at: float | None, now: floa
 
 def _end(r: Rollout, phase: Phase, reason: str, now: float) -> tuple[Rollout, list[Action]]:
     """Every user back on stable in one swap (the teardown's table push), then the canary stops."""
-    started = r.phase is not Phase.BUILDING
+    started = r.phase not in (Phase.BUILDING, Phase.MIGRATING)
     ended = replace(r.enter(phase, now, reason), weight=0.0, hold="", paused_reason="", resume_at=None)
     return ended, ([TearDown(r.target_slot)] if started else [])

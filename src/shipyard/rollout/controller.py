@@ -14,6 +14,7 @@ from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.driver import RolloutDriver
 from shipyard.rollout.metrics_feed import MetricsFeed
+from shipyard.rollout.migrating import DatabaseGate
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -40,7 +41,8 @@ class Controller:
         self.ops = SlotOps(deps)
         self.supervisor = Supervisor(deps, self.ops)
         self.feed = MetricsFeed(deps)
-        self.driver = RolloutDriver(deps, self.ops, self.feed)
+        self.gate = DatabaseGate(deps, self.ops)
+        self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 
@@ -99,12 +101,14 @@ class Controller:
 
     # -- commands from the API ---------------------------------------------------------
 
-    async def deploy(self, spec_path: str, image_id: str | None = None) -> Rollout:
+    async def deploy(self, spec_path: str, image_id: str | None = None, allow_unsafe: str = "") -> Rollout:
         spec = load_spec(spec_path)
-        return await self._begin_deploy(spec, str(Path(spec_path).resolve()), image_id)
+        if allow_unsafe and spec.database is None:
+            raise ConflictError("--allow-unsafe applies to database migrations, and this spec has no database")
+        return await self._begin_deploy(spec, str(Path(spec_path).resolve()), image_id, allow_unsafe=allow_unsafe)
 
     async def _begin_deploy(self, spec: Spec, spec_path: str, image_id: str | None,
-                            kind: Kind = Kind.DEPLOY) -> Rollout:
+                            kind: Kind = Kind.DEPLOY, allow_unsafe: str = "") -> Rollout:
         self._refuse_if_busy(spec.service)
         svc = self.d.store.get_service(spec.service)
         if svc is None:
@@ -121,15 +125,20 @@ class Controller:
         now = self.d.clock()
         live = svc.active_slot
         bg = spec.strategy.blue_green
+        migrate = spec.database is not None and kind is Kind.DEPLOY    # going back never migrates
+        first = Phase.BUILDING if image_id is None else Phase.MIGRATING if migrate else Phase.STARTING
         r = Rollout(
             id=f"{spec.service}-{self.d.store.next_rollout_seq(spec.service)}", service=spec.service, kind=kind,
-            phase=Phase.BUILDING if image_id is None else Phase.STARTING, target_slot=other_slot(live),
+            phase=first, target_slot=other_slot(live), migrate=migrate, allow_unsafe=allow_unsafe,
             previous_slot=live, image_id=image_id, previous_image_id=svc.live.image_id if svc.live else None,
             auto_promote=True if kind is Kind.ROLLBACK or bg is None else bg.auto_promote,
             created_at=now, updated_at=now, phase_started_at=now,
             # going back is never walked step by step: a rollback is a blue-green switch
             strategy="blue_green" if kind is Kind.ROLLBACK else spec.strategy.kind)
         self.d.store.put_rollout(r, spec.to_json_dict())
+        if allow_unsafe:
+            self.ops.event(spec.service, "audit.allow_unsafe", f"{r.id} may apply unsafe migrations: {allow_unsafe}",
+                           r.id, reason=allow_unsafe)
         self.ops.event(spec.service, "rollout.created",
                        f"{kind} {r.id}: new release goes to slot {r.target_slot}"
                        + (f" (slot {live} keeps serving until the switch)" if live else ""), r.id)
@@ -187,7 +196,8 @@ class Controller:
         doc = self.d.store.rollout_spec(last.id)
         if doc is None:
             raise ConflictError(f"the spec of rollout {last.id} was not recorded", "deploy the spec file again")
-        return await self._begin_deploy(spec_from_doc(doc, svc.spec_path), svc.spec_path, last.image_id)
+        return await self._begin_deploy(spec_from_doc(doc, svc.spec_path), svc.spec_path, last.image_id,
+                                        allow_unsafe=last.allow_unsafe)
 
     def _active_canary(self, service: str, verb: str) -> Rollout:
         r = self._active(service)

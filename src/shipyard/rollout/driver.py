@@ -13,6 +13,7 @@ from shipyard.errors import ShipyardError
 from shipyard.rollout import machines
 from shipyard.rollout.judging import CanaryJudge
 from shipyard.rollout.metrics_feed import MetricsFeed
+from shipyard.rollout.migrating import DatabaseGate
 from shipyard.rollout.model import (
     AbortRequested,
     Action,
@@ -20,6 +21,7 @@ from shipyard.rollout.model import (
     BuildImage,
     Built,
     KeepWarm,
+    MigrateDatabase,
     Observation,
     PreviewFailed,
     PreviewPassed,
@@ -49,10 +51,11 @@ SIDE_EFFECTS = (KeepWarm, TearDown)
 
 
 class RolloutDriver:
-    def __init__(self, deps: Deps, ops: SlotOps, feed: MetricsFeed) -> None:
+    def __init__(self, deps: Deps, ops: SlotOps, feed: MetricsFeed, gate: DatabaseGate) -> None:
         self.d = deps
         self.ops = ops
         self.feed = feed
+        self.gate = gate
 
     async def run(self, r: Rollout, spec: Spec, queue: asyncio.Queue[Observation]) -> None:
         actions: list[Action] = machines.entry_actions(r, spec)
@@ -129,6 +132,8 @@ class RolloutDriver:
                 return await judge.step(until)
             case BuildImage():
                 return await self._build(r, spec)
+            case MigrateDatabase(image_id=image_id):
+                return await self.gate.migrate(r, spec, image_id)
             case StartSlot(slot=slot, image_id=image_id, instances=count):
                 why = await self.ops.start_slot(spec, slot, image_id, r.id, count)
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)

@@ -12,6 +12,7 @@ from typing import Any
 
 class Phase(StrEnum):
     BUILDING = "building"
+    MIGRATING = "migrating"            # database: lint, rehearsal on a scratch copy, expand migrations
     STARTING = "starting"              # new slot's instances starting, waiting to be healthy
     PREVIEWING = "previewing"          # preview checks through the preview route
     AWAITING_PROMOTION = "awaiting_promotion"
@@ -69,6 +70,8 @@ class Rollout:
     hold: str = ""                     # canary, while paused: "timer" | "promote" | "user" | "inconclusive"
     paused_reason: str = ""            # canary: why it holds, in words
     resume_at: float | None = None     # canary: end of a timed pause or of an analysis step
+    migrate: bool = False              # the spec has a database: expand migrations run before traffic moves
+    allow_unsafe: str = ""             # why unsafe migrations may run anyway (`deploy --allow-unsafe`), audited
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +104,16 @@ class Built:
 
 @dataclass(frozen=True)
 class BuildFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migrated:
+    summary: str
+
+
+@dataclass(frozen=True)
+class MigrationFailed:
     reason: str
 
 
@@ -178,7 +191,7 @@ class FullPromoteRequested:
     pass
 
 
-Observation = (Built | BuildFailed | SlotHealthy | SlotFailed | PreviewPassed | PreviewFailed
+Observation = (Built | BuildFailed | Migrated | MigrationFailed | SlotHealthy | SlotFailed | PreviewPassed | PreviewFailed
                | PromoteRequested | AbortRequested | Switched | SwitchFailed | WeightSet | Tick
                | AnalysisVerdict | PauseRequested | ResumeRequested | FullPromoteRequested)
 
@@ -188,6 +201,12 @@ Observation = (Built | BuildFailed | SlotHealthy | SlotFailed | PreviewPassed | 
 @dataclass(frozen=True)
 class BuildImage:
     pass
+
+
+@dataclass(frozen=True)
+class MigrateDatabase:
+    """Lint and rehearse the pending migrations, then apply the expand ones (contract ones wait)."""
+    image_id: str
 
 
 @dataclass(frozen=True)
@@ -239,5 +258,5 @@ class RunAnalysis:
     until: float
 
 
-Action = (BuildImage | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown | SetCanaryWeight
+Action = (BuildImage | MigrateDatabase | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown | SetCanaryWeight
           | WaitUntil | RunAnalysis)

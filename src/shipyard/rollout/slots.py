@@ -94,6 +94,8 @@ class SlotOps:
                 f"secret {', '.join(missing)} for service {spec.service} is not set in the daemon's environment",
                 "export it in the environment of `shipyard serve` (e.g. an EnvironmentFile in its systemd unit)")
         env.update({k: self.d.env[k] for k in spec.run.secret_env})
+        if spec.database is not None:          # the release finds its database here (unless set explicitly)
+            env.setdefault(spec.database.url_env, spec.database.url)
         iid = f"{spec.service}-{slot}-{secrets.token_hex(3)}"
         return LaunchSpec(instance_id=iid, service=spec.service, slot=slot, image_id=image_id, tree=tree,
                           command=list(image.command), env=env, instance_dir=self.d.paths.instance_dir(iid))

@@ -95,8 +95,26 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
         path = data.get("spec_path")
         if not isinstance(path, str) or not path:
             raise SpecError("deploy needs spec_path: the absolute path of the spec file")
-        r = await controller.deploy(path, image_id=data.get("image"))
+        allow_unsafe = data.get("allow_unsafe") or ""
+        if not isinstance(allow_unsafe, str):
+            raise SpecError("allow_unsafe must be a string: the reason, for the audit log")
+        r = await controller.deploy(path, image_id=data.get("image"), allow_unsafe=allow_unsafe.strip())
         return JSONResponse({"rollout": r.to_dict()}, status_code=202)
+
+    @route("/v1/db/check", ["POST"])
+    async def db_check(request: Request) -> Any:
+        data = await body(request)
+        path = data.get("spec_path")
+        if not isinstance(path, str) or not path:
+            raise SpecError("db check needs spec_path: the absolute path of the spec file")
+        return await controller.gate.check(path, contract=bool(data.get("contract", False)))
+
+    @route("/v1/services/{name}/db/contract", ["POST"])
+    async def db_contract(request: Request) -> Any:
+        reason = (await body(request)).get("allow_unsafe") or ""
+        if not isinstance(reason, str):
+            raise SpecError("allow_unsafe must be a string: the reason, for the audit log")
+        return await controller.gate.contract(request.path_params["name"], reason.strip())
 
     @route("/v1/services/{name}/promote", ["POST"])
     async def promote(request: Request) -> Any:
@@ -172,7 +190,7 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
             on_shutdown()
         return {"ok": True}
 
-    return Starlette(routes=[ping, services, service, remove, history, deploy, promote, pause, resume, abort,
+    return Starlette(routes=[ping, services, service, remove, history, deploy, db_check, db_contract, promote, pause, resume, abort,
                              retry, rollback, rollout, events, logs, images, shutdown])
 
 

@@ -1,0 +1,241 @@
+"""`shipyard db ...`: the Database test from the command line. `lint` and `status` need no
+daemon (they read the migrations and, when it is reachable, the database); `check` and
+`contract` go through the daemon, which knows the live release and runs instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shipyard.errors import ShipyardError, SpecError
+from shipyard.paths import ENV_HOME, StatePaths
+
+db_app = typer.Typer(no_args_is_help=True, help="The Database test: lint, rehearse and apply migrations safely.")
+out = Console()
+err = Console(stderr=True)
+
+StateDir = typer.Option(None, "--state-dir", envvar=ENV_HOME, help="State directory (default ~/.local/state/shipyard).")
+JsonOut = typer.Option(False, "--json", help="Print JSON instead of a table.")
+DEFAULT_PG = 15
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _is_spec(path: Path) -> bool:
+    return path.is_file() and path.suffix in (".yaml", ".yml")
+
+
+def _scripts_of(path: Path) -> list[Any]:
+    from shipyard.database.sources import from_directory
+    from shipyard.database.statements import parse_script
+    if path.is_dir():
+        return [m.script for m in from_directory(path)]
+    if not path.is_file():
+        raise SpecError(f"{path} does not exist", "give a spec file, a migrations directory or a .sql file")
+    return [parse_script(path.read_text(encoding="utf-8"), str(path))]
+
+
+def print_findings(findings: list[Any]) -> None:
+    """One block per finding: where, rule, lock and effect, what is wrong, the safe rewrite."""
+    for f in findings:
+        sev = "[red]error[/]" if f.blocking else ("[dim]ignored[/]" if f.ignored else "[yellow]warning[/]")
+        effect = {"rewrite": ", rewrites the table", "scan": ", scans the table"}.get(f.effect, "")
+        lock = f" ({f.lock}{effect})" if f.lock else ""
+        old = "  [red]breaks the running release[/]" if f.breaks_old_release else ""
+        out.print(f"{f.location}  {sev}  [bold]{f.rule}[/]{lock}{old}", highlight=False)
+        out.print(f"  [dim]{f.statement}[/]", highlight=False)
+        out.print(f"  {f.message}", highlight=False)
+        if f.ignored:
+            out.print(f"  [dim]ignored: {f.ignored}[/]", highlight=False)
+        out.print("  [green]safe rewrite:[/]", highlight=False)
+        for line in f.fix.splitlines():
+            out.print(f"    {line}", highlight=False, soft_wrap=True)
+        out.print()
+
+
+@db_app.command("lint")
+def lint(path: Path = typer.Argument(None, help="A spec file (its database section), a migrations dir or a .sql file."),
+         pg_version: int | None = typer.Option(None, "--pg-version", help="PostgreSQL major version the rules assume "
+                                               "(default: the live server's, else 15)."),
+         assume_lock_timeout: bool = typer.Option(False, "--assume-lock-timeout",
+                                                  help="The runner sets lock_timeout (implied for a spec file)."),
+         all_migrations: bool = typer.Option(False, "--all", help="Spec file: lint every migration, not only pending."),
+         rules: bool = typer.Option(False, "--rules", help="List the rules and exit."),
+         as_json: bool = JsonOut) -> None:
+    """Static safety rules on PostgreSQL's grammar; exit 1 if a finding would stop a deploy."""
+    from shipyard.database.lint import RULES, lint_scripts
+    if rules:
+        if as_json:
+            _print_json([{"id": r.id, "summary": r.summary, "lock": r.lock, "effect": r.effect,
+                          "breaks_old_release": r.breaks_old_release, "severity": r.severity}
+                         for r in RULES.values()])
+        else:
+            for r in RULES.values():
+                out.print(f"[bold]{r.id}[/] ({r.severity}): {r.summary}", highlight=False)
+        return
+    if path is None:
+        raise SpecError("no file given", "shipyard db lint FILE|DIR (a spec file, a migrations dir or a .sql file)")
+    note = ""
+    if _is_spec(path):
+        scripts, version, note = asyncio.run(_spec_scripts(path, all_migrations))
+        assume_lock_timeout = True
+    else:
+        scripts, version = _scripts_of(path), None
+    version = pg_version or version or DEFAULT_PG
+    if not (pg_version or _is_spec(path)) or (not pg_version and "unreachable" in note):
+        note = (note + "; " if note else "") + f"assuming PostgreSQL {version} (--pg-version to change)"
+    findings = lint_scripts(scripts, version, assume_lock_timeout=assume_lock_timeout)
+    blocking = [f for f in findings if f.blocking]
+    if as_json:
+        _print_json({"pg_version": version, "scripts": len(scripts), "findings": [f.to_dict() for f in findings],
+                     "blocking": len(blocking), "note": note})
+    else:
+        if note:
+            err.print(f"[dim]{note}[/]", highlight=False)
+        print_findings(findings)
+        out.print(f"{len(scripts)} migration(s), {len(findings)} finding(s), "
+                  + (f"[red]{len(blocking)} unsafe[/]" if blocking else "[green]none unsafe[/]"), highlight=False)
+    if blocking:
+        raise typer.Exit(1)
+
+
+async def _spec_scripts(path: Path, all_migrations: bool) -> tuple[list[Any], int | None, str]:
+    """The pending migrations when the database answers (and its version); else all of them."""
+    from shipyard.database.connect import DatabaseUnavailable, connect, major_of, server_version
+    from shipyard.database.plan import load_source, plan_migrations
+    from shipyard.spec import load_spec
+    spec = load_spec(path)
+    if spec.database is None:
+        raise SpecError(f"{path} has no database section", "add database: {url, migrations}, or lint a directory")
+    migrations = load_source(spec.database, spec.resolve_path)
+    try:
+        conn = await connect(spec.database.url)
+    except DatabaseUnavailable as e:
+        return [m.script for m in migrations], None, f"database unreachable ({e.message}): linting every migration"
+    try:
+        if all_migrations:
+            return [m.script for m in migrations], major_of(await server_version(conn)), ""
+        plan = await plan_migrations(conn, migrations)
+        return [m.script for m in plan.pending], major_of(plan.pg_version), \
+            f"{len(plan.pending)} pending of {len(migrations)} (--all for every one)"
+    finally:
+        await conn.close()
+
+
+@db_app.command("status")
+def status(file: Path = typer.Argument(..., help="The spec file."), as_json: bool = JsonOut) -> None:
+    """Applied, pending (expand now / held back as contract) and unsafe migrations of a spec's database."""
+    from shipyard.database.connect import connect
+    from shipyard.database.plan import load_source, plan_migrations
+    from shipyard.spec import load_spec
+    spec = load_spec(file)
+    if spec.database is None:
+        raise SpecError(f"{file} has no database section")
+    db = spec.database
+
+    async def run() -> Any:
+        conn = await connect(db.url)
+        try:
+            return await plan_migrations(conn, load_source(db, spec.resolve_path))
+        finally:
+            await conn.close()
+
+    plan = asyncio.run(run())
+    if as_json:
+        _print_json(plan.to_dict())
+        return
+    t = Table("VERSION", "NAME", "STATE", "PHASE", "APPLIED")
+    for m in plan.migrations:
+        row = plan.applied.get(m.version)
+        state = ("applied" if row and row.complete else f"partial {row.statements_applied}/{row.statements_total}"
+                 if row else "pending")
+        if m in plan.held:
+            state = "held (contract)"
+        elif m in plan.expand:
+            state = "pending (expand)"
+        t.add_row(m.version, m.name, state, plan.phases[m.version], row.applied_at.strftime("%Y-%m-%d %H:%M")
+                  if row else "-")
+    out.print(t)
+    if plan.changed:
+        err.print(f"[red]changed after being applied:[/] {', '.join(plan.changed)}")
+
+
+@db_app.command("check")
+def check(file: Path = typer.Argument(..., help="The spec file."),
+          contract: bool = typer.Option(False, "--contract", help="Rehearse the held-back contract migrations."),
+          state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Rehearse the pending migrations on a scratch copy of the database (locks, rewrites,
+    stalls), then run the live and the new release on it; exit 1 if anything fails."""
+    from shipyard.client import ApiClient
+    from shipyard.spec import load_spec
+    load_spec(file)
+    client = ApiClient(StatePaths.resolve(state_dir), timeout=1800)
+    err.print("[dim]rehearsing on a scratch copy (this starts the releases)...[/]")
+    doc = client.post("/v1/db/check", {"spec_path": str(file.resolve()), "contract": contract})
+    if as_json:
+        _print_json(doc)
+    else:
+        print_check(doc)
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+def print_check(doc: dict[str, Any]) -> None:
+    plan = doc["plan"]
+    out.print(f"[bold]{doc['service']}[/] image {doc['image'][:12]}: {len(plan['pending'])} pending, "
+              f"expand {plan['expand'] or '-'}, held {plan['held'] or '-'}", highlight=False)
+    for f in doc.get("blocking", []):
+        out.print(f"[red]unsafe[/] {f['source']}:{f['line']} {f['rule']}: {f['message']} (fix: {f['fix']})",
+                  highlight=False)
+    reh = doc.get("rehearsal")
+    if reh is None:
+        out.print("nothing to rehearse")
+    else:
+        t = Table("STATEMENT", "TIME", "LOCKS", "WAITED", "REWROTE")
+        for s in reh["check"]["statements"]:
+            locks = ", ".join(f"{tbl}: {mode}" for tbl, mode in _locks(s))
+            t.add_row(f"{Path(s['source']).name}:{s['line']} {s['statement'][:60]}", f"{s['duration']:.3f}s",
+                      locks or "-", f"{s.get('lock_wait', 0.0):.3f}s", ", ".join(s.get("rewritten") or []) or "-")
+        out.print(t)
+        for p in reh["check"].get("probes", []):
+            out.print(f"  probe {p['table']} {p['kind']}: longest stall {p['longest_stall']:.3f}s, "
+                      f"{p['count']} queries", highlight=False)
+        for r in (reh.get("compat") or {}).get("results", []):
+            mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
+            out.print(f"  {r['role']} release {r['image_id'][:12]}: {mark} {r['detail']}", highlight=False)
+    out.print("[green]database check passed[/]" if doc["ok"] else
+              "[red]database check failed[/]: " + "; ".join((reh or {}).get("reasons", []) or ["see above"]),
+              highlight=False)
+
+
+def _locks(s: dict[str, Any]) -> list[tuple[str, str]]:
+    locks = s.get("locks") or {}
+    return sorted(locks.items()) if isinstance(locks, dict) else [(x["table"], x["mode"]) for x in locks]
+
+
+@db_app.command("contract")
+def contract(service: str, allow_unsafe: str | None = typer.Option(None, "--allow-unsafe", help="Apply unsafe "
+             "contract migrations anyway; the reason goes to the audit log."),
+             state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+    """Apply the held-back contract migrations, once no instance of an older release runs
+    and the rollback window is closed."""
+    from shipyard.client import ApiClient
+    client = ApiClient(StatePaths.resolve(state_dir), timeout=1800)
+    if allow_unsafe is not None and not allow_unsafe.strip():
+        raise ShipyardError("--allow-unsafe needs a reason", 'e.g. --allow-unsafe "table is empty in production"')
+    doc = client.post(f"/v1/services/{service}/db/contract", {"allow_unsafe": allow_unsafe or ""})
+    if as_json:
+        _print_json(doc)
+    elif doc["applied"]:
+        out.print(f"contract: applied {', '.join(doc['applied'])}")
+    else:
+        out.print(doc.get("message", "nothing to apply"))

@@ -1,0 +1,180 @@
+"""The Database test in real deploys of examples/shop: expand migrations before the new
+release takes traffic, contract held back until the old release is gone, the
+compatibility gate catching a rename the old release cannot survive, unsafe migrations
+stopped before anything changes, and failures that leave traffic untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shipyard.client import AsyncApiClient
+from shipyard.demo import example_dir
+from shipyard.errors import ConflictError
+from shipyard.loadgen import Traffic
+from support import SpecMaker
+from support.pg import query, throwaway_db
+
+MIGRATIONS = example_dir() / "migrations"
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[str]:
+    async with throwaway_db("sydeploy") as url:
+        yield url
+
+
+async def deploy(api: AsyncApiClient, spec: Path, allow_unsafe: str = "", timeout: float = 120) -> dict[str, Any]:
+    body = {"spec_path": str(spec)} | ({"allow_unsafe": allow_unsafe} if allow_unsafe else {})
+    r = (await api.post("/v1/deploy", body))["rollout"]
+    return await api.wait_rollout(r["id"], timeout)
+
+
+async def events(api: AsyncApiClient, rollout_id: str) -> list[dict[str, Any]]:
+    return (await api.get(f"/v1/rollouts/{rollout_id}"))["events"]
+
+
+async def ledger(url: str) -> dict[str, str]:
+    return dict(await query(url, "SELECT version, status FROM shipyard_migrations ORDER BY version"))
+
+
+async def columns(url: str, table: str) -> list[str]:
+    rows = await query(url, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                            "AND NOT attisdropped ORDER BY attnum", table)
+    return [r[0] for r in rows]
+
+
+def migrations_with(tmp: Path, upto: int, extra: dict[str, str]) -> Path:
+    """The shop's migrations up to `upto`, plus `extra` files: a migrations dir of this test."""
+    d = tmp / "migrations"
+    d.mkdir()
+    for f in sorted(MIGRATIONS.glob("*.sql")):
+        if int(f.name.split("_")[0]) <= upto:
+            shutil.copy(f, d / f.name)
+    for name, text in extra.items():
+        (d / name).write_text(text)
+    return d
+
+
+async def test_expand_before_traffic_contract_after_the_old_release_is_gone(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str) -> None:
+    v1 = await deploy(api, make_spec("database/v1", **{"database.url": db}))
+    assert v1["phase"] == "succeeded", v1
+    assert await ledger(db) == {"0001": "applied", "0002": "applied"}
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert (await http.get("/products/1")).json()["code"] == "DC-001"      # v1 reads legacy_code
+
+    spec2 = make_spec("database/v2", **{"database.url": db, "strategy.blue_green.scale_down_delay": "3s"})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        v2 = await deploy(api, spec2)
+        assert v2["phase"] == "succeeded", v2
+    assert traffic.failures() == [] and len(traffic.samples) > 50
+    assert await ledger(db) == {"0001": "applied", "0002": "applied", "0003": "applied", "0004": "applied"}
+    assert "legacy_code" in await columns(db, "products")                     # 0005 is held back
+
+    evs = await events(api, v2["id"])
+    kinds = [e["kind"] for e in evs]
+    applied = kinds.index("database.applied")
+    started = next(i for i, e in enumerate(evs) if e["kind"] == "instance.started")
+    assert applied < started, kinds            # expand ran before any instance of v2 existed
+    plan = next(e for e in evs if e["kind"] == "database.plan")
+    assert "held back (contract): 0005_drop_products_legacy_code" in plan["message"]
+    assert "database.checked" in kinds         # rehearsed on a scratch copy first
+
+    with pytest.raises(ConflictError, match="rollback window of shop is open"):
+        await api.post("/v1/services/shop/db/contract")
+    assert "legacy_code" in await columns(db, "products")
+
+    deadline = time.monotonic() + 30
+    while True:                                  # the warm v1 slot retires after scale_down_delay
+        status = await api.get("/v1/services/shop")
+        if all(s["state"] != "warm" for s in status["slots"].values()):
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.3)
+    result = await api.post("/v1/services/shop/db/contract")
+    assert result["applied"] == ["0005"], result
+    assert "legacy_code" not in await columns(db, "products")
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert (await http.get("/products")).status_code == 200
+        r = await http.post("/orders", json={"product": 2, "quantity": 1, "note": "gift"})
+        assert r.status_code == 201, r.text
+    assert await query(db, "SELECT note FROM orders") == [("gift",)]
+    assert (await ledger(db))["0005"] == "applied"
+
+
+async def test_compatibility_gate_stops_a_rename_the_live_release_cannot_survive(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    migrations = migrations_with(tmp_path, 2, {"0003_rename_name.sql": (
+        "-- shipyard:ignore rename-column we believe v1 does not read products.name\n"
+        "ALTER TABLE products RENAME COLUMN name TO title;\n")})
+    spec = make_spec("database/v2", "v2-title", **{
+        "database.url": db, "database.migrations": str(migrations), "database.target": None,
+        "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        t0 = time.monotonic()
+        r = await deploy(api, spec)
+        await asyncio.sleep(0.2)
+    assert r["phase"] == "failed", r
+    assert "live release" in r["reason"] and "/products" in r["reason"] and "500" in r["reason"], r["reason"]
+    assert set(traffic.versions(since=t0)) == {"1"} and traffic.failures() == []
+    assert "name" in await columns(db, "products")                 # the real database was not touched
+    assert "0003" not in await ledger(db)
+    assert [row[0] for row in await query(
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'shipyard_check_%'")] == []
+    status = await api.get("/v1/services/shop")
+    assert status["live_slot"] == "blue" and status["slots"]["green"]["instances"] == []
+
+
+async def test_unsafe_migration_stops_the_deploy_unless_allowed_with_a_reason(
+        api: AsyncApiClient, make_spec: SpecMaker, db: str, tmp_path: Path) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    migrations = migrations_with(tmp_path, 2, {"0003_total_index.sql": "CREATE INDEX orders_total ON orders (total);\n"})
+    spec = make_spec("database/v2", "v2-index", **{"database.url": db, "database.migrations": str(migrations),
+                                                   "database.target": None})
+    r = await deploy(api, spec)
+    assert r["phase"] == "failed" and "create-index-non-concurrent" in r["reason"], r
+    assert "--allow-unsafe" in r["reason"]
+    assert await query(db, "SELECT to_regclass('orders_total')") == [(None,)]
+    assert (await api.get("/v1/services/shop"))["slots"]["green"]["instances"] == []
+
+    r = await deploy(api, spec, allow_unsafe="orders holds 12 rows; the lock lasts milliseconds")
+    assert r["phase"] == "succeeded", r
+    assert await query(db, "SELECT to_regclass('orders_total')::text") == [("orders_total",)]
+    audit = [e for e in await events(api, r["id"]) if e["kind"] == "audit.allow_unsafe"]
+    assert audit and "orders holds 12 rows" in audit[0]["message"]
+
+
+async def test_half_failed_migration_stops_the_deploy_and_records_what_was_applied(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    migrations = migrations_with(tmp_path, 2, {"0003_two_steps.sql": (
+        "-- shipyard:no-transaction\nCREATE TABLE coupons (code text PRIMARY KEY);\n"
+        "INSERT INTO coupon_codes SELECT 1;\n")})
+    spec = make_spec("database/v2", "v2-half", **{"database.url": db, "database.migrations": str(migrations),
+                                                  "database.target": None, "database.check.enabled": False})
+    r = await deploy(api, spec)
+    assert r["phase"] == "failed" and "coupon_codes" in r["reason"], r
+    assert "1 of its statements are applied and recorded" in r["reason"]
+    rows = await query(db, "SELECT status, statements_applied FROM shipyard_migrations WHERE version = '0003'")
+    assert rows == [("partial", 1)]
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert (await http.get("/")).headers["x-shop-version"] == "1"
+
+
+async def test_unreachable_database_changes_nothing(api: AsyncApiClient, make_spec: SpecMaker) -> None:
+    spec = make_spec("database/v1", **{"database.url": "postgresql://postgres@127.0.0.1:1/shop"})
+    r = await deploy(api, spec)
+    assert r["phase"] == "failed", r
+    assert "cannot connect to postgresql://postgres@127.0.0.1:1/shop" in r["reason"], r["reason"]
+    status = await api.get("/v1/services/shop")
+    assert all(s["instances"] == [] for s in status["slots"].values())

@@ -191,8 +191,9 @@ def check(file: Path = typer.Argument(..., help="The spec file."),
 
 def print_check(doc: dict[str, Any]) -> None:
     plan = doc["plan"]
-    out.print(f"[bold]{doc['service']}[/] image {doc['image'][:12]}: {len(plan['pending'])} pending, "
-              f"expand {plan['expand'] or '-'}, held {plan['held'] or '-'}", highlight=False)
+    out.print(f"[bold]{doc['service']}[/] image {doc['image'][:12]}: {len(plan['pending'])} pending; "
+              f"expand now: {', '.join(plan['expand']) or '-'}; held back (contract): {', '.join(plan['held']) or '-'}"
+              + (" [dim](rehearsing the contract ones)[/]" if doc.get("contract") else ""), highlight=False)
     for f in doc.get("blocking", []):
         out.print(f"[red]unsafe[/] {f['source']}:{f['line']} {f['rule']}: {f['message']} (fix: {f['fix']})",
                   highlight=False)
@@ -218,8 +219,9 @@ def print_check(doc: dict[str, Any]) -> None:
 
 
 def _locks(s: dict[str, Any]) -> list[tuple[str, str]]:
-    locks = s.get("locks") or {}
-    return sorted(locks.items()) if isinstance(locks, dict) else [(x["table"], x["mode"]) for x in locks]
+    """(table, strongest mode) per table the statement locked."""
+    return [(table, modes[0] if isinstance(modes, list) else str(modes))
+            for table, modes in sorted((s.get("locks") or {}).items()) if modes]
 
 
 @db_app.command("contract")

@@ -39,6 +39,18 @@ class Rehearsal:
                 "compat": self.compat.to_dict() if self.compat else None}
 
 
+def summary(check: CheckReport) -> str:
+    """One line a human reads in the rollout's events: did it pass, what did it rewrite, how long did queries wait."""
+    rewrote = sorted({t for s in check.statements for t in s.rewritten})
+    worst = max(check.probes, key=lambda p: p.longest_stall, default=None)
+    parts = [f"{len(check.statements)} statement(s) in {sum(s.duration for s in check.statements):.3f}s",
+             f"rewrote {', '.join(rewrote)}" if rewrote else "no table rewritten"]
+    if worst is not None:
+        parts.append(f"longest probe stall {worst.longest_stall * 1000:.0f} ms ({worst.table} {worst.kind}s)")
+    head = "rehearsal on the scratch copy: " + ", ".join(parts)
+    return head if check.ok else head + "; FAILED: " + "; ".join(check.reasons)
+
+
 async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[ReleaseUnderTest], *,
                    images: ImageStore, runtime: Runtime, workdir: Path, env_source: Mapping[str, str],
                    log: Callable[[str], None] = lambda _m: None) -> Rehearsal:
@@ -46,7 +58,7 @@ async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[Relea
     async with ScratchDatabase.copy_of(db.url, sample_rows=db.check.sample_rows) as scratch:
         log(f"scratch copy {scratch.name} ready (up to {db.check.sample_rows} rows per table)")
         check = await observe_apply(scratch.url, scripts, lock_timeout=db.lock_timeout, max_stall=max_stall)
-        log("migrations rehearsed: " + ("ok" if check.ok else "; ".join(check.reasons)))
+        log(summary(check))
         compat = None
         if releases and not check.failed_statement:
             compat = await compat_gate(releases, scratch.url, images=images, runtime=runtime, workdir=workdir,

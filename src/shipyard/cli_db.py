@@ -201,11 +201,11 @@ def print_check(doc: dict[str, Any]) -> None:
     if reh is None:
         out.print("nothing to rehearse")
     else:
-        t = Table("STATEMENT", "TIME", "LOCKS", "WAITED", "REWROTE")
+        t = Table("STATEMENT", "TIME", "LOCKS", "HELD", "WAITED", "REWROTE")
         for s in reh["check"]["statements"]:
             locks = ", ".join(f"{tbl}: {mode}" for tbl, mode in _locks(s))
             t.add_row(f"{Path(s['source']).name}:{s['line']} {s['statement'][:60]}", f"{s['duration']:.3f}s",
-                      locks or "-", f"{s.get('lock_wait', 0.0):.3f}s", ", ".join(s.get("rewritten") or []) or "-")
+                      locks or "-", f"{s.get('locks_held', 0.0):.3f}s", f"{s.get('lock_wait', 0.0):.3f}s", ", ".join(s.get("rewritten") or []) or "-")
         out.print(t)
         for p in reh["check"].get("probes", []):
             out.print(f"  probe {p['table']} {p['kind']}: longest stall {p['longest_stall']:.3f}s, "

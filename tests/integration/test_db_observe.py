@@ -50,6 +50,7 @@ async def test_sees_a_rewrite_under_access_exclusive(db_url: str) -> None:
     assert constant.rewritten == []                         # PostgreSQL >= 11: a constant default is metadata
     assert constant.locks["products"][0] == "ACCESS EXCLUSIVE"
     assert volatile.duration > 0 and volatile.in_transaction
+    assert volatile.locks_held >= volatile.duration          # held until its transaction committed
     assert {(p.table, p.kind) for p in report.probes} == {("products", "read"), ("products", "write")}
     assert all(p.count > 0 and p.errors == 0 for p in report.probes)
     assert report.ok, report.reasons

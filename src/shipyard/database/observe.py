@@ -61,6 +61,8 @@ class StatementObservation:
     """table -> lock modes it took or waited for, strongest first."""
     lock_wait: float = 0.0
     """Seconds it waited for a lock (sampled)."""
+    locks_held: float = 0.0
+    """Seconds from its start until its transaction ended and its locks were let go."""
     rewritten: list[str] = field(default_factory=list)
     error: str | None = None
     sqlstate: str | None = None
@@ -234,6 +236,8 @@ class _Observer:
                 table_modes.setdefault(table, set()).add(mode)
             run.obs.locks = {table: sorted(modes, key=locks.MODES.index, reverse=True)
                              for table, modes in sorted(table_modes.items())}
+            if run.tx_end is not None and run.obs.locks:
+                run.obs.locks_held = round(max(0.0, run.tx_end - run.start), 4)
 
     def culprits(self, table: str, kind: str, stall: Stall) -> list[_Run]:
         """The statements that held the probe up: those holding (or queueing for) a conflicting

@@ -20,6 +20,7 @@ from pathlib import Path
 from shipyard.errors import RuntimeFailure
 from shipyard.runtime.base import Instance, LaunchSpec
 from shipyard.runtime.ports import PortAllocator, default_allocator
+from shipyard.runtime.sandbox import Enforcement, choose_enforcement, sandbox_for
 
 # Taken from the daemon's environment; everything else an instance sees comes from its spec.
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -103,10 +104,14 @@ def _substitute(value: str, variables: dict[str, str]) -> str:
 
 
 class LocalRuntime:
-    """Runtime for OS processes; implements shipyard.runtime.base.Runtime."""
+    """Runtime for OS processes; implements shipyard.runtime.base.Runtime.
 
-    def __init__(self, ports: PortAllocator | None = None) -> None:
+    `enforcement` forces a mode (landlock, bubblewrap, verify-only); by default the probe picks
+    one (see runtime/sandbox.py), and a forced mode that does not work here raises at once."""
+
+    def __init__(self, ports: PortAllocator | None = None, enforcement: str | None = None) -> None:
         self._ports = ports or default_allocator
+        self._sandbox = sandbox_for(choose_enforcement(enforcement))
         # Processes this object spawned, so they can be reaped (no zombies) and their exit code read.
         self._children: dict[tuple[int, int], subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[tuple[int, int], int] = {}
@@ -134,10 +139,11 @@ class LocalRuntime:
         env = self._environment(launch, variables)
         argv[0] = _resolve_program(argv[0], tree, env["PATH"])
 
-        with open(log_path, "ab", buffering=0) as log:
+        confined = self._sandbox.confine(argv, tree=tree, data_dir=data_dir, log_path=log_path, env=env)
+        with confined, open(log_path, "ab", buffering=0) as log:
             try:
                 proc = subprocess.Popen(
-                    argv,
+                    confined.argv,
                     cwd=tree,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -145,16 +151,22 @@ class LocalRuntime:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=confined.pass_fds,
                 )
             except OSError as exc:
                 raise RuntimeFailure(
                     f"cannot start {launch.instance_id}: {argv[0]}: {exc.strerror or exc}",
                     hint="check that the command is an executable for this machine",
                 ) from exc
-            log.write(f"--- shipyard: starting {launch.instance_id} pid={proc.pid} at {_now()}\n".encode())
+            confined.spawned()
+            pid = await confined.service_pid(proc)
+            log.write(f"--- shipyard: starting {launch.instance_id} pid={pid} at {_now()}\n".encode())
+            log.write("".join(f"--- shipyard: {note}\n" for note in confined.notes).encode())
 
         # The child is not reaped before we read it, so /proc/<pid> exists even if it already exited.
-        start_time = process_start_time(proc.pid)
+        start_time = process_start_time(pid)
+        if start_time is None and pid != proc.pid:
+            start_time = 0  # the service (bwrap's child) is already gone: an identity no process has
         if start_time is None:  # pragma: no cover - /proc missing: not Linux
             proc.kill()
             proc.wait()
@@ -162,7 +174,7 @@ class LocalRuntime:
                 f"cannot read /proc/{proc.pid}/stat for {launch.instance_id}",
                 hint="the local runtime needs Linux with /proc mounted",
             )
-        self._children[(proc.pid, start_time)] = proc
+        self._children[(pid, start_time)] = proc
         return Instance(
             id=launch.instance_id,
             service=launch.service,
@@ -170,7 +182,7 @@ class LocalRuntime:
             image_id=launch.image_id,
             host=launch.host,
             port=port,
-            pid=proc.pid,
+            pid=pid,
             start_time=start_time,
             log_path=str(log_path),
             data_dir=str(data_dir),
@@ -191,6 +203,11 @@ class LocalRuntime:
             PYTHONUNBUFFERED="1",
         )
         return env
+
+    @property
+    def enforcement(self) -> Enforcement:
+        """What keeps instances from writing into their image trees, and why that mode."""
+        return self._sandbox.enforcement
 
     def is_alive(self, instance: Instance) -> bool:
         self._reap()
@@ -230,8 +247,9 @@ class LocalRuntime:
         )
 
     def _running(self, instance: Instance) -> bool:
-        """The process, or something left in its process group (a child that outlived it)."""
-        if self.is_alive(instance):
+        """The process, or something left in its process group (a child that outlived it), or its
+        launcher (bwrap) not yet reaped."""
+        if self.is_alive(instance) or (instance.pid, instance.start_time) in self._children:
             return True
         # A process group id cannot be reused while the group has members, so members of
         # group <pid> are leftovers of this instance.
@@ -272,7 +290,7 @@ class LocalRuntime:
         for key, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[key]
-                self._exit_codes[key] = proc.returncode
+                self._exit_codes[key] = self._sandbox.exit_code(proc.returncode)
                 while len(self._exit_codes) > _EXIT_CODES_KEPT:
                     del self._exit_codes[next(iter(self._exit_codes))]
 

@@ -5,7 +5,7 @@ depend on the spec without cycles."""
 
 from .durations import format_duration, parse_duration
 from .load import SpecInvalid, load_spec, parse_spec
-from .models import BuildSpec, DatabaseSpec, HealthSpec, RouterSpec, RunSpec, Spec
+from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec
 from .schema import json_schema
 from .strategy import (
     AnalysisSpec,
@@ -38,6 +38,7 @@ __all__ = [
     "CanaryStep",
     "CompareToStableMetric",
     "DatabaseSpec",
+    "DriftSpec",
     "HealthSpec",
     "LatencyMetric",
     "MetricCheck",

@@ -118,6 +118,17 @@ class DatabaseSpec(SpecModel):
         return "migrations" if self.migrations is not None else "alembic"
 
 
+class DriftSpec(SpecModel):
+    """The Drift test: how often the daemon compares what runs with what was deployed."""
+
+    interval: PositiveDuration = 60.0
+    """Metadata pass (size, mtime, inode of every image file; processes; listeners) this often."""
+    full_interval: PositiveDuration = 3600.0
+    """Full re-hash of every image file this often (and on `shipyard drift --full`)."""
+    heal: Bool = False
+    """Replace drifted instances automatically (at most one heal per instance per interval, with backoff)."""
+
+
 class RouterSpec(SpecModel):
     """Which data plane carries the traffic; both sit behind the same Router protocol."""
 
@@ -137,6 +148,7 @@ class Spec(SpecModel):
     replicas: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
     strategy: StrategySpec = Field(default_factory=lambda: StrategySpec(blue_green=BlueGreenSpec()))
     database: DatabaseSpec | None = None
+    drift: DriftSpec = Field(default_factory=DriftSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

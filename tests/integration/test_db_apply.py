@@ -141,3 +141,13 @@ async def test_cancel_stops_the_statement_on_the_server(db: str) -> None:
                            "AND pid <> pg_backend_pid()") == [(0,)]
     assert await query(db, "SELECT to_regclass('a')") == [(None,)]
     assert await recorded(db) == {}
+
+
+async def test_a_batched_backfill_that_commits_applies_without_a_mark(db: str) -> None:
+    await query(db, "CREATE TABLE t (id int primary key, c int)")
+    await query(db, "INSERT INTO t SELECT g, NULL FROM generate_series(1, 12000) g")
+    backfill = mig("0001", "DO $$ BEGIN LOOP UPDATE t SET c = 0 WHERE ctid = ANY (ARRAY(SELECT ctid FROM t "
+                           "WHERE c IS NULL LIMIT 5000)); EXIT WHEN NOT FOUND; COMMIT; END LOOP; END $$;")
+    assert (await apply(db, [backfill])).applied == ["0001"]          # type: ignore[attr-defined]
+    assert await query(db, "SELECT count(*) FROM t WHERE c IS NULL") == [(0,)]
+    assert (await recorded(db))["0001"].status == "applied"

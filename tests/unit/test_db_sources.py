@@ -96,3 +96,10 @@ def test_script_transaction_mode_and_ignores() -> None:
     assert parse_script("ALTER TABLE t ADD c int;", "z.sql").transactional
     assert parse_script("-- shipyard:no-transaction\nALTER TABLE t ADD c int;", "z.sql").transactional is False
     assert parse_script("-- shipyard:contract\nALTER TABLE t DROP c;", "z.sql").contract
+
+
+def test_a_do_block_that_commits_runs_outside_a_transaction() -> None:
+    backfill = ("DO $$ BEGIN LOOP UPDATE t SET c = 0 WHERE ctid = ANY (ARRAY(SELECT ctid FROM t WHERE c IS NULL "
+                "LIMIT 5000)); EXIT WHEN NOT FOUND; COMMIT; END LOOP; END $$;")
+    assert not parse_script(backfill, "b.sql").transactional
+    assert parse_script("DO $$ BEGIN UPDATE t SET c = 0; END $$;", "c.sql").transactional

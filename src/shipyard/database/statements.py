@@ -22,6 +22,7 @@ from shipyard.errors import ShipyardError
 
 NO_TRANSACTION_MARK = "shipyard:no-transaction"
 CONTRACT_MARK = "shipyard:contract"
+_COMMITS = re.compile(r"\b(COMMIT|ROLLBACK)\b", re.IGNORECASE)
 IGNORE_RE = re.compile(r"shipyard:ignore\s+([a-z0-9][a-z0-9-]*)\s*(.*)")
 
 
@@ -86,6 +87,9 @@ def cannot_run_in_transaction(node: Any) -> bool:
     if isinstance(node, (ast.CreatedbStmt, ast.DropdbStmt, ast.AlterSystemStmt, ast.CreateTableSpaceStmt,
                          ast.DropTableSpaceStmt)):
         return True
+    if isinstance(node, ast.DoStmt):         # a DO block that commits (batched backfills) must run on its own
+        body = " ".join(getattr(a.arg, "sval", "") for a in node.args or () if getattr(a, "defname", "") == "as")
+        return bool(_COMMITS.search(body))
     if isinstance(node, ast.AlterTableStmt):
         return any(isinstance(c, ast.AlterTableCmd) and c.subtype == enums.AlterTableType.AT_DetachPartition
                    and getattr(c.def_, "concurrent", False) for c in (node.cmds or ()))

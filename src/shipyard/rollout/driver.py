@@ -125,7 +125,10 @@ class RolloutDriver:
                 why = await self.ops.set_canary_weight(spec, slot, weight, count, r.id)
                 return WeightSet(weight) if why is None else SlotFailed(slot, why)
             case WaitUntil(at=at):
-                await asyncio.sleep(max(0.0, at - self.d.clock()))
+                # the loop's timer and the wall clock can disagree by a few ms: a Tick that came early
+                # would be ignored by the machine and nothing would wake it again
+                while (left := at - self.d.clock()) > 0:
+                    await asyncio.sleep(left)
                 return Tick(self.d.clock())
             case RunAnalysis(until=until):
                 assert judge is not None, "an analysis step needs a stable track to compare with"

@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shipyard.cli_changes import changes_app
 from shipyard.cli_db import db_app
+from shipyard.cli_drift import drift as drift_cmd
 from shipyard.errors import ShipyardError, SpecError
 from shipyard.paths import ENV_HOME, StatePaths
 
@@ -24,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 image_app = typer.Typer(no_args_is_help=True, help="Inspect images.")
 app.add_typer(image_app, name="image")
 app.add_typer(db_app, name="db")
+app.command("drift")(drift_cmd)
+app.add_typer(changes_app)     # plan, apply, history
 out = Console()
 err = Console(stderr=True)
 
@@ -53,16 +57,6 @@ def _short(image: str | None) -> str:
     return image[:12] if image else "-"
 
 
-def describe_step(step: Any) -> str:
-    from shipyard.spec import format_duration
-    if hasattr(step, "set_weight"):
-        return f"send {step.set_weight:g}% of users to the canary"
-    if hasattr(step, "pause"):
-        d = step.pause.duration
-        return "hold until `shipyard promote`" if d is None else f"hold for {format_duration(d)}"
-    return f"analyse for {format_duration(step.analysis.duration)}"
-
-
 # -- no daemon needed -------------------------------------------------------------------
 
 @app.command()
@@ -79,38 +73,6 @@ def schema() -> None:
     """Print the JSON Schema of shipyard.yaml (for editors)."""
     from shipyard.spec import json_schema
     _print_json(json_schema())
-
-
-@app.command()
-def plan(file: Path = typer.Argument(None, help="The spec file."),
-         file_opt: Path | None = typer.Option(None, "-f", "--file", help="The spec file (same as the argument)."),
-         rate: float = typer.Option(200.0, "--rate", help="Requests per second the service gets."),
-         as_json: bool = JsonOut) -> None:
-    """What a rollout of this spec does, and its blast radius: the users and requests a
-    bad release reaches before the first possible verdict."""
-    from shipyard.rollout.exposure import exposure
-    from shipyard.spec import load_spec
-    path = file or file_opt
-    if path is None:
-        raise SpecError("no spec file given", "shipyard plan FILE (or -f FILE)")
-    if rate <= 0:
-        raise SpecError(f"--rate must be a positive number of requests per second, not {rate:g}")
-    spec = load_spec(path)
-    e = exposure(spec, rate)
-    if as_json:
-        doc = e.to_dict()
-        doc["requests"] = None if e.requests == float("inf") else e.requests
-        _print_json({"service": spec.service, "strategy": e.strategy, "blast_radius": doc})
-        return
-    out.print(f"[bold]{spec.service}[/]: {e.strategy.replace('_', '-')}, {spec.replicas} replica(s), "
-              f"listen {spec.listen}")
-    if spec.strategy.canary is not None:
-        for i, step in enumerate(spec.strategy.canary.steps, start=1):
-            out.print(f"  step {i}: {describe_step(step)}", highlight=False)
-    requests = "all of them" if e.requests == float("inf") else f"{e.requests:.0f}"
-    out.print(f"blast radius at {rate:g} req/s: up to [bold]{e.max_share:g}%[/] of users, {requests} requests "
-              f"before the first possible verdict", highlight=False)
-    out.print(f"  {e.note}", highlight=False)
 
 
 @app.command()
@@ -260,20 +222,13 @@ def status(service: str | None = typer.Argument(None), state_dir: str | None = S
                 t.add_row(name, state, _short(s["image"]), i["id"] if i else "-", i["status"] if i else "-",
                           str(i["pid"]) if i else "-", str(i["port"]) if i else "-")
         out.print(t)
-
-
-@app.command()
-def history(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
-    """Past rollouts of a service, newest first."""
-    rollouts = _client(state_dir).get(f"/v1/services/{service}/history")["rollouts"]
-    if as_json:
-        _print_json(rollouts)
-        return
-    t = Table("ROLLOUT", "KIND", "PHASE", "SLOT", "IMAGE", "STARTED", "REASON")
-    for r in rollouts:
-        t.add_row(r["id"], r["kind"], r["phase"], r["target_slot"], _short(r["image_id"]), _ts(r["created_at"]),
-                  r["reason"] or "")
-    out.print(t)
+        drift, enforcement = d.get("drift"), d.get("enforcement")
+        if drift:
+            verdict = "[green]clean[/]" if drift["clean"] else f"[red]{drift['findings']} finding(s)[/] (shipyard drift)"
+            out.print(f"  drift: {verdict}, last {drift['mode']} scan {_ts(drift['scanned_at'])}, "
+                      f"last full scan {_ts(drift.get('last_full_at'))}", highlight=False)
+        if enforcement:
+            out.print(f"  image trees: {enforcement['mode']} ({enforcement['reason']})", highlight=False)
 
 
 @app.command()

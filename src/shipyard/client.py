@@ -5,6 +5,7 @@ button, and http.client alone costs more to import than the switch takes."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,20 @@ KINDS: dict[str, type[errors.ShipyardError]] = {
 }
 
 
+ACTOR_HEADER = "X-Shipyard-Actor"
+
+
+def local_actor() -> str:
+    """user@host, for the daemon's audit log (which adds the token that vouched for it)."""
+    import getpass
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = f"uid{os.getuid()}"
+    text = f"{user}@{socket.gethostname()}"
+    return "".join(c for c in text if c.isprintable() and c.isascii())[:100]
+
+
 class ApiClient:
     def __init__(self, paths: StatePaths, timeout: float = 600.0) -> None:
         self.paths = paths
@@ -34,11 +49,13 @@ class ApiClient:
                 "start one with `shipyard serve` (same --state-dir / SHIPYARD_HOME)") from None
         host, _, port = info["url"].removeprefix("http://").rpartition(":")
         self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
+        self.actor = local_actor()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else b""
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Authorization: Bearer {self.token}\r\nAccept: application/json\r\n"
+                f"Authorization: Bearer {self.token}\r\n{ACTOR_HEADER}: {self.actor}\r\n"
+                "Accept: application/json\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n")
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
@@ -98,7 +115,8 @@ class AsyncApiClient:
         import httpx
         sync = ApiClient(paths)
         self._http = httpx.AsyncClient(base_url=f"http://{sync.host}:{sync.port}", timeout=timeout,
-                                       headers={"Authorization": f"Bearer {sync.token}"})
+                                       headers={"Authorization": f"Bearer {sync.token}",
+                                                ACTOR_HEADER: sync.actor})
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -53,9 +53,10 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
         with open(os.path.join(home, "token")) as f:
             token = f.read().strip()
         host, _, port = url.removeprefix("http://").rpartition(":")
+        actor = f"{os.environ.get('USER') or os.environ.get('LOGNAME') or os.getuid()}@{socket.gethostname()}"
         request = (f"POST /v1/services/{service}/rollback HTTP/1.1\r\nHost: {host}\r\n"
                    f"Authorization: Bearer {token}\r\nAccept: text/plain\r\nContent-Length: 0\r\n"
-                   "Connection: close\r\n\r\n").encode()
+                   f"X-Shipyard-Actor: {actor}\r\nConnection: close\r\n\r\n").encode()
         with socket.create_connection((host.strip("[]"), int(port)), timeout=600) as sock:
             sock.sendall(request)
             chunks = []

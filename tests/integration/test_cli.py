@@ -69,7 +69,8 @@ def test_deploy_wait_exit_codes_and_read_verbs(daemon: DaemonProcess, make_spec:
     st = json.loads(sy("status", "shop", "--json", state=state_dir).stdout)
     assert st["live_slot"] and len(st["slots"][st["live_slot"]]["instances"]) == 2
     hist = json.loads(sy("history", "shop", "--json", state=state_dir).stdout)
-    assert [h["phase"] for h in hist] == ["failed", "succeeded"]
+    assert [h["phase"] for h in hist["rollouts"]] == ["failed", "succeeded"]
+    assert [a["action"] for a in hist["audit"]] == ["deploy", "rollout.succeeded", "deploy", "rollout.failed"]
     logs = json.loads(sy("logs", "shop", "--json", state=state_dir).stdout)
     assert len(logs) == 2 and all("listening on" in item["log"] for item in logs)
     imgs = json.loads(sy("images", "--json", state=state_dir).stdout)
@@ -108,7 +109,7 @@ def test_rollback_command_switches_back(daemon: DaemonProcess, make_spec: SpecMa
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "rollback shop-3: succeeded"
     st = json.loads(sy("status", "shop", "--json", state=state_dir).stdout)
-    first = json.loads(sy("history", "shop", "--json", state=state_dir).stdout)[-1]
+    first = json.loads(sy("history", "shop", "--json", state=state_dir).stdout)["rollouts"][-1]
     assert st["live_slot"] == first["target_slot"]
     again = sy("rollback", "shop", "--json", state=state_dir)
     assert again.returncode == 0 and json.loads(again.stdout)["phase"] == "succeeded"
@@ -117,16 +118,16 @@ def test_rollback_command_switches_back(daemon: DaemonProcess, make_spec: SpecMa
     assert helped.returncode == 0 and "warm" in helped.stdout
 
 
-def test_plan_states_the_blast_radius(make_spec: SpecMaker, state_dir: Path) -> None:
+def test_plan_states_the_blast_radius(daemon: DaemonProcess, make_spec: SpecMaker, state_dir: Path) -> None:
     spec = make_spec("v1", "canary", **{"strategy": {"canary": {
         "steps": [{"set_weight": 5}, {"pause": "60s"}, {"set_weight": 50}],
         "analysis": {"min_requests": 50, "interval": "5s"}}}})
     res = sy("plan", str(spec), "--rate", "200", "--json", state=state_dir)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 2, res.stderr      # a service not deployed yet: everything is a change
     radius = json.loads(res.stdout)["blast_radius"]
     assert (radius["max_share"], radius["requests"], radius["seconds"], radius["step"]) == (5, 50, 5, 2)
     human = sy("plan", str(spec), state=state_dir)
     assert "up to 5% of users, 50 requests" in human.stdout
     bg = json.loads(sy("plan", "-f", str(make_spec("v1")), "--json", state=state_dir).stdout)
     assert bg["blast_radius"]["max_share"] == 100 and bg["blast_radius"]["requests"] is None
-    assert sy("plan", state=state_dir).returncode == 2
+    assert sy("plan", state=state_dir).returncode == 1      # an error (2 would mean "changes")

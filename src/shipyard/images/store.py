@@ -417,6 +417,17 @@ class ImageStore:
             )
         return tree
 
+    def quarantine_tree(self, image_id: str) -> Path | None:
+        """Move a tampered tree aside so the next materialize writes a pristine one from the
+        object store. Instances still running from it keep working (their cwd follows the
+        rename); the caller removes the quarantined tree once they are replaced."""
+        tree = self.tree_path(image_id)
+        if not tree.is_dir():
+            return None
+        aside = self._trees / f"{tree.name}.tampered-{time.time_ns()}"
+        os.rename(tree, aside)
+        return aside
+
     def remove_tree(self, image_id: str) -> None:
         """Drop a materialised tree (e.g. a tampered one); the next materialize writes it afresh."""
         remove_dir(self.tree_path(image_id))

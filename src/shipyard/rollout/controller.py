@@ -10,8 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from shipyard.building import build_input
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
+from shipyard.rollout.changes import migration_outlook, plan_service
+from shipyard.rollout.drift_watch import DriftWatcher
 from shipyard.rollout.driver import RolloutDriver
 from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.migrating import DatabaseGate
@@ -30,6 +33,7 @@ from shipyard.rollout.model import (
 from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.rollout.supervisor import Supervisor
 from shipyard.spec import Spec, load_spec
+from shipyard.state.drift_reports import DriftReports
 from shipyard.state.records import ServiceRecord, SlotState
 
 log = logging.getLogger("shipyard.controller")
@@ -42,6 +46,7 @@ class Controller:
         self.supervisor = Supervisor(deps, self.ops)
         self.feed = MetricsFeed(deps)
         self.gate = DatabaseGate(deps, self.ops)
+        self.drift = DriftWatcher(deps, self.ops, DriftReports(deps.store.db))
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
@@ -75,6 +80,7 @@ class Controller:
             self._spawn(r, spec_from_doc(doc))
         self.supervisor.start()
         self.feed.start()
+        self.drift.start()
 
     async def _finish_interrupted_teardowns(self) -> None:
         """A rollout is stored as failed or aborted before its canary or new slot is torn
@@ -92,6 +98,7 @@ class Controller:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""
         await self.supervisor.stop()
         await self.feed.stop()
+        await self.drift.stop()
         tasks = list(self._drivers.values())
         for t in tasks:
             t.cancel()
@@ -255,6 +262,7 @@ class Controller:
             self.d.store.put_service(svc)
         for slot in ("blue", "green"):
             await self.ops.teardown(service, slot, None, "service removed")
+        self.drift.reports.remove(service)
         await self.d.router.stop(service)
         self.d.store.delete_service(service)
         self.ops.event(service, "service.removed", f"service {service} removed")
@@ -334,8 +342,58 @@ class Controller:
                       for name, s in svc.slots.items()},
             "rollout": active.to_dict() if active else None,
             "analysis": self.d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
+            "drift": _drift_summary(self.drift.reports.get(service)),
+            "enforcement": self.enforcement(),
         }
+
+    def enforcement(self) -> dict[str, str] | None:
+        """What keeps instances from writing into their image trees (None: the runtime cannot say)."""
+        mode = getattr(self.d.runtime, "enforcement", None)
+        return mode.to_dict() if mode is not None else None
 
     def services(self) -> list[dict[str, Any]]:
         return [self.status(s.name) for s in self.d.store.list_services()]
 
+    async def plan(self, spec_path: str) -> dict[str, Any]:
+        """What `apply` of this spec would change. Nothing live is touched: the candidate
+        image is built into the store (cached by its inputs) and never started."""
+        spec = load_spec(spec_path)
+        image = await self.d.images.build(build_input(spec))
+        svc = self.d.store.get_service(spec.service)
+        live = svc.live if svc is not None and svc.live is not None and svc.live.spec else None
+        live_manifest = None
+        if live is not None and live.image_id:
+            with contextlib.suppress(ShipyardError):
+                live_manifest = self.d.images.get(live.image_id).manifest
+        blocked = []
+        if (active := self._active(spec.service)) is not None:
+            blocked.append(f"rollout {active.id} is in progress (phase {active.phase}): "
+                           "wait for it or abort it")
+        if svc is None:
+            try:
+                self._refuse_listen_clash(spec)
+            except ConflictError as e:
+                blocked.append(e.message)
+        elif live is None and svc.listen != spec.listen:
+            blocked.append(f"{spec.service} is registered on {svc.listen}, "
+                           f"the spec says listen: {spec.listen}")
+        migrations = None
+        if spec.database is not None:
+            try:
+                migrations = migration_outlook((await self.gate.plan(spec)).to_dict())
+            except Exception as e:   # whatever stops us asking the database: "unknown", never "none"
+                why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+                migrations = migration_outlook(None, why)
+        return plan_service(spec.to_json_dict(), image.manifest, image.id,
+                            live_doc=live.spec if live else None, live_image=live.image_id if live else None,
+                            live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
+                            blocked=blocked).to_dict()
+
+
+
+def _drift_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"clean": report["clean"], "scanned_at": report["scanned_at"], "mode": report["mode"],
+            "last_full_at": report.get("last_full_at"), "counts": report.get("counts", {}),
+            "findings": len(report.get("findings", []))}

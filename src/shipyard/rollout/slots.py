@@ -83,11 +83,10 @@ class SlotOps:
 
     # -- instances -------------------------------------------------------------------
 
-    async def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
-        image = self.d.images.get(image_id)
-        # re-hashing a whole tree is CPU work: keep the event loop (and the API) responsive
-        tree = await asyncio.to_thread(self.d.images.verified_tree, image_id)   # refuses a tampered image
-        env = dict(image.env)
+    def launch_env(self, spec: Spec, image_env: Mapping[str, str]) -> dict[str, str]:
+        """What an instance's environment is made of (image env, secrets, the database URL);
+        also what drift detection expects to find in a running instance."""
+        env = dict(image_env)
         missing = [k for k in spec.run.secret_env if k not in self.d.env]
         if missing:
             raise RuntimeFailure(
@@ -96,6 +95,13 @@ class SlotOps:
         env.update({k: self.d.env[k] for k in spec.run.secret_env})
         if spec.database is not None:          # the release finds its database here (unless set explicitly)
             env.setdefault(spec.database.url_env, spec.database.url)
+        return env
+
+    async def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
+        image = self.d.images.get(image_id)
+        # re-hashing a whole tree is CPU work: keep the event loop (and the API) responsive
+        tree = await asyncio.to_thread(self.d.images.verified_tree, image_id)   # refuses a tampered image
+        env = self.launch_env(spec, image.env)
         iid = f"{spec.service}-{slot}-{secrets.token_hex(3)}"
         return LaunchSpec(instance_id=iid, service=spec.service, slot=slot, image_id=image_id, tree=tree,
                           command=list(image.command), env=env, instance_dir=self.d.paths.instance_dir(iid))

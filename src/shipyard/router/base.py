@@ -19,6 +19,10 @@ class Router(Protocol):
     async def current(self, service: str) -> RoutingTable | None:
         ...
 
+    def pids(self, service: str) -> set[int]:
+        """The data plane's processes for `service` (their listeners are shipyard's)."""
+        ...
+
     async def stats(self, service: str) -> dict[str, Any]:
         """Per-track request counts, status classes and latency histogram."""
         ...

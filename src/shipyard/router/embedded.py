@@ -103,6 +103,11 @@ class EmbeddedRouter:
 
     # -- files ------------------------------------------------------------------------
 
+    def pids(self, service: str) -> set[int]:
+        """The router process of `service`, if it runs (drift detection: its listener is ours)."""
+        pid = self._pid_from_file(service)
+        return {pid} if pid else set()
+
     def pid_file(self, service: str) -> Path:
         return self.paths.routers / f"{service}.pid"
 

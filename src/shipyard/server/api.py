@@ -1,10 +1,14 @@
 """The HTTP API the CLI (and later the dashboard) talks to. Every route but /v1/ping
 needs the bearer token from the state directory. ShipyardErrors become JSON bodies
-{"error", "hint", "kind"} with a status that says what kind of failure it was."""
+{"error", "hint", "kind"} with a status that says what kind of failure it was.
+Every change asked for here goes into the audit log with its actor, and so does every
+request with a wrong token."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,12 +20,16 @@ from starlette.routing import Route
 from shipyard import __version__
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.controller import Controller
-from shipyard.rollout.model import outcome_line
+from shipyard.rollout.model import Rollout, outcome_line
 from shipyard.runtime.local import log_tail
+from shipyard.state.audit import UNKNOWN_ACTOR, RejectionThrottle
 
 STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404}
 EXIT_HEADER = "X-Shipyard-Exit"
 """With `Accept: text/plain`, the exit code the CLI should end with."""
+ACTOR_HEADER = "X-Shipyard-Actor"
+"""Who the CLI runs as (user@host); the audit log adds which token vouched for it."""
+MAX_AUDIT_LIMIT = 10_000
 
 Handler = Callable[[Request], Awaitable[Any]]
 
@@ -40,11 +48,44 @@ def wants_text(request: Request) -> bool:
 
 def create_app(controller: Controller, token: str, on_shutdown: Callable[[], None] | None = None) -> Starlette:
     store = controller.d.store
+    token_id = hashlib.sha256(token.encode()).hexdigest()[:8]
+    throttle = RejectionThrottle()
+
+    def reject(request: Request) -> None:
+        address = request.client.host if request.client else "unknown"
+        suppressed = throttle.admit(address, time.monotonic())
+        if suppressed is None:
+            return
+        presented = "wrong" if request.headers.get("authorization") else "no"
+        store.audit.record("token.rejected", actor=f"unauthenticated client at {address}",
+                           why=f"{presented} API token on {request.method} {request.url.path}",
+                           evidence={"address": address, "method": request.method, "path": request.url.path,
+                                     "claimed_actor": claimed_actor(request),
+                                     "rejected_since_last": suppressed})
+
+    async def audited(request: Request, action: str, service: str | None, call: Callable[[], Awaitable[Any]],
+                      why: str, rollout_id: str | None = None, **evidence: Any) -> Any:
+        """Carry out a change with its audit entry (written before its first consequence)."""
+        pending = store.audit.begin(action, actor=f"{claimed_actor(request)} via token {token_id}",
+                                    service=service, why=why, rollout_id=rollout_id,
+                                    evidence={k: v for k, v in evidence.items() if v not in (None, "", [])})
+        try:
+            result = await call()
+        except BaseException as e:
+            store.audit.finish(pending, failed=e.message if isinstance(e, ShipyardError) else repr(e))
+            raise
+        store.audit.finish(pending, result.id if isinstance(result, Rollout) else None)
+        return result
+
+    def active_id(service: str) -> str | None:
+        rs = store.active_rollouts(service)
+        return rs[-1].id if rs else None
 
     def route(path: str, methods: list[str] | None = None, public: bool = False):
         def wrap(fn: Handler) -> Route:
             async def endpoint(request: Request) -> Response:
                 if not public and not _authorized(request, token):
+                    reject(request)
                     return JSONResponse({"error": "missing or wrong API token",
                                          "hint": "the CLI reads it from the state directory (--state-dir)",
                                          "kind": "Unauthorized"}, status_code=401)
@@ -79,7 +120,9 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     @route("/v1/services/{name}", ["DELETE"])
     async def remove(request: Request) -> Any:
-        await controller.remove(request.path_params["name"])
+        name = request.path_params["name"]
+        await audited(request, "remove", name, lambda: controller.remove(name), f"remove service {name}",
+                      active_id(name))
         return {"ok": True}
 
     @route("/v1/services/{name}/history")
@@ -98,8 +141,55 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
         allow_unsafe = data.get("allow_unsafe") or ""
         if not isinstance(allow_unsafe, str):
             raise SpecError("allow_unsafe must be a string: the reason, for the audit log")
-        r = await controller.deploy(path, image_id=data.get("image"), allow_unsafe=allow_unsafe.strip())
+        plan = data.get("plan")      # sent by `shipyard apply`: the changes it saw, as evidence
+        if plan is not None and not (isinstance(plan, list) and all(isinstance(x, str) for x in plan)):
+            raise SpecError("plan must be a list of strings: the changes apply saw")
+        image = data.get("image")
+        summary = f"apply {path}: " + "; ".join(plan)[:500] if plan else f"deploy {path}"
+        why = allow_unsafe.strip() or summary
+        r = await audited(request, "apply" if plan is not None else "deploy", None,
+                          lambda: controller.deploy(path, image_id=image, allow_unsafe=allow_unsafe.strip()),
+                          why, spec_path=path, image=image, allow_unsafe=allow_unsafe.strip(),
+                          changes=(plan or [])[:200])
         return JSONResponse({"rollout": r.to_dict()}, status_code=202)
+
+    @route("/v1/plan", ["POST"])
+    async def plan(request: Request) -> Any:
+        path = (await body(request)).get("spec_path")
+        if not isinstance(path, str) or not path:
+            raise SpecError("plan needs spec_path: the absolute path of the spec file")
+        return await controller.plan(path)
+
+    @route("/v1/services/{name}/drift")
+    async def drift_last(request: Request) -> Any:
+        name = request.path_params["name"]
+        controller.status(name)                      # 404 for an unknown service
+        return {"report": controller.drift.reports.get(name), "enforcement": controller.enforcement()}
+
+    @route("/v1/services/{name}/drift", ["POST"])
+    async def drift_scan(request: Request) -> Any:
+        name = request.path_params["name"]
+        data = await body(request)
+        mode = data.get("mode", "metadata")
+        if mode not in ("metadata", "full"):
+            raise SpecError(f"drift mode must be metadata or full, not {mode!r}")
+        if data.get("fix"):
+            actor = f"{claimed_actor(request)} via token {token_id}"
+            result = await audited(request, "drift.fix", name, lambda: controller.drift.fix(name, mode, actor),
+                                   f"drift --fix ({mode} scan)")
+            return result | {"enforcement": controller.enforcement()}
+        report = await controller.drift.scan(name, mode)
+        return {"report": report.to_dict(), "enforcement": controller.enforcement()}
+
+    @route("/v1/audit")
+    async def audit(request: Request) -> Any:
+        q = request.query_params
+        try:
+            limit, since = int(q.get("limit", "100")), int(q.get("since", "0"))
+        except ValueError:
+            raise SpecError("limit and since must be whole numbers") from None
+        entries = store.audit.entries(q.get("service") or None, min(max(limit, 0), MAX_AUDIT_LIMIT), since)
+        return {"audit": [e.to_dict() for e in entries]}
 
     @route("/v1/db/check", ["POST"])
     async def db_check(request: Request) -> Any:
@@ -114,33 +204,51 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
         reason = (await body(request)).get("allow_unsafe") or ""
         if not isinstance(reason, str):
             raise SpecError("allow_unsafe must be a string: the reason, for the audit log")
-        return await controller.gate.contract(request.path_params["name"], reason.strip())
+        name = request.path_params["name"]
+        return await audited(request, "db.contract", name,
+                             lambda: controller.gate.contract(name, reason.strip()),
+                             reason.strip() or "apply the held-back contract migrations",
+                             allow_unsafe=reason.strip())
 
     @route("/v1/services/{name}/promote", ["POST"])
     async def promote(request: Request) -> Any:
         full = bool((await body(request)).get("full", False))
-        return {"rollout": (await controller.promote(request.path_params["name"], full=full)).to_dict()}
+        name = request.path_params["name"]
+        why = "promote to 100 %, skipping the remaining steps" if full else "promote"
+        r = await audited(request, "promote", name, lambda: controller.promote(name, full=full), why,
+                          active_id(name), full=full)
+        return {"rollout": r.to_dict()}
 
     @route("/v1/services/{name}/pause", ["POST"])
     async def pause(request: Request) -> Any:
-        return {"rollout": (await controller.pause(request.path_params["name"])).to_dict()}
+        name = request.path_params["name"]
+        return {"rollout": (await audited(request, "pause", name, lambda: controller.pause(name),
+                                          "hold the canary's weight", active_id(name))).to_dict()}
 
     @route("/v1/services/{name}/resume", ["POST"])
     async def resume(request: Request) -> Any:
-        return {"rollout": (await controller.resume(request.path_params["name"])).to_dict()}
+        name = request.path_params["name"]
+        return {"rollout": (await audited(request, "resume", name, lambda: controller.resume(name),
+                                          "continue after pause", active_id(name))).to_dict()}
 
     @route("/v1/services/{name}/abort", ["POST"])
     async def abort(request: Request) -> Any:
-        return {"rollout": (await controller.abort(request.path_params["name"])).to_dict()}
+        name = request.path_params["name"]
+        return {"rollout": (await audited(request, "abort", name, lambda: controller.abort(name),
+                                          "aborted by user", active_id(name))).to_dict()}
 
     @route("/v1/services/{name}/retry", ["POST"])
     async def retry(request: Request) -> Any:
-        return JSONResponse({"rollout": (await controller.retry(request.path_params["name"])).to_dict()},
-                            status_code=202)
+        name = request.path_params["name"]
+        r = await audited(request, "retry", name, lambda: controller.retry(name),
+                          "retry the last failed deploy")
+        return JSONResponse({"rollout": r.to_dict()}, status_code=202)
 
     @route("/v1/services/{name}/rollback", ["POST"])
     async def rollback(request: Request) -> Any:
-        r = (await controller.rollback(request.path_params["name"])).to_dict()
+        name = request.path_params["name"]
+        r = (await audited(request, "rollback", name, lambda: controller.rollback(name),
+                           "roll back to the previous release", active_id(name))).to_dict()
         if wants_text(request):
             done = r["phase"] in ("succeeded", "failed", "aborted")
             return PlainTextResponse(outcome_line(r) + "\n" if done else "", headers={
@@ -190,8 +298,15 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
             on_shutdown()
         return {"ok": True}
 
-    return Starlette(routes=[ping, services, service, remove, history, deploy, db_check, db_contract, promote, pause, resume, abort,
-                             retry, rollback, rollout, events, logs, images, shutdown])
+    return Starlette(routes=[ping, services, service, remove, history, deploy, db_check, db_contract, promote,
+                             pause, resume, abort, retry, rollback, rollout, events, logs, images, shutdown,
+                             plan, audit, drift_last, drift_scan])
+
+
+def claimed_actor(request: Request) -> str:
+    """The X-Shipyard-Actor header, cleaned for the log (it is what the client says, not proof)."""
+    raw = request.headers.get(ACTOR_HEADER, "")
+    return "".join(c for c in raw if c.isprintable())[:100].strip() or UNKNOWN_ACTOR
 
 
 def _authorized(request: Request, token: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from shipyard.rollout.model import Rollout
 from shipyard.runtime.base import Instance
+from shipyard.state.audit import AuditLog
 from shipyard.state.records import Event, ServiceRecord, Slot
 
 SCHEMA = """
@@ -50,6 +51,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self.audit = AuditLog(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -166,7 +168,9 @@ class SqliteStore:
         ts = time.time()
         cur = self.db.execute("INSERT INTO events(ts, service, rollout_id, kind, message, data) VALUES (?,?,?,?,?,?)",
                               (ts, service, rollout_id, kind, message, json.dumps(data or {})))
-        return Event(int(cur.lastrowid or 0), ts, service, rollout_id, kind, message, data or {})
+        event = Event(int(cur.lastrowid or 0), ts, service, rollout_id, kind, message, data or {})
+        self.audit.observe(event, self.get_rollout, self.get_analysis)
+        return event
 
     def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,
                limit: int = 500) -> list[Event]:

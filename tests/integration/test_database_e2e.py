@@ -178,3 +178,16 @@ async def test_unreachable_database_changes_nothing(api: AsyncApiClient, make_sp
     assert "cannot connect to postgresql://postgres@127.0.0.1:1/shop" in r["reason"], r["reason"]
     status = await api.get("/v1/services/shop")
     assert all(s["instances"] == [] for s in status["slots"].values())
+
+
+async def test_unparseable_migration_stops_the_deploy_before_anything_runs(
+        api: AsyncApiClient, make_spec: SpecMaker, db: str, tmp_path: Path) -> None:
+    migrations = migrations_with(tmp_path, 2, {"0003_typo.sql": "SELECT 1;\nALTER TABLE orders ADDD COLUMN x int;\n"})
+    spec = make_spec("database/v1", **{"database.url": db, "database.migrations": str(migrations),
+                                       "database.target": None})
+    r = await deploy(api, spec)
+    assert r["phase"] == "failed", r
+    assert "0003_typo.sql:2" in r["reason"] and "syntax error" in r["reason"], r["reason"]
+    assert await query(db, "SELECT to_regclass('products'), to_regclass('shipyard_migrations')") == [(None, None)]
+    status = await api.get("/v1/services/shop")
+    assert all(s["instances"] == [] for s in status["slots"].values())

@@ -149,3 +149,57 @@ async def test_drift_command_exit_codes(api: AsyncApiClient, make_spec: SpecMake
     assert doc["report"]["counts"]["content"] >= 1
     missing = sy("drift", "nosuch", state=state_dir)
     assert missing.returncode == 1 and "nosuch" in missing.stderr
+
+
+async def test_heal_true_replaces_a_drifted_instance_by_itself(api: AsyncApiClient, make_spec: SpecMaker,
+                                                               listen: str, state_dir: Path) -> None:
+    spec = make_spec("v1", "v1-heal", **{"drift": {"interval": "1s", "full_interval": "1h", "heal": True}})
+    assert (await deploy(api, spec))["phase"] == "succeeded"
+    status = await api.get("/v1/services/shop")
+    live = status["slots"][status["live_slot"]]
+    old_ids = {i["id"] for i in live["instances"]}
+    target = state_dir / "images" / "trees" / live["image"] / "shop" / "catalog.json"
+    os.chmod(target, 0o644)
+    target.write_text("[]")
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        deadline = time.monotonic() + 30
+        while True:
+            status = await api.get("/v1/services/shop")
+            ids = {i["id"] for i in status["slots"][status["live_slot"]]["instances"]}
+            if ids and not ids & old_ids and status["drift"] and status["drift"]["clean"]:
+                break
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.3)
+    assert traffic.failures() == []
+    audit = (await api.get("/v1/audit?service=shop"))["audit"]
+    heals = [a for a in audit if a["action"] == "drift.heal"]
+    assert len(heals) == 2 and all(a["actor"] == "shipyard-daemon" for a in heals), audit
+
+
+async def test_drift_results_are_in_metrics(api: AsyncApiClient, daemon: DaemonProcess, make_spec: SpecMaker,
+                                           state_dir: Path) -> None:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = json.loads(daemon.paths.api.read_text())["url"]
+        async with httpx.AsyncClient() as http:
+            resp = await http.get(f"{url}/metrics")            # no token: Prometheus scrapes it as is
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(resp.text) for s in fam.samples}
+
+    assert (await deploy(api, make_spec("v1")))["phase"] == "succeeded"
+    await drift(api, "full")
+    m = await scrape()
+    assert m[("shipyard_drift_clean", (("service", "shop"),))] == 1
+    assert m[("shipyard_drift_last_scan_timestamp_seconds", (("mode", "full"), ("service", "shop")))] > 0
+    assert any(k[0] == "shipyard_enforcement_info" and v == 1 for k, v in m.items())
+    status = await api.get("/v1/services/shop")
+    tree = state_dir / "images" / "trees" / status["slots"][status["live_slot"]]["image"]
+    os.chmod(tree / "shop" / "catalog.json", 0o644)
+    (tree / "shop" / "catalog.json").write_text("[]")
+    await drift(api)
+    m = await scrape()
+    assert m[("shipyard_drift_clean", (("service", "shop"),))] == 0
+    assert m[("shipyard_drift_findings", (("kind", "content"), ("service", "shop")))] >= 1

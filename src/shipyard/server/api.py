@@ -22,6 +22,8 @@ from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecErr
 from shipyard.rollout.controller import Controller
 from shipyard.rollout.model import Rollout, outcome_line
 from shipyard.runtime.local import log_tail
+from shipyard.server.metrics_export import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from shipyard.server.metrics_export import render as render_metrics
 from shipyard.state.audit import UNKNOWN_ACTOR, RejectionThrottle
 
 STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404}
@@ -159,6 +161,10 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
         if not isinstance(path, str) or not path:
             raise SpecError("plan needs spec_path: the absolute path of the spec file")
         return await controller.plan(path)
+
+    @route("/metrics", public=True)
+    async def metrics(_: Request) -> Any:
+        return Response(render_metrics(controller), media_type=METRICS_CONTENT_TYPE)
 
     @route("/v1/services/{name}/drift")
     async def drift_last(request: Request) -> Any:
@@ -300,7 +306,7 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     return Starlette(routes=[ping, services, service, remove, history, deploy, db_check, db_contract, promote,
                              pause, resume, abort, retry, rollback, rollout, events, logs, images, shutdown,
-                             plan, audit, drift_last, drift_scan])
+                             plan, audit, drift_last, drift_scan, metrics])
 
 
 def claimed_actor(request: Request) -> str:

@@ -16,6 +16,7 @@ demo: $(VENV)/.installed
 	$(BIN)/shipyard demo
 
 test: $(VENV)/.installed
+	tools/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 300
 

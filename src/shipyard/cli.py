@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shipyard.cli_changes import changes_app
+from shipyard.cli_checklist import checklist as checklist_cmd
 from shipyard.cli_db import db_app
 from shipyard.cli_drift import drift as drift_cmd
 from shipyard.errors import ShipyardError, SpecError
@@ -27,6 +28,7 @@ image_app = typer.Typer(no_args_is_help=True, help="Inspect images.")
 app.add_typer(image_app, name="image")
 app.add_typer(db_app, name="db")
 app.command("drift")(drift_cmd)
+app.command("checklist")(checklist_cmd)
 app.add_typer(changes_app)     # plan, apply, history
 out = Console()
 err = Console(stderr=True)

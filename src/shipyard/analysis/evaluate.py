@@ -13,7 +13,7 @@ false-rollback probability that the sequential test keeps below alpha."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from shipyard.spec.strategy import AnalysisSpec, MetricSpec
 
@@ -23,8 +23,8 @@ from .verdict import Verdict
 
 
 def evaluate(spec: AnalysisSpec, canary: Window, stable: Window, state: sequential.SequentialState | None,
-             seconds: Iterable[tuple[Second, Second]] = (), *,
-             final: bool = False) -> tuple[list[Verdict], sequential.SequentialState]:
+             seconds: Iterable[tuple[Second, Second]] = (), *, final: bool = False,
+             provided: Mapping[str, Verdict] | None = None) -> tuple[list[Verdict], sequential.SequentialState]:
     """Judge every metric of `spec`.
 
     canary, stable: the window being judged (e.g. since the analysis step began).
@@ -33,6 +33,8 @@ def evaluate(spec: AnalysisSpec, canary: Window, stable: Window, state: sequenti
       state's last second are skipped, so feeding overlapping ranges is harmless.
     final: the window is complete (end of an analysis step): sequential monitors
       with enough data become successful, and the fixed-horizon comparisons run.
+    provided: verdicts of metrics judged elsewhere (prometheus, by the provider that ran
+      the query), by metric name; taken as they are, in spec order.
     Returns the verdicts (in spec order) and the state to store for the next tick."""
     plans = sequential.plans_of(spec)
     current = state or sequential.SequentialState()
@@ -40,7 +42,10 @@ def evaluate(spec: AnalysisSpec, canary: Window, stable: Window, state: sequenti
         current = sequential.advance(current, canary_second, stable_second, plans)
     verdicts: list[Verdict] = []
     for metric in spec.metrics:
-        verdicts.extend(_judge(spec, metric, canary, stable, current, plans, final))
+        if provided is not None and metric.name in provided:
+            verdicts.append(provided[metric.name])
+        else:
+            verdicts.extend(_judge(spec, metric, canary, stable, current, plans, final))
     return verdicts, current
 
 

@@ -2,7 +2,11 @@
 both tracks go into the analysis, the evidence is stored with the rollout (so it
 survives a daemon restart and is shown by `status`), and a failed verdict is reported
 at once. Inline `analysis` steps ask the same judge for a verdict over their window,
-so there is one sequential test per rollout and its false-alarm bound holds."""
+so there is one sequential test per rollout and its false-alarm bound holds.
+
+Prometheus metrics are queried on their own cadence (the analysis interval, at least a
+second): a query is a network round trip to another server, not a free read of the
+router's series. Their latest verdicts join the same list and the same abort rule."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall
+from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall, prometheus
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
@@ -34,6 +38,14 @@ class CanaryJudge:
         self.since = int(doc.get("since") or math.floor(deps.clock()) - 1)   # judged seconds are > since
         self.fed = int(doc.get("fed") or self.since)
         self.verdicts: list[Verdict] = [Verdict.from_dict(v) for v in doc.get("verdicts", [])]
+        self.canary_release, self.stable_release = r.image_id, r.previous_image_id
+        self.queried = {m.name: m.prometheus for m in self.analysis.metrics if m.prometheus is not None}
+        kept = {v.metric: v for v in self.verdicts if v.kind == "prometheus" and v.metric in self.queried}
+        self.provided: dict[str, Verdict] = {
+            name: kept.get(name) or Verdict(metric=name, kind="prometheus", status="inconclusive", value=None,
+                                            threshold=None, samples=0, detail="not queried yet",
+                                            evidence={"query_template": check.query})
+            for name, check in self.queried.items()}
 
     def tick(self, window_from: int | None = None, final: bool = False) -> list[Verdict]:
         """Feed what is new, judge the window (whole rollout by default), store the evidence."""
@@ -43,7 +55,7 @@ class CanaryJudge:
         stable = self.feed.seconds(self.service, self.stable, start, upto)
         new = [(c, s) for c, s in zip(canary, stable, strict=True) if c.t > self.fed]
         verdicts, self.state = evaluate(self.analysis, Window.of(canary), Window.of(stable), self.state, new,
-                                        final=final)
+                                        final=final, provided=self.provided)
         self.fed = max(self.fed, upto)
         self.verdicts = verdicts
         self.d.store.put_analysis(self.rollout_id, self.to_dict())
@@ -54,8 +66,41 @@ class CanaryJudge:
                 "state": self.state.to_dict() if self.state else None,
                 "verdicts": [v.to_dict() for v in self.verdicts], "status": overall(self.verdicts)}
 
+    async def query_prometheus(self) -> None:
+        """Run every prometheus metric's query once; their verdicts wait for the next tick."""
+        context = prometheus.QueryContext(self.service, self.canary, self.stable, self.canary_release,
+                                          self.stable_release, self.analysis.interval)
+        found = await asyncio.gather(*(prometheus.judge(name, check, context, self.d.env)
+                                       for name, check in self.queried.items()))
+        self.provided.update((v.metric, v) for v in found)
+
     async def watch(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
         """The background analysis: runs for the whole rollout, reports the first failure."""
+        loops = [asyncio.create_task(self._watch_router(current, queue))]
+        if self.queried:
+            loops.append(asyncio.create_task(self._watch_prometheus(current, queue)))
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in done:
+                loop.result()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _watch_prometheus(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
+        while True:
+            r = current()
+            if r.phase in JUDGED:
+                self.canary_release, self.stable_release = r.image_id, r.previous_image_id
+                await self.query_prometheus()
+                verdicts = self.tick()
+                if overall(verdicts) == "failed":
+                    await queue.put(AnalysisVerdict("failed", summary(verdicts), background=True))
+                    return
+            await asyncio.sleep(max(1.0, self.analysis.interval))
+
+    async def _watch_router(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
         while True:
             await self._fresh_seconds()
             if current().phase not in JUDGED:
@@ -73,6 +118,11 @@ class CanaryJudge:
             if self.d.clock() > until + 5:        # the router stopped reporting: judge what we have
                 break
             await self._fresh_seconds()
+        if self.queried:
+            r = self.d.store.get_rollout(self.rollout_id)
+            if r is not None:
+                self.canary_release, self.stable_release = r.image_id, r.previous_image_id
+            await self.query_prometheus()
         verdicts = self.tick(window_from=begin, final=True)
         return AnalysisVerdict(overall(verdicts), summary(verdicts))
 

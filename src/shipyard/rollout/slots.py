@@ -23,7 +23,7 @@ from shipyard.router.base import Router
 from shipyard.runtime.base import Instance, LaunchSpec, Runtime
 from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.state.records import Event, ServiceRecord, Slot, SlotState
 
 if TYPE_CHECKING:
     from shipyard.images import ImageStore
@@ -39,6 +39,8 @@ class Deps:
     paths: StatePaths
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     clock: Callable[[], float] = time.time
+    on_event: Callable[[Event], None] = lambda event: None
+    """Told of every event once it is stored (notifications); must not block or raise."""
 
 
 class SlotOps:
@@ -52,7 +54,7 @@ class SlotOps:
 
     def event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
               **data: Any) -> None:
-        self.d.store.add_event(service, kind, message, rollout_id, data or None)
+        self.d.on_event(self.d.store.add_event(service, kind, message, rollout_id, data or None))
 
     # -- the routing table -----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecErr
 from shipyard.rollout.controller import Controller
 from shipyard.rollout.model import Rollout, outcome_line
 from shipyard.runtime.local import log_tail
+from shipyard.server.dashboard.routes import dashboard_routes
 from shipyard.server.metrics_export import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shipyard.server.metrics_export import render as render_metrics
 from shipyard.state.audit import UNKNOWN_ACTOR, RejectionThrottle
@@ -164,13 +165,24 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     @route("/metrics", public=True)
     async def metrics(_: Request) -> Any:
-        return Response(render_metrics(controller), media_type=METRICS_CONTENT_TYPE)
+        return Response(await render_metrics(controller), media_type=METRICS_CONTENT_TYPE)
 
     @route("/v1/services/{name}/drift")
     async def drift_last(request: Request) -> Any:
         name = request.path_params["name"]
         controller.status(name)                      # 404 for an unknown service
         return {"report": controller.drift.reports.get(name), "enforcement": controller.enforcement()}
+
+    @route("/v1/services/{name}/checklist")
+    async def checklist_one(request: Request) -> Any:
+        from shipyard.rollout.checklist_inputs import checklist, rate_param
+        return await checklist(controller, request.path_params["name"], rate_param(request.query_params))
+
+    @route("/v1/checklist")
+    async def checklist_all(request: Request) -> Any:
+        from shipyard.rollout.checklist_inputs import checklist, rate_param
+        rate = rate_param(request.query_params)
+        return {"services": [await checklist(controller, s.name, rate) for s in store.list_services()]}
 
     @route("/v1/services/{name}/drift", ["POST"])
     async def drift_scan(request: Request) -> Any:
@@ -306,7 +318,8 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     return Starlette(routes=[ping, services, service, remove, history, deploy, db_check, db_contract, promote,
                              pause, resume, abort, retry, rollback, rollout, events, logs, images, shutdown,
-                             plan, audit, drift_last, drift_scan, metrics])
+                             plan, audit, drift_last, drift_scan, metrics, checklist_one, checklist_all,
+                             *dashboard_routes(controller)])
 
 
 def claimed_actor(request: Request) -> str:

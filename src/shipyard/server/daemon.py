@@ -19,6 +19,7 @@ import uvicorn
 
 from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
+from shipyard.notify import Dispatcher
 from shipyard.paths import StatePaths
 from shipyard.rollout.controller import Controller
 from shipyard.rollout.slots import Deps
@@ -96,6 +97,8 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
                 router=EmbeddedRouter(paths), paths=paths)
+    notifications = Dispatcher(store, deps.env)
+    deps.on_event = notifications.offer
     controller = Controller(deps)
     sock = bind(listen)
     host, port = sock.getsockname()[:2]
@@ -109,15 +112,18 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     try:
+        notifications.start()
         await controller.start()
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         write_api_file(paths, url)
-        log.info("shipyard daemon listening on %s (state %s)", url, paths.root)
+        log.info("shipyard daemon listening on %s (state %s); dashboard %s/dashboard/, metrics %s/metrics",
+                 url, paths.root, url, url)
         await server.serve(sockets=[sock])
     finally:
         with contextlib.suppress(FileNotFoundError):
             paths.api.unlink()
         await controller.close()
+        await notifications.close()
         store.close()
         sock.close()
         os.close(lock_fd)

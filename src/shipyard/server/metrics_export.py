@@ -1,39 +1,53 @@
-"""/metrics in Prometheus' text format: what the daemon knows, as gauges a Prometheus
-server scrapes. Built afresh on each scrape from the store, so it is never stale and
-holds nothing between scrapes. No secrets: only names, counts, verdicts and times."""
+"""/metrics in Prometheus' text format: what the routers counted and what the daemon knows.
+
+Built afresh on each scrape: the traffic series are the routers' own cumulative counters
+(read over their control sockets, all services at once), everything else comes from
+the state store. So a scrape is never stale, and a daemon restart loses nothing: the
+counters live in the router processes and restart from zero only when a router does,
+which Prometheus reads as a counter reset. No secrets: only names, counts, verdicts
+and times. The metric names are listed with their meaning in docs/metrics.md."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+import asyncio
+from collections.abc import Iterator
+from typing import Any
 
-from shipyard.drift.report import KINDS
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+
+from shipyard.errors import ShipyardError
 from shipyard.rollout.controller import Controller
+from shipyard.server.metrics.state import state_families
+from shipyard.server.metrics.traffic import traffic_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+ROUTER_TIMEOUT = 2.0
+"""A router that does not answer in time is reported down for this scrape, not waited for."""
 
-def render(controller: Controller) -> bytes:
-    registry = CollectorRegistry(auto_describe=True)
-    clean = Gauge("shipyard_drift_clean", "1 when the last drift scan of the service found nothing, else 0",
-                  ["service"], registry=registry)
-    findings = Gauge("shipyard_drift_findings", "Findings of the last drift scan, by kind",
-                     ["service", "kind"], registry=registry)
-    scanned = Gauge("shipyard_drift_last_scan_timestamp_seconds", "When the last drift scan of each mode ran",
-                    ["service", "mode"], registry=registry)
-    enforcement = Gauge("shipyard_enforcement_info", "The mechanism keeping instances out of their image trees",
-                        ["mode"], registry=registry)
-    mode = controller.enforcement()
-    if mode is not None:
-        enforcement.labels(mode["mode"]).set(1)
-    for svc in controller.d.store.list_services():
-        report = controller.drift.reports.get(svc.name)
-        if report is None:
-            continue
-        clean.labels(svc.name).set(1 if report["clean"] else 0)
-        counts = report.get("counts", {})
-        for kind in KINDS:
-            findings.labels(svc.name, kind).set(counts.get(kind, 0))
-        scanned.labels(svc.name, report["mode"]).set(report["scanned_at"])
-        if report.get("last_full_at"):
-            scanned.labels(svc.name, "full").set(report["last_full_at"])
+
+async def render(controller: Controller) -> bytes:
+    services = controller.d.store.list_services()
+    stats = await asyncio.gather(*(_router_stats(controller, svc.name) for svc in services))
+    families = [*traffic_families(services, stats), *state_families(controller, services)]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
     return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector that yields families already built for this one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+async def _router_stats(controller: Controller, service: str) -> dict[str, Any] | None:
+    try:
+        return await asyncio.wait_for(controller.d.router.stats(service), ROUTER_TIMEOUT)
+    except (ShipyardError, OSError, TimeoutError):
+        return None

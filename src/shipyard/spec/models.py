@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, Strict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .durations import PositiveDuration
 from .strategy import BlueGreenSpec, PreviewCheck, StrategySpec
@@ -19,6 +27,7 @@ from .values import (
     Bool,
     EnvMap,
     EnvName,
+    HeaderName,
     HttpPath,
     Listen,
     RelativePath,
@@ -26,6 +35,7 @@ from .values import (
     SpecModel,
     Text,
     exactly_one,
+    http_url,
     regex_check,
     split_listen,
 )
@@ -135,6 +145,51 @@ class RouterSpec(SpecModel):
     kind: Literal["embedded", "haproxy"] = "embedded"
 
 
+# -- notifications --------------------------------------------------------------------------------
+
+NotifyEvent = Literal["rollout.started", "rollout.step", "rollout.paused", "rollout.promoted",
+                      "rollout.succeeded", "rollout.failed", "rollout.aborted", "drift.found", "drift.cleared"]
+
+
+class WebhookSpec(SpecModel):
+    """One receiver of rollout and drift events. Header values that are secrets are named
+    by environment variable, so the spec (stored with every rollout) never holds them."""
+
+    url: Annotated[str, AfterValidator(http_url)]
+    events: list[NotifyEvent] | None = None
+    """Which events to send; default: all of them."""
+    format: Literal["json", "slack"] = "json"
+    headers: dict[HeaderName, Text] = Field(default_factory=dict)
+    secret_headers: dict[HeaderName, EnvName] = Field(default_factory=dict)
+    """Header name -> the daemon's environment variable holding its value."""
+
+    @model_validator(mode="after")
+    def _headers_apart(self) -> WebhookSpec:
+        seen: set[str] = set()
+        for name in [*self.headers, *self.secret_headers]:
+            if name.lower() in seen:
+                raise ValueError(f"header {name} is given twice (headers and secret_headers are one set)")
+            seen.add(name.lower())
+        return self
+
+    def wants(self, event: str) -> bool:
+        return self.events is None or event in self.events
+
+
+class NotificationsSpec(SpecModel):
+    """Webhooks told about rollouts and drift. Delivery is best effort, in the background:
+    a receiver that is slow or down never holds a rollout back."""
+
+    webhooks: list[WebhookSpec] = Field(default_factory=list)
+    timeout: PositiveDuration = 5.0
+    """Per request."""
+    retries: Annotated[int, Strict(), Field(ge=0, le=20)] = 5
+    backoff: PositiveDuration = 1.0
+    """Wait before the first retry; doubled for each next one (with jitter), at most 5m."""
+    queue: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 100
+    """Deliveries waiting per webhook; beyond that the oldest is dropped (and an event says so)."""
+
+
 # -- the whole file -------------------------------------------------------------------------------
 
 class Spec(SpecModel):
@@ -150,6 +205,7 @@ class Spec(SpecModel):
     database: DatabaseSpec | None = None
     drift: DriftSpec = Field(default_factory=DriftSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
+    notifications: NotificationsSpec | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<memory>")

@@ -1,0 +1,207 @@
+"""What the checklist reads in the daemon: slots and instances, the previous image (verified
+now, not trusted), the measured switch and rollout timings from the event log, the last
+drift report, and the database plan. Each check is then decided by `shipyard.checklist`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shipyard.checklist import (
+    COLD_PHASES,
+    REFERENCE_RATE,
+    BlastInputs,
+    Check,
+    DatabaseInputs,
+    DriftInputs,
+    LastDbCheck,
+    PreviousImage,
+    Timing,
+    UndoInputs,
+    WarmSlot,
+    blast_radius_check,
+    database_check,
+    drift_check,
+    report,
+    undo_check,
+)
+from shipyard.errors import NotFoundError, ShipyardError, SpecError
+from shipyard.images.manifest import hash_file
+from shipyard.rollout.exposure import exposure
+from shipyard.rollout.model import Kind, Phase, other_slot
+from shipyard.rollout.slots import spec_from_doc
+from shipyard.spec import Spec
+from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
+from shipyard.state.records import ServiceRecord, SlotState
+
+if TYPE_CHECKING:
+    from shipyard.images import ImageStore
+    from shipyard.rollout.controller import Controller
+
+RECENT_ROLLOUTS = 20
+
+
+async def checklist(controller: Controller, service: str, rate: float = REFERENCE_RATE) -> dict[str, Any]:
+    """The four checks of one service, judged on the live release's spec (what is deployed)."""
+    svc = controller.d.store.get_service(service)
+    if svc is None:
+        raise NotFoundError(f"no service named {service!r}", "`shipyard status` lists the services")
+    now = controller.d.clock()
+    spec = _live_spec(svc)
+    checks: list[Check] = [undo_check(await _undo(controller, svc, now))]
+    if spec is None:
+        checks.append(Check("blast_radius", "WARN", "nothing is live: no strategy to judge", {},
+                            "deploy the service first"))
+    else:
+        checks.append(blast_radius_check(_blast(spec, rate)))
+    checks.append(drift_check(DriftInputs(
+        now=now, report=controller.drift.reports.get(service), enforcement=controller.enforcement(),
+        interval=spec.drift.interval if spec else 60.0, full_interval=spec.drift.full_interval if spec else 3600.0)))
+    checks.append(database_check(await _database(controller, svc, spec)))
+    doc = report(service, checks, now)
+    doc["spec"] = "live release" if spec is not None else None
+    return doc
+
+
+def rate_param(query: Mapping[str, str]) -> float:
+    """`?rate=` of the API: the request rate the Blast-radius test assumes."""
+    raw = query.get("rate")
+    try:
+        rate = REFERENCE_RATE if raw is None else float(raw)
+    except ValueError:
+        rate = -1.0
+    if not rate > 0 or rate == float("inf"):
+        raise SpecError(f"rate must be a positive number of requests per second, not {raw!r}")
+    return rate
+
+
+def _live_spec(svc: ServiceRecord) -> Spec | None:
+    live = svc.live
+    return spec_from_doc(live.spec, svc.spec_path) if live is not None and live.spec else None
+
+
+# -- Undo ----------------------------------------------------------------------------------------
+
+async def _undo(controller: Controller, svc: ServiceRecord, now: float) -> UndoInputs:
+    store = controller.d.store
+    active = store.active_rollouts(svc.name)
+    warm = None
+    if svc.active_slot:
+        other = other_slot(svc.active_slot)
+        s = svc.slots.get(other)
+        if s is not None and s.state == SlotState.WARM and s.image_id and s.spec:
+            healthy = sum(1 for i, st in store.instances(svc.name, other)
+                          if st == "healthy" and controller.d.runtime.is_alive(i))
+            warm = WarmSlot(other, s.image_id, healthy, s.retire_at)
+    switch = _last_event(store.db, svc.name, "traffic.switched")
+    last_switch = None
+    if switch is not None and isinstance(switch["data"].get("seconds"), int | float):
+        last_switch = Timing(float(switch["data"]["seconds"]), switch["rollout_id"] or f"event {switch['id']}",
+                             switch["ts"])
+    rollouts = store.rollouts(svc.name, RECENT_ROLLOUTS)
+    back = next((r for r in rollouts if r.kind is Kind.ROLLBACK and r.phase is Phase.SUCCEEDED), None)
+    last_rollback = Timing(back.updated_at - back.created_at, back.id, back.updated_at) if back else None
+    good = next((r for r in rollouts if r.phase is Phase.SUCCEEDED and "starting" in r.timings), None)
+    previous = None
+    if svc.previous_image_id and svc.previous_spec and svc.previous_image_id != (svc.live and svc.live.image_id):
+        previous = await asyncio.to_thread(inspect_image, controller.d.images, svc.previous_image_id)
+    return UndoInputs(now=now, live_image=svc.live.image_id if svc.live else None,
+                      rollout_in_progress=active[-1].id if active else None, warm=warm, last_switch=last_switch,
+                      last_rollback=last_rollback, previous=previous,
+                      cold_phases={k: good.timings.get(k, 0.0) for k in COLD_PHASES} if good else None,
+                      cold_source=good.id if good else "")
+
+
+def inspect_image(images: ImageStore, image_id: str) -> PreviousImage:
+    """Can this image be started right now, and if its tree is gone or bad, can it be rewritten?"""
+    t0 = time.perf_counter()
+    tree = images.tree_path(image_id)
+    try:
+        manifest = images.get(image_id).manifest
+    except ShipyardError as e:
+        return PreviousImage(image_id, "missing", e.message, str(tree), False, e.message)
+    if tree.is_dir():
+        v = images.verify(image_id)
+        state, summary = ("intact" if v.ok else "tampered"), v.summary()
+    else:
+        state, summary = "missing", f"image {image_id[:12]}: no tree at {tree} (written on the next start)"
+    objects_ok, problem = _objects_intact(images, manifest) if state != "intact" else (True, "")
+    return PreviousImage(image_id, state, summary, str(tree), objects_ok, problem, time.perf_counter() - t0)
+
+
+def _objects_intact(images: ImageStore, manifest: dict[str, Any]) -> tuple[bool, str]:
+    for e in manifest["files"]:
+        if e["type"] != "file":
+            continue
+        obj: Path = images._object_path(e["sha256"])    # the store has no public "check objects" yet
+        if not obj.is_file():
+            return False, f"the object for {e['path']} is missing from the store"
+        sha, _size = hash_file(obj)
+        if sha != e["sha256"]:
+            return False, f"the object for {e['path']} is corrupted"
+    return True, ""
+
+
+def _last_event(db: Any, service: str, kind: str) -> dict[str, Any] | None:
+    """The newest event of a kind (the store's `events` reads oldest first, in pages)."""
+    row = db.execute("SELECT id, ts, rollout_id, data FROM events WHERE service=? AND kind=? "
+                     "ORDER BY id DESC LIMIT 1", (service, kind)).fetchone()
+    if row is None:
+        return None
+    return {"id": row[0], "ts": row[1], "rollout_id": row[2], "data": json.loads(row[3])}
+
+
+# -- Blast radius --------------------------------------------------------------------------------
+
+def _blast(spec: Spec, rate: float) -> BlastInputs:
+    bg = spec.strategy.blue_green
+    steps = [_step_words(s) for s in spec.strategy.canary.steps] if spec.strategy.canary is not None else []
+    return BlastInputs(exposure=exposure(spec, rate).to_dict(),
+                       preview_checks=len(bg.preview_checks) if bg is not None else 0,
+                       auto_promote=bg.auto_promote if bg is not None else True, steps=steps)
+
+
+def _step_words(step: object) -> str:
+    match step:
+        case SetWeightStep(set_weight=w):
+            return f"set_weight {w:g}%"
+        case PauseStep(pause=p):
+            return "pause until promoted" if p.duration is None else f"pause {p.duration:g}s"
+        case AnalysisStep(analysis=a):
+            return f"analysis {a.duration:g}s"
+    return str(step)
+
+
+# -- Database ------------------------------------------------------------------------------------
+
+async def _database(controller: Controller, svc: ServiceRecord, spec: Spec | None) -> DatabaseInputs:
+    if spec is None or spec.database is None:
+        return DatabaseInputs(has_database=False)
+    last = _last_db_check(controller, svc.name)
+    try:
+        plan = await controller.gate.plan(spec)
+    except Exception as e:      # whatever stops us asking the database: "cannot tell", never "none pending"
+        why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        return DatabaseInputs(has_database=True, error=str(why), last_check=last)
+    return DatabaseInputs(has_database=True, plan=plan.to_dict(),
+                          gate_blocking=[f.to_dict() for f in plan.gate_findings()], last_check=last)
+
+
+def _last_db_check(controller: Controller, service: str) -> LastDbCheck | None:
+    db = controller.d.store.db
+    checked = _last_event(db, service, "database.checked")
+    if checked is None:
+        return None
+    rehearsal = checked["data"].get("check") or {}
+    versions: list[str] = []
+    if checked["rollout_id"]:
+        row = db.execute("SELECT data FROM events WHERE rollout_id=? AND kind='database.plan' ORDER BY id DESC "
+                         "LIMIT 1", (checked["rollout_id"],)).fetchone()
+        if row is not None:
+            versions = list((json.loads(row[0]).get("plan") or {}).get("expand", []))
+    return LastDbCheck(checked["rollout_id"], checked["ts"], bool(rehearsal.get("ok")),
+                       list(rehearsal.get("reasons") or []), versions)

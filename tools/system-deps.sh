@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages the test suite drives for real: Prometheus (the Prometheus-in analysis test
+# starts its own server on loopback) and Chromium + ChromeDriver (the dashboard's browser test).
+# Installed from Debian's packages when missing; needs root (or sudo).
+set -euo pipefail
+
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null; then
+  sudo=(sudo)
+else
+  echo "error: the tests need ${missing[*]} (Debian packages) and this user cannot install them" >&2
+  echo "  hint: as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]} (Debian packages the tests drive)..." >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from shipyard.procfs import pid_alive
+
 from .connect import DatabaseError, connect, major_of, redact, server_version, with_database
 
 PREFIX = "shipyard_check_"
@@ -99,7 +101,7 @@ async def drop_stale_scratch(url: str) -> list[str]:
             (PREFIX.replace("_", r"\_") + "%",))
         for datname, comment in await cur.fetchall():
             m = NAME_RE.match(datname)
-            if not m or _pid_alive(int(m.group(1))):
+            if not m or pid_alive(int(m.group(1))):
                 continue
             if comment and f"host={host} " not in comment:
                 continue                    # made by a check on another machine: its pid means nothing here
@@ -110,16 +112,6 @@ async def drop_stale_scratch(url: str) -> list[str]:
             else:
                 dropped.append(datname)
     return dropped
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _creation_options(conn: psycopg.AsyncConnection) -> sql.Composed:

@@ -19,6 +19,7 @@ from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
+from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control import RouterControlClient
 from shipyard.router.table import RoutingTable
 
@@ -115,7 +116,7 @@ class EmbeddedRouter:
         return RouterControlClient(self.paths.router_socket(service), timeout)
 
     def _write_pid(self, service: str, pid: int, listen: str) -> None:
-        data = json.dumps({"pid": pid, "start_time": _start_time(pid), "listen": listen})
+        data = json.dumps({"pid": pid, "start_time": process_start_time(pid), "listen": listen})
         tmp = self.pid_file(service).with_suffix(".pid.tmp")
         tmp.write_text(data)
         os.replace(tmp, self.pid_file(service))
@@ -127,7 +128,7 @@ class EmbeddedRouter:
             pid, started = int(d["pid"]), d.get("start_time")
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if started is not None and _start_time(pid) != started:
+        if started is not None and process_start_time(pid) != started:
             return None
         return pid if _is_router(pid, self.paths.router_socket(service)) else None
 
@@ -192,7 +193,7 @@ class EmbeddedRouter:
                 if proc.poll() is not None:
                     del self._children[pid]
                     return True
-            elif not _alive(pid):
+            elif not pid_alive(pid):
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -225,29 +226,6 @@ def _start_error(service: str, listen: str, code: int, log_path: Path, offset: i
     last = lines[-1] if lines else "no output"
     return RouterError(f"the router for {service} exited at start (exit code {code}): {last}",
                        hint=f"see {log_path}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state != b"Z"  # a zombie is dead; its parent (not us) will reap it
-    except (OSError, IndexError):
-        return True
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _is_router(pid: int, sock: Path) -> bool:

@@ -13,11 +13,11 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from shipyard.errors import RuntimeFailure
+from shipyard.procfs import ProcStat, process_start_time, read_proc_stat  # noqa: F401 - re-exported
 from shipyard.runtime.base import Instance, LaunchSpec
 from shipyard.runtime.ports import PortAllocator, default_allocator
 from shipyard.runtime.sandbox import Enforcement, choose_enforcement, sandbox_for
@@ -27,40 +27,6 @@ BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 # How long to wait for the kernel to remove a process after SIGKILL before giving up.
 KILL_WAIT_SECONDS = 5.0
 _EXIT_CODES_KEPT = 256
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """The few fields of /proc/<pid>/stat we need."""
-
-    state: str
-    pgrp: int
-    start_time: int
-
-    @property
-    def dead(self) -> bool:
-        """A zombie has exited; only its exit status is left for its parent to collect."""
-        return self.state in ("Z", "X", "x")
-
-
-def read_proc_stat(pid: int) -> ProcStat | None:
-    """None when the pid does not exist (or /proc cannot tell)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError, PermissionError):
-        return None
-    # The command name (field 2) is in parentheses and may itself contain ')' or spaces.
-    try:
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        return ProcStat(state=fields[0].decode(), pgrp=int(fields[2]), start_time=int(fields[19]))
-    except (ValueError, IndexError):  # pragma: no cover - a process vanishing mid-read
-        return None
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: clock ticks after boot at which the process started."""
-    stat = read_proc_stat(pid)
-    return stat.start_time if stat else None
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -6,6 +6,7 @@ long each step took; stops everything it started unless --keep."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import tempfile
@@ -126,6 +127,13 @@ def print_summary(report: Report, traffic: Traffic | None) -> None:
                                                                                           key=lambda kv: str(kv[0]))))
 
 
+def daemon_url(daemon: DaemonProcess) -> str:
+    try:
+        return str(json.loads(daemon.paths.api.read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return "<see api.json in the state dir>"
+
+
 async def _run(state: Path, keep: bool, report: Report) -> None:
     port = free_port()
     listen = f"127.0.0.1:{port}"
@@ -142,6 +150,7 @@ async def _run(state: Path, keep: bool, report: Report) -> None:
             console.print(f"\n--keep: daemon (pid {daemon.proc.pid if daemon.proc else '?'}) and shop keep running.\n"
                           f"  SHIPYARD_HOME={state} shipyard status shop\n"
                           f"  curl http://{listen}/\n"
+                          f"  dashboard: {daemon_url(daemon)}/dashboard/ (token: {daemon.paths.token})\n"
                           f"  stop: SHIPYARD_HOME={state} shipyard remove shop; kill {daemon.proc.pid if daemon.proc else ''}")
         else:
             try:

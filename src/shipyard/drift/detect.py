@@ -60,8 +60,12 @@ def _live(inputs: ServiceInputs) -> list[Instance]:
 def _process_checks(inputs: ServiceInputs) -> tuple[list[DriftFinding], set[str]]:
     findings: list[DriftFinding] = []
     gone: set[str] = set()
-    for inst in _live(inputs):
-        found = process_findings(inst, inputs.expected.get(inst.id))
+    for inst, status in inputs.instances:
+        if status not in LIVE_STATUSES:
+            continue
+        # A starting instance may still be inside a launcher (a pyenv shim execs bash, then
+        # pyenv, then python): only its being alive is checked until it is healthy.
+        found = process_findings(inst, None if status == "starting" else inputs.expected.get(inst.id))
         gone.update(f.instance_id for f in found if f.evidence.get("change") == "gone" and f.instance_id)
         findings.extend(found)
     return findings, gone

@@ -17,6 +17,7 @@ import httpx
 from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
 from shipyard.images.store import ImageStore
 from shipyard.runtime.base import Instance, LaunchSpec, Runtime
+from shipyard.runtime.environment import release_env
 from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
 from shipyard.spec.strategy import PreviewCheck
@@ -91,13 +92,7 @@ def _launch(rel: ReleaseUnderTest, scratch_url: str, images: ImageStore, workdir
             env_source: Mapping[str, str]) -> LaunchSpec:
     image = images.get(rel.image_id)
     tree = images.verified_tree(rel.image_id)
-    env = dict(image.env)
-    missing = [k for k in rel.spec.run.secret_env if k not in env_source]
-    if missing:
-        raise RuntimeError(f"secret {', '.join(missing)} is not set in the environment")
-    env.update({k: env_source[k] for k in rel.spec.run.secret_env})
-    db = rel.spec.database
-    env[db.url_env if db is not None else "DATABASE_URL"] = scratch_url
+    env = release_env(rel.spec, image.env, env_source, database_url=scratch_url)
     iid = f"{rel.spec.service}-dbcheck-{rel.role}-{secrets.token_hex(3)}"
     return LaunchSpec(instance_id=iid, service=rel.spec.service, slot=f"dbcheck-{rel.role}", image_id=image.id,
                       tree=tree, command=list(image.command), env=env, instance_dir=workdir / iid)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from shipyard.drift import DriftReport, ServiceInputs, expected_process, scan_service
+from shipyard.drift.release import LIVE_STATUSES
 from shipyard.drift.report import Mode
 from shipyard.errors import NotFoundError, ShipyardError
 from shipyard.rollout.healing import Healer, HealResult, heal_targets
@@ -58,22 +59,25 @@ class DriftWatcher:
         return None
 
     def _inputs(self, svc: ServiceRecord) -> ServiceInputs:
+        records = self.d.store.instances(svc.name, live_only=False)
+        specs = {name: spec_from_doc(slot.spec, svc.spec_path) for name, slot in svc.slots.items() if slot.spec}
+        images: dict[str, Any] = {}
         expected = {}
-        for inst, _status in self.d.store.instances(svc.name):
-            slot = svc.slots.get(inst.slot)
-            if slot is None or not slot.spec:
+        for inst, status in records:
+            spec = specs.get(inst.slot)
+            if spec is None or status not in LIVE_STATUSES:
                 continue
             try:
-                spec = spec_from_doc(slot.spec, svc.spec_path)
-                image = self.d.images.get(inst.image_id)
+                if inst.image_id not in images:          # one manifest read per image, not per instance
+                    images[inst.image_id] = self.d.images.get(inst.image_id)
+                image = images[inst.image_id]
                 env = self.ops.launch_env(spec, image.env)
             except ShipyardError:
                 continue          # checked for being alive only; a missing secret is not drift of the instance
             secrets = set(spec.run.secret_env) | ({spec.database.url_env} if spec.database else set())
             expected[inst.id] = expected_process(inst, image.command, env, self.d.images.tree_path(inst.image_id),
                                                  secrets)
-        return ServiceInputs(service=svc, instances=self.d.store.instances(svc.name, live_only=False),
-                             expected=expected, known_pids=self.d.router.pids(svc.name),
+        return ServiceInputs(service=svc, instances=records, expected=expected, known_pids=self.d.router.pids(svc.name),
                              instances_root=self.d.paths.instances,
                              in_rollout=bool(self.d.store.active_rollouts(svc.name)))
 

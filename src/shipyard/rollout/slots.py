@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipyard.errors import RuntimeFailure, ShipyardError
+from shipyard.errors import ShipyardError
 from shipyard.rollout.traffic import build_table
 from shipyard.router.base import Router
 from shipyard.runtime.base import Instance, LaunchSpec, Runtime
+from shipyard.runtime.environment import release_env
 from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
 from shipyard.state.records import Event, ServiceRecord, Slot, SlotState
@@ -86,18 +87,8 @@ class SlotOps:
     # -- instances -------------------------------------------------------------------
 
     def launch_env(self, spec: Spec, image_env: Mapping[str, str]) -> dict[str, str]:
-        """What an instance's environment is made of (image env, secrets, the database URL);
-        also what drift detection expects to find in a running instance."""
-        env = dict(image_env)
-        missing = [k for k in spec.run.secret_env if k not in self.d.env]
-        if missing:
-            raise RuntimeFailure(
-                f"secret {', '.join(missing)} for service {spec.service} is not set in the daemon's environment",
-                "export it in the environment of `shipyard serve` (e.g. an EnvironmentFile in its systemd unit)")
-        env.update({k: self.d.env[k] for k in spec.run.secret_env})
-        if spec.database is not None:          # the release finds its database here (unless set explicitly)
-            env.setdefault(spec.database.url_env, spec.database.url)
-        return env
+        """What an instance of `spec` starts with; also what drift detection expects to find."""
+        return release_env(spec, image_env, self.d.env)
 
     async def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
         image = self.d.images.get(image_id)

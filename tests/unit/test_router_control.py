@@ -87,6 +87,33 @@ def test_set_table_validates_persists_then_swaps(tmp: Path) -> None:
     assert json.loads((tmp / "t.json").read_text())["version"] == 5  # refused tables are not persisted
 
 
+def test_a_switch_is_served_before_its_fsync_and_undone_if_it_cannot_be_persisted(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shipyard.router.control as control
+    plane = Plane()
+    svc = ControlService(plane, tmp / "t.json", lambda: None)
+    assert svc.handle({"op": "set_table", "table": table(5)})[0]["ok"]   # the first table: persisted, then served
+    served_while_saving: list[int] = []
+    real_save = control.save_table
+
+    def save(path: Path, t: RoutingTable) -> None:
+        served_while_saving.append(plane.table.version)
+        real_save(path, t)
+
+    monkeypatch.setattr(control, "save_table", save)
+    assert svc.handle({"op": "set_table", "table": table(6)})[0] == {"ok": True, "version": 6}
+    assert served_while_saving == [6]                   # the swap did not wait for the disk
+
+    def full_disk(path: Path, t: RoutingTable) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(control, "save_table", full_disk)
+    reply = svc.handle({"op": "set_table", "table": table(7)})[0]
+    assert reply == {"ok": False, "error": f"cannot persist the table to {tmp / 't.json'}: No space left on device"}
+    assert plane.table.version == 6 and plane.swaps == [5, 6, 7, 6]   # refused: back to what was acknowledged
+    assert json.loads((tmp / "t.json").read_text())["version"] == 6
+
+
 def test_other_ops_and_bad_requests(tmp: Path) -> None:
     plane = Plane()
     svc = ControlService(plane, tmp / "t.json", lambda: None)

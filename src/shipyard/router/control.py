@@ -3,8 +3,9 @@
 Newline-delimited JSON over a unix stream socket (mode 0600), one response per
 request, several requests per connection. Modelled on HAProxy's Runtime API: the
 data plane never restarts to change its routing, so no client connection is ever
-dropped by a deploy. A table is persisted (atomically) before it is served, so a
-router restarted after a crash comes back with exactly the table it last served.
+dropped by a deploy. A table is persisted (atomically) before the daemon is told it
+was taken, so a router restarted after a crash comes back with the last table it
+acknowledged; one it could not persist is not kept.
 
 Server side: `ControlService` (the ops) and `serve_control` (the socket).
 Client side: `RouterControlClient`, used by the daemon's `EmbeddedRouter`."""
@@ -146,11 +147,22 @@ class ControlService:
         if plane.has_table and table.version < plane.table.version:
             return _error(f"stale table: version {table.version} is older than the served version "
                           f"{plane.table.version}")
+        # Serve first, persist second: the swap is the switch a rollback waits for, and the
+        # two fsyncs need not delay it. The reply still waits for the disk, and a table that
+        # cannot be persisted is swapped back out, so what the daemon is told, what is served
+        # and what a restarted router loads agree. (The very first table has nothing to go
+        # back to, so it is persisted first.)
+        previous = plane.table if plane.has_table else None
+        if previous is not None:
+            plane.swap(table)
         try:
             save_table(self.table_path, table)
         except OSError as e:
+            if previous is not None:
+                plane.swap(previous)
             return _error(f"cannot persist the table to {self.table_path}: {e.strerror or e}")
-        plane.swap(table)
+        if previous is None:
+            plane.swap(table)
         return {"ok": True, "version": table.version}
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

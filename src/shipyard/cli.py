@@ -286,10 +286,12 @@ def _print_rollout(r: dict[str, Any], as_json: bool) -> None:
 
 
 @app.command()
-def rollback(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
+def rollback(service: str, state_dir: str | None = StateDir, as_json: bool = JsonOut,
+             follow: str | None = typer.Option(None, "--follow", hidden=True,
+                                               help="Watch rollout ID, a rollback already sent.")) -> None:
     """Go back to the previous release: a switch while its slot is warm, else a redeploy."""
     from shipyard.entry import rollback as run  # one implementation, normally run before the CLI loads
-    raise typer.Exit(run(service, state_dir, as_json))
+    raise typer.Exit(run(service, state_dir, as_json, follow))
 
 
 @app.command()
@@ -324,7 +326,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="Leave the daemon and s
 
 def main() -> None:
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="shipyard")
     except ShipyardError as e:
         err.print(f"[red]error:[/] {e.message}", highlight=False)
         if e.hint:

@@ -1,10 +1,10 @@
-"""The `shipyard` command's entry point. `rollback` is the panic button: it goes to the
-daemon before anything heavier than `os` and `_socket` is imported (not Typer, Rich or
-pydantic, not even json or pathlib), so the command switches traffic in a few tens of
-milliseconds. The daemon answers it in plain text with the exit code in a header.
-Everything else, and any case the fast path does not cover, goes to `shipyard.cli`."""
-
-from __future__ import annotations
+"""Where the Python CLI starts (`shipyard-py`, `python -m shipyard`). The `shipyard`
+command itself (bin/shipyard) sends `rollback` to the daemon from bash; when it cannot
+(no bash, --json, a refused token, ...) the rollback lands here, and goes to the daemon
+before anything heavier than `os` and `_socket` is imported (not Typer, Rich or pydantic,
+not even json or pathlib). The daemon answers it in plain text with the exit code in a
+header. Everything else, and any case this fast path does not cover, goes to `shipyard.cli`.
+The two fast paths accept the same arguments and treat answers the same way."""
 
 import os
 import sys
@@ -43,11 +43,27 @@ def _home(state_dir: str | None) -> str:
     return os.path.realpath(os.path.join(base, "shipyard"))
 
 
+def _service_name(name: str) -> bool:
+    """A spec's service name ([a-z0-9-], no dash at either end): safe to put in a URL as is."""
+    return bool(name) and name[0] != "-" and name[-1] != "-" and all(c in _NAME_CHARS for c in name)
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class _Lost(Exception):
+    """The request went out but its answer is unusable: the daemon may have acted on it."""
+
+
 def _fast_rollback(service: str, state_dir: str | None) -> int | None:
-    """One plain-text request; None when anything is unusual (the full CLI then explains).
-    It talks through `_socket`, not `socket`: importing `socket` (enum, selectors, idna)
-    costs more than the whole switch."""
+    """One plain-text request; None when it declines, which it only does before the request
+    is sent or when the token was refused (nothing happened; the full CLI then explains).
+    Once the daemon may have acted, it reports instead of trying again: a rollback sent
+    twice would switch back. It talks through `_socket`, not `socket`: importing `socket`
+    (enum, selectors, idna) costs more than the whole switch."""
     import _socket
+    if not _service_name(service):
+        return None
     home = _home(state_dir)
     try:
         with open(os.path.join(home, "api.json")) as f:
@@ -61,36 +77,61 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
                    f"Authorization: Bearer {token}\r\nAccept: text/plain\r\nContent-Length: 0\r\n"
                    f"X-Shipyard-Actor: {actor}\r\nConnection: close\r\n\r\n").encode()
         sock = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET, _socket.SOCK_STREAM)
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
         try:
             sock.settimeout(600)
             sock.connect((host, int(port)))
-            sock.sendall(request)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        finally:
-            sock.close()
-    except (OSError, IndexError, ValueError):
-        return None
+            sock.sendall(request)       # all of it or an error: a partial request is never acted on
+        except (OSError, ValueError):
+            return None
+        try:
+            return _answer(service, home, sock)
+        except _Lost as e:
+            sys.stderr.write(f"error: the rollback of {service} was sent but the daemon's answer {e}\n"
+                             f"  hint: see what happened with: shipyard status {service}\n")
+            return 1
+    finally:
+        sock.close()
+
+
+def _answer(service: str, home: str, sock: object) -> int | None:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):         # type: ignore[attr-defined]
+            chunks.append(chunk)
+    except TimeoutError:
+        raise _Lost("did not come within 600 s") from None
+    except OSError as e:
+        raise _Lost(f"did not come ({e})") from None
+    if not chunks:
+        raise _Lost("did not come: the connection closed without one")
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")[1:])}
-    if b"x-shipyard-exit" not in headers or headers.get(b"transfer-encoding") == b"chunked":
-        return None
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ")
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1."):
+        raise _Lost(f"was not HTTP ({lines[0][:100].decode(errors='replace')})")
+    if status[1] == b"401":
+        return None                               # refused before acting: the full CLI explains the token
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
+    code = headers.get(b"x-shipyard-exit", b"")
+    if not code.isdigit() or headers.get(b"transfer-encoding") == b"chunked":
+        raise _Lost(f"was HTTP {status[1].decode(errors='replace')} without an exit code: "
+                    f"{body[:300].decode(errors='replace')}")
     if headers.get(b"x-shipyard-done") == b"0":      # a redeploy of the previous image: follow it
-        from shipyard.cli import follow
-        from shipyard.client import ApiClient
-        from shipyard.paths import StatePaths
-        r = follow(ApiClient(StatePaths.resolve(home)), headers[b"x-shipyard-rollout"].decode())
-        from shipyard.rollout.model import outcome_line
-        sys.stdout.write(outcome_line(r) + "\n")
-        return 1 if r["phase"] == "failed" else 0
-    code = int(headers[b"x-shipyard-exit"])
-    (sys.stderr if code else sys.stdout).write(body.decode(errors="replace"))
-    return code
+        rollout = headers.get(b"x-shipyard-rollout", b"").decode()
+        if not rollout:
+            raise _Lost("named no rollout to follow")
+        return rollback(service, home, False, follow=rollout)
+    (sys.stderr if int(code) else sys.stdout).write(body.decode(errors="replace"))
+    return int(code)
 
 
-def rollback(service: str, state_dir: str | None, as_json: bool) -> int:
-    """`shipyard rollback`, the JSON way (used for --json and when the fast path declines)."""
+def rollback(service: str, state_dir: str | None, as_json: bool, follow: str | None = None) -> int:
+    """`shipyard rollback`, the JSON way (used for --json and when the fast path declines).
+    With `follow`, the rollback was already sent (by a fast path) and became rollout
+    `follow`, a redeploy: only watch it to its end."""
     import json
 
     from shipyard.client import ApiClient
@@ -99,13 +140,14 @@ def rollback(service: str, state_dir: str | None, as_json: bool) -> int:
     from shipyard.rollout.model import outcome_line
     try:
         client = ApiClient(StatePaths.resolve(state_dir))
-        r = client.post(f"/v1/services/{service}/rollback")["rollout"]
+        r = (client.get(f"/v1/rollouts/{follow}") if follow
+             else client.post(f"/v1/services/{service}/rollback"))["rollout"]
     except ShipyardError as e:
         sys.stderr.write(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else ""))
         return e.exit_code
     if r["phase"] not in ("succeeded", "failed", "aborted"):
-        from shipyard.cli import follow
-        r = follow(client, r["id"], quiet=as_json)
+        from shipyard.cli import follow as watch
+        r = watch(client, r["id"], quiet=as_json)
     sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else outcome_line(r) + "\n")
     return 1 if r["phase"] == "failed" else 0
 

@@ -405,6 +405,20 @@ class ImageStore:
         manifest = self._read_manifest(image_id)
         return diff_tree(self.tree_path(image_id), manifest, image_id)
 
+    def object_problem(self, manifest: dict[str, Any]) -> str | None:
+        """Why the image's tree could not be written again from the object store right now (its
+        first missing or corrupted object), or None when it could: a lost tree is only harmless
+        while its objects are intact."""
+        for e in manifest["files"]:
+            if e["type"] != "file":
+                continue
+            obj = self._object_path(e["sha256"])
+            if not obj.is_file():
+                return f"the object for {e['path']} is missing from the store"
+            if hash_file(obj)[0] != e["sha256"]:
+                return f"the object for {e['path']} is corrupted"
+        return None
+
     def verified_tree(self, image_id: str) -> Path:
         """The tree to start an instance from, guaranteed to match the manifest right now."""
         tree = self.materialize(image_id)

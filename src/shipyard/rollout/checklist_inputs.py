@@ -5,10 +5,8 @@ drift report, and the database plan. Each check is then decided by `shipyard.che
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.checklist import (
@@ -30,7 +28,6 @@ from shipyard.checklist import (
     undo_check,
 )
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
-from shipyard.images.manifest import hash_file
 from shipyard.rollout.exposure import exposure
 from shipyard.rollout.model import Kind, Phase, other_slot
 from shipyard.rollout.slots import spec_from_doc
@@ -97,11 +94,10 @@ async def _undo(controller: Controller, svc: ServiceRecord, now: float) -> UndoI
             healthy = sum(1 for i, st in store.instances(svc.name, other)
                           if st == "healthy" and controller.d.runtime.is_alive(i))
             warm = WarmSlot(other, s.image_id, healthy, s.retire_at)
-    switch = _last_event(store.db, svc.name, "traffic.switched")
+    switch = store.last_event(svc.name, "traffic.switched")
     last_switch = None
-    if switch is not None and isinstance(switch["data"].get("seconds"), int | float):
-        last_switch = Timing(float(switch["data"]["seconds"]), switch["rollout_id"] or f"event {switch['id']}",
-                             switch["ts"])
+    if switch is not None and isinstance(switch.data.get("seconds"), int | float):
+        last_switch = Timing(float(switch.data["seconds"]), switch.rollout_id or f"event {switch.id}", switch.ts)
     rollouts = store.rollouts(svc.name, RECENT_ROLLOUTS)
     back = next((r for r in rollouts if r.kind is Kind.ROLLBACK and r.phase is Phase.SUCCEEDED), None)
     last_rollback = Timing(back.updated_at - back.created_at, back.id, back.updated_at) if back else None
@@ -129,30 +125,9 @@ def inspect_image(images: ImageStore, image_id: str) -> PreviousImage:
         state, summary = ("intact" if v.ok else "tampered"), v.summary()
     else:
         state, summary = "missing", f"image {image_id[:12]}: no tree at {tree} (written on the next start)"
-    objects_ok, problem = _objects_intact(images, manifest) if state != "intact" else (True, "")
-    return PreviousImage(image_id, state, summary, str(tree), objects_ok, problem, time.perf_counter() - t0)
-
-
-def _objects_intact(images: ImageStore, manifest: dict[str, Any]) -> tuple[bool, str]:
-    for e in manifest["files"]:
-        if e["type"] != "file":
-            continue
-        obj: Path = images._object_path(e["sha256"])    # the store has no public "check objects" yet
-        if not obj.is_file():
-            return False, f"the object for {e['path']} is missing from the store"
-        sha, _size = hash_file(obj)
-        if sha != e["sha256"]:
-            return False, f"the object for {e['path']} is corrupted"
-    return True, ""
-
-
-def _last_event(db: Any, service: str, kind: str) -> dict[str, Any] | None:
-    """The newest event of a kind (the store's `events` reads oldest first, in pages)."""
-    row = db.execute("SELECT id, ts, rollout_id, data FROM events WHERE service=? AND kind=? "
-                     "ORDER BY id DESC LIMIT 1", (service, kind)).fetchone()
-    if row is None:
-        return None
-    return {"id": row[0], "ts": row[1], "rollout_id": row[2], "data": json.loads(row[3])}
+    problem = images.object_problem(manifest) if state != "intact" else None
+    return PreviousImage(image_id, state, summary, str(tree), problem is None, problem or "",
+                         time.perf_counter() - t0)
 
 
 # -- Blast radius --------------------------------------------------------------------------------
@@ -192,16 +167,15 @@ async def _database(controller: Controller, svc: ServiceRecord, spec: Spec | Non
 
 
 def _last_db_check(controller: Controller, service: str) -> LastDbCheck | None:
-    db = controller.d.store.db
-    checked = _last_event(db, service, "database.checked")
+    store = controller.d.store
+    checked = store.last_event(service, "database.checked")
     if checked is None:
         return None
-    rehearsal = checked["data"].get("check") or {}
+    rehearsal = checked.data.get("check") or {}
     versions: list[str] = []
-    if checked["rollout_id"]:
-        row = db.execute("SELECT data FROM events WHERE rollout_id=? AND kind='database.plan' ORDER BY id DESC "
-                         "LIMIT 1", (checked["rollout_id"],)).fetchone()
-        if row is not None:
-            versions = list((json.loads(row[0]).get("plan") or {}).get("expand", []))
-    return LastDbCheck(checked["rollout_id"], checked["ts"], bool(rehearsal.get("ok")),
+    if checked.rollout_id:
+        plan = store.last_event(service, "database.plan", checked.rollout_id)
+        if plan is not None:
+            versions = list((plan.data.get("plan") or {}).get("expand", []))
+    return LastDbCheck(checked.rollout_id, checked.ts, bool(rehearsal.get("ok")),
                        list(rehearsal.get("reasons") or []), versions)

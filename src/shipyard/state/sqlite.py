@@ -150,6 +150,15 @@ class SqliteStore:
                                (service, limit))
         return [Rollout.from_dict(json.loads(r["data"])) for r in rows]
 
+    def finished_rollout_counts(self) -> list[tuple[str, str, str, str, int]]:
+        """(service, kind, strategy, outcome phase, count) of ended rollouts, counted in SQL so a
+        long history is never parsed; sorted by the first four."""
+        rows = self.db.execute(
+            "SELECT service, json_extract(data, '$.kind'), json_extract(data, '$.strategy'), phase, COUNT(*)"
+            f" FROM rollouts WHERE phase IN ({','.join('?' * len(TERMINAL_PHASES))})"
+            " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", TERMINAL_PHASES)
+        return [(service, kind or "", strategy or "", phase, int(n)) for service, kind, strategy, phase, n in rows]
+
     # -- analysis evidence (one document per rollout, rewritten each tick) -----------------
 
     def put_analysis(self, rollout_id: str, doc: dict[str, Any]) -> None:
@@ -160,6 +169,13 @@ class SqliteStore:
     def get_analysis(self, rollout_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT data FROM analysis WHERE rollout_id=?", (rollout_id,)).fetchone()
         return json.loads(row["data"]) if row else None
+
+    def finished_analysis_ids(self) -> list[str]:
+        """Rollouts whose analysis can no longer change: they have one and have ended."""
+        rows = self.db.execute(
+            "SELECT a.rollout_id FROM analysis a JOIN rollouts r ON r.id = a.rollout_id"
+            f" WHERE r.phase IN ({','.join('?' * len(TERMINAL_PHASES))}) ORDER BY a.rollout_id", TERMINAL_PHASES)
+        return [r[0] for r in rows]
 
     # -- events --------------------------------------------------------------------
 
@@ -183,8 +199,20 @@ class SqliteStore:
             args.append(rollout_id)
         q += " ORDER BY id LIMIT ?"
         args.append(limit)
-        return [Event(r["id"], r["ts"], r["service"], r["rollout_id"], r["kind"], r["message"], json.loads(r["data"]))
-                for r in self.db.execute(q, args)]
+        return [_event(r) for r in self.db.execute(q, args)]
+
+    def last_event(self, service: str, kind: str, rollout_id: str | None = None) -> Event | None:
+        """The newest event of a kind (of one rollout, if given): `events` reads oldest first, in pages."""
+        q, args = "SELECT * FROM events WHERE service=? AND kind=?", [service, kind]
+        if rollout_id is not None:
+            q += " AND rollout_id=?"
+            args.append(rollout_id)
+        row = self.db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return _event(row) if row else None
+
+
+def _event(r: sqlite3.Row) -> Event:
+    return Event(r["id"], r["ts"], r["service"], r["rollout_id"], r["kind"], r["message"], json.loads(r["data"]))
 
 
 def _service(row: sqlite3.Row) -> ServiceRecord:

@@ -3,7 +3,6 @@ verdicts, instance health and drift, all read from the state store and the drift
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Iterable
 
@@ -15,7 +14,7 @@ from shipyard.rollout.controller import Controller
 from shipyard.rollout.model import Phase
 from shipyard.server.metrics.traffic import short
 from shipyard.state.records import ServiceRecord
-from shipyard.state.sqlite import TERMINAL_PHASES, SqliteStore
+from shipyard.state.sqlite import SqliteStore
 
 
 def state_families(controller: Controller, services: list[ServiceRecord]) -> list[Metric]:
@@ -68,12 +67,8 @@ def _rollouts(store: SqliteStore, services: list[ServiceRecord]) -> list[Metric]
         started.add_metric([svc.name], latest.phase_started_at)
     finished = CounterMetricFamily("shipyard_rollouts", "Rollouts that ended, by outcome",
                                    labels=["service", "kind", "strategy", "outcome"])
-    rows = store.db.execute(
-        "SELECT service, json_extract(data, '$.kind'), json_extract(data, '$.strategy'), phase, COUNT(*)"
-        f" FROM rollouts WHERE phase IN ({','.join('?' * len(TERMINAL_PHASES))})"
-        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", TERMINAL_PHASES)
-    for service, kind, strategy, outcome, n in rows:
-        finished.add_metric([service, kind or "", strategy or "", outcome], n)
+    for service, kind, strategy, outcome, n in store.finished_rollout_counts():
+        finished.add_metric([service, kind, strategy, outcome], n)
     return [phase, info, active, weight, step, started, finished]
 
 
@@ -87,11 +82,7 @@ def _analysis(store: SqliteStore) -> list[Metric]:
     """Counters from finished rollouts (their final verdict per metric, so they only grow);
     gauges from the analysis of the rollouts in progress, with the numbers that decide."""
     seen = _finished_verdicts.setdefault(store, {})
-    marks = ",".join("?" * len(TERMINAL_PHASES))
-    ids = [r[0] for r in store.db.execute(
-        f"SELECT a.rollout_id FROM analysis a JOIN rollouts r ON r.id = a.rollout_id WHERE r.phase IN ({marks})",
-        TERMINAL_PHASES)]
-    for rid in ids:
+    for rid in store.finished_analysis_ids():
         if rid not in seen:
             seen[rid] = _verdict_rows(store, rid)
     totals: dict[tuple[str, str, str, str], int] = {}
@@ -126,13 +117,11 @@ def _analysis(store: SqliteStore) -> list[Metric]:
 
 
 def _verdict_rows(store: SqliteStore, rollout_id: str) -> list[tuple[str, str, str, str]]:
-    row = store.db.execute("SELECT r.service, a.data FROM analysis a JOIN rollouts r ON r.id = a.rollout_id"
-                           " WHERE a.rollout_id = ?", (rollout_id,)).fetchone()
-    if row is None:
-        return []
     try:
-        doc = json.loads(row[1])
-        return [(row[0], str(v["metric"]), str(v["kind"]), str(v["status"])) for v in doc.get("verdicts", [])]
+        rollout, doc = store.get_rollout(rollout_id), store.get_analysis(rollout_id)
+        if rollout is None or doc is None:
+            return []
+        return [(rollout.service, str(v["metric"]), str(v["kind"]), str(v["status"])) for v in doc.get("verdicts", [])]
     except (ValueError, KeyError, TypeError, AttributeError):
         return []
 

@@ -15,7 +15,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall, prometheus
+from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall
+from shipyard.analysis.prometheus import QueryContext
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
@@ -68,9 +69,9 @@ class CanaryJudge:
 
     async def query_prometheus(self) -> None:
         """Run every prometheus metric's query once; their verdicts wait for the next tick."""
-        context = prometheus.QueryContext(self.service, self.canary, self.stable, self.canary_release,
-                                          self.stable_release, self.analysis.interval)
-        found = await asyncio.gather(*(prometheus.judge(name, check, context, self.d.env)
+        context = QueryContext(self.service, self.canary, self.stable, self.canary_release,
+                               self.stable_release, self.analysis.interval)
+        found = await asyncio.gather(*(self.d.query_metric(name, check, context, self.d.env)
                                        for name, check in self.queried.items()))
         self.provided.update((v.metric, v) for v in found)
 

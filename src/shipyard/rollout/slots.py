@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shipyard.analysis import Verdict
+from shipyard.analysis.prometheus import QueryContext
 from shipyard.errors import ShipyardError
 from shipyard.rollout.traffic import build_table
 from shipyard.router.base import Router
@@ -24,12 +26,32 @@ from shipyard.runtime.base import Instance, LaunchSpec, Runtime
 from shipyard.runtime.environment import release_env
 from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
+from shipyard.spec.strategy import PrometheusMetric
 from shipyard.state.records import Event, ServiceRecord, Slot, SlotState
 
 if TYPE_CHECKING:
     from shipyard.images import ImageStore
     from shipyard.paths import StatePaths
     from shipyard.state.sqlite import SqliteStore
+
+
+class MetricQuery(Protocol):
+    """What the canary judge needs from a metric provider: one prometheus metric of the
+    analysis queried now and judged. An adapter like the runtime and the router, so the
+    judge can be exercised without a Prometheus server."""
+
+    async def __call__(self, name: str, metric: PrometheusMetric, context: QueryContext,
+                       env: Mapping[str, str], /) -> Verdict:
+        """Anything but one clear number within the metric's bounds must not be `successful`."""
+        ...
+
+
+async def no_metric_provider(name: str, metric: PrometheusMetric, context: QueryContext,
+                             env: Mapping[str, str], /) -> Verdict:
+    """Without a provider a query cannot pass: inconclusive, with the reason."""
+    return Verdict(metric=name, kind="prometheus", status="inconclusive", value=None, threshold=None, samples=0,
+                   detail="no metric provider is wired into this controller")
+
 
 @dataclass
 class Deps:
@@ -42,6 +64,8 @@ class Deps:
     clock: Callable[[], float] = time.time
     on_event: Callable[[Event], None] = lambda event: None
     """Told of every event once it is stored (notifications); must not block or raise."""
+    query_metric: MetricQuery = no_metric_provider
+    """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.prometheus.judge)."""
 
 
 class SlotOps:

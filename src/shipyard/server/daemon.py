@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from shipyard.analysis import prometheus
 from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
 from shipyard.notify import Dispatcher
@@ -96,7 +97,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
-                router=EmbeddedRouter(paths), paths=paths)
+                router=EmbeddedRouter(paths), paths=paths, query_metric=prometheus.judge)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

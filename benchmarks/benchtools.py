@@ -15,13 +15,13 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from shipyard.client import AsyncApiClient
+from shipyard.daemonproc import cli_argv
 from shipyard.errors import ShipyardError
 
 WRK = "/usr/bin/wrk"
@@ -353,11 +353,6 @@ class Switch:
     @property
     def wall_ms(self) -> float:
         return (self.t_done - self.t_cmd) * 1000
-
-
-def cli_argv() -> list[str]:
-    script = Path(sys.executable).with_name("shipyard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shipyard"]
 
 
 async def switch_cli(children: Children, state: Path, service: str, target: str) -> Switch:

@@ -46,7 +46,7 @@ from benchtools import (
 )
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.daemonproc import DaemonProcess, cli_argv
 from shipyard.demo import example_dir, free_port, write_specs
 from shipyard.errors import ShipyardError
 
@@ -226,6 +226,7 @@ def summarize(args: argparse.Namespace, sps: list[dict[str, Any]], idle: tuple[l
                     "pace_ms": args.pace_ms, "throughput_seconds": args.throughput_seconds,
                     "idle_cycles": args.idle_cycles},
         "goal_settle_ms": GOAL_MS,
+        "cli_command": cli_argv(),       # the launcher, or `python -m shipyard` if it is not installed
         "failed_requests": {"total_through_router": failed, "requests_through_router": sent},
         "phases": phases,
         "cli_without_load": {**series(idle[0]), "prober_failures": idle[1].failures(),

@@ -63,3 +63,11 @@ class DaemonProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def cli_argv() -> list[str]:
+    """The `shipyard` command as a user runs it: the launcher installed beside this
+    interpreter (bin/shipyard, which sends `rollback` without starting Python), else the
+    Python CLI (a source tree that was never installed)."""
+    launcher = Path(sys.executable).with_name("shipyard")
+    return [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "shipyard"]

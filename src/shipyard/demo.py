@@ -20,7 +20,7 @@ from rich.table import Table
 
 import shipyard
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.daemonproc import DaemonProcess, cli_argv
 from shipyard.errors import ShipyardError
 from shipyard.loadgen import Traffic
 
@@ -76,7 +76,8 @@ async def _deploy(api: AsyncApiClient, spec: Path) -> tuple[dict[str, Any], floa
     return final, time.monotonic() - t0
 
 
-async def scenario(api: AsyncApiClient, specs: dict[str, Path], url: str, report: Report) -> Traffic:
+async def scenario(api: AsyncApiClient, specs: dict[str, Path], url: str, report: Report,
+                   state: Path) -> Traffic:
     final, secs = await _deploy(api, specs["v1"])
     report.add("deploy v1 (first release, slot " + final["target_slot"] + ")", final["phase"], secs,
                final["phase"] == "succeeded")
@@ -91,15 +92,18 @@ async def scenario(api: AsyncApiClient, specs: dict[str, Path], url: str, report
                final["phase"] == "succeeded" and settle is not None)
     await asyncio.sleep(1.0)
 
+    # the panic button as a user presses it: the `shipyard rollback` command, timed from its start
     mark = time.monotonic()
-    r = (await api.post("/v1/services/shop/rollback"))["rollout"]
+    proc = await asyncio.create_subprocess_exec(*cli_argv(), "rollback", "shop", "--state-dir", str(state),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    said = (await proc.communicate())[0].decode(errors="replace").strip()
     call = time.monotonic() - mark
     await asyncio.sleep(1.0)
     settle = traffic.settled_at("1", mark)
-    report.add(f"rollback to v1 (switch back to warm slot {r['target_slot']})",
-               f"{r['phase']}; every request after {settle * 1000:.1f} ms served by v1" if settle is not None
-               else f"{r['phase']}; traffic did not return to v1", call,
-               r["phase"] == "succeeded" and settle is not None and settle < 1.0)
+    report.add("`shipyard rollback shop` (switch back to the warm slot)",
+               f"{said}; every request after {settle * 1000:.1f} ms served by v1" if settle is not None
+               else f"{said}; traffic did not return to v1", call,
+               proc.returncode == 0 and settle is not None and settle < 1.0)
 
     mark = time.monotonic()
     final, secs = await _deploy(api, specs["v3"])
@@ -143,7 +147,7 @@ async def _run(state: Path, keep: bool, report: Report) -> None:
     api = AsyncApiClient(daemon.paths)
     traffic = None
     try:
-        traffic = await scenario(api, specs, f"http://{listen}", report)
+        traffic = await scenario(api, specs, f"http://{listen}", report, state)
     finally:
         print_summary(report, traffic)
         if keep:

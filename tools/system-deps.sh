@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: Prometheus (the Prometheus-in analysis test
-# starts its own server on loopback) and Chromium + ChromeDriver (the dashboard's browser test).
+# starts its own server on loopback), Chromium + ChromeDriver (the dashboard's browser test) and
+# bubblewrap (the sandbox's fallback when Landlock is missing).
 # Installed from Debian's packages when missing; needs root (or sudo).
 set -euo pipefail
 
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

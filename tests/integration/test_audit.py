@@ -22,13 +22,8 @@ import pytest
 from shipyard.client import AsyncApiClient, local_actor
 from shipyard.daemonproc import DaemonProcess
 from shipyard.demo import example_dir
-from support import SpecMaker
+from support import SpecMaker, deploy
 from support.pg import throwaway_db
-
-
-async def deploy(api: AsyncApiClient, spec: Path) -> dict[str, Any]:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    return await api.wait_rollout(r["id"], 120)
 
 
 async def audit(api: AsyncApiClient, **params: Any) -> list[dict[str, Any]]:

@@ -7,12 +7,7 @@ import time
 
 from shipyard.client import AsyncApiClient
 from shipyard.loadgen import Traffic
-from support import SpecMaker
-
-
-async def deploy(api: AsyncApiClient, spec: object, timeout: float = 120) -> dict:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    return await api.wait_rollout(r["id"], timeout)
+from support import SpecMaker, deploy
 
 
 async def test_deploy_switch_rollback_and_refuse_under_traffic(api: AsyncApiClient, make_spec: SpecMaker,

@@ -108,7 +108,8 @@ async def test_users_keep_their_track_and_pauses_wait_for_promote(api: AsyncApiC
     r = await deploy(api, canary_spec(make_spec, "v2", "gates", steps))
     users = [f"user-{i}" for i in range(1000)]
     on_canary: set[str] = set()
-    async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=10,
+    # 10 s per request; the wait for one of the 32 connections is the client's own queue, not the router's
+    async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=httpx.Timeout(10, pool=None),
                                  limits=httpx.Limits(max_connections=32)) as c:
         for weight, step in ((5, 1), (25, 3), (50, 5)):
             r = await wait_for(api, r["id"], lambda x, s=step: x["phase"] == "paused" and x["step_index"] == s)

@@ -17,6 +17,7 @@ import pytest
 from shipyard.client import AsyncApiClient
 from shipyard.demo import example_dir
 from support import SpecMaker
+from support import deploy as deploy_and_wait
 from support.pg import throwaway_db
 
 CANARY = {"sticky": {"header": "X-User-Id"}, "analysis": {"min_requests": 20, "interval": "1s"},
@@ -24,11 +25,9 @@ CANARY = {"sticky": {"header": "X-User-Id"}, "analysis": {"min_requests": 20, "i
 
 
 async def deploy(api: AsyncApiClient, spec: Path) -> dict[str, Any]:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    done = await api.wait_rollout(r["id"], 120)
+    done = await deploy_and_wait(api, spec)
     assert done["phase"] == "succeeded", done
     return done
-
 
 async def checks(api: AsyncApiClient, service: str = "shop") -> dict[str, dict[str, Any]]:
     doc = await api.get(f"/v1/services/{service}/checklist")

@@ -40,6 +40,17 @@ def test_a_point_computes_quantiles_from_the_buckets() -> None:
     assert idle["error_rate"] is None and idle["p50_ms"] is None and idle["requests"] == 0
 
 
+async def busy_seconds_on_both_tracks(public: httpx.AsyncClient, n: int, timeout: float = 20) -> None:
+    """Keep the traffic on until both tracks have `n` completed seconds with requests (about n s;
+    longer on a loaded machine, where a fixed sleep would leave too few)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tracks = (await public.get("/v1/dashboard/series", params={"service": "shop"})).json()["tracks"]
+        if len(tracks) == 2 and all(sum(1 for p in pts if p["requests"]) >= n for pts in tracks.values()):
+            return
+        await asyncio.sleep(0.5)
+
+
 async def test_page_and_reads_are_public_and_hold_no_secret(api: AsyncApiClient, public: httpx.AsyncClient,
                                                             daemon: DaemonProcess, make_spec: SpecMaker,
                                                             listen: str) -> None:
@@ -48,7 +59,7 @@ async def test_page_and_reads_are_public_and_hold_no_secret(api: AsyncApiClient,
     r = await deploy(api, canary_spec(make_spec, "v2", "dash", steps))
     async with Traffic(f"http://{listen}", clients=4, pause=0.01, users=300):
         await wait_for(api, r["id"], lambda x: x["phase"] == "paused")
-        await asyncio.sleep(3.5)
+        await busy_seconds_on_both_tracks(public, 3)
 
     page = await public.get("/dashboard/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -19,7 +19,7 @@ from shipyard.client import AsyncApiClient
 from shipyard.demo import example_dir
 from shipyard.errors import ConflictError
 from shipyard.loadgen import Traffic
-from support import SpecMaker
+from support import SpecMaker, deploy
 from support.pg import query, throwaway_db
 
 MIGRATIONS = example_dir() / "migrations"
@@ -29,12 +29,6 @@ MIGRATIONS = example_dir() / "migrations"
 async def db() -> AsyncIterator[str]:
     async with throwaway_db("sydeploy") as url:
         yield url
-
-
-async def deploy(api: AsyncApiClient, spec: Path, allow_unsafe: str = "", timeout: float = 120) -> dict[str, Any]:
-    body = {"spec_path": str(spec)} | ({"allow_unsafe": allow_unsafe} if allow_unsafe else {})
-    r = (await api.post("/v1/deploy", body))["rollout"]
-    return await api.wait_rollout(r["id"], timeout)
 
 
 async def events(api: AsyncApiClient, rollout_id: str) -> list[dict[str, Any]]:

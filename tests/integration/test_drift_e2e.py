@@ -19,13 +19,8 @@ from pathlib import Path
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.loadgen import Traffic
-from support import SpecMaker
+from support import SpecMaker, deploy
 from support.procs import kill_everything_under
-
-
-async def deploy(api: AsyncApiClient, spec: Path) -> dict:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    return await api.wait_rollout(r["id"], 120)
 
 
 async def drift(api: AsyncApiClient, mode: str = "metadata", fix: bool = False) -> dict:

@@ -13,12 +13,7 @@ import httpx
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.loadgen import Traffic
-from support import SpecMaker
-
-
-async def deploy(api: AsyncApiClient, spec: Path, timeout: float = 120) -> dict:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    return await api.wait_rollout(r["id"], timeout)
+from support import SpecMaker, deploy
 
 
 async def wait_phase(api: AsyncApiClient, rid: str, phase: str, timeout: float = 30) -> dict:

@@ -13,12 +13,7 @@ import pytest
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.errors import ConflictError, RouterError, ShipyardError
-from support import SpecMaker
-
-
-async def deploy(api: AsyncApiClient, spec: Path) -> dict:
-    r = (await api.post("/v1/deploy", {"spec_path": str(spec)}))["rollout"]
-    return await api.wait_rollout(r["id"], 60)
+from support import SpecMaker, deploy
 
 
 async def test_listen_address_in_use_is_refused_and_nothing_recorded(api: AsyncApiClient, make_spec: SpecMaker,

@@ -295,7 +295,21 @@ def machine() -> dict[str, Any]:
         model = m.group(1).strip() if m else ""
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model or platform.processor() or "unknown",
             "python": platform.python_version(), "kernel": platform.release(),
-            "wrk": _version([WRK, "--version"]), "haproxy": _version([HAPROXY, "-v"])}
+            "wrk": _version([WRK, "--version"]), "haproxy": _version([HAPROXY, "-v"]),
+            "cpu_probe_ms": cpu_probe_ms()}
+
+
+def cpu_probe_ms() -> float:
+    """Best of 3 of a fixed pure-Python loop: on a shared VM the same CPU model runs two to
+    three times slower at some hours, so runs are only comparable next to this figure."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
 
 
 def cpu_times() -> list[int]:

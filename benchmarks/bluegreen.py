@@ -289,7 +289,8 @@ def markdown(res: dict[str, Any]) -> str:
     m, f, o = res["machine"], res["failed_requests"], res["options"]
     phases = list(res["phases"].values())
     lines = [f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, "
-             f"Python {m['python']} (1-min load average before the run: {m['loadavg_1min_before']:.2f}). "
+             f"Python {m['python']} (1-min load average before the run: {m['loadavg_1min_before']:.2f}; "
+             f"CPU probe, a fixed Python loop: {m.get('cpu_probe_ms', 0):.0f} ms, lower is faster). "
              f"Each switch phase: wrk {o['connections']} keep-alive connections through the router "
              f"plus the prober. Failed requests through the router in all phases: "
              f"{f['total_through_router']} of {f['requests_through_router']:,}.", "",

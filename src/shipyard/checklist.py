@@ -315,13 +315,13 @@ def database_check(db: DatabaseInputs) -> Check:
                          + "; ".join(lc.reasons[:3]), ev, "fix the migrations or the release, then deploy again")
         if lc is None or not lc.ok or not set(expand) <= set(lc.versions):
             return Check(name, WARN, f"pending migration(s) {', '.join(expand)} lint clean but not rehearsed yet",
-                         ev, "run `shipyard db check -f SPEC` (a deploy rehearses them before any change)")
+                         ev, "run `shipyard db check SPEC` (a deploy rehearses them before any change)")
     held = list(p["held"])
     if held:
         return Check(name, WARN, f"contract migration(s) held back: {', '.join(held)}; the schema still serves "
                      "the old release", ev,
                      "once no old instance runs and the rollback window is closed: `shipyard db contract SERVICE`")
     if expand:
-        return Check(name, PASS, f"pending migration(s) {', '.join(expand)} lint clean and rehearsed "
-                     f"(rollout {lc.rollout_id if lc else '-'})", ev)
+        by = f"rollout {lc.rollout_id}" if lc and lc.rollout_id else "`db check`"
+        return Check(name, PASS, f"pending migration(s) {', '.join(expand)} lint clean and rehearsed ({by})", ev)
     return Check(name, PASS, f"no pending migrations ({len(p['applied'])} applied)", ev)

@@ -149,3 +149,17 @@ async def test_database_passes_up_to_date_and_fails_on_an_unsafe_pending_migrati
     assert "CONCURRENTLY" in database["action"]
     run = cli(state_dir, "shop", "--json")
     assert run.returncode == 1 and json.loads(run.stdout)["status"] == "FAIL"
+
+    # rewritten safely, it is only a warning until rehearsed; the command the warning names clears it
+    (migrations / "0003_orders_index.sql").unlink()
+    shutil.copy(example_dir() / "migrations" / "0003_orders_note.sql", migrations)
+    database = (await checks(api))["database"]
+    assert database["status"] == "WARN" and "not rehearsed yet" in database["summary"], database
+    assert "shipyard db check SPEC" in database["action"]
+    checked = subprocess.run([sys.executable, "-m", "shipyard", "db", "check", str(spec), "--state-dir",
+                              str(state_dir)], capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    database = (await checks(api))["database"]
+    assert database["status"] == "PASS", database
+    assert database["summary"] == "pending migration(s) 0003 lint clean and rehearsed (`db check`)"
+    assert database["evidence"]["last_check"]["migrations"] == ["0003"]

@@ -6,6 +6,7 @@ stopped before anything changes, and failures that leave traffic untouched."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -81,6 +82,11 @@ async def test_expand_before_traffic_contract_after_the_old_release_is_gone(
     plan = next(e for e in evs if e["kind"] == "database.plan")
     assert "held back (contract): 0005_drop_products_legacy_code" in plan["message"]
     assert "database.checked" in kinds         # rehearsed on a scratch copy first
+    [svc] = (await api.get("/v1/dashboard/services"))["services"]     # what the dashboard shows of it
+    assert (svc["database"]["rollout_id"], svc["database"]["check_ok"]) == (v2["id"], True)
+    assert [e["kind"] for e in svc["database"]["events"]] == [e["kind"] for e in evs if e["kind"] in (
+        "database.plan", "database.checked", "database.applied")]
+    assert db not in json.dumps(svc)            # a public view: no connection string (it may hold a password)
 
     with pytest.raises(ConflictError, match="rollback window of shop is open"):
         await api.post("/v1/services/shop/db/contract")

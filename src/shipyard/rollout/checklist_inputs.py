@@ -172,8 +172,8 @@ def _last_db_check(controller: Controller, service: str) -> LastDbCheck | None:
     if checked is None:
         return None
     rehearsal = checked.data.get("check") or {}
-    versions: list[str] = []
-    if checked.rollout_id:
+    versions: list[str] = list(checked.data.get("versions") or [])
+    if not versions and checked.rollout_id:        # recorded before checks named their migrations
         plan = store.last_event(service, "database.plan", checked.rollout_id)
         if plan is not None:
             versions = list((plan.data.get("plan") or {}).get("expand", []))

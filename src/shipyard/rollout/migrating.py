@@ -83,6 +83,11 @@ class DatabaseGate:
         plan = await self.plan(spec)
         todo = plan.pending if contract else plan.expand
         rehearsal = await self.rehearse(spec, image.id, plan, contract=contract) if todo else None
+        if rehearsal is not None and not contract:      # what `checklist` and the history show of it
+            versions = [m.version for m in todo]
+            self.ops.event(spec.service, "database.checked",
+                           f"db check of {', '.join(versions)}: rehearsal {'passed' if rehearsal.ok else 'failed'}",
+                           None, check=rehearsal.to_dict(), versions=versions, image=image.id)
         return {"service": spec.service, "image": image.id, "plan": plan.to_dict(), "contract": contract,
                 "rehearsal": rehearsal.to_dict() if rehearsal else None,
                 "blocking": [f.to_dict() for f in plan.gate_findings(contract)],
@@ -119,7 +124,7 @@ class DatabaseGate:
         if db.check.enabled:
             rehearsal = await self.rehearse(spec, image_id, plan, contract=False, rollout_id=r.id)
             ev(r.service, "database.checked", "rehearsal " + ("passed" if rehearsal.ok else "failed"), r.id,
-               check=rehearsal.to_dict())
+               check=rehearsal.to_dict(), versions=[m.version for m in plan.expand])
             hard = rehearsal.check.failed_statement or (rehearsal.compat is not None and not rehearsal.compat.ok)
             if not rehearsal.ok and (hard or not r.allow_unsafe):
                 return MigrationFailed("database check failed, nothing was changed: " + "; ".join(rehearsal.reasons))

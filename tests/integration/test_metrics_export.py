@@ -159,6 +159,28 @@ async def test_traffic_counters_histogram_and_instances(api: AsyncApiClient, dae
     assert sum(after.select("shipyard_rollout_phase", service="shop").values()) == 1
 
 
+async def test_a_slot_that_takes_a_new_release_counts_it_from_zero(api: AsyncApiClient, daemon: DaemonProcess,
+                                                                   make_spec: SpecMaker, listen: str) -> None:
+    async def release(spec: Path, requests: int) -> tuple[str, str]:
+        r = await api.wait_rollout((await deploy(api, spec))["id"], 60)
+        assert r["phase"] == "succeeded", r
+        async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=10) as c:
+            for _ in range(requests):
+                assert (await c.get("/")).status_code == 200
+        return r["target_slot"], r["image_id"][:12]
+
+    slot_a, first = await release(make_spec("v1"), 5)
+    slot_b, _ = await release(make_spec("v2"), 2)
+    slot_c, third = await release(make_spec("v1", "v1-debug", **{"run.env.LOG_LEVEL": "debug"}), 3)
+    assert slot_c == slot_a != slot_b and third != first            # the same slot, another image
+    served = 2 + 3          # its two preview checks (through the router) and the three requests above
+    m = await until_scrape(daemon, lambda m: m.get("shipyard_requests_total", service="shop", track=slot_a,
+                                                   release=third, status_class="2xx") >= served)
+    assert m.get("shipyard_requests_total", service="shop", track=slot_a, release=third, status_class="2xx") == served
+    assert m.select("shipyard_requests_total", release=first) == {}   # its series ended with it
+    assert m.get("shipyard_request_duration_seconds_count", service="shop", track=slot_a, release=third) == served
+
+
 async def test_canary_gauges_and_verdict_counters(api: AsyncApiClient, daemon: DaemonProcess,
                                                   make_spec: SpecMaker, listen: str) -> None:
     first = await deploy(api, canary_spec(make_spec, "v1", "c1", [{"set_weight": 50}]))

@@ -285,6 +285,24 @@ async def test_stats_count_per_track(router: RouterProcess, farm: list[TestUpstr
     assert stats["upstreams"][blue.upstream.id]["requests"] == 6
 
 
+async def test_a_track_counts_from_zero_when_its_release_changes(router: RouterProcess,
+                                                                 farm: list[TestUpstream]) -> None:
+    blue, _ = farm
+    await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}, releases={"blue": "release-a"}))
+    await names(router.port, 4)
+    await router.set(make_table(2, {"blue": [blue]}, {"blue": 100}, releases={"blue": "release-a"}))
+    await names(router.port, 2)
+    track = (await router.client.stats())["tracks"]["blue"]
+    assert (track["release"], track["requests"], track["status"]["2xx"]) == ("release-a", 6, 6)   # same release
+    await router.set(make_table(3, {"blue": [blue]}, {"blue": 100}, releases={"blue": "release-b"}))
+    await names(router.port, 3)
+    track = (await router.client.stats())["tracks"]["blue"]
+    assert (track["release"], track["requests"], track["latency"]["count"]) == ("release-b", 3, 3)
+    await asyncio.sleep(1.1)                                 # let the last second complete
+    series = (await router.client.series(0))["series"]["blue"]
+    assert sum(p["requests"] for p in series) == 3           # release-a's seconds went with its counters
+
+
 async def test_reused_connection_closed_by_instance_is_retried(router: RouterProcess) -> None:
     """The instance drops a pooled connection as the next request arrives on it: the
     router replays the request on a fresh connection and the client never notices."""

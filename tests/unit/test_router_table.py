@@ -108,6 +108,12 @@ def test_wire_format_round_trip_and_older_tables() -> None:
     loaded = RoutingTable.from_dict(old)
     assert (loaded.bucket_order, loaded.aliases, loaded.sticky_client_address) == ((), {}, False)
     assert loaded.track_for(user_key="anyone") == "blue"
+    assert loaded.releases == {}
     moved = t.with_weights({"green": 5, "blue": 95})
     assert (moved.version, moved.aliases, moved.bucket_order) == (2, ALIASES, ("green", "blue"))
+    released = canary(10, releases={"green": "c0ffee", "blue": "beef"})
+    assert RoutingTable.from_dict(released.to_dict()).releases == {"green": "c0ffee", "blue": "beef"}
+    assert released.with_weights({"green": 20, "blue": 80}).releases == released.releases
+    with pytest.raises(TableError, match="release given for unknown track 'red'"):
+        canary(10, releases={"red": "c0ffee"})
     assert moved.bucket_ranges()[0] == ("green", 0, 500)

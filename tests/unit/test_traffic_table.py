@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shipyard.rollout.traffic import build_table
 from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord
+from shipyard.state.records import ServiceRecord, Slot
 
 
 def inst(iid: str, slot: str, port: int) -> Instance:
@@ -32,3 +32,13 @@ def test_live_slot_without_healthy_instances_still_routes_to_live_processes() ->
     svc = ServiceRecord("shop", "127.0.0.1:8080", active_slot="blue")
     t = build_table(svc, [(inst("b0", "blue", 1), "unhealthy")], version=1)
     assert t.weights == {"blue": 100} and [u.id for u in t.tracks["blue"]] == ["b0"]
+
+
+def test_each_track_names_the_release_its_slot_holds() -> None:
+    svc = ServiceRecord("shop", "127.0.0.1:8080", active_slot="blue",
+                        slots={"blue": Slot("live", "img-blue"), "green": Slot("starting", "img-green")})
+    t = build_table(svc, [(inst("b0", "blue", 1), "healthy"), (inst("g0", "green", 2), "healthy")], version=2)
+    assert t.releases == {"blue": "img-blue", "green": "img-green"}
+    svc.slots["green"] = Slot()                              # no image recorded: no release claimed
+    assert build_table(svc, [(inst("b0", "blue", 1), "healthy"), (inst("g0", "green", 2), "healthy")],
+                       version=3).releases == {"blue": "img-blue"}

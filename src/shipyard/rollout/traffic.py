@@ -45,5 +45,7 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
         weights = {canary: share, live: round(100.0 - share, 2)} if share < 100 else {canary: 100.0}
         order = (canary, live) if share < 100 else (canary,)
         aliases["canary"] = canary
+    releases = {slot: s.image_id for slot in tracks if (s := svc.slots.get(slot)) is not None and s.image_id}
     return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie,
-                        sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases)
+                        sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases,
+                        releases=releases)

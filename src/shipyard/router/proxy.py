@@ -140,8 +140,11 @@ class ProxyServer:
         self.clients: set[ClientConnection] = set()
         self.upstreams: dict[Upstream, UpstreamState] = {}
         self.track_metrics: dict[str, TrackMetrics] = {}
+        self.track_releases: dict[str, str] = {}
+        """The release each track's metrics belong to (from the tables; empty: not told)."""
         self.none_metrics = self._metrics(NO_TRACK)
         self.has_table = table is not None
+        self.track_releases.update(table.releases if table else {})
         self.state = self._compile(table or RoutingTable(service))
         self.started = time.time()
         self.clock = 0.0
@@ -176,7 +179,13 @@ class ProxyServer:
         return RouteState(table, routes)
 
     def swap(self, table: RoutingTable) -> None:
-        """Serve `table` from the next request on; in-flight requests finish where they are."""
+        """Serve `table` from the next request on; in-flight requests finish where they are
+        (and count where they started). A track that now serves another release counts
+        from zero: its counters and seconds belonged to the one before."""
+        for track, release in table.releases.items():
+            if self.track_releases.get(track, release) != release:
+                self.track_metrics[track] = TrackMetrics()
+            self.track_releases[track] = release
         self.state = self._compile(table)
         self.has_table = True
         live = {u for ups in table.tracks.values() for u in ups}
@@ -194,8 +203,8 @@ class ProxyServer:
         return {
             "version": self.state.table.version,
             "uptime": round(time.time() - self.started, 3),
-            "tracks": {name: m.snapshot() for name, m in self.track_metrics.items()
-                       if name != NO_TRACK or m.requests},
+            "tracks": {name: {**m.snapshot(), "release": self.track_releases.get(name, "")}
+                       for name, m in self.track_metrics.items() if name != NO_TRACK or m.requests},
             "upstreams": ups,
         }
 

@@ -61,6 +61,9 @@ class RoutingTable:
     with weight left out of it follow in name order."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Override names for tracks, e.g. {"canary": "green", "stable": "blue"}."""
+    releases: dict[str, str] = field(default_factory=dict)
+    """The image each track serves. A track's counters start again when its release changes,
+    so what /metrics reports under a release was served by that release."""
     _slices: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
     """(track, end bucket) in bucket order, weight > 0 only: computed once per table."""
 
@@ -80,6 +83,9 @@ class RoutingTable:
             if target not in self.tracks:
                 raise TableError(f"alias {alias!r} points to unknown track {target!r} "
                                  f"(tracks: {_names(self.tracks)})")
+        for track in self.releases:
+            if track not in self.tracks:
+                raise TableError(f"release given for unknown track {track!r} (tracks: {_names(self.tracks)})")
         full = order + tuple(sorted(t for t in units if t not in order))
         slices, end = [], 0
         for name in full:
@@ -122,7 +128,7 @@ class RoutingTable:
 
     def with_weights(self, weights: dict[str, float]) -> RoutingTable:
         return replace(self, version=self.version + 1, tracks=dict(self.tracks), weights=dict(weights),
-                       aliases=dict(self.aliases))
+                       aliases=dict(self.aliases), releases=dict(self.releases))
 
     @property
     def serving(self) -> list[str]:
@@ -143,11 +149,12 @@ class RoutingTable:
             "sticky_client_address": self.sticky_client_address,
             "bucket_order": list(self.bucket_order),
             "aliases": dict(self.aliases),
+            "releases": dict(self.releases),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoutingTable:
-        """Tables persisted before canary support (no order, aliases or address stickiness) load too."""
+        """Tables persisted by older routers (no order, aliases, address stickiness or releases) load too."""
         return cls(
             service=str(d["service"]),
             version=int(d.get("version", 0)),
@@ -159,6 +166,7 @@ class RoutingTable:
             sticky_client_address=bool(d.get("sticky_client_address", False)),
             bucket_order=tuple(str(t) for t in d.get("bucket_order") or ()),
             aliases={str(a): str(t) for a, t in (d.get("aliases") or {}).items()},
+            releases={str(t): str(r) for t, r in (d.get("releases") or {}).items()},
         )
 
 

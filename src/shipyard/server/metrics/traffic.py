@@ -1,6 +1,8 @@
 """The routers' per-track counters as Prometheus families: requests by status class,
 the latency histogram in the router's own bucket bounds, the traffic split, per-instance
-counters. Labelled by the release each track serves at scrape time."""
+counters. A track's counters are labelled with the release the router counted them for
+(it starts them again when the track's release changes); the weights, which are the
+record's, with the release the record gives the slot."""
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
         if st is None:
             continue
         for track, m in sorted(st.get("tracks", {}).items()):
-            labels = [svc.name, track, _release(svc, track)]
+            labels = [svc.name, track, short(m.get("release")) or _release(svc, track)]
             for cls in STATUS_CLASSES:
                 requests.add_metric([*labels, cls], m["status"].get(cls, 0))
             router_errors.add_metric(labels, m.get("errors", 0))

@@ -68,8 +68,11 @@ async def test_bash_moves_traffic_without_starting_python(api: AsyncApiClient, d
     state = daemon.paths.root
     seen = [live_slot(state)]
     # /bin/sh (dash here) hands over to bash; a system whose sh is bash runs the bash part directly
+    noisy = alone.parent / "bashrc"
+    noisy.write_text("echo sourced BASH_ENV >&2\n")          # a user's non-interactive bash start-up file
     for n, shell in enumerate(("/bin/sh", "/bin/bash"), start=3):
-        res = await asyncio.to_thread(run, [shell, str(alone), "rollback", "shop"], state, python_cli=False)
+        res = await asyncio.to_thread(run, [shell, str(alone), "rollback", "shop"], state, python_cli=False,
+                                      **({"BASH_ENV": str(noisy)} if shell == "/bin/sh" else {}))
         assert (res.returncode, res.stdout, res.stderr) == (0, f"rollback shop-{n}: succeeded\n", "")
         seen.append(live_slot(state))
     assert seen[0] != seen[1] != seen[2] == seen[0]

@@ -10,9 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from shipyard.drift.listeners import listening_sockets
 from shipyard.drift.processes import ExpectedProcess, process_findings
 from shipyard.drift.unmanaged import unmanaged_instances, unmanaged_listeners
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.images.build import remove_dir
 from shipyard.runtime.base import Instance, LaunchSpec
 from shipyard.runtime.local import LocalRuntime, read_proc_stat
 from shipyard.runtime.ports import allocate_port
@@ -38,13 +36,6 @@ COMMAND = [sys.executable, "app.py", "--port", "${PORT}"]
 ENV = {"LOG_LEVEL": "info", "DB_PASSWORD": SECRET}
 SECRETS = ["DB_PASSWORD"]
 Built = tuple[ImageStore, Image, Path]
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -57,13 +55,6 @@ async def service() -> AsyncIterator[FakeService]:
     finally:
         svc.server.close()
         await svc.server.wait_closed()
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def instance(port: int, log_path: Path) -> Instance:

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,13 +46,6 @@ def kill_group_if_ours(inst: Instance) -> None:
             os.killpg(inst.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

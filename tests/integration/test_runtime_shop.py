@@ -8,9 +8,8 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,6 @@ class Shop:
     @property
     def port(self) -> int:
         return self.inst.port
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def start_shop(runtime: LocalRuntime, tmp: Path, version: int, started: list[Instance]) -> Shop:

@@ -8,9 +8,7 @@ import asyncio
 import json
 import os
 import stat
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +17,8 @@ from shipyard.drift.baseline import BaselineStore
 from shipyard.drift.content import ContentResult, content_findings, scan_tree
 from shipyard.drift.report import Mode
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.images.build import remove_dir
 
 MODES: tuple[Mode, ...] = ("metadata", "full")
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

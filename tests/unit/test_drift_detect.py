@@ -4,23 +4,13 @@ store problem becomes an unknown finding rather than a clean report."""
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shipyard.drift import ServiceInputs, scan_service
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.images.build import remove_dir
 from shipyard.state.records import ServiceRecord, Slot, SlotState
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from shipyard.drift.hashing import Job, Verifier, check_one
 
 BUF = memoryview(bytearray(1 << 16))
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    shutil.rmtree(path)
 
 
 def job(rel: str, data: bytes) -> Job:

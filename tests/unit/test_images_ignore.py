@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from shipyard.images.build import remove_dir
 from shipyard.images.ignore import IgnoreRules
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 def test_name_pattern_matches_at_any_depth() -> None:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shipyard.errors import ImageError, ImageVerificationError
-from shipyard.images.build import remove_dir
 from shipyard.images.manifest import (
     VerifyReport,
     canonical_json,
@@ -24,13 +21,6 @@ from shipyard.images.manifest import (
     symlink_escapes,
     walk_tree,
 )
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 def test_canonical_json_is_independent_of_key_order() -> None:

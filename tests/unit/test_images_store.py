@@ -6,8 +6,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +13,6 @@ import pytest
 
 from shipyard.errors import ImageError, ImageVerificationError, NotFoundError
 from shipyard.images import BuildInput, ImageStore
-from shipyard.images.build import remove_dir
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

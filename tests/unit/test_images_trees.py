@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shipyard.errors import ImageVerificationError, NotFoundError
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.images.build import remove_dir
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

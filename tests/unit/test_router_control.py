@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +55,6 @@ class Plane:
 def table(version: int, service: str = "shop") -> dict[str, Any]:
     return RoutingTable(service, version, {"blue": (Upstream("blue-0", "127.0.0.1", 9001),)},
                         {"blue": 100}).to_dict()
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="sy"))  # short: unix socket paths are limited to 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_set_table_validates_persists_then_swaps(tmp: Path) -> None:

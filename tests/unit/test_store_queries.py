@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,8 @@ from typing import Any
 import pytest
 
 from shipyard.images import BuildInput, ImageStore
-from shipyard.images.build import remove_dir
 from shipyard.rollout.model import Kind, Phase, Rollout
 from shipyard.state.sqlite import SqliteStore
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sy"))
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

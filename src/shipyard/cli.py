@@ -335,11 +335,12 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        # by class name: Typer >= 0.20 raises its own vendored copy of click's exceptions
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "ClickException" in kinds:
+            e.show()                                     # type: ignore[attr-defined]
+            sys.exit(e.exit_code)                        # type: ignore[attr-defined]
+        if "Abort" in kinds:
             sys.exit(130)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

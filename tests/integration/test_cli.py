@@ -51,6 +51,24 @@ def _line_of(path: Path, key: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if key in line)
 
 
+USAGE_ERRORS = [
+    (["deploy"], "Missing option '-f' / '--file'.", "shipyard deploy --help"),
+    (["rollback"], "Missing argument 'service'.", "shipyard rollback --help"),
+    (["status", "--bogus"], "No such option: --bogus", "shipyard status --help"),
+    (["db", "check"], "Missing argument 'file'.", "shipyard db check --help"),
+    (["nosuchverb"], "No such command 'nosuchverb'.", "shipyard --help"),
+]
+
+
+@pytest.mark.parametrize("argv,error,helped", USAGE_ERRORS, ids=[" ".join(u[0]) for u in USAGE_ERRORS])
+def test_usage_errors_say_what_is_wrong_without_a_traceback(argv: list[str], error: str, helped: str,
+                                                            state_dir: Path) -> None:
+    res = sy(*argv, state=state_dir)
+    assert res.returncode == 2, res
+    assert error in res.stderr and f"Try '{helped}' for help." in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+
+
 def test_missing_file_and_missing_daemon(state_dir: Path, make_spec: SpecMaker) -> None:
     res = sy("validate", str(state_dir / "nope.yaml"), state=state_dir)
     assert res.returncode == 2 and "nope.yaml" in res.stderr and "Traceback" not in res.stderr

@@ -101,6 +101,9 @@ def test_deploy_wait_exit_codes_and_read_verbs(daemon: DaemonProcess, make_spec:
     assert prom.returncode == 3 and "nothing to promote" in prom.stderr
     unknown = sy("status", "nosuch", state=state_dir)
     assert unknown.returncode == 4 and "no service named 'nosuch'" in unknown.stderr
+    for verb in ("promote", "pause", "resume", "abort", "rollback", "logs", "history", "remove"):
+        res = sy(verb, "nosuch", state=state_dir)
+        assert (res.returncode, res.stderr.splitlines()[0]) == (4, "error: no service named 'nosuch'"), (verb, res)
 
 
 def test_tampered_image_is_refused(daemon: DaemonProcess, make_spec: SpecMaker, state_dir: Path) -> None:

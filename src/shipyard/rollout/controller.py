@@ -155,7 +155,7 @@ class Controller:
     async def promote(self, service: str, full: bool = False) -> Rollout:
         """Blue-green: switch a release waiting for promotion. Canary: go past the current
         step (a pause, an inconclusive analysis), or with `full` straight to 100 %."""
-        r = self._active(service)
+        r = self._active(self._service(service).name)   # an unknown service is 'not found'
         if r is not None and r.phase is Phase.AWAITING_PROMOTION:
             await self._command(r, PromoteRequested())
             return await self.wait(r.id, timeout=30)
@@ -182,7 +182,7 @@ class Controller:
 
     async def abort(self, service: str) -> Rollout:
         """Stop the rollout in progress: every user back on the release that served before."""
-        r = self._active(service)
+        r = self._active(self._service(service).name)   # an unknown service is 'not found'
         if r is None:
             raise ConflictError(f"{service} has no rollout in progress to abort",
                                 "to go back to the previous release, use `shipyard rollback`")
@@ -207,7 +207,7 @@ class Controller:
                                         allow_unsafe=last.allow_unsafe)
 
     def _active_canary(self, service: str, verb: str) -> Rollout:
-        r = self._active(service)
+        r = self._active(self._service(service).name)   # an unknown service is 'not found'
         if r is None or r.strategy != "canary" or r.phase.terminal:
             raise ConflictError(f"nothing to {verb} for {service}: no canary rollout is in progress")
         return r

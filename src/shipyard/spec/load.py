@@ -288,7 +288,7 @@ def load_spec(path: str | Path) -> Spec:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{file}: no such spec file",
-                        "create it (start from shipyard.example.yaml) or point to it with --spec") from None
+                        "check the path, or create it (start from shipyard.example.yaml)") from None
     except IsADirectoryError:
         raise SpecError(f"{file}: is a directory, not a spec file", f"did you mean {file / 'shipyard.yaml'}?") from None
     except PermissionError:

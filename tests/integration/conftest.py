@@ -37,6 +37,10 @@ def daemon(state_dir: Path) -> Iterator[DaemonProcess]:
     try:
         yield dp
     finally:
+        if dp.proc is not None and dp.proc.poll() is not None:
+            # it died during the test: its last words are gone with the state dir unless shown here
+            print(f"the daemon exited during the test with code {dp.proc.returncode}; daemon.out ends:\n"
+                  f"{dp.tail(80)}")
         dp.stop()
 
 

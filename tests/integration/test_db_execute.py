@@ -4,30 +4,21 @@ statement fails, and lock_timeout turning a lock wait into a retryable failure."
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from shipyard.database.connect import connect, with_database
+from shipyard.database.connect import connect
 from shipyard.database.execute import StatementFailed, StatementHooks, run_script
 from shipyard.database.statements import Statement, parse_script
-
-SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+from support.pg import throwaway_db
 
 
 @pytest.fixture
 async def db_url() -> AsyncIterator[str]:
-    name = f"sy_exec_{uuid.uuid4().hex[:10]}"
-    async with await connect(SERVER) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(SERVER, name)
-    finally:
-        async with await connect(SERVER) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    async with throwaway_db("sy_exec") as url:
+        yield url
 
 
 @pytest.fixture

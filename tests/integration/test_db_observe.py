@@ -5,35 +5,25 @@ stalls only its writes, a CONCURRENTLY build seen by the monitor - and judge it.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from psycopg import sql
 
-from shipyard.database.connect import connect, with_database
+from shipyard.database.connect import connect
 from shipyard.database.observe import CheckReport, ProbeStats, observe_apply
 from shipyard.database.statements import parse_script
-
-SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+from support.pg import throwaway_db
 
 
 @pytest.fixture
 async def db_url() -> AsyncIterator[str]:
-    name = f"sy_obs_{uuid.uuid4().hex[:10]}"
-    async with await connect(SERVER) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = with_database(SERVER, name)
+    async with throwaway_db("sy_obs") as url:
         async with await connect(url) as conn:
             await conn.execute("CREATE TABLE products (id int PRIMARY KEY, v int NOT NULL, note text)")
             await conn.execute("INSERT INTO products SELECT i, i % 1000, 'n' || i FROM generate_series(1, 20000) i")
             await conn.execute("CREATE TABLE orders (id int PRIMARY KEY, product_id int)")
             await conn.execute("ANALYZE")
         yield url
-    finally:
-        async with await connect(SERVER) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def probe(report: CheckReport, table: str, kind: str) -> ProbeStats:

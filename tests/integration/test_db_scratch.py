@@ -10,15 +10,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from shipyard.database.connect import DatabaseUnavailable, connect, with_database
+from shipyard.database.connect import DatabaseUnavailable, connect
 from shipyard.database.scratch import ScratchDatabase, ScratchError, drop_stale_scratch, pg_tool
+from support.pg import throwaway_db
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -54,16 +54,10 @@ async def drop(name: str) -> None:
 
 @pytest.fixture
 async def source_url() -> AsyncIterator[str]:
-    name = f"sy_src_{uuid.uuid4().hex[:10]}"
-    async with await connect(SERVER) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = with_database(SERVER, name)
+    async with throwaway_db("sy_src") as url:
         async with await connect(url) as conn:
             await conn.execute(SCHEMA.encode())
         yield url
-    finally:
-        await drop(name)
 
 
 async def values(url: str, query: str) -> list[tuple[object, ...]]:

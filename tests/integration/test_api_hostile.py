@@ -59,6 +59,10 @@ def _bomb(levels: int = 9, width: int = 9) -> str:
     ("/v1/dashboard/series?service=shop&since=nan", "since"),
     ("/v1/dashboard/series?service=shop&since=inf", "since"),
     ("/v1/dashboard/series?service=shop&since=-1", "since"),
+    ("/v1/checklist?rate=abc", "rate"),
+    ("/v1/checklist?rate=0", "rate"),
+    ("/v1/checklist?rate=1e400", "rate"),
+    ("/v1/services/shop/checklist?rate=-inf", "rate"),
 ])
 async def test_bad_query_values_are_400_naming_the_parameter(http: httpx.AsyncClient, path: str,
                                                             param: str) -> None:
@@ -72,6 +76,7 @@ async def test_good_query_values_still_work(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v1/services/shop/events?since=0")).status_code == 200
     assert (await http.get("/v1/services/shop/history?limit=5")).status_code == 404     # no such service
     assert (await http.get("/v1/dashboard/series?service=shop&since=1700000000.25")).status_code == 404
+    assert (await http.get("/v1/checklist?rate=1e%2B06")).json() == {"services": []}     # how %g writes 1e6
 
 
 @pytest.mark.parametrize("name", ["Shop", "my%20shop", "sh%C3%B6p", "shop%5B0%5D", "shop%0D%0AX-Evil:%201"])

@@ -14,7 +14,7 @@ from shipyard.errors import SpecError
 MAX_ID = 2**53
 """Above any event, audit or rollout id the store will reach; below SQLite's integer limit."""
 _WHOLE = re.compile(r"[0-9]{1,16}")      # ASCII digits only: int() would also take " 5", "1_0", "٣"
-_NUMBER = re.compile(r"[0-9]{1,16}(\.[0-9]{0,9})?")
+_NUMBER = re.compile(r"[0-9]{1,16}(\.[0-9]{0,9})?([eE][+-]?[0-9]{1,3})?")   # 1e+06 is how %g writes
 
 
 def _bad(name: str, raw: str, wanted: str) -> SpecError:
@@ -38,12 +38,12 @@ def int_param(request: Request, name: str, default: int, minimum: int = 0, maxim
 
 
 def number_param(request: Request, name: str, default: float, minimum: float = 0.0,
-                 maximum: float = float(MAX_ID)) -> float:
-    """`?name=` as a finite decimal number (no exponent, NaN or inf) in [minimum, maximum]."""
+                 maximum: float = float(MAX_ID), wanted: str | None = None) -> float:
+    """`?name=` as a finite number in [minimum, maximum]: no NaN, inf, sign, or 1e400 (which float() makes inf)."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    wanted = f"a number from {minimum:g} to {maximum:g}"
+    wanted = wanted or f"a number from {minimum:g} to {maximum:g}"
     if not _NUMBER.fullmatch(raw):
         raise _bad(name, raw, wanted)
     value = float(raw)

@@ -12,11 +12,12 @@ import yaml
 
 from shipyard.errors import SpecError
 
-MAX_SPEC_BYTES = 1024 * 1024
-"""A spec is a page or two of YAML; 1 MiB is generous and bounds the daemon's parse time."""
+MAX_SPEC_BYTES = 256 * 1024
+"""A spec is a page or two of YAML. PyYAML reads ~1 MiB/s, so 256 KiB (and MAX_NODES) keep
+any one parse under ~0.25 s: the daemon parses off its event loop, but not every caller can."""
 MAX_DEPTH = 64
 MAX_ALIASES = 200
-MAX_NODES = 20_000
+MAX_NODES = 5_000
 """Counted with every alias expanded: what a walk over the parsed spec will visit."""
 LIMITS_HINT = "a spec is a small file: simplify the YAML (fewer anchors/aliases, less nesting)"
 
@@ -26,7 +27,7 @@ class SpecTooLarge(SpecError):
 
 
 def too_big(source: str, size: int) -> SpecTooLarge:
-    return SpecTooLarge(f"{source}: the spec is {size} bytes; the limit is {MAX_SPEC_BYTES} bytes (1 MiB)",
+    return SpecTooLarge(f"{source}: the spec is {size} bytes; the limit is {_limit_text()}",
                         "a spec is a page or two of YAML: is this the right file?")
 
 
@@ -34,6 +35,10 @@ def check_text_size(text: str, source: str) -> None:
     """Refuse oversized text before any parsing (chars <= bytes, so the cheap test comes first)."""
     if len(text) > MAX_SPEC_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
         raise too_big(source, len(text.encode("utf-8", "surrogatepass")))
+
+
+def _limit_text() -> str:
+    return f"{MAX_SPEC_BYTES} bytes ({MAX_SPEC_BYTES // 1024} KiB)"
 
 
 class BoundedComposer:

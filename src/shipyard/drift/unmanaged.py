@@ -13,8 +13,8 @@ from typing import Any
 from shipyard.drift.listeners import listening_sockets, socket_owners
 from shipyard.drift.processes import all_pids, environ_of, redact_arg
 from shipyard.drift.report import DriftFinding
-from shipyard.runtime.base import Instance
-from shipyard.runtime.local import read_proc_stat
+from shipyard.procfs import read_proc_stat
+from shipyard.rollout.records import Instance
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
 TRANSIENT_STATUSES = ("stopping",)
@@ -89,7 +89,7 @@ def unmanaged_listeners(service: str, managed_ports: Iterable[int], known_pids: 
 
 
 def _instance_service(instance_id: str, slot: str | None) -> str | None:
-    """Instance ids are <service>-<slot>-<hex> (rollout/slots.py)."""
+    """Instance ids are <service>-<slot>-<hex> (engine/actions.py)."""
     if slot:
         m = re.fullmatch(rf"(.+)-{re.escape(slot)}-[0-9a-f]+", instance_id)
         if m:

@@ -24,11 +24,11 @@ from pydantic import ValidationError
 from shipyard.notify.events import CANDIDATES, Notification, RolloutFacts, classify
 from shipyard.notify.formats import render
 from shipyard.notify.webhook import post, safe_url
+from shipyard.rollout.records import Event
 from shipyard.spec.models import NotificationsSpec, WebhookSpec
-from shipyard.state.records import Event
 
 if TYPE_CHECKING:
-    from shipyard.state.sqlite import SqliteStore
+    from shipyard.engine.ports import Store
 
 log = logging.getLogger("shipyard.notify")
 
@@ -70,7 +70,7 @@ class Worker:
 
 
 class Dispatcher:
-    def __init__(self, store: SqliteStore, env: Mapping[str, str],
+    def __init__(self, store: Store, env: Mapping[str, str],
                  client: httpx.AsyncClient | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: Callable[[], float] = random.random) -> None:

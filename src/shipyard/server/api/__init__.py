@@ -11,7 +11,7 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from shipyard.rollout.controller import Controller
+from shipyard.engine.controller import Controller
 from shipyard.server.api import checklist, database, drift, history, images, rollouts, services, system
 from shipyard.server.api.auth import ACTOR_HEADER, claimed_actor
 from shipyard.server.api.common import EXIT_HEADER, Api, error_response, wants_text

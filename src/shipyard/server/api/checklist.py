@@ -22,12 +22,12 @@ def _rate(request: Request) -> float:
 
 @route("/v1/services/{name}/checklist")
 async def checklist_one(api: Api, request: Request) -> Any:
-    from shipyard.rollout.checklist_inputs import checklist
+    from shipyard.engine.queries import checklist
     return await checklist(api.controller, request.path_params["name"], _rate(request))
 
 
 @route("/v1/checklist")
 async def checklist_all(api: Api, request: Request) -> Any:
-    from shipyard.rollout.checklist_inputs import checklist
+    from shipyard.engine.queries import checklist
     rate = _rate(request)
     return {"services": [await checklist(api.controller, s.name, rate) for s in api.store.list_services()]}

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shipyard.rollout.model import Kind, Phase, Rollout
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 from shipyard.state.sqlite import SqliteStore
 
 

@@ -1,4 +1,4 @@
-"""What the checklist reads in the daemon: slots and instances, the previous image (verified
+"""What server/ reads (`Queries`), and what the checklist reads in the daemon: slots and instances, the previous image (verified
 now, not trusted), the measured switch and rollout timings from the event log, the last
 drift report, and the database plan. Each check is then decided by `shipyard.checklist`."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shipyard.analysis import Second
 from shipyard.checklist import (
     COLD_PHASES,
     REFERENCE_RATE,
@@ -27,17 +28,31 @@ from shipyard.checklist import (
     report,
     undo_check,
 )
+from shipyard.engine.actions import spec_from_doc
+from shipyard.engine.deps import Deps
+from shipyard.engine.metrics_feed import KEEP_SECONDS, MetricsFeed
+from shipyard.engine.migrating import DatabaseGate
+from shipyard.engine.ports import AuditTrail
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.exposure import exposure
-from shipyard.rollout.model import Kind, Phase, other_slot
-from shipyard.rollout.slots import spec_from_doc
+from shipyard.rollout.model import Kind, Phase, Rollout, other_slot
+from shipyard.rollout.records import Event, Instance, ServiceRecord, SlotState
+from shipyard.router.table import RoutingTable
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
-from shipyard.state.records import ServiceRecord, SlotState
 
 if TYPE_CHECKING:
-    from shipyard.images import ImageStore
-    from shipyard.rollout.controller import Controller
+    from shipyard.images import Image, ImageStore
+
+
+class Controller(Protocol):
+    """What the checklist reads of the controller (a Protocol, so this module, which the
+    controller imports, does not import it back)."""
+
+    d: Deps
+    gate: DatabaseGate
+
+    def enforcement(self) -> dict[str, str] | None: ...
 
 RECENT_ROLLOUTS = 20
 
@@ -47,7 +62,7 @@ async def checklist(controller: Controller, service: str, rate: float = REFERENC
     svc = controller.d.store.get_service(service)
     if svc is None:
         raise NotFoundError(f"no service named {service!r}", "`shipyard status` lists the services")
-    now = controller.d.clock()
+    now = controller.d.clock.now()
     spec = _live_spec(svc)
     checks: list[Check] = [undo_check(await _undo(controller, svc, now))]
     if spec is None:
@@ -56,24 +71,12 @@ async def checklist(controller: Controller, service: str, rate: float = REFERENC
     else:
         checks.append(blast_radius_check(_blast(spec, rate)))
     checks.append(drift_check(DriftInputs(
-        now=now, report=controller.drift.reports.get(service), enforcement=controller.enforcement(),
+        now=now, report=controller.d.store.get_drift_report(service), enforcement=controller.enforcement(),
         interval=spec.drift.interval if spec else 60.0, full_interval=spec.drift.full_interval if spec else 3600.0)))
     checks.append(database_check(await _database(controller, svc, spec)))
     doc = report(service, checks, now)
     doc["spec"] = "live release" if spec is not None else None
     return doc
-
-
-def rate_param(query: Mapping[str, str]) -> float:
-    """`?rate=` of the API: the request rate the Blast-radius test assumes."""
-    raw = query.get("rate")
-    try:
-        rate = REFERENCE_RATE if raw is None else float(raw)
-    except ValueError:
-        rate = -1.0
-    if not rate > 0 or rate == float("inf"):
-        raise SpecError(f"rate must be a positive number of requests per second, not {raw!r}")
-    return rate
 
 
 def _live_spec(svc: ServiceRecord) -> Spec | None:
@@ -179,3 +182,76 @@ def _last_db_check(controller: Controller, service: str) -> LastDbCheck | None:
             versions = list((plan.data.get("plan") or {}).get("expand", []))
     return LastDbCheck(checked.rollout_id, checked.ts, bool(rehearsal.get("ok")),
                        list(rehearsal.get("reasons") or []), versions)
+
+
+class Queries:
+    """What server/ (API, dashboard, /metrics) reads, and nothing it could change the engine
+    with: the read side of the store, the image list and the router's view. The server
+    holds this, never `controller.d`, so the engine's internals can move freely and a read
+    replica could answer instead."""
+
+    def __init__(self, deps: Deps, feed: MetricsFeed) -> None:
+        self._d = deps
+        self._feed = feed
+
+    @property
+    def audit(self) -> AuditTrail:
+        """The audit log: the API appends the changes people ask for, the dashboard reads it."""
+        return self._d.store.audit
+
+    def list_services(self) -> list[ServiceRecord]:
+        return self._d.store.list_services()
+
+    def active_rollouts(self, service: str | None = None) -> list[Rollout]:
+        return self._d.store.active_rollouts(service)
+
+    def rollouts(self, service: str, limit: int = 50) -> list[Rollout]:
+        return self._d.store.rollouts(service, limit)
+
+    def get_rollout(self, rollout_id: str) -> Rollout | None:
+        return self._d.store.get_rollout(rollout_id)
+
+    def rollout_spec(self, rollout_id: str) -> dict[str, Any] | None:
+        return self._d.store.rollout_spec(rollout_id)
+
+    def get_analysis(self, rollout_id: str) -> dict[str, Any] | None:
+        return self._d.store.get_analysis(rollout_id)
+
+    def finished_rollout_counts(self) -> list[tuple[str, str, str, str, int]]:
+        return self._d.store.finished_rollout_counts()
+
+    def finished_analysis_ids(self) -> list[str]:
+        return self._d.store.finished_analysis_ids()
+
+    def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,
+               limit: int = 500) -> list[Event]:
+        return self._d.store.events(service, rollout_id, since, limit)
+
+    def instances(self, service: str | None = None, slot: str | None = None,
+                  live_only: bool = True) -> list[tuple[Instance, str]]:
+        return self._d.store.instances(service, slot, live_only)
+
+    def get_drift_report(self, service: str) -> dict[str, Any] | None:
+        return self._d.store.get_drift_report(service)
+
+    def images(self, service: str | None = None) -> list[Image]:
+        """The images the store holds (of one service, if given), newest first."""
+        return list(self._d.images.list(service))
+
+    async def routing_table(self, service: str) -> RoutingTable | None:
+        """The table the data plane serves now (not the one the record says)."""
+        return await self._d.router.current(service)
+
+    async def router_stats(self, service: str) -> dict[str, Any]:
+        return await self._d.router.stats(service)
+
+    def series_upto(self, service: str) -> int:
+        """The last second the router's per-second series is complete to (0: none yet)."""
+        return self._feed.complete_upto(service)
+
+    def series(self, service: str, track: str, after: int, upto: int) -> list[Second]:
+        """Per-second traffic of one track, idle seconds as zero (kept for KEEP_SECONDS)."""
+        return self._feed.seconds(service, track, after, upto)
+
+
+__all__ = ["KEEP_SECONDS", "Queries", "checklist"]

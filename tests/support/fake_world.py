@@ -1,0 +1,119 @@
+"""A whole shipyard engine on fakes: one store, runtime, router and clock that outlive
+any number of controllers (so a test can "crash" one and start the next), plus helpers
+to write small specs and to take snapshots of the end state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipyard.paths import StatePaths
+from shipyard.rollout.controller import Controller
+from shipyard.rollout.slots import Deps
+from support.fakes import FakeClock, FakeHealthProbe, FakeImages, FakePreview, FakeRouter, FakeRuntime, InMemoryStore
+
+SPEC_HEAD = """\
+service: shop
+listen: 127.0.0.1:18080
+build: {{context: ./app}}
+run: {{command: [app, --port, "${{PORT}}"], stop_timeout: 1s}}
+health: {{path: /healthz, interval: 500ms, timeout: 1s, healthy_threshold: 2, start_timeout: 10s}}
+replicas: {replicas}
+drift: {{interval: 1h, full_interval: 24h}}
+"""
+
+BLUE_GREEN = """\
+strategy:
+  blue_green:
+    preview_checks:
+      - {path: /, expect_status: 200}
+      - {path: /products, expect_status: 200}
+    auto_promote: true
+    scale_down_delay: 10m
+"""
+
+CANARY = """\
+strategy:
+  canary:
+    steps:
+      - set_weight: 10
+      - pause: 30s
+      - set_weight: 50
+      - analysis: {duration: 30s}
+      - set_weight: 80
+    analysis: {min_requests: 50, interval: 1s}
+"""
+
+
+def write_spec(root: Path, strategy: str = BLUE_GREEN, replicas: int = 2, name: str = "shop.yaml") -> Path:
+    (root / "app").mkdir(parents=True, exist_ok=True)
+    path = root / name
+    path.write_text(SPEC_HEAD.format(replicas=replicas) + strategy)
+    return path
+
+
+@dataclass
+class World:
+    root: Path
+    clock: FakeClock = field(default_factory=FakeClock)
+    images: FakeImages = field(default_factory=FakeImages)
+    runtime: FakeRuntime = field(default_factory=FakeRuntime)
+    store: InMemoryStore = field(init=False)
+    router: FakeRouter = field(init=False)
+    health: FakeHealthProbe = field(init=False)
+    preview: FakePreview = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = InMemoryStore(self.clock)
+        self.router = FakeRouter(self.clock)
+        self.health = FakeHealthProbe(self.runtime, self.clock)
+        self.preview = FakePreview(self.router, self.runtime)
+
+    def deps(self) -> Deps:
+        return Deps(store=self.store, images=self.images, runtime=self.runtime,  # type: ignore[arg-type]
+                    router=self.router, paths=StatePaths(self.root / "state"), env={}, clock=self.clock)
+
+    def controller(self) -> Controller:
+        """A new controller on the world's (surviving) store, runtime and router; not started."""
+        return Controller(self.deps())
+
+    def patch_seams(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Until the engine takes health checks and previews as ports, point the modules'
+        own names at the fakes (the only I/O they would otherwise do here is sockets)."""
+        import shipyard.rollout.driver as driver
+        import shipyard.rollout.slots as slots
+        import shipyard.rollout.supervisor as supervisor
+
+        monkeypatch.setattr(slots, "wait_healthy", self.health.wait_healthy)
+        monkeypatch.setattr(supervisor, "probe", self.health.probe)
+        monkeypatch.setattr(driver, "run_preview_checks", self.preview)
+
+    # -- what a test compares -------------------------------------------------------------
+
+    def table(self, service: str = "shop") -> dict[str, Any] | None:
+        """The router's current table without its version (which a resumed run may number differently)."""
+        t = self.router.tables.get(service)
+        if t is None:
+            return None
+        d = t.to_dict()
+        d.pop("version")
+        d["tracks"] = {k: len(v) for k, v in d["tracks"].items()}   # instance ids are random: count them
+        return d
+
+    def end_state(self, service: str = "shop") -> dict[str, Any]:
+        """Phase of the last rollout, live slot, slot states and images, table, live instances per slot."""
+        svc = self.store.get_service(service)
+        last = self.store.rollouts(service, 1)
+        assert svc is not None
+        return {
+            "phase": str(last[0].phase) if last else None,
+            "reason": last[0].reason if last else None,
+            "live_slot": svc.active_slot,
+            "slots": {k: (s.state, s.image_id, s.weight) for k, s in svc.slots.items()},
+            "table": self.table(service),
+            "instances": sorted((i.slot, i.image_id) for i in self.runtime.live(service)),
+            "store_instances": sorted((i.slot, i.image_id, st) for i, st in self.store.instances(service)),
+        }

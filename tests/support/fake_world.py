@@ -13,7 +13,15 @@ import pytest
 from shipyard.paths import StatePaths
 from shipyard.rollout.controller import Controller
 from shipyard.rollout.slots import Deps
-from support.fakes import FakeClock, FakeHealthProbe, FakeImages, FakePreview, FakeRouter, FakeRuntime, InMemoryStore
+from support.fakes import (
+    FakeClock,
+    FakeHealthProbe,
+    FakeImages,
+    FakePreview,
+    FakeRouter,
+    FakeRuntime,
+    InMemoryStore,
+)
 
 SPEC_HEAD = """\
 service: shop

@@ -1,7 +1,7 @@
 """The seed's operational checklist as a report: the Undo, Blast-radius, Drift and Database
 tests, each answered PASS / WARN / FAIL with the evidence behind the answer and what to do.
 
-Pure functions over plain inputs (gathered by `rollout/checklist_inputs.py` in the daemon),
+Pure functions over plain inputs (gathered by `engine/queries.py` in the daemon),
 so every threshold below is unit-tested without a daemon. The thresholds are fixed on
 purpose: a checklist whose bar each team can lower answers a different question per team."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from shipyard.drift import DriftFinding, DriftReport
-from shipyard.rollout.healing import heal_targets
+from shipyard.engine.healing import heal_targets
 from shipyard.state.drift_reports import DriftReports
 
 

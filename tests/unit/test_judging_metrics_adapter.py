@@ -13,12 +13,12 @@ import pytest
 
 from shipyard.analysis import Verdict
 from shipyard.analysis.prometheus import QueryContext
+from shipyard.engine.actions import Deps, no_metric_provider
+from shipyard.engine.judging import CanaryJudge
+from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.images import ImageStore
 from shipyard.paths import StatePaths
-from shipyard.rollout.judging import CanaryJudge
-from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import AnalysisVerdict, Kind, Observation, Phase, Rollout
-from shipyard.rollout.slots import Deps, no_metric_provider
 from shipyard.spec import Spec, parse_spec
 from shipyard.spec.strategy import PrometheusMetric
 from shipyard.state.sqlite import SqliteStore

@@ -89,7 +89,7 @@ def unmanaged_listeners(service: str, managed_ports: Iterable[int], known_pids: 
 
 
 def _instance_service(instance_id: str, slot: str | None) -> str | None:
-    """Instance ids are <service>-<slot>-<hex> (rollout/slots.py)."""
+    """Instance ids are <service>-<slot>-<hex> (engine/actions.py)."""
     if slot:
         m = re.fullmatch(rf"(.+)-{re.escape(slot)}-[0-9a-f]+", instance_id)
         if m:

@@ -1,1 +1,4 @@
-"""Deciding: the rollout state machines (pure) and the controller that carries out their actions."""
+"""Deciding, purely: the rollout as data, the blue-green and canary machines, table derivation and plan.
+
+No asyncio, sockets, SQL or subprocesses here; engine/ carries the decisions out.
+"""

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from shipyard import __version__
+from shipyard.engine.controller import Controller
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
-from shipyard.rollout.controller import Controller
 from shipyard.rollout.model import Rollout, outcome_line
 from shipyard.runtime.local import log_tail
 from shipyard.server.dashboard.routes import dashboard_routes
@@ -175,12 +175,12 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
 
     @route("/v1/services/{name}/checklist")
     async def checklist_one(request: Request) -> Any:
-        from shipyard.rollout.checklist_inputs import checklist, rate_param
+        from shipyard.engine.queries import checklist, rate_param
         return await checklist(controller, request.path_params["name"], rate_param(request.query_params))
 
     @route("/v1/checklist")
     async def checklist_all(request: Request) -> Any:
-        from shipyard.rollout.checklist_inputs import checklist, rate_param
+        from shipyard.engine.queries import checklist, rate_param
         rate = rate_param(request.query_params)
         return {"services": [await checklist(controller, s.name, rate) for s in store.list_services()]}
 

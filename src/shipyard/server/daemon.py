@@ -18,12 +18,12 @@ from pathlib import Path
 import uvicorn
 
 from shipyard.analysis import prometheus
+from shipyard.engine.actions import Deps
+from shipyard.engine.controller import Controller
 from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
 from shipyard.notify import Dispatcher
 from shipyard.paths import StatePaths
-from shipyard.rollout.controller import Controller
-from shipyard.rollout.slots import Deps
 from shipyard.router.embedded import EmbeddedRouter
 from shipyard.runtime.local import LocalRuntime
 from shipyard.server.api import create_app

@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from shipyard.engine.controller import Controller
 from shipyard.errors import ShipyardError
-from shipyard.rollout.controller import Controller
 from shipyard.server.metrics.state import state_families
 from shipyard.server.metrics.traffic import traffic_families
 

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from shipyard.engine.controller import Controller
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
-from shipyard.rollout.controller import Controller
 from shipyard.server.dashboard.views import series_view, service_view, services_view
 
 ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",

@@ -10,9 +10,9 @@ from typing import Any
 
 from shipyard import histogram
 from shipyard.analysis import Second
+from shipyard.engine.controller import Controller
+from shipyard.engine.metrics_feed import KEEP_SECONDS
 from shipyard.errors import ShipyardError
-from shipyard.rollout.controller import Controller
-from shipyard.rollout.metrics_feed import KEEP_SECONDS
 from shipyard.rollout.model import SLOTS, Rollout
 from shipyard.state.audit import scrub
 

@@ -10,7 +10,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from shipyard import __version__
 from shipyard.drift.report import KINDS
-from shipyard.rollout.controller import Controller
+from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
 from shipyard.server.metrics.traffic import short
 from shipyard.state.records import ServiceRecord

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.drift import DriftReport
+from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
 from shipyard.errors import ShipyardError
 from shipyard.images.build import remove_dir
-from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.runtime.base import Instance
 from shipyard.state.records import SlotState
 

@@ -9,11 +9,13 @@ import contextlib
 import logging
 
 from shipyard.building import build_input
+from shipyard.engine.actions import Deps, SlotOps
+from shipyard.engine.judging import CanaryJudge
+from shipyard.engine.metrics_feed import MetricsFeed
+from shipyard.engine.migrating import DatabaseGate
+from shipyard.engine.preview import run_preview_checks
 from shipyard.errors import ShipyardError
 from shipyard.rollout import machines
-from shipyard.rollout.judging import CanaryJudge
-from shipyard.rollout.metrics_feed import MetricsFeed
-from shipyard.rollout.migrating import DatabaseGate
 from shipyard.rollout.model import (
     AbortRequested,
     Action,
@@ -40,8 +42,6 @@ from shipyard.rollout.model import (
     WaitUntil,
     WeightSet,
 )
-from shipyard.rollout.preview import run_preview_checks
-from shipyard.rollout.slots import Deps, SlotOps
 from shipyard.spec import Spec
 
 log = logging.getLogger("shipyard.driver")

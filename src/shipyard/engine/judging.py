@@ -17,10 +17,10 @@ from typing import Any
 
 from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall
 from shipyard.analysis.prometheus import QueryContext
+from shipyard.engine.actions import Deps
+from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.rollout.canary import JUDGED
-from shipyard.rollout.metrics_feed import MetricsFeed
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
-from shipyard.rollout.slots import Deps
 from shipyard.spec import Spec
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.building import build_input
+from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.drift_watch import DriftWatcher
+from shipyard.engine.driver import RolloutDriver
+from shipyard.engine.metrics_feed import MetricsFeed
+from shipyard.engine.migrating import DatabaseGate
+from shipyard.engine.supervisor import Supervisor
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
-from shipyard.rollout.drift_watch import DriftWatcher
-from shipyard.rollout.driver import RolloutDriver
-from shipyard.rollout.metrics_feed import MetricsFeed
-from shipyard.rollout.migrating import DatabaseGate
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -30,8 +32,6 @@ from shipyard.rollout.model import (
     Rollout,
     other_slot,
 )
-from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
-from shipyard.rollout.supervisor import Supervisor
 from shipyard.spec import Spec, load_spec
 from shipyard.state.drift_reports import DriftReports
 from shipyard.state.records import ServiceRecord, SlotState

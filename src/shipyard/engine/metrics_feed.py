@@ -8,8 +8,8 @@ import logging
 from collections import deque
 
 from shipyard.analysis import Second
+from shipyard.engine.actions import Deps
 from shipyard.errors import ShipyardError
-from shipyard.rollout.slots import Deps
 
 log = logging.getLogger("shipyard.metrics")
 

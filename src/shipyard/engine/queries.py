@@ -27,17 +27,17 @@ from shipyard.checklist import (
     report,
     undo_check,
 )
+from shipyard.engine.actions import spec_from_doc
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.exposure import exposure
 from shipyard.rollout.model import Kind, Phase, other_slot
-from shipyard.rollout.slots import spec_from_doc
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
 from shipyard.state.records import ServiceRecord, SlotState
 
 if TYPE_CHECKING:
+    from shipyard.engine.controller import Controller
     from shipyard.images import ImageStore
-    from shipyard.rollout.controller import Controller
 
 RECENT_ROLLOUTS = 20
 

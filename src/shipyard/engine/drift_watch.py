@@ -15,9 +15,9 @@ from typing import Any
 from shipyard.drift import DriftReport, ServiceInputs, expected_process, scan_service
 from shipyard.drift.release import LIVE_STATUSES
 from shipyard.drift.report import Mode
+from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.healing import Healer, HealResult, heal_targets
 from shipyard.errors import NotFoundError, ShipyardError
-from shipyard.rollout.healing import Healer, HealResult, heal_targets
-from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.spec import Spec
 from shipyard.state.drift_reports import DriftReports
 from shipyard.state.records import ServiceRecord, SlotState

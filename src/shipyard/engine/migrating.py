@@ -21,9 +21,9 @@ from shipyard.database.findings import Finding
 from shipyard.database.plan import MigrationPlan, load_source, plan_migrations
 from shipyard.database.rehearsal import Rehearsal, rehearse
 from shipyard.database.statements import Script
+from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
 from shipyard.errors import ConflictError, ShipyardError, SpecError
 from shipyard.rollout.model import Migrated, MigrationFailed, Observation, Rollout
-from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.spec import Spec, load_spec
 from shipyard.state.records import SlotState
 

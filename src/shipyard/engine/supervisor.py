@@ -11,8 +11,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
 from shipyard.errors import ShipyardError
-from shipyard.rollout.slots import Deps, SlotOps, spec_from_doc
 from shipyard.runtime.base import Instance
 from shipyard.runtime.health import probe
 from shipyard.spec import Spec

@@ -1,0 +1,1 @@
+"""Carries rollout decisions out, reaching the world only through ports."""

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from shipyard.paths import StatePaths
-from shipyard.rollout.controller import Controller
-from shipyard.rollout.slots import Deps
+from shipyard.engine.controller import Controller
+from shipyard.engine.actions import Deps
 from support.fakes import (
     FakeClock,
     FakeHealthProbe,
@@ -91,9 +91,9 @@ class World:
     def patch_seams(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Until the engine takes health checks and previews as ports, point the modules'
         own names at the fakes (the only I/O they would otherwise do here is sockets)."""
-        import shipyard.rollout.driver as driver
-        import shipyard.rollout.slots as slots
-        import shipyard.rollout.supervisor as supervisor
+        import shipyard.engine.driver as driver
+        import shipyard.engine.actions as slots
+        import shipyard.engine.supervisor as supervisor
 
         monkeypatch.setattr(slots, "wait_healthy", self.health.wait_healthy)
         monkeypatch.setattr(supervisor, "probe", self.health.probe)
@@ -112,7 +112,7 @@ class World:
         return d
 
     def end_state(self, service: str = "shop") -> dict[str, Any]:
-        """Phase of the last rollout, live slot, slot states and images, table, live instances per slot."""
+        """Phase of the last rollout, live slot, slots (state, image, weight, retiring), table, live instances."""
         svc = self.store.get_service(service)
         last = self.store.rollouts(service, 1)
         assert svc is not None
@@ -120,7 +120,8 @@ class World:
             "phase": str(last[0].phase) if last else None,
             "reason": last[0].reason if last else None,
             "live_slot": svc.active_slot,
-            "slots": {k: (s.state, s.image_id, s.weight) for k, s in svc.slots.items()},
+            # a warm slot without retire_at would never retire: whether it has one is part of the state
+            "slots": {k: (s.state, s.image_id, s.weight, s.retire_at is not None) for k, s in svc.slots.items()},
             "table": self.table(service),
             "instances": sorted((i.slot, i.image_id) for i in self.runtime.live(service)),
             "store_instances": sorted((i.slot, i.image_id, st) for i, st in self.store.instances(service)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.rollout.controller import Controller
+from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
 from shipyard.state.records import SlotState
 from support.fake_world import CANARY, World, write_spec

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from shipyard.paths import StatePaths
-from shipyard.engine.controller import Controller
 from shipyard.engine.actions import Deps
+from shipyard.engine.controller import Controller
+from shipyard.paths import StatePaths
 from support.fakes import (
     FakeClock,
     FakeHealthProbe,
@@ -91,8 +91,8 @@ class World:
     def patch_seams(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Until the engine takes health checks and previews as ports, point the modules'
         own names at the fakes (the only I/O they would otherwise do here is sockets)."""
-        import shipyard.engine.driver as driver
         import shipyard.engine.actions as slots
+        import shipyard.engine.driver as driver
         import shipyard.engine.supervisor as supervisor
 
         monkeypatch.setattr(slots, "wait_healthy", self.health.wait_healthy)

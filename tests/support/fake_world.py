@@ -4,6 +4,9 @@ to write small specs and to take snapshots of the end state."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,23 @@ def write_spec(root: Path, strategy: str = BLUE_GREEN, replicas: int = 2, name: 
     return path
 
 
+def forbid_processes_and_sockets(monkeypatch: pytest.MonkeyPatch, attempts: list[str]) -> None:
+    """A test on the fakes that reaches for a real process or connection fails: the attempt
+    raises, and is also recorded (the engine logs and swallows some errors by design, so
+    the test checks `attempts` at the end)."""
+    def refuse(what: str) -> Any:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            attempts.append(f"{what}: {args[1:3]!r}")
+            raise AssertionError(f"a test on the fakes tried to {what}")
+        return refused
+
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"{name} a socket"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("start a process"))
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "create_connection", refuse("open a connection"))
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "subprocess_exec", refuse("start a process"))
+
+
 @dataclass
 class World:
     root: Path
@@ -73,6 +93,8 @@ class World:
     router: FakeRouter = field(init=False)
     health: FakeHealthProbe = field(init=False)
     preview: FakePreview = field(init=False)
+    io_attempts: list[str] = field(default_factory=list)
+    """Real processes or connections the engine tried to use (see forbid_processes_and_sockets)."""
 
     def __post_init__(self) -> None:
         self.store = InMemoryStore(self.clock)
@@ -95,6 +117,7 @@ class World:
         import shipyard.engine.driver as driver
         import shipyard.engine.supervisor as supervisor
 
+        forbid_processes_and_sockets(monkeypatch, self.io_attempts)
         monkeypatch.setattr(slots, "wait_healthy", self.health.wait_healthy)
         monkeypatch.setattr(supervisor, "probe", self.health.probe)
         monkeypatch.setattr(driver, "run_preview_checks", self.preview)

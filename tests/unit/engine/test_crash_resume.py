@@ -102,6 +102,7 @@ def play(tmp: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, crash_at: in
         return counted
 
     run(main(), world.clock)
+    assert world.io_attempts == []
     return world, counted
 
 

@@ -32,6 +32,7 @@ def drive(world: World, body: Callable[[Controller], Awaitable[None]]) -> None:
         finally:
             await c.close()
     run(main(), world.clock)
+    assert world.io_attempts == []
 
 
 async def deployed(c: Controller, spec: Path, image: str) -> Phase:

@@ -64,8 +64,10 @@ def _short(image: str | None) -> str:
 @app.command()
 def validate(file: Path = typer.Argument(..., help="The spec file.")) -> None:
     """Check a spec file; print every problem with its file:line."""
-    from shipyard.spec import load_spec
+    from shipyard.spec import load_spec, spec_warnings
     spec = load_spec(file)
+    for warning in spec_warnings(spec):
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     strategy = "blue_green" if spec.strategy.blue_green is not None else "canary"
     out.print(f"[green]ok[/] {file}: service {spec.service}, {spec.replicas} replica(s), {strategy}")
 

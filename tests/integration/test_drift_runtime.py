@@ -23,10 +23,9 @@ from shipyard.drift.listeners import listening_sockets
 from shipyard.drift.processes import ExpectedProcess, process_findings
 from shipyard.drift.unmanaged import unmanaged_instances, unmanaged_listeners
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.runtime.base import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.runtime.local import LocalRuntime, read_proc_stat
 from shipyard.runtime.ports import allocate_port
-from shipyard.state.records import ServiceRecord, Slot, SlotState
 
 pytestmark = pytest.mark.timeout(30)
 

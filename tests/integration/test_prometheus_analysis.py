@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shipyard.analysis.prometheus import URL_ENV
+from shipyard.analysis.providers.prometheus import URL_ENV
 from shipyard.client import AsyncApiClient
 from shipyard.daemonproc import DaemonProcess
 from shipyard.demo import free_port

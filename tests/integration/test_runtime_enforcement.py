@@ -20,8 +20,8 @@ import pytest
 
 from shipyard.images.build import BuildInput, remove_dir
 from shipyard.images.store import ImageStore
+from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime import landlock
-from shipyard.runtime.base import Instance, LaunchSpec
 from shipyard.runtime.local import LocalRuntime, log_tail, read_proc_stat
 from shipyard.runtime.sandbox import ENV_VAR, LANDLOCK_WRAPPER, enforcement_mode, probe_landlock
 from support.procs import kill_everything_under

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.runtime.base import Instance
+from shipyard.rollout.records import Instance
 from shipyard.runtime.health import probe, wait_healthy
 from shipyard.runtime.ports import allocate_port
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import RuntimeFailure
-from shipyard.runtime.base import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.health import probe, wait_healthy
 from shipyard.runtime.local import LocalRuntime, live_group_members, log_tail, read_proc_stat
 

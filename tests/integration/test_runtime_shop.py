@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shipyard.runtime.base import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.health import wait_healthy
 from shipyard.runtime.local import LocalRuntime, read_proc_stat
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shipyard.analysis import Second, Verdict, Window, evaluate, overall
-from shipyard.analysis.prometheus import (
+from shipyard.analysis.providers.prometheus import (
     URL_ENV,
     QueryContext,
     TemplateError,

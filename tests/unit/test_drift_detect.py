@@ -10,7 +10,7 @@ import pytest
 
 from shipyard.drift import ServiceInputs, scan_service
 from shipyard.images import BuildInput, Image, ImageStore
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import ServiceRecord, Slot, SlotState
 
 
 @pytest.fixture

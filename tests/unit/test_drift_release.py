@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from shipyard.drift.release import release_findings
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 
 A, B = "a" * 64, "b" * 64
 

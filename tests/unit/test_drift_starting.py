@@ -8,8 +8,7 @@ import os
 from shipyard.drift.detect import ServiceInputs, _process_checks
 from shipyard.drift.processes import ExpectedProcess
 from shipyard.procfs import process_start_time
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord
+from shipyard.rollout.records import Instance, ServiceRecord
 
 
 def test_starting_instances_are_only_checked_for_being_alive() -> None:

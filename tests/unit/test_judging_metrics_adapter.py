@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from shipyard.analysis import Verdict
-from shipyard.analysis.prometheus import QueryContext
-from shipyard.engine.actions import Deps, no_metric_provider
+from shipyard.analysis.context import QueryContext
+from shipyard.engine.deps import Deps, no_metric_provider
 from shipyard.engine.judging import CanaryJudge
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.images import ImageStore

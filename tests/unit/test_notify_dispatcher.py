@@ -15,8 +15,8 @@ import pytest
 
 from shipyard.notify import Dispatcher
 from shipyard.rollout.model import Kind, Phase, Rollout
+from shipyard.rollout.records import ServiceRecord, Slot, SlotState
 from shipyard.spec import parse_spec
-from shipyard.state.records import ServiceRecord, Slot, SlotState
 from shipyard.state.sqlite import SqliteStore
 
 

@@ -13,8 +13,8 @@ from shipyard.notify.dispatcher import backoff_delay
 from shipyard.notify.events import Notification, RolloutFacts, classify
 from shipyard.notify.formats import hide, json_body, render, slack_body
 from shipyard.notify.webhook import safe_url
+from shipyard.rollout.records import Event
 from shipyard.spec import SpecInvalid, parse_spec
-from shipyard.state.records import Event
 
 BLUE_GREEN = RolloutFacts("blue_green", "switching")
 CANARY = RolloutFacts("canary", "promoting")

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.rollout.model import Kind, Phase, Rollout
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 from shipyard.state.sqlite import SqliteStore
 from support.memory_store import InMemoryStore
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from shipyard.rollout.records import Instance, ServiceRecord, Slot
 from shipyard.rollout.traffic import build_table
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot
 
 
 def inst(iid: str, slot: str, port: int) -> Instance:

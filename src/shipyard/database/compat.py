@@ -7,21 +7,38 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
-
-from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
 from shipyard.images.store import ImageStore
-from shipyard.runtime.base import Instance, LaunchSpec, Runtime
+from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.environment import release_env
-from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
 from shipyard.spec.strategy import PreviewCheck
 
+
+class Launcher(Protocol):
+    """What the gate needs of a runtime (the engine's Runtime port satisfies it); a
+    structural type here so this library does not depend on the engine."""
+
+    async def start(self, launch: LaunchSpec) -> Instance: ...
+    async def stop(self, instance: Instance, timeout: float) -> None: ...
+    def is_alive(self, instance: Instance) -> bool: ...
+    def exit_code(self, instance: Instance) -> int | None: ...
+
+
+class Checker(Protocol):
+    """What the gate needs to judge a started release (the engine's HealthProbe port satisfies it)."""
+
+    async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
+                           healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]: ...
+
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None: ...
 
 @dataclass(frozen=True)
 class ReleaseUnderTest:
@@ -66,8 +83,8 @@ def checks_for(spec: Spec) -> list[PreviewCheck]:
     return [PreviewCheck(path=spec.health.path)]
 
 
-async def compat_gate(releases: list[ReleaseUnderTest], scratch_url: str, *, images: ImageStore, runtime: Runtime,
-                      workdir: Path, env_source: Mapping[str, str],
+async def compat_gate(releases: list[ReleaseUnderTest], scratch_url: str, *, images: ImageStore, runtime: Launcher,
+                      checker: Checker, workdir: Path, env_source: Mapping[str, str],
                       log: Callable[[str], None] = lambda _m: None) -> CompatReport:
     """Start every release at once on the scratch database, check each, stop them all (also on failure)."""
     started: list[tuple[ReleaseUnderTest, Instance]] = []
@@ -79,7 +96,7 @@ async def compat_gate(releases: list[ReleaseUnderTest], scratch_url: str, *, ima
                 started.append((rel, await runtime.start(launch)))
             except Exception as e:       # a release that cannot even start fails the gate, with the reason
                 results[i] = ReleaseResult(rel.role, rel.image_id, False, f"could not start: {e}")
-        outcomes = await asyncio.gather(*(_check(rel, inst, runtime, log) for rel, inst in started))
+        outcomes = await asyncio.gather(*(_check(rel, inst, runtime, checker, log) for rel, inst in started))
         for (rel, _), res in zip(started, outcomes, strict=True):
             results[releases.index(rel)] = res
     finally:
@@ -98,12 +115,12 @@ def _launch(rel: ReleaseUnderTest, scratch_url: str, images: ImageStore, workdir
                       tree=tree, command=list(image.command), env=env, instance_dir=workdir / iid)
 
 
-async def _check(rel: ReleaseUnderTest, inst: Instance, runtime: Runtime,
+async def _check(rel: ReleaseUnderTest, inst: Instance, runtime: Launcher, checker: Checker,
                  log: Callable[[str], None]) -> ReleaseResult:
     h = rel.spec.health
-    healthy, why = await wait_healthy(inst, path=h.path, interval=h.interval, timeout=h.timeout,
-                                      healthy_threshold=h.healthy_threshold, deadline_s=h.start_timeout,
-                                      is_alive=runtime.is_alive, exit_code=runtime.exit_code)
+    healthy, why = await checker.wait_healthy(inst, path=h.path, interval=h.interval, timeout=h.timeout,
+                                              healthy_threshold=h.healthy_threshold, deadline_s=h.start_timeout,
+                                              is_alive=runtime.is_alive, exit_code=runtime.exit_code)
     if not healthy:
         return ReleaseResult(rel.role, rel.image_id, False, f"never became healthy on the migrated schema: {why}")
     label = f"the {rel.role} release"
@@ -114,8 +131,7 @@ async def _check(rel: ReleaseUnderTest, inst: Instance, runtime: Runtime,
         log(msg)
 
     host = f"[{inst.host}]" if ":" in inst.host else inst.host
-    async with httpx.AsyncClient(base_url=f"http://{host}:{inst.port}", timeout=CHECK_TIMEOUT) as client:
-        failure = await run_checks(client, checks_for(rel.spec), label=label, log=note)
+    failure = await checker.run_checks(f"http://{host}:{inst.port}", checks_for(rel.spec), label=label, log=note)
     if failure:
         return ReleaseResult(rel.role, rel.image_id, False, failure, lines)
     return ReleaseResult(rel.role, rel.image_id, True, "healthy, every check passed", lines)

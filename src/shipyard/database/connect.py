@@ -8,6 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from shipyard.errors import ShipyardError
+from shipyard.redaction import redact_url as redact
+
+__all__ = ["redact"]
 
 APPLICATION_NAME = "shipyard"
 
@@ -18,19 +21,6 @@ class DatabaseError(ShipyardError):
 
 class DatabaseUnavailable(DatabaseError):
     """Cannot connect: down, wrong address, wrong credentials, no such database."""
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparseable database URL>"
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.images.store import ImageStore
-from shipyard.runtime.base import Runtime
 from shipyard.spec import DatabaseSpec
 
-from .compat import CompatReport, ReleaseUnderTest, compat_gate
+from .compat import Checker, CompatReport, Launcher, ReleaseUnderTest, compat_gate
 from .observe import CheckReport, observe_apply
 from .scratch import ScratchDatabase
 from .statements import Script
@@ -52,7 +51,7 @@ def summary(check: CheckReport) -> str:
 
 
 async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[ReleaseUnderTest], *,
-                   images: ImageStore, runtime: Runtime, workdir: Path, env_source: Mapping[str, str],
+                   images: ImageStore, runtime: Launcher, checker: Checker, workdir: Path, env_source: Mapping[str, str],
                    log: Callable[[str], None] = lambda _m: None) -> Rehearsal:
     max_stall = db.check.max_stall if db.check.max_stall is not None else db.lock_timeout
     async with ScratchDatabase.copy_of(db.url, sample_rows=db.check.sample_rows) as scratch:
@@ -61,7 +60,8 @@ async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[Relea
         log(summary(check))
         compat = None
         if releases and not check.failed_statement:
-            compat = await compat_gate(releases, scratch.url, images=images, runtime=runtime, workdir=workdir,
+            compat = await compat_gate(releases, scratch.url, images=images, runtime=runtime, checker=checker,
+                                       workdir=workdir,
                                        env_source=env_source, log=log)
             log("compatibility: " + ("both releases pass" if compat.ok else "; ".join(compat.reasons)))
     return Rehearsal(check, compat, len(scripts))

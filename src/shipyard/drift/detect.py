@@ -19,8 +19,7 @@ from shipyard.drift.report import DriftFinding, DriftReport, Mode
 from shipyard.drift.unmanaged import unmanaged_instances, unmanaged_listeners
 from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, SlotState
 
 NOTE_PATHS = 5
 

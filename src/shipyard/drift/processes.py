@@ -17,8 +17,9 @@ from typing import Any
 
 from shipyard.drift.report import DriftFinding
 from shipyard.errors import RuntimeFailure
-from shipyard.runtime.base import Instance, LaunchSpec
-from shipyard.runtime.local import LocalRuntime, _resolve_program, _substitute, read_proc_stat
+from shipyard.procfs import read_proc_stat
+from shipyard.rollout.records import Instance, LaunchSpec
+from shipyard.runtime.command import instance_environment, resolve_program, substitute
 
 SECRET_LOOKING = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$",
                             re.IGNORECASE)
@@ -42,18 +43,18 @@ class ExpectedProcess:
 
 def expected_process(instance: Instance, command: list[str], env: Mapping[str, str], tree: Path,
                      secret_names: Iterable[str] = ()) -> ExpectedProcess:
-    """The argv and environment LocalRuntime.start gives ``instance`` for this command and env
+    """The argv and environment the local runtime gives ``instance`` for this command and env
     (the LaunchSpec's: image env + secrets + database url). Uses the runtime's own helpers,
     so the two cannot disagree about what "started correctly" means."""
     launch = LaunchSpec(instance_id=instance.id, service=instance.service, slot=instance.slot,
                         image_id=instance.image_id, tree=tree, command=list(command), env=dict(env),
                         instance_dir=Path(instance.data_dir).parent, host=instance.host)
     variables = {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir}
-    argv = [_substitute(a, variables) for a in command]
-    full_env = LocalRuntime._environment(launch, variables)
+    argv = [substitute(a, variables) for a in command]
+    full_env = instance_environment(launch, variables)
     if argv:
         try:
-            argv[0] = _resolve_program(argv[0], tree.absolute(), full_env["PATH"])
+            argv[0] = resolve_program(argv[0], tree.absolute(), full_env["PATH"])
         except RuntimeFailure:
             pass  # the program is gone from PATH or the tree: compare with the name as written
     return ExpectedProcess(argv, full_env, frozenset(secret_names))

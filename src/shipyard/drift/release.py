@@ -10,8 +10,7 @@ import time
 from collections.abc import Collection
 
 from shipyard.drift.report import DriftFinding
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
 RETIRE_GRACE_SECONDS = 60.0

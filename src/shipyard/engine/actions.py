@@ -9,73 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from shipyard.analysis import Verdict
-from shipyard.analysis.prometheus import QueryContext
+from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
+from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.rollout.traffic import build_table
-from shipyard.router.base import Router
-from shipyard.runtime.base import Instance, LaunchSpec, Runtime
 from shipyard.runtime.environment import release_env
-from shipyard.runtime.health import wait_healthy
 from shipyard.spec import Spec
-from shipyard.spec.strategy import PrometheusMetric
-from shipyard.state.records import Event, ServiceRecord, Slot, SlotState
 
-if TYPE_CHECKING:
-    from shipyard.images import ImageStore
-    from shipyard.paths import StatePaths
-    from shipyard.state.sqlite import SqliteStore
-
-
-class MetricQuery(Protocol):
-    """What the canary judge needs from a metric provider: one prometheus metric of the
-    analysis queried now and judged. An adapter like the runtime and the router, so the
-    judge can be exercised without a Prometheus server."""
-
-    async def __call__(self, name: str, metric: PrometheusMetric, context: QueryContext,
-                       env: Mapping[str, str], /) -> Verdict:
-        """Anything but one clear number within the metric's bounds must not be `successful`."""
-        ...
-
-
-async def no_metric_provider(name: str, metric: PrometheusMetric, context: QueryContext,
-                             env: Mapping[str, str], /) -> Verdict:
-    """Without a provider a query cannot pass: inconclusive, with the reason."""
-    return Verdict(metric=name, kind="prometheus", status="inconclusive", value=None, threshold=None, samples=0,
-                   detail="no metric provider is wired into this controller")
-
-
-@dataclass
-class Deps:
-    store: SqliteStore
-    images: ImageStore
-    runtime: Runtime
-    router: Router
-    paths: StatePaths
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    clock: Callable[[], float] = time.time
-    on_event: Callable[[Event], None] = lambda event: None
-    """Told of every event once it is stored (notifications); must not block or raise."""
-    query_metric: MetricQuery = no_metric_provider
-    """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.prometheus.judge)."""
+__all__ = ["Deps", "SlotOps", "spec_from_doc", "sticky_of"]
 
 
 class SlotOps:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
-        self._locks: dict[str, asyncio.Lock] = {}
         self._router_version: dict[str, int] = {}
 
-    def lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
+    def lock(self, service: str) -> AbstractAsyncContextManager[Any]:
+        """The store's service lock: one writer of a service's record and table at a time."""
+        return self.d.store.service_lock(service)
 
     def event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
               **data: Any) -> None:
@@ -133,9 +91,10 @@ class SlotOps:
 
     async def wait_ready(self, spec: Spec, inst: Instance) -> tuple[bool, str]:
         h = spec.health
-        return await wait_healthy(inst, path=h.path, interval=h.interval, timeout=h.timeout,
-                                  healthy_threshold=h.healthy_threshold, deadline_s=spec.health.start_timeout,
-                                  is_alive=self.d.runtime.is_alive, exit_code=self.d.runtime.exit_code)
+        return await self.d.health.wait_healthy(inst, path=h.path, interval=h.interval, timeout=h.timeout,
+                                                healthy_threshold=h.healthy_threshold,
+                                                deadline_s=spec.health.start_timeout,
+                                                is_alive=self.d.runtime.is_alive, exit_code=self.d.runtime.exit_code)
 
     async def stop_instance(self, inst: Instance, stop_timeout: float, reason: str,
                             rollout_id: str | None = None) -> None:
@@ -260,7 +219,7 @@ class SlotOps:
             s = svc.slots[slot]
             if s.state != SlotState.WARM:
                 return
-            s.retire_at = self.d.clock() + delay
+            s.retire_at = self.d.clock.now() + delay
             self.d.store.put_service(svc)
         self.event(service, "slot.warm", f"slot {slot} stays warm for {delay:g}s so rollback is a switch",
                    rollout_id, slot=slot, retire_at=s.retire_at)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.building import build_input
-from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.actions import SlotOps, spec_from_doc
+from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
 from shipyard.engine.driver import RolloutDriver
 from shipyard.engine.metrics_feed import MetricsFeed
@@ -32,9 +33,8 @@ from shipyard.rollout.model import (
     Rollout,
     other_slot,
 )
+from shipyard.rollout.records import ServiceRecord, SlotState
 from shipyard.spec import Spec, load_spec
-from shipyard.state.drift_reports import DriftReports
-from shipyard.state.records import ServiceRecord, SlotState
 
 log = logging.getLogger("shipyard.controller")
 
@@ -46,7 +46,7 @@ class Controller:
         self.supervisor = Supervisor(deps, self.ops)
         self.feed = MetricsFeed(deps)
         self.gate = DatabaseGate(deps, self.ops)
-        self.drift = DriftWatcher(deps, self.ops, DriftReports(deps.store.db))
+        self.drift = DriftWatcher(deps, self.ops)
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
@@ -136,7 +136,7 @@ class Controller:
         await self.d.router.ensure(spec.service, svc.listen)   # may refuse (address in use): nothing recorded yet
         svc.spec_path = spec_path
         self.d.store.put_service(svc)
-        now = self.d.clock()
+        now = self.d.clock.now()
         live = svc.active_slot
         bg = spec.strategy.blue_green
         migrate = spec.database is not None and kind is Kind.DEPLOY    # going back never migrates
@@ -238,7 +238,7 @@ class Controller:
         if warm.state == SlotState.WARM and warm.image_id and warm.spec and self.supervisor.slot_ready(service, other):
             spec = spec_from_doc(warm.spec, svc.spec_path)
             self._refuse_if_busy(service)
-            now = self.d.clock()
+            now = self.d.clock.now()
             r = Rollout(id=f"{service}-{self.d.store.next_rollout_seq(service)}", service=service,
                         kind=Kind.ROLLBACK, phase=Phase.SWITCHING, target_slot=other, previous_slot=live,
                         image_id=warm.image_id, previous_image_id=svc.live.image_id if svc.live else None,
@@ -263,13 +263,13 @@ class Controller:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-            self.d.store.put_rollout(r.enter(Phase.ABORTED, self.d.clock(), "service removed"))
+            self.d.store.put_rollout(r.enter(Phase.ABORTED, self.d.clock.now(), "service removed"))
         async with self.ops.lock(service):
             svc.active_slot = None
             self.d.store.put_service(svc)
         for slot in ("blue", "green"):
             await self.ops.teardown(service, slot, None, "service removed")
-        self.drift.reports.remove(service)
+        self.d.store.remove_drift_report(service)
         await self.d.router.stop(service)
         self.d.store.delete_service(service)
         self.ops.event(service, "service.removed", f"service {service} removed")
@@ -300,16 +300,16 @@ class Controller:
         if q is None:
             raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
         await q.put(cmd)
-        deadline = self.d.clock() + 2.0
-        while self.d.clock() < deadline:
+        deadline = self.d.clock.now() + 2.0
+        while self.d.clock.now() < deadline:
             now = self.d.store.get_rollout(r.id)
             if now is not None and (now.phase, now.step_index, now.hold) != (r.phase, r.step_index, r.hold):
                 return now
-            await asyncio.sleep(0.02)
+            await self.d.clock.sleep(0.02)
         return self.d.store.get_rollout(r.id) or r
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:
-        self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock(), f"could not resume: {why}"))
+        self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock.now(), f"could not resume: {why}"))
 
     def _active(self, service: str) -> Rollout | None:
         rs = self.d.store.active_rollouts(service)
@@ -349,7 +349,7 @@ class Controller:
                       for name, s in svc.slots.items()},
             "rollout": active.to_dict() if active else None,
             "analysis": self.d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
-            "drift": _drift_summary(self.drift.reports.get(service)),
+            "drift": _drift_summary(self.d.store.get_drift_report(service)),
             "enforcement": self.enforcement(),
         }
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from shipyard.drift import DriftReport, ServiceInputs, expected_process, scan_service
 from shipyard.drift.release import LIVE_STATUSES
 from shipyard.drift.report import Mode
-from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.actions import SlotOps, spec_from_doc
+from shipyard.engine.deps import Deps
 from shipyard.engine.healing import Healer, HealResult, heal_targets
 from shipyard.errors import NotFoundError, ShipyardError
+from shipyard.rollout.records import ServiceRecord, SlotState
 from shipyard.spec import Spec
-from shipyard.state.drift_reports import DriftReports
-from shipyard.state.records import ServiceRecord, SlotState
 
 log = logging.getLogger("shipyard.drift")
 
@@ -29,10 +28,9 @@ DAEMON = "shipyard-daemon"
 
 
 class DriftWatcher:
-    def __init__(self, deps: Deps, ops: SlotOps, reports: DriftReports) -> None:
+    def __init__(self, deps: Deps, ops: SlotOps) -> None:
         self.d = deps
         self.ops = ops
-        self.reports = reports
         self.healer = Healer(deps, ops)
         self._task: asyncio.Task[None] | None = None
         self._next: dict[tuple[str, str], float] = {}          # (service, mode) -> monotonic time due
@@ -87,8 +85,8 @@ class DriftWatcher:
             raise NotFoundError(f"no service {service}", "shipyard status lists the services")
         async with self._locks.setdefault(service, asyncio.Lock()):
             report = await scan_service(self._inputs(svc), self.d.images, mode)
-        previous = self.reports.get(service)
-        self.reports.put(service, report.to_dict())
+        previous = self.d.store.get_drift_report(service)
+        self.d.store.put_drift_report(service, report.to_dict())
         self._announce(report, previous)
         return report
 
@@ -118,7 +116,7 @@ class DriftWatcher:
         return {"before": before.to_dict(), "heal": result.to_dict(), "after": after.to_dict()}
 
     async def _auto_heal(self, spec: Spec, report: DriftReport) -> None:
-        now = time.monotonic()
+        now = self.d.clock.monotonic()
         replace, stop, _ = heal_targets(report)
         due = {i for i in replace | stop if now - self._healed_at.get(i, -1e9) >= spec.drift.interval}
         if not due or now < self._backoff.get(spec.service, 0.0) or self.d.store.active_rollouts(spec.service):
@@ -145,13 +143,13 @@ class DriftWatcher:
                     self.ops.event(svc.name, "drift.error", f"drift scan failed: {e.message}")
                 except Exception:
                     log.exception("drift scan of %s failed", svc.name)
-            await asyncio.sleep(TICK)
+            await self.d.clock.sleep(TICK)
 
     async def _tick(self, svc: ServiceRecord) -> None:
         spec = self._spec(svc)
         if spec is None or not any(s.state != SlotState.IDLE for s in svc.slots.values()):
             return
-        now = time.monotonic()
+        now = self.d.clock.monotonic()
         full_due = self._next.setdefault((svc.name, "full"), now + spec.drift.full_interval)
         meta_due = self._next.setdefault((svc.name, "metadata"), now + min(spec.drift.interval, 5.0))
         if now < min(full_due, meta_due):

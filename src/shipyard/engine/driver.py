@@ -9,7 +9,8 @@ import contextlib
 import logging
 
 from shipyard.building import build_input
-from shipyard.engine.actions import Deps, SlotOps
+from shipyard.engine.actions import SlotOps
+from shipyard.engine.deps import Deps
 from shipyard.engine.judging import CanaryJudge
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
@@ -78,7 +79,7 @@ class RolloutDriver:
             raise
         except Exception as e:  # a bug must not leave a rollout hanging: record it and stop safely
             log.exception("rollout %s crashed", r.id)
-            r, actions = machines.step(r, spec, AbortRequested(f"internal error: {e!r}"), self.d.clock())
+            r, actions = machines.step(r, spec, AbortRequested(f"internal error: {e!r}"), self.d.clock.now())
             self.d.store.put_rollout(r)
             for a in actions:
                 with contextlib.suppress(Exception):
@@ -102,7 +103,7 @@ class RolloutDriver:
                 obs = observing.result()
             else:
                 obs = getter.result()
-            new, actions = machines.step(r, spec, obs, self.d.clock())
+            new, actions = machines.step(r, spec, obs, self.d.clock.now())
             if new is r:
                 if observing in done:
                     self.ops.event(r.service, "rollout.ignored", f"{type(obs).__name__} ignored in phase {r.phase}",
@@ -113,10 +114,9 @@ class RolloutDriver:
                 observing.cancel()
                 with contextlib.suppress(BaseException):
                     await observing
-            self.d.store.put_rollout(new)
             detail = f": {new.reason}" if new.reason and new.phase.terminal else ""
-            self.ops.event(r.service, "rollout.phase", f"{new.id} -> {new.phase}{detail}", r.id,
-                           phase=str(new.phase), observation=type(obs).__name__)
+            self.d.on_event(self.d.store.record_step(new, "rollout.phase", f"{new.id} -> {new.phase}{detail}",
+                                                     {"phase": str(new.phase), "observation": type(obs).__name__}))
             return new, actions
 
     async def observe(self, r: Rollout, spec: Spec, a: Action, judge: CanaryJudge | None = None) -> Observation:
@@ -127,9 +127,9 @@ class RolloutDriver:
             case WaitUntil(at=at):
                 # the loop's timer and the wall clock can disagree by a few ms: a Tick that came early
                 # would be ignored by the machine and nothing would wake it again
-                while (left := at - self.d.clock()) > 0:
-                    await asyncio.sleep(left)
-                return Tick(self.d.clock())
+                while (left := at - self.d.clock.now()) > 0:
+                    await self.d.clock.sleep(left)
+                return Tick(self.d.clock.now())
             case RunAnalysis(until=until):
                 assert judge is not None, "an analysis step needs a stable track to compare with"
                 return await judge.step(until)
@@ -141,7 +141,8 @@ class RolloutDriver:
                 why = await self.ops.start_slot(spec, slot, image_id, r.id, count)
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
             case RunPreview(slot=slot):
-                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id))
+                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
+                                         self.d.health)
                 return PreviewPassed() if why is None else PreviewFailed(why)
             case SwitchTraffic(slot=slot):
                 try:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.drift import DriftReport
-from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.actions import SlotOps, spec_from_doc
+from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
 from shipyard.images.build import remove_dir
-from shipyard.runtime.base import Instance
-from shipyard.state.records import SlotState
+from shipyard.rollout.records import Instance, SlotState
 
 log = logging.getLogger("shipyard.healing")
 

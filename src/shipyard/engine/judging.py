@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overall
-from shipyard.analysis.prometheus import QueryContext
-from shipyard.engine.actions import Deps
+from shipyard.analysis.context import QueryContext
+from shipyard.engine.deps import Deps
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
@@ -36,7 +36,7 @@ class CanaryJudge:
         self.canary, self.stable = r.target_slot, r.previous_slot
         doc = deps.store.get_analysis(r.id) or {}
         self.state = SequentialState.from_dict(doc["state"]) if doc.get("state") else None
-        self.since = int(doc.get("since") or math.floor(deps.clock()) - 1)   # judged seconds are > since
+        self.since = int(doc.get("since") or math.floor(deps.clock.now()) - 1)   # judged seconds are > since
         self.fed = int(doc.get("fed") or self.since)
         self.verdicts: list[Verdict] = [Verdict.from_dict(v) for v in doc.get("verdicts", [])]
         self.canary_release, self.stable_release = r.image_id, r.previous_image_id
@@ -99,7 +99,7 @@ class CanaryJudge:
                 if overall(verdicts) == "failed":
                     await queue.put(AnalysisVerdict("failed", summary(verdicts), background=True))
                     return
-            await asyncio.sleep(max(1.0, self.analysis.interval))
+            await self.d.clock.sleep(max(1.0, self.analysis.interval))
 
     async def _watch_router(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
         while True:
@@ -114,9 +114,9 @@ class CanaryJudge:
     async def step(self, until: float) -> AnalysisVerdict:
         """An inline analysis step: judge the seconds from now until `until`; a failure seen
         meanwhile is reported by `watch`, which ends the rollout before this returns."""
-        begin = math.floor(self.d.clock())
-        while self.d.clock() < until or self.feed.complete_upto(self.service) < math.floor(until) - 1:
-            if self.d.clock() > until + 5:        # the router stopped reporting: judge what we have
+        begin = math.floor(self.d.clock.now())
+        while self.d.clock.now() < until or self.feed.complete_upto(self.service) < math.floor(until) - 1:
+            if self.d.clock.now() > until + 5:        # the router stopped reporting: judge what we have
                 break
             await self._fresh_seconds()
         if self.queried:

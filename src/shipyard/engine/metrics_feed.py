@@ -8,7 +8,7 @@ import logging
 from collections import deque
 
 from shipyard.analysis import Second
-from shipyard.engine.actions import Deps
+from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
 
 log = logging.getLogger("shipyard.metrics")
@@ -43,7 +43,7 @@ class MetricsFeed:
                     log.debug("no series from the router of %s: %s", svc.name, e.message)
             self.pulled.set()
             self.pulled.clear()
-            await asyncio.sleep(PULL_EVERY)
+            await self.d.clock.sleep(PULL_EVERY)
 
     async def pull(self, service: str) -> None:
         since = self._since.get(service, 0.0)

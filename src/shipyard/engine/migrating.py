@@ -21,11 +21,12 @@ from shipyard.database.findings import Finding
 from shipyard.database.plan import MigrationPlan, load_source, plan_migrations
 from shipyard.database.rehearsal import Rehearsal, rehearse
 from shipyard.database.statements import Script
-from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.actions import SlotOps, spec_from_doc
+from shipyard.engine.deps import Deps
 from shipyard.errors import ConflictError, ShipyardError, SpecError
 from shipyard.rollout.model import Migrated, MigrationFailed, Observation, Rollout
+from shipyard.rollout.records import SlotState
 from shipyard.spec import Spec, load_spec
-from shipyard.state.records import SlotState
 
 
 def findings_text(findings: list[Finding], limit: int = 5) -> str:
@@ -70,7 +71,7 @@ class DatabaseGate:
             scripts.append(m.script if not skip else _tail(m.script, skip))
         with tempfile.TemporaryDirectory(prefix="shipyard-dbcheck-", dir=self.d.paths.root) as work:
             return await rehearse(db, scripts, self._releases(spec, image_id, with_live=not contract),
-                                  images=self.d.images, runtime=self.d.runtime, workdir=Path(work),
+                                  images=self.d.images, runtime=self.d.runtime, checker=self.d.health, workdir=Path(work),
                                   env_source=self.d.env,
                                   log=lambda m: self.ops.event(spec.service, "database.check", m, rollout_id))
 

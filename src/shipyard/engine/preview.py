@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
-
-from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
+from shipyard.engine.ports import HealthProbe
 from shipyard.router.table import TRACK_HEADER
 from shipyard.spec import Spec
 
@@ -21,13 +19,13 @@ def base_url(spec: Spec) -> str:
     return f"http://[{host}]:{spec.listen_port}" if ":" in host else f"http://{host}:{spec.listen_port}"
 
 
-async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None]) -> str | None:
+async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], health: HealthProbe) -> str | None:
     """None when every check passes, else the first failure in words."""
     bg = spec.strategy.blue_green
     checks = list(bg.preview_checks) if bg is not None else []
     if not checks:
         log(f"no preview checks configured for slot {slot}")
         return None
-    async with httpx.AsyncClient(base_url=base_url(spec), timeout=CHECK_TIMEOUT) as client:
-        failure = await run_checks(client, checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot}, log=log)
+    failure = await health.run_checks(base_url(spec), checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot},
+                                      log=log)
     return None if failure is None else f"preview {failure}"

@@ -31,9 +31,9 @@ from shipyard.engine.actions import spec_from_doc
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.exposure import exposure
 from shipyard.rollout.model import Kind, Phase, other_slot
+from shipyard.rollout.records import ServiceRecord, SlotState
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
-from shipyard.state.records import ServiceRecord, SlotState
 
 if TYPE_CHECKING:
     from shipyard.engine.controller import Controller
@@ -47,7 +47,7 @@ async def checklist(controller: Controller, service: str, rate: float = REFERENC
     svc = controller.d.store.get_service(service)
     if svc is None:
         raise NotFoundError(f"no service named {service!r}", "`shipyard status` lists the services")
-    now = controller.d.clock()
+    now = controller.d.clock.now()
     spec = _live_spec(svc)
     checks: list[Check] = [undo_check(await _undo(controller, svc, now))]
     if spec is None:

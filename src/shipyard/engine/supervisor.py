@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from typing import Any
 
-from shipyard.engine.actions import Deps, SlotOps, spec_from_doc
+from shipyard.engine.actions import SlotOps, spec_from_doc
+from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
-from shipyard.runtime.base import Instance
-from shipyard.runtime.health import probe
+from shipyard.rollout.records import Instance, ServiceRecord, SlotState
 from shipyard.spec import Spec
-from shipyard.state.records import ServiceRecord, SlotState
 
 log = logging.getLogger("shipyard.supervisor")
 
@@ -66,10 +64,10 @@ class Supervisor:
                     self.ops.event(svc.name, "supervisor.error", e.message)
                 except Exception:
                     log.exception("supervisor tick for %s failed", svc.name)
-            await asyncio.sleep(TICK)
+            await self.d.clock.sleep(TICK)
 
     async def _tick(self, svc: ServiceRecord) -> None:
-        now = time.monotonic()
+        now = self.d.clock.monotonic()
         if now - self._router_checked.get(svc.name, 0.0) >= ROUTER_CHECK_EVERY:
             self._router_checked[svc.name] = now
             await self._check_router(svc)
@@ -77,7 +75,7 @@ class Supervisor:
         for slot_name, slot in svc.slots.items():
             if slot.state not in WATCHED or not slot.spec or not slot.image_id:
                 continue
-            if slot.state == SlotState.WARM and slot.retire_at and slot.retire_at <= self.d.clock():
+            if slot.state == SlotState.WARM and slot.retire_at and slot.retire_at <= self.d.clock.now():
                 self._retire(svc.name, slot_name)
                 continue
             spec = spec_from_doc(slot.spec, svc.spec_path)
@@ -113,12 +111,12 @@ class Supervisor:
                                instance=inst.id, slot=slot)
                 self._forget(inst.id)
                 changed = True
-            elif time.monotonic() >= self._next_probe.get(inst.id, 0.0):
+            elif self.d.clock.monotonic() >= self._next_probe.get(inst.id, 0.0):
                 due.append(inst)
-        results = await asyncio.gather(*(probe(i.host, i.port, h.path, h.timeout) for i in due))
+        results = await asyncio.gather(*(self.d.health.check(i, h.path, h.timeout) for i in due))
         status = dict((i.id, st) for i, st in insts)
         for inst, res in zip(due, results, strict=True):
-            self._next_probe[inst.id] = time.monotonic() + h.interval
+            self._next_probe[inst.id] = self.d.clock.monotonic() + h.interval
             if res.ok:
                 self._oks[inst.id] = self._oks.get(inst.id, 0) + 1
                 self._fails[inst.id] = 0
@@ -147,7 +145,7 @@ class Supervisor:
             inst = await self.ops.start_instance(spec, slot, image_id)
         except ShipyardError as e:
             self.ops.event(spec.service, "instance.replace_failed", f"could not replace an instance of {slot}: {e}")
-            await asyncio.sleep(spec.health.interval)
+            await self.d.clock.sleep(spec.health.interval)
             return
         ok, why = await self.ops.wait_ready(spec, inst)
         if not ok:

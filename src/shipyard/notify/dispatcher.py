@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from shipyard.notify.events import CANDIDATES, Notification, RolloutFacts, classify
 from shipyard.notify.formats import render
 from shipyard.notify.webhook import post, safe_url
+from shipyard.rollout.records import Event
 from shipyard.spec.models import NotificationsSpec, WebhookSpec
-from shipyard.state.records import Event
 
 if TYPE_CHECKING:
     from shipyard.state.sqlite import SqliteStore

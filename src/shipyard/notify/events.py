@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.state.records import Event
+from shipyard.rollout.records import Event
 
 SAME_NAME = frozenset({"rollout.succeeded", "rollout.failed", "rollout.aborted", "drift.found", "drift.cleared"})
 PHASES = {"paused": "rollout.paused", "awaiting_promotion": "rollout.paused", "promoting": "rollout.promoted"}

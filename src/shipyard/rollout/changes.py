@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shipyard.database.connect import redact
+from shipyard.redaction import redact_url as redact
 
 MAX_FILE_CHANGES = 200
 IMAGE_KEYS = ("build", "run.command", "run.env")

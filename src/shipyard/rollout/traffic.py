@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from shipyard.rollout.records import Instance, ServiceRecord
 from shipyard.router.table import RoutingTable, Upstream
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord
 
 ROUTABLE = ("healthy",)
 

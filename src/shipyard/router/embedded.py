@@ -38,7 +38,7 @@ def normalize_listen(listen: str) -> str:
 
 
 class EmbeddedRouter:
-    """Implements router.base.Router with the embedded data plane."""
+    """Implements engine.ports.Router with the embedded data plane."""
 
     def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
         self.paths = paths

@@ -10,29 +10,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from shipyard.runtime.base import Instance
-from shipyard.runtime.local import log_tail
+import httpx
+
+from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
+from shipyard.rollout.records import Instance, ProbeResult
+from shipyard.runtime.command import log_tail
+from shipyard.spec.strategy import PreviewCheck
+
+__all__ = ["HealthTracker", "HttpHealthProbe", "ProbeResult", "probe", "wait_healthy"]
 
 HealthState = Literal["starting", "healthy", "unhealthy"]
 
 USER_AGENT = "shipyard-health"
 _MAX_DRAIN = 64 * 1024
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    status: int | None
-    error: str | None
-    seconds: float
-
-    def describe(self, path: str) -> str:
-        """E.g. 'GET /healthz -> 500' or 'GET /healthz -> connection refused'."""
-        return f"GET {path} -> {self.status if self.status is not None else self.error}"
 
 
 class _BadResponse(Exception):
@@ -182,3 +175,23 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+class HttpHealthProbe:
+    """The HealthProbe port over real HTTP: what the daemon wires into the engine."""
+
+    async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
+                           healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]:
+        return await wait_healthy(inst, path=path, interval=interval, timeout=timeout,
+                                  healthy_threshold=healthy_threshold, deadline_s=deadline_s, is_alive=is_alive,
+                                  exit_code=exit_code)
+
+    async def check(self, inst: Instance, path: str, timeout: float) -> ProbeResult:
+        return await probe(inst.host, inst.port, path, timeout)
+
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=CHECK_TIMEOUT) as client:
+            return await run_checks(client, checks, label=label, extra_headers=extra_headers, log=log)

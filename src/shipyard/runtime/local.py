@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from shipyard.errors import RuntimeFailure
 from shipyard.procfs import ProcStat, process_start_time, read_proc_stat  # noqa: F401 - re-exported
-from shipyard.runtime.base import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec
+from shipyard.runtime.command import (  # noqa: F401 - log_tail re-exported
+    BASE_ENV_KEYS,
+    instance_environment,
+    log_tail,
+    resolve_program,
+    substitute,
+)
 from shipyard.runtime.ports import PortAllocator, default_allocator
 from shipyard.runtime.sandbox import Enforcement, choose_enforcement, sandbox_for
 
-# Taken from the daemon's environment; everything else an instance sees comes from its spec.
-BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 # How long to wait for the kernel to remove a process after SIGKILL before giving up.
 KILL_WAIT_SECONDS = 5.0
 _EXIT_CODES_KEPT = 256
@@ -40,37 +43,12 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-def log_tail(path: str | Path, lines: int = 20, max_bytes: int = 1 << 20) -> str:
-    """The last `lines` lines of a file, read from its end (logs can be large)."""
-    if lines <= 0:
-        return ""
-    data = b""
-    try:
-        with open(path, "rb") as f:
-            pos = f.seek(0, os.SEEK_END)
-            # One newline more than asked for, so the first returned line is complete.
-            while pos > 0 and data.count(b"\n") <= lines and len(data) < max_bytes:
-                step = min(8192, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _substitute(value: str, variables: dict[str, str]) -> str:
-    for name, replacement in variables.items():
-        value = value.replace("${" + name + "}", replacement)
-    return value
-
-
 class LocalRuntime:
-    """Runtime for OS processes; implements shipyard.runtime.base.Runtime.
+    """Runtime for OS processes; implements shipyard.engine.ports.Runtime.
 
     `enforcement` forces a mode (landlock, bubblewrap, verify-only); by default the probe picks
     one (see runtime/sandbox.py), and a forced mode that does not work here raises at once."""
@@ -101,9 +79,9 @@ class LocalRuntime:
         port = self._ports.allocate(launch.host)
 
         variables = {"PORT": str(port), "SHIPYARD_DATA_DIR": str(data_dir)}
-        argv = [_substitute(arg, variables) for arg in launch.command]
-        env = self._environment(launch, variables)
-        argv[0] = _resolve_program(argv[0], tree, env["PATH"])
+        argv = [substitute(arg, variables) for arg in launch.command]
+        env = instance_environment(launch, variables)
+        argv[0] = resolve_program(argv[0], tree, env["PATH"])
 
         confined = self._sandbox.confine(argv, tree=tree, data_dir=data_dir, log_path=log_path, env=env)
         with confined, open(log_path, "ab", buffering=0) as log:
@@ -153,22 +131,6 @@ class LocalRuntime:
             log_path=str(log_path),
             data_dir=str(data_dir),
         )
-
-    @staticmethod
-    def _environment(launch: LaunchSpec, variables: dict[str, str]) -> dict[str, str]:
-        """A small known environment: the daemon's own variables (and secrets) do not leak in."""
-        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
-        env.setdefault("PATH", os.defpath)
-        env.update({k: _substitute(v, variables) for k, v in launch.env.items()})
-        env.update(variables)
-        env.update(
-            SHIPYARD_INSTANCE_ID=launch.instance_id,
-            SHIPYARD_SLOT=launch.slot,
-            SHIPYARD_IMAGE_ID=launch.image_id,
-            PYTHONDONTWRITEBYTECODE="1",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
 
     @property
     def enforcement(self) -> Enforcement:
@@ -259,30 +221,6 @@ class LocalRuntime:
                 self._exit_codes[key] = self._sandbox.exit_code(proc.returncode)
                 while len(self._exit_codes) > _EXIT_CODES_KEPT:
                     del self._exit_codes[next(iter(self._exit_codes))]
-
-
-def _resolve_program(program: str, tree: Path, path_value: str) -> str:
-    """Absolute path of command[0]: relative paths are inside the image, bare names on PATH."""
-    if "/" in program:
-        candidate = Path(program) if os.path.isabs(program) else tree / program
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-        problem = "is not executable" if candidate.is_file() else "does not exist"
-        raise RuntimeFailure(
-            f"command {program!r} {problem} (looked at {candidate})",
-            hint="a command with '/' is relative to the image tree: check that build.context or "
-            "build.steps produce it, with its executable bit set",
-        )
-    # Relative PATH entries (and empty ones, meaning cwd) are inside the image, like the cwd.
-    entries = [d if os.path.isabs(d) else str(tree / d) for d in path_value.split(os.pathsep)]
-    found = shutil.which(program, path=os.pathsep.join(entries))
-    if found is None:
-        raise RuntimeFailure(
-            f"command {program!r} not found on PATH (looked in {os.pathsep.join(entries)})",
-            hint="install it on this machine, set PATH in run.env, or ship it in the image and "
-            "use a relative path such as bin/app",
-        )
-    return found
 
 
 def _append_line(path: str, line: str) -> None:

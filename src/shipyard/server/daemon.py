@@ -17,14 +17,16 @@ from pathlib import Path
 
 import uvicorn
 
-from shipyard.analysis import prometheus
-from shipyard.engine.actions import Deps
+from shipyard.analysis.providers import prometheus
 from shipyard.engine.controller import Controller
+from shipyard.engine.deps import Deps
+from shipyard.engine.ports import SystemClock
 from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
 from shipyard.notify import Dispatcher
 from shipyard.paths import StatePaths
 from shipyard.router.embedded import EmbeddedRouter
+from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
 from shipyard.server.api import create_app
 from shipyard.state.sqlite import SqliteStore
@@ -97,7 +99,8 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
-                router=EmbeddedRouter(paths), paths=paths, query_metric=prometheus.judge)
+                router=EmbeddedRouter(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
+                query_metric=prometheus.judge)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

@@ -3,6 +3,8 @@
 Nothing else of shipyard is imported here (only its errors), so every other package can
 depend on the spec without cycles."""
 
+from .advice import looks_secret, spec_warnings
+from .bounded import MAX_SPEC_BYTES, SpecTooLarge
 from .durations import format_duration, parse_duration
 from .load import SpecInvalid, load_spec, parse_spec
 from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec
@@ -27,6 +29,7 @@ from .strategy import (
     StrategySpec,
     SuccessRateMetric,
 )
+from .values import SERVICE_NAME_PATTERN, is_service_name
 
 __all__ = [
     "AnalysisSpec",
@@ -40,6 +43,7 @@ __all__ = [
     "DatabaseSpec",
     "DriftSpec",
     "HealthSpec",
+    "MAX_SPEC_BYTES",
     "LatencyMetric",
     "MetricCheck",
     "MetricSpec",
@@ -49,15 +53,20 @@ __all__ = [
     "PrometheusMetric",
     "RouterSpec",
     "RunSpec",
+    "SERVICE_NAME_PATTERN",
     "SetWeightStep",
     "Spec",
     "SpecInvalid",
+    "SpecTooLarge",
     "StickySpec",
     "StrategySpec",
     "SuccessRateMetric",
     "format_duration",
+    "is_service_name",
     "json_schema",
     "load_spec",
+    "looks_secret",
     "parse_duration",
     "parse_spec",
+    "spec_warnings",
 ]

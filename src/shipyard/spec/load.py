@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ from pydantic_core import ErrorDetails
 
 from shipyard.errors import SpecError
 
+from .bounded import MAX_SPEC_BYTES, BoundedComposer, check_expanded, check_text_size, too_big
 from .durations import FROM_FILE
 from .models import Spec
 from .schema import resolve_loc
@@ -40,8 +42,9 @@ class SpecInvalid(SpecError):
         self.problems = problems
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML, except that keys stay text: `ON:` or `1:` is a key, not a boolean or a number."""
+class _Loader(BoundedComposer, yaml.SafeLoader):
+    """Safe YAML with limits (bounded.py), except that keys stay text: `ON:` or `1:` is a key,
+    not a boolean or a number."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)
@@ -239,9 +242,16 @@ def validate_data(data: Any, source: str, base_dir: Path, root: yaml.Node | None
 
 
 def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
-    loader = _Loader(text)
+    check_text_size(text, source)
+    try:
+        loader = _Loader(text)          # the reader refuses control characters right here
+    except yaml.reader.ReaderError as exc:
+        raise _unreadable(text, source, exc) from None
+    loader.spec_source = source
     try:
         root = loader.get_single_node()
+        if root is not None:
+            check_expanded(root, source)
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -254,6 +264,16 @@ def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     finally:
         loader.dispose()
     return data, root
+
+
+def _unreadable(text: str, source: str, exc: yaml.reader.ReaderError) -> SpecInvalid:
+    """A control character (or other unprintable one) at its file:line:column, in words."""
+    before = text[:exc.position]
+    line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+    return SpecInvalid([f"{source}:{line}:{column} not valid YAML: control character U+{char:04X} is not "
+                        "allowed in a spec"],
+                       "remove it; inside a double-quoted string it can be written as an escape like \\x01")
 
 
 def _parse(text: str, source: str, base_dir: Path) -> tuple[Spec, yaml.Node]:
@@ -285,7 +305,14 @@ def load_spec(path: str | Path) -> Spec:
     """Read, validate and return the spec at `path`; also checks that build.context exists."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_SPEC_BYTES:          # refused before reading: a 50 MB file costs nothing
+                raise too_big(file.name, size)
+            raw = f.read(MAX_SPEC_BYTES + 1)   # a file that grows meanwhile is still bounded
+        if len(raw) > MAX_SPEC_BYTES:
+            raise too_big(file.name, len(raw))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"{file}: no such spec file",
                         "check the path, or create it (start from shipyard.example.yaml)") from None

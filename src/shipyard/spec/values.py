@@ -47,7 +47,19 @@ def regex_check(pattern: str, what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+SERVICE_NAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?"
+"""The one rule for service names (spec, API paths, CLI): 1-40 of a-z 0-9 -, no dash at
+either end. Such a name is safe in a URL path, a file name, a log line and a terminal."""
+_SERVICE_NAME = re.compile(SERVICE_NAME_PATTERN)
+
+
+def is_service_name(value: str) -> bool:
+    return _SERVICE_NAME.fullmatch(value) is not None
+
+
 def _service_name(value: str) -> str:
+    if is_service_name(value):
+        return value
     if not re.fullmatch(r"[a-z0-9-]+", value):
         raise ValueError(f"{show(value)} must match [a-z0-9-]+ (lowercase letters, digits, dashes)")
     if value.startswith("-") or value.endswith("-"):
@@ -139,7 +151,7 @@ Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 Text = Annotated[str, StringConstraints(min_length=1)]
 ServiceName = Annotated[str, AfterValidator(_service_name), WithJsonSchema(
-    {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", "maxLength": 40})]
+    {"type": "string", "pattern": f"^{SERVICE_NAME_PATTERN}$", "maxLength": 40})]
 Listen = Annotated[str, AfterValidator(_listen)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 EnvValue = Annotated[str, BeforeValidator(_stringify, json_schema_input_type=str | int | float | bool)]

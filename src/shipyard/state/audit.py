@@ -14,12 +14,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from shipyard.rollout.model import Rollout
-    from shipyard.state.records import Event
+from shipyard.rollout.model import Rollout
+from shipyard.rollout.records import AuditEntry, Event, PendingChange
+
+__all__ = ["AuditEntry", "AuditLog", "PendingChange", "RejectionThrottle", "scrub"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -53,37 +53,6 @@ _SECRET_KEY = re.compile(r"(?i)^(token|password|passwd|secret|authorization|api[
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 MAX_WHY = 2000
 MAX_EVIDENCE = 64_000
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    ts: float
-    actor: str
-    action: str
-    service: str | None
-    rollout_id: str | None
-    why: str
-    evidence: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class PendingChange:
-    """A change asked for through the API while it is being carried out. It goes into the
-    log before the first consequence the daemon records for its service (a rollback or an
-    abort may be over before its request returns), and takes the id of the rollout it
-    starts; a request refused before any consequence leaves no entry (nothing changed)."""
-
-    actor: str
-    action: str
-    service: str | None
-    why: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
-    rollout_id: str | None = None
-    entry: AuditEntry | None = None
 
 
 def scrub(value: Any) -> Any:

@@ -1,20 +1,24 @@
 """The state store on SQLite (WAL): one file in the state directory, one writer (the daemon).
+Implements the engine's Store port (shipyard.engine.ports.Store).
 
 Rows hold JSON documents for the evolving parts (slots, rollout state) so that the
 schema stays small and a rollout is stored exactly as the state machine sees it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shipyard.rollout.model import Rollout
-from shipyard.runtime.base import Instance
+from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
-from shipyard.state.records import Event, ServiceRecord, Slot
+from shipyard.state.drift_reports import DriftReports
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -52,6 +56,8 @@ class SqliteStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self.audit = AuditLog(self.db)
+        self._drift = DriftReports(self.db)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -80,6 +86,20 @@ class SqliteStore:
 
     def delete_service(self, name: str) -> None:
         self.db.execute("DELETE FROM services WHERE name=?", (name,))
+
+    def service_lock(self, service: str) -> asyncio.Lock:
+        """One daemon owns this file, so an in-process lock per service is enough."""
+        return self._locks.setdefault(service, asyncio.Lock())
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     # -- instances -----------------------------------------------------------------
 
@@ -128,6 +148,12 @@ class SqliteStore:
             " spec=COALESCE(excluded.spec, rollouts.spec), updated_at=excluded.updated_at",
             (r.id, seq, r.service, str(r.phase), json.dumps(r.to_dict()),
              json.dumps(spec) if spec is not None else None, r.created_at, r.updated_at))
+
+    def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
+        """The rollout's new state and the event telling of it, in one transaction."""
+        with self._transaction():
+            self.put_rollout(r)
+            return self.add_event(r.service, kind, message, r.id, data)
 
     def get_rollout(self, rollout_id: str) -> Rollout | None:
         row = self.db.execute("SELECT data FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
@@ -209,6 +235,18 @@ class SqliteStore:
             args.append(rollout_id)
         row = self.db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return _event(row) if row else None
+
+
+    # -- drift reports ---------------------------------------------------------------
+
+    def put_drift_report(self, service: str, report: dict[str, Any]) -> None:
+        self._drift.put(service, report)
+
+    def get_drift_report(self, service: str) -> dict[str, Any] | None:
+        return self._drift.get(service)
+
+    def remove_drift_report(self, service: str) -> None:
+        self._drift.remove(service)
 
 
 def _event(r: sqlite3.Row) -> Event:

@@ -12,8 +12,8 @@ from shipyard import __version__
 from shipyard.drift.report import KINDS
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
+from shipyard.rollout.records import ServiceRecord
 from shipyard.server.metrics.traffic import short
-from shipyard.state.records import ServiceRecord
 from shipyard.state.sqlite import SqliteStore
 
 
@@ -144,7 +144,7 @@ def _drift(controller: Controller, services: Iterable[ServiceRecord]) -> list[Me
     scanned = GaugeMetricFamily("shipyard_drift_last_scan_timestamp_seconds", "When the last drift scan of each mode ran",
                                 labels=["service", "mode"])
     for svc in services:
-        report = controller.drift.reports.get(svc.name)
+        report = controller.d.store.get_drift_report(svc.name)
         if report is None:
             continue
         clean.add_metric([svc.name], 1 if report["clean"] else 0)

@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from shipyard.state.records import ServiceRecord
+from shipyard.rollout.records import ServiceRecord
 
 TRACK_LABELS = ["service", "track", "release"]
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")

@@ -1,0 +1,1 @@
+"""Metric providers: fetch series or numbers from outside (I/O); the judges stay pure."""

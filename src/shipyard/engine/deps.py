@@ -1,0 +1,54 @@
+"""What the engine is built from: one adapter per port, chosen by `server/daemon.py` (or a
+test). Keyword-constructible, with defaults that do no I/O, so a test names only the ports
+it cares about."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shipyard.analysis.context import QueryContext
+from shipyard.analysis.verdict import Verdict
+from shipyard.engine.ports import (
+    Clock,
+    HealthProbe,
+    MetricQuery,
+    NoHealthProbe,
+    Router,
+    Runtime,
+    Store,
+    SystemClock,
+)
+from shipyard.rollout.records import Event
+from shipyard.spec.strategy import PrometheusMetric
+
+if TYPE_CHECKING:
+    from shipyard.images import ImageStore
+    from shipyard.paths import StatePaths
+
+
+async def no_metric_provider(name: str, metric: PrometheusMetric, context: QueryContext,
+                             env: Mapping[str, str], /) -> Verdict:
+    """Without a provider a query cannot pass: inconclusive, with the reason."""
+    return Verdict(metric=name, kind="prometheus", status="inconclusive", value=None, threshold=None, samples=0,
+                   detail="no metric provider is wired into this controller")
+
+
+@dataclass
+class Deps:
+    store: Store
+    images: ImageStore
+    runtime: Runtime
+    router: Router
+    paths: StatePaths
+    health: HealthProbe = field(default_factory=NoHealthProbe)
+    """Readiness and HTTP checks of instances (the daemon wires runtime.health.HttpHealthProbe)."""
+    clock: Clock = field(default_factory=SystemClock)
+    """Every rollout timer and deadline; a fake clock makes a long canary instant in tests."""
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    on_event: Callable[[Event], None] = lambda event: None
+    """Told of every event once it is stored (notifications); must not block or raise."""
+    query_metric: MetricQuery = no_metric_provider
+    """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.providers.prometheus.judge)."""

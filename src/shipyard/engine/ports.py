@@ -1,0 +1,250 @@
+"""The engine's ports: every way it reaches the world, as Protocols.
+
+The engine imports these and nothing concrete; `server/daemon.py` picks one adapter per
+port (SQLite store, local runtime, embedded router, HTTP health probe, system clock) and
+tests pick in-memory fakes. A second adapter (PostgreSQL, SSH hosts, HAProxy) is one new
+module that satisfies a Protocol here, with no change to engine/."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from shipyard.analysis.context import QueryContext
+from shipyard.analysis.verdict import Verdict
+from shipyard.rollout.model import Rollout
+from shipyard.rollout.records import (
+    AuditEntry,
+    Event,
+    Instance,
+    LaunchSpec,
+    PendingChange,
+    ProbeResult,
+    ServiceRecord,
+)
+from shipyard.router.table import RoutingTable
+from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
+
+__all__ = ["AuditTrail", "Clock", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "Router", "Runtime",
+           "Store", "SystemClock"]
+
+
+class AuditTrail(Protocol):
+    """Who changed what, when, why: append-only. The API records requests through it; the
+    store feeds it the daemon's own events."""
+
+    def record(self, action: str, *, actor: str, service: str | None = None, rollout_id: str | None = None,
+               why: str = "", evidence: dict[str, Any] | None = None) -> AuditEntry: ...
+
+    def entries(self, service: str | None = None, limit: int = 100, since: int = 0) -> list[AuditEntry]: ...
+
+    def started_by(self, rollout_id: str) -> str | None: ...
+
+    def begin(self, action: str, *, actor: str, service: str | None, why: str = "",
+              evidence: dict[str, Any] | None = None, rollout_id: str | None = None) -> PendingChange: ...
+
+    def finish(self, pending: PendingChange, rollout_id: str | None = None,
+               failed: str | None = None) -> AuditEntry | None: ...
+
+
+class Store(Protocol):
+    """What the daemon remembers between restarts. Each method is one consistent change or
+    read; the ones that must be atomic together are single methods (`record_step`), and
+    mutual exclusion per service is `service_lock`, so no caller needs SQL or a connection."""
+
+    @property
+    def audit(self) -> AuditTrail: ...
+
+    # services
+    def get_service(self, name: str) -> ServiceRecord | None: ...
+    def list_services(self) -> list[ServiceRecord]: ...
+    def put_service(self, rec: ServiceRecord) -> None: ...
+    def delete_service(self, name: str) -> None: ...
+
+    def service_lock(self, service: str) -> AbstractAsyncContextManager[Any]:
+        """Held while a service's record and routing table change: one writer per service
+        (a shared store takes a lease; one process needs only an in-memory lock)."""
+        ...
+
+    # instances
+    def put_instance(self, inst: Instance, status: str) -> None: ...
+    def set_instance_status(self, instance_id: str, status: str) -> None: ...
+    def instances(self, service: str | None = None, slot: str | None = None,
+                  live_only: bool = True) -> list[tuple[Instance, str]]: ...
+    def instance(self, instance_id: str) -> tuple[Instance, str] | None: ...
+
+    # rollouts
+    def next_rollout_seq(self, service: str) -> int: ...
+    def put_rollout(self, r: Rollout, spec: dict[str, Any] | None = None) -> None: ...
+
+    def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
+        """Store the rollout's new state and the event that tells of it atomically: after a
+        crash both are there or neither is."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> Rollout | None: ...
+    def rollout_spec(self, rollout_id: str) -> dict[str, Any] | None: ...
+    def active_rollouts(self, service: str | None = None) -> list[Rollout]: ...
+    def rollouts(self, service: str, limit: int = 50) -> list[Rollout]: ...
+    def finished_rollout_counts(self) -> list[tuple[str, str, str, str, int]]: ...
+
+    # canary analysis evidence
+    def put_analysis(self, rollout_id: str, doc: dict[str, Any]) -> None: ...
+    def get_analysis(self, rollout_id: str) -> dict[str, Any] | None: ...
+    def finished_analysis_ids(self) -> list[str]: ...
+
+    # events
+    def add_event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
+                  data: dict[str, Any] | None = None) -> Event: ...
+    def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,
+               limit: int = 500) -> list[Event]: ...
+    def last_event(self, service: str, kind: str, rollout_id: str | None = None) -> Event | None: ...
+
+    # the last drift report of each service
+    def put_drift_report(self, service: str, report: dict[str, Any]) -> None: ...
+    def get_drift_report(self, service: str) -> dict[str, Any] | None: ...
+    def remove_drift_report(self, service: str) -> None: ...
+
+
+class Runtime(Protocol):
+    """Runs instances of images: OS processes today, SSH hosts or containers next."""
+
+    async def start(self, launch: LaunchSpec) -> Instance:
+        """Start the process and return at once (readiness is the health checker's job)."""
+        ...
+
+    async def stop(self, instance: Instance, timeout: float) -> None:
+        """SIGTERM the process group, SIGKILL after `timeout`; returns when it is gone."""
+        ...
+
+    def is_alive(self, instance: Instance) -> bool:
+        """True while the very same process (pid and start time) is running."""
+        ...
+
+    def exit_code(self, instance: Instance) -> int | None:
+        """How it ended, when known (None while running or when not ours to know)."""
+        ...
+
+
+class Router(Protocol):
+    """What the engine needs from a router, whatever data plane is behind it."""
+
+    async def ensure(self, service: str, listen: str) -> None:
+        """Make sure a data plane serves `service` on `listen` (start or re-adopt it)."""
+        ...
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Swap the whole table atomically; returns once the data plane serves it."""
+        ...
+
+    async def current(self, service: str) -> RoutingTable | None:
+        ...
+
+    def pids(self, service: str) -> set[int]:
+        """The data plane's processes for `service` (their listeners are shipyard's)."""
+        ...
+
+    async def stats(self, service: str) -> dict[str, Any]:
+        """Per-track request counts, status classes and latency histogram."""
+        ...
+
+    async def series(self, service: str, since: float) -> dict[str, Any]:
+        """Per-track, per-second metrics: what the canary analysis judges.
+
+        Returns {"now": unix time (float), "series": {track: [point, ...]}} where a point is
+        {"t": unix second, "requests": n, "errors": n, "latency": {"<bucket>": count}}:
+        responses completed during that wall-clock second; errors are those with status
+        >= 500 (the instance's 5xx, and the router's 502/503/504 for failed connects and
+        timeouts); latency is a sparse histogram in `shipyard.histogram` buckets (request
+        head received -> response sent). Only completed seconds with since < t < now are
+        returned, ascending, from the last 600 s; a second with no traffic on a track is
+        omitted, and must be read as zero requests. Poll again with
+        since = int(now) - 1 to get each second exactly once. Track metrics survive table
+        swaps, so a series is continuous across them; a router restart starts it afresh."""
+        ...
+
+    async def stop(self, service: str) -> None:
+        ...
+
+
+class MetricQuery(Protocol):
+    """What the canary judge needs from a metric provider: one prometheus metric of the
+    analysis queried now and judged. A port like the runtime and the router, so the
+    judge can be exercised without a Prometheus server."""
+
+    async def __call__(self, name: str, metric: PrometheusMetric, context: QueryContext,
+                       env: Mapping[str, str], /) -> Verdict:
+        """Anything but one clear number within the metric's bounds must not be `successful`."""
+        ...
+
+
+class HealthProbe(Protocol):
+    """Is an instance ready for traffic? The daemon wires HTTP probes (runtime/health.py);
+    a fake answers from a script, so a rollout runs without sockets."""
+
+    async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
+                           healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]:
+        """(True, "") after `healthy_threshold` successes in a row; (False, why) when
+        `deadline_s` passes or the process exits first."""
+        ...
+
+    async def check(self, inst: Instance, path: str, timeout: float) -> ProbeResult:
+        """One probe now: did the instance answer its health path with 2xx/3xx? Never raises."""
+        ...
+
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None:
+        """Send each check's request to `base_url`: None when all answer as expected, else
+        the first failure in words (preview checks through the router, the database gate)."""
+        ...
+
+
+class Clock(Protocol):
+    """All rollout timing goes through this, so a fake clock runs a 10-minute canary in
+    milliseconds and a test can say exactly when a warm slot retires."""
+
+    def now(self) -> float:
+        """Unix wall time in seconds (persisted deadlines, the router's per-second series)."""
+        ...
+
+    def monotonic(self) -> float:
+        """For intervals that must not jump with the wall clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock: time.time, time.monotonic, asyncio.sleep."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class NoHealthProbe:
+    """The default of `Deps.health`: nothing concrete is wired, so every check fails with
+    a reason instead of the engine importing a socket-level prober itself."""
+
+    async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
+                           healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]:
+        return False, "no health probe is wired into this engine"
+
+    async def check(self, inst: Instance, path: str, timeout: float) -> ProbeResult:
+        return ProbeResult(ok=False, status=None, error="no health probe is wired", seconds=0.0)
+
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None:
+        return f"cannot check {label}: no health probe is wired" if checks else None

@@ -1,0 +1,50 @@
+"""Services: list, status, remove, and what they wrote (logs, events)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from shipyard.runtime.local import log_tail
+from shipyard.server.api.common import Api, route
+
+
+@route("/v1/services")
+async def services(api: Api, _: Request) -> Any:
+    return {"services": api.controller.services()}
+
+
+@route("/v1/services/{name}")
+async def service(api: Api, request: Request) -> Any:
+    return api.controller.status(request.path_params["name"])
+
+
+@route("/v1/services/{name}", ["DELETE"])
+async def remove(api: Api, request: Request) -> Any:
+    name = request.path_params["name"]
+    await api.audited(request, "remove", name, lambda: api.controller.remove(name), f"remove service {name}",
+                      api.active_id(name))
+    return {"ok": True}
+
+
+@route("/v1/services/{name}/events")
+async def events(api: Api, request: Request) -> Any:
+    name = request.path_params["name"]
+    since = int(request.query_params.get("since", "0"))
+    return {"events": [e.to_dict() for e in api.store.events(service=name, since=since)]}
+
+
+@route("/v1/services/{name}/logs")
+async def logs(api: Api, request: Request) -> Any:
+    name = request.path_params["name"]
+    api.controller.status(name)
+    lines = min(int(request.query_params.get("lines", "100")), 10000)
+    only = request.query_params.get("instance")
+    out = []
+    for inst, status in api.store.instances(name, live_only=not request.query_params.get("all")):
+        if only and inst.id != only:
+            continue
+        out.append({"instance": inst.id, "slot": inst.slot, "status": status,
+                    "log": log_tail(inst.log_path, lines)})
+    return {"logs": out}

@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from shipyard.engine.actions import Deps
 from shipyard.engine.controller import Controller
+from shipyard.engine.deps import Deps
 from shipyard.paths import StatePaths
 from support.fakes import (
     FakeClock,
     FakeHealthProbe,
     FakeImages,
-    FakePreview,
     FakeRouter,
     FakeRuntime,
     InMemoryStore,
@@ -92,35 +91,26 @@ class World:
     store: InMemoryStore = field(init=False)
     router: FakeRouter = field(init=False)
     health: FakeHealthProbe = field(init=False)
-    preview: FakePreview = field(init=False)
     io_attempts: list[str] = field(default_factory=list)
     """Real processes or connections the engine tried to use (see forbid_processes_and_sockets)."""
 
     def __post_init__(self) -> None:
         self.store = InMemoryStore(self.clock)
         self.router = FakeRouter(self.clock)
-        self.health = FakeHealthProbe(self.runtime, self.clock)
-        self.preview = FakePreview(self.router, self.runtime)
+        self.health = FakeHealthProbe(self.runtime, self.clock, self.router)
 
     def deps(self) -> Deps:
         return Deps(store=self.store, images=self.images, runtime=self.runtime,  # type: ignore[arg-type]
-                    router=self.router, paths=StatePaths(self.root / "state"), env={}, clock=self.clock)
+                    router=self.router, paths=StatePaths(self.root / "state"), health=self.health,
+                    clock=self.clock, env={})
 
     def controller(self) -> Controller:
         """A new controller on the world's (surviving) store, runtime and router; not started."""
         return Controller(self.deps())
 
-    def patch_seams(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Until the engine takes health checks and previews as ports, point the modules'
-        own names at the fakes (the only I/O they would otherwise do here is sockets)."""
-        import shipyard.engine.actions as slots
-        import shipyard.engine.driver as driver
-        import shipyard.engine.supervisor as supervisor
-
+    def forbid_io(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every port is a fake: a real socket or process would be a leak of the engine's layering."""
         forbid_processes_and_sockets(monkeypatch, self.io_attempts)
-        monkeypatch.setattr(slots, "wait_healthy", self.health.wait_healthy)
-        monkeypatch.setattr(supervisor, "probe", self.health.probe)
-        monkeypatch.setattr(driver, "run_preview_checks", self.preview)
 
     # -- what a test compares -------------------------------------------------------------
 

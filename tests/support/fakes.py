@@ -7,17 +7,18 @@ no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
   become healthy, or answer some path with some status.
 - FakeRouter: keeps every applied table per service; `series()` synthesises per-second
   points per track from a per-track (or per-release) error rate and latency, on the
-  fake clock, in the format router/base.py documents.
+  fake clock, in the format engine/ports.Router documents.
 - FakeHealthProbe: healthy after `healthy_threshold` intervals unless the runtime says
-  the image is broken; also the one-shot `probe` the supervisor uses.
-- FakePreview: the preview checks, as real HTTP requests (httpx's MockTransport, no
-  socket) routed by the fake router's current table to a fake instance."""
+  the image is broken; the supervisor's one-shot `check`; and `run_checks` (preview
+  checks), real HTTP requests over httpx's MockTransport (no socket) routed by the fake
+  router's current table to a fake instance.
+- FakeClock (virtual_time.py): the Clock, on a loop whose time is virtual."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,13 @@ from shipyard.errors import RouterError, RuntimeFailure
 from shipyard.histogram import bucket_of
 from shipyard.httpcheck import run_checks
 from shipyard.images import BuildInput, Image
+from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
 from shipyard.router.table import TRACK_HEADER, RoutingTable
-from shipyard.runtime.base import Instance, LaunchSpec
-from shipyard.runtime.health import ProbeResult
-from shipyard.spec import Spec
+from shipyard.spec.strategy import PreviewCheck
 from support.memory_store import InMemoryStore
 from support.virtual_time import FakeClock, VirtualTimeLoop, run
 
-__all__ = ["FakeClock", "FakeHealthProbe", "FakeImages", "FakePreview", "FakeRouter", "FakeRuntime",
+__all__ = ["FakeClock", "FakeHealthProbe", "FakeImages", "FakeRouter", "FakeRuntime",
            "InMemoryStore", "VirtualTimeLoop", "run"]
 
 
@@ -292,17 +292,24 @@ class FakeRouter:
 
 
 class FakeHealthProbe:
-    """Health as the runtime's records say: no socket, only the waiting (virtual) time."""
+    """The HealthProbe port from the fakes' records: no socket, only the (virtual) waiting.
 
-    def __init__(self, runtime: FakeRuntime, clock: FakeClock) -> None:
+    `run_checks` sends real HTTP requests through httpx's MockTransport: to the fake
+    router's listen address they are routed by `X-Shipyard-Track` through its current
+    table (the preview route), to an instance's address straight to it (the database
+    gate); the instance answers as FakeRuntime was told. The check logic is the real one
+    (httpcheck.run_checks)."""
+
+    def __init__(self, runtime: FakeRuntime, clock: FakeClock, router: FakeRouter | None = None) -> None:
         self.runtime = runtime
         self.clock = clock
+        self.router = router
+        self.requests: list[tuple[str, str]] = []      # (track header, path) of every check request sent
 
     async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
                            healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
-                           exit_code: Callable[[Instance], int | None] | None = None,
-                           log_lines: int = 20) -> tuple[bool, str]:
-        """Same answers as runtime/health.wait_healthy: (True, "") once healthy, else (False, why)."""
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]:
+        """Answers as runtime/health.wait_healthy does: (True, "") once healthy, else (False, why)."""
         waited = 0.0
         while True:
             if not is_alive(inst):
@@ -313,51 +320,36 @@ class FakeHealthProbe:
                 return True, ""
             if waited >= deadline_s:
                 return False, f"not healthy after {deadline_s:g}s: last probe: GET {path} -> 503"
-            step = min(interval, deadline_s - waited) if deadline_s > waited else interval
+            step = min(interval, deadline_s - waited)
             await self.clock.sleep(step)
             waited += step
 
-    __call__ = wait_healthy
+    async def check(self, inst: Instance, path: str, timeout: float) -> ProbeResult:
+        if not self.runtime.is_alive(inst):
+            return ProbeResult(ok=False, status=None, error="connection refused", seconds=0.0)
+        ok = self.runtime.healthy(inst)
+        return ProbeResult(ok=ok, status=200 if ok else 503, error=None, seconds=0.001)
 
-    async def probe(self, host: str, port: int, path: str, timeout: float) -> ProbeResult:
-        proc = self.runtime.at(host, port)
-        if proc is None or not proc.alive:
-            return ProbeResult(False, None, "connection refused", 0.0)
-        ok = self.runtime.healthy(proc.inst)
-        return ProbeResult(ok, 200 if ok else 503, None, 0.001)
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None:
+        transport = httpx.MockTransport(self._answer)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            return await run_checks(client, checks, label=label, extra_headers=extra_headers, log=log)
 
-
-class FakePreview:
-    """The preview checks of a spec, sent as HTTP requests that the fake router routes by
-    `X-Shipyard-Track` through its current table to the fake runtime's instance. The check
-    logic itself is the real one (httpcheck.run_checks)."""
-
-    def __init__(self, router: FakeRouter, runtime: FakeRuntime) -> None:
-        self.router = router
-        self.runtime = runtime
-        self.requests: list[tuple[str, str]] = []      # (track header, path) of every request sent
-
-    def _handler(self, service: str) -> Callable[[httpx.Request], httpx.Response]:
-        def handle(request: httpx.Request) -> httpx.Response:
-            override = request.headers.get(TRACK_HEADER)
-            self.requests.append((override or "", request.url.path))
-            table = self.router.tables.get(service)
-            track = table.track_for(override=override) if table is not None else None
-            upstreams = table.tracks.get(track, ()) if table is not None and track else ()
-            if not upstreams:
-                return httpx.Response(503, text="no upstream for this track")
-            status, body = self.runtime.respond(upstreams[0].host, upstreams[0].port, request.url.path)
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        host, port = request.url.host, request.url.port or 80
+        override = request.headers.get(TRACK_HEADER)
+        self.requests.append((override or "", request.url.path))
+        service = next((svc for svc, listen in (self.router.listen if self.router else {}).items()
+                        if listen.rsplit(":", 1) == [host, str(port)]), None)
+        if service is None:                                      # straight to an instance
+            status, body = self.runtime.respond(host, port, request.url.path)
             return httpx.Response(status, text=body)
-        return handle
-
-    async def __call__(self, spec: Spec, slot: str, log: Callable[[str], None]) -> str | None:
-        bg = spec.strategy.blue_green
-        checks = list(bg.preview_checks) if bg is not None else []
-        if not checks:
-            log(f"no preview checks configured for slot {slot}")
-            return None
-        transport = httpx.MockTransport(self._handler(spec.service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://router.fake") as client:
-            failure = await run_checks(client, checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot},
-                                       log=log)
-        return None if failure is None else f"preview {failure}"
+        table = self.router.tables.get(service) if self.router else None
+        track = table.track_for(override=override) if table is not None else None
+        upstreams = table.tracks.get(track, ()) if table is not None and track else ()
+        if not upstreams:
+            return httpx.Response(503, text="no upstream for this track")
+        status, body = self.runtime.respond(upstreams[0].host, upstreams[0].port, request.url.path)
+        return httpx.Response(status, text=body)

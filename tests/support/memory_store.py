@@ -4,11 +4,13 @@ memory and a "crash" is simply a new controller on the same store object.
 
 Records go in and come out through their dict/JSON forms, as they do through SQLite:
 mutating a record you read never changes the store, and what you stored is what the
-next reader sees. The audit log keeps its real implementation on a private in-memory
-SQLite connection: it is logic over an append-only table, not a port of its own."""
+next reader sees. The audit trail keeps its real implementation (state/audit.AuditLog) on
+a private in-memory SQLite connection: it is logic over an append-only table, and a
+second copy of that logic here could drift from the real one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -17,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipyard.rollout.model import Rollout
-from shipyard.runtime.base import Instance
+from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
-from shipyard.state.records import Event, ServiceRecord, Slot
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
 TERMINAL_PHASES = ("succeeded", "failed", "aborted")
@@ -54,7 +55,7 @@ class _Data:
     events: list[Event] = field(default_factory=list)
     drift: dict[str, tuple[str, float | None]] = field(default_factory=dict)     # service -> (json, full_at)
     db: sqlite3.Connection = field(default_factory=lambda: sqlite3.connect(":memory:"))
-    audit: AuditLog | None = None
+    audit_log: AuditLog | None = None
 
 
 class InMemoryStore:
@@ -62,15 +63,21 @@ class InMemoryStore:
         self.clock = clock
         self._d = data or _Data()
         self._d.db.row_factory = sqlite3.Row
-        if self._d.audit is None:
-            self._d.audit = AuditLog(self._d.db, clock)
-        self.audit: AuditLog = self._d.audit
-        self.db = self._d.db
-        """Only for callers that still hand the raw connection to DriftReports (pre-ports code)."""
+        if self._d.audit_log is None:
+            self._d.audit_log = AuditLog(self._d.db, clock)
+        self._locks: dict[str, asyncio.Lock] = {}     # per store object: a restarted daemon has fresh locks
         self.put_rollout_calls = 0
-        """How many times put_rollout was called on this object: the crash tests' step counter."""
+        """Rollout states persisted through this object (put_rollout or record_step): the crash tests' steps."""
         self.on_put_rollout: Callable[[Rollout], None] = lambda r: None
-        """Called after each put_rollout is stored (a test crashes the controller from here)."""
+        """Called once each rollout state is stored (with its event, for record_step): a test crashes from here."""
+
+    @property
+    def audit(self) -> AuditLog:
+        assert self._d.audit_log is not None
+        return self._d.audit_log
+
+    def service_lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
 
     def reopen(self) -> InMemoryStore:
         """The same data behind a fresh store object: what a restarted daemon opens."""
@@ -131,6 +138,19 @@ class InMemoryStore:
         return max((r.seq for r in self._d.rollouts.values() if r.service == service), default=0) + 1
 
     def put_rollout(self, r: Rollout, spec: dict[str, Any] | None = None) -> None:
+        self._put_rollout(r, spec)
+        self.put_rollout_calls += 1
+        self.on_put_rollout(r)
+
+    def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
+        """Both or neither, as in one transaction: nothing here can fail in between."""
+        self._put_rollout(r, None)
+        event = self.add_event(r.service, kind, message, r.id, data)
+        self.put_rollout_calls += 1
+        self.on_put_rollout(r)
+        return event
+
+    def _put_rollout(self, r: Rollout, spec: dict[str, Any] | None) -> None:
         tail = r.id.rsplit("-", 1)[-1]
         seq = int(tail) if tail.isdigit() else 0
         old = self._d.rollouts.get(r.id)
@@ -140,8 +160,6 @@ class InMemoryStore:
                                           r.created_at, r.updated_at)
         else:   # the upsert keeps seq, service and created_at of the first insert
             old.phase, old.data, old.spec, old.updated_at = str(r.phase), json.dumps(r.to_dict()), spec_doc, r.updated_at
-        self.put_rollout_calls += 1
-        self.on_put_rollout(r)
 
     def get_rollout(self, rollout_id: str) -> Rollout | None:
         row = self._d.rollouts.get(rollout_id)
@@ -211,7 +229,7 @@ class InMemoryStore:
         full_at = report["scanned_at"] if report.get("mode") == "full" else (old[1] if old else None)
         self._d.drift[service] = (json.dumps(report), full_at)
 
-    def drift_report(self, service: str) -> dict[str, Any] | None:
+    def get_drift_report(self, service: str) -> dict[str, Any] | None:
         row = self._d.drift.get(service)
         if row is None:
             return None

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.rollout.model import Kind, Phase, Rollout
-from shipyard.runtime.base import Instance
-from shipyard.state.records import ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 from shipyard.state.sqlite import SqliteStore
 from support.memory_store import InMemoryStore
 

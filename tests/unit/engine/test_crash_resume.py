@@ -58,7 +58,7 @@ def play(tmp: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, crash_at: in
     Returns the world at the end and how many put_rollout calls the last step made."""
     strategy, replicas, steps = SCENARIOS[scenario]
     world = World(tmp)
-    world.patch_seams(monkeypatch)
+    world.forbid_io(monkeypatch)
     spec = write_spec(tmp, strategy, replicas)
     counted = 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
-from shipyard.state.records import SlotState
+from shipyard.rollout.records import SlotState
 from support.fake_world import CANARY, World, write_spec
 from support.fakes import run
 
@@ -18,7 +18,7 @@ from support.fakes import run
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     w = World(tmp_path)
-    w.patch_seams(monkeypatch)
+    w.forbid_io(monkeypatch)
     return w
 
 
@@ -57,7 +57,7 @@ def test_blue_green_deploy_switch_and_rollback_to_the_warm_slot(world: World, tm
         assert all(tb.weights == {"green": 100.0} for tb in during[switch:])   # one swap, never back
         svc = world.store.get_service("shop")
         assert svc is not None and svc.active_slot == "green" and svc.slots["blue"].state == SlotState.WARM
-        assert ("green", "/") in world.preview.requests and ("green", "/products") in world.preview.requests
+        assert ("green", "/") in world.health.requests and ("green", "/products") in world.health.requests
         warm = {i.id for i in world.runtime.live("shop", "blue")}
         assert len(warm) == 2
         started = len(world.runtime.started)
@@ -109,7 +109,7 @@ def test_a_never_healthy_release_never_gets_traffic_and_the_reason_is_recorded(w
         assert "slot green did not become healthy" in r.reason and "not healthy after 10s" in r.reason
         assert all(set(tb.tracks) == {"blue"} and tb.weights == {"blue": 100.0}
                    for _at, tb in world.router.applied["shop"][before:])
-        assert world.preview.requests == [("blue", "/"), ("blue", "/products")]   # v1's preview only
+        assert world.health.requests == [("blue", "/"), ("blue", "/products")]   # v1's preview only
         assert world.runtime.live("shop", "green") == []
         failed = world.store.last_event("shop", "rollout.failed", r.id)
         assert failed is not None and "did not become healthy" in failed.message

@@ -50,9 +50,9 @@ strategy:
   canary:
     steps:
       - set_weight: 10
-      - pause: 30s
+      - pause: 10s
       - set_weight: 50
-      - analysis: {duration: 30s}
+      - analysis: {duration: 10s}
       - set_weight: 80
     analysis: {min_requests: 50, interval: 1s}
 """
@@ -131,7 +131,8 @@ class World:
         assert svc is not None
         return {
             "phase": str(last[0].phase) if last else None,
-            "reason": last[0].reason if last else None,
+            # why it ended, not the detail (instance ids are random; a resumed analysis may decide a second later)
+            "reason": last[0].reason.split(":", 1)[0] if last else None,
             "live_slot": svc.active_slot,
             # a warm slot without retire_at would never retire: whether it has one is part of the state
             "slots": {k: (s.state, s.image_id, s.weight, s.retire_at is not None) for k, s in svc.slots.items()},

@@ -11,7 +11,7 @@ import pytest
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
 from shipyard.rollout.records import SlotState
-from support.fake_world import CANARY, World, write_spec
+from support.fake_world import BLUE_GREEN, CANARY, World, write_spec
 from support.fakes import run
 
 
@@ -145,7 +145,7 @@ def test_a_canary_walks_every_step_to_promotion(world: World, tmp_path: Path) ->
                 seen.append(dict(tb.weights))
         assert seen == [{"blue": 100.0}, {"green": 10.0, "blue": 90.0}, {"green": 50.0, "blue": 50.0},
                         {"green": 80.0, "blue": 20.0}, {"green": 100.0}]
-        assert world.clock.now() - began >= 60                # the 30 s pause and the 30 s analysis took their time
+        assert world.clock.now() - began >= 20                # the 10 s pause and the 10 s analysis took their time
         analysis = world.store.get_analysis(r.id)
         assert analysis is not None and analysis["status"] == "successful"
         assert sorted(i.slot for i in world.runtime.live("shop")) == ["green"] * 4
@@ -175,5 +175,54 @@ def test_a_canary_aborted_by_a_failed_verdict_puts_every_user_back_on_stable_in_
         assert world.runtime.live("shop", "green") == []
         analysis = world.store.get_analysis(r.id)
         assert analysis is not None and analysis["status"] == "failed"
+
+    drive(world, body)
+
+
+def test_a_live_instance_that_dies_leaves_the_table_and_is_replaced(world: World, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        assert await deployed(c, spec, "v1") is Phase.SUCCEEDED
+        victim, survivor = world.runtime.live("shop", "blue")
+        world.runtime.kill(victim.id)
+        for _ in range(60):                              # the supervisor ticks every 0.25 s of virtual time
+            await world.clock.sleep(0.25)
+            ids = {u.id for u in world.router.tables["shop"].tracks["blue"]}
+            if victim.id not in ids and len(ids) == 2:
+                break
+        ids = {u.id for u in world.router.tables["shop"].tracks["blue"]}
+        assert victim.id not in ids and survivor.id in ids and len(ids) == 2
+        assert len(world.runtime.live("shop", "blue")) == 2
+        died = world.store.last_event("shop", "instance.died")
+        assert died is not None and victim.id in died.message
+        assert world.store.last_event("shop", "instance.replaced") is not None
+
+    drive(world, body)
+
+
+def test_a_warm_slot_retires_after_scale_down_delay_and_rollback_then_redeploys(world: World,
+                                                                              tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, BLUE_GREEN.replace("scale_down_delay: 10m", "scale_down_delay: 1m"))
+
+    async def body(c: Controller) -> None:
+        assert await deployed(c, spec, "v1") is Phase.SUCCEEDED
+        assert await deployed(c, spec, "v2") is Phase.SUCCEEDED
+        svc = world.store.get_service("shop")
+        assert svc is not None and svc.slots["blue"].retire_at == pytest.approx(world.clock.now() + 60, abs=1)
+        await world.clock.sleep(59)
+        assert len(world.runtime.live("shop", "blue")) == 2          # still warm just before its time
+        await world.clock.sleep(2)
+        assert world.runtime.live("shop", "blue") == []
+        svc = world.store.get_service("shop")
+        assert svc is not None and svc.slots["blue"].state == SlotState.IDLE
+        started = len(world.runtime.started)
+
+        r = await c.rollback("shop")
+        r = await c.wait(r.id, timeout=3600)
+        assert r.phase is Phase.SUCCEEDED and r.kind == "rollback" and r.image_id == "v1", r.reason
+        assert len(world.runtime.started) == started + 2               # v1 started again: no warm slot left
+        assert world.router.tables["shop"].weights == {"blue": 100.0}
+        assert world.router.tables["shop"].releases["blue"] == "v1"
 
     drive(world, body)

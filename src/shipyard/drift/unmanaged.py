@@ -13,8 +13,8 @@ from typing import Any
 from shipyard.drift.listeners import listening_sockets, socket_owners
 from shipyard.drift.processes import all_pids, environ_of, redact_arg
 from shipyard.drift.report import DriftFinding
+from shipyard.procfs import read_proc_stat
 from shipyard.rollout.records import Instance
-from shipyard.runtime.local import read_proc_stat
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
 TRANSIENT_STATUSES = ("stopping",)

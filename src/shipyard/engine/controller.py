@@ -17,6 +17,7 @@ from shipyard.engine.drift_watch import DriftWatcher
 from shipyard.engine.driver import RolloutDriver
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
+from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
@@ -48,6 +49,7 @@ class Controller:
         self.gate = DatabaseGate(deps, self.ops)
         self.drift = DriftWatcher(deps, self.ops)
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
+        self.queries = Queries(deps)           # what server/ reads; it never reaches into `d`
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 

@@ -1,4 +1,4 @@
-"""What the checklist reads in the daemon: slots and instances, the previous image (verified
+"""What server/ reads (`Queries`), and what the checklist reads in the daemon: slots and instances, the previous image (verified
 now, not trusted), the measured switch and rollout timings from the event log, the last
 drift report, and the database plan. Each check is then decided by `shipyard.checklist`."""
 
@@ -28,16 +28,19 @@ from shipyard.checklist import (
     undo_check,
 )
 from shipyard.engine.actions import spec_from_doc
+from shipyard.engine.deps import Deps
+from shipyard.engine.ports import AuditTrail
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.exposure import exposure
-from shipyard.rollout.model import Kind, Phase, other_slot
-from shipyard.rollout.records import ServiceRecord, SlotState
+from shipyard.rollout.model import Kind, Phase, Rollout, other_slot
+from shipyard.rollout.records import Event, Instance, ServiceRecord, SlotState
+from shipyard.router.table import RoutingTable
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
 
 if TYPE_CHECKING:
     from shipyard.engine.controller import Controller
-    from shipyard.images import ImageStore
+    from shipyard.images import Image, ImageStore
 
 RECENT_ROLLOUTS = 20
 
@@ -56,7 +59,7 @@ async def checklist(controller: Controller, service: str, rate: float = REFERENC
     else:
         checks.append(blast_radius_check(_blast(spec, rate)))
     checks.append(drift_check(DriftInputs(
-        now=now, report=controller.drift.reports.get(service), enforcement=controller.enforcement(),
+        now=now, report=controller.d.store.get_drift_report(service), enforcement=controller.enforcement(),
         interval=spec.drift.interval if spec else 60.0, full_interval=spec.drift.full_interval if spec else 3600.0)))
     checks.append(database_check(await _database(controller, svc, spec)))
     doc = report(service, checks, now)
@@ -179,3 +182,64 @@ def _last_db_check(controller: Controller, service: str) -> LastDbCheck | None:
             versions = list((plan.data.get("plan") or {}).get("expand", []))
     return LastDbCheck(checked.rollout_id, checked.ts, bool(rehearsal.get("ok")),
                        list(rehearsal.get("reasons") or []), versions)
+
+
+class Queries:
+    """What server/ (API, dashboard, /metrics) reads, and nothing it could change the engine
+    with: the read side of the store, the image list and the router's view. The server
+    holds this, never `controller.d`, so the engine's internals can move freely and a read
+    replica could answer instead."""
+
+    def __init__(self, deps: Deps) -> None:
+        self._d = deps
+
+    @property
+    def audit(self) -> AuditTrail:
+        """The audit log: the API appends the changes people ask for, the dashboard reads it."""
+        return self._d.store.audit
+
+    def list_services(self) -> list[ServiceRecord]:
+        return self._d.store.list_services()
+
+    def active_rollouts(self, service: str | None = None) -> list[Rollout]:
+        return self._d.store.active_rollouts(service)
+
+    def rollouts(self, service: str, limit: int = 50) -> list[Rollout]:
+        return self._d.store.rollouts(service, limit)
+
+    def get_rollout(self, rollout_id: str) -> Rollout | None:
+        return self._d.store.get_rollout(rollout_id)
+
+    def rollout_spec(self, rollout_id: str) -> dict[str, Any] | None:
+        return self._d.store.rollout_spec(rollout_id)
+
+    def get_analysis(self, rollout_id: str) -> dict[str, Any] | None:
+        return self._d.store.get_analysis(rollout_id)
+
+    def finished_rollout_counts(self) -> list[tuple[str, str, str, str, int]]:
+        return self._d.store.finished_rollout_counts()
+
+    def finished_analysis_ids(self) -> list[str]:
+        return self._d.store.finished_analysis_ids()
+
+    def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,
+               limit: int = 500) -> list[Event]:
+        return self._d.store.events(service, rollout_id, since, limit)
+
+    def instances(self, service: str | None = None, slot: str | None = None,
+                  live_only: bool = True) -> list[tuple[Instance, str]]:
+        return self._d.store.instances(service, slot, live_only)
+
+    def get_drift_report(self, service: str) -> dict[str, Any] | None:
+        return self._d.store.get_drift_report(service)
+
+    def images(self, service: str | None = None) -> list[Image]:
+        """The images the store holds (of one service, if given), newest first."""
+        return list(self._d.images.list(service))
+
+    async def routing_table(self, service: str) -> RoutingTable | None:
+        """The table the data plane serves now (not the one the record says)."""
+        return await self._d.router.current(service)
+
+    async def router_stats(self, service: str) -> dict[str, Any]:
+        return await self._d.router.stats(service)

@@ -28,7 +28,7 @@ from shipyard.rollout.records import Event
 from shipyard.spec.models import NotificationsSpec, WebhookSpec
 
 if TYPE_CHECKING:
-    from shipyard.state.sqlite import SqliteStore
+    from shipyard.engine.ports import Store
 
 log = logging.getLogger("shipyard.notify")
 
@@ -70,7 +70,7 @@ class Worker:
 
 
 class Dispatcher:
-    def __init__(self, store: SqliteStore, env: Mapping[str, str],
+    def __init__(self, store: Store, env: Mapping[str, str],
                  client: httpx.AsyncClient | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: Callable[[], float] = random.random) -> None:

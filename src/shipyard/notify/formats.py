@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from shipyard import __version__
 from shipyard.notify.events import Notification
-from shipyard.state.audit import scrub
+from shipyard.redaction import scrub
 
 REDACTED = "***"
 MIN_SECRET = 4

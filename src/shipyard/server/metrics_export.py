@@ -28,7 +28,7 @@ ROUTER_TIMEOUT = 2.0
 
 
 async def render(controller: Controller) -> bytes:
-    services = controller.d.store.list_services()
+    services = controller.queries.list_services()
     stats = await asyncio.gather(*(_router_stats(controller, svc.name) for svc in services))
     families = [*traffic_families(services, stats), *state_families(controller, services)]
     registry = CollectorRegistry(auto_describe=False)
@@ -48,6 +48,6 @@ class _Fixed:
 
 async def _router_stats(controller: Controller, service: str) -> dict[str, Any] | None:
     try:
-        return await asyncio.wait_for(controller.d.router.stats(service), ROUTER_TIMEOUT)
+        return await asyncio.wait_for(controller.queries.router_stats(service), ROUTER_TIMEOUT)
     except (ShipyardError, OSError, TimeoutError):
         return None

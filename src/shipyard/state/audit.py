@@ -10,16 +10,17 @@ retiring a warm slot) are recorded from the events it emits."""
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
+from shipyard.auditing import DAEMON_ACTOR, UNKNOWN_ACTOR, RejectionThrottle
+from shipyard.redaction import scrub
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import AuditEntry, Event, PendingChange
 
-__all__ = ["AuditEntry", "AuditLog", "PendingChange", "RejectionThrottle", "scrub"]
+__all__ = ["DAEMON_ACTOR", "UNKNOWN_ACTOR", "AuditEntry", "AuditLog", "PendingChange", "RejectionThrottle", "scrub"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -33,8 +34,6 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: an entry cannot be deleted'); END;
 """
 
-DAEMON_ACTOR = "shipyard-daemon"
-UNKNOWN_ACTOR = "unknown"
 STARTS_ROLLOUT = ("deploy", "retry", "rollback", "apply")
 
 DAEMON_EVENTS = {
@@ -49,21 +48,8 @@ names. A new kind of self-initiated change (e.g. a heal) is recorded by adding i
 
 OUTCOMES = ("rollout.succeeded", "rollout.failed", "rollout.aborted")
 
-_SECRET_KEY = re.compile(r"(?i)^(token|password|passwd|secret|authorization|api[_-]?key)$")
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 MAX_WHY = 2000
 MAX_EVIDENCE = 64_000
-
-
-def scrub(value: Any) -> Any:
-    """Evidence without secrets: values under secret-looking keys masked, URL passwords removed."""
-    if isinstance(value, dict):
-        return {k: "***" if _SECRET_KEY.match(str(k)) and v else scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1***@", value)
-    return value
 
 
 class AuditLog:
@@ -222,29 +208,3 @@ def _finding(f: dict[str, Any]) -> dict[str, Any]:
 def _entry(r: sqlite3.Row) -> AuditEntry:
     return AuditEntry(r["id"], r["ts"], r["actor"], r["action"], r["service"], r["rollout_id"], r["why"],
                       json.loads(r["evidence"]))
-
-
-class RejectionThrottle:
-    """At most one `token.rejected` entry per client address per window, so a flood of bad
-    requests cannot fill the disk; the entry that gets through counts the ones that did not."""
-
-    def __init__(self, window: float = 10.0, max_addresses: int = 10_000) -> None:
-        self.window = window
-        self.max_addresses = max_addresses
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def admit(self, address: str, now: float) -> int | None:
-        """None: do not record. Else how many rejections from `address` went unrecorded since then."""
-        last = self._last.get(address)
-        if last is not None and now - last < self.window:
-            self._suppressed[address] = self._suppressed.get(address, 0) + 1
-            return None
-        if last is None and len(self._last) >= self.max_addresses:
-            for a in [a for a, t in self._last.items() if now - t >= self.window]:
-                self._last.pop(a, None)
-                self._suppressed.pop(a, None)
-            if len(self._last) >= self.max_addresses:   # still full: a flood from many addresses
-                return None
-        self._last[address] = now
-        return self._suppressed.pop(address, 0)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shipyard.state.audit import UNKNOWN_ACTOR
+from shipyard.auditing import UNKNOWN_ACTOR
 
 if TYPE_CHECKING:
     from shipyard.server.api.common import Api

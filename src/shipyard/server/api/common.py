@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from shipyard.auditing import RejectionThrottle
 from shipyard.engine.controller import Controller
+from shipyard.engine.queries import Queries
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.model import Rollout
 from shipyard.server.api.auth import authorized, claimed_actor, reject
-from shipyard.state.audit import RejectionThrottle
 
 STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404}
 EXIT_HEADER = "X-Shipyard-Exit"
@@ -34,8 +35,9 @@ class Api:
     throttle: RejectionThrottle = field(default_factory=RejectionThrottle)
 
     @property
-    def store(self) -> Any:
-        return self.controller.d.store
+    def store(self) -> Queries:
+        """What the API reads (engine/queries.py), never the engine's store itself."""
+        return self.controller.queries
 
     @property
     def token_id(self) -> str:

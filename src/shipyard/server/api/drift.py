@@ -14,7 +14,7 @@ from shipyard.server.api.common import Api, body, route
 async def drift_last(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
     api.controller.status(name)                      # 404 for an unknown service
-    return {"report": api.controller.d.store.get_drift_report(name), "enforcement": api.controller.enforcement()}
+    return {"report": api.controller.queries.get_drift_report(name), "enforcement": api.controller.enforcement()}
 
 
 @route("/v1/services/{name}/drift", ["POST"])

@@ -12,7 +12,7 @@ from shipyard.server.api.common import Api, route
 @route("/v1/images")
 async def images(api: Api, request: Request) -> Any:
     svc = request.query_params.get("service")
-    return {"images": [_image(i) for i in api.controller.d.images.list(svc)]}
+    return {"images": [_image(i) for i in api.controller.queries.images(svc)]}
 
 
 def _image(i: Any) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from shipyard.analysis import Second
 from shipyard.engine.controller import Controller
 from shipyard.engine.metrics_feed import KEEP_SECONDS
 from shipyard.errors import ShipyardError
+from shipyard.redaction import scrub
 from shipyard.rollout.model import SLOTS, Rollout
-from shipyard.state.audit import scrub
 
 TIMELINE_EVENTS = 200
 DATABASE_EVENTS = ("database.plan", "database.checked", "database.applied")
@@ -24,7 +24,7 @@ LOOKBACK_ROLLOUTS = 10
 
 async def services_view(controller: Controller) -> list[dict[str, Any]]:
     out = []
-    for svc in controller.d.store.list_services():
+    for svc in controller.queries.list_services():
         try:
             out.append(await service_view(controller, svc.name))
         except ShipyardError:        # removed between the listing and the read
@@ -92,7 +92,7 @@ def _role(slot: str, state: str, live: str | None) -> str:
 async def _split(controller: Controller, name: str, status: dict[str, Any]) -> tuple[dict[str, float], str]:
     """The split the router serves now; the controller's record of it if the router cannot say."""
     try:
-        table = await controller.d.router.current(name)
+        table = await controller.queries.routing_table(name)
     except ShipyardError:
         table = None
     if table is not None:
@@ -105,7 +105,7 @@ async def _split(controller: Controller, name: str, status: dict[str, Any]) -> t
 
 
 def _rollout_to_show(controller: Controller, name: str) -> Rollout | None:
-    store = controller.d.store
+    store = controller.queries
     active = store.active_rollouts(name)
     if active:
         return active[-1]
@@ -114,7 +114,7 @@ def _rollout_to_show(controller: Controller, name: str) -> Rollout | None:
 
 
 def _rollout_view(controller: Controller, r: Rollout) -> dict[str, Any]:
-    store = controller.d.store
+    store = controller.queries
     events = store.events(rollout_id=r.id, limit=100_000)[-TIMELINE_EVENTS:]
     audit = [a for a in store.audit.entries(r.service, 500) if a.rollout_id == r.id]
     doc = store.rollout_spec(r.id) or {}
@@ -146,7 +146,7 @@ def _decisions(entries: Iterable[Any]) -> list[dict[str, Any]]:
 
 def _last_database_check(controller: Controller, name: str) -> dict[str, Any] | None:
     """The database events of the most recent rollout that had any: its plan and its rehearsal."""
-    store = controller.d.store
+    store = controller.queries
     for r in store.rollouts(name, LOOKBACK_ROLLOUTS):
         found = [e for e in store.events(rollout_id=r.id, limit=100_000) if e.kind in DATABASE_EVENTS]
         if not found:

@@ -11,14 +11,14 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from shipyard import __version__
 from shipyard.drift.report import KINDS
 from shipyard.engine.controller import Controller
+from shipyard.engine.queries import Queries
 from shipyard.rollout.model import Phase
 from shipyard.rollout.records import ServiceRecord
 from shipyard.server.metrics.traffic import short
-from shipyard.state.sqlite import SqliteStore
 
 
 def state_families(controller: Controller, services: list[ServiceRecord]) -> list[Metric]:
-    store = controller.d.store
+    store = controller.queries
     return [*_daemon(controller), *_rollouts(store, services), *_analysis(store),
             _instances(store, services), *_drift(controller, services)]
 
@@ -35,7 +35,7 @@ def _daemon(controller: Controller) -> list[Metric]:
     return [info, enforcement]
 
 
-def _rollouts(store: SqliteStore, services: list[ServiceRecord]) -> list[Metric]:
+def _rollouts(store: Queries, services: list[ServiceRecord]) -> list[Metric]:
     phase = GaugeMetricFamily("shipyard_rollout_phase",
                               "1 for the phase the service's latest rollout is in, 0 for the others",
                               labels=["service", "phase"])
@@ -72,13 +72,13 @@ def _rollouts(store: SqliteStore, services: list[ServiceRecord]) -> list[Metric]
     return [phase, info, active, weight, step, started, finished]
 
 
-_finished_verdicts: weakref.WeakKeyDictionary[SqliteStore, dict[str, list[tuple[str, str, str, str]]]] = (
+_finished_verdicts: weakref.WeakKeyDictionary[Queries, dict[str, list[tuple[str, str, str, str]]]] = (
     weakref.WeakKeyDictionary())
 """Per store, rollout id -> (service, metric, kind, status) of its final verdicts: a finished
 rollout's analysis never changes, so each is parsed once rather than on every scrape."""
 
 
-def _analysis(store: SqliteStore) -> list[Metric]:
+def _analysis(store: Queries) -> list[Metric]:
     """Counters from finished rollouts (their final verdict per metric, so they only grow);
     gauges from the analysis of the rollouts in progress, with the numbers that decide."""
     seen = _finished_verdicts.setdefault(store, {})
@@ -116,7 +116,7 @@ def _analysis(store: SqliteStore) -> list[Metric]:
     return [verdicts, current, value, threshold, samples]
 
 
-def _verdict_rows(store: SqliteStore, rollout_id: str) -> list[tuple[str, str, str, str]]:
+def _verdict_rows(store: Queries, rollout_id: str) -> list[tuple[str, str, str, str]]:
     try:
         rollout, doc = store.get_rollout(rollout_id), store.get_analysis(rollout_id)
         if rollout is None or doc is None:
@@ -126,7 +126,7 @@ def _verdict_rows(store: SqliteStore, rollout_id: str) -> list[tuple[str, str, s
         return []
 
 
-def _instances(store: SqliteStore, services: Iterable[ServiceRecord]) -> Metric:
+def _instances(store: Queries, services: Iterable[ServiceRecord]) -> Metric:
     healthy = GaugeMetricFamily("shipyard_instance_healthy",
                                 "1 when the instance passes its health check, 0 while starting or unhealthy",
                                 labels=["service", "instance", "slot", "release"])
@@ -144,7 +144,7 @@ def _drift(controller: Controller, services: Iterable[ServiceRecord]) -> list[Me
     scanned = GaugeMetricFamily("shipyard_drift_last_scan_timestamp_seconds", "When the last drift scan of each mode ran",
                                 labels=["service", "mode"])
     for svc in services:
-        report = controller.d.store.get_drift_report(svc.name)
+        report = controller.queries.get_drift_report(svc.name)
         if report is None:
             continue
         clean.add_metric([svc.name], 1 if report["clean"] else 0)

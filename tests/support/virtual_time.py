@@ -44,6 +44,9 @@ class FakeClock:
         return self.now()
 
     async def sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop) and loop.clock is self, \
+            "FakeClock.sleep runs on its own VirtualTimeLoop (support.virtual_time.run), else it would really wait"
         await asyncio.sleep(max(0.0, seconds))
 
     def advance(self, seconds: float) -> None:

@@ -85,16 +85,23 @@ class Controller:
         self.drift.start()
 
     async def _finish_interrupted_teardowns(self) -> None:
-        """A rollout is stored as failed or aborted before its canary or new slot is torn
-        down; a daemon killed in between left that slot up. With no rollout in progress,
-        a canary or starting slot belongs to nobody: finish the teardown."""
+        """A rollout is stored as ended before its last side effect: tearing down its canary
+        or new slot (failed, aborted) or the old stable (canary succeeded), or keeping the
+        slot that stopped serving warm until its retire_at (blue-green). A daemon killed in
+        between left that slot up for good. With no rollout in progress such a slot belongs
+        to nobody (a warm one without retire_at, to the last rollout): finish the job."""
         for svc in self.d.store.list_services():
             if self.d.store.active_rollouts(svc.name):
                 continue
+            last = next(iter(self.d.store.rollouts(svc.name, 1)), None)
+            doc = self.d.store.rollout_spec(last.id) if last is not None else None
             for slot, s in svc.slots.items():
-                if s.state in (SlotState.CANARY, SlotState.STARTING) and slot != svc.active_slot:
-                    await self.ops.teardown(svc.name, slot, None,
-                                            "its rollout had ended before the daemon restarted")
+                if s.state == SlotState.WARM and s.retire_at is None and last and last.strategy != "canary" and doc:
+                    bg = spec_from_doc(doc).strategy.blue_green     # the delay the driver's KeepWarm uses
+                    await self.ops.keep_warm(svc.name, slot, bg.scale_down_delay if bg else 0.0, last.id)
+                elif slot != svc.active_slot and (s.state in (SlotState.CANARY, SlotState.STARTING) or (
+                        s.state == SlotState.WARM and s.retire_at is None)):
+                    await self.ops.teardown(svc.name, slot, None, "its rollout had ended before the daemon restarted")
 
     async def close(self) -> None:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""

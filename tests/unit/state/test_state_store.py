@@ -1,17 +1,37 @@
-"""The SQLite state store: records survive a reopen exactly."""
+"""The state store: records survive a reopen exactly (SQLite, and the tests' in-memory fake of it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from shipyard.rollout.model import Kind, Phase, Rollout
 from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 from shipyard.state.sqlite import SqliteStore
+from support.memory_store import InMemoryStore
+
+Opener = Callable[[], "SqliteStore | InMemoryStore"]
 
 
-def test_service_instance_rollout_event_round_trip(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    s = SqliteStore(db)
+@pytest.fixture(params=["sqlite", "memory"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the store; a second call opens it again (a new SqliteStore on the same file,
+    a new InMemoryStore on the same data)."""
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "state.db")
+    first = InMemoryStore()
+    opened: list[InMemoryStore] = []
+
+    def open_memory() -> InMemoryStore:
+        opened.append(first if not opened else first.reopen())
+        return opened[-1]
+    return open_memory
+
+
+def test_service_instance_rollout_event_round_trip(open_store: Opener) -> None:
+    s = open_store()
     svc = ServiceRecord("shop", "127.0.0.1:8080", "/x/shop.yaml", active_slot="blue", table_version=3)
     svc.slots["blue"] = Slot(SlotState.LIVE, "img1", {"service": "shop"}, None)
     s.put_service(svc)
@@ -22,7 +42,7 @@ def test_service_instance_rollout_event_round_trip(tmp_path: Path) -> None:
     e = s.add_event("shop", "x", "hello", "shop-1", {"a": 1})
     s.close()
 
-    s = SqliteStore(db)
+    s = open_store()
     got = s.get_service("shop")
     assert got is not None and got.active_slot == "blue" and got.table_version == 3
     assert got.slots["blue"] == svc.slots["blue"] and got.slots["green"] == Slot()

@@ -1,5 +1,6 @@
-"""The stores' read methods that the checklist and /metrics rely on, on a real SQLite file and a
-real image store in a temp directory."""
+"""The stores' read methods that the checklist and /metrics rely on, on a real SQLite file (and
+on the tests' in-memory fake of it, which must answer the same) and a real image store in a temp
+directory."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ import pytest
 from shipyard.images import BuildInput, ImageStore
 from shipyard.rollout.model import Kind, Phase, Rollout
 from shipyard.state.sqlite import SqliteStore
+from support.memory_store import InMemoryStore
 
 
 @pytest.fixture
-def store(tmp: Path) -> Iterator[SqliteStore]:
+def sqlite_store(tmp: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp / "state.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp: Path) -> Iterator[SqliteStore | InMemoryStore]:
+    s = SqliteStore(tmp / "state.db") if request.param == "sqlite" else InMemoryStore()
     yield s
     s.close()
 
@@ -30,7 +39,7 @@ def rollout(rid: str, phase: Phase, kind: Kind = Kind.DEPLOY, strategy: str = "b
 
 # -- last_event ---------------------------------------------------------------------------------
 
-def test_last_event_is_the_newest_of_its_kind_for_the_service(store: SqliteStore) -> None:
+def test_last_event_is_the_newest_of_its_kind_for_the_service(store: SqliteStore | InMemoryStore) -> None:
     store.add_event("shop", "traffic.switched", "first", "shop-1", {"seconds": 0.1})
     wanted = store.add_event("shop", "traffic.switched", "second", "shop-2", {"seconds": 0.2})
     store.add_event("shop", "rollout.phase", "a newer event of another kind", "shop-2")
@@ -44,7 +53,7 @@ def test_last_event_is_the_newest_of_its_kind_for_the_service(store: SqliteStore
     assert store.last_event("nobody", "traffic.switched") is None
 
 
-def test_last_event_of_one_rollout_ignores_newer_ones_of_other_rollouts(store: SqliteStore) -> None:
+def test_last_event_of_one_rollout_ignores_newer_ones_of_other_rollouts(store: SqliteStore | InMemoryStore) -> None:
     store.add_event("shop", "database.plan", "older plan", "shop-1", {"plan": {"expand": ["0001"]}})
     wanted = store.add_event("shop", "database.plan", "newer plan", "shop-1", {"plan": {"expand": ["0002"]}})
     store.add_event("shop", "database.plan", "another rollout's plan", "shop-2", {"plan": {"expand": ["0003"]}})
@@ -59,7 +68,7 @@ def test_last_event_of_one_rollout_ignores_newer_ones_of_other_rollouts(store: S
 
 # -- finished rollouts --------------------------------------------------------------------------
 
-def test_finished_rollout_counts_groups_ended_rollouts_in_order(store: SqliteStore) -> None:
+def test_finished_rollout_counts_groups_ended_rollouts_in_order(store: SqliteStore | InMemoryStore) -> None:
     for r in (rollout("shop-1", Phase.SUCCEEDED), rollout("shop-2", Phase.SUCCEEDED),
               rollout("shop-3", Phase.FAILED, strategy="canary"), rollout("shop-4", Phase.ABORTED, strategy="canary"),
               rollout("shop-5", Phase.SUCCEEDED, Kind.ROLLBACK), rollout("shop-6", Phase.PROGRESSING, strategy="canary"),
@@ -74,7 +83,8 @@ def test_finished_rollout_counts_groups_ended_rollouts_in_order(store: SqliteSto
     ]
 
 
-def test_finished_rollout_counts_gives_empty_labels_for_fields_a_row_lacks(store: SqliteStore) -> None:
+def test_finished_rollout_counts_gives_empty_labels_for_fields_a_row_lacks(sqlite_store: SqliteStore) -> None:
+    store = sqlite_store
     store.put_rollout(rollout("shop-1", Phase.FAILED))
     doc = rollout("shop-1", Phase.FAILED).to_dict()
     del doc["strategy"]
@@ -82,7 +92,7 @@ def test_finished_rollout_counts_gives_empty_labels_for_fields_a_row_lacks(store
     assert store.finished_rollout_counts() == [("shop", "deploy", "", "failed", 1)]
 
 
-def test_finished_analysis_ids_are_ended_rollouts_with_an_analysis(store: SqliteStore) -> None:
+def test_finished_analysis_ids_are_ended_rollouts_with_an_analysis(store: SqliteStore | InMemoryStore) -> None:
     for r in (rollout("shop-1", Phase.SUCCEEDED), rollout("shop-2", Phase.FAILED), rollout("shop-3", Phase.ABORTED),
               rollout("shop-4", Phase.ANALYZING), rollout("shop-5", Phase.SUCCEEDED)):
         store.put_rollout(r)

@@ -1,0 +1,355 @@
+"""In-memory implementations of the engine's ports, good enough to drive whole rollouts:
+no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
+
+- InMemoryStore (memory_store.py): the Store, with SqliteStore's semantics.
+- FakeImages: an image store of named, never-built images.
+- FakeRuntime: instances are records; an image can be told to crash at start, never
+  become healthy, or answer some path with some status.
+- FakeRouter: keeps every applied table per service; `series()` synthesises per-second
+  points per track from a per-track (or per-release) error rate and latency, on the
+  fake clock, in the format engine/ports.Router documents.
+- FakeHealthProbe: healthy after `healthy_threshold` intervals unless the runtime says
+  the image is broken; the supervisor's one-shot `check`; and `run_checks` (preview
+  checks), real HTTP requests over httpx's MockTransport (no socket) routed by the fake
+  router's current table to a fake instance.
+- FakeClock (virtual_time.py): the Clock, on a loop whose time is virtual."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shipyard.errors import RouterError, RuntimeFailure
+from shipyard.histogram import bucket_of
+from shipyard.httpcheck import run_checks
+from shipyard.images import BuildInput, Image
+from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
+from shipyard.router.table import TRACK_HEADER, RoutingTable
+from shipyard.spec.strategy import PreviewCheck
+from support.memory_store import InMemoryStore
+from support.virtual_time import FakeClock, VirtualTimeLoop, run
+
+__all__ = ["FakeClock", "FakeHealthProbe", "FakeImages", "FakeRouter", "FakeRuntime",
+           "InMemoryStore", "VirtualTimeLoop", "run"]
+
+
+class FakeImages:
+    """Images by id, made up on demand: a test names them ("v1", "v2") and deploys them."""
+
+    def __init__(self, root: Path = Path("/nonexistent/fake-images")) -> None:
+        self.root = root
+        self.images: dict[str, Image] = {}
+        self.built: list[BuildInput] = []
+        self.next_build: str | None = None
+        """The id the next build() returns (else one derived from the build input)."""
+
+    def add(self, image_id: str, service: str = "shop", command: list[str] | None = None,
+            env: dict[str, str] | None = None) -> Image:
+        image = Image(image_id, service, 0.0, command or ["app", "--port", "${PORT}"], dict(env or {}), 1, 1,
+                      manifest={"files": []})
+        self.images[image_id] = image
+        return image
+
+    async def build(self, inp: BuildInput, log: Callable[[str], None] | None = None,
+                    use_cache: bool = True) -> Image:
+        self.built.append(inp)
+        image_id = self.next_build or hashlib.sha256(repr(inp).encode()).hexdigest()
+        self.next_build = None
+        if log:
+            log(f"fake build of {inp.service} -> {image_id}")
+        return self.images.get(image_id) or self.add(image_id, inp.service, list(inp.run_command), inp.run_env)
+
+    def get(self, ref: str) -> Image:
+        if ref not in self.images:
+            self.add(ref)
+        return self.images[ref]
+
+    def list(self, service: str | None = None) -> list[Image]:
+        return [i for i in self.images.values() if service is None or i.service == service]
+
+    def tree_path(self, image_id: str) -> Path:
+        return self.root / image_id
+
+    def verified_tree(self, image_id: str) -> Path:
+        self.get(image_id)
+        return self.tree_path(image_id)
+
+
+@dataclass
+class Behaviour:
+    """How instances of one image behave."""
+
+    exit_at_start: int | None = None       # exits with this code as soon as it is started
+    healthy: bool = True                   # False: runs, but its health checks never pass
+    answers: dict[str, tuple[int, str]] = field(default_factory=dict)   # path -> (status, body)
+
+
+@dataclass
+class _Proc:
+    inst: Instance
+    launch: LaunchSpec
+    alive: bool = True
+    exit_code: int | None = None
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self.behaviour: dict[str, Behaviour] = {}
+        self.procs: dict[str, _Proc] = {}
+        self.started: list[Instance] = []
+        self.stopped: list[str] = []
+        self.refuse_start: str | None = None
+        """When set, start() raises RuntimeFailure with this message."""
+        self._pids = itertools.count(40_000)
+        self._ports = itertools.count(20_000)
+
+    # -- telling it how images behave ------------------------------------------------
+
+    def of(self, image_id: str) -> Behaviour:
+        return self.behaviour.setdefault(image_id, Behaviour())
+
+    def crashes(self, image_id: str, exit_code: int = 1) -> None:
+        self.of(image_id).exit_at_start = exit_code
+
+    def never_healthy(self, image_id: str) -> None:
+        self.of(image_id).healthy = False
+
+    def answers(self, image_id: str, path: str, status: int, body: str = "") -> None:
+        self.of(image_id).answers[path] = (status, body)
+
+    # -- the Runtime port ----------------------------------------------------------------
+
+    async def start(self, launch: LaunchSpec) -> Instance:
+        if self.refuse_start is not None:
+            raise RuntimeFailure(self.refuse_start)
+        pid = next(self._pids)
+        inst = Instance(launch.instance_id, launch.service, launch.slot, launch.image_id, launch.host,
+                        next(self._ports), pid, pid * 10, str(launch.instance_dir / "log"),
+                        str(launch.instance_dir / "data"))
+        proc = _Proc(inst, launch)
+        code = self.of(launch.image_id).exit_at_start
+        if code is not None:
+            proc.alive, proc.exit_code = False, code
+        self.procs[inst.id] = proc
+        self.started.append(inst)
+        return inst
+
+    async def stop(self, instance: Instance, timeout: float) -> None:
+        proc = self.procs.get(instance.id)
+        if proc is not None and proc.alive:
+            proc.alive, proc.exit_code = False, -15
+        self.stopped.append(instance.id)
+
+    def is_alive(self, instance: Instance) -> bool:
+        proc = self.procs.get(instance.id)
+        return (proc is not None and proc.alive and proc.inst.pid == instance.pid
+                and proc.inst.start_time == instance.start_time)
+
+    def exit_code(self, instance: Instance) -> int | None:
+        proc = self.procs.get(instance.id)
+        return proc.exit_code if proc is not None else None
+
+    # -- for tests -------------------------------------------------------------------------
+
+    def kill(self, instance_id: str, code: int = -9) -> None:
+        proc = self.procs[instance_id]
+        proc.alive, proc.exit_code = False, code
+
+    def live(self, service: str | None = None, slot: str | None = None) -> list[Instance]:
+        return [p.inst for p in self.procs.values()
+                if p.alive and (service is None or p.inst.service == service) and (slot is None or p.inst.slot == slot)]
+
+    def at(self, host: str, port: int) -> _Proc | None:
+        return next((p for p in self.procs.values() if (p.inst.host, p.inst.port) == (host, port)), None)
+
+    def healthy(self, inst: Instance) -> bool:
+        return self.is_alive(inst) and self.of(inst.image_id).healthy
+
+    def respond(self, host: str, port: int, path: str) -> tuple[int, str]:
+        """What the instance listening there answers (503 when none is alive there)."""
+        proc = self.at(host, port)
+        if proc is None or not proc.alive:
+            return 503, "no instance"
+        b = self.of(proc.inst.image_id)
+        return b.answers.get(path, (200, f"ok from {proc.inst.image_id}"))
+
+
+@dataclass
+class Traffic:
+    """Synthetic load on one track: requests per second, error rate, latency."""
+
+    rps: int = 200
+    error_rate: float = 0.0
+    latency_ms: float = 5.0
+
+
+class FakeRouter:
+    def __init__(self, clock: FakeClock, rps: int = 200) -> None:
+        self.clock = clock
+        self.rps = rps
+        self.listen: dict[str, str] = {}
+        self.tables: dict[str, RoutingTable] = {}
+        self.applied: dict[str, list[tuple[float, RoutingTable]]] = {}
+        """service -> every table taken, with the unix time it was taken at, in order."""
+        self.track_traffic: dict[str, Traffic] = {}
+        self.release_traffic: dict[str, Traffic] = {}
+        """Keyed by image id: wins over the track's, so "the bad release errors" follows it."""
+        self.refuse_apply: str | None = None
+        self.started_at = clock.now()
+
+    # -- telling it about traffic ------------------------------------------------------------
+
+    def traffic(self, track: str | None = None, release: str | None = None, **kw: Any) -> None:
+        into = self.release_traffic if release is not None else self.track_traffic
+        key = release if release is not None else track
+        assert key is not None, "name a track or a release"
+        into[key] = Traffic(**({"rps": self.rps} | kw))
+
+    def weights(self, service: str) -> list[dict[str, float]]:
+        """The unpinned weights of every table applied, in order, repeats collapsed."""
+        out: list[dict[str, float]] = []
+        for _t, table in self.applied.get(service, []):
+            if not out or out[-1] != table.weights:
+                out.append(dict(table.weights))
+        return out
+
+    # -- the Router port -----------------------------------------------------------------
+
+    async def ensure(self, service: str, listen: str) -> None:
+        self.listen[service] = listen
+
+    async def apply(self, table: RoutingTable) -> None:
+        if self.refuse_apply is not None:
+            raise RouterError(self.refuse_apply)
+        served = self.tables.get(table.service)
+        if served is not None and table.version < served.version:
+            raise RouterError(f"stale table: version {table.version} is older than the served version "
+                              f"{served.version}")
+        self.tables[table.service] = table
+        self.applied.setdefault(table.service, []).append((self.clock.now(), table))
+
+    async def current(self, service: str) -> RoutingTable | None:
+        return self.tables.get(service)
+
+    def pids(self, service: str) -> set[int]:
+        return set()
+
+    async def stats(self, service: str) -> dict[str, Any]:
+        """Request and error totals per track over everything served since the router started."""
+        tracks: dict[str, dict[str, int]] = {}
+        for points in self._series(service, self.started_at, self.clock.now()).values():
+            for p in points:
+                t = tracks.setdefault(p["track"], {"requests": 0, "errors": 0})
+                t["requests"] += p["requests"]
+                t["errors"] += p["errors"]
+        return {"service": service, "tracks": tracks}
+
+    async def series(self, service: str, since: float) -> dict[str, Any]:
+        now = self.clock.now()
+        points = self._series(service, max(since, now - 600), now)
+        return {"now": now, "series": {track: [{k: v for k, v in p.items() if k != "track"} for p in ps]
+                                       for track, ps in points.items()}}
+
+    async def stop(self, service: str) -> None:
+        self.tables.pop(service, None)
+        self.listen.pop(service, None)
+
+    # -- synthesis -------------------------------------------------------------------------
+
+    def _table_at(self, service: str, t: float) -> RoutingTable | None:
+        table = None
+        for at, tb in self.applied.get(service, []):
+            if at > t:
+                break
+            table = tb
+        return table
+
+    def _series(self, service: str, since: float, now: float) -> dict[str, list[dict[str, Any]]]:
+        """Completed seconds since < t < now; each split among tracks by the table served at its start."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for t in range(int(since) + 1, int(now)):
+            if t + 1 > now:
+                break
+            table = self._table_at(service, t)
+            if table is None:
+                continue
+            for track, weight in table.weights.items():
+                traffic = self.release_traffic.get(table.releases.get(track, "")) or self.track_traffic.get(
+                    track) or Traffic(self.rps)
+                n = round(traffic.rps * weight / 100)
+                if n <= 0:
+                    continue
+                errors = round(n * traffic.error_rate)
+                out.setdefault(track, []).append({"track": track, "t": t, "requests": n, "errors": errors,
+                                                  "latency": {str(bucket_of(traffic.latency_ms)): n}})
+        return out
+
+
+class FakeHealthProbe:
+    """The HealthProbe port from the fakes' records: no socket, only the (virtual) waiting.
+
+    `run_checks` sends real HTTP requests through httpx's MockTransport: to the fake
+    router's listen address they are routed by `X-Shipyard-Track` through its current
+    table (the preview route), to an instance's address straight to it (the database
+    gate); the instance answers as FakeRuntime was told. The check logic is the real one
+    (httpcheck.run_checks)."""
+
+    def __init__(self, runtime: FakeRuntime, clock: FakeClock, router: FakeRouter | None = None) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self.router = router
+        self.requests: list[tuple[str, str]] = []      # (track header, path) of every check request sent
+
+    async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
+                           healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
+                           exit_code: Callable[[Instance], int | None] | None = None) -> tuple[bool, str]:
+        """Answers as runtime/health.wait_healthy does: (True, "") once healthy, else (False, why)."""
+        waited = 0.0
+        while True:
+            if not is_alive(inst):
+                code = exit_code(inst) if exit_code else None
+                how = "process exited" if code is None else f"process exited (code {code})"
+                return False, f"{how} before becoming healthy; last log lines:\n  (log is empty)"
+            if self.runtime.healthy(inst) and waited >= interval * (healthy_threshold - 1):
+                return True, ""
+            if waited >= deadline_s:
+                return False, f"not healthy after {deadline_s:g}s: last probe: GET {path} -> 503"
+            step = min(interval, deadline_s - waited)
+            await self.clock.sleep(step)
+            waited += step
+
+    async def check(self, inst: Instance, path: str, timeout: float) -> ProbeResult:
+        if not self.runtime.is_alive(inst):
+            return ProbeResult(ok=False, status=None, error="connection refused", seconds=0.0)
+        ok = self.runtime.healthy(inst)
+        return ProbeResult(ok=ok, status=200 if ok else 503, error=None, seconds=0.001)
+
+    async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
+                         extra_headers: Mapping[str, str] | None = None,
+                         log: Callable[[str], None] | None = None) -> str | None:
+        transport = httpx.MockTransport(self._answer)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            return await run_checks(client, checks, label=label, extra_headers=extra_headers, log=log)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        host, port = request.url.host, request.url.port or 80
+        override = request.headers.get(TRACK_HEADER)
+        self.requests.append((override or "", request.url.path))
+        service = next((svc for svc, listen in (self.router.listen if self.router else {}).items()
+                        if listen.rsplit(":", 1) == [host, str(port)]), None)
+        if service is None:                                      # straight to an instance
+            status, body = self.runtime.respond(host, port, request.url.path)
+            return httpx.Response(status, text=body)
+        table = self.router.tables.get(service) if self.router else None
+        track = table.track_for(override=override) if table is not None else None
+        upstreams = table.tracks.get(track, ()) if table is not None and track else ()
+        if not upstreams:
+            return httpx.Response(503, text="no upstream for this track")
+        status, body = self.runtime.respond(upstreams[0].host, upstreams[0].port, request.url.path)
+        return httpx.Response(status, text=body)

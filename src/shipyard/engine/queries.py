@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shipyard.analysis import Second
@@ -33,7 +32,7 @@ from shipyard.engine.deps import Deps
 from shipyard.engine.metrics_feed import KEEP_SECONDS, MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.ports import AuditTrail
-from shipyard.errors import NotFoundError, ShipyardError, SpecError
+from shipyard.errors import NotFoundError, ShipyardError
 from shipyard.rollout.exposure import exposure
 from shipyard.rollout.model import Kind, Phase, Rollout, other_slot
 from shipyard.rollout.records import Event, Instance, ServiceRecord, SlotState

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from support import SpecMaker, deploy
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "bin" / "shipyard"

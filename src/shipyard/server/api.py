@@ -20,7 +20,7 @@ from starlette.routing import Route
 from shipyard import __version__
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.controller import Controller
-from shipyard.rollout.model import Rollout, outcome_line
+from shipyard.rollout.model import Rollout
 from shipyard.runtime.local import log_tail
 from shipyard.server.dashboard.routes import dashboard_routes
 from shipyard.server.metrics_export import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -43,6 +43,12 @@ def error_response(e: ShipyardError, plain: bool = False) -> Response:
         text = f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else "")
         return PlainTextResponse(text, status_code=code, headers={EXIT_HEADER: str(e.exit_code)})
     return JSONResponse({"error": e.message, "hint": e.hint, "kind": type(e).__name__}, status_code=code)
+
+
+def rollback_text(r: dict[str, Any]) -> str:
+    """The plain-text answer to a finished rollback, printed as is by bin/shipyard: the same
+    line as the CLI's `shipyard.cli.entry.outcome_line` (the daemon must not import the CLI)."""
+    return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
 
 
 def wants_text(request: Request) -> bool:
@@ -269,7 +275,7 @@ def create_app(controller: Controller, token: str, on_shutdown: Callable[[], Non
                            "roll back to the previous release", active_id(name))).to_dict()
         if wants_text(request):
             done = r["phase"] in ("succeeded", "failed", "aborted")
-            return PlainTextResponse(outcome_line(r) + "\n" if done else "", headers={
+            return PlainTextResponse(rollback_text(r) + "\n" if done else "", headers={
                 EXIT_HEADER: "1" if r["phase"] == "failed" else "0",
                 "X-Shipyard-Rollout": r["id"], "X-Shipyard-Done": "1" if done else "0"})
         return {"rollout": r}

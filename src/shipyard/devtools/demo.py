@@ -20,9 +20,9 @@ from rich.table import Table
 
 import shipyard
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess, cli_argv
+from shipyard.devtools.daemonproc import DaemonProcess, cli_argv
+from shipyard.devtools.loadgen import Traffic
 from shipyard.errors import ShipyardError
-from shipyard.loadgen import Traffic
 
 console = Console()
 

@@ -3,8 +3,10 @@ command itself (bin/shipyard) sends `rollback` to the daemon from bash; when it 
 (no bash, --json, a refused token, ...) the rollback lands here, and goes to the daemon
 before anything heavier than `os` and `_socket` is imported (not Typer, Rich or pydantic,
 not even json or pathlib). The daemon answers it in plain text with the exit code in a
-header. Everything else, and any case this fast path does not cover, goes to `shipyard.cli`.
-The two fast paths accept the same arguments and treat answers the same way."""
+header. Everything else, and any case this fast path does not cover, goes to
+`shipyard.cli.app`. The two fast paths accept the same arguments and treat answers the same
+way. Keep this module's imports as they are: `import shipyard.cli.entry` loads nothing but
+`shipyard`, `shipyard.cli` and this file (tests/unit/cli/test_cli_entry.py checks)."""
 
 import os
 import sys
@@ -43,12 +45,47 @@ def _home(state_dir: str | None) -> str:
     return os.path.realpath(os.path.join(base, "shipyard"))
 
 
-def _service_name(name: str) -> bool:
-    """A spec's service name ([a-z0-9-], no dash at either end): safe to put in a URL as is."""
-    return bool(name) and name[0] != "-" and name[-1] != "-" and all(c in _NAME_CHARS for c in name)
-
-
+NAME_RULE = "lowercase letters, digits and dashes, no dash at either end, at most 40 characters"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def valid_service_name(name: str) -> bool:
+    """The spec's rule for `service:` (spec/values.py): such a name is safe in a URL as is.
+    Written without `re` so that this module stays light; the CLI checks names with it."""
+    return 0 < len(name) <= 40 and name[0] != "-" and name[-1] != "-" and all(c in _NAME_CHARS for c in name)
+
+
+def outcome_line(r: dict[str, object]) -> str:
+    """How the CLI reports a finished rollback, one line (from the rollout's dict form)."""
+    return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
+
+
+# Characters that reorder or hide text without being control characters: bidi overrides and
+# isolates (a log line can make itself read backwards), line/paragraph separators, BOM.
+_INVISIBLE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+                       "\u2066\u2067\u2068\u2069\ufeff")
+
+
+def _visible(c: str) -> str:
+    o = ord(c)
+    if o < 0x20:
+        return "^" + chr(o + 0x40)          # ESC -> ^[, BEL -> ^G, CR -> ^M (caret notation)
+    if o == 0x7F:
+        return "^?"
+    if o <= 0x9F:
+        return f"\\x{o:02x}"                # C1: CSI (0x9b) and OSC (0x9d) act alone on many terminals
+    return f"\\u{o:04x}"
+
+
+def plain(value: object) -> str:
+    """`value` as text that cannot act on a terminal: every control character but newline
+    and tab (C0, DEL, C1, bidi overrides, lone surrogates) is shown visibly instead of obeyed;
+    a CRLF line end is just a line end. Used for everything the CLI prints from data."""
+    s = str(value).replace("\r\n", "\n")
+    if s.isprintable():
+        return s
+    return "".join(_visible(c) if c not in "\n\t" and (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _INVISIBLE
+                                                       or 0xD800 <= ord(c) <= 0xDFFF) else c for c in s)
 
 
 class _Lost(Exception):
@@ -62,7 +99,7 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
     twice would switch back. It talks through `_socket`, not `socket`: importing `socket`
     (enum, selectors, idna) costs more than the whole switch."""
     import _socket
-    if not _service_name(service):
+    if not valid_service_name(service):
         return None
     home = _home(state_dir)
     try:
@@ -89,8 +126,8 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
         try:
             return _answer(service, home, sock)
         except _Lost as e:
-            sys.stderr.write(f"error: the rollback of {service} was sent but the daemon's answer {e}\n"
-                             f"  hint: see what happened with: shipyard status {service}\n")
+            sys.stderr.write(plain(f"error: the rollback of {service} was sent but the daemon's answer {e}\n"
+                                   f"  hint: see what happened with: shipyard status {service}\n"))
             return 1
     finally:
         sock.close()
@@ -124,7 +161,7 @@ def _answer(service: str, home: str, sock: object) -> int | None:
         if not rollout:
             raise _Lost("named no rollout to follow")
         return rollback(service, home, False, follow=rollout)
-    (sys.stderr if int(code) else sys.stdout).write(body.decode(errors="replace"))
+    (sys.stderr if int(code) else sys.stdout).write(plain(body.decode(errors="replace")))
     return int(code)
 
 
@@ -133,22 +170,26 @@ def rollback(service: str, state_dir: str | None, as_json: bool, follow: str | N
     With `follow`, the rollback was already sent (by a fast path) and became rollout
     `follow`, a redeploy: only watch it to its end."""
     import json
+    from urllib.parse import quote
 
     from shipyard.client import ApiClient
     from shipyard.errors import ShipyardError
     from shipyard.paths import StatePaths
-    from shipyard.rollout.model import outcome_line
     try:
+        if not valid_service_name(service):
+            from shipyard.errors import SpecError
+            raise SpecError(f"{service!r} cannot be a service name ({NAME_RULE})",
+                            "use the `service:` of the spec file; `shipyard status` lists them")
         client = ApiClient(StatePaths.resolve(state_dir))
-        r = (client.get(f"/v1/rollouts/{follow}") if follow
+        r = (client.get(f"/v1/rollouts/{quote(follow, safe='')}") if follow
              else client.post(f"/v1/services/{service}/rollback"))["rollout"]
     except ShipyardError as e:
-        sys.stderr.write(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else ""))
+        sys.stderr.write(plain(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else "")))
         return e.exit_code
     if r["phase"] not in ("succeeded", "failed", "aborted"):
-        from shipyard.cli import follow as watch
+        from shipyard.cli.services import follow as watch
         r = watch(client, r["id"], quiet=as_json)
-    sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else outcome_line(r) + "\n")
+    sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else plain(outcome_line(r)) + "\n")
     return 1 if r["phase"] == "failed" else 0
 
 
@@ -158,5 +199,5 @@ def main() -> None:
         service, state_dir, as_json = parsed
         code = None if as_json else _fast_rollback(service, state_dir)
         sys.exit(rollback(service, state_dir, as_json) if code is None else code)
-    from shipyard.cli import main as cli_main
+    from shipyard.cli.app import main as cli_main
     cli_main()

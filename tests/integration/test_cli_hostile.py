@@ -196,3 +196,69 @@ def test_the_daemon_s_warnings_go_to_stderr(fake: list[FakeDaemon], tmp_path: Pa
     res = sy("deploy", "-f", spec, state=state)
     assert res.returncode == 0 and res.stderr == f"warning: {WARNING}\n", res.stderr
     assert "rollout shop-1 started" in res.stdout
+
+
+# -- the rollback fast paths print the daemon's text the same way, escapes shown ---------
+
+LAUNCHER = Path(__file__).resolve().parents[2] / "bin" / "shipyard"
+TEXT = f"rollback shop-2: failed ({MARKUP} {ESCAPES} caf\u00e9 \u202eevil\u2028 \u00e9\ufeff\x01\x7f)\r\n"
+
+
+class TextDaemon:
+    """Answers every connection with one plain-text rollback answer, like the daemon's."""
+
+    def __init__(self, exit_code: int, body: str, header: bool = True) -> None:
+        data = body.encode()
+        head = (f"HTTP/1.1 {200 if header else 500} OK\r\n" + (f"X-Shipyard-Exit: {exit_code}\r\n"
+                                                                "X-Shipyard-Done: 1\r\n" if header else "")
+                + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+        self.reply = head.encode() + data
+        self.sock = __import__("socket").create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                conn.sendall(self.reply)
+
+    def state_dir(self, root: Path) -> Path:
+        root.mkdir(exist_ok=True)
+        port = self.sock.getsockname()[1]
+        (root / "api.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": 1}))
+        (root / "token").write_text("t0ken\n")
+        return root
+
+
+@pytest.mark.parametrize("exit_code,header", [(0, True), (1, True), (1, False)], ids=["ok", "failed", "lost"])
+def test_both_fast_paths_show_the_daemon_s_escapes(exit_code: int, header: bool, tmp_path: Path) -> None:
+    from shipyard.cli.entry import plain
+    d = TextDaemon(exit_code, TEXT, header)
+    try:
+        state = d.state_dir(tmp_path / "state")
+        base = {k: v for k, v in os.environ.items() if k not in ("SHIPYARD_HOME", "SHIPYARD_NO_FAST_PATH")}
+        env = base | {"PATH": "/usr/local/bin:/usr/bin:/bin", "SHIPYARD_HOME": str(state)}   # no shipyard-py
+        runs = [subprocess.run([shell, str(LAUNCHER), "rollback", "shop"], capture_output=True, timeout=60, env=env)
+                for shell in ("/bin/sh", "/bin/bash")]
+        runs.append(subprocess.run([sys.executable, "-m", "shipyard", "rollback", "shop"], capture_output=True,
+                                   timeout=60, env=base | {"SHIPYARD_HOME": str(state)}))
+    finally:
+        d.sock.close()
+    shown = plain(TEXT)
+    for res in runs:
+        out, err = res.stdout.decode(), res.stderr.decode()
+        assert res.returncode == exit_code, (out, err)
+        if not header:
+            assert err.startswith(plain(f"error: the rollback of shop was sent but the daemon's answer was HTTP 500 "
+                                        f"without an exit code: {TEXT}")), err
+        else:
+            assert (out, err) == ((shown, "") if exit_code == 0 else ("", shown)), (out, err)
+        assert "\x1b" not in out + err and "\u202e" not in out + err
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout and runs[0].stderr == runs[1].stderr == runs[2].stderr

@@ -239,7 +239,7 @@ class TextDaemon:
 
 @pytest.mark.parametrize("exit_code,header", [(0, True), (1, True), (1, False)], ids=["ok", "failed", "lost"])
 def test_both_fast_paths_show_the_daemon_s_escapes(exit_code: int, header: bool, tmp_path: Path) -> None:
-    from shipyard.cli.entry import plain
+    from shipyard.cli.plaintext import plain
     d = TextDaemon(exit_code, TEXT, header)
     try:
         state = d.state_dir(tmp_path / "state")

@@ -144,7 +144,7 @@ def apply(file: Path | None = FileArg, file_opt: Path | None = FileOpt,
     """Make the service what the spec says, through the normal rollout; exit 0 only if it serves.
 
     Runs the plan first: nothing to do is exit 0; a change that would be refused is exit 3."""
-    from shipyard.cli.services import follow
+    from shipyard.cli.follow import follow
     from shipyard.spec import load_spec
     path = _spec_path(file, file_opt, "apply")
     load_spec(path)

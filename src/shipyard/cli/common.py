@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from shipyard.cli.entry import NAME_RULE, plain, valid_service_name
+from shipyard.cli.plaintext import name_refusal, plain, valid_service_name
 from shipyard.errors import ShipyardError, SpecError
 from shipyard.paths import ENV_HOME, StatePaths
 
@@ -107,8 +107,7 @@ def service_segment(name: str) -> str:
     """A service name as a URL path segment; a name no spec can have is refused (exit 2)
     before any request, instead of reaching the daemon as a broken or injected request."""
     if not valid_service_name(name):
-        raise SpecError(f"{name!r} cannot be a service name ({NAME_RULE})",
-                        "use the `service:` of the spec file; `shipyard status` lists them")
+        raise SpecError(*name_refusal(name))
     return quote(name, safe="")
 
 

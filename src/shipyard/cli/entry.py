@@ -6,10 +6,13 @@ not even json or pathlib). The daemon answers it in plain text with the exit cod
 header. Everything else, and any case this fast path does not cover, goes to
 `shipyard.cli.app`. The two fast paths accept the same arguments and treat answers the same
 way. Keep this module's imports as they are: `import shipyard.cli.entry` loads nothing but
-`shipyard`, `shipyard.cli` and this file (tests/unit/cli/test_cli_entry.py checks)."""
+`shipyard`, `shipyard.cli`, `shipyard.cli.plaintext` (which imports nothing) and this file
+(tests/unit/cli/test_cli_entry.py checks)."""
 
 import os
 import sys
+
+from shipyard.cli.plaintext import plain, valid_service_name
 
 ENV_HOME = "SHIPYARD_HOME"     # as in shipyard.paths, which this module must not import (pathlib)
 
@@ -43,49 +46,6 @@ def _home(state_dir: str | None) -> str:
         return os.path.realpath(os.path.expanduser(env))
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.realpath(os.path.join(base, "shipyard"))
-
-
-NAME_RULE = "lowercase letters, digits and dashes, no dash at either end, at most 40 characters"
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def valid_service_name(name: str) -> bool:
-    """The spec's rule for `service:` (spec/values.py): such a name is safe in a URL as is.
-    Written without `re` so that this module stays light; the CLI checks names with it."""
-    return 0 < len(name) <= 40 and name[0] != "-" and name[-1] != "-" and all(c in _NAME_CHARS for c in name)
-
-
-def outcome_line(r: dict[str, object]) -> str:
-    """How the CLI reports a finished rollback, one line (from the rollout's dict form)."""
-    return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
-
-
-# Characters that reorder or hide text without being control characters: bidi overrides and
-# isolates (a log line can make itself read backwards), line/paragraph separators, BOM.
-_INVISIBLE = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
-                       "\u2066\u2067\u2068\u2069\ufeff")
-
-
-def _visible(c: str) -> str:
-    o = ord(c)
-    if o < 0x20:
-        return "^" + chr(o + 0x40)          # ESC -> ^[, BEL -> ^G, CR -> ^M (caret notation)
-    if o == 0x7F:
-        return "^?"
-    if o <= 0x9F:
-        return f"\\x{o:02x}"                # C1: CSI (0x9b) and OSC (0x9d) act alone on many terminals
-    return f"\\u{o:04x}"
-
-
-def plain(value: object) -> str:
-    """`value` as text that cannot act on a terminal: every control character but newline
-    and tab (C0, DEL, C1, bidi overrides, lone surrogates) is shown visibly instead of obeyed;
-    a CRLF line end is just a line end. Used for everything the CLI prints from data."""
-    s = str(value).replace("\r\n", "\n")
-    if s.isprintable():
-        return s
-    return "".join(_visible(c) if c not in "\n\t" and (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _INVISIBLE
-                                                       or 0xD800 <= ord(c) <= 0xDFFF) else c for c in s)
 
 
 class _Lost(Exception):
@@ -160,37 +120,10 @@ def _answer(service: str, home: str, sock: object) -> int | None:
         rollout = headers.get(b"x-shipyard-rollout", b"").decode()
         if not rollout:
             raise _Lost("named no rollout to follow")
+        from shipyard.cli.rollback import rollback
         return rollback(service, home, False, follow=rollout)
     (sys.stderr if int(code) else sys.stdout).write(plain(body.decode(errors="replace")))
     return int(code)
-
-
-def rollback(service: str, state_dir: str | None, as_json: bool, follow: str | None = None) -> int:
-    """`shipyard rollback`, the JSON way (used for --json and when the fast path declines).
-    With `follow`, the rollback was already sent (by a fast path) and became rollout
-    `follow`, a redeploy: only watch it to its end."""
-    import json
-    from urllib.parse import quote
-
-    from shipyard.client import ApiClient
-    from shipyard.errors import ShipyardError
-    from shipyard.paths import StatePaths
-    try:
-        if not valid_service_name(service):
-            from shipyard.errors import SpecError
-            raise SpecError(f"{service!r} cannot be a service name ({NAME_RULE})",
-                            "use the `service:` of the spec file; `shipyard status` lists them")
-        client = ApiClient(StatePaths.resolve(state_dir))
-        r = (client.get(f"/v1/rollouts/{quote(follow, safe='')}") if follow
-             else client.post(f"/v1/services/{service}/rollback"))["rollout"]
-    except ShipyardError as e:
-        sys.stderr.write(plain(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else "")))
-        return e.exit_code
-    if r["phase"] not in ("succeeded", "failed", "aborted"):
-        from shipyard.cli.services import follow as watch
-        r = watch(client, r["id"], quiet=as_json)
-    sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else plain(outcome_line(r)) + "\n")
-    return 1 if r["phase"] == "failed" else 0
 
 
 def main() -> None:
@@ -198,6 +131,9 @@ def main() -> None:
     if parsed is not None:
         service, state_dir, as_json = parsed
         code = None if as_json else _fast_rollback(service, state_dir)
-        sys.exit(rollback(service, state_dir, as_json) if code is None else code)
+        if code is None:
+            from shipyard.cli.rollback import rollback
+            code = rollback(service, state_dir, as_json)
+        sys.exit(code)
     from shipyard.cli.app import main as cli_main
     cli_main()

@@ -1,11 +1,9 @@
 """The verbs that act on a running service through the daemon: `deploy`, `status`,
-`promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `logs`, `remove`; and `follow`,
-which prints a rollout's events as they happen (deploy --wait, retry --wait, apply)."""
+`promote`, `pause`, `resume`, `abort`, `retry`, `rollback`, `logs`, `remove`."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,8 @@ from shipyard.cli.common import (
     text,
     ts,
 )
-from shipyard.cli.entry import plain
+from shipyard.cli.follow import follow
+from shipyard.cli.plaintext import plain
 from shipyard.errors import SpecError
 
 
@@ -61,28 +60,6 @@ def deploy(file: Path = typer.Option(..., "-f", "--file", help="The spec file.")
         print_json(final)
     if final["phase"] != "succeeded":
         raise typer.Exit(1)
-
-
-def follow(api: Any, rollout_id: str, quiet: bool = False) -> dict[str, Any]:
-    """Print a rollout's events as they happen until it ends; return its final state."""
-    since = 0
-    with out.status(text(f"rollout {rollout_id}"), spinner="dots") as spinner:
-        while True:
-            doc = api.get(f"/v1/rollouts/{segment(rollout_id)}?since={since}")
-            r = doc["rollout"]
-            for e in doc["events"]:
-                since = e["id"]
-                if not quiet and e["kind"] != "build.log":
-                    say("[dim]{ts}[/] {message}", ts=ts(e["ts"]), message=e["message"])
-            spinner.update(text(f"rollout {rollout_id}: {r['phase']}"))
-            if r["phase"] in ("succeeded", "failed", "aborted"):
-                break
-            time.sleep(0.2)
-    if not quiet:
-        color = "green" if r["phase"] == "succeeded" else "red"
-        say(f"[{color}]{{kind}} {{id}} {{phase}}[/]{{why}}", kind=r["kind"], id=r["id"], phase=r["phase"],
-            why=f": {r['reason']}" if r["reason"] else "")
-    return r
 
 
 def status(service: str | None = typer.Argument(None), state_dir: str | None = StateDir,
@@ -187,7 +164,7 @@ def rollback(service: str, state_dir: str | None = StateDir, as_json: bool = Jso
              follow: str | None = typer.Option(None, "--follow", hidden=True,
                                                help="Watch rollout ID, a rollback already sent.")) -> None:
     """Go back to the previous release: a switch while its slot is warm, else a redeploy."""
-    from shipyard.cli.entry import rollback as run  # one implementation, normally run before the CLI loads
+    from shipyard.cli.rollback import rollback as run  # one implementation, normally run before the CLI loads
     raise typer.Exit(run(service, state_dir, as_json, follow))
 
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from shipyard.cli.common import service_segment
-from shipyard.cli.entry import outcome_line, valid_service_name
+from shipyard.cli.plaintext import outcome_line, valid_service_name
 from shipyard.errors import SpecError
 from shipyard.spec.values import ServiceName
 
@@ -18,7 +18,7 @@ def test_importing_the_entry_loads_nothing_else() -> None:
     code = ("import sys; before = set(sys.modules); import shipyard.cli.entry; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert loaded == ["shipyard", "shipyard.cli", "shipyard.cli.entry"]
+    assert loaded == ["shipyard", "shipyard.cli", "shipyard.cli.entry", "shipyard.cli.plaintext"]
 
 
 NAMES = ["shop", "a", "shop-2", "0", "x" * 40, "x" * 41, "", "-shop", "shop-", "Shop", "my shop", "caf\u00e9",

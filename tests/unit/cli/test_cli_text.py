@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from shipyard.cli import common
-from shipyard.cli.entry import plain
+from shipyard.cli.plaintext import plain
 from shipyard.client import ApiClient
 from shipyard.errors import SpecError
 from shipyard.paths import StatePaths

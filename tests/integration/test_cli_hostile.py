@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from shipyard.devtools.daemonproc import DaemonProcess
 from support import SpecMaker
+from support.standins import OneShotDaemon
 
 MARKUP = "[ALERT] [/usr/sbin/x.main()] boom"
 ESCAPES = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b[H\x9b31m"       # OSC 52 clipboard write, screen clear, C1 CSI
@@ -131,28 +131,24 @@ class FakeDaemon:
         (root / "token").write_text("t0ken\n")
         return root
 
-    def close(self) -> None:
+    def __enter__(self) -> FakeDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture
-def fake() -> Iterator[list[FakeDaemon]]:
-    made: list[FakeDaemon] = []
-    yield made
-    for d in made:
-        d.close()
 
 
 BAD_NAMES = ["my shop", "caf\u00e9", "shop\r\nX-Evil: 1", "a/b", "[/bold]", "Shop", "../v1/services"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_a_name_that_cannot_be_a_service_is_refused_before_any_request(
-        name: str, fake: list[FakeDaemon], tmp_path: Path) -> None:
-    d = FakeDaemon({})
-    fake.append(d)
-    state = d.state_dir(tmp_path / "state")
+def test_a_name_that_cannot_be_a_service_is_refused_before_any_request(name: str, tmp_path: Path) -> None:
+    with FakeDaemon({}) as d:
+        refused_before_any_request(name, d, d.state_dir(tmp_path / "state"))
+
+
+def refused_before_any_request(name: str, d: FakeDaemon, state: Path) -> None:
     for argv in (["status", name], ["logs", name], ["history", name], ["abort", name], ["remove", name],
                  ["rollback", name], ["rollback", name, "--json"], ["db", "contract", name]):
         res = sy(*argv, state=state)
@@ -164,10 +160,9 @@ def test_a_name_that_cannot_be_a_service_is_refused_before_any_request(
     assert d.requests == []
 
 
-def test_other_values_in_a_request_are_percent_encoded(fake: list[FakeDaemon], tmp_path: Path) -> None:
-    d = FakeDaemon({"/v1/services/shop/logs": {"logs": []}})
-    fake.append(d)
-    res = sy("logs", "shop", "--instance", "shop blue\r\nX-Evil: 1", state=d.state_dir(tmp_path / "state"))
+def test_other_values_in_a_request_are_percent_encoded(tmp_path: Path) -> None:
+    with FakeDaemon({"/v1/services/shop/logs": {"logs": []}}) as d:
+        res = sy("logs", "shop", "--instance", "shop blue\r\nX-Evil: 1", state=d.state_dir(tmp_path / "state"))
     assert res.returncode == 0, res.stderr
     assert d.requests == ["GET /v1/services/shop/logs?lines=50&instance=shop%20blue%0D%0AX-Evil%3A%201 HTTP/1.1"]
 
@@ -179,13 +174,14 @@ PLAN = {"service": "shop", "exists": False, "image": "0123456789abcdef", "image_
 ROLLOUT = {"id": "shop-1", "kind": "deploy", "phase": "succeeded", "reason": "", "strategy": "blue_green"}
 
 
-def test_the_daemon_s_warnings_go_to_stderr(fake: list[FakeDaemon], tmp_path: Path, make_spec: SpecMaker) -> None:
-    d = FakeDaemon({"/v1/plan": PLAN, "/v1/deploy": {"rollout": ROLLOUT | {"phase": "building"},
-                                                      "warnings": [WARNING]},
-                    "/v1/rollouts/shop-1": {"rollout": ROLLOUT, "events": []}})
-    fake.append(d)
-    state = d.state_dir(tmp_path / "state")
-    spec = str(make_spec("v1"))
+def test_the_daemon_s_warnings_go_to_stderr(tmp_path: Path, make_spec: SpecMaker) -> None:
+    answers = {"/v1/plan": PLAN, "/v1/deploy": {"rollout": ROLLOUT | {"phase": "building"}, "warnings": [WARNING]},
+               "/v1/rollouts/shop-1": {"rollout": ROLLOUT, "events": []}}
+    with FakeDaemon(answers) as d:
+        warned_once_each(d.state_dir(tmp_path / "state"), str(make_spec("v1")))
+
+
+def warned_once_each(state: Path, spec: str) -> None:
     expected = f"warning: {WARNING}\nwarning: [/bold] ^[[2J\n"
     for argv, code in ((["plan", spec], 2), (["plan", spec, "--json"], 2), (["apply", spec], 0)):
         res = sy(*argv, state=state)
@@ -204,43 +200,19 @@ LAUNCHER = Path(__file__).resolve().parents[2] / "bin" / "shipyard"
 TEXT = f"rollback shop-2: failed ({MARKUP} {ESCAPES} caf\u00e9 \u202eevil\u2028 \u00e9\ufeff\x01\x7f)\r\n"
 
 
-class TextDaemon:
-    """Answers every connection with one plain-text rollback answer, like the daemon's."""
-
-    def __init__(self, exit_code: int, body: str, header: bool = True) -> None:
-        data = body.encode()
-        head = (f"HTTP/1.1 {200 if header else 500} OK\r\n" + (f"X-Shipyard-Exit: {exit_code}\r\n"
-                                                                "X-Shipyard-Done: 1\r\n" if header else "")
-                + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
-        self.reply = head.encode() + data
-        self.sock = __import__("socket").create_server(("127.0.0.1", 0))
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-                    data += chunk
-                conn.sendall(self.reply)
-
-    def state_dir(self, root: Path) -> Path:
-        root.mkdir(exist_ok=True)
-        port = self.sock.getsockname()[1]
-        (root / "api.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": 1}))
-        (root / "token").write_text("t0ken\n")
-        return root
+def text_answer(exit_code: int, body: str, header: bool = True) -> bytes:
+    """A plain-text rollback answer like the daemon's (or, without `header`, a bare 500)."""
+    data = body.encode()
+    head = (f"HTTP/1.1 {200 if header else 500} OK\r\n"
+            + (f"X-Shipyard-Exit: {exit_code}\r\nX-Shipyard-Done: 1\r\n" if header else "")
+            + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + data
 
 
 @pytest.mark.parametrize("exit_code,header", [(0, True), (1, True), (1, False)], ids=["ok", "failed", "lost"])
 def test_both_fast_paths_show_the_daemon_s_escapes(exit_code: int, header: bool, tmp_path: Path) -> None:
     from shipyard.cli.plaintext import plain
-    d = TextDaemon(exit_code, TEXT, header)
+    d = OneShotDaemon(text_answer(exit_code, TEXT, header))
     try:
         state = d.state_dir(tmp_path / "state")
         base = {k: v for k, v in os.environ.items() if k not in ("SHIPYARD_HOME", "SHIPYARD_NO_FAST_PATH")}
@@ -250,7 +222,7 @@ def test_both_fast_paths_show_the_daemon_s_escapes(exit_code: int, header: bool,
         runs.append(subprocess.run([sys.executable, "-m", "shipyard", "rollback", "shop"], capture_output=True,
                                    timeout=60, env=base | {"SHIPYARD_HOME": str(state)}))
     finally:
-        d.sock.close()
+        d.close()
     shown = plain(TEXT)
     for res in runs:
         out, err = res.stdout.decode(), res.stderr.decode()

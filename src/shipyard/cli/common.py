@@ -4,12 +4,13 @@ rule for URL paths.
 
 Everything printed goes through `say` (or `text` for table cells and titles): the message
 template is the program's own and may use Rich markup, while every value put into it is
-data (app logs, event messages, service names, paths) and is printed as text, never
+data (app logs, event messages, service names, paths) and is put in as plain text, never
 interpreted as markup and never passed raw to the terminal (escapes are shown, not obeyed)."""
 
 from __future__ import annotations
 
 import json
+import re
 import string
 import sys
 from datetime import datetime
@@ -18,7 +19,6 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
 from shipyard.cli.plaintext import name_refusal, plain, valid_service_name
@@ -36,30 +36,52 @@ StateDir = typer.Option(None, "--state-dir", envvar=ENV_HOME,
 JsonOut = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-# -- untrusted text ---------------------------------------------------------------------
+# -- untrusted text (plaintext.plain shows control characters instead of obeying them) ---
 
-clean = plain
-"""Data as text that cannot act on a terminal (one implementation, in the light entry module)."""
+class _Skeleton(string.Formatter):
+    """str.format that puts a numbered placeholder where each field goes and keeps the field
+    (formatted with its spec, control characters shown) aside: the data never meets the
+    markup parser, which reads backslashes, `\\[` and `:emoji:` codes even in escaped text."""
 
-
-class _DataFormatter(string.Formatter):
-    """str.format where every field is data: formatted with its spec, then cleaned and escaped."""
+    def __init__(self) -> None:
+        self.fields: list[str] = []
 
     def format_field(self, value: Any, format_spec: str) -> str:
-        return escape(clean(super().format_field(value, format_spec)))
+        self.fields.append(plain(super().format_field(value, format_spec)))
+        return f"\ue000{len(self.fields) - 1}\ue001"
 
 
-_FORMAT = _DataFormatter()
+_PLACEHOLDER = re.compile("\ue000([0-9]+)\ue001")
+
+
+def markup(template: str, **values: Any) -> Text:
+    """`template` (trusted markup) rendered, with every `{field}` put in as plain text that
+    takes the style of the markup around it."""
+    skeleton = _Skeleton()
+    rendered = Text.from_markup(skeleton.format(template, **values), emoji=False)
+    if not skeleton.fields:
+        return rendered
+    result = Text(style=rendered.style)
+    position = 0
+    for m in _PLACEHOLDER.finditer(rendered.plain):
+        result.append_text(rendered[position:m.start()])
+        field = Text(skeleton.fields[int(m.group(1))])
+        for span in rendered[m.start():m.end()].spans:
+            field.stylize(span.style, 0, len(field))
+        result.append_text(field)
+        position = m.end()
+    result.append_text(rendered[position:])
+    return result
 
 
 def say(template: str, /, *, to: Console | None = None, soft_wrap: bool = False, **values: Any) -> None:
     """Print one message: `template` is trusted markup, each `{field}` is untrusted data."""
-    (to or out).print(_FORMAT.format(template, **values), highlight=False, soft_wrap=soft_wrap)
+    (to or out).print(markup(template, **values), highlight=False, soft_wrap=soft_wrap)
 
 
 def text(value: object, style: str = "") -> Text:
     """A table cell, rule or status title from data: printed as text, never as markup."""
-    return Text(clean(value), style=style)
+    return Text(plain(value), style=style)
 
 
 def print_json(doc: Any) -> None:

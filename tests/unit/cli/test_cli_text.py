@@ -43,7 +43,8 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     return buf
 
 
-MARKUP = ["[ALERT] [/usr/sbin/x.main()] boom", "[/bold]", "[red]not red[/red]", "[link=http://x]y[/link]", "\\[x]"]
+MARKUP = ["[ALERT] [/usr/sbin/x.main()] boom", "[/bold]", "[red]not red[/red]", "[link=http://x]y[/link]", "\\[x]",
+          "C:\\dir\\"]
 
 
 @pytest.mark.parametrize("data", MARKUP)
@@ -51,6 +52,21 @@ def test_markup_in_data_is_printed_as_text(data: str, monkeypatch: pytest.Monkey
     buf = recording(monkeypatch)
     common.say("[bold]{name}[/]: {message:>10}", name=data, message=data)
     assert buf.getvalue() == f"{data}: {data:>10}\n"
+
+
+@pytest.mark.parametrize("a,b", [("C:\\", "[/bold]"), ("x\\", "\\y"), ("\\\\", "[b]"), ("z\\", ""),
+                                 ("\\\\\\", "\\[red]"), ("q\\", "[1]"), (":thumbs_up:", "\\:x:")])
+def test_fields_next_to_each_other(a: str, b: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = recording(monkeypatch)
+    common.say("[dim]{a}{b}[/] {a}", a=a, b=b)
+    assert buf.getvalue() == f"{a}{b} {a}\n"
+
+
+def test_fields_take_the_style_around_them() -> None:
+    t = common.markup("[bold]{a}[/] and [red]x{b}y[/]", a="[/bold]", b="\\")
+    assert t.plain == "[/bold] and x\\y"
+    styled = {i: "".join(str(s.style) for s in t.spans if s.start <= i < s.end) for i in range(len(t.plain))}
+    assert styled == {i: "bold" if i < 7 else "red" if i >= 12 else "" for i in range(15)}
 
 
 def test_table_cells_and_escapes_from_data(monkeypatch: pytest.MonkeyPatch) -> None:

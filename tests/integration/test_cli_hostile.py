@@ -139,7 +139,7 @@ class FakeDaemon:
         self.server.server_close()
 
 
-BAD_NAMES = ["my shop", "caf\u00e9", "shop\r\nX-Evil: 1", "a/b", "[/bold]", "Shop", "../v1/services"]
+BAD_NAMES = ["my shop", "caf\u00e9", "shop\r\nX-Evil: 1", "a/b", "[/bold]", "Shop", "../v1/services", "x" * 41]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)

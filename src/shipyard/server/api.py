@@ -46,8 +46,9 @@ def error_response(e: ShipyardError, plain: bool = False) -> Response:
 
 
 def rollback_text(r: dict[str, Any]) -> str:
-    """The plain-text answer to a finished rollback, printed as is by bin/shipyard: the same
-    line as the CLI's `shipyard.cli.entry.outcome_line` (the daemon must not import the CLI)."""
+    """The plain-text answer to a finished rollback, which bin/shipyard and cli/entry.py print:
+    the same line as the CLI's `shipyard.cli.plaintext.outcome_line` (the daemon must not
+    import the CLI, which imports server.daemon for `serve`)."""
     return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
 
 

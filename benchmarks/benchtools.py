@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import cli_argv
+from shipyard.devtools.daemonproc import cli_argv
 from shipyard.errors import ShipyardError
 
 WRK = "/usr/bin/wrk"

@@ -46,8 +46,8 @@ from benchtools import (
 )
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess, cli_argv
-from shipyard.demo import example_dir, free_port, write_specs
+from shipyard.devtools.daemonproc import DaemonProcess, cli_argv
+from shipyard.devtools.demo import example_dir, free_port, write_specs
 from shipyard.errors import ShipyardError
 
 HERE = Path(__file__).resolve().parent

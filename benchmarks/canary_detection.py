@@ -48,8 +48,8 @@ from canarytools import (
 
 from shipyard.analysis import Second, plans_of
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import example_dir, free_port
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import example_dir, free_port
 from shipyard.errors import ShipyardError
 from shipyard.spec.strategy import AnalysisSpec
 

@@ -1,3 +1,3 @@
-from shipyard.entry import main
+from shipyard.cli.entry import main
 
 main()

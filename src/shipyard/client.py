@@ -52,6 +52,11 @@ class ApiClient:
         self.actor = local_actor()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
+            # a space, CR/LF or non-ASCII letter would break the request line or inject headers:
+            # callers percent-encode what they put in a path (shipyard.cli.common.segment)
+            raise errors.SpecError(f"refusing to send a request for {path!r}: a URL path must be printable "
+                                   "ASCII without spaces", "percent-encode names put in a path")
         data = json.dumps(body).encode() if body is not None else b""
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Authorization: Bearer {self.token}\r\n{ACTOR_HEADER}: {self.actor}\r\n"

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import example_dir, free_port
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import example_dir, free_port
 from support import SpecMaker
 from support.procs import kill_everything_under
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from shipyard.client import AsyncApiClient, local_actor
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import example_dir
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import example_dir
 from support import SpecMaker, deploy
 from support.pg import throwaway_db
 

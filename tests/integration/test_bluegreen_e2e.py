@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from shipyard.client import AsyncApiClient
-from shipyard.loadgen import Traffic
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker
 
 CANARY: dict[str, Any] = {

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.demo import example_dir
+from shipyard.devtools.demo import example_dir
 from support import SpecMaker
 from support import deploy as deploy_and_wait
 from support.pg import throwaway_db

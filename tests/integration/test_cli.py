@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from support import SpecMaker
 
 

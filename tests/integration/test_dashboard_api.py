@@ -16,8 +16,8 @@ from test_canary_e2e import canary_spec, deploy, first_release, wait_for
 from shipyard import histogram
 from shipyard.analysis import Second
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.loadgen import Traffic
 from shipyard.server.dashboard.views import point
 from support import SpecMaker
 

@@ -15,8 +15,8 @@ import pytest
 from test_canary_e2e import canary_spec, deploy, first_release, wait_for
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker
 
 CHROMIUM = Path("/usr/bin/chromium")

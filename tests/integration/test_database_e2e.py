@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.demo import example_dir
+from shipyard.devtools.demo import example_dir
+from shipyard.devtools.loadgen import Traffic
 from shipyard.errors import ConflictError
-from shipyard.loadgen import Traffic
 from support import SpecMaker, deploy
 from support.pg import query, throwaway_db
 

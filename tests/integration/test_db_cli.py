@@ -11,8 +11,8 @@ import pytest
 from test_cli import sy
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import example_dir
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import example_dir
 from support import SpecMaker
 from support.pg import query, throwaway_db
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.daemonproc import cli_argv
+from shipyard.devtools.daemonproc import cli_argv
 from support.procs import kill_everything_under, processes_under
 
 

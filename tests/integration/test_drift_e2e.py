@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
 from support.procs import kill_everything_under
 

@@ -20,8 +20,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "shipyard.json"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from support import SpecMaker
 
 HOOK_TOKEN = "hook-token-5f1c9a"

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import example_dir
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import example_dir
 from support import SpecMaker
 from support.pg import throwaway_db
 

@@ -22,9 +22,9 @@ import pytest
 
 from shipyard.analysis.providers.prometheus import URL_ENV
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import free_port
-from shipyard.loadgen import Traffic
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import free_port
+from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker
 
 CANARY_5XX_RATE = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.errors import ConflictError, RouterError, ShipyardError
 from support import SpecMaker, deploy
 

@@ -11,15 +11,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from support import SpecMaker, deploy
+from support.standins import OneShotDaemon
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "bin" / "shipyard"
 VENV_BIN = Path(sys.executable).parent
@@ -138,41 +138,6 @@ async def test_a_cold_rollback_is_followed_to_its_end(api: AsyncApiClient, daemo
 
 
 # -- a daemon that answers badly: the rollback may have happened, so it is not sent again ----
-
-
-class OneShotDaemon:
-    """Accepts connections on loopback, records each request, answers with `reply`."""
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-                    data += chunk
-                self.requests.append(data)
-                if self.reply:
-                    conn.sendall(self.reply)
-
-    def state_dir(self, root: Path) -> Path:
-        root.mkdir(exist_ok=True)
-        (root / "api.json").write_text(json.dumps({"url": f"http://127.0.0.1:{self.port}", "pid": 1}))
-        (root / "token").write_text("t0ken\n")
-        return root
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

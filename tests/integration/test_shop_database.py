@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
-from shipyard.demo import free_port
+from shipyard.devtools.demo import free_port
 from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.health import wait_healthy
 from shipyard.runtime.local import LocalRuntime, read_proc_stat

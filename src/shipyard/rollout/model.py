@@ -38,11 +38,6 @@ class Kind(StrEnum):
 SLOTS = ("blue", "green")
 
 
-def outcome_line(r: dict[str, Any]) -> str:
-    """How the CLI reports a finished rollback or abort, one line (from the rollout's dict form)."""
-    return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
-
-
 def other_slot(slot: str | None) -> str:
     return "green" if slot == "blue" else "blue"
 

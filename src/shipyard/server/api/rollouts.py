@@ -9,10 +9,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from shipyard.errors import NotFoundError, SpecError
-from shipyard.rollout.model import outcome_line
 from shipyard.server.api.common import EXIT_HEADER, Api, body, route, spec_path, unsafe_reason, wants_text
 from shipyard.server.api.specs import checked_spec
 from shipyard.server.params import int_param
+
+
+def rollback_text(r: dict[str, Any]) -> str:
+    """The plain-text answer to a finished rollback, which bin/shipyard and cli/entry.py print:
+    the same line as the CLI's `shipyard.cli.plaintext.outcome_line` (the daemon must not
+    import the CLI, which imports server.daemon for `serve`)."""
+    return f"{r['kind']} {r['id']}: {r['phase']}" + (f" ({r['reason']})" if r.get("reason") else "")
 
 
 @route("/v1/deploy", ["POST"])
@@ -87,7 +93,7 @@ async def rollback(api: Api, request: Request) -> Any:
                            "roll back to the previous release", api.active_id(name))).to_dict()
     if wants_text(request):
         done = r["phase"] in ("succeeded", "failed", "aborted")
-        return PlainTextResponse(outcome_line(r) + "\n" if done else "", headers={
+        return PlainTextResponse(rollback_text(r) + "\n" if done else "", headers={
             EXIT_HEADER: "1" if r["phase"] == "failed" else "0",
             "X-Shipyard-Rollout": r["id"], "X-Shipyard-Done": "1" if done else "0"})
     return {"rollout": r}

@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import shipyard
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess, cli_argv
+from shipyard.devtools.daemonproc import DaemonProcess, cli_argv
+from shipyard.devtools.loadgen import Traffic
 from shipyard.errors import ShipyardError
-from shipyard.loadgen import Traffic
 
 console = Console()
 
@@ -62,8 +63,10 @@ class Report:
         self.ok = True
 
     def add(self, step: str, result: str, seconds: float | None, good: bool = True) -> None:
+        """`result` is data (a rollout's reason, the CLI's words): printed as text, not markup."""
         self.ok &= good
         mark = "[green]✔[/]" if good else "[red]✘[/]"
+        step, result = escape(step), escape(result)
         self.rows.append((f"{mark} {step}", result, f"{seconds * 1000:.0f} ms" if seconds is not None else ""))
         console.print(f"{mark} {step}: {result}" + (f" ({seconds * 1000:.0f} ms)" if seconds is not None else ""),
                       highlight=False)
@@ -142,7 +145,7 @@ async def _run(state: Path, keep: bool, report: Report) -> None:
     port = free_port()
     listen = f"127.0.0.1:{port}"
     specs = write_specs(example_dir(), state / "demo-specs", listen)
-    console.print(f"[bold]shipyard demo[/]: state dir {state}, service shop on http://{listen}")
+    console.print(f"[bold]shipyard demo[/]: state dir {escape(str(state))}, service shop on http://{listen}")
     daemon = DaemonProcess(state).start()
     api = AsyncApiClient(daemon.paths)
     traffic = None
@@ -151,16 +154,16 @@ async def _run(state: Path, keep: bool, report: Report) -> None:
     finally:
         print_summary(report, traffic)
         if keep:
-            console.print(f"\n--keep: daemon (pid {daemon.proc.pid if daemon.proc else '?'}) and shop keep running.\n"
+            console.print(escape(f"\n--keep: daemon (pid {daemon.proc.pid if daemon.proc else '?'}) and shop keep running.\n"
                           f"  SHIPYARD_HOME={state} shipyard status shop\n"
                           f"  curl http://{listen}/\n"
                           f"  dashboard: {daemon_url(daemon)}/dashboard/ (token: {daemon.paths.token})\n"
-                          f"  stop: SHIPYARD_HOME={state} shipyard remove shop; kill {daemon.proc.pid if daemon.proc else ''}")
+                          f"  stop: SHIPYARD_HOME={state} shipyard remove shop; kill {daemon.proc.pid if daemon.proc else ''}"))
         else:
             try:
                 await api.request("DELETE", "/v1/services/shop")
             except ShipyardError as e:
-                console.print(f"[yellow]cleanup: {e.message}[/]")
+                console.print(f"[yellow]cleanup: {escape(e.message)}[/]")
             daemon.stop()
         await api.aclose()
 

@@ -1,41 +1,39 @@
 """`shipyard plan | apply | history`: the spec file is the only way to change a service.
 `plan` asks the daemon what `apply` would change (and says the blast radius), `apply`
-carries it out through the normal rollout, `history` shows what was done, by whom and why."""
+carries it out through the normal rollout, `history` shows what was done, by whom and why.
+
+The blast radius is computed here, from the spec file alone, with `rollout.exposure`: pure
+arithmetic over the canary steps (it imports only `spec`), the same library the daemon's
+checklist uses; it needs nothing the daemon knows, so it is not part of the plan answer."""
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from shipyard.cli.common import (
+    StateDir,
+    client,
+    out,
+    print_error,
+    print_json,
+    print_warnings,
+    say,
+    service_segment,
+    text,
+)
 from shipyard.errors import ConflictError, ShipyardError, SpecError
-from shipyard.paths import ENV_HOME, StatePaths
 
 changes_app = typer.Typer()
-out = Console()
-err = Console(stderr=True)
 
-StateDir = typer.Option(None, "--state-dir", envvar=ENV_HOME,
-                        help="State directory (default ~/.local/state/shipyard).")
 JsonOut = typer.Option(False, "--json", help="Print JSON instead of text.")
 FileArg = typer.Argument(None, help="The spec file.")
 FileOpt = typer.Option(None, "-f", "--file", help="The spec file (same as the argument).")
 SHOWN_CHANGES = 40
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _client(state_dir: str | None):  # noqa: ANN202 - keeps the import lazy
-    from shipyard.client import ApiClient
-    return ApiClient(StatePaths.resolve(state_dir))
 
 
 def _spec_path(file: Path | None, file_opt: Path | None, verb: str) -> Path:
@@ -68,12 +66,11 @@ def plan(file: Path | None = FileArg, file_opt: Path | None = FileOpt,
     try:
         doc = _plan(_spec_path(file, file_opt, "plan"), rate, state_dir)
     except ShipyardError as e:       # Terraform's convention: every error is 1 (2 means "changes")
-        err.print(f"[red]error:[/] {e.message}", highlight=False)
-        if e.hint:
-            err.print(f"  [dim]hint:[/] {e.hint}", highlight=False)
+        print_error(e)
         raise typer.Exit(1) from None
+    print_warnings(doc)
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         print_plan(doc)
     raise typer.Exit(doc["exit_code"])
@@ -85,7 +82,7 @@ def _plan(path: Path, rate: float, state_dir: str | None) -> dict[str, Any]:
     if rate <= 0:
         raise SpecError(f"--rate must be a positive number of requests per second, not {rate:g}")
     spec = load_spec(path)
-    doc = _client(state_dir).post("/v1/plan", {"spec_path": str(path.resolve())})
+    doc = client(state_dir).post("/v1/plan", {"spec_path": str(path.resolve())})
     e = exposure(spec, rate)
     radius = e.to_dict()
     radius["requests"] = None if e.requests == float("inf") else e.requests
@@ -95,45 +92,45 @@ def _plan(path: Path, rate: float, state_dir: str | None) -> dict[str, Any]:
 
 
 def print_plan(doc: dict[str, Any]) -> None:
-    p = out.print
-    p(f"[bold]{doc['service']}[/]: {doc['strategy'].replace('_', '-')}, {doc['replicas']} replica(s), "
-      f"listen {doc['listen']}", highlight=False)
+    say("[bold]{service}[/]: {strategy}, {replicas} replica(s), listen {listen}", service=doc["service"],
+        strategy=doc["strategy"].replace("_", "-"), replicas=doc["replicas"], listen=doc["listen"])
     for i, step in enumerate(doc["steps"], start=1):
-        p(f"  step {i}: {step}", highlight=False)
+        say("  step {i}: {step}", i=i, step=step)
     changes = doc["changes"]
     if doc["exists"]:
-        image = (f"image {doc['live_image'][:12]} -> {doc['image'][:12]}" if doc["image_changed"]
-                 else f"image {doc['image'][:12]} unchanged")
-        p(image, highlight=False)
+        if doc["image_changed"]:
+            say("image {old} -> {new}", old=doc["live_image"][:12], new=doc["image"][:12])
+        else:
+            say("image {new} unchanged", new=doc["image"][:12])
     for c in changes[:SHOWN_CHANGES]:
         color = "red" if c["refused"] else "yellow" if doc["exists"] else "green"
         mark = "!" if c["refused"] else "~" if doc["exists"] else "+"
         indent = "  " if doc["exists"] and c["area"] == "image" else ""
-        p(f"{indent}[{color}]{mark}[/] {c['summary']}", highlight=False, soft_wrap=True)
+        say(f"{indent}[{color}]{mark}[/] {{summary}}", summary=c["summary"], soft_wrap=True)
     if len(changes) > SHOWN_CHANGES:
-        p(f"  ... and {len(changes) - SHOWN_CHANGES} more (--json lists them all)", highlight=False)
+        say("  ... and {n} more (--json lists them all)", n=len(changes) - SHOWN_CHANGES)
     m = doc.get("migrations")
     if m and m["status"] == "pending" and not m.get("expand"):
-        p(f"database: nothing to apply before traffic; held back until `shipyard db contract`: "
-          f"{', '.join(m['held'])}", highlight=False)
+        say("database: nothing to apply before traffic; held back until `shipyard db contract`: {held}",
+            held=", ".join(m["held"]))
     elif m and m["status"] == "up_to_date":
-        p("database: up to date", highlight=False)
+        say("database: up to date")
     for u in doc["unknown"]:
-        p(f"[magenta]?[/] unknown: {u}", highlight=False, soft_wrap=True)
+        say("[magenta]?[/] unknown: {u}", u=u, soft_wrap=True)
     for b in doc["blocked"]:
-        p(f"[red]apply would be refused:[/] {b}", highlight=False, soft_wrap=True)
+        say("[red]apply would be refused:[/] {b}", b=b, soft_wrap=True)
     radius = doc["blast_radius"]
     requests = "all of them" if radius["requests"] is None else f"{radius['requests']:.0f}"
-    p(f"blast radius at {doc['rate']:g} req/s: up to [bold]{radius['max_share']:g}%[/] of users, "
-      f"{requests} requests before the first possible verdict", highlight=False)
-    p(f"  {doc['note']}", highlight=False)
+    say("blast radius at {rate:g} req/s: up to [bold]{share:g}%[/] of users, {requests} requests before the "
+        "first possible verdict", rate=doc["rate"], share=radius["max_share"], requests=requests)
+    say("  {note}", note=doc["note"])
     if doc["exit_code"] == 0:
-        p("[green]no changes[/]: apply has nothing to do", highlight=False)
+        say("[green]no changes[/]: apply has nothing to do")
     elif doc["exit_code"] == 2:
-        kind = doc["strategy"].replace("_", "-")
-        p(f"[yellow]{len(changes)} change(s)[/]: apply would start a {kind} rollout", highlight=False)
+        say("[yellow]{n} change(s)[/]: apply would start a {kind} rollout", n=len(changes),
+            kind=doc["strategy"].replace("_", "-"))
     else:
-        p("[magenta]cannot tell[/] whether apply would change anything (see unknown above)", highlight=False)
+        say("[magenta]cannot tell[/] whether apply would change anything (see unknown above)")
 
 
 # -- apply ------------------------------------------------------------------------------
@@ -147,37 +144,39 @@ def apply(file: Path | None = FileArg, file_opt: Path | None = FileOpt,
     """Make the service what the spec says, through the normal rollout; exit 0 only if it serves.
 
     Runs the plan first: nothing to do is exit 0; a change that would be refused is exit 3."""
-    from shipyard.cli import follow
+    from shipyard.cli.follow import follow
     from shipyard.spec import load_spec
     path = _spec_path(file, file_opt, "apply")
     load_spec(path)
     if allow_unsafe is not None and not allow_unsafe.strip():
         raise SpecError("--allow-unsafe needs a reason",
                         'e.g. --allow-unsafe "orders is empty, the lock is brief"')
-    client = _client(state_dir)
+    api = client(state_dir)
     spec_path = str(path.resolve())
-    plan_doc = client.post("/v1/plan", {"spec_path": spec_path})
+    plan_doc = api.post("/v1/plan", {"spec_path": spec_path})
+    shown = print_warnings(plan_doc)
     if plan_doc["blocked"]:
         raise ConflictError("apply cannot proceed: " + "; ".join(plan_doc["blocked"]))
     if not plan_doc["changes"] and not plan_doc["unknown"]:
         if as_json:
-            _print_json({"plan": plan_doc, "rollout": None, "result": "nothing to do"})
+            print_json({"plan": plan_doc, "rollout": None, "result": "nothing to do"})
         else:
-            out.print(f"{plan_doc['service']}: nothing to do (image {plan_doc['image'][:12]} already serves, "
-                      "the spec is unchanged)", highlight=False)
+            say("{service}: nothing to do (image {image} already serves, the spec is unchanged)",
+                service=plan_doc["service"], image=plan_doc["image"][:12])
         return
     seen = [c["summary"] for c in plan_doc["changes"]] + [f"unknown: {u}" for u in plan_doc["unknown"]]
     if not as_json:
         mark = "[yellow]~[/]" if plan_doc["exists"] else "[green]+[/]"
         for line in seen[:SHOWN_CHANGES]:
-            out.print(f"{mark} {line}", highlight=False, soft_wrap=True)
+            say(f"{mark} {{line}}", line=line, soft_wrap=True)
     body: dict[str, Any] = {"spec_path": spec_path, "image": plan_doc["image"], "plan": seen}
     if allow_unsafe:
         body["allow_unsafe"] = allow_unsafe.strip()
-    r = client.post("/v1/deploy", body)["rollout"]
-    final = follow(client, r["id"], quiet=as_json)
+    deployed = api.post("/v1/deploy", body)
+    print_warnings(deployed, shown)
+    final = follow(api, deployed["rollout"]["id"], quiet=as_json)
     if as_json:
-        _print_json({"plan": plan_doc, "rollout": final, "result": final["phase"]})
+        print_json({"plan": plan_doc, "rollout": final, "result": final["phase"]})
     if final["phase"] != "succeeded":
         raise typer.Exit(1)
 
@@ -188,22 +187,23 @@ def apply(file: Path | None = FileArg, file_opt: Path | None = FileOpt,
 def history(service: str, limit: int = typer.Option(50, "--limit", "-n", help="Entries of each kind."),
             state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
     """Past rollouts and the audit log of a service: who changed what, when and why."""
-    client = _client(state_dir)
-    rollouts = client.get(f"/v1/services/{service}/history?limit={limit}")["rollouts"]
-    audit = client.get(f"/v1/audit?service={service}&limit={limit}")["audit"]
+    name = service_segment(service)
+    api = client(state_dir)
+    rollouts = api.get(f"/v1/services/{name}/history?limit={limit}")["rollouts"]
+    audit = api.get(f"/v1/audit?service={name}&limit={limit}")["audit"]
     if as_json:
-        _print_json({"rollouts": rollouts, "audit": audit})
+        print_json({"rollouts": rollouts, "audit": audit})
         return
     t = Table("ROLLOUT", "KIND", "PHASE", "SLOT", "IMAGE", "STARTED", "REASON", title="rollouts")
     for r in rollouts:
         image = r["image_id"][:12] if r["image_id"] else "-"
-        t.add_row(r["id"], r["kind"], r["phase"], r["target_slot"], image, _time(r["created_at"]),
-                  r["reason"] or "")
+        t.add_row(*(text(v) for v in (r["id"], r["kind"], r["phase"], r["target_slot"], image,
+                                      _time(r["created_at"]), r["reason"] or "")))
     out.print(t)
     a = Table("TIME", "ACTOR", "ACTION", "ROLLOUT", "WHY",
               title="audit log (oldest first; --json has the evidence)")
     for e in audit:
-        a.add_row(_time(e["ts"]), e["actor"], e["action"], e["rollout_id"] or "-", e["why"])
+        a.add_row(*(text(v) for v in (_time(e["ts"]), e["actor"], e["action"], e["rollout_id"] or "-", e["why"])))
     out.print(a)
 
 

@@ -5,29 +5,17 @@ daemon (they read the migrations and, when it is reachable, the database); `chec
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from shipyard.cli.common import JsonOut, StateDir, client, err, out, print_json, say, service_segment, text
 from shipyard.errors import ShipyardError, SpecError
-from shipyard.paths import ENV_HOME, StatePaths
 
 db_app = typer.Typer(no_args_is_help=True, help="The Database test: lint, rehearse and apply migrations safely.")
-out = Console()
-err = Console(stderr=True)
-
-StateDir = typer.Option(None, "--state-dir", envvar=ENV_HOME, help="State directory (default ~/.local/state/shipyard).")
-JsonOut = typer.Option(False, "--json", help="Print JSON instead of a table.")
 DEFAULT_PG = 15
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _is_spec(path: Path) -> bool:
@@ -49,16 +37,16 @@ def print_findings(findings: list[Any]) -> None:
     for f in findings:
         sev = "[red]error[/]" if f.blocking else ("[dim]ignored[/]" if f.ignored else "[yellow]warning[/]")
         effect = {"rewrite": ", rewrites the table", "scan": ", scans the table"}.get(f.effect, "")
-        lock = f" ({f.lock}{effect})" if f.lock else ""
         old = "  [red]breaks the running release[/]" if f.breaks_old_release else ""
-        out.print(f"{f.location}  {sev}  [bold]{f.rule}[/]{lock}{old}", highlight=False)
-        out.print(f"  [dim]{f.statement}[/]", highlight=False)
-        out.print(f"  {f.message}", highlight=False)
+        say(f"{{location}}  {sev}  [bold]{{rule}}[/]{{lock}}{old}", location=f.location, rule=f.rule,
+            lock=f" ({f.lock}{effect})" if f.lock else "")
+        say("  [dim]{statement}[/]", statement=f.statement)
+        say("  {message}", message=f.message)
         if f.ignored:
-            out.print(f"  [dim]ignored: {f.ignored}[/]", highlight=False)
-        out.print("  [green]safe rewrite:[/]", highlight=False)
+            say("  [dim]ignored: {ignored}[/]", ignored=f.ignored)
+        say("  [green]safe rewrite:[/]")
         for line in f.fix.splitlines():
-            out.print(f"    {line}", highlight=False, soft_wrap=True)
+            say("    {line}", line=line, soft_wrap=True)
         out.print()
 
 
@@ -75,12 +63,12 @@ def lint(path: Path = typer.Argument(None, help="A spec file (its database secti
     from shipyard.database.lint import RULES, lint_scripts
     if rules:
         if as_json:
-            _print_json([{"id": r.id, "summary": r.summary, "lock": r.lock, "effect": r.effect,
+            print_json([{"id": r.id, "summary": r.summary, "lock": r.lock, "effect": r.effect,
                           "breaks_old_release": r.breaks_old_release, "severity": r.severity}
                          for r in RULES.values()])
         else:
             for r in RULES.values():
-                out.print(f"[bold]{r.id}[/] ({r.severity}): {r.summary}", highlight=False)
+                say("[bold]{id}[/] ({severity}): {summary}", id=r.id, severity=r.severity, summary=r.summary)
         return
     if path is None:
         raise SpecError("no file given", "shipyard db lint FILE|DIR (a spec file, a migrations dir or a .sql file)")
@@ -96,14 +84,15 @@ def lint(path: Path = typer.Argument(None, help="A spec file (its database secti
     findings = lint_scripts(scripts, version, assume_lock_timeout=assume_lock_timeout)
     blocking = [f for f in findings if f.blocking]
     if as_json:
-        _print_json({"pg_version": version, "scripts": len(scripts), "findings": [f.to_dict() for f in findings],
+        print_json({"pg_version": version, "scripts": len(scripts), "findings": [f.to_dict() for f in findings],
                      "blocking": len(blocking), "note": note})
     else:
         if note:
-            err.print(f"[dim]{note}[/]", highlight=False)
+            say("[dim]{note}[/]", to=err, note=note)
         print_findings(findings)
-        out.print(f"{len(scripts)} migration(s), {len(findings)} finding(s), "
-                  + (f"[red]{len(blocking)} unsafe[/]" if blocking else "[green]none unsafe[/]"), highlight=False)
+        say("{scripts} migration(s), {findings} finding(s), " + ("[red]{blocking} unsafe[/]" if blocking
+                                                                  else "[green]none unsafe[/]"),
+            scripts=len(scripts), findings=len(findings), blocking=len(blocking))
     if blocking:
         raise typer.Exit(1)
 
@@ -151,7 +140,7 @@ def status(file: Path = typer.Argument(..., help="The spec file."), as_json: boo
 
     plan = asyncio.run(run())
     if as_json:
-        _print_json(plan.to_dict())
+        print_json(plan.to_dict())
         return
     t = Table("VERSION", "NAME", "STATE", "PHASE", "APPLIED")
     for m in plan.migrations:
@@ -162,11 +151,11 @@ def status(file: Path = typer.Argument(..., help="The spec file."), as_json: boo
             state = "held (contract)"
         elif m in plan.expand:
             state = "pending (expand)"
-        t.add_row(m.version, m.name, state, plan.phases[m.version], row.applied_at.strftime("%Y-%m-%d %H:%M")
-                  if row else "-")
+        t.add_row(*(text(v) for v in (m.version, m.name, state, plan.phases[m.version],
+                                      row.applied_at.strftime("%Y-%m-%d %H:%M") if row else "-")))
     out.print(t)
     if plan.changed:
-        err.print(f"[red]changed after being applied:[/] {', '.join(plan.changed)}")
+        say("[red]changed after being applied:[/] {changed}", to=err, changed=", ".join(plan.changed))
 
 
 @db_app.command("check")
@@ -175,14 +164,13 @@ def check(file: Path = typer.Argument(..., help="The spec file."),
           state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
     """Rehearse the pending migrations on a scratch copy of the database (locks, rewrites,
     stalls), then run the live and the new release on it; exit 1 if anything fails."""
-    from shipyard.client import ApiClient
     from shipyard.spec import load_spec
     load_spec(file)
-    client = ApiClient(StatePaths.resolve(state_dir), timeout=1800)
-    err.print("[dim]rehearsing on a scratch copy (this starts the releases)...[/]")
-    doc = client.post("/v1/db/check", {"spec_path": str(file.resolve()), "contract": contract})
+    api = client(state_dir, timeout=1800)
+    say("[dim]rehearsing on a scratch copy (this starts the releases)...[/]", to=err)
+    doc = api.post("/v1/db/check", {"spec_path": str(file.resolve()), "contract": contract})
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         print_check(doc)
     if not doc["ok"]:
@@ -191,31 +179,37 @@ def check(file: Path = typer.Argument(..., help="The spec file."),
 
 def print_check(doc: dict[str, Any]) -> None:
     plan = doc["plan"]
-    out.print(f"[bold]{doc['service']}[/] image {doc['image'][:12]}: {len(plan['pending'])} pending; "
-              f"expand now: {', '.join(plan['expand']) or '-'}; held back (contract): {', '.join(plan['held']) or '-'}"
-              + (" [dim](rehearsing the contract ones)[/]" if doc.get("contract") else ""), highlight=False)
+    say("[bold]{service}[/] image {image}: {pending} pending; expand now: {expand}; held back (contract): {held}"
+        + (" [dim](rehearsing the contract ones)[/]" if doc.get("contract") else ""), service=doc["service"],
+        image=doc["image"][:12], pending=len(plan["pending"]), expand=", ".join(plan["expand"]) or "-",
+        held=", ".join(plan["held"]) or "-")
     for f in doc.get("blocking", []):
-        out.print(f"[red]unsafe[/] {f['source']}:{f['line']} {f['rule']}: {f['message']} (fix: {f['fix']})",
-                  highlight=False)
+        say("[red]unsafe[/] {source}:{line} {rule}: {message} (fix: {fix})", source=f["source"], line=f["line"],
+            rule=f["rule"], message=f["message"], fix=f["fix"])
     reh = doc.get("rehearsal")
     if reh is None:
-        out.print("nothing to rehearse")
+        say("nothing to rehearse")
     else:
         t = Table("STATEMENT", "TIME", "LOCKS", "HELD", "WAITED", "REWROTE")
         for s in reh["check"]["statements"]:
             locks = ", ".join(f"{tbl}: {mode}" for tbl, mode in _locks(s))
-            t.add_row(f"{Path(s['source']).name}:{s['line']} {s['statement'][:60]}", f"{s['duration']:.3f}s",
-                      locks or "-", f"{s.get('locks_held', 0.0):.3f}s", f"{s.get('lock_wait', 0.0):.3f}s", ", ".join(s.get("rewritten") or []) or "-")
+            t.add_row(*(text(v) for v in (
+                f"{Path(s['source']).name}:{s['line']} {s['statement'][:60]}", f"{s['duration']:.3f}s",
+                locks or "-", f"{s.get('locks_held', 0.0):.3f}s", f"{s.get('lock_wait', 0.0):.3f}s",
+                ", ".join(s.get("rewritten") or []) or "-")))
         out.print(t)
         for p in reh["check"].get("probes", []):
-            out.print(f"  probe {p['table']} {p['kind']}: longest stall {p['longest_stall']:.3f}s, "
-                      f"{p['count']} queries", highlight=False)
+            say("  probe {table} {kind}: longest stall {stall:.3f}s, {count} queries", table=p["table"],
+                kind=p["kind"], stall=p["longest_stall"], count=p["count"])
         for r in (reh.get("compat") or {}).get("results", []):
             mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
-            out.print(f"  {r['role']} release {r['image_id'][:12]}: {mark} {r['detail']}", highlight=False)
-    out.print("[green]database check passed[/]" if doc["ok"] else
-              "[red]database check failed[/]: " + "; ".join((reh or {}).get("reasons", []) or ["see above"]),
-              highlight=False)
+            say(f"  {{role}} release {{image}}: {mark} {{detail}}", role=r["role"], image=r["image_id"][:12],
+                detail=r["detail"])
+    if doc["ok"]:
+        say("[green]database check passed[/]")
+    else:
+        say("[red]database check failed[/]: {reasons}",
+            reasons="; ".join((reh or {}).get("reasons", []) or ["see above"]))
 
 
 def _locks(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -230,14 +224,14 @@ def contract(service: str, allow_unsafe: str | None = typer.Option(None, "--allo
              state_dir: str | None = StateDir, as_json: bool = JsonOut) -> None:
     """Apply the held-back contract migrations, once no instance of an older release runs
     and the rollback window is closed."""
-    from shipyard.client import ApiClient
-    client = ApiClient(StatePaths.resolve(state_dir), timeout=1800)
+    name = service_segment(service)
+    api = client(state_dir, timeout=1800)
     if allow_unsafe is not None and not allow_unsafe.strip():
         raise ShipyardError("--allow-unsafe needs a reason", 'e.g. --allow-unsafe "table is empty in production"')
-    doc = client.post(f"/v1/services/{service}/db/contract", {"allow_unsafe": allow_unsafe or ""})
+    doc = api.post(f"/v1/services/{name}/db/contract", {"allow_unsafe": allow_unsafe or ""})
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     elif doc["applied"]:
-        out.print(f"contract: applied {', '.join(doc['applied'])}")
+        say("contract: applied {applied}", applied=", ".join(doc["applied"]))
     else:
-        out.print(doc.get("message", "nothing to apply"))
+        say("{message}", message=doc.get("message", "nothing to apply"))

@@ -4,20 +4,14 @@ otherwise: a WARN is for a human to read, not a reason to stop a pipeline."""
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
-from urllib.parse import quote
 
 import typer
-from rich.console import Console
 
 from shipyard.checklist import REFERENCE_RATE
+from shipyard.cli.common import StateDir, client, print_error, print_json, say, service_segment
 from shipyard.errors import ShipyardError
-from shipyard.paths import ENV_HOME, StatePaths
 
-out = Console()
-err = Console(stderr=True)
 COLORS = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
 TITLES = {"undo": "Undo", "blast_radius": "Blast radius", "drift": "Drift", "database": "Database"}
 
@@ -25,26 +19,23 @@ TITLES = {"undo": "Undo", "blast_radius": "Blast radius", "drift": "Drift", "dat
 def checklist(service: str | None = typer.Argument(None, help="One service (default: every service)."),
               rate: float = typer.Option(REFERENCE_RATE, "--rate",
                                          help="Requests per second the Blast-radius test assumes."),
-              state_dir: str | None = typer.Option(None, "--state-dir", envvar=ENV_HOME, help="State directory."),
+              state_dir: str | None = StateDir,
               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")) -> None:
     """Can we undo, how far does a bad release reach, has anything drifted, is the schema safe?"""
-    from shipyard.client import ApiClient
     try:
-        client = ApiClient(StatePaths.resolve(state_dir), timeout=600)
+        api = client(state_dir, timeout=600)
         if service:
-            docs = [client.get(f"/v1/services/{quote(service, safe='')}/checklist?rate={rate:g}")]
+            docs = [api.get(f"/v1/services/{service_segment(service)}/checklist?rate={rate:g}")]
         else:
-            docs = client.get(f"/v1/checklist?rate={rate:g}")["services"]
+            docs = api.get(f"/v1/checklist?rate={rate:g}")["services"]
     except ShipyardError as e:
-        err.print(f"[red]error:[/] {e.message}", highlight=False)
-        if e.hint:
-            err.print(f"  [dim]hint:[/] {e.hint}", highlight=False)
+        print_error(e)
         raise typer.Exit(1) from None
     if as_json:
-        sys.stdout.write(json.dumps(docs[0] if service else docs, indent=2, sort_keys=True) + "\n")
+        print_json(docs[0] if service else docs)
     else:
         if not docs:
-            out.print("no services", highlight=False)
+            say("no services")
         for doc in docs:
             print_report(doc)
     if any(c["status"] == "FAIL" for d in docs for c in d["checks"]):
@@ -52,11 +43,11 @@ def checklist(service: str | None = typer.Argument(None, help="One service (defa
 
 
 def print_report(doc: dict[str, Any]) -> None:
-    color = COLORS[doc["status"]]
-    out.print(f"[bold]{doc['service']}[/]: [{color}]{doc['status']}[/]", highlight=False)
+    color = COLORS.get(doc["status"], "magenta")
+    say(f"[bold]{{service}}[/]: [{color}]{{status}}[/]", service=doc["service"], status=doc["status"])
     for c in doc["checks"]:
-        cc = COLORS[c["status"]]
-        out.print(f"  [{cc}]{c['status']:<4}[/] [bold]{TITLES.get(c['name'], c['name']):<12}[/] {c['summary']}",
-                  highlight=False, soft_wrap=True)
+        cc = COLORS.get(c["status"], "magenta")
+        say(f"  [{cc}]{{status:<4}}[/] [bold]{{title:<12}}[/] {{summary}}", status=c["status"],
+            title=TITLES.get(c["name"], c["name"]), summary=c["summary"], soft_wrap=True)
         if c["action"]:
-            out.print(f"       [dim]do:[/] {c['action']}", highlight=False, soft_wrap=True)
+            say("       [dim]do:[/] {action}", action=c["action"], soft_wrap=True)

@@ -3,11 +3,16 @@ command itself (bin/shipyard) sends `rollback` to the daemon from bash; when it 
 (no bash, --json, a refused token, ...) the rollback lands here, and goes to the daemon
 before anything heavier than `os` and `_socket` is imported (not Typer, Rich or pydantic,
 not even json or pathlib). The daemon answers it in plain text with the exit code in a
-header. Everything else, and any case this fast path does not cover, goes to `shipyard.cli`.
-The two fast paths accept the same arguments and treat answers the same way."""
+header. Everything else, and any case this fast path does not cover, goes to
+`shipyard.cli.app`. The two fast paths accept the same arguments and treat answers the same
+way. Keep this module's imports as they are: `import shipyard.cli.entry` loads nothing but
+`shipyard`, `shipyard.cli`, `shipyard.cli.plaintext` (which imports nothing) and this file
+(tests/unit/cli/test_cli_entry.py checks)."""
 
 import os
 import sys
+
+from shipyard.cli.plaintext import plain, valid_service_name
 
 ENV_HOME = "SHIPYARD_HOME"     # as in shipyard.paths, which this module must not import (pathlib)
 
@@ -43,14 +48,6 @@ def _home(state_dir: str | None) -> str:
     return os.path.realpath(os.path.join(base, "shipyard"))
 
 
-def _service_name(name: str) -> bool:
-    """A spec's service name ([a-z0-9-], no dash at either end): safe to put in a URL as is."""
-    return bool(name) and name[0] != "-" and name[-1] != "-" and all(c in _NAME_CHARS for c in name)
-
-
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
 class _Lost(Exception):
     """The request went out but its answer is unusable: the daemon may have acted on it."""
 
@@ -62,7 +59,7 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
     twice would switch back. It talks through `_socket`, not `socket`: importing `socket`
     (enum, selectors, idna) costs more than the whole switch."""
     import _socket
-    if not _service_name(service):
+    if not valid_service_name(service):
         return None
     home = _home(state_dir)
     try:
@@ -89,8 +86,8 @@ def _fast_rollback(service: str, state_dir: str | None) -> int | None:
         try:
             return _answer(service, home, sock)
         except _Lost as e:
-            sys.stderr.write(f"error: the rollback of {service} was sent but the daemon's answer {e}\n"
-                             f"  hint: see what happened with: shipyard status {service}\n")
+            sys.stderr.write(plain(f"error: the rollback of {service} was sent but the daemon's answer {e}\n"
+                                   f"  hint: see what happened with: shipyard status {service}\n"))
             return 1
     finally:
         sock.close()
@@ -123,33 +120,10 @@ def _answer(service: str, home: str, sock: object) -> int | None:
         rollout = headers.get(b"x-shipyard-rollout", b"").decode()
         if not rollout:
             raise _Lost("named no rollout to follow")
+        from shipyard.cli.rollback import rollback
         return rollback(service, home, False, follow=rollout)
-    (sys.stderr if int(code) else sys.stdout).write(body.decode(errors="replace"))
+    (sys.stderr if int(code) else sys.stdout).write(plain(body.decode(errors="replace")))
     return int(code)
-
-
-def rollback(service: str, state_dir: str | None, as_json: bool, follow: str | None = None) -> int:
-    """`shipyard rollback`, the JSON way (used for --json and when the fast path declines).
-    With `follow`, the rollback was already sent (by a fast path) and became rollout
-    `follow`, a redeploy: only watch it to its end."""
-    import json
-
-    from shipyard.client import ApiClient
-    from shipyard.errors import ShipyardError
-    from shipyard.paths import StatePaths
-    from shipyard.rollout.model import outcome_line
-    try:
-        client = ApiClient(StatePaths.resolve(state_dir))
-        r = (client.get(f"/v1/rollouts/{follow}") if follow
-             else client.post(f"/v1/services/{service}/rollback"))["rollout"]
-    except ShipyardError as e:
-        sys.stderr.write(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else ""))
-        return e.exit_code
-    if r["phase"] not in ("succeeded", "failed", "aborted"):
-        from shipyard.cli import follow as watch
-        r = watch(client, r["id"], quiet=as_json)
-    sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else outcome_line(r) + "\n")
-    return 1 if r["phase"] == "failed" else 0
 
 
 def main() -> None:
@@ -157,6 +131,9 @@ def main() -> None:
     if parsed is not None:
         service, state_dir, as_json = parsed
         code = None if as_json else _fast_rollback(service, state_dir)
-        sys.exit(rollback(service, state_dir, as_json) if code is None else code)
-    from shipyard.cli import main as cli_main
+        if code is None:
+            from shipyard.cli.rollback import rollback
+            code = rollback(service, state_dir, as_json)
+        sys.exit(code)
+    from shipyard.cli.app import main as cli_main
     cli_main()

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shipyard.daemonproc import DaemonProcess
-from shipyard.demo import free_port
+from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.demo import free_port
 from support import SpecMaker
 
 

@@ -244,6 +244,30 @@ class SlotOps:
         await asyncio.gather(*(self.stop_instance(i, stop_timeout, reason, rollout_id) for i in insts))
         self.event(service, "slot.torn_down", f"slot {slot} torn down ({reason})", rollout_id, slot=slot)
 
+    async def unregister(self, service: str, rollout_id: str | None, reason: str) -> None:
+        """Forget a service none of whose releases ever served (its first rollout failed or
+        was aborted): both slots down, its router stopped so the port is free, the record
+        gone; history and events stay, as with `remove`. Does nothing if the service serves
+        after all or a new rollout of it has begun."""
+        def ours() -> bool:
+            svc = self.d.store.get_service(service)
+            return svc is not None and svc.active_slot is None and not self.d.store.active_rollouts(service)
+
+        if not ours():
+            return
+        for slot in ("blue", "green"):
+            await self.teardown(service, slot, rollout_id, reason)
+        async with self.lock(service):
+            if not ours():
+                return
+            await self.d.router.stop(service)
+            self.d.store.remove_drift_report(service)
+            self.d.store.delete_service(service)
+            self._router_version.pop(service, None)
+        self.event(service, "service.unregistered",
+                   f"service {service} unregistered: {reason}; its router is stopped and the port is free",
+                   rollout_id)
+
 
 _parsed: dict[tuple[str, str], Spec] = {}
 

@@ -22,6 +22,7 @@ from shipyard.engine.supervisor import Supervisor
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
+from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -73,6 +74,7 @@ class Controller:
             except ShipyardError as e:
                 self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
         await self._finish_interrupted_teardowns()
+        await self._forget_abandoned_first_releases()
         for r in self.d.store.active_rollouts():
             doc = self.d.store.rollout_spec(r.id)
             if doc is None:
@@ -103,6 +105,17 @@ class Controller:
                         s.state == SlotState.WARM and s.retire_at is None)):
                     await self.ops.teardown(svc.name, slot, None, "its rollout had ended before the daemon restarted")
 
+    async def _forget_abandoned_first_releases(self) -> None:
+        """A first release that failed is stored as ended before its service is unregistered;
+        a daemon killed in between left the service holding its port: finish the job."""
+        for svc in self.d.store.list_services():
+            if svc.active_slot is not None or self.d.store.active_rollouts(svc.name):
+                continue
+            last = next(iter(self.d.store.rollouts(svc.name, 1)), None)
+            if last is not None and first_release_abandoned(last):
+                await self.ops.unregister(svc.name, last.id, f"its first release {last.id} {last.phase} before it "
+                                          "served (finished after the daemon restarted)")
+
     async def close(self) -> None:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""
         await self.supervisor.stop()
@@ -126,6 +139,8 @@ class Controller:
     async def _begin_deploy(self, spec: Spec, spec_path: str, image_id: str | None,
                             kind: Kind = Kind.DEPLOY, allow_unsafe: str = "") -> Rollout:
         self._refuse_if_busy(spec.service)
+        await self._let_last_rollout_finish(spec.service)
+        self._refuse_if_busy(spec.service)      # another deploy may have begun while we waited
         svc = self.d.store.get_service(spec.service)
         if svc is None:
             self._refuse_listen_clash(spec)
@@ -294,6 +309,14 @@ class Controller:
         task = asyncio.create_task(self.driver.run(r, spec, queue), name=f"rollout {r.id}")
         self._drivers[r.id] = task
         task.add_done_callback(lambda _t, rid=r.id: (self._drivers.pop(rid, None), self._commands.pop(rid, None)))
+
+    async def _let_last_rollout_finish(self, service: str) -> None:
+        """A rollout is stored as ended before its last side effects (teardown; unregistering
+        a first release that failed): a deploy right after it waits for them, so it never
+        builds on a record that is being removed."""
+        finishing = [t for rid, t in self._drivers.items() if rid.rsplit("-", 1)[0] == service]
+        if finishing:
+            await asyncio.wait(finishing, timeout=120)
 
     async def _command(self, r: Rollout, cmd: Observation) -> Rollout:
         """Hand a command to the rollout's driver; return the rollout once it took effect

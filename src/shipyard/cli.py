@@ -138,10 +138,14 @@ def image_verify(image_id: str, state_dir: str | None = StateDir, as_json: bool 
 
 @app.command()
 def serve(state_dir: str | None = StateDir,
-          listen: str = typer.Option("127.0.0.1:0", help="API address; port 0 picks a free port.")) -> None:
+          listen: str = typer.Option("127.0.0.1:0", help="API address; port 0 picks a free port."),
+          api_host: list[str] = typer.Option([], "--api-host", help="Also answer to this Host name "
+                                             "(besides localhost and loopback addresses); repeatable."),
+          insecure_listen: bool = typer.Option(False, "--insecure-listen", help="Allow a non-loopback --listen "
+                                               "without TLS (the token then crosses the network in clear).")) -> None:
     """Run the daemon in the foreground: controller, supervisor, API."""
     from shipyard.server.daemon import run
-    run(state_dir, listen)
+    run(state_dir, listen, tuple(api_host), insecure_listen)
 
 
 @app.command()

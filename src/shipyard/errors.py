@@ -56,3 +56,7 @@ class DaemonUnavailable(ShipyardError):
     """The CLI cannot reach the daemon."""
 
     exit_code = 5
+
+
+class RequestTooLarge(ShipyardError):
+    """A request to the API is bigger than it accepts (HTTP 413); refused before it is read whole."""

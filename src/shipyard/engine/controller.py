@@ -50,7 +50,7 @@ class Controller:
         self.gate = DatabaseGate(deps, self.ops)
         self.drift = DriftWatcher(deps, self.ops)
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
-        self.queries = Queries(deps)           # what server/ reads; it never reaches into `d`
+        self.queries = Queries(deps, self.feed)           # what server/ reads; it never reaches into `d`
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shipyard.analysis import Second
 from shipyard.checklist import (
     COLD_PHASES,
     REFERENCE_RATE,
@@ -29,6 +30,8 @@ from shipyard.checklist import (
 )
 from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.metrics_feed import KEEP_SECONDS, MetricsFeed
+from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.ports import AuditTrail
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.rollout.exposure import exposure
@@ -39,8 +42,17 @@ from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, PauseStep, SetWeightStep
 
 if TYPE_CHECKING:
-    from shipyard.engine.controller import Controller
     from shipyard.images import Image, ImageStore
+
+
+class Controller(Protocol):
+    """What the checklist reads of the controller (a Protocol, so this module, which the
+    controller imports, does not import it back)."""
+
+    d: Deps
+    gate: DatabaseGate
+
+    def enforcement(self) -> dict[str, str] | None: ...
 
 RECENT_ROLLOUTS = 20
 
@@ -190,8 +202,9 @@ class Queries:
     holds this, never `controller.d`, so the engine's internals can move freely and a read
     replica could answer instead."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, feed: MetricsFeed) -> None:
         self._d = deps
+        self._feed = feed
 
     @property
     def audit(self) -> AuditTrail:
@@ -243,3 +256,14 @@ class Queries:
 
     async def router_stats(self, service: str) -> dict[str, Any]:
         return await self._d.router.stats(service)
+
+    def series_upto(self, service: str) -> int:
+        """The last second the router's per-second series is complete to (0: none yet)."""
+        return self._feed.complete_upto(service)
+
+    def series(self, service: str, track: str, after: int, upto: int) -> list[Second]:
+        """Per-second traffic of one track, idle seconds as zero (kept for KEEP_SECONDS)."""
+        return self._feed.seconds(service, track, after, upto)
+
+
+__all__ = ["KEEP_SECONDS", "Queries", "checklist", "rate_param"]

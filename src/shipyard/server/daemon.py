@@ -28,7 +28,9 @@ from shipyard.paths import StatePaths
 from shipyard.router.embedded import EmbeddedRouter
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
-from shipyard.server.api import create_app
+from shipyard.server.api import HostPolicy, create_app
+from shipyard.server.listen_policy import check_listen
+from shipyard.server.state_files import lock_down
 from shipyard.state.sqlite import SqliteStore
 
 log = logging.getLogger("shipyard.daemon")
@@ -92,8 +94,11 @@ def setup_logging(path: Path) -> None:
         root.addHandler(h)
 
 
-async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
+async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple[str, ...] = (),
+                insecure_listen: bool = False) -> None:
+    check_listen(listen, insecure_listen)
     paths.ensure()
+    lock_down(paths)
     lock_fd = take_lock(paths)
     setup_logging(paths.daemon_log)
     token = ensure_token(paths)
@@ -112,7 +117,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(controller, token, on_shutdown=request_exit)
+    app = create_app(controller, token, on_shutdown=request_exit, hosts=HostPolicy.of(port, api_hosts))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     try:
@@ -133,11 +138,11 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
         os.close(lock_fd)
 
 
-def run(state_dir: str | None, listen: str) -> None:
+def run(state_dir: str | None, listen: str, api_hosts: tuple[str, ...] = (), insecure_listen: bool = False) -> None:
     paths = StatePaths.resolve(state_dir)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(paths, listen))
+        asyncio.run(serve(paths, listen, api_hosts, insecure_listen))
     else:
-        uvloop.run(serve(paths, listen))
+        uvloop.run(serve(paths, listen, api_hosts, insecure_listen))

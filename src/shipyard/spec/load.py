@@ -20,7 +20,7 @@ from shipyard.errors import SpecError
 
 from .bounded import MAX_SPEC_BYTES, BoundedComposer, check_expanded, check_text_size, too_big
 from .durations import FROM_FILE
-from .models import Spec
+from .models import Spec, register_json_validator
 from .schema import resolve_loc
 
 DOCS_HINT = "every key, its default and its format are described in docs/spec.md"
@@ -328,3 +328,6 @@ def load_spec(path: str | Path) -> Spec:
     spec, root = _parse(text, file.name, file.parent)
     _check_context(spec, root)
     return spec
+
+
+register_json_validator(lambda data, source, base_dir: validate_data(data, source=source, base_dir=base_dir))

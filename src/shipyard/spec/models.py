@@ -7,6 +7,7 @@ something other than what it says is worse than one that fails to load."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -246,6 +247,16 @@ class Spec(SpecModel):
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str = "<json>") -> Spec:
         """Raises SpecError (with key paths) if `data` is not a valid spec."""
-        from .load import validate_data  # load imports this module; import at call time
+        if _json_validator is None:
+            raise RuntimeError("shipyard.spec.load registers the validator; import shipyard.spec")
+        return _json_validator(data, source, Path(base_dir))
 
-        return validate_data(data, source=source, base_dir=Path(base_dir))
+
+_json_validator: Callable[[dict[str, Any], str, Path], Spec] | None = None
+"""Set by spec/load.py, which holds the validation with file:line errors. load imports this
+module, so this one must not import load back: the dependency is handed in instead."""
+
+
+def register_json_validator(validate: Callable[[dict[str, Any], str, Path], Spec]) -> None:
+    global _json_validator
+    _json_validator = validate

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from shipyard.engine.controller import Controller
 from shipyard.server.api import checklist, database, drift, history, images, rollouts, services, system
 from shipyard.server.api.auth import ACTOR_HEADER, claimed_actor
 from shipyard.server.api.common import EXIT_HEADER, Api, error_response, wants_text
+from shipyard.server.api.hosts import HostGuard, HostPolicy
 from shipyard.server.dashboard.routes import dashboard_routes
 
-__all__ = ["ACTOR_HEADER", "EXIT_HEADER", "claimed_actor", "create_app", "error_response", "wants_text"]
+__all__ = ["ACTOR_HEADER", "EXIT_HEADER", "HostPolicy", "claimed_actor", "create_app", "error_response", "wants_text"]
 
 ENDPOINTS = [
     system.ping, services.services, services.service, services.remove, history.history, rollouts.deploy,
@@ -27,6 +29,9 @@ ENDPOINTS = [
 ]
 
 
-def create_app(controller: Controller, token: str, on_shutdown: Callable[[], None] | None = None) -> Starlette:
+def create_app(controller: Controller, token: str, on_shutdown: Callable[[], None] | None = None,
+               hosts: HostPolicy | None = None) -> Starlette:
+    """`hosts`: which Host headers are answered (default: loopback names on any port)."""
     api = Api(controller, token, on_shutdown)
-    return Starlette(routes=[e.bind(api) for e in ENDPOINTS] + dashboard_routes(controller))
+    return Starlette(routes=[e.bind(api) for e in ENDPOINTS] + dashboard_routes(controller),
+                     middleware=[Middleware(HostGuard, policy=hosts or HostPolicy())])

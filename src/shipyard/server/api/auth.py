@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shipyard.auditing import UNKNOWN_ACTOR
+from shipyard.auditing import UNKNOWN_ACTOR, RejectionThrottle
+from shipyard.engine.queries import Queries
 
-if TYPE_CHECKING:
-    from shipyard.server.api.common import Api
+
+class Api(Protocol):
+    """What a rejection needs of the API context (common.Api; a Protocol so this module, which
+    common.py imports, does not import it back)."""
+
+    throttle: RejectionThrottle
+
+    @property
+    def store(self) -> Queries: ...
 
 ACTOR_HEADER = "X-Shipyard-Actor"
 """Who the CLI runs as (user@host); the audit log adds which token vouched for it."""

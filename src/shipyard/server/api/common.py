@@ -5,6 +5,7 @@ Handlers are plain module-level functions of (api, request) so each resource rea
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,14 @@ from starlette.routing import Route
 from shipyard.auditing import RejectionThrottle
 from shipyard.engine.controller import Controller
 from shipyard.engine.queries import Queries
-from shipyard.errors import ConflictError, NotFoundError, ShipyardError, SpecError
+from shipyard.errors import ConflictError, NotFoundError, RequestTooLarge, ShipyardError, SpecError
 from shipyard.rollout.model import Rollout
 from shipyard.server.api.auth import authorized, claimed_actor, reject
+from shipyard.spec import SERVICE_NAME_PATTERN, is_service_name
 
-STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404}
+STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404, RequestTooLarge: 413}
+MAX_BODY_BYTES = 1024 * 1024
+"""Bodies are small JSON objects (a spec travels as its path): 1 MiB is far more than any needs."""
 EXIT_HEADER = "X-Shipyard-Exit"
 """With `Accept: text/plain`, the exit code the CLI should end with."""
 
@@ -84,6 +88,7 @@ class Endpoint:
             if not self.public and not authorized(request, api.token):
                 return reject(api, request)
             try:
+                _check_name(request)
                 result = await self.fn(api, request)
             except ShipyardError as e:
                 return error_response(e, wants_text(request))
@@ -109,10 +114,33 @@ def wants_text(request: Request) -> bool:
     return request.headers.get("accept") == "text/plain"
 
 
+def _check_name(request: Request) -> None:
+    """A service name in the path follows the spec's rule, so no handler ever sees another."""
+    name = request.path_params.get("name")
+    if name is not None and not is_service_name(name):
+        raise SpecError(f"{json.dumps(name)[:100]} is not a valid service name",
+                        f"service names match {SERVICE_NAME_PATTERN} (lowercase letters, digits, dashes)")
+
+
+def _too_large(size: str) -> RequestTooLarge:
+    return RequestTooLarge(f"the request body is {size} bytes; the API accepts at most {MAX_BODY_BYTES} "
+                           "bytes (1 MiB)", "send the spec's path (spec_path), not its content")
+
+
 async def body(request: Request) -> dict[str, Any]:
+    """The JSON object of the body, read at most MAX_BODY_BYTES far (Content-Length can lie or be absent)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(declared)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large(f"more than {MAX_BODY_BYTES}")
+        chunks.append(chunk)
     try:
-        data = await request.json()
-    except ValueError:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise SpecError("request body must be a JSON object")

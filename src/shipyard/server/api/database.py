@@ -7,12 +7,14 @@ from typing import Any
 from starlette.requests import Request
 
 from shipyard.server.api.common import Api, body, route, spec_path, unsafe_reason
+from shipyard.server.api.specs import read_spec
 
 
 @route("/v1/db/check", ["POST"])
 async def db_check(api: Api, request: Request) -> Any:
     data = await body(request)
     path = spec_path(data, "db check")
+    await read_spec(path)                       # limits checked off the event loop
     return await api.controller.gate.check(path, contract=bool(data.get("contract", False)))
 
 

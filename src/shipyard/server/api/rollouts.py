@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from shipyard.errors import NotFoundError, SpecError
 from shipyard.rollout.model import outcome_line
 from shipyard.server.api.common import EXIT_HEADER, Api, body, route, spec_path, unsafe_reason, wants_text
+from shipyard.server.api.specs import checked_spec
+from shipyard.server.params import int_param
 
 
 @route("/v1/deploy", ["POST"])
@@ -22,18 +24,21 @@ async def deploy(api: Api, request: Request) -> Any:
     if plan is not None and not (isinstance(plan, list) and all(isinstance(x, str) for x in plan)):
         raise SpecError("plan must be a list of strings: the changes apply saw")
     image = data.get("image")
+    _, warnings = await checked_spec(path)     # refuses a bomb or a 50 MB file without blocking the loop
     summary = f"apply {path}: " + "; ".join(plan)[:500] if plan else f"deploy {path}"
     why = allow_unsafe or summary
     r = await api.audited(request, "apply" if plan is not None else "deploy", None,
                           lambda: api.controller.deploy(path, image_id=image, allow_unsafe=allow_unsafe),
                           why, spec_path=path, image=image, allow_unsafe=allow_unsafe,
                           changes=(plan or [])[:200])
-    return JSONResponse({"rollout": r.to_dict()}, status_code=202)
+    return JSONResponse({"rollout": r.to_dict(), "warnings": warnings}, status_code=202)
 
 
 @route("/v1/plan", ["POST"])
 async def plan(api: Api, request: Request) -> Any:
-    return await api.controller.plan(spec_path(await body(request), "plan"))
+    path = spec_path(await body(request), "plan")
+    _, warnings = await checked_spec(path)
+    return await api.controller.plan(path) | {"warnings": warnings}
 
 
 @route("/v1/services/{name}/promote", ["POST"])
@@ -91,10 +96,10 @@ async def rollback(api: Api, request: Request) -> Any:
 @route("/v1/rollouts/{rid}")
 async def rollout(api: Api, request: Request) -> Any:
     rid = request.path_params["rid"]
+    since = int_param(request, "since", 0)
     r = api.store.get_rollout(rid)
     if r is None:
         raise NotFoundError(f"no rollout {rid}")
-    since = int(request.query_params.get("since", "0"))
     events = api.store.events(rollout_id=rid, since=since)
     return {"rollout": r.to_dict(), "events": [e.to_dict() for e in events],
             "analysis": api.store.get_analysis(rid) if r.strategy == "canary" else None}

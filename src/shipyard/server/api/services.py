@@ -8,6 +8,9 @@ from starlette.requests import Request
 
 from shipyard.runtime.command import log_tail
 from shipyard.server.api.common import Api, route
+from shipyard.server.params import int_param
+
+MAX_LOG_LINES = 10_000
 
 
 @route("/v1/services")
@@ -31,15 +34,15 @@ async def remove(api: Api, request: Request) -> Any:
 @route("/v1/services/{name}/events")
 async def events(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
-    since = int(request.query_params.get("since", "0"))
+    since = int_param(request, "since", 0)
     return {"events": [e.to_dict() for e in api.store.events(service=name, since=since)]}
 
 
 @route("/v1/services/{name}/logs")
 async def logs(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
+    lines = min(int_param(request, "lines", 100), MAX_LOG_LINES)
     api.controller.status(name)
-    lines = min(int(request.query_params.get("lines", "100")), 10000)
     only = request.query_params.get("instance")
     out = []
     for inst, status in api.store.instances(name, live_only=not request.query_params.get("all")):

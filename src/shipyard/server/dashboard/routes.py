@@ -17,6 +17,7 @@ from starlette.routing import Route
 from shipyard.engine.controller import Controller
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
 from shipyard.server.dashboard.views import series_view, service_view, services_view
+from shipyard.server.params import number_param
 
 ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8"}
@@ -52,10 +53,7 @@ def dashboard_routes(controller: Controller) -> list[Route]:
         async def read() -> dict[str, Any]:
             if not name:
                 raise SpecError("series needs ?service=NAME")
-            try:
-                since = int(float(q.get("since", "0")))
-            except ValueError:
-                raise SpecError("since must be a unix time in seconds") from None
+            since = int(number_param(request, "since", 0.0))   # a unix time in seconds
             return series_view(controller, name, since, time.time())
         return await _answer(read)
 

@@ -11,7 +11,7 @@ from typing import Any
 from shipyard import histogram
 from shipyard.analysis import Second
 from shipyard.engine.controller import Controller
-from shipyard.engine.metrics_feed import KEEP_SECONDS
+from shipyard.engine.queries import KEEP_SECONDS
 from shipyard.errors import ShipyardError
 from shipyard.redaction import scrub
 from shipyard.rollout.model import SLOTS, Rollout
@@ -59,12 +59,12 @@ def series_view(controller: Controller, service: str, since: int, now: float) ->
     """Per-track per-second points after `since` (at most the last 15 minutes, idle
     seconds as zero), with the quantiles computed here from the histogram buckets."""
     controller.status(service)                      # NotFoundError for an unknown service
-    feed = controller.feed
-    upto = feed.complete_upto(service) or int(now) - 1
+    reads = controller.queries
+    upto = reads.series_upto(service) or int(now) - 1
     after = max(int(since), upto - KEEP_SECONDS)
     tracks: dict[str, list[dict[str, Any]]] = {}
     for slot in SLOTS:
-        seconds = feed.seconds(service, slot, after, upto)
+        seconds = reads.series(service, slot, after, upto)
         if any(s.requests for s in seconds) or since > 0:
             tracks[slot] = [point(s) for s in seconds]
     return {"service": service, "upto": upto, "window": KEEP_SECONDS, "tracks": tracks}

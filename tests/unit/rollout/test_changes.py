@@ -15,7 +15,7 @@ from shipyard.rollout.changes import (
 )
 from shipyard.spec import load_spec
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop" / "v1.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "shop" / "v1.yaml"
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
+from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.rollout.traffic import build_table
 from shipyard.runtime.environment import release_env
@@ -267,6 +268,17 @@ class SlotOps:
         self.event(service, "service.unregistered",
                    f"service {service} unregistered: {reason}; its router is stopped and the port is free",
                    rollout_id)
+
+    async def forget_abandoned_first_releases(self) -> None:
+        """A first release that failed is stored as ended before its service is unregistered;
+        a daemon killed in between left the service holding its port: finish the job."""
+        for svc in self.d.store.list_services():
+            if svc.active_slot is not None or self.d.store.active_rollouts(svc.name):
+                continue
+            last = next(iter(self.d.store.rollouts(svc.name, 1)), None)
+            if last is not None and first_release_abandoned(last):
+                await self.unregister(svc.name, last.id, f"its first release {last.id} {last.phase} before it "
+                                      "served (finished after the daemon restarted)")
 
 
 _parsed: dict[tuple[str, str], Spec] = {}

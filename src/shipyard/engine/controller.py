@@ -22,7 +22,6 @@ from shipyard.engine.supervisor import Supervisor
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
-from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -74,7 +73,7 @@ class Controller:
             except ShipyardError as e:
                 self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
         await self._finish_interrupted_teardowns()
-        await self._forget_abandoned_first_releases()
+        await self.ops.forget_abandoned_first_releases()
         for r in self.d.store.active_rollouts():
             doc = self.d.store.rollout_spec(r.id)
             if doc is None:
@@ -104,17 +103,6 @@ class Controller:
                 elif slot != svc.active_slot and (s.state in (SlotState.CANARY, SlotState.STARTING) or (
                         s.state == SlotState.WARM and s.retire_at is None)):
                     await self.ops.teardown(svc.name, slot, None, "its rollout had ended before the daemon restarted")
-
-    async def _forget_abandoned_first_releases(self) -> None:
-        """A first release that failed is stored as ended before its service is unregistered;
-        a daemon killed in between left the service holding its port: finish the job."""
-        for svc in self.d.store.list_services():
-            if svc.active_slot is not None or self.d.store.active_rollouts(svc.name):
-                continue
-            last = next(iter(self.d.store.rollouts(svc.name, 1)), None)
-            if last is not None and first_release_abandoned(last):
-                await self.ops.unregister(svc.name, last.id, f"its first release {last.id} {last.phase} before it "
-                                          "served (finished after the daemon restarted)")
 
     async def close(self) -> None:
         """Stop deciding; instances and routers keep running (they are re-adopted next start)."""

@@ -275,8 +275,9 @@ class Controller:
         for slot in ("blue", "green"):
             await self.ops.teardown(service, slot, None, "service removed")
         self.d.store.remove_drift_report(service)
-        await self.d.router.stop(service)
-        self.d.store.delete_service(service)
+        async with self.ops.lock(service):       # the supervisor ensures routers under it, from a fresh record
+            await self.d.router.stop(service)
+            self.d.store.delete_service(service)
         self.ops.event(service, "service.removed", f"service {service} removed")
 
     async def wait(self, rollout_id: str, timeout: float) -> Rollout:

@@ -128,7 +128,13 @@ class World:
         """Phase of the last rollout, live slot, slots (state, image, weight, retiring), table, live instances."""
         svc = self.store.get_service(service)
         last = self.store.rollouts(service, 1)
-        assert svc is not None
+        if svc is None:      # unregistered (a first release that never served): nothing of it may remain
+            return {"phase": str(last[0].phase) if last else None,
+                    "reason": last[0].reason.split(":", 1)[0] if last else None,
+                    "live_slot": "(unregistered)", "slots": {}, "table": self.table(service),
+                    "router_listens": service in self.router.listen,
+                    "instances": sorted((i.slot, i.image_id) for i in self.runtime.live(service)),
+                    "store_instances": sorted((i.slot, i.image_id, st) for i, st in self.store.instances(service))}
         return {
             "phase": str(last[0].phase) if last else None,
             # why it ended, not the detail (instance ids are random; a resumed analysis may decide a second later)

@@ -18,6 +18,7 @@ from typing import Any
 
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
+from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.rollout.traffic import build_table
 from shipyard.runtime.environment import release_env
@@ -243,6 +244,41 @@ class SlotOps:
         stop_timeout = spec_from_doc(spec_doc).run.stop_timeout if spec_doc else 10.0
         await asyncio.gather(*(self.stop_instance(i, stop_timeout, reason, rollout_id) for i in insts))
         self.event(service, "slot.torn_down", f"slot {slot} torn down ({reason})", rollout_id, slot=slot)
+
+    async def unregister(self, service: str, rollout_id: str | None, reason: str) -> None:
+        """Forget a service none of whose releases ever served (its first rollout failed or
+        was aborted): both slots down, its router stopped so the port is free, the record
+        gone; history and events stay, as with `remove`. Does nothing if the service serves
+        after all or a new rollout of it has begun."""
+        def ours() -> bool:
+            svc = self.d.store.get_service(service)
+            return svc is not None and svc.active_slot is None and not self.d.store.active_rollouts(service)
+
+        if not ours():
+            return
+        for slot in ("blue", "green"):
+            await self.teardown(service, slot, rollout_id, reason)
+        async with self.lock(service):
+            if not ours():
+                return
+            await self.d.router.stop(service)
+            self.d.store.remove_drift_report(service)
+            self.d.store.delete_service(service)
+            self._router_version.pop(service, None)
+        self.event(service, "service.unregistered",
+                   f"service {service} unregistered: {reason}; its router is stopped and the port is free",
+                   rollout_id)
+
+    async def forget_abandoned_first_releases(self) -> None:
+        """A first release that failed is stored as ended before its service is unregistered;
+        a daemon killed in between left the service holding its port: finish the job."""
+        for svc in self.d.store.list_services():
+            if svc.active_slot is not None or self.d.store.active_rollouts(svc.name):
+                continue
+            last = next(iter(self.d.store.rollouts(svc.name, 1)), None)
+            if last is not None and first_release_abandoned(last):
+                await self.unregister(svc.name, last.id, f"its first release {last.id} {last.phase} before it "
+                                      "served (finished after the daemon restarted)")
 
 
 _parsed: dict[tuple[str, str], Spec] = {}

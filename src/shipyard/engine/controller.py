@@ -73,6 +73,7 @@ class Controller:
             except ShipyardError as e:
                 self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
         await self._finish_interrupted_teardowns()
+        await self.ops.forget_abandoned_first_releases()
         for r in self.d.store.active_rollouts():
             doc = self.d.store.rollout_spec(r.id)
             if doc is None:
@@ -126,6 +127,8 @@ class Controller:
     async def _begin_deploy(self, spec: Spec, spec_path: str, image_id: str | None,
                             kind: Kind = Kind.DEPLOY, allow_unsafe: str = "") -> Rollout:
         self._refuse_if_busy(spec.service)
+        await self._let_last_rollout_finish(spec.service)
+        self._refuse_if_busy(spec.service)      # another deploy may have begun while we waited
         svc = self.d.store.get_service(spec.service)
         if svc is None:
             self._refuse_listen_clash(spec)
@@ -272,8 +275,9 @@ class Controller:
         for slot in ("blue", "green"):
             await self.ops.teardown(service, slot, None, "service removed")
         self.d.store.remove_drift_report(service)
-        await self.d.router.stop(service)
-        self.d.store.delete_service(service)
+        async with self.ops.lock(service):       # the supervisor ensures routers under it, from a fresh record
+            await self.d.router.stop(service)
+            self.d.store.delete_service(service)
         self.ops.event(service, "service.removed", f"service {service} removed")
 
     async def wait(self, rollout_id: str, timeout: float) -> Rollout:
@@ -294,6 +298,14 @@ class Controller:
         task = asyncio.create_task(self.driver.run(r, spec, queue), name=f"rollout {r.id}")
         self._drivers[r.id] = task
         task.add_done_callback(lambda _t, rid=r.id: (self._drivers.pop(rid, None), self._commands.pop(rid, None)))
+
+    async def _let_last_rollout_finish(self, service: str) -> None:
+        """A rollout is stored as ended before its last side effects (teardown; unregistering
+        a first release that failed): a deploy right after it waits for them, so it never
+        builds on a record that is being removed."""
+        finishing = [t for rid, t in self._drivers.items() if rid.rsplit("-", 1)[0] == service]
+        if finishing:
+            await asyncio.wait(finishing, timeout=120)
 
     async def _command(self, r: Rollout, cmd: Observation) -> Rollout:
         """Hand a command to the rollout's driver; return the rollout once it took effect

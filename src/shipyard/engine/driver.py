@@ -17,6 +17,7 @@ from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.preview import run_preview_checks
 from shipyard.errors import ShipyardError
 from shipyard.rollout import machines
+from shipyard.rollout.changes import spec_changes
 from shipyard.rollout.model import (
     AbortRequested,
     Action,
@@ -40,6 +41,7 @@ from shipyard.rollout.model import (
     SwitchTraffic,
     TearDown,
     Tick,
+    Unregister,
     WaitUntil,
     WeightSet,
 )
@@ -47,7 +49,7 @@ from shipyard.spec import Spec
 
 log = logging.getLogger("shipyard.driver")
 
-SIDE_EFFECTS = (KeepWarm, TearDown)
+SIDE_EFFECTS = (KeepWarm, TearDown, Unregister)
 """Actions whose outcome the machine does not wait for."""
 
 
@@ -159,6 +161,8 @@ class RolloutDriver:
             await self.ops.keep_warm(r.service, a.slot, delay, r.id)
         elif isinstance(a, TearDown):
             await self.ops.teardown(r.service, a.slot, r.id, f"rollout {r.id} {r.phase}")
+        elif isinstance(a, Unregister):
+            await self.ops.unregister(r.service, r.id, f"its first release {r.id} {r.phase} before it served")
 
     async def _build(self, r: Rollout, spec: Spec) -> Observation:
         self.ops.event(r.service, "build.started", f"building image for {spec.service}", r.id)
@@ -171,6 +175,14 @@ class RolloutDriver:
             if lines:
                 self.ops.event(r.service, "build.log", "\n".join(lines[-100:]), r.id)
         svc = self.d.store.get_service(r.service)
-        live = svc.live.image_id if svc and svc.live else None
+        live = svc.live if svc else None
         self.ops.event(r.service, "build.done", f"image {image.id[:12]} ({image.files} files)", r.id, image=image.id)
-        return Built(image.id, live)
+        if live is None or live.image_id != image.id:
+            return Built(image.id, live.image_id if live else None)
+        # the same image: the release still differs if the spec does outside it (secret_env names,
+        # replicas, health...). Compared as `plan` compares; only names are shown, never secret values.
+        changes = tuple(c.summary for c in spec_changes(live.spec, spec.to_json_dict())) if live.spec else ()
+        if changes:
+            self.ops.event(r.service, "release.changed", f"image {image.id[:12]} already serves, but the spec "
+                           f"changed: {'; '.join(changes)[:500]}", r.id, changes=list(changes[:50]))
+        return Built(image.id, live.image_id, changes)

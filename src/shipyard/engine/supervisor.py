@@ -87,14 +87,17 @@ class Supervisor:
                     await self.ops.push_table(fresh)
 
     async def _check_router(self, svc: ServiceRecord) -> None:
-        await self.d.router.ensure(svc.name, svc.listen)
-        table = await self.d.router.current(svc.name)
-        if table is None or table.version < svc.table_version:
-            async with self.ops.lock(svc.name):
-                fresh = self.d.store.get_service(svc.name)
-                if fresh is not None:
-                    await self.ops.push_table(fresh)
-                    self.ops.event(svc.name, "router.restored", "router had an older table; current table pushed")
+        """Under the service's lock, from a fresh record: a service removed or unregistered
+        since this tick began must not get its router (and port) back."""
+        async with self.ops.lock(svc.name):
+            fresh = self.d.store.get_service(svc.name)
+            if fresh is None:
+                return
+            await self.d.router.ensure(fresh.name, fresh.listen)
+            table = await self.d.router.current(fresh.name)
+            if table is None or table.version < fresh.table_version:
+                await self.ops.push_table(fresh)
+                self.ops.event(svc.name, "router.restored", "router had an older table; current table pushed")
 
     async def _watch_slot(self, spec: Spec, slot: str, image_id: str, replicas: int) -> bool:
         """Probe due instances, drop the dead and unhealthy, start replacements. True if

@@ -68,8 +68,8 @@ def step(r: Rollout, obs: Observation, now: float) -> tuple[Rollout, list[Action
         return _fail(r, Phase.ABORTED, obs.reason, now)
 
     match r.phase, obs:
-        case Phase.BUILDING, Built(image_id=image, live_image_id=live):
-            if image == live:
+        case Phase.BUILDING, Built(image_id=image, live_image_id=live, spec_changes=changes):
+            if image == live and not changes:
                 done = replace(r, image_id=image).enter(Phase.SUCCEEDED, now,
                                                         f"image {image[:12]} is already serving; nothing to do")
                 return done, []

@@ -101,8 +101,8 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
             return _hold(r, "user", f"{reason}; `shipyard resume` to continue", None, now), []
 
     match r.phase, obs:
-        case Phase.BUILDING, Built(image_id=image, live_image_id=live):
-            if image == live:
+        case Phase.BUILDING, Built(image_id=image, live_image_id=live, spec_changes=changes):
+            if image == live and not changes:
                 return replace(r, image_id=image).enter(
                     Phase.SUCCEEDED, now, f"image {image[:12]} is already serving; nothing to do"), []
             return _go(replace(r, image_id=image).enter(Phase.MIGRATING if r.migrate else Phase.STARTING, now), spec)

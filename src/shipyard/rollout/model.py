@@ -95,6 +95,9 @@ class Rollout:
 class Built:
     image_id: str
     live_image_id: str | None          # image serving now, to detect a no-op deploy
+    spec_changes: tuple[str, ...] = ()
+    """What differs from the live release outside the image (as `plan` reports it, e.g. a
+    changed run.secret_env): with the same image, a deploy is a no-op only if this is empty."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,13 @@ class TearDown:
 
 
 @dataclass(frozen=True)
+class Unregister:
+    """No release of the service ever served and its first rollout ended without one: remove
+    the service record and stop its router (history and events stay), so nothing half-done
+    holds the port and the next deploy starts from scratch."""
+
+
+@dataclass(frozen=True)
 class SetCanaryWeight:
     """Scale the canary to `instances` (waiting for them to be healthy), then route `weight` percent of users to it."""
     slot: str
@@ -254,4 +264,4 @@ class RunAnalysis:
 
 
 Action = (BuildImage | MigrateDatabase | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown | SetCanaryWeight
-          | WaitUntil | RunAnalysis)
+          | WaitUntil | RunAnalysis | Unregister)

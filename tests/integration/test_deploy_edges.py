@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from shipyard.client import AsyncApiClient
-from shipyard.daemonproc import DaemonProcess
+from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.errors import NotFoundError
 from support import SpecMaker, deploy
 

@@ -348,32 +348,7 @@ class Controller:
             raise NotFoundError(f"no service named {service!r}", "deploy it first: shipyard deploy -f FILE")
         return svc
 
-    # -- reads for the API -------------------------------------------------------------
-
-    def status(self, service: str) -> dict[str, Any]:
-        svc = self._service(service)
-        active = self._active(service)
-        insts = self.d.store.instances(service)
-        return {
-            "service": svc.name, "listen": svc.listen, "live_slot": svc.active_slot,
-            "live_image": svc.live.image_id if svc.live else None, "table_version": svc.table_version,
-            "previous_image": svc.previous_image_id,
-            "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at, "weight": s.weight,
-                             "instances": [dict(i.to_dict(), status=st) for i, st in insts if i.slot == name]}
-                      for name, s in svc.slots.items()},
-            "rollout": active.to_dict() if active else None,
-            "analysis": self.d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
-            "drift": _drift_summary(self.d.store.get_drift_report(service)),
-            "enforcement": self.enforcement(),
-        }
-
-    def enforcement(self) -> dict[str, str] | None:
-        """What keeps instances from writing into their image trees (None: the runtime cannot say)."""
-        mode = getattr(self.d.runtime, "enforcement", None)
-        return mode.to_dict() if mode is not None else None
-
-    def services(self) -> list[dict[str, Any]]:
-        return [self.status(s.name) for s in self.d.store.list_services()]
+    # -- what apply would do ----------------------------------------------------------
 
     async def plan(self, spec_path: str) -> dict[str, Any]:
         """What `apply` of this spec would change. Nothing live is touched: the candidate
@@ -409,12 +384,3 @@ class Controller:
                             live_doc=live.spec if live else None, live_image=live.image_id if live else None,
                             live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
                             blocked=blocked).to_dict()
-
-
-
-def _drift_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    if report is None:
-        return None
-    return {"clean": report["clean"], "scanned_at": report["scanned_at"], "mode": report["mode"],
-            "last_full_at": report.get("last_full_at"), "counts": report.get("counts", {}),
-            "findings": len(report.get("findings", []))}

@@ -70,7 +70,7 @@ async def checklist(controller: Controller, service: str, rate: float = REFERENC
     else:
         checks.append(blast_radius_check(_blast(spec, rate)))
     checks.append(drift_check(DriftInputs(
-        now=now, report=controller.d.store.get_drift_report(service), enforcement=controller.enforcement(),
+        now=now, report=controller.d.store.get_drift_report(service), enforcement=controller.queries.enforcement(),
         interval=spec.drift.interval if spec else 60.0, full_interval=spec.drift.full_interval if spec else 3600.0)))
     checks.append(database_check(await _database(controller, svc, spec)))
     doc = report(service, checks, now)
@@ -193,6 +193,35 @@ class Queries:
         self._d = deps
         self._feed = feed
 
+    def status(self, service: str) -> dict[str, Any]:
+        """What `shipyard status` shows: slots, instances, the rollout in progress, drift."""
+        svc = self._d.store.get_service(service)
+        if svc is None:
+            raise NotFoundError(f"no service named {service!r}", "deploy it first: shipyard deploy -f FILE")
+        actives = self._d.store.active_rollouts(service)
+        active = actives[-1] if actives else None
+        insts = self._d.store.instances(service)
+        return {
+            "service": svc.name, "listen": svc.listen, "live_slot": svc.active_slot,
+            "live_image": svc.live.image_id if svc.live else None, "table_version": svc.table_version,
+            "previous_image": svc.previous_image_id,
+            "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at, "weight": s.weight,
+                             "instances": [dict(i.to_dict(), status=st) for i, st in insts if i.slot == name]}
+                      for name, s in svc.slots.items()},
+            "rollout": active.to_dict() if active else None,
+            "analysis": self._d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
+            "drift": _drift_summary(self._d.store.get_drift_report(service)),
+            "enforcement": self.enforcement(),
+        }
+
+    def enforcement(self) -> dict[str, str] | None:
+        """What keeps instances from writing into their image trees (None: the runtime cannot say)."""
+        mode = getattr(self._d.runtime, "enforcement", None)
+        return mode.to_dict() if mode is not None else None
+
+    def services(self) -> list[dict[str, Any]]:
+        return [self.status(s.name) for s in self._d.store.list_services()]
+
     @property
     def audit(self) -> AuditTrail:
         """The audit log: the API appends the changes people ask for, the dashboard reads it."""
@@ -251,6 +280,13 @@ class Queries:
     def series(self, service: str, track: str, after: int, upto: int) -> list[Second]:
         """Per-second traffic of one track, idle seconds as zero (kept for KEEP_SECONDS)."""
         return self._feed.seconds(service, track, after, upto)
+
+def _drift_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"clean": report["clean"], "scanned_at": report["scanned_at"], "mode": report["mode"],
+            "last_full_at": report.get("last_full_at"), "counts": report.get("counts", {}),
+            "findings": len(report.get("findings", []))}
 
 
 __all__ = ["KEEP_SECONDS", "Queries", "checklist"]

@@ -45,7 +45,7 @@ def assert_nothing_of_shop_remains(world: World, c: Controller) -> None:
     assert world.runtime.live("shop") == []
     assert world.store.instances("shop") == []
     with pytest.raises(NotFoundError):
-        c.status("shop")
+        c.queries.status("shop")
 
 
 def test_a_never_healthy_first_release_unregisters_the_service_and_a_good_one_then_deploys(

@@ -13,8 +13,8 @@ from shipyard.server.api.common import Api, body, route
 @route("/v1/services/{name}/drift")
 async def drift_last(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
-    api.controller.status(name)                      # 404 for an unknown service
-    return {"report": api.controller.queries.get_drift_report(name), "enforcement": api.controller.enforcement()}
+    api.controller.queries.status(name)                      # 404 for an unknown service
+    return {"report": api.controller.queries.get_drift_report(name), "enforcement": api.controller.queries.enforcement()}
 
 
 @route("/v1/services/{name}/drift", ["POST"])
@@ -29,6 +29,6 @@ async def drift_scan(api: Api, request: Request) -> Any:
         actor = api.actor(request)
         result = await api.audited(request, "drift.fix", name, lambda: controller.drift.fix(name, mode, actor),
                                    f"drift --fix ({mode} scan)")
-        return result | {"enforcement": controller.enforcement()}
+        return result | {"enforcement": controller.queries.enforcement()}
     report = await controller.drift.scan(name, mode)
-    return {"report": report.to_dict(), "enforcement": controller.enforcement()}
+    return {"report": report.to_dict(), "enforcement": controller.queries.enforcement()}

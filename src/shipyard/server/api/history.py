@@ -17,7 +17,7 @@ MAX_HISTORY_LIMIT = 10_000
 async def history(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
     limit = min(int_param(request, "limit", 50), MAX_HISTORY_LIMIT)    # a bad value is a 400 even if unknown
-    api.controller.status(name)
+    api.controller.queries.status(name)
     return {"rollouts": [r.to_dict() for r in api.store.rollouts(name, limit)]}
 
 

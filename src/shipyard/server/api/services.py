@@ -15,12 +15,12 @@ MAX_LOG_LINES = 10_000
 
 @route("/v1/services")
 async def services(api: Api, _: Request) -> Any:
-    return {"services": api.controller.services()}
+    return {"services": api.controller.queries.services()}
 
 
 @route("/v1/services/{name}")
 async def service(api: Api, request: Request) -> Any:
-    return api.controller.status(request.path_params["name"])
+    return api.controller.queries.status(request.path_params["name"])
 
 
 @route("/v1/services/{name}", ["DELETE"])
@@ -42,7 +42,7 @@ async def events(api: Api, request: Request) -> Any:
 async def logs(api: Api, request: Request) -> Any:
     name = request.path_params["name"]
     lines = min(int_param(request, "lines", 100), MAX_LOG_LINES)
-    api.controller.status(name)
+    api.controller.queries.status(name)
     only = request.query_params.get("instance")
     out = []
     for inst, status in api.store.instances(name, live_only=not request.query_params.get("all")):

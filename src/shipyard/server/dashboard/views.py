@@ -33,7 +33,7 @@ async def services_view(controller: Controller) -> list[dict[str, Any]]:
 
 
 async def service_view(controller: Controller, name: str) -> dict[str, Any]:
-    status = controller.status(name)
+    status = controller.queries.status(name)
     split, split_source = await _split(controller, name, status)
     rollout = _rollout_to_show(controller, name)
     tracks = []
@@ -58,7 +58,7 @@ async def service_view(controller: Controller, name: str) -> dict[str, Any]:
 def series_view(controller: Controller, service: str, since: int, now: float) -> dict[str, Any]:
     """Per-track per-second points after `since` (at most the last 15 minutes, idle
     seconds as zero), with the quantiles computed here from the histogram buckets."""
-    controller.status(service)                      # NotFoundError for an unknown service
+    controller.queries.status(service)                      # NotFoundError for an unknown service
     reads = controller.queries
     upto = reads.series_upto(service) or int(now) - 1
     after = max(int(since), upto - KEEP_SECONDS)

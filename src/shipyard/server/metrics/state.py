@@ -24,13 +24,13 @@ def state_families(controller: Controller, services: list[ServiceRecord]) -> lis
 
 
 def _daemon(controller: Controller) -> list[Metric]:
-    mode = (controller.enforcement() or {}).get("mode", "unknown")
+    mode = (controller.queries.enforcement() or {}).get("mode", "unknown")
     info = GaugeMetricFamily("shipyard_daemon_info", "The daemon's version and enforcement mode (value 1)",
                              labels=["version", "enforcement"])
     info.add_metric([__version__, mode], 1)
     enforcement = GaugeMetricFamily("shipyard_enforcement_info",
                                     "The mechanism keeping instances out of their image trees", labels=["mode"])
-    if controller.enforcement() is not None:
+    if controller.queries.enforcement() is not None:
         enforcement.add_metric([mode], 1)
     return [info, enforcement]
 

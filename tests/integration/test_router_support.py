@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
-from shipyard.router.control import RouterControlClient
+from shipyard.router.control_client import RouterControlClient
 from shipyard.router.table import RoutingTable, Upstream
 
 
@@ -286,7 +286,7 @@ class RawClient:
 
 
 class RouterProcess:
-    """`python -m shipyard.router.proxy` in its own session, killed (group) by `kill()`."""
+    """`python -m shipyard.router.dataplane.proxy` in its own session, killed (group) by `kill()`."""
 
     def __init__(self, workdir: Path, service: str = "shop", port: int | None = None,
                  extra: list[str] | None = None) -> None:
@@ -302,7 +302,7 @@ class RouterProcess:
         self.client = RouterControlClient(self.sock)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "shipyard.router.proxy", "--service", self.service, "--listen",
+        return [sys.executable, "-m", "shipyard.router.dataplane.proxy", "--service", self.service, "--listen",
                 self.listen, "--control", str(self.sock), "--table", str(self.table_path), *self.extra]
 
     async def start(self, wait: bool = True) -> RouterProcess:

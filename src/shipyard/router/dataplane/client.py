@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from shipyard.router.exchange import (
+from shipyard.router.dataplane.exchange import (
     H_CONN,
     H_COOKIE,
     H_DROP,
@@ -27,14 +26,12 @@ from shipyard.router.exchange import (
     P_PIPELINE,
     P_UPSTREAM,
     Exchange,
+    Plane,
     connection_tokens,
     error_response,
     without_names,
 )
 from shipyard.router.table import TRACK_HEADER, user_bucket
-
-if TYPE_CHECKING:
-    from shipyard.router.proxy import ProxyServer
 
 log = logging.getLogger("shipyard.router")
 
@@ -44,6 +41,17 @@ REQUEST_HEADERS = {**HOP, b"host": H_HOST, b"x-forwarded-for": H_XFF, b"x-forwar
 """Request headers the router acts on; any other header is relayed as is."""
 
 
+class Server(Plane):
+    """What a client connection needs from the proxy server (proxy.ProxyServer), beyond what its
+    exchanges need: a Protocol, so that proxy -> client is the only import between the two."""
+
+    listen: str
+    clients: set[ClientConnection]
+    draining: bool
+    client_head_timeout: float
+    client_idle_timeout: float
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges in order, keeps alive."""
 
@@ -51,7 +59,7 @@ class ClientConnection(asyncio.Protocol):
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
                  "closed", "bucket")
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)

@@ -11,15 +11,13 @@ It never buffers a whole body: flow control pauses whichever side is ahead."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from shipyard.router.metrics import TrackMetrics
-from shipyard.router.upstream import UpstreamConnection, UpstreamState
-
-if TYPE_CHECKING:
-    from shipyard.router.client import ClientConnection
-    from shipyard.router.proxy import TrackRoute
+from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.routes import RouteState, TrackRoute
+from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 
 # Why a client's reading is paused; it resumes when no reason is left.
 P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
@@ -42,6 +40,63 @@ HOP = {b"connection": H_CONN, b"keep-alive": H_DROP, b"te": H_DROP, b"trailer": 
 RESPONSE_HEADERS = {**HOP, b"content-length": H_LEN}
 REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
             503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+
+class Phase(enum.IntEnum):
+    """Where the response side of an exchange is; ordered, so `>= ANSWERED` means "over"."""
+
+    WAITING = 0
+    """No response byte relayed to the client yet: a failure can still be answered (or retried)."""
+    INTERIM = 1
+    """Relaying a 1xx response; the final one follows on the same connection."""
+    STREAMING = 2
+    """The final response head went out: a failure now can only cut the connection."""
+    ANSWERED = 3
+    """The response is complete (or failed); the request body may still be arriving."""
+    FINISHED = 4
+    """Handed back to the client connection, which moves on to the next request."""
+
+
+class Attempt(enum.IntEnum):
+    """How often the request has been sent again; each kind of retry happens at most once."""
+
+    FIRST = 0
+    REPLAYED = 1
+    """Sent again on a fresh connection to the same instance (a pooled one died unused)."""
+    MOVED = 2
+    """Sent to another instance of the track (an idempotent request whose instance died)."""
+
+
+class Plane(Protocol):
+    """What an exchange needs from the proxy server (proxy.ProxyServer)."""
+
+    service: str
+    state: RouteState
+    loop: asyncio.AbstractEventLoop | None
+    clock: float
+    response_timeout: float
+    none_metrics: TrackMetrics
+
+
+class Downstream(Protocol):
+    """What an exchange needs from its client connection (client.ClientConnection). A Protocol,
+    so that client -> exchange is the only import between the two."""
+
+    server: Plane
+    transport: asyncio.Transport | None
+    paused: int
+    write_paused: bool
+    draining: bool
+
+    def peer_bucket(self) -> int: ...
+
+    def pause(self, why: int) -> None: ...
+
+    def resume(self, why: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def exchange_done(self, ex: Exchange) -> None: ...
 
 
 def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
@@ -72,11 +127,10 @@ class Exchange:
 
     __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
-                 "retried", "moved", "pending", "pending_size", "replay", "replay_size", "req_done", "resp_started",
-                 "resp_mode", "until_close", "interim", "status", "done", "finished", "close_after", "counted",
-                 "deadline", "wbuf")
+                 "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
+                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf")
 
-    def __init__(self, client: ClientConnection, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
+    def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
                  is_head: bool, override: bytes | None, hdrs: list[tuple[bytes, bytes]],
                  cookies: bytes | None) -> None:
         self.client = client
@@ -96,19 +150,26 @@ class Exchange:
         self.last_error = ""
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.reused = self.retried = self.moved = False
+        self.reused = False
+        self.attempt = Attempt.FIRST
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replay: list[bytes] | None = None
         self.replay_size = 0
-        self.req_done = self.resp_started = self.until_close = self.interim = False
+        self.req_done = self.until_close = False
+        self.phase = Phase.WAITING
         self.resp_mode = M_NONE
         self.status = 0
-        self.done = self.finished = self.close_after = self.counted = False
+        self.close_after = self.counted = False
         self.deadline = 0.0
         self.wbuf: list[bytes] = []
 
     # -- choosing the instance --------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The response is over (complete, failed or aborted): nothing more is relayed."""
+        return self.phase >= Phase.ANSWERED
 
     def start(self) -> None:
         server = self.client.server
@@ -181,7 +242,7 @@ class Exchange:
             conn.pause_reading()
         t = conn.transport
         assert t is not None
-        if self.retried and self.replay:
+        if self.attempt is not Attempt.FIRST and self.replay:
             t.writelines([self.head, *self.replay])
         elif self.pending:
             t.writelines([self.head, *self.pending])
@@ -245,7 +306,7 @@ class Exchange:
                 self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
                                "switched protocols, which shipyard does not proxy")
                 return
-            self.interim = True
+            self.phase = Phase.INTERIM
             if self.http10:
                 return
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
@@ -268,7 +329,7 @@ class Exchange:
             out.append(b"%s: %s\r\n" % (name, value))
         if drop:
             out = out[:1] + without_names(out[1:], drop)
-        if self.interim:
+        if self.phase is Phase.INTERIM:
             out.append(b"\r\n")
             self.wbuf += out
             return
@@ -294,7 +355,7 @@ class Exchange:
         out.append(b"\r\n")
         self.resp_mode = mode
         self.status = status
-        self.resp_started = True
+        self.phase = Phase.STREAMING
         self.wbuf.append(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
@@ -312,8 +373,8 @@ class Exchange:
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:
-        if self.interim:
-            self.interim = False
+        if self.phase is Phase.INTERIM:
+            self.phase = Phase.WAITING
             return
         conn = self.conn
         self.conn = None
@@ -333,7 +394,7 @@ class Exchange:
             self.conn = None
         if self.done:
             return
-        if self.resp_started:
+        if self.phase is Phase.STREAMING:
             if self.until_close:  # the close is the end of this body
                 if self.resp_mode == M_CHUNK:
                     self.wbuf.append(b"0\r\n\r\n")
@@ -345,20 +406,20 @@ class Exchange:
         svc = self.client.server.service
         if conn.answered:
             self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
-        elif self.reused and not self.retried and self.replay_size <= REPLAY_LIMIT:
+        elif self.reused and self.attempt is Attempt.FIRST and self.replay_size <= REPLAY_LIMIT:
             # The instance closed an idle pooled connection as we wrote to it: nothing was
             # processed, so the request is replayed once on a fresh connection.
-            self.retried = True
+            self.attempt = Attempt.REPLAYED
             self.wbuf.clear()
             self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
-        elif (not self.moved and self.req_done and self.replay_size <= REPLAY_LIMIT
+        elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
             # was answered, and an idempotent request may safely run again, so it goes to
             # another instance of the track, as HAProxy's `retry-on empty-response` does.
             # (Also after a replay on the same instance: a dying instance may still accept
             # the fresh connection and then drop it.)
-            self.retried = self.moved = True
+            self.attempt = Attempt.MOVED
             self.last_error = "an instance closed the connection without answering"
             if self.tried is None:
                 self.tried = [self.ups]  # type: ignore[list-item]
@@ -372,7 +433,9 @@ class Exchange:
     def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.resp_started:
+        if self.done:
+            return
+        if self.phase is Phase.STREAMING:
             self._broken()
         else:
             self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
@@ -398,7 +461,7 @@ class Exchange:
         if self.done:
             return
         self._detach()
-        if self.resp_started:
+        if self.phase is Phase.STREAMING:
             self._broken()
             return
         m = self.metrics
@@ -415,7 +478,6 @@ class Exchange:
         self.wbuf.clear()
         client.transport.write(error_response(status, message, conn_header, not self.is_head))  # type: ignore
         self.status = status
-        self.resp_started = True
         self._finish_response()
 
     def _broken(self) -> None:
@@ -429,7 +491,7 @@ class Exchange:
         self._finish_response()
 
     def _finish_response(self) -> None:
-        self.done = True
+        self.phase = Phase.ANSWERED
         if self.client.paused & P_UPSTREAM:
             self.client.resume(P_UPSTREAM)
         if self.counted:
@@ -441,8 +503,8 @@ class Exchange:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self.finished and (self.req_done or self.close_after):
-            self.finished = True
+        if self.phase is not Phase.FINISHED and (self.req_done or self.close_after):
+            self.phase = Phase.FINISHED
             self.client.exchange_done(self)
 
     def _detach(self) -> None:
@@ -462,7 +524,7 @@ class Exchange:
             self.counted = False
             self.metrics.inflight -= 1
             self.metrics.aborted += 1
-        self.done = self.finished = True
+        self.phase = Phase.FINISHED
 
     def _ups_id(self) -> str:
         return self.ups.id if self.ups is not None else "?"

@@ -334,8 +334,18 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+PREVIEW_TOKEN = "test-preview-token-0123456789abcdef"
+"""The preview token of every table make_table builds: forced-track requests carry it (see track)."""
+
+
+def track(name: str) -> dict[str, str]:
+    """The headers that force a request onto track (or alias) `name`, as a preview check sends them."""
+    return {"X-Shipyard-Track": name, "X-Shipyard-Preview-Token": PREVIEW_TOKEN}
+
+
 def make_table(version: int, tracks: dict[str, list[TestUpstream]], weights: dict[str, float],
                service: str = "shop", **kw: Any) -> RoutingTable:
+    kw.setdefault("preview_token", PREVIEW_TOKEN)
     return RoutingTable(service, version, {t: tuple(u.upstream for u in ups) for t, ups in tracks.items()},
                         weights, **kw)
 

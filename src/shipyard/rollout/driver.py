@@ -141,7 +141,8 @@ class RolloutDriver:
                 why = await self.ops.start_slot(spec, slot, image_id, r.id, count)
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
             case RunPreview(slot=slot):
-                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id))
+                why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
+                                               self.ops.preview_token(r.service))
                 return PreviewPassed() if why is None else PreviewFailed(why)
             case SwitchTraffic(slot=slot):
                 try:

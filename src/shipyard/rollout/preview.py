@@ -1,5 +1,6 @@
 """Preview checks: real requests sent through the router's preview route
-(`X-Shipyard-Track: <slot>`), so the new slot is tested on the same path users take."""
+(`X-Shipyard-Track: <slot>` with the service's `X-Shipyard-Preview-Token`), so the new
+slot is tested on the same path users take, and users cannot take it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
-from shipyard.router.table import TRACK_HEADER
+from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER
 from shipyard.spec import Spec
 
 
@@ -21,7 +22,7 @@ def base_url(spec: Spec) -> str:
     return f"http://[{host}]:{spec.listen_port}" if ":" in host else f"http://{host}:{spec.listen_port}"
 
 
-async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None]) -> str | None:
+async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], token: str) -> str | None:
     """None when every check passes, else the first failure in words."""
     bg = spec.strategy.blue_green
     checks = list(bg.preview_checks) if bg is not None else []
@@ -29,5 +30,5 @@ async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None]) 
         log(f"no preview checks configured for slot {slot}")
         return None
     async with httpx.AsyncClient(base_url=base_url(spec), timeout=CHECK_TIMEOUT) as client:
-        failure = await run_checks(client, checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot}, log=log)
+        failure = await run_checks(client, checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}, log=log)
     return None if failure is None else f"preview {failure}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shipyard.analysis import Verdict
 from shipyard.analysis.prometheus import QueryContext
 from shipyard.errors import ShipyardError
-from shipyard.rollout.traffic import build_table
+from shipyard.rollout.traffic import build_table, preview_token
 from shipyard.router.base import Router
 from shipyard.runtime.base import Instance, LaunchSpec, Runtime
 from shipyard.runtime.environment import release_env
@@ -66,6 +66,9 @@ class Deps:
     """Told of every event once it is stored (notifications); must not block or raise."""
     query_metric: MetricQuery = no_metric_provider
     """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.prometheus.judge)."""
+    preview_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    """What preview tokens are derived from (the daemon passes its API token, so they survive a
+    restart); random by default, so an unwired Deps never yields a guessable token."""
 
 
 class SlotOps:
@@ -73,6 +76,10 @@ class SlotOps:
         self.d = deps
         self._locks: dict[str, asyncio.Lock] = {}
         self._router_version: dict[str, int] = {}
+
+    def preview_token(self, service: str) -> str:
+        """The secret that lets a request choose its track (preview checks send it)."""
+        return preview_token(self.d.preview_secret, service)
 
     def lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
@@ -95,7 +102,7 @@ class SlotOps:
                 current = await self.d.router.current(svc.name)
                 self._router_version[svc.name] = current.version if current else 0
             version = max(svc.table_version, self._router_version[svc.name]) + 1
-            table = build_table(svc, instances, version, *sticky)
+            table = build_table(svc, instances, version, *sticky, preview_token=self.preview_token(svc.name))
             try:
                 await self.d.router.apply(table)
                 break

@@ -97,7 +97,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0") -> None:
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
-                router=EmbeddedRouter(paths), paths=paths, query_metric=prometheus.judge)
+                router=EmbeddedRouter(paths), paths=paths, query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

@@ -13,32 +13,15 @@ from collections import deque
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from shipyard.router.dataplane.exchange import (
-    H_CONN,
-    H_COOKIE,
-    H_DROP,
-    H_HOST,
-    H_TE,
-    H_TRACK,
-    H_XFF,
-    HOP,
-    P_BUFFER,
-    P_PIPELINE,
-    P_UPSTREAM,
-    Exchange,
-    Plane,
-    connection_tokens,
-    error_response,
-    without_names,
-)
-from shipyard.router.table import TRACK_HEADER, user_bucket
+from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_UPSTREAM, Exchange
+from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
+from shipyard.router.dataplane.lifecycle import Plane
+from shipyard.router.table import user_bucket
 
 log = logging.getLogger("shipyard.router")
 
 MAX_HEAD = 64 * 1024
-REQUEST_HEADERS = {**HOP, b"host": H_HOST, b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_DROP,
-                   b"x-forwarded-host": H_DROP, TRACK_HEADER.encode(): H_TRACK, b"cookie": H_COOKIE}
-"""Request headers the router acts on; any other header is relayed as is."""
+"""The longest request head accepted (431 beyond), whether or not a request is in progress before it."""
 
 
 class Server(Plane):
@@ -55,7 +38,7 @@ class Server(Plane):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges in order, keeps alive."""
 
-    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "active",
+    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
                  "closed", "bucket")
 
@@ -68,6 +51,9 @@ class ClientConnection(asyncio.Protocol):
         self.hdrs: list[tuple[bytes, bytes]] = []
         self.head_size = 0
         self.in_head = False
+        """The parser is inside a request head (its bytes count towards MAX_HEAD)."""
+        self.waiting = False
+        """No request is in progress and the head timeout runs for the next one."""
         self.active: Exchange | None = None
         """The exchange whose response is being produced; others wait in `queue` (pipelining)."""
         self.queue: deque[Exchange] | None = None
@@ -89,7 +75,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = str(peer[0]).encode() if peer else b""
         server = self.server
         server.clients.add(self)
-        self.in_head = True
+        self.in_head = self.waiting = True
         self.deadline = server.clock + server.client_head_timeout
         if server.draining:
             self.close()
@@ -97,13 +83,13 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         server = self.server
         if self.active is None and self.reading is None:
-            if not self.in_head:
-                self.in_head = True
-                self.head_size = 0
+            if not self.waiting:
+                self.waiting = True
                 self.deadline = server.clock + server.client_head_timeout
-            self.head_size += len(data)  # an upper bound: the chunk may also hold body bytes
         else:
             self.deadline = server.clock + server.client_idle_timeout
+        if self.in_head:  # an upper bound: the chunk may also hold body bytes or the next head
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:  # Upgrade is stripped: what follows is a new request
@@ -119,6 +105,8 @@ class ClientConnection(asyncio.Protocol):
         except HttpParserError as e:
             self._reject(400, f"bad request ({e})")
             return
+        # Counted whether or not an exchange is in progress: a head pipelined behind a slow
+        # request is held to the same limit (the parser buffers a head until it is complete).
         if self.in_head and self.head_size > MAX_HEAD:
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
 
@@ -154,6 +142,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # The first bytes of this head may share a chunk with the previous request: they are
+        # not counted (at most one read), every later chunk is.
+        self.in_head = True
+        self.head_size = 0
+
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -167,50 +161,20 @@ class ClientConnection(asyncio.Protocol):
         p = self.parser
         hdrs, self.hdrs = self.hdrs, []
         url, self.url = self.url, b""
-        if self.head_size > MAX_HEAD and len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
+        if len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
             return
         method = p.get_method()
-        out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
-        host = xff = override = cookies = None
-        chunked = False
-        drop = None
-        for name, value in hdrs:
-            code = REQUEST_HEADERS.get(name.lower())
-            if code is not None:
-                if code == H_HOST:
-                    host = value
-                elif code == H_TRACK:
-                    override = value
-                elif code == H_COOKIE:
-                    cookies = value if cookies is None else cookies + b"; " + value
-                elif code == H_XFF:
-                    xff = value if xff is None else xff + b", " + value
-                    continue
-                elif code == H_TE:
-                    chunked = chunked or b"chunked" in value.lower()
-                    continue
-                elif code == H_CONN:
-                    drop = connection_tokens(value, drop)
-                    continue
-                else:
-                    continue
-            elif name[:6].lower() == b"proxy-":
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
-        if drop:
-            out = out[:1] + without_names(out[1:], drop)
-        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n"
-                   % (xff + b", " + self.peer if xff else self.peer))
-        if host is not None:
-            out.append(b"X-Forwarded-Host: %s\r\n" % host)
-        else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one
-            out.append(b"Host: %s\r\n" % self.server.listen.encode())
-        if chunked:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-        out.append(b"\r\n")
-        ex = Exchange(self, b"".join(out), chunked, p.should_keep_alive(), p.get_http_version() == "1.0",
-                      method == b"HEAD", override, hdrs, cookies)
+        http10 = p.get_http_version() == "1.0"
+        try:
+            req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
+                                  self.server.listen.encode())
+        except Refused as e:
+            self._reject(e.status, e.message)
+            return
+        ex = Exchange(self, req.head, req.chunked, p.should_keep_alive(), http10, method == b"HEAD",
+                      req.override, req.token, hdrs, req.cookies)
+        self.waiting = False
         self.reading = ex
         if self.active is None:
             self.active = ex
@@ -261,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = server.clock + server.client_idle_timeout if self.reading is nxt else 0.0
             nxt.start()
         else:
-            self.in_head = False
+            self.waiting = False
             self.deadline = server.clock + server.client_idle_timeout
 
     def pause(self, why: int) -> None:

@@ -6,17 +6,29 @@ body as it arrives and the response as it comes back, and decides what is safe
 to retry: a failed connect (nothing was sent) goes to another instance, and a
 reused pooled connection that dies before any response byte is replayed once on a
 fresh connection (the instance closed it while idle, so it processed nothing).
-It never buffers a whole body: flow control pauses whichever side is ahead."""
+It never buffers a whole body: flow control pauses whichever side is ahead.
+
+(Over 400 lines on purpose: it is one state machine, and its transitions are easier to
+check when they are read in one place; its states live in lifecycle.py, the header
+rules in framing.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
-from typing import Protocol
 
+from shipyard.router.dataplane.framing import (
+    H_CONN,
+    H_LEN,
+    H_TE,
+    RESPONSE_HEADERS,
+    connection_tokens,
+    error_response,
+    without_names,
+)
+from shipyard.router.dataplane.lifecycle import Attempt, Downstream, Phase
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.routes import RouteState, TrackRoute
+from shipyard.router.dataplane.routes import TrackRoute
 from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 
 # Why a client's reading is paused; it resumes when no reason is left.
@@ -34,104 +46,17 @@ REPLAY_LIMIT = 1024 * 1024
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
-H_HOST, H_XFF, H_TE, H_CONN, H_DROP, H_TRACK, H_COOKIE, H_LEN = range(8)
-HOP = {b"connection": H_CONN, b"keep-alive": H_DROP, b"te": H_DROP, b"trailer": H_DROP,
-        b"upgrade": H_DROP, b"transfer-encoding": H_TE}
-RESPONSE_HEADERS = {**HOP, b"content-length": H_LEN}
-REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
-            503: b"Service Unavailable", 504: b"Gateway Timeout"}
-
-
-class Phase(enum.IntEnum):
-    """Where the response side of an exchange is; ordered, so `>= ANSWERED` means "over"."""
-
-    WAITING = 0
-    """No response byte relayed to the client yet: a failure can still be answered (or retried)."""
-    INTERIM = 1
-    """Relaying a 1xx response; the final one follows on the same connection."""
-    STREAMING = 2
-    """The final response head went out: a failure now can only cut the connection."""
-    ANSWERED = 3
-    """The response is complete (or failed); the request body may still be arriving."""
-    FINISHED = 4
-    """Handed back to the client connection, which moves on to the next request."""
-
-
-class Attempt(enum.IntEnum):
-    """How often the request has been sent again; each kind of retry happens at most once."""
-
-    FIRST = 0
-    REPLAYED = 1
-    """Sent again on a fresh connection to the same instance (a pooled one died unused)."""
-    MOVED = 2
-    """Sent to another instance of the track (an idempotent request whose instance died)."""
-
-
-class Plane(Protocol):
-    """What an exchange needs from the proxy server (proxy.ProxyServer)."""
-
-    service: str
-    state: RouteState
-    loop: asyncio.AbstractEventLoop | None
-    clock: float
-    response_timeout: float
-    none_metrics: TrackMetrics
-
-
-class Downstream(Protocol):
-    """What an exchange needs from its client connection (client.ClientConnection). A Protocol,
-    so that client -> exchange is the only import between the two."""
-
-    server: Plane
-    transport: asyncio.Transport | None
-    paused: int
-    write_paused: bool
-    draining: bool
-
-    def peer_bucket(self) -> int: ...
-
-    def pause(self, why: int) -> None: ...
-
-    def resume(self, why: int) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def exchange_done(self, ex: Exchange) -> None: ...
-
-
-def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
-    """Header names listed in Connection are hop-by-hop too (keep-alive/close are not names)."""
-    for token in value.lower().split(b","):
-        token = token.strip()
-        if token and token not in (b"keep-alive", b"close"):
-            into = into or set()
-            into.add(token)
-    return into
-
-
-def without_names(lines: list[bytes], names: set[bytes]) -> list[bytes]:
-    return [line for line in lines if line.split(b":", 1)[0].lower() not in names]
-
-
-def error_response(status: int, message: str, connection: bytes, with_body: bool = True) -> bytes:
-    body = b"shipyard: %s\n" % message.encode()
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"X-Shipyard-Error: 1\r\n%s\r\n%s") % (status, REASONS[status], len(body), connection,
-                                                   body if with_body else b"")
-
-
-
 class Exchange:
     """One request and its response: picks the instance, relays both bodies, retries what
     is safe to retry, and records the outcome. Driven by callbacks from both connections."""
 
-    __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "hdrs", "cookies",
+    __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "token", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
                  "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
                  "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf")
 
     def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
-                 is_head: bool, override: bytes | None, hdrs: list[tuple[bytes, bytes]],
+                 is_head: bool, override: bytes | None, token: bytes | None, hdrs: list[tuple[bytes, bytes]],
                  cookies: bytes | None) -> None:
         self.client = client
         self.head = head
@@ -140,6 +65,7 @@ class Exchange:
         self.http10 = http10
         self.is_head = is_head
         self.override = override
+        self.token = token
         self.hdrs: list[tuple[bytes, bytes]] | None = hdrs
         self.cookies = cookies
         self.t0 = time.perf_counter()
@@ -174,10 +100,13 @@ class Exchange:
     def start(self) -> None:
         server = self.client.server
         st = server.state
-        if self.override is None and st.single is not None:
+        override = self.override
+        if override is not None and not st.preview_allowed(self.token):
+            override = None  # forced-track routing is for holders of the preview token only
+        if override is None and st.single is not None:
             route = st.single  # the common case (one live track), without a call
         else:
-            route = st.route_for(self.override, self.hdrs, self.cookies, self.client)
+            route = st.route_for(override, self.hdrs, self.cookies, self.client)
         self.hdrs = None
         if route is None:
             self.fail(503, f"service {server.service} has no live release")

@@ -5,6 +5,7 @@ importing each other (the exchange picks instances, the proxy builds routes)."""
 
 from __future__ import annotations
 
+import hmac
 from random import random as _random
 from typing import Protocol
 
@@ -52,7 +53,7 @@ class RouteState:
     dict lookup (override) or one hash and one list index (its user's bucket)."""
 
     __slots__ = ("table", "routes", "overrides", "by_bucket", "sticky_header", "sticky_cookie",
-                 "sticky_address", "single")
+                 "sticky_address", "single", "preview_token")
 
     def __init__(self, table: RoutingTable, routes: dict[str, TrackRoute]) -> None:
         self.table = table
@@ -72,6 +73,14 @@ class RouteState:
         self.sticky_header = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
         self.sticky_cookie = table.sticky_cookie.encode("latin-1") if table.sticky_cookie else None
         self.sticky_address = table.sticky_client_address
+        self.preview_token = table.preview_token.encode("latin-1") if table.preview_token else None
+        """X-Shipyard-Track is honoured only with this X-Shipyard-Preview-Token; None: never."""
+
+    def preview_allowed(self, token: bytes | None) -> bool:
+        """Whether a request's preview token is the service's (a constant-time compare, so the
+        time of a refusal says nothing about how much of a guess was right)."""
+        expected = self.preview_token
+        return expected is not None and token is not None and hmac.compare_digest(expected, token)
 
     def route_for(self, override: bytes | None, hdrs: list[tuple[bytes, bytes]] | None, cookies: bytes | None,
                   client: Peer) -> TrackRoute | None:

@@ -152,7 +152,8 @@ class ClientConnection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.hdrs.append((name, value))
+        if self.in_head:  # not a chunked body's trailer fields: those are dropped, never
+            self.hdrs.append((name, value))  # left for the next request's head
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -225,6 +225,31 @@ def read_response(sock: socket.socket, buf: bytearray, deadline: float) -> Respo
     return resp
 
 
+def talk(port: int, pieces: list[bytes], expect: int, timeout: float) -> tuple[list[Response], str]:
+    """Send `pieces`, read responses until `expect`, a router error, a close ("closed") or
+    `timeout` ("timeout"); "done" when `expect` responses came."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        for p in pieces:
+            try:
+                s.sendall(p)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        out: list[Response] = []
+        while len(out) < expect:
+            try:
+                r = read_response(s, buf, deadline)
+            except (ValueError, IndexError):
+                return out, "garbled"
+            if r is None:
+                return out, "timeout" if time.monotonic() >= deadline else "closed"
+            out.append(r)
+            if r.from_router:
+                return out, "closed"
+        return out, "done"
+
+
 def converse(port: int, pieces: list[bytes], expect: int, timeout: float = 3.0,
              pause: float = 0.0, check_close: bool = True) -> tuple[list[Response], bool]:
     """Send `pieces` on one connection, read up to `expect` responses; also whether the router

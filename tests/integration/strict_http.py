@@ -63,6 +63,22 @@ class StrictParser:
             self.failed = str(e)
             raise ParseError(f"{e} (after {len(out)} complete requests)") from None
 
+    @classmethod
+    def parse_all(cls, data: bytes) -> tuple[list[Request], str]:
+        """Every complete request of a whole stream, and how the stream ends: "clean",
+        "incomplete" (a request is cut short) or "error" (the next request is invalid)."""
+        p = cls()
+        p.buf = data
+        out = []
+        while True:
+            try:
+                req = p._one()
+            except ParseError:
+                return out, "error"
+            if req is None:
+                return out, "incomplete" if p.pending else "clean"
+            out.append(req)
+
     @property
     def pending(self) -> bool:
         """Bytes of an unfinished request are buffered."""

@@ -13,7 +13,7 @@ from collections import deque
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_UPSTREAM, Exchange
+from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_REFUSED, P_UPSTREAM, Exchange
 from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
 from shipyard.router.dataplane.lifecycle import Plane
 from shipyard.router.table import user_bucket
@@ -40,7 +40,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "closed", "bucket")
+                 "closed", "bucket", "refusal")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -65,6 +65,9 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.draining = self.closed = False
         self.bucket = -2
+        self.refusal: bytes | None = None
+        """The answer to a pipelined request refused while an earlier one is still in progress:
+        sent (then the connection closes) once the requests before it are answered."""
         """The client address's user bucket, hashed on first use (-2: not yet, -1: no address)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -81,6 +84,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:  # the stream is no longer framed: nothing more is parsed
+            return
         server = self.server
         if self.active is None and self.reading is None:
             if not self.waiting:
@@ -157,7 +162,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.closed:  # pipelined after a request that closed the connection
+        if self.closed or self.refusal is not None:  # after a request that ends the connection
             return
         p = self.parser
         hdrs, self.hdrs = self.hdrs, []
@@ -166,7 +171,11 @@ class ClientConnection(asyncio.Protocol):
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
             return
         method = p.get_method()
-        http10 = p.get_http_version() == "1.0"
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):  # llhttp reads any digit.digit; the instance would not
+            self._reject(505, f"HTTP/{version} is not supported: send HTTP/1.1")
+            return
+        http10 = version == "1.0"
         try:
             req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
                                   self.server.listen.encode())
@@ -219,6 +228,10 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self.server
         q = self.queue
+        if not q and self.refusal is not None:
+            self.transport.write(self.refusal)  # type: ignore[union-attr]
+            self.close()
+            return
         if q:
             nxt = self.active = q.popleft()
             if not q:
@@ -277,10 +290,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         """The request cannot be parsed: answer if nothing else is in progress, then close."""
-        if self.closed:
+        if self.closed or self.refusal is not None:
             return
         if self.active is not None:
-            self.abort()
+            if self.reading is None:  # a later request is bad: the ones before it are answered first
+                self.refusal = error_response(status, message, b"Connection: close\r\n")
+                self.pause(P_REFUSED)
+            else:  # the request in progress itself cannot be completed
+                self.abort()
             return
         self.transport.write(error_response(status, message, b"Connection: close\r\n"))  # type: ignore
         self.close()

@@ -35,6 +35,7 @@ from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
 P_BUFFER = 2  # the request body waits for a connection to an instance
 P_PIPELINE = 4  # a pipelined request waits for the one before it
+P_REFUSED = 8  # a later request was refused: nothing more is read, the answers before it go out
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""

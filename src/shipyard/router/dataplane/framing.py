@@ -32,7 +32,8 @@ PREVIEW_TOKEN_HEADER = _TOKEN.encode()
 NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 """Headers a Connection header may not name: removing them would change the message's framing."""
 REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
-           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+           505: b"HTTP Version Not Supported"}
 
 
 class Refused(Exception):

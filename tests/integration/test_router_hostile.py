@@ -164,3 +164,12 @@ def test_no_x_shipyard_header_of_a_client_reaches_an_instance(plane: Plane) -> N
     assert r.status == 200
     (seen,) = plane.seen()
     assert [h for h, _ in seen["headers"] if h.lower().startswith("x-shipyard-")] == []
+
+
+def test_a_bad_request_pipelined_behind_a_good_one_is_refused_after_it_is_answered(plane: Plane) -> None:
+    good, bad = nonce(), nonce()
+    data = get(good, target=b"/slow") + get(bad, b"Connection: content-length\r\n")
+    responses, closed = converse(plane.port, [data], expect=3, timeout=6)
+    assert [r.status for r in responses] == [200, 400] and responses[0].nonce == good
+    assert responses[1].from_router and closed
+    assert [dict((k.lower(), v) for k, v in e["headers"])["x-nonce"] for e in plane.seen()] == [good]

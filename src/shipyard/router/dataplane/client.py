@@ -1,7 +1,8 @@
 """A client connection to the data plane: HTTP/1.1 parsing, keep-alive, pipelining, timeouts.
 
-It rewrites each request head for the instance (hop-by-hop headers out,
-X-Forwarded-* in) and hands it to an Exchange; exchanges run one at a time per
+It has each request head rewritten for the instance (framing.rewrite_request:
+hop-by-hop and X-Shipyard-* headers out, X-Forwarded-* in, framing rebuilt) and
+hands it to an Exchange; exchanges run one at a time per
 connection, in order. The connection outlives any table swap: only the next
 request looks at the new table."""
 
@@ -65,10 +66,10 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.draining = self.closed = False
         self.bucket = -2
+        """The client address's user bucket, hashed on first use (-2: not yet, -1: no address)."""
         self.refusal: bytes | None = None
         """The answer to a pipelined request refused while an earlier one is still in progress:
         sent (then the connection closes) once the requests before it are answered."""
-        """The client address's user bucket, hashed on first use (-2: not yet, -1: no address)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 

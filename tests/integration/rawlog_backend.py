@@ -4,7 +4,7 @@ parsed by the strict parser of strict_http.py, and answers with the request's no
 Run as `python rawlog_backend.py PORT LOG`: one JSON line per parsed request
 ({"conn", "method", "target", "headers", "body"}, bytes as latin-1 text) or per parse
 error ({"conn", "error"}), flushed before the response is sent. `/slow` answers after
-2 s. The nonce (header X-Nonce) comes back in the body and in X-Nonce, so a response
+2 s; `/conn-names-length` answers with `Connection: content-length`. The nonce (header X-Nonce) comes back in the body and in X-Nonce, so a response
 that reached the wrong client is seen."""
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ def main() -> None:
                         await asyncio.sleep(2)
                     nonce = (r.get(b"x-nonce") or [b""])[0]
                     body = json.dumps({"nonce": nonce.decode("latin-1"), "conn": conn}).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Nonce: %s\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (nonce, len(body), body))
+                    # /conn-names-length: a response whose Connection names its own framing
+                    extra = b"Connection: content-length\r\n" if r.target == b"/conn-names-length" else b""
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Nonce: %s\r\n%s"
+                                 b"Content-Length: %d\r\n\r\n%s" % (nonce, extra, len(body), body))
                     await writer.drain()
         except (ConnectionError, OSError):
             pass

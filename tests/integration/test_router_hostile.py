@@ -173,3 +173,11 @@ def test_a_bad_request_pipelined_behind_a_good_one_is_refused_after_it_is_answer
     assert [r.status for r in responses] == [200, 400] and responses[0].nonce == good
     assert responses[1].from_router and closed
     assert [dict((k.lower(), v) for k, v in e["headers"])["x-nonce"] for e in plane.seen()] == [good]
+
+
+def test_a_response_whose_connection_names_content_length_keeps_its_framing(plane: Plane) -> None:
+    first, second = nonce(), nonce()
+    responses, _ = converse(plane.port, [get(first, target=b"/conn-names-length") + get(second)], expect=2,
+                            check_close=False)
+    assert [r.nonce for r in responses] == [first, second]
+    assert responses[0].header(b"content-length") is not None

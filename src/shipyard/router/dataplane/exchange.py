@@ -21,6 +21,7 @@ from shipyard.router.dataplane.framing import (
     H_CONN,
     H_LEN,
     H_TE,
+    NEVER_HOP,
     RESPONSE_HEADERS,
     connection_tokens,
     error_response,
@@ -257,8 +258,8 @@ class Exchange:
             elif name[:6].lower() == b"proxy-":
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
-        if drop:
-            out = out[:1] + without_names(out[1:], drop)
+        if drop:  # never the framing: the client must read the body the way it was counted
+            out = out[:1] + without_names(out[1:], drop - NEVER_HOP)
         if self.phase is Phase.INTERIM:
             out.append(b"\r\n")
             self.wbuf += out

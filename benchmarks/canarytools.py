@@ -23,7 +23,7 @@ from shipyard import histogram
 from shipyard.analysis import BatchMonitors, MonitorPlan, Second, Window, compare, fixed_horizon, flagger_rule
 from shipyard.analysis import martingale as mg
 from shipyard.errors import ShipyardError
-from shipyard.router.control import RouterControlClient
+from shipyard.router.control_client import RouterControlClient
 
 B = mg.B
 

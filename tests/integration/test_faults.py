@@ -33,7 +33,7 @@ def router_pid(state_dir: Path, service: str = "shop") -> int:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"shipyard.router.proxy" in cmd and str(state_dir).encode() in b" ".join(cmd):
+            if b"shipyard.router.dataplane.proxy" in cmd and str(state_dir).encode() in b" ".join(cmd):
                 return int(entry)
     raise AssertionError("no router process found")
 

@@ -16,6 +16,7 @@ from test_router_support import (
     make_table,
     running_router,
     short_tmpdir,
+    track,
     upstreams,
 )
 
@@ -149,9 +150,9 @@ async def test_aliases_force_the_track_and_keyless_requests_split_per_request(
         for override, expected in (("canary", "canary"), ("stable", "stable"), ("green", "canary"),
                                    ("blue", "stable")):
             for user in ("u1", "u2", "u3", "u4", "u5"):  # the override beats the user's bucket
-                r = await c.request(headers={"X-Shipyard-Track": override, "X-User-Id": user})
+                r = await c.request(headers={**track(override), "X-User-Id": user})
                 assert r.json()["name"] == expected, (override, user)
-        unknown = await c.request(headers={"X-Shipyard-Track": "nope", "X-User-Id": "u1"})
+        unknown = await c.request(headers={**track("nope"), "X-User-Id": "u1"})
         assert unknown.json()["name"] == ("canary" if user_bucket("u1") < 3000 else "stable")
         # no key at all: a weighted draw per request, so one connection sees both tracks
         got = Counter()

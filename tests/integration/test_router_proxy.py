@@ -16,6 +16,7 @@ from test_router_support import (
     pattern,
     running_router,
     short_tmpdir,
+    track,
     upstreams,
 )
 
@@ -85,8 +86,8 @@ async def test_weights_50_50_split_and_sticky_users(router: RouterProcess, farm:
 async def test_header_override_picks_the_track(router: RouterProcess, farm: list[TestUpstream]) -> None:
     blue, green = farm
     await router.set(make_table(1, {"blue": [blue], "green": [green]}, {"blue": 100, "green": 0}))
-    assert await names(router.port, 5, {"X-Shipyard-Track": "green"}) == {"green": 5}
-    assert await names(router.port, 5, {"X-Shipyard-Track": "nope"}) == {"blue": 5}
+    assert await names(router.port, 5, track("green")) == {"green": 5}
+    assert await names(router.port, 5, track("nope")) == {"blue": 5}
 
 
 async def test_keepalive_connection_survives_a_swap(router: RouterProcess, farm: list[TestUpstream]) -> None:
@@ -274,7 +275,7 @@ async def test_stats_count_per_track(router: RouterProcess, farm: list[TestUpstr
     blue, green = farm
     await router.set(make_table(7, {"blue": [blue], "green": [green]}, {"blue": 100, "green": 0}))
     await names(router.port, 6)
-    await names(router.port, 3, {"X-Shipyard-Track": "green"})
+    await names(router.port, 3, track("green"))
     stats = await router.client.stats()
     assert stats["version"] == 7 and stats["uptime"] > 0
     b, g = stats["tracks"]["blue"], stats["tracks"]["green"]

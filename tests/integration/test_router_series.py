@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_router_support import RawClient, free_port, make_table, running_router, short_tmpdir, upstreams
+from test_router_support import (
+    PREVIEW_TOKEN,
+    RawClient,
+    free_port,
+    make_table,
+    running_router,
+    short_tmpdir,
+    track,
+    upstreams,
+)
 
 from shipyard.histogram import bucket_of, lower_ms, upper_ms
 from shipyard.router.table import RoutingTable, Upstream
@@ -61,18 +70,19 @@ async def test_series_counts_every_outcome_exactly(workdir: Path) -> None:
             for _ in range(2):  # no table yet: the router's own 503, under "(none)"
                 assert (await c.request()).status == 503
             table = RoutingTable("shop", 1, {"blue": (blue.upstream,), "green": (green.upstream,),
-                                             "dead": (dead,), "hung": (green.upstream,)}, {"blue": 100})
+                                             "dead": (dead,), "hung": (green.upstream,)}, {"blue": 100},
+                                 preview_token=PREVIEW_TOKEN)
             await router.set(table)
             sent = time.perf_counter()
-            hung = asyncio.create_task(slow.request("GET", "/sleep?s=4", {"X-Shipyard-Track": "hung"}))
+            hung = asyncio.create_task(slow.request("GET", "/sleep?s=4", track("hung")))
             statuses: Counter[tuple[str, int]] = Counter()
             for path, n in (("/", 25), ("/status?code=500", 10), ("/status?code=404", 5), ("/status?code=503", 2)):
                 for _ in range(n):
                     statuses["blue", (await c.request("GET", path)).status] += 1
             for _ in range(12):  # an upstream that sleeps 50 ms
-                statuses["green", (await c.request("GET", "/sleep?s=0.05", {"X-Shipyard-Track": "green"})).status] += 1
+                statuses["green", (await c.request("GET", "/sleep?s=0.05", track("green"))).status] += 1
             for _ in range(7):
-                statuses["dead", (await c.request(headers={"X-Shipyard-Track": "dead"})).status] += 1
+                statuses["dead", (await c.request(headers=track("dead"))).status] += 1
             assert statuses == {("blue", 200): 25, ("blue", 500): 10, ("blue", 404): 5, ("blue", 503): 2,
                                 ("green", 200): 12, ("dead", 502): 7}
             first = await router.client.series(start - 1)  # the current second is never included

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
-from shipyard.router.control import RouterControlClient
+from shipyard.router.control_client import RouterControlClient
 from shipyard.router.table import RoutingTable, Upstream
 
 
@@ -286,7 +286,7 @@ class RawClient:
 
 
 class RouterProcess:
-    """`python -m shipyard.router.proxy` in its own session, killed (group) by `kill()`."""
+    """`python -m shipyard.router.dataplane.proxy` in its own session, killed (group) by `kill()`."""
 
     def __init__(self, workdir: Path, service: str = "shop", port: int | None = None,
                  extra: list[str] | None = None) -> None:
@@ -302,7 +302,7 @@ class RouterProcess:
         self.client = RouterControlClient(self.sock)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "shipyard.router.proxy", "--service", self.service, "--listen",
+        return [sys.executable, "-m", "shipyard.router.dataplane.proxy", "--service", self.service, "--listen",
                 self.listen, "--control", str(self.sock), "--table", str(self.table_path), *self.extra]
 
     async def start(self, wait: bool = True) -> RouterProcess:
@@ -334,8 +334,18 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+PREVIEW_TOKEN = "test-preview-token-0123456789abcdef"
+"""The preview token of every table make_table builds: forced-track requests carry it (see track)."""
+
+
+def track(name: str) -> dict[str, str]:
+    """The headers that force a request onto track (or alias) `name`, as a preview check sends them."""
+    return {"X-Shipyard-Track": name, "X-Shipyard-Preview-Token": PREVIEW_TOKEN}
+
+
 def make_table(version: int, tracks: dict[str, list[TestUpstream]], weights: dict[str, float],
                service: str = "shop", **kw: Any) -> RoutingTable:
+    kw.setdefault("preview_token", PREVIEW_TOKEN)
     return RoutingTable(service, version, {t: tuple(u.upstream for u in ups) for t, ups in tracks.items()},
                         weights, **kw)
 

@@ -20,7 +20,7 @@ from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
 from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
-from shipyard.rollout.traffic import build_table
+from shipyard.rollout.traffic import build_table, preview_token
 from shipyard.runtime.environment import release_env
 from shipyard.spec import Spec
 
@@ -31,6 +31,10 @@ class SlotOps:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self._router_version: dict[str, int] = {}
+
+    def preview_token(self, service: str) -> str:
+        """The secret that lets a request choose its track (preview checks send it)."""
+        return preview_token(self.d.preview_secret, service)
 
     def lock(self, service: str) -> AbstractAsyncContextManager[Any]:
         """The store's service lock: one writer of a service's record and table at a time."""
@@ -54,7 +58,7 @@ class SlotOps:
                 current = await self.d.router.current(svc.name)
                 self._router_version[svc.name] = current.version if current else 0
             version = max(svc.table_version, self._router_version[svc.name]) + 1
-            table = build_table(svc, instances, version, *sticky)
+            table = build_table(svc, instances, version, *sticky, preview_token=self.preview_token(svc.name))
             try:
                 await self.d.router.apply(table)
                 break

@@ -5,6 +5,7 @@ it cares about."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -52,3 +53,6 @@ class Deps:
     """Told of every event once it is stored (notifications); must not block or raise."""
     query_metric: MetricQuery = no_metric_provider
     """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.providers.prometheus.judge)."""
+    preview_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    """What preview tokens are derived from (the daemon passes its API token, so they survive a
+    restart); random by default, so an unwired Deps never yields a guessable token."""

@@ -144,7 +144,7 @@ class RolloutDriver:
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
             case RunPreview(slot=slot):
                 why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
-                                         self.d.health)
+                                         self.d.health, self.ops.preview_token(r.service))
                 return PreviewPassed() if why is None else PreviewFailed(why)
             case SwitchTraffic(slot=slot):
                 try:

@@ -1,12 +1,13 @@
 """Preview checks: real requests sent through the router's preview route
-(`X-Shipyard-Track: <slot>`), so the new slot is tested on the same path users take."""
+(`X-Shipyard-Track: <slot>` with the service's `X-Shipyard-Preview-Token`), so the new
+slot is tested on the same path users take, and users cannot take it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from shipyard.engine.ports import HealthProbe
-from shipyard.router.table import TRACK_HEADER
+from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER
 from shipyard.spec import Spec
 
 
@@ -19,13 +20,14 @@ def base_url(spec: Spec) -> str:
     return f"http://[{host}]:{spec.listen_port}" if ":" in host else f"http://{host}:{spec.listen_port}"
 
 
-async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], health: HealthProbe) -> str | None:
+async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], health: HealthProbe,
+                             token: str) -> str | None:
     """None when every check passes, else the first failure in words."""
     bg = spec.strategy.blue_green
     checks = list(bg.preview_checks) if bg is not None else []
     if not checks:
         log(f"no preview checks configured for slot {slot}")
         return None
-    failure = await health.run_checks(base_url(spec), checks, label=f"slot {slot}", extra_headers={TRACK_HEADER: slot},
-                                      log=log)
+    failure = await health.run_checks(base_url(spec), checks, label=f"slot {slot}",
+                                      extra_headers={TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}, log=log)
     return None if failure is None else f"preview {failure}"

@@ -5,6 +5,8 @@ rebuilds it whole, so what the router serves cannot drift from the recorded stat
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable
 
 from shipyard.rollout.records import Instance, ServiceRecord
@@ -13,15 +15,23 @@ from shipyard.router.table import RoutingTable, Upstream
 ROUTABLE = ("healthy",)
 
 
+def preview_token(secret: str, service: str) -> str:
+    """The service's preview token: HMAC-SHA256(secret, "preview:" + service), hex. Derived, not
+    stored, so the daemon that pushes the table and the one that runs the preview checks agree
+    without a new file, and a rotated API token rotates every preview token with it."""
+    return hmac.new(secret.encode(), b"preview:" + service.encode(), hashlib.sha256).hexdigest()
+
+
 def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], version: int,
                 sticky_header: str | None = None, sticky_cookie: str | None = None,
-                sticky_client_address: bool = False) -> RoutingTable:
+                sticky_client_address: bool = False, preview_token: str | None = None) -> RoutingTable:
     """Tracks are the slots with healthy instances (so the preview route reaches a new
     slot as soon as it is healthy); all unpinned traffic goes to the live slot. If the
     live slot has no healthy instance left we still route to its live processes rather
     than answer 503: the router ejects the ones that refuse connections. A canary slot
     takes its weight of the users, from the lowest buckets up (so raising it only adds
-    users), and `X-Shipyard-Track: canary|stable` reach the two sides."""
+    users), and `X-Shipyard-Track: canary|stable` reach the two sides (for requests that
+    carry `preview_token` in X-Shipyard-Preview-Token; without a token, for nobody)."""
     healthy: dict[str, list[Upstream]] = {}
     alive: dict[str, list[Upstream]] = {}
     for inst, status in instances:
@@ -47,4 +57,4 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
     releases = {slot: s.image_id for slot in tracks if (s := svc.slots.get(slot)) is not None and s.image_id}
     return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie,
                         sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases,
-                        releases=releases)
+                        releases=releases, preview_token=preview_token)

@@ -1,4 +1,4 @@
-"""The daemon's handle on embedded routers: one `shipyard.router.proxy` process per service.
+"""The daemon's handle on embedded routers: one `shipyard.router.dataplane.proxy` process per service.
 
 The router is a separate session so it outlives the daemon and keeps serving its
 last table; the daemon re-adopts it through its control socket on restart, and
@@ -20,7 +20,7 @@ from typing import Any
 from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
 from shipyard.procfs import pid_alive, process_start_time
-from shipyard.router.control import RouterControlClient
+from shipyard.router.control_client import RouterControlClient
 from shipyard.router.table import RoutingTable
 
 START_TIMEOUT = 5.0
@@ -142,7 +142,7 @@ class EmbeddedRouter:
 
     async def _start(self, service: str, listen: str) -> None:
         log_path = self.paths.router_log(service)
-        argv = [self.python, "-m", "shipyard.router.proxy", "--service", service, "--listen", listen,
+        argv = [self.python, "-m", "shipyard.router.dataplane.proxy", "--service", service, "--listen", listen,
                 "--control", str(self.paths.router_socket(service)),
                 "--table", str(self.paths.router_table(service))]
         with open(log_path, "ab") as log:
@@ -235,4 +235,7 @@ def _is_router(pid: int, sock: Path) -> bool:
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    return b"shipyard.router.proxy" in argv and os.fsencode(str(sock)) in argv
+    # The module's name before the data plane had its own package, so that a router started
+    # by an older shipyard is still recognised (and stopped) after an upgrade.
+    module = b"shipyard.router.dataplane.proxy" in argv or b"shipyard.router.proxy" in argv
+    return module and os.fsencode(str(sock)) in argv

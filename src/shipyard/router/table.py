@@ -23,6 +23,9 @@ from shipyard.errors import RouterError
 TRACK_HEADER = "x-shipyard-track"
 """A request carrying this header goes to the named track (or alias): previews and overrides."""
 
+PREVIEW_TOKEN_HEADER = "x-shipyard-preview-token"
+"""TRACK_HEADER is honoured only when this header carries the service's `preview_token`."""
+
 BUCKETS = 10_000
 """Users are hashed into this many buckets, so a weight is a whole number of 0.01 %."""
 
@@ -64,10 +67,16 @@ class RoutingTable:
     releases: dict[str, str] = field(default_factory=dict)
     """The image each track serves. A track's counters start again when its release changes,
     so what /metrics reports under a release was served by that release."""
+    preview_token: str | None = field(default=None, repr=False)
+    """The secret a request must carry (X-Shipyard-Preview-Token) for its X-Shipyard-Track to be
+    honoured; None: forced-track routing is off. The daemon derives it per service."""
     _slices: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
     """(track, end bucket) in bucket order, weight > 0 only: computed once per table."""
 
     def __post_init__(self) -> None:
+        tok = self.preview_token
+        if tok is not None and not (tok.isascii() and tok.isprintable() and " " not in tok and tok):
+            raise TableError("preview_token must be non-empty visible ASCII (it is compared to a header value)")
         units = _validate_weights(self.weights, self.tracks)
         object.__setattr__(self, "weights", {t: u / 100 for t, u in units.items()})
         order = tuple(self.bucket_order)
@@ -150,6 +159,7 @@ class RoutingTable:
             "bucket_order": list(self.bucket_order),
             "aliases": dict(self.aliases),
             "releases": dict(self.releases),
+            "preview_token": self.preview_token,
         }
 
     @classmethod
@@ -167,6 +177,7 @@ class RoutingTable:
             bucket_order=tuple(str(t) for t in d.get("bucket_order") or ()),
             aliases={str(a): str(t) for a, t in (d.get("aliases") or {}).items()},
             releases={str(t): str(r) for t, r in (d.get("releases") or {}).items()},
+            preview_token=str(d["preview_token"]) if d.get("preview_token") else None,
         )
 
 

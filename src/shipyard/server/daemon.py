@@ -105,7 +105,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
                 router=EmbeddedRouter(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
-                query_metric=prometheus.judge)
+                query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

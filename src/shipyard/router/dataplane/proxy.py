@@ -1,6 +1,6 @@
 """The embedded data plane: an HTTP/1.1 reverse proxy serving one service's routing table.
 
-Run as its own process (`python -m shipyard.router.proxy --service shop --listen
+Run as its own process (`python -m shipyard.router.dataplane.proxy --service shop --listen
 127.0.0.1:8080 --control S --table T`) so it keeps serving its last table when the
 daemon dies. It is built on asyncio Protocols + httptools (uvloop when present)
 because every request of the service crosses it: no per-request task, no timer
@@ -20,15 +20,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from random import random as _random
 from typing import Any
 
 from shipyard.errors import RouterError
-from shipyard.router.client import ClientConnection
-from shipyard.router.control import ControlService, claim_socket, load_table, remove_socket, serve_control
-from shipyard.router.metrics import TrackMetrics
-from shipyard.router.table import BUCKETS, RoutingTable, Upstream, user_bucket
-from shipyard.router.upstream import UpstreamState
+from shipyard.router.dataplane.client import ClientConnection
+from shipyard.router.dataplane.control_server import (
+    ControlService,
+    claim_socket,
+    load_table,
+    remove_socket,
+    serve_control,
+)
+from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.routes import RouteState, TrackRoute
+from shipyard.router.dataplane.upstream import UpstreamState
+from shipyard.router.table import RoutingTable, Upstream
 
 log = logging.getLogger("shipyard.router")
 
@@ -36,94 +42,6 @@ NO_TRACK = "(none)"
 """Metrics key for requests that found no track (503: no live release)."""
 SWEEP_INTERVAL = 1.0
 DRAIN_TIMEOUT = 10.0
-
-
-class TrackRoute:
-    """One track of one table version: its instances in round-robin order."""
-
-    __slots__ = ("name", "upstreams", "rr", "metrics")
-
-    def __init__(self, name: str, upstreams: list[UpstreamState], metrics: TrackMetrics) -> None:
-        self.name = name
-        self.upstreams = upstreams
-        self.rr = 0
-        self.metrics = metrics
-
-    def pick(self, tried: list[UpstreamState] | None) -> UpstreamState | None:
-        """Next instance that is neither ejected nor already tried by this request. When all
-        are ejected, an ejected one is still tried once: it may be back before its probe says so."""
-        ups = self.upstreams
-        n = len(ups)
-        start = self.rr
-        for k in range(n):
-            u = ups[(start + k) % n]
-            if not u.metrics.ejected and (tried is None or u not in tried):
-                self.rr = (start + k + 1) % n
-                return u
-        for u in ups:
-            if tried is None or u not in tried:
-                return u
-        return None
-
-
-class RouteState:
-    """A table compiled for the hot path once, when it is swapped in: a request costs one
-    dict lookup (override) or one hash and one list index (its user's bucket)."""
-
-    __slots__ = ("table", "routes", "overrides", "by_bucket", "sticky_header", "sticky_cookie",
-                 "sticky_address", "single")
-
-    def __init__(self, table: RoutingTable, routes: dict[str, TrackRoute]) -> None:
-        self.table = table
-        self.routes = routes
-        self.overrides: dict[bytes, TrackRoute] = {
-            **{a.encode("latin-1"): routes[t] for a, t in table.aliases.items()},
-            **{t.encode("latin-1"): r for t, r in routes.items()}}
-        """X-Shipyard-Track values (track names, then aliases) -> route, matched as raw bytes."""
-        by_bucket: list[TrackRoute] = []
-        for name, first, end in table.bucket_ranges():
-            by_bucket += [routes[name]] * (end - first)
-        self.by_bucket = by_bucket or None
-        """Bucket (0..BUCKETS-1) -> route; None when no track takes traffic (503)."""
-        serving = table.serving
-        self.single = routes[serving[0]] if len(serving) == 1 else None
-        """The only serving track, when there is one: a request without override skips the hash."""
-        self.sticky_header = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
-        self.sticky_cookie = table.sticky_cookie.encode("latin-1") if table.sticky_cookie else None
-        self.sticky_address = table.sticky_client_address
-
-    def route_for(self, override: bytes | None, hdrs: list[tuple[bytes, bytes]] | None, cookies: bytes | None,
-                  client: ClientConnection) -> TrackRoute | None:
-        """Where a request goes: its X-Shipyard-Track override (track or alias), else its
-        user's bucket, else a random bucket. None when no track takes traffic (503)."""
-        if override is not None:
-            route = self.overrides.get(override)
-            if route is not None:
-                return route
-        if self.single is not None:  # what the bucket lookup would answer, without hashing
-            return self.single
-        by_bucket = self.by_bucket
-        if by_bucket is None:
-            return None
-        key = None
-        if self.sticky_header is not None and hdrs:
-            for name, value in hdrs:
-                if name.lower() == self.sticky_header:
-                    key = value
-                    break
-        if not key and self.sticky_cookie is not None and cookies:
-            for part in cookies.split(b";"):
-                k, _, v = part.strip().partition(b"=")
-                if k == self.sticky_cookie:
-                    key = v
-                    break
-        if key:
-            return by_bucket[user_bucket(key)]
-        if self.sticky_address:
-            b = client.peer_bucket()
-            if b >= 0:
-                return by_bucket[b]
-        return by_bucket[int(_random() * BUCKETS)]
 
 
 class ProxyServer:
@@ -312,7 +230,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shipyard.router.proxy",
+    p = argparse.ArgumentParser(prog="python -m shipyard.router.dataplane.proxy",
                                 description="shipyard's embedded router (data plane) for one service")
     p.add_argument("--service", required=True)
     p.add_argument("--listen", required=True, help="HOST:PORT to accept the service's traffic on")

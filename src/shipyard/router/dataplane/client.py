@@ -1,7 +1,8 @@
 """A client connection to the data plane: HTTP/1.1 parsing, keep-alive, pipelining, timeouts.
 
-It rewrites each request head for the instance (hop-by-hop headers out,
-X-Forwarded-* in) and hands it to an Exchange; exchanges run one at a time per
+It has each request head rewritten for the instance (framing.rewrite_request:
+hop-by-hop and X-Shipyard-* headers out, X-Forwarded-* in, framing rebuilt) and
+hands it to an Exchange; exchanges run one at a time per
 connection, in order. The connection outlives any table swap: only the next
 request looks at the new table."""
 
@@ -10,48 +11,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from shipyard.router.exchange import (
-    H_CONN,
-    H_COOKIE,
-    H_DROP,
-    H_HOST,
-    H_TE,
-    H_TRACK,
-    H_XFF,
-    HOP,
-    P_BUFFER,
-    P_PIPELINE,
-    P_UPSTREAM,
-    Exchange,
-    connection_tokens,
-    error_response,
-    without_names,
-)
-from shipyard.router.table import TRACK_HEADER, user_bucket
-
-if TYPE_CHECKING:
-    from shipyard.router.proxy import ProxyServer
+from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_REFUSED, P_UPSTREAM, Exchange
+from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
+from shipyard.router.dataplane.lifecycle import Plane
+from shipyard.router.table import user_bucket
 
 log = logging.getLogger("shipyard.router")
 
 MAX_HEAD = 64 * 1024
-REQUEST_HEADERS = {**HOP, b"host": H_HOST, b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_DROP,
-                   b"x-forwarded-host": H_DROP, TRACK_HEADER.encode(): H_TRACK, b"cookie": H_COOKIE}
-"""Request headers the router acts on; any other header is relayed as is."""
+"""The longest request head accepted (431 beyond), whether or not a request is in progress before it."""
+
+
+class Server(Plane):
+    """What a client connection needs from the proxy server (proxy.ProxyServer), beyond what its
+    exchanges need: a Protocol, so that proxy -> client is the only import between the two."""
+
+    listen: str
+    clients: set[ClientConnection]
+    draining: bool
+    client_head_timeout: float
+    client_idle_timeout: float
 
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges in order, keeps alive."""
 
-    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "active",
+    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "closed", "bucket")
+                 "closed", "bucket", "refusal")
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
@@ -60,6 +52,9 @@ class ClientConnection(asyncio.Protocol):
         self.hdrs: list[tuple[bytes, bytes]] = []
         self.head_size = 0
         self.in_head = False
+        """The parser is inside a request head (its bytes count towards MAX_HEAD)."""
+        self.waiting = False
+        """No request is in progress and the head timeout runs for the next one."""
         self.active: Exchange | None = None
         """The exchange whose response is being produced; others wait in `queue` (pipelining)."""
         self.queue: deque[Exchange] | None = None
@@ -72,6 +67,9 @@ class ClientConnection(asyncio.Protocol):
         self.draining = self.closed = False
         self.bucket = -2
         """The client address's user bucket, hashed on first use (-2: not yet, -1: no address)."""
+        self.refusal: bytes | None = None
+        """The answer to a pipelined request refused while an earlier one is still in progress:
+        sent (then the connection closes) once the requests before it are answered."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -81,21 +79,23 @@ class ClientConnection(asyncio.Protocol):
         self.peer = str(peer[0]).encode() if peer else b""
         server = self.server
         server.clients.add(self)
-        self.in_head = True
+        self.in_head = self.waiting = True
         self.deadline = server.clock + server.client_head_timeout
         if server.draining:
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:  # the stream is no longer framed: nothing more is parsed
+            return
         server = self.server
         if self.active is None and self.reading is None:
-            if not self.in_head:
-                self.in_head = True
-                self.head_size = 0
+            if not self.waiting:
+                self.waiting = True
                 self.deadline = server.clock + server.client_head_timeout
-            self.head_size += len(data)  # an upper bound: the chunk may also hold body bytes
         else:
             self.deadline = server.clock + server.client_idle_timeout
+        if self.in_head:  # an upper bound: the chunk may also hold body bytes or the next head
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:  # Upgrade is stripped: what follows is a new request
@@ -111,6 +111,8 @@ class ClientConnection(asyncio.Protocol):
         except HttpParserError as e:
             self._reject(400, f"bad request ({e})")
             return
+        # Counted whether or not an exchange is in progress: a head pipelined behind a slow
+        # request is held to the same limit (the parser buffers a head until it is complete).
         if self.in_head and self.head_size > MAX_HEAD:
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
 
@@ -146,63 +148,44 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # The first bytes of this head may share a chunk with the previous request: they are
+        # not counted (at most one read), every later chunk is.
+        self.in_head = True
+        self.head_size = 0
+
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.hdrs.append((name, value))
+        if self.in_head:  # not a chunked body's trailer fields: those are dropped, never
+            self.hdrs.append((name, value))  # left for the next request's head
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.closed:  # pipelined after a request that closed the connection
+        if self.closed or self.refusal is not None:  # after a request that ends the connection
             return
         p = self.parser
         hdrs, self.hdrs = self.hdrs, []
         url, self.url = self.url, b""
-        if self.head_size > MAX_HEAD and len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
+        if len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
             return
         method = p.get_method()
-        out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
-        host = xff = override = cookies = None
-        chunked = False
-        drop = None
-        for name, value in hdrs:
-            code = REQUEST_HEADERS.get(name.lower())
-            if code is not None:
-                if code == H_HOST:
-                    host = value
-                elif code == H_TRACK:
-                    override = value
-                elif code == H_COOKIE:
-                    cookies = value if cookies is None else cookies + b"; " + value
-                elif code == H_XFF:
-                    xff = value if xff is None else xff + b", " + value
-                    continue
-                elif code == H_TE:
-                    chunked = chunked or b"chunked" in value.lower()
-                    continue
-                elif code == H_CONN:
-                    drop = connection_tokens(value, drop)
-                    continue
-                else:
-                    continue
-            elif name[:6].lower() == b"proxy-":
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
-        if drop:
-            out = out[:1] + without_names(out[1:], drop)
-        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n"
-                   % (xff + b", " + self.peer if xff else self.peer))
-        if host is not None:
-            out.append(b"X-Forwarded-Host: %s\r\n" % host)
-        else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one
-            out.append(b"Host: %s\r\n" % self.server.listen.encode())
-        if chunked:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-        out.append(b"\r\n")
-        ex = Exchange(self, b"".join(out), chunked, p.should_keep_alive(), p.get_http_version() == "1.0",
-                      method == b"HEAD", override, hdrs, cookies)
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):  # llhttp reads any digit.digit; the instance would not
+            self._reject(505, f"HTTP/{version} is not supported: send HTTP/1.1")
+            return
+        http10 = version == "1.0"
+        try:
+            req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
+                                  self.server.listen.encode())
+        except Refused as e:
+            self._reject(e.status, e.message)
+            return
+        ex = Exchange(self, req.head, req.chunked, p.should_keep_alive(), http10, method == b"HEAD",
+                      req.override, req.token, hdrs, req.cookies)
+        self.waiting = False
         self.reading = ex
         if self.active is None:
             self.active = ex
@@ -246,6 +229,10 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self.server
         q = self.queue
+        if not q and self.refusal is not None:
+            self.transport.write(self.refusal)  # type: ignore[union-attr]
+            self.close()
+            return
         if q:
             nxt = self.active = q.popleft()
             if not q:
@@ -253,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = server.clock + server.client_idle_timeout if self.reading is nxt else 0.0
             nxt.start()
         else:
-            self.in_head = False
+            self.waiting = False
             self.deadline = server.clock + server.client_idle_timeout
 
     def pause(self, why: int) -> None:
@@ -304,10 +291,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         """The request cannot be parsed: answer if nothing else is in progress, then close."""
-        if self.closed:
+        if self.closed or self.refusal is not None:
             return
         if self.active is not None:
-            self.abort()
+            if self.reading is None:  # a later request is bad: the ones before it are answered first
+                self.refusal = error_response(status, message, b"Connection: close\r\n")
+                self.pause(P_REFUSED)
+            else:  # the request in progress itself cannot be completed
+                self.abort()
             return
         self.transport.write(error_response(status, message, b"Connection: close\r\n"))  # type: ignore
         self.close()

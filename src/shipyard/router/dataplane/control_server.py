@@ -7,8 +7,9 @@ dropped by a deploy. A table is persisted (atomically) before the daemon is told
 was taken, so a router restarted after a crash comes back with the last table it
 acknowledged; one it could not persist is not kept.
 
-Server side: `ControlService` (the ops) and `serve_control` (the socket).
-Client side: `RouterControlClient`, used by the daemon's `EmbeddedRouter`."""
+This is the server side, inside the router process: `ControlService` (the ops) and
+`serve_control` (the socket). The daemon's side is router/control_client.py; the
+framing both use is router/wire.py."""
 
 from __future__ import annotations
 
@@ -23,12 +24,10 @@ from typing import Any, Protocol
 
 from shipyard.errors import RouterError
 from shipyard.router.table import RoutingTable
+from shipyard.router.wire import MAX_LINE, encode_line
+from shipyard.router.wire import error_reply as _error
 
 log = logging.getLogger("shipyard.router")
-
-MAX_LINE = 16 * 1024 * 1024
-"""A table of a large fleet is still far below this; anything bigger is a bug."""
-
 
 class DataPlane(Protocol):
     """What the control service needs from the proxy (proxy.ProxyServer)."""
@@ -172,7 +171,7 @@ class ControlService:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_LINE: the stream is no longer framed
-                    writer.write(_line(_error(f"request longer than {MAX_LINE} bytes")))
+                    writer.write(encode_line(_error(f"request longer than {MAX_LINE} bytes")))
                     break
                 if not line:
                     break
@@ -188,7 +187,7 @@ class ControlService:
                     except Exception as e:  # a bug must not kill the control socket
                         log.exception("control request failed")
                         response = _error(f"internal error: {e}")
-                writer.write(_line(response))
+                writer.write(encode_line(response))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -196,14 +195,6 @@ class ControlService:
             writer.close()
             if shutdown:
                 self.on_shutdown()
-
-
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 async def claim_socket(path: Path) -> None:
@@ -238,73 +229,3 @@ def remove_socket(path: Path, inode: int) -> None:
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:
             os.unlink(path)
-
-
-# -- client side -----------------------------------------------------------------
-
-
-class RouterControlClient:
-    """Talks to one router's control socket; every failure is a RouterError saying what to do."""
-
-    def __init__(self, sock_path: str | Path, timeout: float = 5.0) -> None:
-        self.sock_path = Path(sock_path)
-        self.timeout = timeout
-
-    async def ping(self) -> dict[str, Any]:
-        return await self._call({"op": "ping"})
-
-    async def set_table(self, table: RoutingTable) -> int:
-        """Returns once the router persisted and serves `table`."""
-        return int((await self._call({"op": "set_table", "table": table.to_dict()}))["version"])
-
-    async def get_table(self) -> RoutingTable | None:
-        raw = (await self._call({"op": "get_table"})).get("table")
-        return RoutingTable.from_dict(raw) if raw else None
-
-    async def stats(self) -> dict[str, Any]:
-        return dict((await self._call({"op": "stats"}))["stats"])
-
-    async def series(self, since: float) -> dict[str, Any]:
-        """{"now": unix time, "series": {track: [{"t", "requests", "errors", "latency"}, ...]}}:
-        the completed seconds after `since`, ascending; see Router.series."""
-        r = await self._call({"op": "series", "since": since})
-        return {"now": float(r["now"]), "series": dict(r["series"])}
-
-    async def shutdown(self) -> None:
-        await self._call({"op": "shutdown"})
-
-    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        path, op = self.sock_path, request["op"]
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
-                writer.write(_line(request))
-                await writer.drain()
-                line = await reader.readline()
-        except FileNotFoundError:
-            raise RouterError(f"no router control socket at {path}",
-                              hint="the router is not running; the daemon starts it (shipyard serve)") from None
-        except ConnectionRefusedError:
-            raise RouterError(f"nothing answers on the router control socket {path} (the router is gone)",
-                              hint="the daemon restarts it; check the router log next to the socket") from None
-        except TimeoutError:
-            raise RouterError(f"the router did not answer {op} on {path} within {self.timeout:g}s",
-                              hint="it may be hung; check the router log next to the socket") from None
-        except (OSError, ValueError) as e:
-            raise RouterError(f"cannot talk to the router on {path}: {getattr(e, 'strerror', None) or e}",
-                              hint="check the router log next to the socket") from None
-        finally:
-            if writer is not None:
-                writer.close()
-        if not line:
-            raise RouterError(f"the router closed {path} without answering {op}",
-                              hint="it may have crashed; check the router log next to the socket")
-        try:
-            response = json.loads(line)
-        except ValueError:
-            raise RouterError(f"the router sent an unreadable answer to {op}") from None
-        if not isinstance(response, dict) or not response.get("ok"):
-            error = response.get("error") if isinstance(response, dict) else response
-            raise RouterError(f"the router refused {op}: {error}")
-        return response

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
-from shipyard.router.metrics import UpstreamMetrics
+from shipyard.router.dataplane.metrics import UpstreamMetrics
 from shipyard.router.table import Upstream
 
 log = logging.getLogger("shipyard.router")

@@ -6,25 +6,37 @@ body as it arrives and the response as it comes back, and decides what is safe
 to retry: a failed connect (nothing was sent) goes to another instance, and a
 reused pooled connection that dies before any response byte is replayed once on a
 fresh connection (the instance closed it while idle, so it processed nothing).
-It never buffers a whole body: flow control pauses whichever side is ahead."""
+It never buffers a whole body: flow control pauses whichever side is ahead.
+
+(Over 400 lines on purpose: it is one state machine, and its transitions are easier to
+check when they are read in one place; its states live in lifecycle.py, the header
+rules in framing.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
-from shipyard.router.metrics import TrackMetrics
-from shipyard.router.upstream import UpstreamConnection, UpstreamState
-
-if TYPE_CHECKING:
-    from shipyard.router.client import ClientConnection
-    from shipyard.router.proxy import TrackRoute
+from shipyard.router.dataplane.framing import (
+    H_CONN,
+    H_LEN,
+    H_TE,
+    NEVER_HOP,
+    RESPONSE_HEADERS,
+    connection_tokens,
+    error_response,
+    without_names,
+)
+from shipyard.router.dataplane.lifecycle import Attempt, Downstream, Phase
+from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.routes import TrackRoute
+from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 
 # Why a client's reading is paused; it resumes when no reason is left.
 P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
 P_BUFFER = 2  # the request body waits for a connection to an instance
 P_PIPELINE = 4  # a pipelined request waits for the one before it
+P_REFUSED = 8  # a later request was refused: nothing more is read, the answers before it go out
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
@@ -36,48 +48,17 @@ REPLAY_LIMIT = 1024 * 1024
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
-H_HOST, H_XFF, H_TE, H_CONN, H_DROP, H_TRACK, H_COOKIE, H_LEN = range(8)
-HOP = {b"connection": H_CONN, b"keep-alive": H_DROP, b"te": H_DROP, b"trailer": H_DROP,
-        b"upgrade": H_DROP, b"transfer-encoding": H_TE}
-RESPONSE_HEADERS = {**HOP, b"content-length": H_LEN}
-REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
-            503: b"Service Unavailable", 504: b"Gateway Timeout"}
-
-
-def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
-    """Header names listed in Connection are hop-by-hop too (keep-alive/close are not names)."""
-    for token in value.lower().split(b","):
-        token = token.strip()
-        if token and token not in (b"keep-alive", b"close"):
-            into = into or set()
-            into.add(token)
-    return into
-
-
-def without_names(lines: list[bytes], names: set[bytes]) -> list[bytes]:
-    return [line for line in lines if line.split(b":", 1)[0].lower() not in names]
-
-
-def error_response(status: int, message: str, connection: bytes, with_body: bool = True) -> bytes:
-    body = b"shipyard: %s\n" % message.encode()
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"X-Shipyard-Error: 1\r\n%s\r\n%s") % (status, REASONS[status], len(body), connection,
-                                                   body if with_body else b"")
-
-
-
 class Exchange:
     """One request and its response: picks the instance, relays both bodies, retries what
     is safe to retry, and records the outcome. Driven by callbacks from both connections."""
 
-    __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "hdrs", "cookies",
+    __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "token", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
-                 "retried", "moved", "pending", "pending_size", "replay", "replay_size", "req_done", "resp_started",
-                 "resp_mode", "until_close", "interim", "status", "done", "finished", "close_after", "counted",
-                 "deadline", "wbuf")
+                 "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
+                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf")
 
-    def __init__(self, client: ClientConnection, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
-                 is_head: bool, override: bytes | None, hdrs: list[tuple[bytes, bytes]],
+    def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
+                 is_head: bool, override: bytes | None, token: bytes | None, hdrs: list[tuple[bytes, bytes]],
                  cookies: bytes | None) -> None:
         self.client = client
         self.head = head
@@ -86,6 +67,7 @@ class Exchange:
         self.http10 = http10
         self.is_head = is_head
         self.override = override
+        self.token = token
         self.hdrs: list[tuple[bytes, bytes]] | None = hdrs
         self.cookies = cookies
         self.t0 = time.perf_counter()
@@ -96,27 +78,37 @@ class Exchange:
         self.last_error = ""
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.reused = self.retried = self.moved = False
+        self.reused = False
+        self.attempt = Attempt.FIRST
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replay: list[bytes] | None = None
         self.replay_size = 0
-        self.req_done = self.resp_started = self.until_close = self.interim = False
+        self.req_done = self.until_close = False
+        self.phase = Phase.WAITING
         self.resp_mode = M_NONE
         self.status = 0
-        self.done = self.finished = self.close_after = self.counted = False
+        self.close_after = self.counted = False
         self.deadline = 0.0
         self.wbuf: list[bytes] = []
 
     # -- choosing the instance --------------------------------------------------------
 
+    @property
+    def done(self) -> bool:
+        """The response is over (complete, failed or aborted): nothing more is relayed."""
+        return self.phase >= Phase.ANSWERED
+
     def start(self) -> None:
         server = self.client.server
         st = server.state
-        if self.override is None and st.single is not None:
+        override = self.override
+        if override is not None and not st.preview_allowed(self.token):
+            override = None  # forced-track routing is for holders of the preview token only
+        if override is None and st.single is not None:
             route = st.single  # the common case (one live track), without a call
         else:
-            route = st.route_for(self.override, self.hdrs, self.cookies, self.client)
+            route = st.route_for(override, self.hdrs, self.cookies, self.client)
         self.hdrs = None
         if route is None:
             self.fail(503, f"service {server.service} has no live release")
@@ -181,7 +173,7 @@ class Exchange:
             conn.pause_reading()
         t = conn.transport
         assert t is not None
-        if self.retried and self.replay:
+        if self.attempt is not Attempt.FIRST and self.replay:
             t.writelines([self.head, *self.replay])
         elif self.pending:
             t.writelines([self.head, *self.pending])
@@ -245,7 +237,7 @@ class Exchange:
                 self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
                                "switched protocols, which shipyard does not proxy")
                 return
-            self.interim = True
+            self.phase = Phase.INTERIM
             if self.http10:
                 return
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
@@ -266,9 +258,9 @@ class Exchange:
             elif name[:6].lower() == b"proxy-":
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
-        if drop:
-            out = out[:1] + without_names(out[1:], drop)
-        if self.interim:
+        if drop:  # never the framing: the client must read the body the way it was counted
+            out = out[:1] + without_names(out[1:], drop - NEVER_HOP)
+        if self.phase is Phase.INTERIM:
             out.append(b"\r\n")
             self.wbuf += out
             return
@@ -294,7 +286,7 @@ class Exchange:
         out.append(b"\r\n")
         self.resp_mode = mode
         self.status = status
-        self.resp_started = True
+        self.phase = Phase.STREAMING
         self.wbuf.append(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
@@ -312,8 +304,8 @@ class Exchange:
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:
-        if self.interim:
-            self.interim = False
+        if self.phase is Phase.INTERIM:
+            self.phase = Phase.WAITING
             return
         conn = self.conn
         self.conn = None
@@ -333,7 +325,7 @@ class Exchange:
             self.conn = None
         if self.done:
             return
-        if self.resp_started:
+        if self.phase is Phase.STREAMING:
             if self.until_close:  # the close is the end of this body
                 if self.resp_mode == M_CHUNK:
                     self.wbuf.append(b"0\r\n\r\n")
@@ -345,20 +337,20 @@ class Exchange:
         svc = self.client.server.service
         if conn.answered:
             self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
-        elif self.reused and not self.retried and self.replay_size <= REPLAY_LIMIT:
+        elif self.reused and self.attempt is Attempt.FIRST and self.replay_size <= REPLAY_LIMIT:
             # The instance closed an idle pooled connection as we wrote to it: nothing was
             # processed, so the request is replayed once on a fresh connection.
-            self.retried = True
+            self.attempt = Attempt.REPLAYED
             self.wbuf.clear()
             self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
-        elif (not self.moved and self.req_done and self.replay_size <= REPLAY_LIMIT
+        elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
             # was answered, and an idempotent request may safely run again, so it goes to
             # another instance of the track, as HAProxy's `retry-on empty-response` does.
             # (Also after a replay on the same instance: a dying instance may still accept
             # the fresh connection and then drop it.)
-            self.retried = self.moved = True
+            self.attempt = Attempt.MOVED
             self.last_error = "an instance closed the connection without answering"
             if self.tried is None:
                 self.tried = [self.ups]  # type: ignore[list-item]
@@ -372,7 +364,9 @@ class Exchange:
     def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.resp_started:
+        if self.done:
+            return
+        if self.phase is Phase.STREAMING:
             self._broken()
         else:
             self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
@@ -398,7 +392,7 @@ class Exchange:
         if self.done:
             return
         self._detach()
-        if self.resp_started:
+        if self.phase is Phase.STREAMING:
             self._broken()
             return
         m = self.metrics
@@ -415,7 +409,6 @@ class Exchange:
         self.wbuf.clear()
         client.transport.write(error_response(status, message, conn_header, not self.is_head))  # type: ignore
         self.status = status
-        self.resp_started = True
         self._finish_response()
 
     def _broken(self) -> None:
@@ -429,7 +422,7 @@ class Exchange:
         self._finish_response()
 
     def _finish_response(self) -> None:
-        self.done = True
+        self.phase = Phase.ANSWERED
         if self.client.paused & P_UPSTREAM:
             self.client.resume(P_UPSTREAM)
         if self.counted:
@@ -441,8 +434,8 @@ class Exchange:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not self.finished and (self.req_done or self.close_after):
-            self.finished = True
+        if self.phase is not Phase.FINISHED and (self.req_done or self.close_after):
+            self.phase = Phase.FINISHED
             self.client.exchange_done(self)
 
     def _detach(self) -> None:
@@ -462,7 +455,7 @@ class Exchange:
             self.counted = False
             self.metrics.inflight -= 1
             self.metrics.aborted += 1
-        self.done = self.finished = True
+        self.phase = Phase.FINISHED
 
     def _ups_id(self) -> str:
         return self.ups.id if self.ups is not None else "?"

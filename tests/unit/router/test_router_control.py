@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from shipyard.errors import RouterError
-from shipyard.router.control import (
+from shipyard.router.control_client import RouterControlClient
+from shipyard.router.dataplane.control_server import (
     ControlService,
-    RouterControlClient,
     claim_socket,
     load_table,
     save_table,
@@ -79,7 +79,7 @@ def test_set_table_validates_persists_then_swaps(tmp: Path) -> None:
 
 def test_a_switch_is_served_before_its_fsync_and_undone_if_it_cannot_be_persisted(
         tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shipyard.router.control as control
+    import shipyard.router.dataplane.control_server as control
     plane = Plane()
     svc = ControlService(plane, tmp / "t.json", lambda: None)
     assert svc.handle({"op": "set_table", "table": table(5)})[0]["ok"]   # the first table: persisted, then served

@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 
 from shipyard.histogram import bucket_of, lower_ms, upper_ms
-from shipyard.router.metrics import LATENCY_BUCKETS_MS, SERIES_SECONDS, TrackMetrics, UpstreamMetrics
+from shipyard.router.dataplane.metrics import (
+    LATENCY_BUCKETS_MS,
+    SERIES_SECONDS,
+    TrackMetrics,
+    UpstreamMetrics,
+)
 
 
 def test_latency_lands_in_the_first_bucket_whose_bound_is_not_smaller() -> None:

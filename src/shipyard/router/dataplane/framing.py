@@ -1,0 +1,159 @@
+"""HTTP/1.1 framing at the proxy: which headers are hop-by-hop, and the request head as
+the instance will see it.
+
+The request head is rebuilt, never patched: the framing of what is forwarded
+(Content-Length or `Transfer-Encoding: chunked`, and Host) is written by the router
+from what the parser counted, so every RFC 9112 parser downstream reads the same
+message boundaries the router used. Anything that would let two parsers disagree
+is refused before a byte is forwarded (RFC 9110 7.6.1 lets a proxy refuse what it
+cannot forward safely): a Connection header naming a framing header or Host,
+several Host or Content-Length values, a transfer coding other than chunked,
+CONNECT, and an Upgrade request with a body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shipyard.router.table import PREVIEW_TOKEN_HEADER as _TOKEN
+from shipyard.router.table import TRACK_HEADER as _TRACK
+
+H_HOST, H_XFF, H_TE, H_CONN, H_DROP, H_TRACK, H_COOKIE, H_LEN, H_TOKEN = range(9)
+HOP = {b"connection": H_CONN, b"keep-alive": H_DROP, b"te": H_DROP, b"trailer": H_DROP,
+       b"upgrade": H_DROP, b"transfer-encoding": H_TE}
+RESPONSE_HEADERS = {**HOP, b"content-length": H_LEN}
+REQUEST_HEADERS = {**HOP, b"content-length": H_LEN, b"host": H_HOST, b"x-forwarded-for": H_XFF,
+                   b"x-forwarded-proto": H_DROP, b"x-forwarded-host": H_DROP, b"cookie": H_COOKIE}
+"""Request headers the router acts on; any other header is relayed as is (but see SHIPYARD_PREFIX)."""
+SHIPYARD_PREFIX = b"x-shipyard-"
+"""Every client header with this prefix is the router's to read and is never forwarded: an
+instance must not be able to tell a forged preview request from a real one."""
+TRACK_HEADER = _TRACK.encode()
+PREVIEW_TOKEN_HEADER = _TOKEN.encode()
+NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
+"""Headers a Connection header may not name: removing them would change the message's framing."""
+REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
+           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+           505: b"HTTP Version Not Supported"}
+
+
+class Refused(Exception):
+    """A request the router will not forward: answered with `status` and closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request, rewritten for the instance."""
+
+    head: bytes
+    chunked: bool
+    override: bytes | None
+    token: bytes | None
+    cookies: bytes | None
+
+
+def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
+    """Header names listed in Connection are hop-by-hop too (keep-alive/close are not names)."""
+    for token in value.lower().split(b","):
+        token = token.strip()
+        if token and token not in (b"keep-alive", b"close"):
+            into = into or set()
+            into.add(token)
+    return into
+
+
+def without_names(lines: list[bytes], names: set[bytes]) -> list[bytes]:
+    return [line for line in lines if line.split(b":", 1)[0].lower() not in names]
+
+
+def error_response(status: int, message: str, connection: bytes, with_body: bool = True) -> bytes:
+    body = b"shipyard: %s\n" % message.encode()
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"X-Shipyard-Error: 1\r\n%s\r\n%s") % (status, REASONS[status], len(body), connection,
+                                                   body if with_body else b"")
+
+
+def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs: list[tuple[bytes, bytes]],
+                    peer: bytes, listen: bytes) -> RequestHead:
+    """The head to send to the instance, or Refused. `upgrade` is the parser's verdict that the
+    request asks to switch protocols (Upgrade + Connection: upgrade)."""
+    if method == b"CONNECT":
+        raise Refused(405, "CONNECT is not supported: this is a reverse proxy for one service, not a tunnel")
+    out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
+    hosts = 0
+    host = xff = override = token = cookies = length = None
+    codings: list[bytes] | None = None
+    drop: set[bytes] | None = None
+    for name, value in hdrs:
+        lname = name.lower()
+        if lname[:11] == SHIPYARD_PREFIX:
+            if lname == TRACK_HEADER:
+                override = value
+            elif lname == PREVIEW_TOKEN_HEADER:
+                token = value
+            continue
+        code = REQUEST_HEADERS.get(lname)
+        if code is not None:
+            if code == H_HOST:
+                hosts += 1
+                host = value
+            elif code == H_COOKIE:
+                cookies = value if cookies is None else cookies + b"; " + value
+            elif code == H_XFF:
+                xff = value if xff is None else xff + b", " + value
+                continue
+            elif code == H_LEN:
+                if length is not None:
+                    raise Refused(400, "bad request (more than one Content-Length)")
+                length = value.strip()
+                continue
+            elif code == H_TE:
+                codings = (codings or []) + [c.strip().lower() for c in value.split(b",")]
+                continue
+            elif code == H_CONN:
+                drop = connection_tokens(value, drop)
+                continue
+            else:
+                continue
+        elif lname[:6] == b"proxy-":
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    if drop and drop & NEVER_HOP:
+        named = ", ".join(sorted(n.decode("latin-1") for n in drop & NEVER_HOP))
+        raise Refused(400, f"bad request (Connection names {named}, which cannot be removed as hop-by-hop)")
+    if hosts > 1:
+        raise Refused(400, "bad request (more than one Host header)")
+    if hosts == 0 and not http10:
+        raise Refused(400, "bad request (HTTP/1.1 requires a Host header)")
+    chunked = False
+    if codings is not None:
+        if http10:
+            raise Refused(400, "bad request (Transfer-Encoding in an HTTP/1.0 request)")
+        if length is not None:
+            raise Refused(400, "bad request (both Content-Length and Transfer-Encoding)")
+        if codings != [b"chunked"]:
+            raise Refused(400, "bad request (the only transfer coding accepted is chunked)")
+        chunked = True
+    if length is not None and not (length.isdigit() and len(length) <= 18):
+        raise Refused(400, "bad request (invalid Content-Length)")
+    if upgrade and (chunked or (length is not None and int(length) > 0)):
+        # The parser stops at the end of the head of an Upgrade request; another parser may
+        # read the body as part of this request or as the next one. Nothing is safe to forward.
+        raise Refused(400, "bad request (an Upgrade request with a body; send the body without Upgrade)")
+    if drop:
+        out = out[:1] + without_names(out[1:], drop)
+    out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % (xff + b", " + peer if xff else peer))
+    if host is not None:
+        out.append(b"X-Forwarded-Host: %s\r\n" % host)
+    else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one
+        out.append(b"Host: %s\r\n" % listen)
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif length is not None:
+        out.append(b"Content-Length: %d\r\n" % int(length))
+    out.append(b"\r\n")
+    return RequestHead(b"".join(out), chunked, override, token, cookies)

@@ -102,7 +102,7 @@ class World:
     def deps(self) -> Deps:
         return Deps(store=self.store, images=self.images, runtime=self.runtime,  # type: ignore[arg-type]
                     router=self.router, paths=StatePaths(self.root / "state"), health=self.health,
-                    clock=self.clock, env={})
+                    clock=self.clock, env={}, preview_secret="fake-world-api-token")
 
     def controller(self) -> Controller:
         """A new controller on the world's (surviving) store, runtime and router; not started."""

@@ -30,7 +30,7 @@ from shipyard.histogram import bucket_of
 from shipyard.httpcheck import run_checks
 from shipyard.images import BuildInput, Image
 from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
-from shipyard.router.table import TRACK_HEADER, RoutingTable
+from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER, RoutingTable
 from shipyard.spec.strategy import PreviewCheck
 from support.memory_store import InMemoryStore
 from support.virtual_time import FakeClock, VirtualTimeLoop, run
@@ -347,6 +347,9 @@ class FakeHealthProbe:
             status, body = self.runtime.respond(host, port, request.url.path)
             return httpx.Response(status, text=body)
         table = self.router.tables.get(service) if self.router else None
+        if table is not None and (table.preview_token is None
+                                  or request.headers.get(PREVIEW_TOKEN_HEADER) != table.preview_token):
+            override = None              # as the data plane: a forced track needs the service's token
         track = table.track_for(override=override) if table is not None else None
         upstreams = table.tracks.get(track, ()) if table is not None and track else ()
         if not upstreams:

@@ -119,7 +119,7 @@ class Controller:
     # -- commands from the API ---------------------------------------------------------
 
     async def deploy(self, spec_path: str, image_id: str | None = None, allow_unsafe: str = "") -> Rollout:
-        spec = load_spec(spec_path)
+        spec = await asyncio.to_thread(load_spec, spec_path)   # a spec is untrusted input: never parse it on the loop
         if allow_unsafe and spec.database is None:
             raise ConflictError("--allow-unsafe applies to database migrations, and this spec has no database")
         return await self._begin_deploy(spec, str(Path(spec_path).resolve()), image_id, allow_unsafe=allow_unsafe)
@@ -353,7 +353,7 @@ class Controller:
     async def plan(self, spec_path: str) -> dict[str, Any]:
         """What `apply` of this spec would change. Nothing live is touched: the candidate
         image is built into the store (cached by its inputs) and never started."""
-        spec = load_spec(spec_path)
+        spec = await asyncio.to_thread(load_spec, spec_path)
         image = await self.d.images.build(build_input(spec))
         svc = self.d.store.get_service(spec.service)
         live = svc.live if svc is not None and svc.live is not None and svc.live.spec else None

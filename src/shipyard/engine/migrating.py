@@ -77,7 +77,7 @@ class DatabaseGate:
 
     async def check(self, spec_path: str, contract: bool = False) -> dict[str, Any]:
         """`shipyard db check`: build the release, rehearse what a deploy (or `db contract`) would apply."""
-        spec = load_spec(spec_path)
+        spec = await asyncio.to_thread(load_spec, spec_path)
         if spec.database is None:
             raise SpecError(f"{spec_path} has no database section", "add database: {url, migrations} to check it")
         image = await self.d.images.build(build_input(spec))

@@ -120,6 +120,9 @@ async def test_drift_passes_after_a_clean_full_scan_and_fails_on_drift(
     assert unknown.returncode == 1 and "no service named 'nope'" in unknown.stderr, unknown
     bad_rate = cli(state_dir, "shop", "--rate", "0")
     assert bad_rate.returncode == 1 and "rate must be a positive number" in bad_rate.stderr, bad_rate
+    high_rate = cli(state_dir, "shop", "--rate", "1e6", "--json")     # printed as 1e+06: must reach the daemon so
+    assert high_rate.returncode == 1 and "rate must be" not in high_rate.stderr, high_rate
+    assert json.loads(high_rate.stdout)["service"] == "shop"
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ otherwise: a WARN is for a human to read, not a reason to stop a pipeline."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -24,10 +25,11 @@ def checklist(service: str | None = typer.Argument(None, help="One service (defa
     """Can we undo, how far does a bad release reach, has anything drifted, is the schema safe?"""
     try:
         api = client(state_dir, timeout=600)
+        rate_q = quote(f"{rate:g}")                     # 1e+06: a bare '+' in a query is a space
         if service:
-            docs = [api.get(f"/v1/services/{service_segment(service)}/checklist?rate={rate:g}")]
+            docs = [api.get(f"/v1/services/{service_segment(service)}/checklist?rate={rate_q}")]
         else:
-            docs = api.get(f"/v1/checklist?rate={rate:g}")["services"]
+            docs = api.get(f"/v1/checklist?rate={rate_q}")["services"]
     except ShipyardError as e:
         print_error(e)
         raise typer.Exit(1) from None

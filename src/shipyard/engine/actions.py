@@ -44,6 +44,16 @@ class SlotOps:
               **data: Any) -> None:
         self.d.on_event(self.d.store.add_event(service, kind, message, rollout_id, data or None))
 
+    def router_restarted(self, service: str, lost: dict[str, Any] | None) -> None:
+        """Record a router that died and was replaced: an event (which the audit log records
+        as the daemon's), and the /metrics counter, so a crash of the data plane is never invisible."""
+        if lost is None:
+            return
+        self.d.router_restarts[service] = self.d.router_restarts.get(service, 0) + 1
+        message = f"the router for {service} (pid {lost.get('pid')}) was restarted: {lost.get('reason')}"
+        data = {k: lost.get(k) for k in ("pid", "exit_code", "signal")}
+        self.event(service, "router.restarted", message, **data)   # the store audits it (state/audit.py)
+
     # -- the routing table -----------------------------------------------------------
 
     async def push_table(self, svc: ServiceRecord, spec: Spec | None = None) -> float:

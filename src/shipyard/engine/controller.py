@@ -67,7 +67,7 @@ class Controller:
                     self.ops.event(svc.name, "instance.lost", f"instance {inst.id} (pid {inst.pid}) is gone",
                                    instance=inst.id)
             try:
-                await self.d.router.ensure(svc.name, svc.listen)
+                self.ops.router_restarted(svc.name, await self.d.router.ensure(svc.name, svc.listen))
                 async with self.ops.lock(svc.name):
                     await self.ops.push_table(svc)
             except ShipyardError as e:

@@ -53,6 +53,9 @@ class Deps:
     """Told of every event once it is stored (notifications); must not block or raise."""
     query_metric: MetricQuery = no_metric_provider
     """Runs the prometheus metrics of a canary analysis (the daemon wires analysis.providers.prometheus.judge)."""
+    router_restarts: dict[str, int] = field(default_factory=dict)
+    """Per service, how often its router was found dead and restarted since this daemon
+    started (/metrics exports it as a counter; a daemon restart resets it, as Prometheus expects)."""
     preview_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     """What preview tokens are derived from (the daemon passes its API token, so they survive a
     restart); random by default, so an unwired Deps never yields a guessable token."""

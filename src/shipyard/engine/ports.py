@@ -132,8 +132,12 @@ class Runtime(Protocol):
 class Router(Protocol):
     """What the engine needs from a router, whatever data plane is behind it."""
 
-    async def ensure(self, service: str, listen: str) -> None:
-        """Make sure a data plane serves `service` on `listen` (start or re-adopt it)."""
+    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+        """Make sure a data plane serves `service` on `listen` (start or re-adopt it).
+
+        Returns None, or, when it had to replace a data plane that had died or stopped
+        answering, what became of it: {"pid", "exit_code", "signal", "reason"} (exit_code
+        and signal None when unknown), so the engine can record the crash."""
         ...
 
     async def apply(self, table: RoutingTable) -> None:

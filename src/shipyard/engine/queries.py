@@ -222,6 +222,10 @@ class Queries:
     def services(self) -> list[dict[str, Any]]:
         return [self.status(s.name) for s in self._d.store.list_services()]
 
+    def router_restarts(self, service: str) -> int:
+        """How often the service's router died and was restarted since the daemon started."""
+        return self._d.router_restarts.get(service, 0)
+
     @property
     def audit(self) -> AuditTrail:
         """The audit log: the API appends the changes people ask for, the dashboard reads it."""

@@ -93,7 +93,7 @@ class Supervisor:
             fresh = self.d.store.get_service(svc.name)
             if fresh is None:
                 return
-            await self.d.router.ensure(fresh.name, fresh.listen)
+            self.ops.router_restarted(fresh.name, await self.d.router.ensure(fresh.name, fresh.listen))
             table = await self.d.router.current(fresh.name)
             if table is None or table.version < fresh.table_version:
                 await self.ops.push_table(fresh)

@@ -3,15 +3,23 @@
 The router is a separate session so it outlives the daemon and keeps serving its
 last table; the daemon re-adopts it through its control socket on restart, and
 `ensure` (called periodically) restarts a dead one, which reloads its persisted
-table. Nothing here is on the request path."""
+table. Nothing here is on the request path.
+
+The listening socket is the daemon's: it binds it once per service and hands the fd to
+every router it starts, so when a router dies the kernel keeps queueing new connections
+in the backlog until the next one accepts them (no ECONNREFUSED window). A router
+re-adopted after a daemon restart keeps serving the copy it inherited; the new daemon
+binds afresh only once no router holds the address."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +34,7 @@ from shipyard.router.table import RoutingTable
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_BYTES = 4096
+BACKLOG = 4096
 
 
 def normalize_listen(listen: str) -> str:
@@ -48,26 +57,52 @@ class EmbeddedRouter:
         self._ensuring: dict[str, asyncio.Lock] = {}
         """One ensure at a time per service: two concurrent callers would otherwise both
         find no router, and the second would terminate the one the first just started."""
+        self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
+        """Per service, the listen address and the daemon's copies of its listening sockets."""
+        self._started: dict[str, subprocess.Popen[bytes]] = {}
+        """The last router this object started per service: how it ended, when it dies."""
 
     # -- Router protocol ------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str) -> None:
+    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
         async with self._ensuring.setdefault(service, asyncio.Lock()):
-            await self._ensure(service, listen)
+            return await self._ensure(service, listen)
 
-    async def _ensure(self, service: str, listen: str) -> None:
+    async def _ensure(self, service: str, listen: str) -> dict[str, Any] | None:
         self._reap()
         want = normalize_listen(listen)
         self.paths.routers.mkdir(parents=True, exist_ok=True)
         info = await self._ping(service)
+        lost = None
         if info is not None:
             if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
                 self._write_pid(service, int(info["pid"]), want)
-                return
+                return None
             await self.stop(service)  # it listens elsewhere: the spec's `listen` changed
         else:
+            lost = self._how_it_ended(service)
             await self._terminate(service, self._pid_from_file(service))  # alive but mute, if any
         await self._start(service, want)
+        return lost
+
+    def _how_it_ended(self, service: str) -> dict[str, Any] | None:
+        """What became of the router that served `service` (None: there was none to lose)."""
+        proc = self._started.get(service)
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return {"pid": proc.pid, "exit_code": None, "signal": None,
+                        "reason": "it stopped answering its control socket"}
+            if code < 0:
+                name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+                return {"pid": proc.pid, "exit_code": None, "signal": name, "reason": f"it was killed by {name}"}
+            return {"pid": proc.pid, "exit_code": code, "signal": None, "reason": f"it exited with status {code}"}
+        try:
+            pid = int(json.loads(self.pid_file(service).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return {"pid": pid, "exit_code": None, "signal": None,
+                "reason": "it is gone (started by an earlier daemon: its exit status is unknown)"}
 
     async def apply(self, table: RoutingTable) -> None:
         try:
@@ -86,8 +121,10 @@ class EmbeddedRouter:
         return await self._client(service).series(since)
 
     async def stop(self, service: str) -> None:
-        """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s."""
+        """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s. The daemon's
+        copy of the listening socket closes first, so the port stops taking connections."""
         self._reap()
+        self._close_sockets(service)
         pid = None
         try:
             client = self._client(service)
@@ -101,13 +138,17 @@ class EmbeddedRouter:
                 await self._wait_exit(pid, 2.0)
         with contextlib.suppress(FileNotFoundError):
             self.pid_file(service).unlink()
+        self._started.pop(service, None)
 
     # -- files ------------------------------------------------------------------------
 
     def pids(self, service: str) -> set[int]:
         """The router process of `service`, if it runs (drift detection: its listener is ours)."""
         pid = self._pid_from_file(service)
-        return {pid} if pid else set()
+        pids = {pid} if pid else set()
+        if service in self._sockets:
+            pids.add(os.getpid())   # the daemon holds the listening socket between routers
+        return pids
 
     def pid_file(self, service: str) -> Path:
         return self.paths.routers / f"{service}.pid"
@@ -140,16 +181,33 @@ class EmbeddedRouter:
         except RouterError:
             return None
 
+    def _listen_sockets(self, service: str, listen: str) -> list[socket.socket]:
+        """The daemon's listening sockets for `service`, bound now if it holds none for `listen`."""
+        held = self._sockets.get(service)
+        if held is not None and held[0] == listen:
+            return held[1]
+        self._close_sockets(service)
+        socks = bind_listen(service, listen)
+        self._sockets[service] = (listen, socks)
+        return socks
+
+    def _close_sockets(self, service: str) -> None:
+        for s in self._sockets.pop(service, ("", []))[1]:
+            s.close()
+
     async def _start(self, service: str, listen: str) -> None:
         log_path = self.paths.router_log(service)
+        fds = [s.fileno() for s in self._listen_sockets(service, listen)]
         argv = [self.python, "-m", "shipyard.router.dataplane.proxy", "--service", service, "--listen", listen,
+                "--listen-fds", ",".join(map(str, fds)),
                 "--control", str(self.paths.router_socket(service)),
                 "--table", str(self.paths.router_table(service))]
         with open(log_path, "ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, pass_fds=fds)
         self._children[proc.pid] = proc
+        self._started[service] = proc
         self._write_pid(service, proc.pid, listen)
         client = self._client(service, timeout=1.0)
         loop = asyncio.get_running_loop()
@@ -158,6 +216,7 @@ class EmbeddedRouter:
             code = proc.poll()
             if code is not None:
                 self._children.pop(proc.pid, None)
+                self._started.pop(service, None)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise _start_error(service, listen, code, log_path, offset)
@@ -207,6 +266,33 @@ class EmbeddedRouter:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
+
+
+def bind_listen(service: str, listen: str) -> list[socket.socket]:
+    """Bind and listen on every address `listen` resolves to (as asyncio's create_server
+    would), with the router's error message and hint when the address cannot be used."""
+    host, _, port = listen.rpartition(":")
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, addr in dict.fromkeys(infos):
+            s = socket.socket(family, kind, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(BACKLOG)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        gai = isinstance(e, socket.gaierror)
+        reason = os.strerror(e.errno).lower() if e.errno and not gai else str(e.strerror or e)
+        hint = (f"another process uses {listen}: stop it, or change `listen` in the spec"
+                if e.errno == errno.EADDRINUSE else "change `listen` in the spec")
+        raise RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint) from None
+    return socks
 
 
 def _start_error(service: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:

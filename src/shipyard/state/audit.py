@@ -42,6 +42,7 @@ DAEMON_EVENTS = {
     "slot.torn_down": "slot.teardown",
     "drift.healed": "drift.heal",
     "drift.quarantined": "drift.quarantine",
+    "router.restarted": "router.restart",
 }
 """Events (outside a rollout) that are decisions of the daemon itself, and their action
 names. A new kind of self-initiated change (e.g. a heal) is recorded by adding its event here."""

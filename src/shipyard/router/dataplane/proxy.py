@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ class ProxyServer:
         self.clock = 0.0
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
         self.draining = False
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -139,12 +140,18 @@ class ProxyServer:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and accept; raises OSError when the address cannot be used."""
+    async def start(self, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+        """Accept on `socks` (listening sockets handed over by the daemon, which keeps its own
+        copies so the port stays open while no router runs), else bind `host`:`port`;
+        raises OSError when the address cannot be used."""
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
-        self.server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                               reuse_address=True, backlog=4096)
+        if socks:
+            self.servers = [await loop.create_server(lambda: ClientConnection(self), sock=s, backlog=4096)
+                            for s in socks]
+        else:
+            self.servers = [await loop.create_server(lambda: ClientConnection(self), host, port,
+                                                     reuse_address=True, backlog=4096)]
         self.sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -161,8 +168,8 @@ class ProxyServer:
     async def shutdown(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest."""
         self.draining = True
-        if self.server is not None:
-            self.server.close()
+        for srv in self.servers:
+            srv.close()
         for c in list(self.clients):
             c.drain()
         loop = asyncio.get_running_loop()
@@ -202,7 +209,8 @@ async def run(args: argparse.Namespace) -> int:
     server = ProxyServer(args.service, args.listen, load_table(table_path, args.service),
                          response_timeout=args.response_timeout)
     try:
-        await server.start(host, port)
+        socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd] if args.listen_fds else None
+        await server.start(host, port, socks)
     except OSError as e:
         reason = os.strerror(e.errno).lower() if e.errno else str(e)
         print(f"listen {args.listen}: {reason}", file=sys.stderr)
@@ -234,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="shipyard's embedded router (data plane) for one service")
     p.add_argument("--service", required=True)
     p.add_argument("--listen", required=True, help="HOST:PORT to accept the service's traffic on")
+    p.add_argument("--listen-fds", default="",
+                   help="comma-separated inherited fds of sockets already listening on --listen (from the daemon)")
     p.add_argument("--control", required=True, help="path of the unix control socket")
     p.add_argument("--table", required=True, help="where the served table is persisted")
     p.add_argument("--response-timeout", type=float, default=60.0,

@@ -20,7 +20,16 @@ from shipyard.server.metrics.traffic import short
 def state_families(controller: Controller, services: list[ServiceRecord]) -> list[Metric]:
     store = controller.queries
     return [*_daemon(controller), *_rollouts(store, services), *_analysis(store),
-            _instances(store, services), *_drift(controller, services)]
+            _instances(store, services), *_drift(controller, services), _router_restarts(store, services)]
+
+
+def _router_restarts(store: Queries, services: list[ServiceRecord]) -> Metric:
+    restarts = CounterMetricFamily("shipyard_router_restarts",
+                                   "Times the service's router was found dead (or mute) and restarted, "
+                                   "since the daemon started", labels=["service"])
+    for svc in services:
+        restarts.add_metric([svc.name], store.router_restarts(svc.name))
+    return restarts
 
 
 def _daemon(controller: Controller) -> list[Metric]:

@@ -1,0 +1,73 @@
+"""The daemon's copy of the listening socket: it keeps the port open between routers, is
+closed with the router on stop, and a re-adopted router serves its own inherited copy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+from test_router_embedded import _get, _gone, paths, router  # noqa: F401 (fixtures)
+from test_router_support import free_port, make_table, upstreams
+
+from shipyard.paths import StatePaths
+from shipyard.router.embedded import EmbeddedRouter
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def _pid(er: EmbeddedRouter) -> int:
+    return int(json.loads(er.pid_file("shop").read_text())["pid"])
+
+
+async def _connects(port: int) -> bool:
+    """True when the kernel completes a connect (queued in the backlog, accepted or not)."""
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    except ConnectionRefusedError:
+        return False
+    w.close()
+    return True
+
+
+async def test_port_takes_connections_while_no_router_runs(router: EmbeddedRouter) -> None:  # noqa: F811
+    port = free_port()
+    async with upstreams("blue") as (blue,):
+        assert await router.ensure("shop", f"127.0.0.1:{port}") is None   # first start: nothing was lost
+        await router.apply(make_table(3, {"blue": [blue]}, {"blue": 100}))
+        pid = _pid(router)
+        assert router.pids("shop") == {pid, os.getpid()}   # the daemon's copy is a listener of ours too
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if _gone(pid) or router._children[pid].poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert await _connects(port)               # queued in the backlog, not refused
+        pending = asyncio.create_task(_get(port))  # waits for the next router instead of failing
+        lost = await router.ensure("shop", f"127.0.0.1:{port}")
+        assert lost == {"pid": pid, "exit_code": None, "signal": "SIGKILL", "reason": "it was killed by SIGKILL"}
+        assert await asyncio.wait_for(pending, 10) == (200, "blue")
+        assert await router.ensure("shop", f"127.0.0.1:{port}") is None   # alive: adopted, nothing lost
+        await router.stop("shop")
+        assert not await _connects(port)           # stopped: the daemon's copy is closed too
+
+
+async def test_readopted_router_keeps_its_socket(paths: StatePaths, router: EmbeddedRouter) -> None:  # noqa: F811
+    port = free_port()
+    async with upstreams("blue") as (blue,):
+        await router.ensure("shop", f"127.0.0.1:{port}")
+        await router.apply(make_table(5, {"blue": [blue]}, {"blue": 100}))
+        pid = _pid(router)
+        router._close_sockets("shop")              # as if the daemon that bound it had exited
+        restarted = EmbeddedRouter(paths)          # the next daemon re-adopts: it must not bind
+        assert await restarted.ensure("shop", f"127.0.0.1:{port}") is None
+        assert _pid(restarted) == pid and restarted.pids("shop") == {pid}
+        assert await _get(port) == (200, "blue")
+        os.kill(pid, signal.SIGKILL)
+        router._children[pid].wait(5)
+        lost = await restarted.ensure("shop", f"127.0.0.1:{port}")   # binds afresh: the port is free now
+        assert lost is not None and lost["pid"] == pid and "earlier daemon" in lost["reason"]
+        assert await _get(port) == (200, "blue")
+        router._children.update(restarted._children)   # the fixture kills what either started

@@ -127,7 +127,7 @@ async def test_router_kill_refuses_no_connection_and_is_recorded(api: AsyncApiCl
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         t_killed = time.monotonic()
-        deadline = t_kill + 8
+        deadline = t_kill + 10
         while time.monotonic() < deadline and not any(s > t_killed for s, _e in load.done):
             await asyncio.sleep(0.05)
         load.stop_at = time.monotonic() + 1.0      # a little more load on the new router, then stop
@@ -139,7 +139,7 @@ async def test_router_kill_refuses_no_connection_and_is_recorded(api: AsyncApiCl
     assert load.refused == 0, f"{load.refused} connection attempts refused while the router restarted"
     assert len(load.failed) <= in_flight, f"{len(load.failed)} failed, {in_flight} in flight at the kill: {load.failed}"
     back = min((e for s, e in load.done if s > t_killed), default=None)
-    assert back is not None and back - t_kill < 5.0, "the service did not answer again within 5 s of the kill"
+    assert back is not None and back - t_kill < 6.0, "the service did not answer again within 6 s of the kill"
     assert router_pid(Path(daemon.paths.root)) != pid
 
     events = await _events(api, "router.restarted")

@@ -202,6 +202,8 @@ class FakeRouter:
         """Keyed by image id: wins over the track's, so "the bad release errors" follows it."""
         self.refuse_apply: str | None = None
         self.started_at = clock.now()
+        self.crashes: dict[str, dict[str, Any]] = {}
+        """service -> how its data plane died: the next ensure restarts it and says so (once)."""
 
     # -- telling it about traffic ------------------------------------------------------------
 
@@ -221,8 +223,12 @@ class FakeRouter:
 
     # -- the Router port -----------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str) -> None:
+    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
         self.listen[service] = listen
+        lost = self.crashes.pop(service, None)
+        if lost is not None:
+            self.tables.pop(service, None)   # a restarted data plane comes back without a table here
+        return lost
 
     async def apply(self, table: RoutingTable) -> None:
         if self.refuse_apply is not None:

@@ -1,0 +1,47 @@
+"""A router the supervisor finds dead is restarted and recorded: a `router.restarted` event
+with how it ended, and the count /metrics exports; a live one is not counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shipyard.engine.controller import Controller
+from shipyard.rollout.model import Phase
+from support.fake_world import World, write_spec
+from support.fakes import run
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    w = World(tmp_path)
+    w.forbid_io(monkeypatch)
+    return w
+
+
+def test_a_dead_router_is_restarted_and_recorded(world: World, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+
+    async def main() -> None:
+        c = Controller(world.deps())
+        await c.start()
+        try:
+            r = await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=3600)
+            assert r.phase is Phase.SUCCEEDED, r.reason
+            await world.clock.sleep(5)    # several router checks of a live router: nothing to record
+            assert world.store.last_event("shop", "router.restarted") is None
+            assert c.queries.router_restarts("shop") == 0
+            world.router.crashes["shop"] = {"pid": 4242, "exit_code": None, "signal": "SIGKILL",
+                                            "reason": "it was killed by SIGKILL"}
+            await world.clock.sleep(5)
+            ev = world.store.last_event("shop", "router.restarted")
+            assert ev is not None and ev.data == {"pid": 4242, "exit_code": None, "signal": "SIGKILL"}
+            assert ev.message == "the router for shop (pid 4242) was restarted: it was killed by SIGKILL"
+            assert c.queries.router_restarts("shop") == 1
+            assert world.router.tables["shop"].weights    # and it serves the current table again
+        finally:
+            await c.close()
+
+    run(main(), world.clock)
+    assert world.io_attempts == []

@@ -12,6 +12,7 @@ import pytest
 from test_router_embedded import _get, _gone, paths, router  # noqa: F401 (fixtures)
 from test_router_support import free_port, make_table, upstreams
 
+from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
 from shipyard.router.embedded import EmbeddedRouter
 
@@ -71,3 +72,12 @@ async def test_readopted_router_keeps_its_socket(paths: StatePaths, router: Embe
         assert lost is not None and lost["pid"] == pid and "earlier daemon" in lost["reason"]
         assert await _get(port) == (200, "blue")
         router._children.update(restarted._children)   # the fixture kills what either started
+
+
+async def test_a_router_that_cannot_start_leaves_the_port_closed(paths: StatePaths) -> None:  # noqa: F811
+    """Queueing connections only helps while a router is coming: if none can start, refuse them."""
+    port = free_port()
+    broken = EmbeddedRouter(paths, python="/bin/false")
+    with pytest.raises(RouterError, match="exited at start"):
+        await broken.ensure("shop", f"127.0.0.1:{port}")
+    assert not await _connects(port) and broken.pids("shop") == set()

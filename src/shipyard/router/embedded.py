@@ -217,6 +217,7 @@ class EmbeddedRouter:
             if code is not None:
                 self._children.pop(proc.pid, None)
                 self._started.pop(service, None)
+                self._close_sockets(service)   # no router will accept: refuse, rather than queue forever
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise _start_error(service, listen, code, log_path, offset)
@@ -229,6 +230,10 @@ class EmbeddedRouter:
                 self._kill(proc.pid)
                 proc.wait()
                 self._children.pop(proc.pid, None)
+                self._started.pop(service, None)
+                self._close_sockets(service)
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_file(service).unlink()
                 raise RouterError(f"the router for {service} did not answer on its control socket within "
                                   f"{START_TIMEOUT:g}s", hint=f"see {log_path}")
             await asyncio.sleep(0.05)

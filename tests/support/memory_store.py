@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shipyard.rollout.model import Rollout
@@ -142,6 +142,19 @@ class InMemoryStore:
         self.put_rollout_calls += 1
         self.on_put_rollout(r)
 
+    def begin_rollout(self, r: Rollout, spec: dict[str, Any] | None = None,
+                      service: ServiceRecord | None = None) -> tuple[bool, Rollout]:
+        """The check, the numbering and the insert (with the service record) at once: nothing
+        here awaits, so no other task runs in between."""
+        busy = self.active_rollouts(r.service)
+        if busy:
+            return False, max(busy, key=lambda b: b.created_at)
+        new = replace(r, id=f"{r.service}-{self.next_rollout_seq(r.service)}")
+        if service is not None:
+            self.put_service(service)
+        self.put_rollout(new, spec)
+        return True, new
+
     def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
         """Both or neither, as in one transaction: nothing here can fail in between."""
         self._put_rollout(r, None)
@@ -154,6 +167,10 @@ class InMemoryStore:
         tail = r.id.rsplit("-", 1)[-1]
         seq = int(tail) if tail.isdigit() else 0
         old = self._d.rollouts.get(r.id)
+        if str(r.phase) not in TERMINAL_PHASES and any(
+                o.service == r.service and o.phase not in TERMINAL_PHASES for rid, o in self._d.rollouts.items()
+                if rid != r.id):   # SqliteStore's unique index rollouts_one_in_progress
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: rollouts.service")
         spec_doc = json.dumps(spec) if spec is not None else (old.spec if old else None)
         if old is None:
             self._d.rollouts[r.id] = _Row(seq, r.service, str(r.phase), json.dumps(r.to_dict()), spec_doc,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def test_the_memory_store_has_every_method_of_the_sqlite_store_with_the_same_sig
 def write(rng: random.Random, stores: list[Any], step: int) -> str:
     """One random write, the same into every store; returns what it was (for the failure message)."""
     service = rng.choice(SERVICES)
-    op = rng.choice(["service", "delete", "instance", "status", "rollout", "rollout", "analysis", "event", "event"])
+    op = rng.choice(["service", "delete", "instance", "status", "rollout", "rollout", "begin", "analysis", "event", "event"])
     if op == "service":
         rec = ServiceRecord(service, f"127.0.0.1:{8000 + SERVICES.index(service)}", f"/s/{service}.yaml",
                             rng.choice([None, "blue", "green"]), rng.randrange(5))
@@ -63,8 +64,19 @@ def write(rng: random.Random, stores: list[Any], step: int) -> str:
                     # out of seq order, but never equal: SQL leaves the order of ties open
                     created_at=rng.randrange(100) + step / 1000)
         spec = rng.choice([None, {"service": service, "step": step}])
+        refused = []     # a second rollout in progress breaks the unique index: both stores refuse it
         for s in stores:
-            s.put_rollout(r, spec)
+            try:
+                s.put_rollout(r, spec)
+                refused.append(False)
+            except sqlite3.IntegrityError:
+                refused.append(True)
+        assert len(set(refused)) == 1, f"put_rollout {rid} {r.phase}: refused by (sqlite, memory) {refused}"
+    elif op == "begin":
+        r = Rollout("", service, Kind.DEPLOY, rng.choice([Phase.BUILDING, Phase.STARTING]), "green", "blue",
+                    "i2", "i1", created_at=rng.randrange(100) + step / 1000)
+        got = [s.begin_rollout(r, {"service": service, "step": step}) for s in stores]
+        assert len({(begun, b.to_dict()["id"]) for begun, b in got}) == 1, f"begin_rollout {service}: {got}"
     elif op == "analysis":
         rid, doc = f"{service}-{rng.randrange(1, 6)}", {"verdicts": [], "step": step}
         for s in stores:

@@ -80,6 +80,15 @@ class Store(Protocol):
     def next_rollout_seq(self, service: str) -> int: ...
     def put_rollout(self, r: Rollout, spec: dict[str, Any] | None = None) -> None: ...
 
+    def begin_rollout(self, r: Rollout, spec: dict[str, Any] | None = None,
+                      service: ServiceRecord | None = None) -> tuple[bool, Rollout]:
+        """Start a rollout, atomically: if no rollout of `r.service` is in progress, number `r`
+        next (its id becomes SERVICE-SEQ) and store it, and `service` (its record as this
+        rollout starts it) if given. Returns (True, the stored rollout), or (False, the
+        rollout in progress) with nothing written. Every new rollout goes through here: two
+        deploys of one service never both begin, even from two daemons."""
+        ...
+
     def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
         """Store the rollout's new state and the event that tells of it atomically: after a
         crash both are there or neither is."""

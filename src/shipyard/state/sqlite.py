@@ -12,10 +12,11 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from shipyard.rollout.model import Rollout
+from shipyard.rollout.model import Phase, Rollout
 from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
 from shipyard.state.drift_reports import DriftReports
@@ -45,6 +46,11 @@ CREATE TABLE IF NOT EXISTS analysis (
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
 TERMINAL_PHASES = ("succeeded", "failed", "aborted")
 
+ONE_IN_PROGRESS = ("CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_in_progress ON rollouts(service)"
+                   " WHERE phase NOT IN ('succeeded', 'failed', 'aborted')")
+"""At most one rollout in progress per service, whoever writes the row. Created after
+`_end_duplicate_rollouts`: a file from before it may hold two (issue 13)."""
+
 
 class SqliteStore:
     def __init__(self, path: Path) -> None:
@@ -55,6 +61,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._end_duplicate_rollouts()
         self.audit = AuditLog(self.db)
         self._drift = DriftReports(self.db)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -148,6 +155,37 @@ class SqliteStore:
             " spec=COALESCE(excluded.spec, rollouts.spec), updated_at=excluded.updated_at",
             (r.id, seq, r.service, str(r.phase), json.dumps(r.to_dict()),
              json.dumps(spec) if spec is not None else None, r.created_at, r.updated_at))
+
+    def begin_rollout(self, r: Rollout, spec: dict[str, Any] | None = None,
+                      service: ServiceRecord | None = None) -> tuple[bool, Rollout]:
+        """Check that no rollout of the service is in progress, number `r` next (its id becomes
+        SERVICE-SEQ) and insert it, with `service`'s record if given, in one transaction.
+        Returns (True, the new rollout), or (False, the rollout already in progress)."""
+        with self._transaction():
+            busy = self.db.execute(
+                f"SELECT data FROM rollouts WHERE service=? AND phase NOT IN ({','.join('?' * len(TERMINAL_PHASES))})"
+                " ORDER BY created_at DESC LIMIT 1", (r.service, *TERMINAL_PHASES)).fetchone()
+            if busy is not None:
+                return False, Rollout.from_dict(json.loads(busy["data"]))
+            new = replace(r, id=f"{r.service}-{self.next_rollout_seq(r.service)}")
+            if service is not None:
+                self.put_service(service)
+            self.put_rollout(new, spec)
+            return True, new
+
+    def _end_duplicate_rollouts(self) -> None:
+        """Before the uniqueness index: a service with several rollouts in progress (two deploys
+        accepted at once by an older version) keeps the newest; the others are ended as failed."""
+        with self._transaction():
+            rows = self.db.execute(
+                "SELECT data FROM rollouts r WHERE phase NOT IN ('succeeded', 'failed', 'aborted') AND EXISTS"
+                " (SELECT 1 FROM rollouts n WHERE n.service = r.service AND n.seq > r.seq"
+                "  AND n.phase NOT IN ('succeeded', 'failed', 'aborted'))").fetchall()
+            for row in rows:
+                old = Rollout.from_dict(json.loads(row["data"]))
+                self.put_rollout(old.enter(Phase.FAILED, time.time(), "another rollout of the service was "
+                                           "in progress at the same time; the newest one was kept"))
+            self.db.execute(ONE_IN_PROGRESS)
 
     def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
         """The rollout's new state and the event telling of it, in one transaction."""

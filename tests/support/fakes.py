@@ -16,6 +16,7 @@ no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -204,6 +205,8 @@ class FakeRouter:
         self.started_at = clock.now()
         self.crashes: dict[str, dict[str, Any]] = {}
         """service -> how its data plane died: the next ensure restarts it and says so (once)."""
+        self.ensured: list[str] = []
+        """The service of every `ensure` call, in order."""
 
     # -- telling it about traffic ------------------------------------------------------------
 
@@ -224,6 +227,8 @@ class FakeRouter:
     # -- the Router port -----------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+        await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
+        self.ensured.append(service)
         self.listen[service] = listen
         lost = self.crashes.pop(service, None)
         if lost is not None:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from shipyard.building import build_input
 from shipyard.engine.actions import SlotOps, spec_from_doc
@@ -52,6 +52,7 @@ class Controller:
         self.queries = Queries(deps, self.feed)           # what server/ reads; it never reaches into `d`
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
+        self._begin_locks: dict[str, asyncio.Lock] = {}         # service -> held while a rollout begins
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -126,35 +127,40 @@ class Controller:
 
     async def _begin_deploy(self, spec: Spec, spec_path: str, image_id: str | None,
                             kind: Kind = Kind.DEPLOY, allow_unsafe: str = "") -> Rollout:
-        self._refuse_if_busy(spec.service)
-        await self._let_last_rollout_finish(spec.service)
-        self._refuse_if_busy(spec.service)      # another deploy may have begun while we waited
-        svc = self.d.store.get_service(spec.service)
-        if svc is None:
-            self._refuse_listen_clash(spec)
-            svc = ServiceRecord(spec.service, spec.listen, spec_path)
-        elif svc.listen != spec.listen:
-            raise ConflictError(
-                f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
-                f"moving the address moves every client at once, which no rollout can make safe: keep "
-                f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
-        await self.d.router.ensure(spec.service, svc.listen)   # may refuse (address in use): nothing recorded yet
-        svc.spec_path = spec_path
-        self.d.store.put_service(svc)
-        now = self.d.clock.now()
-        live = svc.active_slot
-        bg = spec.strategy.blue_green
-        migrate = spec.database is not None and kind is Kind.DEPLOY    # going back never migrates
-        first = Phase.BUILDING if image_id is None else Phase.MIGRATING if migrate else Phase.STARTING
-        r = Rollout(
-            id=f"{spec.service}-{self.d.store.next_rollout_seq(spec.service)}", service=spec.service, kind=kind,
-            phase=first, target_slot=other_slot(live), migrate=migrate, allow_unsafe=allow_unsafe,
-            previous_slot=live, image_id=image_id, previous_image_id=svc.live.image_id if svc.live else None,
-            auto_promote=True if kind is Kind.ROLLBACK or bg is None else bg.auto_promote,
-            created_at=now, updated_at=now, phase_started_at=now,
-            # going back is never walked step by step: a rollback is a blue-green switch
-            strategy="blue_green" if kind is Kind.ROLLBACK else spec.strategy.kind)
-        self.d.store.put_rollout(r, spec.to_json_dict())
+        self._refuse_if_busy(spec.service)      # at once, without queueing behind another deploy
+        async with self._starting(spec.service):
+            self._refuse_if_busy(spec.service)  # another deploy may have begun while we queued
+            await self._let_last_rollout_finish(spec.service)
+            self._refuse_if_busy(spec.service)
+            svc = self.d.store.get_service(spec.service)
+            if svc is None:
+                self._refuse_listen_clash(spec)
+                listen = spec.listen
+            elif svc.listen != spec.listen:
+                raise ConflictError(
+                    f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
+                    f"moving the address moves every client at once, which no rollout can make safe: keep "
+                    f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
+            else:
+                listen = svc.listen
+            await self.d.router.ensure(spec.service, listen)   # may refuse (address in use): nothing recorded yet
+            # re-read: the supervisor may have changed the record while the router started
+            svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, listen, spec_path)
+            svc.spec_path = spec_path
+            now = self.d.clock.now()
+            live = svc.active_slot
+            bg = spec.strategy.blue_green
+            migrate = spec.database is not None and kind is Kind.DEPLOY    # going back never migrates
+            first = Phase.BUILDING if image_id is None else Phase.MIGRATING if migrate else Phase.STARTING
+            r = Rollout(
+                id="", service=spec.service, kind=kind,   # numbered by the store as it begins
+                phase=first, target_slot=other_slot(live), migrate=migrate, allow_unsafe=allow_unsafe,
+                previous_slot=live, image_id=image_id, previous_image_id=svc.live.image_id if svc.live else None,
+                auto_promote=True if kind is Kind.ROLLBACK or bg is None else bg.auto_promote,
+                created_at=now, updated_at=now, phase_started_at=now,
+                # going back is never walked step by step: a rollback is a blue-green switch
+                strategy="blue_green" if kind is Kind.ROLLBACK else spec.strategy.kind)
+            r = self._begin(r, spec.to_json_dict(), svc)
         if allow_unsafe:
             self.ops.event(spec.service, "audit.allow_unsafe", f"{r.id} may apply unsafe migrations: {allow_unsafe}",
                            r.id, reason=allow_unsafe)
@@ -242,13 +248,14 @@ class Controller:
         warm = svc.slots[other]
         if warm.state == SlotState.WARM and warm.image_id and warm.spec and self.supervisor.slot_ready(service, other):
             spec = spec_from_doc(warm.spec, svc.spec_path)
-            self._refuse_if_busy(service)
             now = self.d.clock.now()
-            r = Rollout(id=f"{service}-{self.d.store.next_rollout_seq(service)}", service=service,
-                        kind=Kind.ROLLBACK, phase=Phase.SWITCHING, target_slot=other, previous_slot=live,
-                        image_id=warm.image_id, previous_image_id=svc.live.image_id if svc.live else None,
-                        owns_target=False, created_at=now, updated_at=now, phase_started_at=now)
-            self.d.store.put_rollout(r, warm.spec)
+            async with self._starting(service):
+                r = self._begin(Rollout(id="", service=service,
+                                        kind=Kind.ROLLBACK, phase=Phase.SWITCHING, target_slot=other,
+                                        previous_slot=live, image_id=warm.image_id,
+                                        previous_image_id=svc.live.image_id if svc.live else None,
+                                        owns_target=False, created_at=now, updated_at=now, phase_started_at=now),
+                                warm.spec)
             self.ops.event(service, "rollout.created", f"rollback {r.id}: switching back to warm slot {other}", r.id)
             self._spawn(r, spec)
             return await self.wait(r.id, timeout=30)
@@ -329,12 +336,29 @@ class Controller:
         rs = self.d.store.active_rollouts(service)
         return rs[-1] if rs else None
 
+    def _starting(self, service: str) -> asyncio.Lock:
+        """Held while a rollout of `service` is being begun (waits, router start included), so
+        a second deploy queues and then finds the first one. Not the store's service lock: the
+        driver of the last rollout, which a deploy may wait for, takes that one."""
+        return self._begin_locks.setdefault(service, asyncio.Lock())
+
+    def _begin(self, r: Rollout, spec_doc: dict[str, Any], svc: ServiceRecord | None = None) -> Rollout:
+        """Store a new rollout (and the service record it starts from) if, in the same
+        transaction, no other one is in progress; else refuse, naming the one that is."""
+        begun, got = self.d.store.begin_rollout(r, spec_doc, svc)
+        if not begun:
+            self._refuse(got)
+        return got
+
     def _refuse_if_busy(self, service: str) -> None:
         r = self._active(service)
         if r is not None:
-            raise ConflictError(
-                f"{service} already has a rollout in progress ({r.id}, phase {r.phase})",
-                f"wait for it (`shipyard status {service}`), promote it, or `shipyard rollback {service}` to abort it")
+            self._refuse(r)
+
+    def _refuse(self, r: Rollout) -> NoReturn:
+        raise ConflictError(
+            f"{r.service} already has a rollout in progress ({r.id}, phase {r.phase})",
+            f"wait for it (`shipyard status {r.service}`), promote it, or `shipyard rollback {r.service}` to abort it")
 
     def _refuse_listen_clash(self, spec: Spec) -> None:
         for other in self.d.store.list_services():

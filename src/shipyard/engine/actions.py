@@ -206,6 +206,21 @@ class SlotOps:
                    slot=slot, weight=weight, instances=instances)
         return None
 
+    async def withdraw_canary(self, service: str, slot: str, rollout_id: str | None) -> None:
+        """Every user off the canary slot in one table swap. The slot goes back to STARTING
+        (its rollout's, taking no users) with its instances running: the teardown that
+        follows stops them."""
+        async with self.lock(service):
+            svc = self.d.store.get_service(service)
+            if svc is None or svc.slots[slot].state != SlotState.CANARY:
+                return
+            s = svc.slots[slot]
+            svc.slots[slot] = Slot(SlotState.STARTING, s.image_id, s.spec, None)
+            self.d.store.put_service(svc)
+            seconds = await self.push_table(svc)
+        self.event(service, "canary.weight", f"canary slot {slot} takes 0% of users (was {s.weight:g}%): every user "
+                   f"is back on stable, in {seconds * 1000:.1f} ms", rollout_id, slot=slot, weight=0.0)
+
     async def switch(self, spec: Spec, slot: str, rollout_id: str | None) -> float:
         """The blue-green switch: one table swap moves all unpinned traffic to `slot`.
         Returns the seconds the swap took."""

@@ -206,7 +206,8 @@ class Controller:
                                 "to go back to the previous release, use `shipyard rollback`")
         if r.phase is Phase.SWITCHING:
             raise ConflictError(f"rollout {r.id} is switching traffic right now", "run the abort again in a moment")
-        await self._command(r, AbortRequested("aborted by user"))
+        if r.phase is not Phase.WITHDRAWING:      # else it is ending already: wait for it
+            await self._command(r, AbortRequested("aborted by user"))
         return await self.wait(r.id, timeout=120)
 
     async def retry(self, service: str) -> Rollout:
@@ -239,7 +240,8 @@ class Controller:
             if r.phase is Phase.SWITCHING:
                 raise ConflictError(f"rollout {r.id} is switching traffic right now",
                                     "run the rollback again in a moment")
-            await self._command(r, AbortRequested("rolled back by user before the switch"))
+            if r.phase is not Phase.WITHDRAWING:
+                await self._command(r, AbortRequested("rolled back by user before the switch"))
             return await self.wait(r.id, timeout=120)
         live = svc.active_slot
         if live is None:

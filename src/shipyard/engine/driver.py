@@ -24,6 +24,7 @@ from shipyard.rollout.model import (
     BuildFailed,
     BuildImage,
     Built,
+    CanaryWithdrawn,
     KeepWarm,
     MigrateDatabase,
     Observation,
@@ -44,6 +45,7 @@ from shipyard.rollout.model import (
     Unregister,
     WaitUntil,
     WeightSet,
+    WithdrawCanary,
 )
 from shipyard.spec import Spec
 
@@ -85,7 +87,12 @@ class RolloutDriver:
             self.d.store.put_rollout(r)
             for a in actions:
                 with contextlib.suppress(Exception):
-                    await self.side_effect(r, spec, a)
+                    if isinstance(a, WithdrawCanary):    # users off the canary first, then it ends (never raises)
+                        r, more = machines.step(r, spec, await self.observe(r, spec, a), self.d.clock.now())
+                        self.d.store.put_rollout(r)
+                        actions.extend(more)
+                    else:
+                        await self.side_effect(r, spec, a)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -146,6 +153,12 @@ class RolloutDriver:
                 why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
                                          self.d.health, self.ops.preview_token(r.service))
                 return PreviewPassed() if why is None else PreviewFailed(why)
+            case WithdrawCanary(slot=slot):
+                try:
+                    await self.ops.withdraw_canary(r.service, slot, r.id)
+                except Exception as e:   # the rollout ends all the same; the teardown pushes the table again
+                    return CanaryWithdrawn(slot, f"the router did not take the table: {getattr(e, 'message', repr(e))}")
+                return CanaryWithdrawn(slot)
             case SwitchTraffic(slot=slot):
                 try:
                     await self.ops.switch(spec, slot, r.id)

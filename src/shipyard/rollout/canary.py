@@ -16,6 +16,7 @@ from shipyard.rollout.model import (
     BuildFailed,
     BuildImage,
     Built,
+    CanaryWithdrawn,
     FullPromoteRequested,
     Migrated,
     MigrateDatabase,
@@ -38,6 +39,7 @@ from shipyard.rollout.model import (
     Tick,
     WaitUntil,
     WeightSet,
+    WithdrawCanary,
 )
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, CanarySpec, PauseStep, SetWeightStep
@@ -82,12 +84,20 @@ def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
             return [SetCanaryWeight(r.target_slot, 100.0, spec.replicas)]
         case Phase.SWITCHING:
             return [SwitchTraffic(r.target_slot)]
+        case Phase.WITHDRAWING:
+            return [WithdrawCanary(r.target_slot)]
     return []
 
 
 def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout, list[Action]]:
     """Advance by one observation; observations that do not apply leave `r` unchanged."""
     if r.phase.terminal:
+        return r, []
+    if r.phase is Phase.WITHDRAWING:        # ending already: only the withdrawal's outcome moves it
+        if isinstance(obs, CanaryWithdrawn) and obs.slot == r.target_slot:
+            why = f"{r.reason} (taking users off the canary failed: {obs.error})" if obs.error else r.reason
+            ended = r.enter(Phase(r.ending or Phase.FAILED), now, why)
+            return replace(ended, ending=""), [TearDown(r.target_slot)]
         return r, []
     match obs:
         case AbortRequested(reason=reason) if r.phase is not Phase.SWITCHING:
@@ -180,7 +190,14 @@ def _hold(r: Rollout, hold: str, reason: str, resume_at: float | None, now: floa
 
 
 def _end(r: Rollout, phase: Phase, reason: str, now: float) -> tuple[Rollout, list[Action]]:
-    """Every user back on stable in one swap (the teardown's table push), then the canary stops."""
+    """Every user back on stable in one swap, then the canary stops. A canary that may take
+    users is withdrawn first, in a phase of its own (a restart withdraws it again): only once
+    the swap is done is the rollout stored as ended, so nobody who reads "failed" or
+    "aborted" can still be sent to the canary."""
+    if r.phase in (*JUDGED, Phase.PROMOTING, Phase.SWITCHING):
+        withdrawing = replace(r.enter(Phase.WITHDRAWING, now, reason), ending=str(phase), weight=0.0, hold="",
+                              paused_reason="", resume_at=None)
+        return withdrawing, [WithdrawCanary(r.target_slot)]
     started = r.phase not in (Phase.BUILDING, Phase.MIGRATING)
     ended = replace(r.enter(phase, now, reason), weight=0.0, hold="", paused_reason="", resume_at=None)
     return ended, ([TearDown(r.target_slot)] if started else [])

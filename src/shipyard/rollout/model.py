@@ -21,6 +21,7 @@ class Phase(StrEnum):
     ANALYZING = "analyzing"            # canary: inline analysis step running
     PAUSED = "paused"                  # canary: holding its weight (timed, until promote, or by a human)
     PROMOTING = "promoting"            # canary: scaling to full and taking all traffic
+    WITHDRAWING = "withdrawing"        # canary: every user back on stable, then it ends as `ending` says
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ABORTED = "aborted"
@@ -67,6 +68,7 @@ class Rollout:
     resume_at: float | None = None     # canary: end of a timed pause or of an analysis step
     migrate: bool = False              # the spec has a database: expand migrations run before traffic moves
     allow_unsafe: str = ""             # why unsafe migrations may run anyway (`deploy --allow-unsafe`), audited
+    ending: str = ""                   # canary, while withdrawing: the phase it ends in (failed | aborted)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,6 +164,12 @@ class WeightSet:
 
 
 @dataclass(frozen=True)
+class CanaryWithdrawn:
+    slot: str
+    error: str = ""                    # why the router did not take the table ("" when it did)
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed (the controller reports it when a timer it was asked for fires)."""
     now: float
@@ -190,7 +198,7 @@ class FullPromoteRequested:
 
 
 Observation = (Built | BuildFailed | Migrated | MigrationFailed | SlotHealthy | SlotFailed | PreviewPassed | PreviewFailed
-               | PromoteRequested | AbortRequested | Switched | SwitchFailed | WeightSet | Tick
+               | PromoteRequested | AbortRequested | Switched | SwitchFailed | WeightSet | CanaryWithdrawn | Tick
                | AnalysisVerdict | PauseRequested | ResumeRequested | FullPromoteRequested)
 
 
@@ -251,6 +259,14 @@ class SetCanaryWeight:
 
 
 @dataclass(frozen=True)
+class WithdrawCanary:
+    """Take every user off the canary slot in one table swap (its weight to 0), reporting
+    CanaryWithdrawn: done before the rollout is stored as ended, so no request reaches the
+    canary once anyone can read that it ended."""
+    slot: str
+
+
+@dataclass(frozen=True)
 class WaitUntil:
     """Report a Tick once the clock reaches `at` (timed pause, end of an analysis step)."""
     at: float
@@ -264,4 +280,4 @@ class RunAnalysis:
 
 
 Action = (BuildImage | MigrateDatabase | StartSlot | RunPreview | SwitchTraffic | KeepWarm | TearDown | SetCanaryWeight
-          | WaitUntil | RunAnalysis | Unregister)
+          | WithdrawCanary | WaitUntil | RunAnalysis | Unregister)

@@ -12,6 +12,7 @@ from shipyard.rollout.model import (
     AnalysisVerdict,
     BuildImage,
     Built,
+    CanaryWithdrawn,
     FullPromoteRequested,
     Kind,
     PauseRequested,
@@ -30,6 +31,7 @@ from shipyard.rollout.model import (
     Tick,
     WaitUntil,
     WeightSet,
+    WithdrawCanary,
 )
 from shipyard.spec import Spec, parse_spec
 
@@ -99,7 +101,9 @@ def test_failed_background_verdict_aborts_at_once_in_every_judged_phase(spec: Sp
         for o in phase_obs:
             x, _ = canary.step(x, spec, o, 50)
         assert x.phase in canary.JUDGED
-        done, acts = canary.step(x, spec, AnalysisVerdict("failed", "error rate 10%", background=True), 60)
+        ending, acts = canary.step(x, spec, AnalysisVerdict("failed", "error rate 10%", background=True), 60)
+        assert ending.phase is Phase.WITHDRAWING and ending.weight == 0 and acts == [WithdrawCanary("green")]
+        done, acts = canary.step(ending, spec, CanaryWithdrawn("green"), 61)   # users off it before it ends
         assert done.phase is Phase.FAILED and done.weight == 0 and acts == [TearDown("green")]
         assert "error rate 10%" in done.reason
 
@@ -147,6 +151,11 @@ def test_abort_and_failure_take_users_back(spec: Spec, obs: object, weights: lis
     for w in weights:
         r, _ = canary.step(r, spec, WeightSet(w), 2)
     done, acts = canary.step(r, spec, obs, 3)  # type: ignore[arg-type]
+    # it may take users (progressing): they go back to stable before the rollout ends
+    assert done.phase is Phase.WITHDRAWING and done.weight == 0 and acts == [WithdrawCanary("green")]
+    assert canary.step(done, spec, PromoteRequested(), 4) == (done, [])
+    assert canary.step(done, spec, AbortRequested(), 4) == (done, [])
+    done, acts = canary.step(done, spec, CanaryWithdrawn("green"), 5)
     assert done.phase in (Phase.ABORTED, Phase.FAILED) and done.weight == 0 and acts == [TearDown("green")]
     assert canary.step(done, spec, PromoteRequested(), 4) == (done, [])
 

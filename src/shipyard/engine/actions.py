@@ -218,8 +218,8 @@ class SlotOps:
             svc.slots[slot] = Slot(SlotState.STARTING, s.image_id, s.spec, None)
             self.d.store.put_service(svc)
             seconds = await self.push_table(svc)
-        self.event(service, "canary.weight", f"canary slot {slot} takes 0% of users (was {s.weight:g}%): every user "
-                   f"is back on stable, in {seconds * 1000:.1f} ms", rollout_id, slot=slot, weight=0.0)
+        self.event(service, "canary.withdrawn", f"canary slot {slot} takes no users (was {s.weight:g}%): every user "
+                   f"is back on stable, in {seconds * 1000:.1f} ms", rollout_id, slot=slot, seconds=seconds)
 
     async def switch(self, spec: Spec, slot: str, rollout_id: str | None) -> float:
         """The blue-green switch: one table swap moves all unpinned traffic to `slot`.

@@ -135,17 +135,14 @@ class Controller:
             svc = self.d.store.get_service(spec.service)
             if svc is None:
                 self._refuse_listen_clash(spec)
-                listen = spec.listen
             elif svc.listen != spec.listen:
                 raise ConflictError(
                     f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
-            else:
-                listen = svc.listen
-            await self.d.router.ensure(spec.service, listen)   # may refuse (address in use): nothing recorded yet
+            await self.d.router.ensure(spec.service, spec.listen)   # may refuse (address in use): nothing recorded
             # re-read: the supervisor may have changed the record while the router started
-            svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, listen, spec_path)
+            svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
             svc.spec_path = spec_path
             now = self.d.clock.now()
             live = svc.active_slot
@@ -251,13 +248,11 @@ class Controller:
         if warm.state == SlotState.WARM and warm.image_id and warm.spec and self.supervisor.slot_ready(service, other):
             spec = spec_from_doc(warm.spec, svc.spec_path)
             now = self.d.clock.now()
-            async with self._starting(service):
-                r = self._begin(Rollout(id="", service=service,
-                                        kind=Kind.ROLLBACK, phase=Phase.SWITCHING, target_slot=other,
-                                        previous_slot=live, image_id=warm.image_id,
-                                        previous_image_id=svc.live.image_id if svc.live else None,
-                                        owns_target=False, created_at=now, updated_at=now, phase_started_at=now),
-                                warm.spec)
+            # no lock: the panic button never queues behind a deploy; the store's check is atomic
+            r = self._begin(Rollout(id="", service=service, kind=Kind.ROLLBACK, phase=Phase.SWITCHING,
+                                    target_slot=other, previous_slot=live, image_id=warm.image_id,
+                                    previous_image_id=svc.live.image_id if svc.live else None, owns_target=False,
+                                    created_at=now, updated_at=now, phase_started_at=now), warm.spec)
             self.ops.event(service, "rollout.created", f"rollback {r.id}: switching back to warm slot {other}", r.id)
             self._spawn(r, spec)
             return await self.wait(r.id, timeout=30)
@@ -339,22 +334,18 @@ class Controller:
         return rs[-1] if rs else None
 
     def _starting(self, service: str) -> asyncio.Lock:
-        """Held while a rollout of `service` is being begun (waits, router start included), so
-        a second deploy queues and then finds the first one. Not the store's service lock: the
-        driver of the last rollout, which a deploy may wait for, takes that one."""
+        """Held while a rollout of `service` begins (router start included): a second deploy
+        queues, then finds the first. Not the store's service lock, which the driver of the
+        last rollout (that a deploy may wait for) takes."""
         return self._begin_locks.setdefault(service, asyncio.Lock())
 
     def _begin(self, r: Rollout, spec_doc: dict[str, Any], svc: ServiceRecord | None = None) -> Rollout:
-        """Store a new rollout (and the service record it starts from) if, in the same
-        transaction, no other one is in progress; else refuse, naming the one that is."""
+        """Store a new rollout (and its service record) unless another is in progress: one transaction."""
         begun, got = self.d.store.begin_rollout(r, spec_doc, svc)
-        if not begun:
-            self._refuse(got)
-        return got
+        return got if begun else self._refuse(got)
 
     def _refuse_if_busy(self, service: str) -> None:
-        r = self._active(service)
-        if r is not None:
+        if (r := self._active(service)) is not None:
             self._refuse(r)
 
     def _refuse(self, r: Rollout) -> NoReturn:

@@ -28,6 +28,7 @@ from shipyard.rollout.model import (
     KeepWarm,
     MigrateDatabase,
     Observation,
+    Phase,
     PreviewFailed,
     PreviewPassed,
     Rollout,
@@ -84,6 +85,8 @@ class RolloutDriver:
         except Exception as e:  # a bug must not leave a rollout hanging: record it and stop safely
             log.exception("rollout %s crashed", r.id)
             r, actions = machines.step(r, spec, AbortRequested(f"internal error: {e!r}"), self.d.clock.now())
+            if r.phase is Phase.WITHDRAWING and not actions:     # it was ending already: finish that
+                actions = machines.entry_actions(r, spec)
             self.d.store.put_rollout(r)
             for a in actions:
                 with contextlib.suppress(Exception):

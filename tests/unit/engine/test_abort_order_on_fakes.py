@@ -159,3 +159,34 @@ def test_a_daemon_dying_while_an_abort_ends_the_canary_resumes_to_the_same_end(
     assert end["table"]["tracks"] == {"blue": 4}
     assert end["instances"] == [("blue", "v1")] * 4 and world.runtime.live("shop", "green") == []
     assert world.io_attempts == []
+
+
+def test_a_bug_while_withdrawing_still_ends_the_rollout_and_tears_the_canary_down(world: World,
+                                                                                  tmp_path: Path) -> None:
+    """The driver's last resort (an unexpected exception) on a rollout that was ending already
+    finishes the withdrawal rather than leaving it withdrawing with nobody driving it."""
+    spec = write_spec(tmp_path, CANARY, replicas=4)
+
+    async def body() -> None:
+        c = world.controller()
+        await c.start()
+        try:
+            r = await canary_taking_users(world, c, spec)
+
+            def bug(stored: Rollout) -> None:
+                if stored.phase is Phase.ABORTED and stored.reason == "aborted by user":
+                    world.store.on_put_rollout = lambda _r: None
+                    raise RuntimeError("a bug right after the end was stored")
+            world.store.on_put_rollout = bug
+            await c.abort("shop")
+            await c.wait(r.id, 60)
+            got = world.store.get_rollout(r.id)
+            assert got is not None and got.phase is Phase.ABORTED, got
+            assert world.store.active_rollouts("shop") == []
+            assert world.router.tables["shop"].weights == {"blue": 100.0}
+            assert world.router.tables["shop"].tracks.keys() == {"blue"}
+            assert world.runtime.live("shop", "green") == []
+        finally:
+            await c.close()
+    run(body(), world.clock)
+    assert world.io_attempts == []

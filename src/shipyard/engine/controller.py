@@ -19,7 +19,7 @@ from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
-from shipyard.errors import ConflictError, NotFoundError, ShipyardError
+from shipyard.errors import ConflictError, NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
 from shipyard.rollout.model import (
@@ -309,7 +309,8 @@ class Controller:
 
     async def _command(self, r: Rollout, cmd: Observation) -> Rollout:
         """Hand a command to the rollout's driver; return the rollout once it took effect
-        (or after 2 s: scaling a canary may take longer, `status` follows it)."""
+        (or after 2 s: scaling a canary may take longer, `status` follows it). If the store
+        refuses to record it, StoreUnavailable after those 2 s: the command stays queued."""
         q = self._commands.get(r.id)
         if q is None:
             raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
@@ -320,6 +321,10 @@ class Controller:
             if now is not None and (now.phase, now.step_index, now.hold) != (r.phase, r.step_index, r.hold):
                 return now
             await self.d.clock.sleep(0.02)
+        held = self.driver.waiting_on_store(r.id)
+        if held is not None:     # a step of it waits for the store: the command runs once that is written
+            raise StoreUnavailable(f"{held.message}: rollout {r.id} stays at its last recorded step; the command is"
+                                   " queued and is carried out once it can be recorded", held.hint)
         return self.d.store.get_rollout(r.id) or r
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:

@@ -32,6 +32,10 @@ BUSY_TIMEOUT_MS = 10
 """How long a statement may wait for a lock held by another process before it fails."""
 SUMMARY_EVERY = 60.0
 """Seconds between the "still failing" lines of one outage."""
+QUIET_FOR = 1.0
+"""An outage is over once writes have succeeded for this long with no refusal: on a nearly
+full disk a small write fits now and then, which is no recovery worth a log line (so the
+line comes with the first write at least this long after the first that worked)."""
 
 # primary result codes (https://sqlite.org/rescode.html) that say the environment failed
 _BUSY, _LOCKED, _NOMEM, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _PROTOCOL, _NOTADB = (
@@ -78,9 +82,13 @@ def translate(e: sqlite3.Error, path: Path) -> StoreUnavailable | None:
 class FaultLog:
     """One log line per cause, a count per minute while it lasts, one line on recovery."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, every: float = SUMMARY_EVERY) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, every: float = SUMMARY_EVERY,
+                 quiet_for: float = QUIET_FOR) -> None:
         self.clock = clock
         self.every = every
+        self.quiet_for = quiet_for
+        self._last_refusal = 0.0
+        self._ok_since: float | None = None
         self.failing: str | None = None     # the message of the current cause
         self.since = 0.0
         self._line_at = 0.0
@@ -90,6 +98,7 @@ class FaultLog:
     def failed(self, err: StoreUnavailable) -> None:
         now = self.clock()
         self.refused_total += 1
+        self._last_refusal = now
         if err.message != self.failing:
             if self.failing is None:
                 self.since, self.refused_total = now, 1
@@ -103,10 +112,15 @@ class FaultLog:
             self._line_at, self._refused = now, 0
 
     def wrote(self) -> None:
-        if self.failing is not None:
+        if self.failing is None:
+            return
+        now = self.clock()
+        if self._ok_since is None or self._ok_since < self._last_refusal:
+            self._ok_since = now
+        elif now - self._ok_since >= self.quiet_for:
             log.warning("state database writable again after %.1f s (%d store calls refused)",
-                        self.clock() - self.since, self.refused_total)
-            self.failing = None
+                        self._last_refusal - self.since, self.refused_total)
+            self.failing = self._ok_since = None
 
 
 class GuardedConnection(sqlite3.Connection):

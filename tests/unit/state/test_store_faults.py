@@ -129,11 +129,16 @@ def test_the_log_says_a_cause_once_then_counts_then_recovery(caplog: pytest.LogC
         for _ in range(200):         # 200 refusals over 100 s
             faults.failed(err)
             now[0] += 0.5
+        faults.wrote()               # one write that fits: not yet a recovery
+        now[0] += 3
+        faults.failed(err)           # ... as the next refusal shows: the same outage, no new line
         faults.wrote()
+        now[0] += 5
+        faults.wrote()               # writes for 5 s (more than QUIET_FOR) with no refusal: over
         faults.wrote()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3, lines
     assert lines[0].startswith("no space left on device writing /s/state.db; free space in /s")
     assert "still failing: 120 store calls refused in the last 60 s" in lines[1]
-    assert lines[2].startswith("state database writable again after 100.0 s (200 store calls refused)")
+    assert lines[2].startswith("state database writable again after 103.0 s (201 store calls refused)")
     assert not any(r.exc_info for r in caplog.records)

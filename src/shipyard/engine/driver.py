@@ -283,7 +283,7 @@ class RolloutDriver:
         lines: list[str] = []
         try:
             image = await self.d.images.build(build_input(spec), log=lines.append)
-        except ShipyardError as e:
+        except (ShipyardError, OSError) as e:     # OSError: the image store's disk is full
             return BuildFailed(f"build failed: {e}")
         finally:
             if lines:

@@ -94,6 +94,12 @@ async def timed(call: Awaitable[object]) -> tuple[float, object]:
     return time.monotonic() - t0, out
 
 
+def sy(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
+    """The Python CLI, as a user runs it against this daemon."""
+    return subprocess.run([sys.executable, "-m", "shipyard", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SHIPYARD_HOME": str(state), "COLUMNS": "300"})
+
+
 def daemon_lines(dp: DaemonProcess) -> str:
     return dp.paths.daemon_log.read_text(errors="replace")
 
@@ -125,8 +131,13 @@ async def test_a_full_state_disk_holds_the_rollout_and_it_goes_on_once_space_is_
         assert max(pings) < 500, pings
         for _ in range(30):                  # 6 s of the outage: supervisor ticks, driver retries
             svc = await api.get("/v1/services/shop")
-            assert svc["rollout"]["id"] == r["id"] and svc["rollout"]["phase"] == "awaiting_promotion"
+            held = svc["rollout"]
+            assert held["id"] == r["id"] and held["phase"] == "awaiting_promotion"
+            assert held["driven"] is True, held                          # not an orphan
+            assert "no space left on device" in (held["held"] or ""), held
             await asyncio.sleep(0.2)
+        status = await asyncio.to_thread(sy, "status", "shop", state=state_dir)
+        assert status.returncode == 0 and "held at this step: no space left on device" in status.stdout, status
         assert "2" not in {s.version for s in traffic.samples}     # no switch without its record
         filler.unlink()
         done = await api.wait_rollout(r["id"], timeout=60)          # the queued promote, no restart
@@ -175,7 +186,7 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
     url = json.loads(daemon.paths.api.read_text())["url"]
 
     async with Traffic(f"http://{listen}", clients=4, pause=0.02) as traffic:
-        locker = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCKER, str(daemon.paths.db), "8",
+        locker = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCKER, str(daemon.paths.db), "10",
                                                       stdout=asyncio.subprocess.PIPE)
         try:
             assert locker.stdout is not None
@@ -185,10 +196,11 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
             await asyncio.sleep(1.0)
             seconds, out = await timed(api.post("/v1/services/shop/rollback", {}))
             reads, _ = await timed(api.get("/v1/services/shop"))
-            await asyncio.sleep(2.0)
+            cli = await asyncio.to_thread(sy, "promote", "shop", state=state_dir)   # the CLI says it too
+            await asyncio.sleep(0.5)
             stop.set()
             pings = await pinger
-            assert (await asyncio.wait_for(locker.stdout.readline(), 15)).strip() == b"released"
+            assert (await asyncio.wait_for(locker.stdout.readline(), 20)).strip() == b"released"
         finally:
             with contextlib.suppress(ProcessLookupError):
                 locker.kill()
@@ -198,6 +210,8 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
         assert f"the state database {daemon.paths.db} is locked by another process" in out.message
         assert "fuser" in (out.hint or "")
         assert reads < 0.5, reads
+        assert cli.returncode == StoreUnavailable.exit_code, (cli.returncode, cli.stdout, cli.stderr)
+        assert "is locked by another process" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
         assert len(pings) > 20 and p99(pings) < 200, (p99(pings), max(pings), len(pings))
         # once released, the queued rollback (an abort before the switch) is carried out
         done = await api.wait_rollout(r["id"], timeout=60)

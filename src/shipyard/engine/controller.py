@@ -50,6 +50,7 @@ class Controller:
         self.drift = DriftWatcher(deps, self.ops)
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self.queries = Queries(deps, self.feed)           # what server/ reads; it never reaches into `d`
+        self.queries.driving = self._driving
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
 
@@ -326,6 +327,10 @@ class Controller:
             raise StoreUnavailable(f"{held.message}: rollout {r.id} stays at its last recorded step; the command is"
                                    " queued and is carried out once it can be recorded", held.hint)
         return self.d.store.get_rollout(r.id) or r
+
+    def _driving(self, rollout_id: str) -> tuple[bool, str | None]:
+        held = self.driver.waiting_on_store(rollout_id)
+        return rollout_id in self._drivers, held.message if held is not None else None
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:
         self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock.now(), f"could not resume: {why}"))

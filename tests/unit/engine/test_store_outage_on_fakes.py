@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.engine.controller import Controller
+from shipyard.engine.driver import STALE_AFTER
 from shipyard.errors import StoreUnavailable
 from shipyard.rollout.model import Phase, Rollout
 from support.fake_world import BLUE_GREEN, World, write_spec
@@ -158,5 +159,27 @@ def test_an_action_refused_half_way_is_run_again_and_leaves_no_unrecorded_instan
         world.store.fail_writes = None
         assert (await c.wait(r.id, timeout=3600)).phase is Phase.SUCCEEDED
         assert sorted(i.image_id for i in world.runtime.live("shop")) == ["v1", "v1", "v2", "v2"]
+
+    drive(world, body)
+
+
+def test_a_step_refused_for_longer_than_stale_after_is_not_taken_the_rollout_is_aborted(
+        world: World, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        await first_release(c, spec)
+        live = world.store.get_service("shop").active_slot
+        fail_writes_once_stored(world, Phase.PREVIEWING)
+        r = await c.deploy(str(spec), image_id="v2")
+        await world.clock.sleep(STALE_AFTER + 60)
+        assert world.store.get_rollout(r.id).phase is Phase.PREVIEWING and not c._drivers[r.id].done()
+        world.store.fail_writes = None
+        done = await c.wait(r.id, timeout=3600)
+        # what was observed 6 minutes ago is not acted on: no switch, every user still on v1
+        assert done.phase is Phase.ABORTED and "refused to record" in done.reason, (done.phase, done.reason)
+        svc = world.store.get_service("shop")
+        assert svc is not None and svc.active_slot == live and svc.live.image_id == "v1"
+        assert world.router.tables["shop"].weights == {live: 100.0}
 
     drive(world, body)

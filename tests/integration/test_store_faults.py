@@ -145,6 +145,8 @@ async def test_a_full_state_disk_holds_the_rollout_and_it_goes_on_once_space_is_
         await asyncio.sleep(1.5)    # the store logs its recovery with a write past its quiet second
     assert traffic.failures() == [], traffic.failures()[:5]
     assert len(traffic.samples) > 100
+    print(f"full disk: promote answered 503 in {seconds:.2f} s, ping max {max(pings):.1f} ms,"
+          f" {len(traffic.samples)} requests through the router, 0 failed")
     assert traffic.versions().get("2", 0) > 0
 
     # the service takes a new deploy, and a rollback, as if nothing had happened
@@ -213,6 +215,8 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
         assert cli.returncode == StoreUnavailable.exit_code, (cli.returncode, cli.stdout, cli.stderr)
         assert "is locked by another process" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
         assert len(pings) > 20 and p99(pings) < 200, (p99(pings), max(pings), len(pings))
+        print(f"during the lock: /v1/ping p99 {p99(pings):.1f} ms, max {max(pings):.1f} ms over {len(pings)};"
+              f" rollback answered 503 in {seconds:.2f} s; a read in {reads * 1000:.1f} ms")
         # once released, the queued rollback (an abort before the switch) is carried out
         done = await api.wait_rollout(r["id"], timeout=60)
         assert done["phase"] == "aborted", done

@@ -124,6 +124,7 @@ async def test_a_full_state_disk_holds_the_rollout_and_it_goes_on_once_space_is_
         assert isinstance(out, StoreUnavailable), out
         assert seconds < 4, seconds
         assert f"no space left on device writing {state_dir}/state.db" in out.message
+        assert "the command is queued" in out.message, out.message
         assert f"free space in {state_dir}" in (out.hint or "")
         # the API answers, reads work, the rollout is still the one in progress, held at its step
         async with httpx.AsyncClient(timeout=30) as c:
@@ -210,6 +211,7 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
         assert seconds < 2.8, seconds
         assert isinstance(out, StoreUnavailable), out
         assert f"the state database {daemon.paths.db} is locked by another process" in out.message
+        assert "the command is queued" in out.message, out.message
         assert "fuser" in (out.hint or "")
         assert reads < 0.5, reads
         assert cli.returncode == StoreUnavailable.exit_code, (cli.returncode, cli.stdout, cli.stderr)

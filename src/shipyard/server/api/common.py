@@ -4,6 +4,7 @@ Handlers are plain module-level functions of (api, request) so each resource rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -73,7 +74,8 @@ class Api:
         try:
             result = await call()
         except BaseException as e:
-            self.store.audit.finish(pending, failed=e.message if isinstance(e, ShipyardError) else repr(e))
+            with contextlib.suppress(StoreUnavailable):   # the caller is told why it failed, not that this did
+                self.store.audit.finish(pending, failed=e.message if isinstance(e, ShipyardError) else repr(e))
             raise
         self.store.audit.finish(pending, result.id if isinstance(result, Rollout) else None)
         return result

@@ -183,3 +183,33 @@ def test_a_step_refused_for_longer_than_stale_after_is_not_taken_the_rollout_is_
         assert world.router.tables["shop"].weights == {live: 100.0}
 
     drive(world, body)
+
+
+def test_a_crash_while_the_store_refuses_still_ends_the_rollout_once_it_writes(
+        world: World, tmp_path: Path) -> None:
+    """The crash path's own write is retried too: never an orphan that only a restart clears."""
+    spec = write_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        await first_release(c, spec)
+        real = c.driver._observe
+
+        async def buggy(r, spec, a, judge):  # type: ignore[no-untyped-def]
+            if r.image_id == "v2" and r.phase is Phase.STARTING:
+                world.store.fail_writes = FULL
+                raise RuntimeError("a bug")
+            return await real(r, spec, a, judge)
+        c.driver._observe = buggy    # type: ignore[method-assign]
+        r = await c.deploy(str(spec), image_id="v2")
+        await world.clock.sleep(30)
+        assert not c._drivers[r.id].done()                  # still driven, waiting to record the crash
+        assert world.store.get_rollout(r.id).phase is Phase.STARTING
+        world.store.fail_writes = None
+        done = await c.wait(r.id, timeout=3600)
+        assert done.phase in (Phase.FAILED, Phase.ABORTED) and "a bug" in done.reason, (done.phase, done.reason)
+        assert r.id not in c._drivers
+        c.driver._observe = real     # type: ignore[method-assign]
+        again = await c.wait((await c.deploy(str(spec), image_id="v2")).id, timeout=3600)
+        assert again.phase is Phase.SUCCEEDED, again.reason
+
+    drive(world, body)

@@ -29,7 +29,7 @@ from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
 from shipyard.errors import ShipyardError, StoreUnavailable
 from support import SpecMaker, deploy
-from support.procs import kill_everything_under
+from support.procs import kill_everything_under, processes_under
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -164,6 +164,34 @@ async def test_a_full_state_disk_holds_the_rollout_and_it_goes_on_once_space_is_
     out_text = daemon.output.read_text(errors="replace")
     for text in (log, out_text):
         assert "Traceback" not in text and "--- Logging error ---" not in text
+
+
+async def test_a_disk_that_fills_while_instances_start_leaves_no_orphan_and_the_deploy_ends(
+        state_dir: Path, daemon: DaemonProcess, api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+    """Wherever the outage lands (instances starting, preview, the switch), nothing runs that
+    is not recorded, and the deploy goes on by itself once space is freed."""
+    assert (await deploy(api, make_spec("v1")))["phase"] == "succeeded"
+    slow = make_spec("v2", "v2-slow", **{"health.healthy_threshold": 10})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.02) as traffic:
+        r = (await api.post("/v1/deploy", {"spec_path": str(slow)}))["rollout"]
+        deadline = time.monotonic() + 60
+        while (await api.get(f"/v1/rollouts/{r['id']}"))["rollout"]["phase"] in ("building", "migrating"):
+            assert time.monotonic() < deadline, "v2 was never built"
+            await asyncio.sleep(0.05)
+        filler = fill(state_dir)
+        await asyncio.sleep(5)
+        held = (await api.get("/v1/services/shop"))["rollout"]
+        assert held["id"] == r["id"] and held["driven"] is True, held
+        filler.unlink()
+        done = await api.wait_rollout(r["id"], timeout=90)
+        assert done["phase"] == "succeeded", done
+        await asyncio.sleep(0.5)
+    assert traffic.failures() == [], traffic.failures()[:5]
+    svc = await api.get("/v1/services/shop")
+    recorded = {i["pid"] for s in svc["slots"].values() for i in s["instances"]}
+    running = {pid for pid in processes_under(state_dir)
+               if b"-m\0shop" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    assert running == recorded and len(recorded) == 4, (running, recorded)   # 2 live v2, 2 warm v1
 
 
 LOCKER = """

@@ -18,7 +18,7 @@ from shipyard.paths import StatePaths
 KINDS: dict[str, type[errors.ShipyardError]] = {
     c.__name__: c for c in (errors.SpecError, errors.ImageError, errors.ImageVerificationError,
                             errors.RuntimeFailure, errors.RouterError, errors.ConflictError,
-                            errors.NotFoundError)
+                            errors.NotFoundError, errors.StoreUnavailable)
 }
 
 

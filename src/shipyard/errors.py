@@ -60,3 +60,11 @@ class DaemonUnavailable(ShipyardError):
 
 class RequestTooLarge(ShipyardError):
     """A request to the API is bigger than it accepts (HTTP 413); refused before it is read whole."""
+
+
+class StoreUnavailable(ShipyardError):
+    """The state database cannot be read or written right now (disk full, locked by another
+    process, read-only, I/O error). Nothing was changed; the daemon retries on its own, so
+    the API answers 503 and a caller may try again once the cause is cleared."""
+
+    exit_code = 6

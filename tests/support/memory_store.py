@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shipyard.errors import StoreUnavailable
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
@@ -70,6 +71,14 @@ class InMemoryStore:
         """Rollout states persisted through this object (put_rollout or record_step): the crash tests' steps."""
         self.on_put_rollout: Callable[[Rollout], None] = lambda r: None
         """Called once each rollout state is stored (with its event, for record_step): a test crashes from here."""
+        self.fail_writes: StoreUnavailable | None = None
+        """Set: every write raises it (a full disk, a foreign lock), changing nothing; None: writes work again."""
+        self.refused_writes = 0
+
+    def _writable(self) -> None:
+        if self.fail_writes is not None:
+            self.refused_writes += 1
+            raise self.fail_writes
 
     @property
     def audit(self) -> AuditLog:
@@ -96,6 +105,7 @@ class InMemoryStore:
         return [_service(json.loads(self._d.services[n])) for n in sorted(self._d.services)]
 
     def put_service(self, rec: ServiceRecord) -> None:
+        self._writable()
         rec.updated_at = self.clock()
         self._d.services[rec.name] = json.dumps({
             "name": rec.name, "listen": rec.listen, "spec_path": rec.spec_path, "active_slot": rec.active_slot,
@@ -103,11 +113,13 @@ class InMemoryStore:
             "previous_spec": rec.previous_spec, "updated_at": rec.updated_at})
 
     def delete_service(self, name: str) -> None:
+        self._writable()
         self._d.services.pop(name, None)
 
     # -- instances -----------------------------------------------------------------
 
     def put_instance(self, inst: Instance, status: str) -> None:
+        self._writable()
         now = self.clock()
         old = self._d.instances.get(inst.id)
         if old is None:
@@ -116,6 +128,7 @@ class InMemoryStore:
             self._d.instances[inst.id] = (old[0], old[1], status, json.dumps(inst.to_dict()), old[4], now)
 
     def set_instance_status(self, instance_id: str, status: str) -> None:
+        self._writable()
         old = self._d.instances.get(instance_id)
         if old is not None:
             self._d.instances[instance_id] = (old[0], old[1], status, old[3], old[4], self.clock())
@@ -138,6 +151,7 @@ class InMemoryStore:
         return max((r.seq for r in self._d.rollouts.values() if r.service == service), default=0) + 1
 
     def put_rollout(self, r: Rollout, spec: dict[str, Any] | None = None) -> None:
+        self._writable()
         self._put_rollout(r, spec)
         self.put_rollout_calls += 1
         self.on_put_rollout(r)
@@ -149,6 +163,7 @@ class InMemoryStore:
         busy = self.active_rollouts(r.service)
         if busy:
             return False, max(busy, key=lambda b: b.created_at)
+        self._writable()          # refused whole, before anything is written
         new = replace(r, id=f"{r.service}-{self.next_rollout_seq(r.service)}")
         if service is not None:
             self.put_service(service)
@@ -157,6 +172,7 @@ class InMemoryStore:
 
     def record_step(self, r: Rollout, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
         """Both or neither, as in one transaction: nothing here can fail in between."""
+        self._writable()
         self._put_rollout(r, None)
         event = self.add_event(r.service, kind, message, r.id, data)
         self.put_rollout_calls += 1
@@ -208,6 +224,7 @@ class InMemoryStore:
     # -- analysis evidence -----------------------------------------------------------
 
     def put_analysis(self, rollout_id: str, doc: dict[str, Any]) -> None:
+        self._writable()
         self._d.analysis[rollout_id] = json.dumps(doc)
 
     def get_analysis(self, rollout_id: str) -> dict[str, Any] | None:
@@ -222,6 +239,7 @@ class InMemoryStore:
 
     def add_event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
                   data: dict[str, Any] | None = None) -> Event:
+        self._writable()
         event = Event(len(self._d.events) + 1, self.clock(), service, rollout_id, kind, message, _copy(data or {}))
         self._d.events.append(event)
         self.audit.observe(event, self.get_rollout, self.get_analysis)
@@ -242,6 +260,7 @@ class InMemoryStore:
     # -- drift reports (the last one per service) ----------------------------------------
 
     def put_drift_report(self, service: str, report: dict[str, Any]) -> None:
+        self._writable()
         old = self._d.drift.get(service)
         full_at = report["scanned_at"] if report.get("mode") == "full" else (old[1] if old else None)
         self._d.drift[service] = (json.dumps(report), full_at)
@@ -255,6 +274,7 @@ class InMemoryStore:
         return doc
 
     def remove_drift_report(self, service: str) -> None:
+        self._writable()
         self._d.drift.pop(service, None)
 
 

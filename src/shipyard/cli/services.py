@@ -84,6 +84,10 @@ def _print_status(d: dict[str, Any]) -> None:
     if r:
         say("  rollout {id} ({kind}, {strategy}): [yellow]{phase}[/] -> slot {slot}", id=r["id"], kind=r["kind"],
             strategy=r["strategy"].replace("_", "-"), phase=r["phase"], slot=r["target_slot"])
+        if r.get("held"):
+            say("  [yellow]held at this step[/]: {why}; it goes on once the state store writes again", why=r["held"])
+        elif r.get("driven") is False:
+            say("  [red]not driven by this daemon[/]: restart the daemon to resume it")
         if r["strategy"] == "canary":
             say("  canary takes {weight:g}% of users, step {step}{hold}", weight=r["weight"],
                 step=r["step_index"] + 1, hold=f"; {r['paused_reason']}" if r["paused_reason"] else "")

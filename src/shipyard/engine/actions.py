@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.engine.deps import Deps
-from shipyard.errors import ShipyardError
+from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.rollout.traffic import build_table, preview_token
@@ -26,11 +27,15 @@ from shipyard.spec import Spec
 
 __all__ = ["Deps", "SlotOps", "spec_from_doc", "sticky_of"]
 
+log = logging.getLogger("shipyard.events")
+
 
 class SlotOps:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
         self._router_version: dict[str, int] = {}
+        self.events_dropped = 0
+        """Events the store refused since the last one it took (told in the log when it takes one again)."""
 
     def preview_token(self, service: str) -> str:
         """The secret that lets a request choose its track (preview checks send it)."""
@@ -42,7 +47,19 @@ class SlotOps:
 
     def event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
               **data: Any) -> None:
-        self.d.on_event(self.d.store.add_event(service, kind, message, rollout_id, data or None))
+        """Record an event. One the store refuses is dropped and counted, never raised: an
+        event tells of a change, it is not the change (those are `Store.record_step` and the
+        record writes, which do raise)."""
+        try:
+            ev = self.d.store.add_event(service, kind, message, rollout_id, data or None)
+        except StoreUnavailable:
+            self.events_dropped += 1
+            return
+        if self.events_dropped:
+            log.warning("%d event(s) could not be recorded while the state store refused writes",
+                        self.events_dropped)
+            self.events_dropped = 0
+        self.d.on_event(ev)
 
     def router_restarted(self, service: str, lost: dict[str, Any] | None) -> None:
         """Record a router that died and was replaced: an event (which the audit log records
@@ -99,7 +116,11 @@ class SlotOps:
     async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None) -> Instance:
         launch = await self.launch_spec(spec, slot, image_id)
         inst = await self.d.runtime.start(launch)
-        self.d.store.put_instance(inst, "starting")
+        try:
+            self.d.store.put_instance(inst, "starting")
+        except StoreUnavailable:    # an instance nobody recorded would run for good: stop it
+            await self.d.runtime.stop(inst, spec.run.stop_timeout)
+            raise
         self.event(spec.service, "instance.started", f"instance {inst.id} started (pid {inst.pid}, port {inst.port})",
                    rollout_id, instance=inst.id, slot=slot)
         return inst
@@ -163,6 +184,8 @@ class SlotOps:
         try:
             started = [await self.start_instance(spec, slot, image_id, rollout_id)
                        for _ in range(want - len(keep))]
+        except StoreUnavailable:
+            raise                  # not the release's fault: the driver runs this again
         except ShipyardError as e:
             return f"could not start an instance: {e.message}"
         results = await asyncio.gather(*(self.wait_ready(spec, i) for i in keep + started))

@@ -19,7 +19,7 @@ from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
-from shipyard.errors import ConflictError, NotFoundError, ShipyardError
+from shipyard.errors import ConflictError, NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
 from shipyard.rollout.model import (
@@ -50,6 +50,7 @@ class Controller:
         self.drift = DriftWatcher(deps, self.ops)
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self.queries = Queries(deps, self.feed)           # what server/ reads; it never reaches into `d`
+        self.queries.driving = self._driving
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
         self._begin_locks: dict[str, asyncio.Lock] = {}         # service -> held while a rollout begins
@@ -313,7 +314,8 @@ class Controller:
 
     async def _command(self, r: Rollout, cmd: Observation) -> Rollout:
         """Hand a command to the rollout's driver; return the rollout once it took effect
-        (or after 2 s: scaling a canary may take longer, `status` follows it)."""
+        (or after 2 s: scaling a canary may take longer, `status` follows it). If the store
+        refuses to record it, StoreUnavailable after those 2 s: the command stays queued."""
         q = self._commands.get(r.id)
         if q is None:
             raise ConflictError(f"rollout {r.id} is not being driven by this daemon", "check `shipyard status`")
@@ -324,7 +326,15 @@ class Controller:
             if now is not None and (now.phase, now.step_index, now.hold) != (r.phase, r.step_index, r.hold):
                 return now
             await self.d.clock.sleep(0.02)
+        held = self.driver.waiting_on_store(r.id)
+        if held is not None:     # a step of it waits for the store: the command runs once that is written
+            raise StoreUnavailable(f"{held.message}: rollout {r.id} stays at its last recorded step; the command is"
+                                   " queued and is carried out once it can be recorded", held.hint)
         return self.d.store.get_rollout(r.id) or r
+
+    def _driving(self, rollout_id: str) -> tuple[bool, str | None]:
+        held = self.driver.waiting_on_store(rollout_id)
+        return rollout_id in self._drivers, held.message if held is not None else None
 
     def _finish_orphan(self, r: Rollout, why: str) -> None:
         self.d.store.put_rollout(r.enter(Phase.FAILED, self.d.clock.now(), f"could not resume: {why}"))

@@ -17,7 +17,7 @@ from shipyard.drift.report import Mode
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.healing import Healer, HealResult, heal_targets
-from shipyard.errors import NotFoundError, ShipyardError
+from shipyard.errors import NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.records import ServiceRecord, SlotState
 from shipyard.spec import Spec
 
@@ -139,6 +139,8 @@ class DriftWatcher:
             for svc in self.d.store.list_services():
                 try:
                     await self._tick(svc)
+                except StoreUnavailable:
+                    pass            # the report is written again by the next scan; the store logs why not
                 except ShipyardError as e:
                     self.ops.event(svc.name, "drift.error", f"drift scan failed: {e.message}")
                 except Exception:

@@ -1,12 +1,26 @@
 """Driving one rollout: carry out the actions its state machine asks for, feed back what
 they observed (or what a user commanded), persist every step. Strategy-agnostic: the
-machine is chosen by `machines`; the actions are carried out here or by `SlotOps`."""
+machine is chosen by `machines`; the actions are carried out here or by `SlotOps`.
+
+A step whose record cannot be written is not taken. When the store refuses
+(`StoreUnavailable`: disk full, locked by another process), the rollout stays at its last
+recorded step and none of the new step's actions run; the driver tries again with backoff
+(0.25 s doubling to 5 s, through the Clock) while its command queue stays open, so an
+abort or a pause sent meanwhile is folded into the steps waiting to be written and
+honoured once they are. An action that meets a refusing store half-way is run again
+from the start once a write succeeds (actions are idempotent). There is no give-up: an
+outage of any length leaves a rollout the daemon still drives, never an orphan. If the
+store refused for longer than `STALE_AFTER`, what was observed before is too old to act
+on: the rollout is aborted, cleanly, with the outage as its reason, as soon as that can
+be written."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from shipyard.building import build_input
 from shipyard.engine.actions import SlotOps
@@ -15,7 +29,7 @@ from shipyard.engine.judging import CanaryJudge
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.preview import run_preview_checks
-from shipyard.errors import ShipyardError
+from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout import machines
 from shipyard.rollout.changes import spec_changes
 from shipyard.rollout.model import (
@@ -54,6 +68,10 @@ log = logging.getLogger("shipyard.driver")
 
 SIDE_EFFECTS = (KeepWarm, TearDown, Unregister)
 """Actions whose outcome the machine does not wait for."""
+RETRY_FIRST, RETRY_MAX = 0.25, 5.0
+"""Backoff of a step (or an action) the store refused to record: first wait, longest wait."""
+STALE_AFTER = 300.0
+"""A step the store refused for longer than this is not taken: the rollout is aborted instead."""
 
 
 class RolloutDriver:
@@ -62,6 +80,8 @@ class RolloutDriver:
         self.ops = ops
         self.feed = feed
         self.gate = gate
+        self.held: dict[str, StoreUnavailable] = {}
+        """Rollouts held at their recorded step because the store refuses, and why."""
 
     async def run(self, r: Rollout, spec: Spec, queue: asyncio.Queue[Observation]) -> None:
         actions: list[Action] = machines.entry_actions(r, spec)
@@ -74,7 +94,7 @@ class RolloutDriver:
                 observing: asyncio.Task[Observation] | None = None
                 for a in actions:
                     if isinstance(a, SIDE_EFFECTS):
-                        await self.side_effect(r, spec, a)
+                        await self._until_done(r, lambda a=a, r=r: self.side_effect(r, spec, a))
                     else:
                         observing = asyncio.create_task(self.observe(r, spec, a, judge))
                 if r.phase.terminal:
@@ -87,16 +107,17 @@ class RolloutDriver:
             r, actions = machines.step(r, spec, AbortRequested(f"internal error: {e!r}"), self.d.clock.now())
             if r.phase is Phase.WITHDRAWING and not actions:     # it was ending already: finish that
                 actions = machines.entry_actions(r, spec)
-            self.d.store.put_rollout(r)
+            await self._until_done(r, lambda r=r: self._put(r), probe=False)   # never an orphan: wait for the store
             for a in actions:
                 with contextlib.suppress(Exception):
                     if isinstance(a, WithdrawCanary):    # users off the canary first, then it ends (never raises)
                         r, more = machines.step(r, spec, await self.observe(r, spec, a), self.d.clock.now())
-                        self.d.store.put_rollout(r)
+                        await self._until_done(r, lambda r=r: self._put(r), probe=False)
                         actions.extend(more)
                     else:
-                        await self.side_effect(r, spec, a)
+                        await self._until_done(r, lambda a=a, r=r: self.side_effect(r, spec, a))
         finally:
+            self.held.pop(r.id, None)
             if watcher is not None:
                 watcher.cancel()
         self.ops.event(r.service, f"rollout.{r.phase}",
@@ -126,12 +147,103 @@ class RolloutDriver:
                 observing.cancel()
                 with contextlib.suppress(BaseException):
                     await observing
-            detail = f": {new.reason}" if new.reason and new.phase.terminal else ""
-            self.d.on_event(self.d.store.record_step(new, "rollout.phase", f"{new.id} -> {new.phase}{detail}",
-                                                     {"phase": str(new.phase), "observation": type(obs).__name__}))
-            return new, actions
+            return await self._record(r, spec, [(new, type(obs).__name__)], actions, queue)
+
+    def _record_one(self, new: Rollout, why: str) -> None:
+        detail = f": {new.reason}" if new.reason and new.phase.terminal else ""
+        self.d.on_event(self.d.store.record_step(new, "rollout.phase", f"{new.id} -> {new.phase}{detail}",
+                                                 {"phase": str(new.phase), "observation": why}))
+
+    async def _record(self, r: Rollout, spec: Spec, steps: list[tuple[Rollout, str]], actions: list[Action],
+                      queue: asyncio.Queue[Observation]) -> tuple[Rollout, list[Action]]:
+        """Write the steps in order; only then are `actions` (those of the last) taken. While
+        the store refuses, `r` (the last recorded) stands, and commands are folded in."""
+        delay, since, told, stale = RETRY_FIRST, self.d.clock.monotonic(), False, False
+        while True:
+            try:
+                while steps:
+                    self._record_one(*steps[0])
+                    r = steps.pop(0)[0]
+                if told:
+                    log.info("rollout %s: the store writes again; recorded after %.1f s", r.id,
+                             self.d.clock.monotonic() - since)
+                self.held.pop(r.id, None)
+                return r, actions
+            except StoreUnavailable as e:
+                self.held[r.id] = e
+                if not told:
+                    log.warning("rollout %s stays at phase %s, its next step not taken until it can be "
+                                "recorded: %s", r.id, r.phase, e.message)
+                    told = True
+            if not stale and self.d.clock.monotonic() - since > STALE_AFTER:
+                stale = True
+                why = AbortRequested(f"the state store refused to record the rollout's next step for "
+                                       f"more than {STALE_AFTER:g} s ({self.held[r.id].message})")
+                new, more = machines.step(r, spec, why, self.d.clock.now())
+                if new is not r:
+                    steps, actions = [(new, "StoreUnavailable")], more
+            cmd = await self._command_within(queue, delay)
+            if cmd is None:
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            last = steps[-1][0] if steps else r
+            new, more = machines.step(last, spec, cmd, self.d.clock.now())
+            if new is not last:
+                steps.append((new, type(cmd).__name__))
+                actions = more
+
+    async def _command_within(self, queue: asyncio.Queue[Observation], seconds: float) -> Observation | None:
+        getter = asyncio.create_task(queue.get())
+        sleeper = asyncio.create_task(self.d.clock.sleep(seconds))
+        done, _ = await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        sleeper.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        return None
+
+    def _put(self, r: Rollout) -> None:
+        self.d.store.put_rollout(r)
+
+    async def _until_done(self, r: Rollout, work: Callable[[], Any], probe: bool = True) -> Any:
+        """Run `work` (an idempotent action or write); while the store refuses, wait with
+        backoff until a write of the recorded rollout succeeds, then run it again."""
+        delay, told = RETRY_FIRST, False
+        while True:
+            try:
+                out = work()
+                if asyncio.iscoroutine(out):
+                    out = await out
+                if told:
+                    self.held.pop(r.id, None)
+                return out
+            except StoreUnavailable as e:
+                self.held[r.id] = e
+                if not told:
+                    log.warning("rollout %s: an action of phase %s waits for the store: %s", r.id, r.phase,
+                                e.message)
+                    told = True
+            while True:
+                await self.d.clock.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                if not probe:
+                    break
+                try:
+                    self._put(r)     # the recorded state again: writes nothing new, says if writes work
+                    break
+                except StoreUnavailable:
+                    continue
+
+    def waiting_on_store(self, rollout_id: str) -> StoreUnavailable | None:
+        """Why a rollout is held at its recorded step (None: it is not)."""
+        return self.held.get(rollout_id)
 
     async def observe(self, r: Rollout, spec: Spec, a: Action, judge: CanaryJudge | None = None) -> Observation:
+        """What the action observed; run again if the store refused a write half-way."""
+        obs: Observation = await self._until_done(r, lambda: self._observe(r, spec, a, judge))
+        return obs
+
+    async def _observe(self, r: Rollout, spec: Spec, a: Action, judge: CanaryJudge | None) -> Observation:
         match a:
             case SetCanaryWeight(slot=slot, weight=weight, instances=count):
                 why = await self.ops.set_canary_weight(spec, slot, weight, count, r.id)
@@ -165,6 +277,8 @@ class RolloutDriver:
             case SwitchTraffic(slot=slot):
                 try:
                     await self.ops.switch(spec, slot, r.id)
+                except StoreUnavailable:
+                    raise
                 except ShipyardError as e:
                     return SwitchFailed(f"the router did not take the new table: {e.message}")
                 return Switched(slot)
@@ -185,7 +299,7 @@ class RolloutDriver:
         lines: list[str] = []
         try:
             image = await self.d.images.build(build_input(spec), log=lines.append)
-        except ShipyardError as e:
+        except (ShipyardError, OSError) as e:     # OSError: the image store's disk is full
             return BuildFailed(f"build failed: {e}")
         finally:
             if lines:

@@ -11,6 +11,7 @@ router's series. Their latest verdicts join the same list and the same abort rul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from shipyard.analysis import SequentialState, Verdict, Window, evaluate, overal
 from shipyard.analysis.context import QueryContext
 from shipyard.engine.deps import Deps
 from shipyard.engine.metrics_feed import MetricsFeed
+from shipyard.errors import StoreUnavailable
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
 from shipyard.spec import Spec
@@ -59,7 +61,8 @@ class CanaryJudge:
                                         final=final, provided=self.provided)
         self.fed = max(self.fed, upto)
         self.verdicts = verdicts
-        self.d.store.put_analysis(self.rollout_id, self.to_dict())
+        with contextlib.suppress(StoreUnavailable):   # evidence: the next evaluation writes it whole again
+            self.d.store.put_analysis(self.rollout_id, self.to_dict())
         return verdicts
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shipyard.analysis import Second
@@ -192,6 +193,9 @@ class Queries:
     def __init__(self, deps: Deps, feed: MetricsFeed) -> None:
         self._d = deps
         self._feed = feed
+        self.driving: Callable[[str], tuple[bool, str | None]] = lambda rollout_id: (False, None)
+        """(is a driver of this daemon running the rollout, why it is held at its step if it is);
+        the controller sets it, so `status` tells a held rollout from an orphan."""
 
     def status(self, service: str) -> dict[str, Any]:
         """What `shipyard status` shows: slots, instances, the rollout in progress, drift."""
@@ -208,7 +212,8 @@ class Queries:
             "slots": {name: {"state": s.state, "image": s.image_id, "retire_at": s.retire_at, "weight": s.weight,
                              "instances": [dict(i.to_dict(), status=st) for i, st in insts if i.slot == name]}
                       for name, s in svc.slots.items()},
-            "rollout": active.to_dict() if active else None,
+            "rollout": dict(active.to_dict(), **dict(zip(("driven", "held"), self.driving(active.id), strict=True)))
+            if active else None,
             "analysis": self._d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
             "drift": _drift_summary(self._d.store.get_drift_report(service)),
             "enforcement": self.enforcement(),

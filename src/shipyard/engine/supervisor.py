@@ -12,7 +12,7 @@ from typing import Any
 
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
-from shipyard.errors import ShipyardError
+from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.records import Instance, ServiceRecord, SlotState
 from shipyard.spec import Spec
 
@@ -57,14 +57,22 @@ class Supervisor:
 
     async def _loop(self) -> None:
         while True:
-            for svc in self.d.store.list_services():
+            for svc in await self._services():
                 try:
                     await self._tick(svc)
+                except StoreUnavailable:
+                    pass                    # logged by the store; the next tick tries again
                 except ShipyardError as e:
                     self.ops.event(svc.name, "supervisor.error", e.message)
                 except Exception:
                     log.exception("supervisor tick for %s failed", svc.name)
             await self.d.clock.sleep(TICK)
+
+    async def _services(self) -> list[ServiceRecord]:
+        try:
+            return self.d.store.list_services()
+        except StoreUnavailable:
+            return []
 
     async def _tick(self, svc: ServiceRecord) -> None:
         now = self.d.clock.monotonic()
@@ -144,6 +152,10 @@ class Supervisor:
         return changed
 
     async def _replace(self, spec: Spec, slot: str, image_id: str) -> None:
+        with contextlib.suppress(StoreUnavailable):     # the next tick starts another
+            await self._replace_once(spec, slot, image_id)
+
+    async def _replace_once(self, spec: Spec, slot: str, image_id: str) -> None:
         try:
             inst = await self.ops.start_instance(spec, slot, image_id)
         except ShipyardError as e:
@@ -155,15 +167,25 @@ class Supervisor:
             self.ops.event(spec.service, "instance.replace_failed", f"replacement {inst.id} not healthy: {why}")
             await self.ops.stop_instance(inst, spec.run.stop_timeout, "replacement never became healthy")
             return
+        while True:
+            try:
+                if not await self._route_replacement(spec, slot, image_id, inst):
+                    return
+                break
+            except StoreUnavailable:        # healthy, and worth keeping: record it when the store writes
+                await self.d.clock.sleep(1.0)
+        self.ops.event(spec.service, "instance.replaced", f"replacement {inst.id} is healthy and routed",
+                       instance=inst.id, slot=slot)
+
+    async def _route_replacement(self, spec: Spec, slot: str, image_id: str, inst: Instance) -> bool:
         async with self.ops.lock(spec.service):
             svc = self.d.store.get_service(spec.service)
             if svc is None or svc.slots[slot].image_id != image_id:
                 await self.ops.stop_instance(inst, spec.run.stop_timeout, "slot changed while replacing")
-                return
+                return False
             self.d.store.set_instance_status(inst.id, "healthy")
             await self.ops.push_table(svc)
-        self.ops.event(spec.service, "instance.replaced", f"replacement {inst.id} is healthy and routed",
-                       instance=inst.id, slot=slot)
+        return True
 
     def _retire(self, service: str, slot: str) -> None:
         key = (service, slot)
@@ -179,8 +201,12 @@ class Supervisor:
         self._spawn(run())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Background work the tick must not wait for, kept referenced until done."""
-        t = asyncio.create_task(work)
+        """Background work the tick must not wait for, kept referenced until done. Work the
+        store refused is dropped (the store logged why; the next tick sees what is left)."""
+        async def run() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                await work
+        t = asyncio.create_task(run())
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 

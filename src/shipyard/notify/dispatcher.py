@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError
 
+from shipyard.errors import StoreUnavailable
 from shipyard.notify.events import CANDIDATES, Notification, RolloutFacts, classify
 from shipyard.notify.formats import render
 from shipyard.notify.webhook import post, safe_url
@@ -183,7 +184,7 @@ class Dispatcher:
         if w.queue.full():
             lost = w.queue.get_nowait()
             w.stats.dropped += 1
-            self.store.add_event(w.service, "notify.dropped",
+            self._note(w.service, "notify.dropped",
                                  f"webhook {safe_url(w.hook.url)} is behind: dropped the oldest waiting notification "
                                  f"({lost.event}); {w.stats.dropped} dropped so far", lost.rollout_id,
                                  {"url": safe_url(w.hook.url), "dropped": w.stats.dropped, "event": lost.event})
@@ -226,9 +227,16 @@ class Dispatcher:
     def _failed(self, w: Worker, note: Notification, why: str) -> None:
         w.stats.failed += 1
         log.warning("webhook %s: %s not delivered: %s", safe_url(w.hook.url), note.event, why)
-        self.store.add_event(w.service, "notify.failed",
+        self._note(w.service, "notify.failed",
                              f"webhook {safe_url(w.hook.url)}: {note.event} not delivered: {why}", note.rollout_id,
                              {"url": safe_url(w.hook.url), "event": note.event})
+
+
+    def _note(self, service: str, kind: str, message: str, rollout_id: str | None, data: dict[str, Any]) -> None:
+        """An event about the notifications themselves; one the store refuses is not worth a
+        failed delivery loop (the store logs the outage, the warning above says what was lost)."""
+        with contextlib.suppress(StoreUnavailable):
+            self.store.add_event(service, kind, message, rollout_id, data)
 
 
 def _notifications(doc: dict[str, Any] | None) -> tuple[NotificationsSpec | None, list[str]]:

@@ -157,10 +157,21 @@ class EmbeddedRouter:
         return RouterControlClient(self.paths.router_socket(service), timeout)
 
     def _write_pid(self, service: str, pid: int, listen: str) -> None:
+        """Rewritten only when it changes: the supervisor re-adopts every second, and a full
+        state disk must not turn that into a failure (RouterError when it must change and cannot)."""
         data = json.dumps({"pid": pid, "start_time": process_start_time(pid), "listen": listen})
+        with contextlib.suppress(OSError):
+            if self.pid_file(service).read_text() == data:
+                return
         tmp = self.pid_file(service).with_suffix(".pid.tmp")
-        tmp.write_text(data)
-        os.replace(tmp, self.pid_file(service))
+        try:
+            tmp.write_text(data)
+            os.replace(tmp, self.pid_file(service))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise RouterError(f"cannot write {self.pid_file(service)}: {e.strerror or e}",
+                              f"free space in {self.paths.routers}") from None
 
     def _pid_from_file(self, service: str) -> int | None:
         """The recorded router pid if that very process (same start time, a router) still runs."""

@@ -8,6 +8,7 @@ not spawn, and a recycled pid (same number, other start time) is never signalled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,7 +76,12 @@ class LocalRuntime:
         instance_dir = launch.instance_dir.absolute()
         data_dir = instance_dir / "data"
         log_path = instance_dir / "log"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            open(log_path, "ab").close()
+        except OSError as exc:    # a full state disk: refuse before anything runs
+            raise RuntimeFailure(f"cannot start {launch.instance_id}: {exc.strerror or exc} writing {instance_dir}",
+                                 hint=f"free space in {instance_dir.parent}") from None
         port = self._ports.allocate(launch.host)
 
         variables = {"PORT": str(port), "SHIPYARD_DATA_DIR": str(data_dir)}
@@ -104,8 +110,9 @@ class LocalRuntime:
                 ) from exc
             confined.spawned()
             pid = await confined.service_pid(proc)
-            log.write(f"--- shipyard: starting {launch.instance_id} pid={pid} at {_now()}\n".encode())
-            log.write("".join(f"--- shipyard: {note}\n" for note in confined.notes).encode())
+            with contextlib.suppress(OSError):     # a note for the log; a full disk must not orphan the process
+                log.write(f"--- shipyard: starting {launch.instance_id} pid={pid} at {_now()}\n".encode())
+                log.write("".join(f"--- shipyard: {note}\n" for note in confined.notes).encode())
 
         # The child is not reaped before we read it, so /proc/<pid> exists even if it already exited.
         start_time = process_start_time(pid)

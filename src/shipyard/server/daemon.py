@@ -29,6 +29,7 @@ from shipyard.router.embedded import EmbeddedRouter
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
 from shipyard.server.api import HostPolicy, create_app
+from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
 from shipyard.server.listen_policy import check_listen
 from shipyard.server.state_files import lock_down
 from shipyard.state.sqlite import SqliteStore
@@ -89,7 +90,7 @@ def setup_logging(path: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for h in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
+    for h in (ResilientFileHandler(str(path)), QuietStreamHandler(sys.stderr)):   # a full disk: no log storm
         h.setFormatter(fmt)
         root.addHandler(h)
 

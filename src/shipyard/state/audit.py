@@ -58,6 +58,8 @@ class AuditLog:
         self.db = db
         self.clock = clock
         self._pending: list[PendingChange] = []
+        self._uncommitted: list[PendingChange] = []
+        """Requests written inside the store's open transaction: unwritten again if it rolls back."""
         db.executescript(SCHEMA)
 
     def record(self, action: str, *, actor: str, service: str | None = None, rollout_id: str | None = None,
@@ -117,7 +119,19 @@ class AuditLog:
             pending.entry = self.record(pending.action, actor=pending.actor, service=pending.service,
                                         rollout_id=pending.rollout_id, why=pending.why,
                                         evidence=pending.evidence)
+            if self.db.in_transaction:
+                self._uncommitted.append(pending)
         return pending.entry
+
+    def committed(self) -> None:
+        self._uncommitted.clear()
+
+    def forget_uncommitted(self) -> None:
+        """The store's transaction was rolled back (disk full at COMMIT): the entries written
+        in it are gone, so their requests are written again with the next event that flushes them."""
+        for p in self._uncommitted:
+            p.entry = None
+        self._uncommitted.clear()
 
     def _has_outcome(self, rollout_id: str) -> bool:
         marks = ",".join("?" * len(OUTCOMES))

@@ -2,7 +2,13 @@
 Implements the engine's Store port (shipyard.engine.ports.Store).
 
 Rows hold JSON documents for the evolving parts (slots, rollout state) so that the
-schema stays small and a rollout is stored exactly as the state machine sees it."""
+schema stays small and a rollout is stored exactly as the state machine sees it.
+
+Every call is synchronous on the event loop, and that is safe because none of them can
+wait: the connection (state/faults.py) gives up on a foreign lock after a few ms and
+turns disk-full, locked, read-only and I/O failures into `StoreUnavailable`. What must be
+atomic is one transaction (`_transaction`), rolled back whole when any part of it fails,
+so a failed call leaves nothing half-written and no transaction open."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from shipyard.rollout.model import Phase, Rollout
 from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
 from shipyard.state.drift_reports import DriftReports
+from shipyard.state.faults import BUSY_TIMEOUT_MS, FaultLog, GuardedConnection, translate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -53,18 +60,28 @@ ONE_IN_PROGRESS = ("CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_in_progress O
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, faults: FaultLog | None = None) -> None:
         self.path = path
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
+        try:   # opening may wait a little for another process (before the daemon serves anything)
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=5, factory=GuardedConnection)
+        except sqlite3.Error as e:
+            raise translate(e, path) or e from None
+        self.db.guard(path, faults)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
-        self._end_duplicate_rollouts()
         self.audit = AuditLog(self.db)
         self._drift = DriftReports(self.db)
+        self._end_duplicate_rollouts()
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")   # from now on a foreign lock fails in ms
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def faults(self) -> FaultLog:
+        """The store's outage so far (cause, calls refused): what the daemon logs."""
+        return self.db.faults
 
     def close(self) -> None:
         self.db.close()
@@ -100,13 +117,19 @@ class SqliteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """All or nothing; inside another transaction, part of that one."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.rollback_quietly()
+            self.audit.forget_uncommitted()
             raise
-        self.db.execute("COMMIT")
+        self.audit.committed()
 
     # -- instances -----------------------------------------------------------------
 
@@ -245,11 +268,14 @@ class SqliteStore:
 
     def add_event(self, service: str, kind: str, message: str, rollout_id: str | None = None,
                   data: dict[str, Any] | None = None) -> Event:
+        """The event and the audit entry it implies, together or not at all."""
         ts = time.time()
-        cur = self.db.execute("INSERT INTO events(ts, service, rollout_id, kind, message, data) VALUES (?,?,?,?,?,?)",
-                              (ts, service, rollout_id, kind, message, json.dumps(data or {})))
-        event = Event(int(cur.lastrowid or 0), ts, service, rollout_id, kind, message, data or {})
-        self.audit.observe(event, self.get_rollout, self.get_analysis)
+        with self._transaction():
+            cur = self.db.execute("INSERT INTO events(ts, service, rollout_id, kind, message, data)"
+                                  " VALUES (?,?,?,?,?,?)", (ts, service, rollout_id, kind, message,
+                                                            json.dumps(data or {})))
+            event = Event(int(cur.lastrowid or 0), ts, service, rollout_id, kind, message, data or {})
+            self.audit.observe(event, self.get_rollout, self.get_analysis)
         return event
 
     def events(self, service: str | None = None, rollout_id: str | None = None, since: int = 0,

@@ -4,6 +4,7 @@ Handlers are plain module-level functions of (api, request) so each resource rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -17,12 +18,20 @@ from starlette.routing import Route
 from shipyard.auditing import RejectionThrottle
 from shipyard.engine.controller import Controller
 from shipyard.engine.queries import Queries
-from shipyard.errors import ConflictError, NotFoundError, RequestTooLarge, ShipyardError, SpecError
+from shipyard.errors import (
+    ConflictError,
+    NotFoundError,
+    RequestTooLarge,
+    ShipyardError,
+    SpecError,
+    StoreUnavailable,
+)
 from shipyard.rollout.model import Rollout
 from shipyard.server.api.auth import authorized, claimed_actor, reject
 from shipyard.spec import SERVICE_NAME_PATTERN, is_service_name
 
-STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404, RequestTooLarge: 413}
+STATUS = {SpecError: 400, ConflictError: 409, NotFoundError: 404, RequestTooLarge: 413, StoreUnavailable: 503}
+"""503: the state database is full, locked or failing; nothing was changed and the daemon retries."""
 MAX_BODY_BYTES = 1024 * 1024
 """Bodies are small JSON objects (a spec travels as its path): 1 MiB is far more than any needs."""
 EXIT_HEADER = "X-Shipyard-Exit"
@@ -65,7 +74,8 @@ class Api:
         try:
             result = await call()
         except BaseException as e:
-            self.store.audit.finish(pending, failed=e.message if isinstance(e, ShipyardError) else repr(e))
+            with contextlib.suppress(StoreUnavailable):   # the caller is told why it failed, not that this did
+                self.store.audit.finish(pending, failed=e.message if isinstance(e, ShipyardError) else repr(e))
             raise
         self.store.audit.finish(pending, result.id if isinstance(result, Rollout) else None)
         return result

@@ -41,6 +41,8 @@ class Supervisor:
         self._next_probe: dict[str, float] = {}
         self._probes: dict[str, deque[asyncio.Task[ProbeResult]]] = {}
         """Probes in flight per instance, oldest first."""
+        self._probed: dict[tuple[str, str], set[str]] = {}
+        """Instances whose probe state is kept, per (service, slot): what left the slot is forgotten."""
         self._replacing: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
@@ -116,6 +118,10 @@ class Supervisor:
         h = spec.health
         changed = False
         insts = [(i, st) for i, st in self.d.store.instances(service, slot) if st in ("healthy", "unhealthy")]
+        current = {i.id for i, _st in insts}
+        for gone in self._probed.get((service, slot), set()) - current:
+            self._forget(gone)              # stopped by a rollout or a teardown: its probes end with it
+        self._probed[(service, slot)] = current
         answered: list[tuple[Instance, ProbeResult]] = []
         for inst, _st in insts:
             if not self.d.runtime.is_alive(inst):

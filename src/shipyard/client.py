@@ -40,16 +40,20 @@ class ApiClient:
     def __init__(self, paths: StatePaths, timeout: float = 600.0) -> None:
         self.paths = paths
         self.timeout = timeout
-        try:
-            info = json.loads(paths.api.read_text())
-            self.token = paths.token.read_text().strip()
-        except (OSError, ValueError):
-            raise errors.DaemonUnavailable(
-                f"no shipyard daemon is running for {paths.root}",
-                "start one with `shipyard serve` (same --state-dir / SHIPYARD_HOME)") from None
-        host, _, port = info["url"].removeprefix("http://").rpartition(":")
-        self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
         self.actor = local_actor()
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the daemon's address and token again: a restarted daemon may listen elsewhere."""
+        try:
+            info = json.loads(self.paths.api.read_text())
+            self.token = self.paths.token.read_text().strip()
+            host, _, port = str(info["url"]).removeprefix("http://").rpartition(":")
+            self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise errors.DaemonUnavailable(
+                f"no shipyard daemon is running for {self.paths.root}",
+                "start one with `shipyard serve` (same --state-dir / SHIPYARD_HOME)") from None
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
@@ -76,6 +80,8 @@ class ApiClient:
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
+            if status < 400:      # a success cut short: the daemon went away while answering
+                raise errors.DaemonUnavailable(f"the daemon's answer was cut short: {raw[:80]!r}") from None
             doc = {"error": raw.decode(errors="replace")[:500]}
         if status >= 400:
             cls = KINDS.get(doc.get("kind", ""), errors.ShipyardError)

@@ -26,11 +26,11 @@ def rollback(service: str, state_dir: str | None, as_json: bool, follow: str | N
         client = ApiClient(StatePaths.resolve(state_dir))
         r = (client.get(f"/v1/rollouts/{quote(follow, safe='')}") if follow
              else client.post(f"/v1/services/{service}/rollback"))["rollout"]
+        if r["phase"] not in ("succeeded", "failed", "aborted"):
+            from shipyard.cli.follow import follow as watch
+            r = watch(client, r["id"], quiet=as_json)      # rides out a daemon restart, or says why not
     except ShipyardError as e:
         sys.stderr.write(plain(f"error: {e.message}\n" + (f"  hint: {e.hint}\n" if e.hint else "")))
         return e.exit_code
-    if r["phase"] not in ("succeeded", "failed", "aborted"):
-        from shipyard.cli.follow import follow as watch
-        r = watch(client, r["id"], quiet=as_json)
     sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n" if as_json else plain(outcome_line(r)) + "\n")
     return 1 if r["phase"] == "failed" else 0

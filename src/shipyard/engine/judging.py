@@ -1,12 +1,15 @@
-"""Judging one canary rollout while it runs: every second the router's fresh seconds of
-both tracks go into the analysis, the evidence is stored with the rollout (so it
-survives a daemon restart and is shown by `status`), and a failed verdict is reported
-at once. Inline `analysis` steps ask the same judge for a verdict over their window,
-so there is one sequential test per rollout and its false-alarm bound holds.
+"""Judging one canary rollout while it runs: once per analysis interval (at least a
+second: the router reports whole seconds) the router's fresh seconds of both tracks go
+into the analysis, the evidence is stored with the rollout (so it survives a daemon
+restart and is shown by `status`), and a failed verdict is reported at once. Every
+second is fed, however long the interval: the interval says how often the verdict is
+read (and written), not which seconds count. Inline `analysis` steps ask the same judge
+for a verdict over their window, so there is one sequential test per rollout and its
+false-alarm bound holds.
 
-Prometheus metrics are queried on their own cadence (the analysis interval, at least a
-second): a query is a network round trip to another server, not a free read of the
-router's series. Their latest verdicts join the same list and the same abort rule."""
+Prometheus metrics are queried on the same cadence, just before each judgement: a query
+is a network round trip to another server, not a free read of the router's series.
+Their latest verdicts join the same list and the same abort rule."""
 
 from __future__ import annotations
 
@@ -78,37 +81,23 @@ class CanaryJudge:
                                        for name, check in self.queried.items()))
         self.provided.update((v.metric, v) for v in found)
 
-    async def watch(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
-        """The background analysis: runs for the whole rollout, reports the first failure."""
-        loops = [asyncio.create_task(self._watch_router(current, queue))]
-        if self.queried:
-            loops.append(asyncio.create_task(self._watch_prometheus(current, queue)))
-        try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for loop in done:
-                loop.result()
-        finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+    @property
+    def every(self) -> float:
+        """Seconds between two judgements: the spec's interval, at least the router's second."""
+        return max(1.0, self.analysis.interval)
 
-    async def _watch_prometheus(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
+    async def watch(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
+        """The background analysis: runs for the whole rollout, judging once per interval
+        (prometheus metrics queried first, so their verdicts are fresh), and reports the
+        first failure."""
         while True:
+            await self.d.clock.sleep(self.every)
             r = current()
-            if r.phase in JUDGED:
+            if r.phase not in JUDGED:
+                continue
+            if self.queried:
                 self.canary_release, self.stable_release = r.image_id, r.previous_image_id
                 await self.query_prometheus()
-                verdicts = self.tick()
-                if overall(verdicts) == "failed":
-                    await queue.put(AnalysisVerdict("failed", summary(verdicts), background=True))
-                    return
-            await self.d.clock.sleep(max(1.0, self.analysis.interval))
-
-    async def _watch_router(self, current: Callable[[], Rollout], queue: asyncio.Queue[Observation]) -> None:
-        while True:
-            await self._fresh_seconds()
-            if current().phase not in JUDGED:
-                continue
             verdicts = self.tick()
             if overall(verdicts) == "failed":
                 await queue.put(AnalysisVerdict("failed", summary(verdicts), background=True))

@@ -1,19 +1,26 @@
 """Keeps what was decided true while no rollout is running: instances of the live and
 warm slots are probed, a dead or unhealthy one leaves the table and is replaced, warm
-slots retire when their time is up, and a dead router is restarted."""
+slots retire when their time is up, and a dead router is restarted.
+
+A probe starts every `health.interval` whether or not the previous one has answered, and
+its result is counted in the order the probes started: a hung instance (SIGSTOP, a
+deadlock) is unhealthy `timeout + (unhealthy_threshold - 1) x interval` after it hung,
+not `unhealthy_threshold x (timeout + interval)`, and a tick never waits for a probe, so
+one hung instance does not slow the watch of every other one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
-from shipyard.rollout.records import Instance, ServiceRecord, SlotState
+from shipyard.rollout.records import Instance, ProbeResult, ServiceRecord, SlotState
 from shipyard.spec import Spec
 
 log = logging.getLogger("shipyard.supervisor")
@@ -32,6 +39,10 @@ class Supervisor:
         self._fails: dict[str, int] = {}
         self._oks: dict[str, int] = {}
         self._next_probe: dict[str, float] = {}
+        self._probes: dict[str, deque[asyncio.Task[ProbeResult]]] = {}
+        """Probes in flight per instance, oldest first."""
+        self._probed: dict[tuple[str, str], set[str]] = {}
+        """Instances whose probe state is kept, per (service, slot): what left the slot is forgotten."""
         self._replacing: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
@@ -42,6 +53,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         tasks = [t for ts in self._replacing.values() for t in ts] + list(self._background)
+        tasks += [t for ts in self._probes.values() for t in ts]
         if self._task:
             tasks.append(self._task)
         for t in tasks:
@@ -114,7 +126,11 @@ class Supervisor:
         h = spec.health
         changed = False
         insts = [(i, st) for i, st in self.d.store.instances(service, slot) if st in ("healthy", "unhealthy")]
-        due: list[Instance] = []
+        current = {i.id for i, _st in insts}
+        for gone in self._probed.get((service, slot), set()) - current:
+            self._forget(gone)              # stopped by a rollout or a teardown: its probes end with it
+        self._probed[(service, slot)] = current
+        answered: list[tuple[Instance, ProbeResult]] = []
         for inst, _st in insts:
             if not self.d.runtime.is_alive(inst):
                 self.d.store.set_instance_status(inst.id, "dead")
@@ -122,12 +138,13 @@ class Supervisor:
                                instance=inst.id, slot=slot)
                 self._forget(inst.id)
                 changed = True
-            elif self.d.clock.monotonic() >= self._next_probe.get(inst.id, 0.0):
-                due.append(inst)
-        results = await asyncio.gather(*(self.d.health.check(i, h.path, h.timeout) for i in due))
+                continue
+            answered += [(inst, res) for res in self._answers(inst.id)]
+            self._probe_if_due(inst, h.path, h.timeout, h.interval)
         status = dict((i.id, st) for i, st in insts)
-        for inst, res in zip(due, results, strict=True):
-            self._next_probe[inst.id] = self.d.clock.monotonic() + h.interval
+        for inst, res in answered:
+            if inst.id not in self._next_probe:       # already found unhealthy by an earlier answer
+                continue
             if res.ok:
                 self._oks[inst.id] = self._oks.get(inst.id, 0) + 1
                 self._fails[inst.id] = 0
@@ -210,7 +227,33 @@ class Supervisor:
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
+    def _probe_if_due(self, inst: Instance, path: str, timeout: float, interval: float) -> None:
+        """Start a probe on the instance's cadence: start to start, never a burst to catch up."""
+        now = self.d.clock.monotonic()
+        due = self._next_probe.get(inst.id, 0.0)
+        if now < due:
+            return
+        self._next_probe[inst.id] = max(due + interval, now)
+        task = asyncio.create_task(self.d.health.check(inst, path, timeout), name=f"probe {inst.id}")
+        self._probes.setdefault(inst.id, deque()).append(task)
+
+    def _answers(self, iid: str) -> list[ProbeResult]:
+        """The answered probes of an instance, in the order they started (a later probe's
+        answer waits for the earlier ones, so "consecutive" means what it says)."""
+        inflight = self._probes.get(iid)
+        out: list[ProbeResult] = []
+        while inflight and inflight[0].done():
+            task = inflight.popleft()
+            if task.cancelled():
+                continue
+            error = task.exception()
+            out.append(task.result() if error is None else
+                       ProbeResult(ok=False, status=None, error=f"probe failed: {error}", seconds=0.0))
+        return out
+
     def _forget(self, iid: str) -> None:
         self._fails.pop(iid, None)
         self._oks.pop(iid, None)
         self._next_probe.pop(iid, None)
+        for task in self._probes.pop(iid, ()):
+            task.cancel()

@@ -6,13 +6,19 @@ these to the user when a deploy cannot reach its router."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.table import RoutingTable
 from shipyard.router.wire import MAX_LINE, encode_line
+
+MAX_FDS = 16
+"""More listening sockets than one `listen` address can resolve to."""
 
 
 class RouterControlClient:
@@ -45,6 +51,47 @@ class RouterControlClient:
     async def shutdown(self) -> None:
         await self._call({"op": "shutdown"})
 
+    async def listen_sockets(self) -> list[socket.socket]:
+        """The router's listening sockets, handed over with the reply (SCM_RIGHTS): the
+        caller owns them. RouterError as for every op (an old router refuses the op)."""
+        path = self.sock_path
+        loop = asyncio.get_running_loop()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.setblocking(False)
+        data, fds = b"", []
+        try:
+            async with asyncio.timeout(self.timeout):
+                await loop.sock_connect(conn, str(path))
+                await loop.sock_sendall(conn, encode_line({"op": "listen_fds"}))
+                while b"\n" not in data:
+                    chunk, got = await _recv_fds(loop, conn)
+                    fds += got
+                    if not chunk:
+                        break
+                    data += chunk
+                    if len(data) > MAX_LINE:
+                        raise ValueError("answer longer than a line")
+        except (FileNotFoundError, ConnectionRefusedError):
+            _close_fds(fds)
+            raise RouterError(f"nothing answers on the router control socket {path} (the router is gone)",
+                              hint="the daemon restarts it; check the router log next to the socket") from None
+        except TimeoutError:
+            _close_fds(fds)
+            raise RouterError(f"the router did not answer listen_fds on {path} within {self.timeout:g}s",
+                              hint="it may be hung; check the router log next to the socket") from None
+        except (OSError, ValueError) as e:
+            _close_fds(fds)
+            raise RouterError(f"cannot talk to the router on {path}: {getattr(e, 'strerror', None) or e}",
+                              hint="check the router log next to the socket") from None
+        finally:
+            conn.close()
+        try:
+            self._check(json.loads(data) if data else None, "listen_fds")
+        except RouterError:
+            _close_fds(fds)
+            raise
+        return [socket.socket(fileno=fd) for fd in fds]
+
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         path, op = self.sock_path, request["op"]
         writer: asyncio.StreamWriter | None = None
@@ -76,7 +123,34 @@ class RouterControlClient:
             response = json.loads(line)
         except ValueError:
             raise RouterError(f"the router sent an unreadable answer to {op}") from None
+        return self._check(response, op)
+
+    def _check(self, response: Any, op: str) -> dict[str, Any]:
+        if response is None:
+            raise RouterError(f"the router closed {self.sock_path} without answering {op}",
+                              hint="it may have crashed; check the router log next to the socket")
         if not isinstance(response, dict) or not response.get("ok"):
             error = response.get("error") if isinstance(response, dict) else response
             raise RouterError(f"the router refused {op}: {error}")
         return response
+
+
+async def _recv_fds(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[bytes, list[int]]:
+    """One recvmsg once `conn` is readable: bytes and the fds that came with them (close-on-exec)."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_LINE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+            return data, list(fds)
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_reader(conn.fileno(), ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(conn.fileno())
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -7,9 +7,12 @@ table. Nothing here is on the request path.
 
 The listening socket is the daemon's: it binds it once per service and hands the fd to
 every router it starts, so when a router dies the kernel keeps queueing new connections
-in the backlog until the next one accepts them (no ECONNREFUSED window). A router
-re-adopted after a daemon restart keeps serving the copy it inherited; the new daemon
-binds afresh only once no router holds the address."""
+in the backlog until the next one accepts them (no ECONNREFUSED window). A daemon that
+re-adopts a running router (after its own restart) asks it for its listening sockets
+over the control socket (`listen_fds`, SCM_RIGHTS), checks they are bound to the
+service's address, and from then on holds them as if it had bound them. An older router
+that does not know the op keeps serving its own copy; the daemon then binds afresh only
+once no router holds the address."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,6 +34,8 @@ from shipyard.paths import StatePaths
 from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control_client import RouterControlClient
 from shipyard.router.table import RoutingTable
+
+log = logging.getLogger("shipyard.router")
 
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
@@ -61,6 +67,8 @@ class EmbeddedRouter:
         """Per service, the listen address and the daemon's copies of its listening sockets."""
         self._started: dict[str, subprocess.Popen[bytes]] = {}
         """The last router this object started per service: how it ended, when it dies."""
+        self._no_handover: set[int] = set()
+        """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
 
     # -- Router protocol ------------------------------------------------------------
 
@@ -77,6 +85,9 @@ class EmbeddedRouter:
         if info is not None:
             if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
                 self._write_pid(service, int(info["pid"]), want)
+                held = self._sockets.get(service)
+                if held is None or held[0] != want:
+                    await self._take_over_sockets(service, want, int(info["pid"]))
                 return None
             await self.stop(service)  # it listens elsewhere: the spec's `listen` changed
         else:
@@ -202,6 +213,33 @@ class EmbeddedRouter:
         self._sockets[service] = (listen, socks)
         return socks
 
+    async def _take_over_sockets(self, service: str, listen: str, pid: int) -> None:
+        """Get a copy of a re-adopted router's listening sockets, so that its crash, too,
+        refuses no connection. Sockets bound elsewhere than `listen` are not kept."""
+        if pid in self._no_handover:
+            return
+        try:
+            socks = await self._client(service).listen_sockets()
+        except RouterError as e:
+            self._no_handover.add(pid)
+            log.warning("the router for %s (pid %d) did not hand over its listening socket: %s; until it is "
+                        "replaced, a crash of it refuses connections until the next router listens",
+                        service, pid, e.message)
+            return
+        want = _addresses(listen)
+        got = {_bound(s) for s in socks}
+        if not socks or got != want:
+            for sock in socks:
+                sock.close()
+            self._no_handover.add(pid)
+            log.warning("the router for %s (pid %d) handed over sockets bound to %s, not %s; not kept",
+                        service, pid, ", ".join(sorted(map(str, got))) or "nothing",
+                        ", ".join(sorted(map(str, want))))
+            return
+        self._close_sockets(service)
+        self._sockets[service] = (listen, socks)
+        log.info("took over the listening socket of the router for %s (pid %d) on %s", service, pid, listen)
+
     def _close_sockets(self, service: str) -> None:
         for s in self._sockets.pop(service, ("", []))[1]:
             s.close()
@@ -282,6 +320,28 @@ class EmbeddedRouter:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
+
+
+def _addresses(listen: str) -> set[tuple[int, str, int]]:
+    """(family, host, port) of every address `listen` resolves to, as bind_listen binds them."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError):
+        return set()
+    return {(family, str(addr[0]), int(addr[1])) for family, _k, _p, _n, addr in infos}
+
+
+def _bound(sock: socket.socket) -> tuple[int, str, int] | None:
+    """(family, host, port) a listening TCP socket is bound to; None for anything else."""
+    try:
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return None
+        addr = sock.getsockname()
+    except OSError:
+        return None
+    return (int(sock.family), str(addr[0]), int(addr[1]))
 
 
 def bind_listen(service: str, listen: str) -> list[socket.socket]:

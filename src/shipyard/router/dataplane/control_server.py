@@ -7,6 +7,10 @@ dropped by a deploy. A table is persisted (atomically) before the daemon is told
 was taken, so a router restarted after a crash comes back with the last table it
 acknowledged; one it could not persist is not kept.
 
+`listen_fds` hands the router's listening sockets back to a daemon (SCM_RIGHTS on the
+reply): a daemon restarted while its router ran holds no copy of the socket it once
+bound, and gets one this way, so the router's next crash refuses no connection either.
+
 This is the server side, inside the router process: `ControlService` (the ops) and
 `serve_control` (the socket). The daemon's side is router/control_client.py; the
 framing both use is router/wire.py."""
@@ -18,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +49,10 @@ class DataPlane(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def series(self, since: float) -> dict[str, Any]: ...
+
+    def listen_fds(self) -> list[int]:
+        """The fds of the sockets it accepts on (none once it drains)."""
+        ...
 
 
 # -- the persisted table -----------------------------------------------------------
@@ -126,8 +135,10 @@ class ControlService:
             return {"ok": True, **self.plane.series(since)}, False
         if op == "shutdown":
             return {"ok": True}, True
-        return _error(f"unknown op {op!r} (expected ping, set_table, get_table, stats, series "
-                      "or shutdown)"), False
+        if op == "listen_fds":      # answered by serve_connection, which can pass fds
+            return _error("listen_fds needs the control socket (the fds travel with the reply)"), False
+        return _error(f"unknown op {op!r} (expected ping, set_table, get_table, stats, series, "
+                      "listen_fds or shutdown)"), False
 
     def _set_table(self, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
@@ -182,6 +193,9 @@ class ControlService:
                 except ValueError as e:
                     response = _error(f"invalid JSON: {e}")
                 else:
+                    if isinstance(request, dict) and request.get("op") == "listen_fds":
+                        await self._hand_over(writer)
+                        continue
                     try:
                         response, shutdown = self.handle(request)
                     except Exception as e:  # a bug must not kill the control socket
@@ -195,6 +209,32 @@ class ControlService:
             writer.close()
             if shutdown:
                 self.on_shutdown()
+
+
+    async def _hand_over(self, writer: asyncio.StreamWriter) -> None:
+        """Reply {"ok", "fds": n} with the listening sockets' fds attached to its bytes."""
+        fds = self.plane.listen_fds()
+        if not fds:
+            writer.write(encode_line(_error("this router holds no listening socket (it is shutting down)")))
+            await writer.drain()
+            return
+        line = encode_line({"ok": True, "fds": len(fds), "listen": self.plane.listen})
+        transport_sock = writer.get_extra_info("socket")
+        # The transport's socket cannot sendmsg; a dup of it shares the connection (and the
+        # kernel's send buffer, empty here: every earlier reply was drained).
+        with socket.fromfd(transport_sock.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            for _ in range(100):
+                try:
+                    sent = socket.send_fds(conn, [line], fds)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            else:
+                raise OSError("the control connection stayed full; listening sockets not handed over")
+        log.info("listening sockets handed over on the control socket (%d)", len(fds))
+        if sent < len(line):
+            writer.write(line[sent:])
+            await writer.drain()
 
 
 async def claim_socket(path: Path) -> None:

@@ -138,6 +138,12 @@ class ProxyServer:
                 out[name] = points
         return {"now": now, "series": out}
 
+    def listen_fds(self) -> list[int]:
+        """The listening sockets' fds, for a daemon that needs its copy back (control_server)."""
+        if self.draining:
+            return []
+        return [sock.fileno() for srv in self.servers for sock in srv.sockets]
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self, host: str, port: int, socks: list[socket.socket] | None = None) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ async def exactly_one_began(api: AsyncApiClient, responses: list[httpx.Response]
     return rollout
 
 
+async def promote_when_ready(api: AsyncApiClient, rid: str, timeout: float = 60.0) -> None:
+    """Promote a manual blue-green rollout once it waits for it (a first release never waits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phase = (await api.get(f"/v1/rollouts/{rid}"))["rollout"]["phase"]
+        if phase == "awaiting_promotion":
+            await api.post("/v1/services/shop/promote", {})
+            return
+        if phase in ("succeeded", "failed", "aborted"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{rid} never reached awaiting_promotion in {timeout:.0f} s")
+
+
 async def settled(api: AsyncApiClient, rollout: dict[str, Any], version: str, listen: str, round_: str) -> None:
     """The accepted rollout succeeded alone: one release live, `replicas` instances, all of it served."""
     done = await api.wait_rollout(rollout["id"], 180)
@@ -101,21 +116,40 @@ async def test_concurrent_api_deploys_begin_exactly_one_each_round(daemon: Daemo
     assert [s["service"] for s in services] == ["shop"]
 
 
+STARTING_GUN = ("import sys; from shipyard.cli import entry, app; sys.stdin.readline(); "
+                "sys.argv[0] = 'shipyard'; entry.main()")
+"""The CLI with its imports done, waiting for a line on stdin: process start-up (hundreds of ms
+on a loaded machine, and uneven) must not serialise the deploys the test means to race."""
+
+
 def sy(*args: str, state: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "SHIPYARD_HOME": str(state), "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "shipyard", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-c", STARTING_GUN, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def fire(procs: list[subprocess.Popen[str]]) -> list[tuple[str, str]]:
+    """Let every waiting CLI go at once, then collect what each said."""
+    time.sleep(1.0)                       # all of them past their imports
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    return [p.communicate(timeout=120) for p in procs]
 
 
 async def test_two_concurrent_cli_deploys_begin_exactly_one(daemon: DaemonProcess, api: AsyncApiClient,
                                                             make_spec: SpecMaker, listen: str,
                                                             state_dir: Path) -> None:
-    specs = {"1": make_spec("v1"), "2": make_spec("v2")}
+    # held at awaiting_promotion until the test promotes it: onto the warm slot a blue-green deploy
+    # takes ~0.3 s, less than two CLI processes can be relied on to differ by on a loaded machine
+    manual = {"strategy.blue_green.auto_promote": False}
+    specs = {"1": make_spec("v1", name="v1-manual", **manual), "2": make_spec("v2", name="v2-manual", **manual)}
     for k, version in enumerate(["1", "2", "1"], start=1):
         round_ = f"CLI round {k} (v{version})"
         procs = [sy("deploy", "-f", str(specs[version]), state=state_dir) for _ in range(2)]
         try:
-            outs = [p.communicate(timeout=120) for p in procs]
+            outs = fire(procs)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -128,4 +162,5 @@ async def test_two_concurrent_cli_deploys_begin_exactly_one(daemon: DaemonProces
         assert f"shop already has a rollout in progress ({rid}, phase " in " ".join(loser.split()), loser
         with pytest.raises(NotFoundError):               # no twin was numbered after it
             await api.get(f"/v1/rollouts/shop-{k + 1}")
+        await promote_when_ready(api, rid)
         await settled(api, {"id": rid}, version, listen, round_)

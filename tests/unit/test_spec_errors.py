@@ -43,7 +43,8 @@ def test_unknown_nested_key() -> None:
     assert one(text) == ("shop.yaml:7 strategy.blue_green.auto_promot: unknown key (expected one of: "
                          "preview_checks, auto_promote, scale_down_delay); did you mean auto_promote?")
     assert one(BASE + "router: {kind: embedded, zzz: 1}\n") == (
-        "shop.yaml:5 router.zzz: unknown key (expected one of: kind)")
+        "shop.yaml:5 router.zzz: unknown key (expected one of: kind, max_conns_per_instance, queue_size, "
+        "queue_timeout, per_try_timeout)")
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -7,6 +7,10 @@ to retry: a failed connect (nothing was sent) goes to another instance, and a
 reused pooled connection that dies before any response byte is replayed once on a
 fresh connection (the instance closed it while idle, so it processed nothing).
 It never buffers a whole body: flow control pauses whichever side is ahead.
+An instance takes at most max_conns_per_instance exchanges at once (its "slot" is held
+from the pick to the end of the response); when the track has none free the exchange
+waits in the track's queue (waiting.py). An idempotent request left without a response
+head for per_try_timeout goes once to another instance (tries.py).
 
 (Over 400 lines on purpose: it is one state machine, and its transitions are easier to
 check when they are read in one place; its states live in lifecycle.py, the header
@@ -29,8 +33,9 @@ from shipyard.router.dataplane.framing import (
 )
 from shipyard.router.dataplane.lifecycle import Attempt, Downstream, Phase
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.routes import TrackRoute
+from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
 from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
+from shipyard.router.dataplane.waiting import WaitingQueue
 
 # Why a client's reading is paused; it resumes when no reason is left.
 P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
@@ -45,6 +50,9 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 REPLAY_LIMIT = 1024 * 1024
 """Request body kept for a retry on a fresh connection; a longer body is not retried."""
 
+RETRY_LATER = b"Retry-After: 1\r\n"
+"""Sent with a 503 of a full queue: the overload is usually over within a second."""
+
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
@@ -55,7 +63,8 @@ class Exchange:
     __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "token", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
                  "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
-                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf")
+                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf", "slot",
+                 "waiting_in", "queued_at")
 
     def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
                  is_head: bool, override: bytes | None, token: bytes | None, hdrs: list[tuple[bytes, bytes]],
@@ -91,6 +100,10 @@ class Exchange:
         self.close_after = self.counted = False
         self.deadline = 0.0
         self.wbuf: list[bytes] = []
+        self.slot: UpstreamState | None = None
+        """The instance whose in-flight slot this exchange holds."""
+        self.waiting_in: WaitingQueue | None = None
+        self.queued_at = 0.0
 
     # -- choosing the instance --------------------------------------------------------
 
@@ -100,36 +113,78 @@ class Exchange:
         return self.phase >= Phase.ANSWERED
 
     def start(self) -> None:
-        server = self.client.server
-        st = server.state
-        override = self.override
-        if override is not None and not st.preview_allowed(self.token):
-            override = None  # forced-track routing is for holders of the preview token only
-        if override is None and st.single is not None:
-            route = st.single  # the common case (one live track), without a call
-        else:
-            route = st.route_for(override, self.hdrs, self.cookies, self.client)
-        self.hdrs = None
+        route = self._route_in(self.client.server.state)
         if route is None:
-            self.fail(503, f"service {server.service} has no live release")
+            self.fail(503, f"service {self.client.server.service} has no live release")
             return
         self.route = route
         m = self.metrics = route.metrics
         m.requests += 1
         m.inflight += 1
         self.counted = True
+        if route.waiting.count:  # others wait already: first come, first served
+            self._wait(route, False)
+            return
+        self.hdrs = None
         self._dispatch()
 
+    def _route_in(self, st: RouteState) -> TrackRoute | None:
+        override = self.override
+        if override is not None and not st.preview_allowed(self.token):
+            override = None  # forced-track routing is for holders of the preview token only
+        if override is None and st.single is not None:
+            return st.single  # the common case (one live track), without a call
+        return st.route_for(override, self.hdrs, self.cookies, self.client)
+
     def _dispatch(self) -> None:
+        self._free()
         route = self.route
         assert route is not None
         ups = route.pick(self.tried)
-        if ups is None:
+        if ups is FULL:
+            self._wait(route, False)
+        elif ups is None:
             reason = self.last_error or "the track has no instances"
             self.fail(502, f"no reachable instance of track {route.name} for service "
                            f"{self.client.server.service} ({reason})")
+        else:
+            self.send_to(ups)  # type: ignore[arg-type]
+
+    # -- waiting for a free instance ---------------------------------------------------
+
+    def _wait(self, route: TrackRoute, moved: bool) -> None:
+        """Queue for `route` (`moved`: re-routed by a table swap, keeping its place in time)."""
+        server = self.client.server
+        if not moved:
+            self.queued_at = server.loop.time()  # type: ignore[union-attr]
+        if not route.waiting.push(self, server.loop, force=moved):  # type: ignore[arg-type]
+            route.metrics.queue_full += 1
+            self.fail(503, f"service {server.service} is over capacity: every instance of track {route.name} "
+                           f"has {route.limit} requests in flight (max_conns_per_instance) and "
+                           f"{route.waiting.size} more wait (queue_size); retry later", RETRY_LATER)
+
+    def queue_expired(self, waited: float) -> None:
+        route = self.route
+        assert route is not None
+        route.metrics.queue_timeouts += 1
+        self.fail(503, f"service {self.client.server.service} is over capacity: waited {waited:.1f}s "
+                       f"(queue_timeout) for a free instance of track {route.name}, each has {route.limit} "
+                       "requests in flight (max_conns_per_instance); retry later", RETRY_LATER)
+
+    def reroute(self, st: RouteState) -> None:
+        """A table swap while this request waited: it goes to the new table's track."""
+        route = self._route_in(st)
+        if route is None:
+            self.fail(503, f"service {self.client.server.service} has no live release")
             return
-        self.ups = ups
+        self.route = route
+        self._wait(route, True)
+
+    def send_to(self, ups: UpstreamState) -> None:
+        """Send the request to `ups`, which has a free slot (from _dispatch, or the queue's pump)."""
+        self.hdrs = None
+        self.ups = self.slot = ups
+        ups.metrics.inflight += 1
         ups.metrics.requests += 1
         conn = ups.acquire()
         if conn is not None:
@@ -154,7 +209,8 @@ class Exchange:
 
     def _connect_failed(self, ups: UpstreamState, error: BaseException) -> None:
         self.connecting = None
-        reason = ups.connect_failed(error)
+        route = self.route
+        reason = ups.connect_failed(error, route is None or route.may_eject(ups))
         if not self.done:
             self.last_error = reason
             if self.tried is None:  # only failures are remembered: the happy path allocates nothing
@@ -185,6 +241,37 @@ class Exchange:
             client.resume(P_BUFFER)
         if self.req_done:
             self.deadline = client.server.clock + client.server.response_timeout
+            self._watch_try(conn)
+
+    def _watch_try(self, conn: UpstreamConnection) -> None:
+        """The request is fully sent on `conn`: time its first try, if it may be tried again."""
+        server = self.client.server
+        timeout = server.state.per_try_timeout
+        if (timeout > 0 and self.attempt is not Attempt.MOVED and self.replay_size <= REPLAY_LIMIT
+                and self.head.split(b" ", 1)[0] in IDEMPOTENT):
+            server.tries.watch(self, conn, timeout)
+
+    def try_expired(self, conn: UpstreamConnection) -> None:
+        """per_try_timeout passed since the request went out on `conn`: if nothing came back,
+        send it once to another instance of the track and take the silent one out."""
+        if (self.conn is not conn or self.done or conn.answered or self.phase is not Phase.WAITING
+                or self.attempt is Attempt.MOVED):
+            return
+        ups, route = self.ups, self.route
+        assert ups is not None and route is not None
+        if not route.has_other(ups, self.tried):
+            return  # nowhere else to go: the overall response timeout decides
+        self.last_error = ups.went_silent(self.client.server.state.per_try_timeout, route.may_eject(ups))
+        self.conn = None
+        conn.ex = None
+        conn.close()
+        self.attempt = Attempt.MOVED
+        if self.tried is None:
+            self.tried = [ups]
+        else:
+            self.tried.append(ups)
+        self.wbuf.clear()
+        self._dispatch()
 
     # -- request side (called by the client connection) ------------------------------
 
@@ -226,6 +313,7 @@ class Exchange:
         if self.conn is not None:
             server = self.client.server
             self.deadline = server.clock + server.response_timeout
+            self._watch_try(self.conn)
 
     # -- response side (called by the upstream connection) ---------------------------
 
@@ -387,8 +475,9 @@ class Exchange:
 
     # -- endings -----------------------------------------------------------------------
 
-    def fail(self, status: int, message: str) -> None:
-        """Answer with a router error (or cut the client if a response already started)."""
+    def fail(self, status: int, message: str, extra: bytes = b"") -> None:
+        """Answer with a router error (or cut the client if a response already started);
+        `extra`: more header lines."""
         if self.done:
             return
         self._detach()
@@ -407,7 +496,7 @@ class Exchange:
         self.close_after = close
         conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
         self.wbuf.clear()
-        client.transport.write(error_response(status, message, conn_header, not self.is_head))  # type: ignore
+        client.transport.write(error_response(status, message, extra + conn_header, not self.is_head))  # type: ignore
         self.status = status
         self._finish_response()
 
@@ -423,6 +512,7 @@ class Exchange:
 
     def _finish_response(self) -> None:
         self.phase = Phase.ANSWERED
+        self._free()
         if self.client.paused & P_UPSTREAM:
             self.client.resume(P_UPSTREAM)
         if self.counted:
@@ -438,7 +528,18 @@ class Exchange:
             self.phase = Phase.FINISHED
             self.client.exchange_done(self)
 
+    def _free(self) -> None:
+        """Give back the instance's slot (the response is over, or the request moves on), and
+        let the next waiting request have it."""
+        ups = self.slot
+        if ups is not None:
+            self.slot = None
+            ups.metrics.inflight -= 1
+            self.client.server.pump()
+
     def _detach(self) -> None:
+        if self.waiting_in is not None:
+            self.waiting_in.forget(self)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -451,6 +552,7 @@ class Exchange:
     def abort(self) -> None:
         """The client is gone: stop everything, count nothing but the in-flight decrement."""
         self._detach()
+        self._free()
         if self.counted and self.metrics is not None:
             self.counted = False
             self.metrics.inflight -= 1

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.routes import RouteState
+from shipyard.router.dataplane.tries import TryWatch
 
 
 class Phase(enum.IntEnum):
@@ -48,6 +49,10 @@ class Plane(Protocol):
     clock: float
     response_timeout: float
     none_metrics: TrackMetrics
+    tries: TryWatch
+
+    def pump(self) -> None:
+        """An instance's slot freed: dispatch the requests waiting for one."""
 
 
 class Downstream(Protocol):

@@ -8,9 +8,8 @@ reused pooled connection that dies before any response byte is replayed once on 
 fresh connection (the instance closed it while idle, so it processed nothing).
 It never buffers a whole body: flow control pauses whichever side is ahead.
 An instance takes at most max_conns_per_instance exchanges at once (its "slot" is held
-from the pick to the end of the response); when the track has none free the exchange
-waits in the track's queue (waiting.py). An idempotent request left without a response
-head for per_try_timeout goes once to another instance (tries.py).
+from the pick to the end of the response); the steps overload adds (waiting for a slot,
+a per-try retry) are in overload.py.
 
 (Over 400 lines on purpose: it is one state machine, and its transitions are easier to
 check when they are read in one place; its states live in lifecycle.py, the header
@@ -31,8 +30,9 @@ from shipyard.router.dataplane.framing import (
     error_response,
     without_names,
 )
-from shipyard.router.dataplane.lifecycle import Attempt, Downstream, Phase
+from shipyard.router.dataplane.lifecycle import IDEMPOTENT, REPLAY_LIMIT, Attempt, Downstream, Phase
 from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.overload import OverloadSteps
 from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
 from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 from shipyard.router.dataplane.waiting import WaitingQueue
@@ -45,18 +45,10 @@ P_REFUSED = 8  # a later request was refused: nothing more is read, the answers 
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-"""Methods RFC 9110 calls idempotent: safe to send again after an instance died mid-request."""
-REPLAY_LIMIT = 1024 * 1024
-"""Request body kept for a retry on a fresh connection; a longer body is not retried."""
-
-RETRY_LATER = b"Retry-After: 1\r\n"
-"""Sent with a 503 of a full queue: the overload is usually over within a second."""
-
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
-class Exchange:
+class Exchange(OverloadSteps):
     """One request and its response: picks the instance, relays both bodies, retries what
     is safe to retry, and records the outcome. Driven by callbacks from both connections."""
 
@@ -150,36 +142,6 @@ class Exchange:
         else:
             self.send_to(ups)  # type: ignore[arg-type]
 
-    # -- waiting for a free instance ---------------------------------------------------
-
-    def _wait(self, route: TrackRoute, moved: bool) -> None:
-        """Queue for `route` (`moved`: re-routed by a table swap, keeping its place in time)."""
-        server = self.client.server
-        if not moved:
-            self.queued_at = server.loop.time()  # type: ignore[union-attr]
-        if not route.waiting.push(self, server.loop, force=moved):  # type: ignore[arg-type]
-            route.metrics.queue_full += 1
-            self.fail(503, f"service {server.service} is over capacity: every instance of track {route.name} "
-                           f"has {route.limit} requests in flight (max_conns_per_instance) and "
-                           f"{route.waiting.size} more wait (queue_size); retry later", RETRY_LATER)
-
-    def queue_expired(self, waited: float) -> None:
-        route = self.route
-        assert route is not None
-        route.metrics.queue_timeouts += 1
-        self.fail(503, f"service {self.client.server.service} is over capacity: waited {waited:.1f}s "
-                       f"(queue_timeout) for a free instance of track {route.name}, each has {route.limit} "
-                       "requests in flight (max_conns_per_instance); retry later", RETRY_LATER)
-
-    def reroute(self, st: RouteState) -> None:
-        """A table swap while this request waited: it goes to the new table's track."""
-        route = self._route_in(st)
-        if route is None:
-            self.fail(503, f"service {self.client.server.service} has no live release")
-            return
-        self.route = route
-        self._wait(route, True)
-
     def send_to(self, ups: UpstreamState) -> None:
         """Send the request to `ups`, which has a free slot (from _dispatch, or the queue's pump)."""
         self.hdrs = None
@@ -242,36 +204,6 @@ class Exchange:
         if self.req_done:
             self.deadline = client.server.clock + client.server.response_timeout
             self._watch_try(conn)
-
-    def _watch_try(self, conn: UpstreamConnection) -> None:
-        """The request is fully sent on `conn`: time its first try, if it may be tried again."""
-        server = self.client.server
-        timeout = server.state.per_try_timeout
-        if (timeout > 0 and self.attempt is not Attempt.MOVED and self.replay_size <= REPLAY_LIMIT
-                and self.head.split(b" ", 1)[0] in IDEMPOTENT):
-            server.tries.watch(self, conn, timeout)
-
-    def try_expired(self, conn: UpstreamConnection) -> None:
-        """per_try_timeout passed since the request went out on `conn`: if nothing came back,
-        send it once to another instance of the track and take the silent one out."""
-        if (self.conn is not conn or self.done or conn.answered or self.phase is not Phase.WAITING
-                or self.attempt is Attempt.MOVED):
-            return
-        ups, route = self.ups, self.route
-        assert ups is not None and route is not None
-        if not route.has_other(ups, self.tried):
-            return  # nowhere else to go: the overall response timeout decides
-        self.last_error = ups.went_silent(self.client.server.state.per_try_timeout, route.may_eject(ups))
-        self.conn = None
-        conn.ex = None
-        conn.close()
-        self.attempt = Attempt.MOVED
-        if self.tried is None:
-            self.tried = [ups]
-        else:
-            self.tried.append(ups)
-        self.wbuf.clear()
-        self._dispatch()
 
     # -- request side (called by the client connection) ------------------------------
 

@@ -14,6 +14,11 @@ from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.routes import RouteState
 from shipyard.router.dataplane.tries import TryWatch
 
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+"""Methods RFC 9110 calls idempotent: safe to send again after an instance died mid-request."""
+REPLAY_LIMIT = 1024 * 1024
+"""Request body kept for a retry on a fresh connection; a longer body is not retried."""
+
 
 class Phase(enum.IntEnum):
     """Where the response side of an exchange is; ordered, so `>= ANSWERED` means "over"."""

@@ -23,6 +23,13 @@ class OverloadSteps:
     def _wait(self, route: TrackRoute, moved: bool) -> None:
         """Queue for `route` (`moved`: re-routed by a table swap, keeping its place in time)."""
         server = self.client.server
+        live = server.state.routes.get(route.name)
+        if live is not route:  # routed before a swap (a retry of an older request): wait in the live table
+            live = live or self._route_in(server.state)
+            if live is None:
+                self.fail(503, f"service {server.service} has no live release")
+                return
+            self.route = route = live
         if not moved:
             self.queued_at = server.loop.time()  # type: ignore[union-attr]
         if not route.waiting.push(self, server.loop, force=moved):  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -180,3 +182,8 @@ async def test_a_hung_instance_costs_no_get(big_api: AsyncApiClient, big_daemon:
     assert traffic.failures() == [], traffic.failures()[:5]
     assert slowest < 2.0, slowest                      # one per-try timeout, not until the instance resumes
     assert len(during) > 200, len(during)              # the clients were never stuck
+    url = json.loads(big_daemon.paths.api.read_text())["url"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    for family in ("shipyard_requests_queued", "shipyard_queue_timeouts_total", "shipyard_queue_full_total"):
+        assert re.search(rf'^{family}{{release="\w+",service="shop",track="(blue|green)"}} 0.0$', text, re.M), family

@@ -5,6 +5,7 @@ swap), and the per-try timeout that sends an idempotent request away from a sile
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from test_router_support import (
     running_router,
     short_tmpdir,
 )
+
+from shipyard.router.table import RoutingTable, Upstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -210,3 +213,34 @@ async def test_a_silent_instance_gets_idempotent_requests_retried_elsewhere_and_
     else:
         raise AssertionError("the instance answering again was never re-admitted")
 
+
+
+async def test_a_burst_opens_at_most_four_unanswered_connections_per_instance(router: RouterProcess) -> None:
+    """An instance that has not accepted yet (its accept queue is where new connections wait) is
+    sent at most UNPROVEN_LIMIT (4) new connections, however many requests arrive at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    clients = []
+    try:
+        table = RoutingTable("shop", 1, {"blue": (Upstream("slow", "127.0.0.1", port),)}, {"blue": 100.0})
+        await router.set(table)
+        clients = [asyncio.create_task(get(router.port, f"/?n={i}")) for i in range(20)]
+        await asyncio.sleep(0.8)
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except BlockingIOError:
+                break
+        assert len(accepted) == 4, len(accepted)
+        assert (await stats(router))["tracks"]["blue"]["queued"] == 16
+    finally:
+        for s in accepted:
+            s.close()
+        listener.close()
+        for c in clients:
+            c.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)

@@ -125,6 +125,19 @@ async def two_live_slots(api: AsyncApiClient, state_dir: Path, listen: str, **ro
         assert r["phase"] == "succeeded", r
 
 
+async def router_counters(daemon: DaemonProcess) -> dict[str, float]:
+    """Connect failures, silences, queue timeouts and full queues, summed from /metrics."""
+    url = json.loads(daemon.paths.api.read_text())["url"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    out = {}
+    for family in ("shipyard_upstream_connect_failures_total", "shipyard_queue_timeouts_total",
+                   "shipyard_queue_full_total", "shipyard_router_errors_total", "shipyard_requests_aborted_total"):
+        out[family.removeprefix("shipyard_").removesuffix("_total")] = sum(
+            float(m.group(1)) for m in re.finditer(rf"^{family}{{[^}}]*}} (\S+)$", text, re.M))
+    return out
+
+
 def ejections(daemon: DaemonProcess) -> list[str]:
     log = daemon.paths.router_log("shop")
     return [line for line in log.read_text(errors="replace").splitlines() if " ejected " in line]
@@ -140,6 +153,8 @@ async def overload_with_rollbacks(api: AsyncApiClient, daemon: DaemonProcess, st
     summary = (f"baseline: {base.requests} requests, {base.failed} failed, p99 {base.p99_ms:.1f} ms; "
                f"switching: {switching.requests} requests, {switching.failed} failed, "
                f"p99 {switching.p99_ms:.1f} ms")
+    counters = await router_counters(daemon)
+    summary += f"; router: {counters}"
     print(summary)
     assert bad == [], bad
     assert base.failed == 0, (summary, base.failures)

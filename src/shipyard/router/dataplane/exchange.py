@@ -56,7 +56,7 @@ class Exchange(OverloadSteps):
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
                  "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
                  "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf", "slot",
-                 "waiting_in", "queued_at")
+                 "waiting_in", "queued_at", "reserved")
 
     def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
                  is_head: bool, override: bytes | None, token: bytes | None, hdrs: list[tuple[bytes, bytes]],
@@ -96,6 +96,8 @@ class Exchange(OverloadSteps):
         """The instance whose in-flight slot this exchange holds."""
         self.waiting_in: WaitingQueue | None = None
         self.queued_at = 0.0
+        self.reserved: UpstreamState | None = None
+        """The instance counted in `unproven` for a connect task that has not started yet."""
 
     # -- choosing the instance --------------------------------------------------------
 
@@ -152,9 +154,16 @@ class Exchange(OverloadSteps):
         if conn is not None:
             self._attach(conn, True)
         else:
-            self.connecting = self.client.server.loop.create_task(self._connect(ups))  # type: ignore[union-attr]
+            self._open(ups)
+
+    def _open(self, ups: UpstreamState) -> None:
+        """Connect to `ups` in the background, counted as unproven from now on (see UNPROVEN_LIMIT)."""
+        ups.unproven += 1
+        self.reserved = ups
+        self.connecting = self.client.server.loop.create_task(self._connect(ups))  # type: ignore[union-attr]
 
     async def _connect(self, ups: UpstreamState) -> None:
+        self.reserved = None  # ups.connect() owns the count from here on
         try:
             conn = await ups.connect()
         except (OSError, TimeoutError) as e:
@@ -362,7 +371,7 @@ class Exchange(OverloadSteps):
             # processed, so the request is replayed once on a fresh connection.
             self.attempt = Attempt.REPLAYED
             self.wbuf.clear()
-            self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
+            self._open(self.ups)  # type: ignore[arg-type]
         elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
@@ -475,6 +484,9 @@ class Exchange(OverloadSteps):
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
+            if self.reserved is not None:  # cancelled before it ran: connect() never took the count
+                self.reserved.unproven -= 1
+                self.reserved = None
         conn = self.conn
         if conn is not None:
             self.conn = None

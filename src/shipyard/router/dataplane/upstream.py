@@ -32,10 +32,11 @@ PROBE_INTERVAL = 1.0
 MAX_IDLE_PER_UPSTREAM = 1024
 IDLE_POOL_TIMEOUT = 60.0
 """Close pooled connections unused for this long; instances usually close theirs sooner."""
-UNPROVEN_LIMIT = 8
+UNPROVEN_LIMIT = 4
 """New connections per instance not yet answered on: one still unanswered may be waiting in the
 instance's accept backlog, so a burst of clients ramps connections up instead of overflowing
-a small backlog (8 fits the smallest backlogs seen in practice)."""
+a small backlog (half of 8, the smallest backlogs seen in practice: the rest is left to health
+checks and other clients)."""
 PROBE_REQUEST = b"OPTIONS * HTTP/1.1\r\nHost: shipyard-probe\r\nConnection: close\r\n\r\n"
 """Sent to an instance ejected for silence: any answer (even an error, even a close) shows it runs."""
 
@@ -266,10 +267,11 @@ class UpstreamState:
             self.idle = keep
 
     async def connect(self) -> UpstreamConnection:
-        """A fresh connection; raises OSError or TimeoutError (the caller ejects)."""
+        """A fresh connection; raises OSError or TimeoutError (the caller ejects). The caller
+        counted it in `unproven` already, when it decided to connect (before this coroutine
+        ran: requests of one loop iteration must see each other's connects)."""
         loop = asyncio.get_running_loop()
         host, port = self.upstream.host, self.upstream.port
-        self.unproven += 1
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)

@@ -119,8 +119,7 @@ class Exchange(OverloadSteps):
         if route.waiting.count:  # others wait already: first come, first served
             self._wait(route, False)
             return
-        self.hdrs = None
-        self._dispatch()
+        self._dispatch()  # the headers are kept until sent: a swap re-routes a waiting request by them
 
     def _route_in(self, st: RouteState) -> TrackRoute | None:
         override = self.override

@@ -21,7 +21,7 @@ from test_router_support import (
     short_tmpdir,
 )
 
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import RoutingTable, Upstream, user_bucket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -244,3 +244,30 @@ async def test_a_burst_opens_at_most_four_unanswered_connections_per_instance(ro
         for c in clients:
             c.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
+
+
+async def test_a_swap_re_routes_waiting_requests_by_their_user_key(router: RouterProcess,
+                                                                   farm: list[CountingUpstream]) -> None:
+    blue, green = farm[0], farm[1]
+    canary_users = [u for u in (f"user-{i}" for i in range(200)) if user_bucket(u) < 5000][:3]
+    stable_users = [u for u in (f"user-{i}" for i in range(200)) if user_bucket(u) >= 5000][:3]
+    kw = {"max_conns_per_instance": 1, "sticky_header": "x-user"}
+    await router.set(make_table(1, {"blue": [blue], "green": [green]}, {"blue": 100.0}, **kw))
+    busy = asyncio.create_task(get(router.port, "/sleep?s=1"))
+    await asyncio.sleep(0.1)
+
+    async def as_user(user: str) -> Response:
+        c = await RawClient.open(router.port)
+        try:
+            return await c.request(headers={"x-user": user})
+        finally:
+            c.close()
+
+    waiting = {u: asyncio.create_task(as_user(u)) for u in canary_users + stable_users}
+    await asyncio.sleep(0.2)
+    assert (await stats(router))["tracks"]["blue"]["queued"] == 6
+    await router.set(make_table(2, {"blue": [blue], "green": [green]}, {"green": 50.0, "blue": 50.0},
+                                bucket_order=("green", "blue"), **kw))
+    answers = {u: (await t).json()["name"] for u, t in waiting.items()}
+    assert answers == {**{u: "green" for u in canary_users}, **{u: "blue" for u in stable_users}}
+    await busy

@@ -43,7 +43,8 @@ def test_unknown_nested_key() -> None:
     assert one(text) == ("shop.yaml:7 strategy.blue_green.auto_promot: unknown key (expected one of: "
                          "preview_checks, auto_promote, scale_down_delay); did you mean auto_promote?")
     assert one(BASE + "router: {kind: embedded, zzz: 1}\n") == (
-        "shop.yaml:5 router.zzz: unknown key (expected one of: kind)")
+        "shop.yaml:5 router.zzz: unknown key (expected one of: kind, max_conns_per_instance, queue_size, "
+        "queue_timeout, per_try_timeout)")
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -209,6 +210,24 @@ def test_database_section() -> None:
 def test_router_kind() -> None:
     assert one(BASE + "router: {kind: nginx}\n") == (
         'shop.yaml:5 router.kind: must be one of "embedded" or "haproxy"; got "nginx"')
+
+
+def test_router_limits() -> None:
+    assert one(BASE + "router: {max_conns_per_instance: 0}\n") == (
+        "shop.yaml:5 router.max_conns_per_instance: must be at least 1, got 0")
+    assert one(BASE + "router: {max_conns_per_instance: '5'}\n") == (
+        'shop.yaml:5 router.max_conns_per_instance: expected a whole number, got "5"')
+    assert one(BASE + "router: {queue_size: -1}\n") == "shop.yaml:5 router.queue_size: must be at least 0, got -1"
+    assert one(BASE + "router: {queue_timeout: 0s}\n") == (
+        "shop.yaml:5 router.queue_timeout: 0s is too short: must be longer than 0s")
+    assert one(BASE + "router: {per_try_timeout: 2}\n") == (
+        "shop.yaml:5 router.per_try_timeout: 2 is a bare number; durations need a unit (write 2s, not 2)")
+    spec = parse_spec(BASE + "router: {max_conns_per_instance: 8, queue_size: 0, queue_timeout: 1500ms, "
+                             "per_try_timeout: 0s}\n", "shop.yaml", Path("/tmp"))
+    r = spec.router
+    assert (r.max_conns_per_instance, r.queue_size, r.queue_timeout, r.per_try_timeout) == (8, 0, 1.5, 0.0)
+    d = parse_spec(BASE, "shop.yaml", Path("/tmp")).router
+    assert (d.max_conns_per_instance, d.queue_size, d.queue_timeout, d.per_try_timeout) == (64, 4096, 5.0, 0.0)
 
 
 def test_every_problem_is_reported_at_once_in_line_order() -> None:

@@ -23,7 +23,7 @@ from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
 from shipyard.rollout.traffic import build_table, preview_token
 from shipyard.runtime.environment import release_env
-from shipyard.spec import Spec
+from shipyard.spec import RouterSpec, Spec
 
 __all__ = ["Deps", "SlotOps", "spec_from_doc", "sticky_of"]
 
@@ -85,7 +85,8 @@ class SlotOps:
                 current = await self.d.router.current(svc.name)
                 self._router_version[svc.name] = current.version if current else 0
             version = max(svc.table_version, self._router_version[svc.name]) + 1
-            table = build_table(svc, instances, version, *sticky, preview_token=self.preview_token(svc.name))
+            table = build_table(svc, instances, version, *sticky, preview_token=self.preview_token(svc.name),
+                                limits=router_limits_of(svc))
             try:
                 await self.d.router.apply(table)
                 break
@@ -344,6 +345,13 @@ def sticky_of(svc: ServiceRecord) -> tuple[str | None, str | None, bool]:
     if c is None:
         return None, None, False
     return c.sticky.header, c.sticky.cookie, c.sticky.client_address
+
+
+def router_limits_of(svc: ServiceRecord) -> RouterSpec | None:
+    """The live release's `router` section (per-instance limit, queue, per-try timeout): the
+    table serves the release that takes the traffic. None (the defaults) before any release."""
+    slot = svc.slots.get(svc.active_slot) if svc.active_slot else None
+    return spec_from_doc(slot.spec, svc.spec_path).router if slot is not None and slot.spec else None
 
 
 def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:

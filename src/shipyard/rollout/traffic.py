@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from shipyard.rollout.records import Instance, ServiceRecord
 from shipyard.router.table import RoutingTable, Upstream
+from shipyard.spec import RouterSpec
 
 ROUTABLE = ("healthy",)
 
@@ -24,14 +25,17 @@ def preview_token(secret: str, service: str) -> str:
 
 def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], version: int,
                 sticky_header: str | None = None, sticky_cookie: str | None = None,
-                sticky_client_address: bool = False, preview_token: str | None = None) -> RoutingTable:
+                sticky_client_address: bool = False, preview_token: str | None = None,
+                limits: RouterSpec | None = None) -> RoutingTable:
     """Tracks are the slots with healthy instances (so the preview route reaches a new
     slot as soon as it is healthy); all unpinned traffic goes to the live slot. If the
     live slot has no healthy instance left we still route to its live processes rather
     than answer 503: the router ejects the ones that refuse connections. A canary slot
     takes its weight of the users, from the lowest buckets up (so raising it only adds
     users), and `X-Shipyard-Track: canary|stable` reach the two sides (for requests that
-    carry `preview_token` in X-Shipyard-Preview-Token; without a token, for nobody)."""
+    carry `preview_token` in X-Shipyard-Preview-Token; without a token, for nobody). `limits`
+    (the live release's `router` section) bounds the requests in flight per instance and
+    their queue; None: the defaults."""
     healthy: dict[str, list[Upstream]] = {}
     alive: dict[str, list[Upstream]] = {}
     for inst, status in instances:
@@ -55,6 +59,9 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
         order = (canary, live) if share < 100 else (canary,)
         aliases["canary"] = canary
     releases = {slot: s.image_id for slot in tracks if (s := svc.slots.get(slot)) is not None and s.image_id}
+    r = limits or RouterSpec()
     return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie,
                         sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases,
-                        releases=releases, preview_token=preview_token)
+                        releases=releases, preview_token=preview_token,
+                        max_conns_per_instance=r.max_conns_per_instance, queue_size=r.queue_size,
+                        queue_timeout=r.queue_timeout, per_try_timeout=r.per_try_timeout)

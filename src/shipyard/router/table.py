@@ -29,6 +29,12 @@ PREVIEW_TOKEN_HEADER = "x-shipyard-preview-token"
 BUCKETS = 10_000
 """Users are hashed into this many buckets, so a weight is a whole number of 0.01 %."""
 
+DEFAULT_MAX_CONNS = 64
+DEFAULT_QUEUE_SIZE = 4096
+DEFAULT_QUEUE_TIMEOUT = 5.0
+"""The defaults of the spec's `router` section (spec/models.py RouterSpec says why), also what a
+table persisted before these limits existed is served with."""
+
 
 class TableError(RouterError, ValueError):
     """A routing table that cannot be served. A ValueError too, so wire-format readers
@@ -70,6 +76,15 @@ class RoutingTable:
     preview_token: str | None = field(default=None, repr=False)
     """The secret a request must carry (X-Shipyard-Preview-Token) for its X-Shipyard-Track to be
     honoured; None: forced-track routing is off. The daemon derives it per service."""
+    max_conns_per_instance: int = DEFAULT_MAX_CONNS
+    """Requests in flight per instance; more wait in their track's queue."""
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    """Requests that may wait per track; beyond, 503 at once (0: none wait)."""
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    """Seconds a request may wait in the queue before it is answered 503."""
+    per_try_timeout: float = 0.0
+    """Seconds an instance has to start answering an idempotent request before it is sent once to
+    another instance of the track; 0: off."""
     _slices: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
     """(track, end bucket) in bucket order, weight > 0 only: computed once per table."""
 
@@ -77,6 +92,7 @@ class RoutingTable:
         tok = self.preview_token
         if tok is not None and not (tok.isascii() and tok.isprintable() and " " not in tok and tok):
             raise TableError("preview_token must be non-empty visible ASCII (it is compared to a header value)")
+        _validate_limits(self)
         units = _validate_weights(self.weights, self.tracks)
         object.__setattr__(self, "weights", {t: u / 100 for t, u in units.items()})
         order = tuple(self.bucket_order)
@@ -160,11 +176,16 @@ class RoutingTable:
             "aliases": dict(self.aliases),
             "releases": dict(self.releases),
             "preview_token": self.preview_token,
+            "max_conns_per_instance": self.max_conns_per_instance,
+            "queue_size": self.queue_size,
+            "queue_timeout": self.queue_timeout,
+            "per_try_timeout": self.per_try_timeout,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoutingTable:
-        """Tables persisted by older routers (no order, aliases, address stickiness or releases) load too."""
+        """Tables persisted by older routers (no order, aliases, address stickiness, releases or
+        overload limits) load too, with the defaults."""
         return cls(
             service=str(d["service"]),
             version=int(d.get("version", 0)),
@@ -178,6 +199,10 @@ class RoutingTable:
             aliases={str(a): str(t) for a, t in (d.get("aliases") or {}).items()},
             releases={str(t): str(r) for t, r in (d.get("releases") or {}).items()},
             preview_token=str(d["preview_token"]) if d.get("preview_token") else None,
+            max_conns_per_instance=d.get("max_conns_per_instance", DEFAULT_MAX_CONNS),
+            queue_size=d.get("queue_size", DEFAULT_QUEUE_SIZE),
+            queue_timeout=d.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+            per_try_timeout=d.get("per_try_timeout", 0.0),
         )
 
 
@@ -187,6 +212,20 @@ def user_bucket(user_key: str | bytes) -> int:
     if isinstance(user_key, str):
         user_key = user_key.encode("utf-8", "surrogateescape")
     return int.from_bytes(hashlib.blake2b(user_key, digest_size=8).digest(), "big") % BUCKETS
+
+
+def _validate_limits(t: RoutingTable) -> None:
+    """The overload limits as the spec allows them; TableError naming the field otherwise."""
+    for name, low in (("max_conns_per_instance", 1), ("queue_size", 0)):
+        v = getattr(t, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise TableError(f"{name} must be a whole number >= {low}, got {v!r}")
+    for name in ("queue_timeout", "per_try_timeout"):
+        v = getattr(t, name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < float("inf"):
+            raise TableError(f"{name} must be a number of seconds >= 0, got {v!r}")
+    if t.queue_timeout <= 0:
+        raise TableError(f"queue_timeout must be longer than 0s, got {t.queue_timeout!r}")
 
 
 def _validate_weights(weights: dict[str, Any], tracks: dict[str, Any]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from .durations import PositiveDuration
+from .durations import Duration, PositiveDuration
 from .strategy import BlueGreenSpec, PreviewCheck, StrategySpec
 from .values import (
     Argv,
@@ -141,9 +141,25 @@ class DriftSpec(SpecModel):
 
 
 class RouterSpec(SpecModel):
-    """Which data plane carries the traffic; both sit behind the same Router protocol."""
+    """Which data plane carries the traffic, and how much of it an instance is given at once:
+    beyond its limit a request waits in a bounded queue instead of piling onto the instance's
+    accept backlog (HAProxy's per-server maxconn + queue)."""
 
     kind: Literal["embedded", "haproxy"] = "embedded"
+    max_conns_per_instance: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
+    """Requests in flight per instance. 64 is below the accept backlog of common servers
+    (Python's socket default 128, asyncio 100, Node 511, gunicorn 2048), so the router alone
+    never overflows one, and above what a typical worker pool serves at once, so it only
+    queues when the instance is saturated anyway."""
+    queue_size: Annotated[int, Strict(), Field(ge=0, le=100_000)] = 4096
+    """Requests waiting per track when every instance is at its limit; beyond: 503 at once.
+    4096 is the router's own listen backlog: what it accepted it can also hold. 0: no queue."""
+    queue_timeout: PositiveDuration = 5.0
+    """Longest a request waits in the queue before it is answered 503."""
+    per_try_timeout: Duration = 0.0
+    """An idempotent request whose instance sends no response head within this is sent once
+    more to another instance of its track. 0 (default): off, since a slow endpoint would do
+    its work twice; set it above the service's slowest normal answer."""
 
 
 # -- notifications --------------------------------------------------------------------------------

@@ -41,3 +41,15 @@ def test_each_track_names_the_release_its_slot_holds() -> None:
     svc.slots["green"] = Slot()                              # no image recorded: no release claimed
     assert build_table(svc, [(inst("b0", "blue", 1), "healthy"), (inst("g0", "green", 2), "healthy")],
                        version=3).releases == {"blue": "img-blue"}
+
+
+def test_the_router_limits_of_the_spec_are_carried_by_the_table() -> None:
+    from shipyard.spec import RouterSpec
+
+    svc = ServiceRecord("shop", "127.0.0.1:8080", active_slot="blue")
+    healthy = [(inst("b0", "blue", 1), "healthy")]
+    t = build_table(svc, healthy, version=1, limits=RouterSpec(max_conns_per_instance=8, queue_size=10,
+                                                                 queue_timeout=1.5, per_try_timeout=0.5))
+    assert (t.max_conns_per_instance, t.queue_size, t.queue_timeout, t.per_try_timeout) == (8, 10, 1.5, 0.5)
+    d = build_table(svc, healthy, version=1)
+    assert (d.max_conns_per_instance, d.queue_size, d.queue_timeout, d.per_try_timeout) == (64, 4096, 5.0, 0.0)

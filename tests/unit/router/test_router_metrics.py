@@ -44,8 +44,11 @@ def test_snapshot_is_plain_json_data() -> None:
     snap["latency"]["counts"][0] = 99  # a copy: the reader cannot corrupt the live counters
     assert m.counts[0] == 0
     u = UpstreamMetrics()
-    u.requests, u.connect_failures, u.ejected = 5, 2, True
-    assert u.snapshot() == {"requests": 5, "connect_failures": 2, "ejected": True}
+    u.requests, u.inflight, u.connect_failures, u.silent, u.ejected = 5, 3, 2, 1, True
+    assert u.snapshot() == {"requests": 5, "inflight": 3, "connect_failures": 2, "silent": 1, "ejected": True}
+    m.queued, m.queue_timeouts, m.queue_full = 4, 5, 6
+    snap = m.snapshot()
+    assert (snap["queued"], snap["queue_timeouts"], snap["queue_full"]) == (4, 5, 6)
 
 
 def test_series_has_completed_seconds_only_and_errors_are_5xx() -> None:

@@ -7,6 +7,9 @@ to retry: a failed connect (nothing was sent) goes to another instance, and a
 reused pooled connection that dies before any response byte is replayed once on a
 fresh connection (the instance closed it while idle, so it processed nothing).
 It never buffers a whole body: flow control pauses whichever side is ahead.
+An instance takes at most max_conns_per_instance exchanges at once (its "slot" is held
+from the pick to the end of the response); the steps overload adds (waiting for a slot,
+a per-try retry) are in overload.py.
 
 (Over 400 lines on purpose: it is one state machine, and its transitions are easier to
 check when they are read in one place; its states live in lifecycle.py, the header
@@ -27,10 +30,12 @@ from shipyard.router.dataplane.framing import (
     error_response,
     without_names,
 )
-from shipyard.router.dataplane.lifecycle import Attempt, Downstream, Phase
+from shipyard.router.dataplane.lifecycle import IDEMPOTENT, REPLAY_LIMIT, Attempt, Downstream, Phase
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.routes import TrackRoute
+from shipyard.router.dataplane.overload import OverloadSteps
+from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
 from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
+from shipyard.router.dataplane.waiting import WaitingQueue
 
 # Why a client's reading is paused; it resumes when no reason is left.
 P_UPSTREAM = 1  # the instance's socket buffer is full (request body flow control)
@@ -40,22 +45,18 @@ P_REFUSED = 8  # a later request was refused: nothing more is read, the answers 
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-"""Methods RFC 9110 calls idempotent: safe to send again after an instance died mid-request."""
-REPLAY_LIMIT = 1024 * 1024
-"""Request body kept for a retry on a fresh connection; a longer body is not retried."""
-
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
-class Exchange:
+class Exchange(OverloadSteps):
     """One request and its response: picks the instance, relays both bodies, retries what
     is safe to retry, and records the outcome. Driven by callbacks from both connections."""
 
     __slots__ = ("client", "head", "chunked", "keep_alive", "http10", "is_head", "override", "token", "hdrs", "cookies",
                  "t0", "route", "metrics", "ups", "tried", "last_error", "conn", "connecting", "reused",
                  "attempt", "pending", "pending_size", "replay", "replay_size", "req_done", "phase",
-                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf")
+                 "resp_mode", "until_close", "status", "close_after", "counted", "deadline", "wbuf", "slot",
+                 "waiting_in", "queued_at", "reserved")
 
     def __init__(self, client: Downstream, head: bytes, chunked: bool, keep_alive: bool, http10: bool,
                  is_head: bool, override: bytes | None, token: bytes | None, hdrs: list[tuple[bytes, bytes]],
@@ -91,6 +92,12 @@ class Exchange:
         self.close_after = self.counted = False
         self.deadline = 0.0
         self.wbuf: list[bytes] = []
+        self.slot: UpstreamState | None = None
+        """The instance whose in-flight slot this exchange holds."""
+        self.waiting_in: WaitingQueue | None = None
+        self.queued_at = 0.0
+        self.reserved: UpstreamState | None = None
+        """The instance counted in `unproven` for a connect task that has not started yet."""
 
     # -- choosing the instance --------------------------------------------------------
 
@@ -100,44 +107,62 @@ class Exchange:
         return self.phase >= Phase.ANSWERED
 
     def start(self) -> None:
-        server = self.client.server
-        st = server.state
-        override = self.override
-        if override is not None and not st.preview_allowed(self.token):
-            override = None  # forced-track routing is for holders of the preview token only
-        if override is None and st.single is not None:
-            route = st.single  # the common case (one live track), without a call
-        else:
-            route = st.route_for(override, self.hdrs, self.cookies, self.client)
-        self.hdrs = None
+        route = self._route_in(self.client.server.state)
         if route is None:
-            self.fail(503, f"service {server.service} has no live release")
+            self.fail(503, f"service {self.client.server.service} has no live release")
             return
         self.route = route
         m = self.metrics = route.metrics
         m.requests += 1
         m.inflight += 1
         self.counted = True
-        self._dispatch()
+        if route.waiting.count:  # others wait already: first come, first served
+            self._wait(route, False)
+            return
+        self._dispatch()  # the headers are kept until sent: a swap re-routes a waiting request by them
+
+    def _route_in(self, st: RouteState) -> TrackRoute | None:
+        override = self.override
+        if override is not None and not st.preview_allowed(self.token):
+            override = None  # forced-track routing is for holders of the preview token only
+        if override is None and st.single is not None:
+            return st.single  # the common case (one live track), without a call
+        return st.route_for(override, self.hdrs, self.cookies, self.client)
 
     def _dispatch(self) -> None:
+        self._free()
         route = self.route
         assert route is not None
         ups = route.pick(self.tried)
-        if ups is None:
+        if ups is FULL:
+            self._wait(route, False)
+        elif ups is None:
             reason = self.last_error or "the track has no instances"
             self.fail(502, f"no reachable instance of track {route.name} for service "
                            f"{self.client.server.service} ({reason})")
-            return
-        self.ups = ups
+        else:
+            self.send_to(ups)  # type: ignore[arg-type]
+
+    def send_to(self, ups: UpstreamState) -> None:
+        """Send the request to `ups`, which has a free slot (from _dispatch, or the queue's pump)."""
+        self.hdrs = None
+        self.ups = self.slot = ups
+        ups.metrics.inflight += 1
         ups.metrics.requests += 1
         conn = ups.acquire()
         if conn is not None:
             self._attach(conn, True)
         else:
-            self.connecting = self.client.server.loop.create_task(self._connect(ups))  # type: ignore[union-attr]
+            self._open(ups)
+
+    def _open(self, ups: UpstreamState) -> None:
+        """Connect to `ups` in the background, counted as unproven from now on (see UNPROVEN_LIMIT)."""
+        ups.unproven += 1
+        self.reserved = ups
+        self.connecting = self.client.server.loop.create_task(self._connect(ups))  # type: ignore[union-attr]
 
     async def _connect(self, ups: UpstreamState) -> None:
+        self.reserved = None  # ups.connect() owns the count from here on
         try:
             conn = await ups.connect()
         except (OSError, TimeoutError) as e:
@@ -154,7 +179,8 @@ class Exchange:
 
     def _connect_failed(self, ups: UpstreamState, error: BaseException) -> None:
         self.connecting = None
-        reason = ups.connect_failed(error)
+        route = self.route
+        reason = ups.connect_failed(error, route is None or route.may_eject(ups))
         if not self.done:
             self.last_error = reason
             if self.tried is None:  # only failures are remembered: the happy path allocates nothing
@@ -185,6 +211,7 @@ class Exchange:
             client.resume(P_BUFFER)
         if self.req_done:
             self.deadline = client.server.clock + client.server.response_timeout
+            self._watch_try(conn)
 
     # -- request side (called by the client connection) ------------------------------
 
@@ -226,6 +253,7 @@ class Exchange:
         if self.conn is not None:
             server = self.client.server
             self.deadline = server.clock + server.response_timeout
+            self._watch_try(self.conn)
 
     # -- response side (called by the upstream connection) ---------------------------
 
@@ -342,7 +370,7 @@ class Exchange:
             # processed, so the request is replayed once on a fresh connection.
             self.attempt = Attempt.REPLAYED
             self.wbuf.clear()
-            self.connecting = self.client.server.loop.create_task(self._connect(self.ups))  # type: ignore
+            self._open(self.ups)  # type: ignore[arg-type]
         elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
@@ -387,8 +415,9 @@ class Exchange:
 
     # -- endings -----------------------------------------------------------------------
 
-    def fail(self, status: int, message: str) -> None:
-        """Answer with a router error (or cut the client if a response already started)."""
+    def fail(self, status: int, message: str, extra: bytes = b"") -> None:
+        """Answer with a router error (or cut the client if a response already started);
+        `extra`: more header lines."""
         if self.done:
             return
         self._detach()
@@ -407,7 +436,7 @@ class Exchange:
         self.close_after = close
         conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
         self.wbuf.clear()
-        client.transport.write(error_response(status, message, conn_header, not self.is_head))  # type: ignore
+        client.transport.write(error_response(status, message, extra + conn_header, not self.is_head))  # type: ignore
         self.status = status
         self._finish_response()
 
@@ -423,6 +452,7 @@ class Exchange:
 
     def _finish_response(self) -> None:
         self.phase = Phase.ANSWERED
+        self._free()
         if self.client.paused & P_UPSTREAM:
             self.client.resume(P_UPSTREAM)
         if self.counted:
@@ -438,10 +468,24 @@ class Exchange:
             self.phase = Phase.FINISHED
             self.client.exchange_done(self)
 
+    def _free(self) -> None:
+        """Give back the instance's slot (the response is over, or the request moves on), and
+        let the next waiting request have it."""
+        ups = self.slot
+        if ups is not None:
+            self.slot = None
+            ups.metrics.inflight -= 1
+            self.client.server.pump()
+
     def _detach(self) -> None:
+        if self.waiting_in is not None:
+            self.waiting_in.forget(self)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
+            if self.reserved is not None:  # cancelled before it ran: connect() never took the count
+                self.reserved.unproven -= 1
+                self.reserved = None
         conn = self.conn
         if conn is not None:
             self.conn = None
@@ -451,6 +495,7 @@ class Exchange:
     def abort(self) -> None:
         """The client is gone: stop everything, count nothing but the in-flight decrement."""
         self._detach()
+        self._free()
         if self.counted and self.metrics is not None:
             self.counted = False
             self.metrics.inflight -= 1

@@ -12,6 +12,12 @@ from typing import Any, Protocol
 
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.routes import RouteState
+from shipyard.router.dataplane.tries import TryWatch
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+"""Methods RFC 9110 calls idempotent: safe to send again after an instance died mid-request."""
+REPLAY_LIMIT = 1024 * 1024
+"""Request body kept for a retry on a fresh connection; a longer body is not retried."""
 
 
 class Phase(enum.IntEnum):
@@ -48,6 +54,10 @@ class Plane(Protocol):
     clock: float
     response_timeout: float
     none_metrics: TrackMetrics
+    tries: TryWatch
+
+    def pump(self) -> None:
+        """An instance's slot freed: dispatch the requests waiting for one."""
 
 
 class Downstream(Protocol):

@@ -29,8 +29,8 @@ SERIES_SECONDS = 600
 class TrackMetrics:
     """What one track served: request count, status classes, router errors, latency, in-flight."""
 
-    __slots__ = ("requests", "status", "errors", "aborted", "inflight", "counts", "sum_ms", "count",
-                 "sec", "sec_requests", "sec_errors", "sec_latency", "ring")
+    __slots__ = ("requests", "status", "errors", "aborted", "inflight", "queued", "queue_timeouts", "queue_full",
+                 "counts", "sum_ms", "count", "sec", "sec_requests", "sec_errors", "sec_latency", "ring")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -42,6 +42,12 @@ class TrackMetrics:
         """Requests whose client left before the response was complete (no status recorded):
         requests == sum(status) + aborted + inflight."""
         self.inflight = 0
+        self.queued = 0
+        """Requests waiting now for a free instance of the track (also counted in `inflight`)."""
+        self.queue_timeouts = 0
+        """Requests answered 503 because they waited longer than queue_timeout."""
+        self.queue_full = 0
+        """Requests answered 503 at once because the track's queue was full."""
         self.counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.sum_ms = 0.0
         self.count = 0
@@ -98,6 +104,9 @@ class TrackMetrics:
             "errors": self.errors,
             "aborted": self.aborted,
             "inflight": self.inflight,
+            "queued": self.queued,
+            "queue_timeouts": self.queue_timeouts,
+            "queue_full": self.queue_full,
             "latency": {
                 "buckets": [*LATENCY_BUCKETS_MS, "+inf"],
                 "counts": list(self.counts),
@@ -108,15 +117,19 @@ class TrackMetrics:
 
 
 class UpstreamMetrics:
-    """What one instance saw: requests sent to it, failed connects, whether it is ejected."""
+    """What one instance saw: requests sent to it, failed connects, silences, whether it is ejected."""
 
-    __slots__ = ("requests", "connect_failures", "ejected")
+    __slots__ = ("requests", "inflight", "connect_failures", "silent", "ejected")
 
     def __init__(self) -> None:
         self.requests = 0
+        self.inflight = 0
+        """Requests holding one of the instance's max_conns_per_instance slots now."""
         self.connect_failures = 0
+        self.silent = 0
+        """Requests it left without a response head for per_try_timeout (sent elsewhere)."""
         self.ejected = False
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": self.requests, "connect_failures": self.connect_failures,
-                "ejected": self.ejected}
+        return {"requests": self.requests, "inflight": self.inflight, "connect_failures": self.connect_failures,
+                "silent": self.silent, "ejected": self.ejected}

@@ -8,7 +8,8 @@ per request (one sweeper checks deadlines), no copy of bodies beyond one chunk.
 
 A table swap replaces one reference. Requests already sent finish on their
 instance; the next request of a keep-alive connection sees the new table; a swap
-never closes a client connection (the failure mode of nginx/Caddy reloads)."""
+never closes a client connection (the failure mode of nginx/Caddy reloads). Requests
+waiting in a track's queue are not yet anywhere: a swap routes them by the new table."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from shipyard.router.dataplane.control_server import (
     serve_control,
 )
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.routes import RouteState, TrackRoute
+from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
+from shipyard.router.dataplane.tries import TryWatch
 from shipyard.router.dataplane.upstream import UpstreamState
 from shipyard.router.table import RoutingTable, Upstream
 
@@ -72,6 +74,8 @@ class ProxyServer:
         self.servers: list[asyncio.AbstractServer] = []
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
+        self.pumping = False
 
     # -- routing state ------------------------------------------------------------
 
@@ -92,10 +96,32 @@ class ProxyServer:
             for u in ups:
                 st = self.upstreams.get(u)
                 if st is None:
-                    st = self.upstreams[u] = UpstreamState(u)
+                    st = self.upstreams[u] = UpstreamState(u, self.pump)
                 states.append(st)
-            routes[name] = TrackRoute(name, states, self._metrics(name))
+            routes[name] = TrackRoute(name, states, self._metrics(name), table.max_conns_per_instance,
+                                      table.queue_size, table.queue_timeout)
         return RouteState(table, routes)
+
+    def pump(self) -> None:
+        """Hand free instance slots to the oldest waiting requests of each track."""
+        if self.pumping:
+            return  # a slot freed while pumping: the loop below sees it
+        self.pumping = True
+        try:
+            for route in self.state.routes.values():
+                q = route.waiting
+                while q.count:
+                    ex = q.head()
+                    ups = route.pick(ex.tried)  # type: ignore[union-attr]
+                    if ups is FULL:
+                        break
+                    q.pop()
+                    if ups is None:
+                        ex._dispatch()  # type: ignore[union-attr]  # answers 502: no instance left
+                    else:
+                        ex.send_to(ups)  # type: ignore[union-attr]
+        finally:
+            self.pumping = False
 
     def swap(self, table: RoutingTable) -> None:
         """Serve `table` from the next request on; in-flight requests finish where they are
@@ -105,11 +131,16 @@ class ProxyServer:
             if self.track_releases.get(track, release) != release:
                 self.track_metrics[track] = TrackMetrics()
             self.track_releases[track] = release
-        self.state = self._compile(table)
+        old, self.state = self.state, self._compile(table)
         self.has_table = True
+        waiting = sorted((ex for r in old.routes.values() for ex in r.waiting.take_all()),
+                         key=lambda ex: ex.queued_at)
+        for ex in waiting:
+            ex.reroute(self.state)  # type: ignore[attr-defined]
         live = {u for ups in table.tracks.values() for u in ups}
         for u in [u for u in self.upstreams if u not in live]:
             self.upstreams.pop(u).retire()
+        self.pump()  # new instances may have room for requests that waited
         log.info("serving table version %d (weights %s)", table.version,
                  ", ".join(f"{t}={w:g}" for t, w in sorted(table.weights.items())) or "none")
 
@@ -125,6 +156,8 @@ class ProxyServer:
             "tracks": {name: {**m.snapshot(), "release": self.track_releases.get(name, "")}
                        for name, m in self.track_metrics.items() if name != NO_TRACK or m.requests},
             "upstreams": ups,
+            "limits": {k: getattr(self.table, k) for k in
+                       ("max_conns_per_instance", "queue_size", "queue_timeout", "per_try_timeout")},
         }
 
     def series(self, since: float) -> dict[str, Any]:
@@ -152,6 +185,7 @@ class ProxyServer:
         raises OSError when the address cannot be used."""
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
+        self.tries = TryWatch(loop)
         if socks:
             self.servers = [await loop.create_server(lambda: ClientConnection(self), sock=s, backlog=4096)
                             for s in socks]
@@ -186,6 +220,7 @@ class ProxyServer:
             c.abort()
         for st in self.upstreams.values():
             st.retire()
+        self.tries.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
 

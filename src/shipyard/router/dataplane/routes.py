@@ -1,4 +1,5 @@
-"""A routing table compiled for the hot path: tracks as round-robin lists, buckets as a list.
+"""A routing table compiled for the hot path: tracks as round-robin lists, buckets as a list;
+each track with its in-flight limit per instance, its queue and its panic threshold.
 
 Kept apart from the proxy and the exchange so that both can use a route without
 importing each other (the exchange picks instances, the proxy builds routes)."""
@@ -11,7 +12,22 @@ from typing import Protocol
 
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.upstream import UpstreamState
-from shipyard.router.table import BUCKETS, RoutingTable, user_bucket
+from shipyard.router.dataplane.waiting import WaitingQueue
+from shipyard.router.table import (
+    BUCKETS,
+    DEFAULT_MAX_CONNS,
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_QUEUE_TIMEOUT,
+    RoutingTable,
+    user_bucket,
+)
+
+
+class _Full:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FULL"
 
 
 class Peer(Protocol):
@@ -20,32 +36,78 @@ class Peer(Protocol):
     def peer_bucket(self) -> int: ...
 
 
+FULL = _Full()
+"""pick()'s answer when instances are left but every one is at its limit: the request waits."""
+PANIC_THRESHOLD = 0.5
+"""Below this share of a track's instances in rotation, instances ejected on weak evidence
+(timeouts, silences) are routed to again (Envoy's panic threshold): under overload every
+instance is slow, and ejecting them one by one would turn slowness into an outage."""
+
+
 class TrackRoute:
-    """One track of one table version: its instances in round-robin order."""
+    """One track of one table version: its instances in round-robin order, the limit of
+    requests in flight on each, and the queue of those waiting for a free one."""
 
-    __slots__ = ("name", "upstreams", "rr", "metrics")
+    __slots__ = ("name", "upstreams", "rr", "metrics", "limit", "waiting")
 
-    def __init__(self, name: str, upstreams: list[UpstreamState], metrics: TrackMetrics) -> None:
+    def __init__(self, name: str, upstreams: list[UpstreamState], metrics: TrackMetrics,
+                 limit: int = DEFAULT_MAX_CONNS, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> None:
         self.name = name
         self.upstreams = upstreams
         self.rr = 0
         self.metrics = metrics
+        self.limit = limit
+        self.waiting = WaitingQueue(queue_size, queue_timeout, metrics)
 
-    def pick(self, tried: list[UpstreamState] | None) -> UpstreamState | None:
-        """Next instance that is neither ejected nor already tried by this request. When all
-        are ejected, an ejected one is still tried once: it may be back before its probe says so."""
+    def pick(self, tried: list[UpstreamState] | None) -> UpstreamState | _Full | None:
+        """Next instance in rotation, not already tried by this request, that can take one more
+        request; FULL when the only ones left are at their limit; None when none is left. When
+        all are ejected, an ejected one is still tried once: it may be back before its probe says so."""
         ups = self.upstreams
         n = len(ups)
         start = self.rr
+        limit = self.limit
+        busy = False
+        panic: bool | None = None
         for k in range(n):
             u = ups[(start + k) % n]
-            if not u.metrics.ejected and (tried is None or u not in tried):
-                self.rr = (start + k + 1) % n
-                return u
+            if tried is not None and u in tried:
+                continue
+            if u.metrics.ejected:
+                if not u.soft:
+                    continue
+                if panic is None:
+                    panic = self._in_rotation() < PANIC_THRESHOLD * n
+                if not panic:
+                    continue
+            if not u.can_take(limit):
+                busy = True
+                continue
+            self.rr = (start + k + 1) % n
+            return u
+        if busy:
+            return FULL
         for u in ups:
             if tried is None or u not in tried:
-                return u
-        return None
+                if u.can_take(limit):
+                    return u
+                busy = True
+        return FULL if busy else None
+
+    def _in_rotation(self) -> int:
+        return sum(1 for u in self.upstreams if not u.metrics.ejected)
+
+    def may_eject(self, ups: UpstreamState) -> bool:
+        """Whether weak evidence may take `ups` out: not if fewer than PANIC_THRESHOLD of the
+        track's instances would be left in rotation."""
+        left = self._in_rotation() - (0 if ups.metrics.ejected else 1)
+        return left >= PANIC_THRESHOLD * len(self.upstreams)
+
+    def has_other(self, ups: UpstreamState, tried: list[UpstreamState] | None) -> bool:
+        """Whether another instance than `ups` (and those tried) could take the request."""
+        return any(u is not ups and (tried is None or u not in tried) and not (u.metrics.ejected and not u.soft)
+                   for u in self.upstreams)
 
 
 class RouteState:
@@ -53,7 +115,7 @@ class RouteState:
     dict lookup (override) or one hash and one list index (its user's bucket)."""
 
     __slots__ = ("table", "routes", "overrides", "by_bucket", "sticky_header", "sticky_cookie",
-                 "sticky_address", "single", "preview_token")
+                 "sticky_address", "single", "preview_token", "per_try_timeout")
 
     def __init__(self, table: RoutingTable, routes: dict[str, TrackRoute]) -> None:
         self.table = table
@@ -75,6 +137,7 @@ class RouteState:
         self.sticky_address = table.sticky_client_address
         self.preview_token = table.preview_token.encode("latin-1") if table.preview_token else None
         """X-Shipyard-Track is honoured only with this X-Shipyard-Preview-Token; None: never."""
+        self.per_try_timeout = table.per_try_timeout
 
     def preview_allowed(self, token: bytes | None) -> bool:
         """Whether a request's preview token is the service's (a constant-time compare, so the

@@ -4,13 +4,20 @@ Reusing connections is most of the router's speed; it is also the source of the
 classic restart race (the instance closes an idle connection just as a request is
 written to it), which the exchange handles by retrying on a fresh connection. An
 instance that refuses connections is ejected from round-robin and probed in the
-background, so one dead instance costs one failed connect, not one per request."""
+background, so one dead instance costs one failed connect, not one per request.
+
+A connect that times out, or a request left without an answer for per_try_timeout, is
+weaker evidence: an instance whose accept backlog overflowed under load looks the same
+for a moment. Such an ejection is "soft": its track may refuse it (panic threshold) and
+route to the instance anyway, and a silent instance is re-admitted only once it answers
+an HTTP request again (a stopped process still completes TCP handshakes into its backlog)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
@@ -25,6 +32,16 @@ PROBE_INTERVAL = 1.0
 MAX_IDLE_PER_UPSTREAM = 1024
 IDLE_POOL_TIMEOUT = 60.0
 """Close pooled connections unused for this long; instances usually close theirs sooner."""
+UNPROVEN_LIMIT = 4
+"""New connections per instance not yet answered on: one still unanswered may be waiting in the
+instance's accept backlog, so a burst of clients ramps connections up instead of overflowing
+a small backlog (half of 8, the smallest backlogs seen in practice: the rest is left to health
+checks and other clients)."""
+PROBE_REQUEST = b"OPTIONS * HTTP/1.1\r\nHost: shipyard-probe\r\nConnection: close\r\n\r\n"
+"""Sent to an instance ejected for silence: any answer (even an error, even a close) shows it runs."""
+
+# Why an instance is out of rotation ("" while it is in).
+REFUSED, TIMEOUT, SILENT = "refused", "timeout", "silent"
 
 
 class ResponseSink(Protocol):
@@ -51,7 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an instance; carries one exchange at a time."""
 
     __slots__ = ("state", "transport", "parser", "ex", "reason", "headers", "seen", "answered",
-                 "head_done", "head_keep", "read_paused", "idle_since", "closed")
+                 "head_done", "head_keep", "read_paused", "idle_since", "closed", "unproven")
 
     def __init__(self, state: UpstreamState) -> None:
         self.state = state
@@ -69,6 +86,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.idle_since = 0.0
         self.closed = False
+        self.unproven = False
+        """Counted in its state's `unproven`: opened, nothing arrived on it yet (set by connect)."""
+
+    def proven(self) -> None:
+        if self.unproven:
+            self.unproven = False
+            self.state.unproven -= 1
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -81,6 +105,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.seen = self.answered = True
+        if self.unproven:
+            self.proven()
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
@@ -104,6 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.proven()
         ex = self.ex
         if ex is None:
             self.state.forget(self)
@@ -164,6 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close now, dropping anything unsent: the connection's state is unknown."""
         self.closed = True
+        self.proven()
         if self.transport is not None:
             self.transport.abort()
 
@@ -171,9 +199,10 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamState:
     """Everything the data plane knows about one instance, across table versions."""
 
-    __slots__ = ("upstream", "id", "metrics", "idle", "retired", "probe", "last_error")
+    __slots__ = ("upstream", "id", "metrics", "idle", "retired", "probe", "last_error", "unproven", "ejected_for",
+                 "wake")
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, wake: Callable[[], None] | None = None) -> None:
         self.upstream = upstream
         self.id = upstream.id
         self.metrics = UpstreamMetrics()
@@ -181,10 +210,25 @@ class UpstreamState:
         self.retired = False
         self.probe: asyncio.Task[None] | None = None
         self.last_error = ""
+        self.unproven = 0
+        """Connections being opened, or open and not answered on yet (see UNPROVEN_LIMIT)."""
+        self.ejected_for = ""
+        self.wake = wake
+        """Called when the instance is back in rotation: requests queued for it may go now."""
 
     @property
     def ejected(self) -> bool:
         return self.metrics.ejected
+
+    @property
+    def soft(self) -> bool:
+        """Ejected on weak evidence (a timeout, a silence): its track may still route here."""
+        return self.ejected_for in (TIMEOUT, SILENT)
+
+    def can_take(self, limit: int) -> bool:
+        """Whether one more request may go here now: below the in-flight limit, and either a
+        pooled connection is ready or few enough new ones are still unanswered."""
+        return self.metrics.inflight < limit and (bool(self.idle) or self.unproven < UNPROVEN_LIMIT)
 
     def acquire(self) -> UpstreamConnection | None:
         """A pooled connection still believed open, most recently used first."""
@@ -223,49 +267,91 @@ class UpstreamState:
             self.idle = keep
 
     async def connect(self) -> UpstreamConnection:
-        """A fresh connection; raises OSError or TimeoutError (the caller ejects)."""
+        """A fresh connection; raises OSError or TimeoutError (the caller ejects). The caller
+        counted it in `unproven` already, when it decided to connect (before this coroutine
+        ran: requests of one loop iteration must see each other's connects)."""
         loop = asyncio.get_running_loop()
         host, port = self.upstream.host, self.upstream.port
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
-        if self.metrics.ejected:  # it came back before its probe noticed
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+        except BaseException:
+            self.unproven -= 1
+            raise
+        if conn.closed:
+            self.unproven -= 1
+        else:
+            conn.unproven = True
+        if self.metrics.ejected and self.ejected_for != SILENT:  # it came back before its probe noticed
             self._readmit()
         return conn
 
-    def connect_failed(self, error: BaseException) -> str:
-        """Count the failure, eject the instance, start probing; returns a short reason."""
+    def connect_failed(self, error: BaseException, may_eject: bool = True) -> str:
+        """Count the failure, eject the instance, start probing; returns a short reason. A
+        timeout ejects only when `may_eject` (its track keeps enough instances); a refusal always."""
         reason = describe_connect_error(error)
         self.last_error = reason
         self.metrics.connect_failures += 1
-        if not self.metrics.ejected:
-            self.metrics.ejected = True
-            log.warning("ejected %s (%s:%d): %s", self.id, self.upstream.host, self.upstream.port, reason)
-            for c in self.idle:
-                c.close()
-            self.idle.clear()
-            if not self.retired:
-                self.probe = asyncio.get_running_loop().create_task(self._probe())
+        if isinstance(error, TimeoutError):
+            if may_eject:
+                self._eject(TIMEOUT, reason)
+        else:
+            self._eject(REFUSED, reason)
         return reason
 
+    def went_silent(self, timeout: float, may_eject: bool) -> str:
+        """A request got no response head within per_try_timeout; returns a short reason."""
+        reason = f"no response within per_try_timeout {timeout:g}s"
+        self.last_error = reason
+        self.metrics.silent += 1
+        if may_eject:
+            self._eject(SILENT, reason)
+        return reason
+
+    def _eject(self, why: str, reason: str) -> None:
+        if self.metrics.ejected:
+            if why == REFUSED:
+                self.ejected_for = REFUSED  # harder evidence wins: the panic threshold no longer applies
+            return
+        self.metrics.ejected = True
+        self.ejected_for = why
+        log.warning("ejected %s (%s:%d): %s", self.id, self.upstream.host, self.upstream.port, reason)
+        for c in self.idle:
+            c.close()
+        self.idle.clear()
+        if not self.retired:
+            self.probe = asyncio.get_running_loop().create_task(self._probe())
+
     async def _probe(self) -> None:
-        """Re-admit the instance as soon as a plain TCP connect succeeds again."""
-        loop = asyncio.get_running_loop()
-        host, port = self.upstream.host, self.upstream.port
+        """Re-admit the instance as soon as a plain TCP connect succeeds again (after a silence:
+        as soon as it answers an HTTP request)."""
         while self.metrics.ejected and not self.retired:
             await asyncio.sleep(PROBE_INTERVAL)
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
-            except (OSError, TimeoutError):
-                continue
-            transport.close()
-            if self.metrics.ejected:
+            if await self._alive(self.ejected_for == SILENT) and self.metrics.ejected:
                 self._readmit()
         self.probe = None
 
+    async def _alive(self, answer: bool) -> bool:
+        host, port = self.upstream.host, self.upstream.port
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    if answer:
+                        writer.write(PROBE_REQUEST)
+                        await reader.read(1)  # bytes or EOF: either way the process runs
+                finally:
+                    writer.transport.abort()
+        except (OSError, TimeoutError):
+            return False
+        return True
+
     def _readmit(self) -> None:
         self.metrics.ejected = False
+        self.ejected_for = ""
         log.warning("re-admitted %s (%s:%d)", self.id, self.upstream.host, self.upstream.port)
+        if self.wake is not None:
+            self.wake()
 
     def retire(self) -> None:
         """No table routes here any more: close idle connections now, busy ones when done."""

@@ -36,6 +36,15 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
     aborted = CounterMetricFamily("shipyard_requests_aborted",
                                   "Requests whose client left before the response was complete", labels=TRACK_LABELS)
     inflight = GaugeMetricFamily("shipyard_requests_in_flight", "Requests being served now", labels=TRACK_LABELS)
+    queued = GaugeMetricFamily("shipyard_requests_queued",
+                               "Requests waiting now for an instance below max_conns_per_instance (also in flight)",
+                               labels=TRACK_LABELS)
+    queue_timeouts = CounterMetricFamily("shipyard_queue_timeouts",
+                                         "Requests answered 503 after waiting queue_timeout for an instance",
+                                         labels=TRACK_LABELS)
+    queue_full = CounterMetricFamily("shipyard_queue_full",
+                                     "Requests answered 503 at once because the track's queue held queue_size",
+                                     labels=TRACK_LABELS)
     latency = HistogramMetricFamily("shipyard_request_duration_seconds",
                                     "Request head received to response sent, as the router saw it",
                                     labels=TRACK_LABELS)
@@ -61,6 +70,9 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
             router_errors.add_metric(labels, m.get("errors", 0))
             aborted.add_metric(labels, m.get("aborted", 0))
             inflight.add_metric(labels, m.get("inflight", 0))
+            queued.add_metric(labels, m.get("queued", 0))
+            queue_timeouts.add_metric(labels, m.get("queue_timeouts", 0))
+            queue_full.add_metric(labels, m.get("queue_full", 0))
             lat = m["latency"]
             latency.add_metric(labels, buckets=cumulative_buckets(lat["buckets"], lat["counts"]),
                                sum_value=lat["sum_ms"] / 1000)
@@ -69,8 +81,8 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
             upstream_requests.add_metric(labels, u["requests"])
             connect_failures.add_metric(labels, u["connect_failures"])
             ejected.add_metric(labels, 1 if u["ejected"] else 0)
-    return [up, requests, router_errors, aborted, inflight, latency, weight, upstream_requests, connect_failures,
-            ejected]
+    return [up, requests, router_errors, aborted, inflight, queued, queue_timeouts, queue_full, latency, weight,
+            upstream_requests, connect_failures, ejected]
 
 
 def cumulative_buckets(bounds_ms: list[Any], counts: list[int]) -> list[tuple[str, float]]:

@@ -210,6 +210,10 @@ def test_database_section() -> None:
 def test_router_kind() -> None:
     assert one(BASE + "router: {kind: nginx}\n") == (
         'shop.yaml:5 router.kind: must be one of "embedded" or "haproxy"; got "nginx"')
+    # the contract's name, refused until that router exists (never served by the embedded one)
+    assert one(BASE + "router: {kind: haproxy}\n") == (
+        "shop.yaml:5 router.kind: the haproxy router is not implemented yet; use kind: embedded "
+        "(the default), which this daemon runs")
 
 
 def test_router_limits() -> None:

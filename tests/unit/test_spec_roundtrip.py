@@ -47,7 +47,7 @@ strategy:
         - {name: p99, latency: {quantile: 0.99, max: 500ms}}
         - {name: prom, prometheus: {query: up, min: 1}}
 database: {url: "postgresql://127.0.0.1/shop", alembic: alembic.ini, lock_timeout: 1500ms}
-router: {kind: haproxy}
+router: {kind: embedded, max_conns_per_instance: 8, queue_size: 0, queue_timeout: 250ms, per_try_timeout: 2s}
 """
 
 

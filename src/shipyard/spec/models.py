@@ -146,6 +146,8 @@ class RouterSpec(SpecModel):
     accept backlog (HAProxy's per-server maxconn + queue)."""
 
     kind: Literal["embedded", "haproxy"] = "embedded"
+    """`haproxy` is the spec's contract for HAProxy driven through its Runtime API; until that
+    router exists it is refused, never silently served by the embedded one."""
     max_conns_per_instance: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
     """Requests in flight per instance. 64 is below the accept backlog of common servers
     (Python's socket default 128, asyncio 100, Node 511, gunicorn 2048), so the router alone
@@ -160,6 +162,14 @@ class RouterSpec(SpecModel):
     """An idempotent request whose instance sends no response head within this is sent once
     more to another instance of its track. 0 (default): off, since a slow endpoint would do
     its work twice; set it above the service's slowest normal answer."""
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_implemented(cls, kind: str) -> str:
+        if kind == "haproxy":
+            raise ValueError("the haproxy router is not implemented yet; use kind: embedded (the default), "
+                             "which this daemon runs")
+        return kind
 
 
 # -- notifications --------------------------------------------------------------------------------

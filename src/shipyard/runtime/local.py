@@ -163,6 +163,7 @@ class LocalRuntime:
             return
         began = time.monotonic()
         self._signal(instance, signal.SIGTERM)
+        self._signal(instance, signal.SIGCONT)   # a stopped (hung, SIGSTOPped) process only sees TERM once it runs
         how = "SIGTERM"
         if not await self._wait_gone(instance, max(0.0, timeout)):
             self._signal(instance, signal.SIGKILL)

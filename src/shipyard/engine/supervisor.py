@@ -36,6 +36,8 @@ class Supervisor:
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._watched: set[str] = set()
+        """Instance ids the current pass over the services has seen in a watched slot."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
@@ -57,14 +59,27 @@ class Supervisor:
 
     async def _loop(self) -> None:
         while True:
+            self._watched.clear()
+            complete = True
             for svc in self.d.store.list_services():
                 try:
                     await self._tick(svc)
                 except ShipyardError as e:
+                    complete = False
                     self.ops.event(svc.name, "supervisor.error", e.message)
                 except Exception:
+                    complete = False
                     log.exception("supervisor tick for %s failed", svc.name)
+            if complete:
+                self._forget_unwatched()
             await self.d.clock.sleep(TICK)
+
+    def _forget_unwatched(self) -> None:
+        """Drop the probe state of instances no watched slot holds any more: a rollout stops
+        instances without telling the supervisor, so a daemon that switches every few seconds
+        would otherwise keep three entries per instance it ever ran, forever."""
+        for gone in (self._next_probe.keys() | self._fails.keys() | self._oks.keys()) - self._watched:
+            self._forget(gone)
 
     async def _tick(self, svc: ServiceRecord) -> None:
         now = self.d.clock.monotonic()
@@ -106,6 +121,7 @@ class Supervisor:
         h = spec.health
         changed = False
         insts = [(i, st) for i, st in self.d.store.instances(service, slot) if st in ("healthy", "unhealthy")]
+        self._watched.update(i.id for i, _st in insts)
         due: list[Instance] = []
         for inst, _st in insts:
             if not self.d.runtime.is_alive(inst):

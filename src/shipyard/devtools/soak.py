@@ -238,8 +238,9 @@ Switcher = Callable[[int], Awaitable[None]]
 
 def alternating_switcher(api: AsyncApiClient, service: str, specs: list[Path]) -> Switcher:
     """Even switches roll back (the warm other slot takes the traffic), odd ones deploy the
-    spec of the release not serving, which starts fresh instances in the other slot: both
-    kinds of rollout, and instances that come and go, for as long as the soak lasts."""
+    specs in turn; a deploy always starts fresh instances in the other slot (replacing the
+    warm ones), so both kinds of rollout run, and instances come and go, for as long as the
+    soak lasts."""
     async def switch(n: int) -> None:
         if n % 2 == 0:
             r = (await api.post(f"/v1/services/{service}/rollback"))["rollout"]

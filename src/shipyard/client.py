@@ -125,7 +125,11 @@ class AsyncApiClient:
     def __init__(self, paths: StatePaths, timeout: float = 600.0) -> None:
         import httpx
         sync = ApiClient(paths)
+        # The daemon (uvicorn) closes a connection idle for 5 s, and httpx's default keep-alive
+        # expiry is also 5 s: a request sent after ~5 s of quiet raced the server's close and
+        # failed with a reset (a soak switching every 5 s hit it). Expire well before the server.
         self._http = httpx.AsyncClient(base_url=f"http://{sync.host}:{sync.port}", timeout=timeout,
+                                       limits=httpx.Limits(keepalive_expiry=2.0),
                                        headers={"Authorization": f"Bearer {sync.token}",
                                                 ACTOR_HEADER: sync.actor})
 

@@ -89,3 +89,18 @@ def test_series_buckets_are_the_shared_histogram_buckets() -> None:
         m = TrackMetrics()
         m.observe(200, ms, now=10.5)
         assert m.series(0, now=12)[0]["latency"] == {str(bucket_of(ms)): 1}, ms
+
+
+def test_series_ring_holds_only_seconds_it_can_still_answer_with_sparse_traffic() -> None:
+    """A blue-green track serves every other 10 s: the ring is trimmed by time, not only by
+    count, so it never holds seconds older than SERIES_SECONDS (issue 13's soak)."""
+    m = TrackMetrics()
+    base = 1_000_000
+    for t in range(base, base + 4 * SERIES_SECONDS):
+        if (t // 10) % 2:
+            m.observe(200, 1.0, now=t + 0.5)
+    now = base + 4 * SERIES_SECONDS + 0.5
+    m.observe(200, 1.0, now=now)
+    assert len(m.ring) <= SERIES_SECONDS // 2 + 10
+    assert all(t >= int(now) - SERIES_SECONDS for t, *_ in m.ring)
+    assert [p["t"] for p in m.series(0, now + 1)] == [t for t, *_ in m.ring][-len(m.series(0, now + 1)):]

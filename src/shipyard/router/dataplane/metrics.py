@@ -85,6 +85,10 @@ class TrackMetrics:
             self.ring.append((self.sec, self.sec_requests, self.sec_errors, self.sec_latency))
             self.sec_requests = self.sec_errors = 0
             self.sec_latency = {}
+        # by time too: idle seconds are not kept, so a track that serves every other switch
+        # would otherwise hold far more than SERIES_SECONDS of seconds nobody can read
+        while self.ring and self.ring[0][0] < sec - SERIES_SECONDS:
+            self.ring.popleft()
         self.sec = sec
 
     def series(self, since: float, now: float) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ SCRIPT = ROOT / "benchmarks" / "faults.py"
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.mark.skipif(not os.access("/usr/bin/wrk", os.X_OK), reason="needs /usr/bin/wrk (apt-get install wrk)")
 def test_faults_quick_measures_every_phase(tmp_path: Path) -> None:
     out = tmp_path / "faults.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)], cwd=ROOT,

@@ -213,7 +213,7 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
 
 def doc_body(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = [f"Measured {res['date']} on this branch (to be re-measured after merge): {m['nproc']} CPUs "
+    lines = [f"Measured {res['date']} on main: {m['nproc']} CPUs "
              f"({m['cpu_model']}), cpu probe {m['cpu_probe_ms']} ms, load average {m['loadavg_1min_before']} "
              f"before the run; `benchmarks/faults.py` (JSON in `benchmarks/results/faults.json`).", ""]
     if (k := res.get("router_kill")) is not None:

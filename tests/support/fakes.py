@@ -226,6 +226,9 @@ class FakeRouter:
 
     # -- the Router port -----------------------------------------------------------------
 
+    def exited(self, service: str) -> bool:
+        return service in self.crashes
+
     async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
         await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
         self.ensured.append(service)

@@ -149,6 +149,11 @@ class Router(Protocol):
         and signal None when unknown), so the engine can record the crash."""
         ...
 
+    def exited(self, service: str) -> bool:
+        """True once the data plane last found serving `service` has died. No I/O: asked
+        every supervisor tick, so a crashed router is replaced (by `ensure`) within a tick."""
+        ...
+
     async def apply(self, table: RoutingTable) -> None:
         """Swap the whole table atomically; returns once the data plane serves it."""
         ...

@@ -29,6 +29,7 @@ TICK = 0.25
 WATCHED = (SlotState.LIVE, SlotState.WARM, SlotState.CANARY)
 """Slots whose instances are kept up by the supervisor (a starting slot is its rollout's job)."""
 ROUTER_CHECK_EVERY = 1.0
+"""The full check (ping, table version) of each router; a router that exited is seen every TICK."""
 
 
 class Supervisor:
@@ -88,7 +89,7 @@ class Supervisor:
 
     async def _tick(self, svc: ServiceRecord) -> None:
         now = self.d.clock.monotonic()
-        if now - self._router_checked.get(svc.name, 0.0) >= ROUTER_CHECK_EVERY:
+        if self.d.router.exited(svc.name) or now - self._router_checked.get(svc.name, 0.0) >= ROUTER_CHECK_EVERY:
             self._router_checked[svc.name] = now
             await self._check_router(svc)
         changed = False

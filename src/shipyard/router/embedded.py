@@ -69,6 +69,8 @@ class EmbeddedRouter:
         """The last router this object started per service: how it ended, when it dies."""
         self._no_handover: set[int] = set()
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
+        self._serving: dict[str, int] = {}
+        """Per service, the pid of the router last found serving it (started or re-adopted)."""
 
     # -- Router protocol ------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class EmbeddedRouter:
         if info is not None:
             if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
                 self._write_pid(service, int(info["pid"]), want)
+                self._serving[service] = int(info["pid"])
                 held = self._sockets.get(service)
                 if held is None or held[0] != want:
                     await self._take_over_sockets(service, want, int(info["pid"]))
@@ -150,6 +153,24 @@ class EmbeddedRouter:
         with contextlib.suppress(FileNotFoundError):
             self.pid_file(service).unlink()
         self._started.pop(service, None)
+        self._serving.pop(service, None)
+
+    def exited(self, service: str) -> bool:
+        """The router last found serving `service` is gone: one poll or signal-0, no socket
+        I/O, so the supervisor can ask every tick and repair a crash within one."""
+        proc = self._started.get(service)
+        if proc is not None:
+            return proc.poll() is not None
+        pid = self._serving.get(service)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     # -- files ------------------------------------------------------------------------
 
@@ -266,6 +287,7 @@ class EmbeddedRouter:
             if code is not None:
                 self._children.pop(proc.pid, None)
                 self._started.pop(service, None)
+                self._serving.pop(service, None)
                 self._close_sockets(service)   # no router will accept: refuse, rather than queue forever
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
@@ -280,6 +302,7 @@ class EmbeddedRouter:
                 proc.wait()
                 self._children.pop(proc.pid, None)
                 self._started.pop(service, None)
+                self._serving.pop(service, None)
                 self._close_sockets(service)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()

@@ -45,3 +45,32 @@ def test_a_dead_router_is_restarted_and_recorded(world: World, tmp_path: Path) -
 
     run(main(), world.clock)
     assert world.io_attempts == []
+
+
+def test_a_router_that_exited_is_replaced_within_a_tick_not_at_the_next_full_check(world: World,
+                                                                                   tmp_path: Path) -> None:
+    """The full check runs every ROUTER_CHECK_EVERY (1 s); a router the adapter knows has exited
+    is replaced at the next supervisor tick (0.25 s), so a crash costs a quarter of the gap."""
+    from shipyard.engine.supervisor import ROUTER_CHECK_EVERY, TICK
+    spec = write_spec(tmp_path)
+
+    async def main() -> None:
+        c = Controller(world.deps())
+        await c.start()
+        try:
+            r = await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=3600)
+            assert r.phase is Phase.SUCCEEDED, r.reason
+            await world.clock.sleep(3)
+            for _ in range(5):       # at different offsets from the last full check
+                await world.clock.sleep(0.37)
+                world.router.crashes["shop"] = {"pid": 4242, "exit_code": 1, "signal": None, "reason": "exit 1"}
+                crashed = world.clock.monotonic()
+                while "shop" in world.router.crashes:
+                    await world.clock.sleep(0.01)
+                assert world.clock.monotonic() - crashed <= TICK + 0.02 < ROUTER_CHECK_EVERY
+            assert c.queries.router_restarts("shop") == 5
+        finally:
+            await c.close()
+
+    run(main(), world.clock)
+    assert world.io_attempts == []

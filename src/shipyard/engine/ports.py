@@ -150,7 +150,7 @@ class Router(Protocol):
         ...
 
     def exited(self, service: str) -> bool:
-        """True once the data plane last found serving `service` has died. No I/O: asked
+        """True once the data plane last found serving `service` has died. Cheap (no network): asked
         every supervisor tick, so a crashed router is replaced (by `ensure`) within a tick."""
         ...
 

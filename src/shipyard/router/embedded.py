@@ -156,7 +156,7 @@ class EmbeddedRouter:
         self._serving.pop(service, None)
 
     def exited(self, service: str) -> bool:
-        """The router last found serving `service` is gone: one poll or signal-0, no socket
+        """The router last found serving `service` is gone: one poll or /proc read, no socket
         I/O, so the supervisor can ask every tick and repair a crash within one."""
         proc = self._started.get(service)
         if proc is not None:
@@ -164,13 +164,11 @@ class EmbeddedRouter:
         pid = self._serving.get(service)
         if pid is None:
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        try:      # not our child: gone, or a zombie nobody has reaped yet
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except (OSError, IndexError):
             return True
-        except PermissionError:
-            return False
-        return False
 
     # -- files ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from support.fakes import (
     FakeRouter,
     FakeRuntime,
     InMemoryStore,
+    run,
 )
 
 SPEC_HEAD = """\
@@ -146,3 +148,17 @@ class World:
             "instances": sorted((i.slot, i.image_id) for i in self.runtime.live(service)),
             "store_instances": sorted((i.slot, i.image_id, st) for i, st in self.store.instances(service)),
         }
+
+
+def drive(world: World, body: Callable[[Controller], Awaitable[None]]) -> None:
+    """Start a controller on `world`, run `body` with it in virtual time, always close it;
+    nothing may have reached the real world."""
+    async def main() -> None:
+        c = world.controller()
+        await c.start()
+        try:
+            await body(c)
+        finally:
+            await c.close()
+    run(main(), world.clock)
+    assert world.io_attempts == []

@@ -24,13 +24,6 @@ class Crash(BaseException):
     """Not an Exception: nothing in the engine catches it; the driver's task just dies."""
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
-
-
 async def canary_taking_users(world: World, c: Controller, spec: Path) -> Rollout:
     """v1 live, v2 deployed as a canary and holding 10 % of the users (its pause step)."""
     assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, 3600)).phase is Phase.SUCCEEDED

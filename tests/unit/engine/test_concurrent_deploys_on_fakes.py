@@ -20,13 +20,6 @@ N = 5
 ROUNDS = 6
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
-
-
 async def race(c: Controller, spec: Path, image: str, n: int = N) -> tuple[list[Rollout], list[ConflictError]]:
     """`n` deploys of one spec gathered at once: (accepted, refused)."""
     got = await asyncio.gather(*(c.deploy(str(spec), image_id=image) for _ in range(n)), return_exceptions=True)

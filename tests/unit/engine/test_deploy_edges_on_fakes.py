@@ -19,13 +19,6 @@ from support.fakes import run
 MANUAL = BLUE_GREEN.replace("auto_promote: true", "auto_promote: false")
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
-
-
 def drive(world: World, body: Callable[[Controller], Awaitable[None]], env: dict[str, str] | None = None) -> None:
     async def main() -> None:
         c = Controller(replace(world.deps(), env=env or {}))

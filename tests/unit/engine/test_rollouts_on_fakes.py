@@ -3,7 +3,6 @@ no socket, no real waiting (virtual time), so each runs in milliseconds."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -11,28 +10,7 @@ import pytest
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
 from shipyard.rollout.records import SlotState
-from support.fake_world import BLUE_GREEN, CANARY, World, write_spec
-from support.fakes import run
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
-
-
-def drive(world: World, body: Callable[[Controller], Awaitable[None]]) -> None:
-    """Start a controller, run `body` with it in virtual time, always close it."""
-    async def main() -> None:
-        c = world.controller()
-        await c.start()
-        try:
-            await body(c)
-        finally:
-            await c.close()
-    run(main(), world.clock)
-    assert world.io_attempts == []
+from support.fake_world import BLUE_GREEN, CANARY, World, drive, write_spec
 
 
 async def deployed(c: Controller, spec: Path, image: str) -> Phase:

@@ -5,7 +5,6 @@ outage answers StoreUnavailable at once and is honoured after it. Traffic never 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,30 +13,10 @@ from shipyard.engine.controller import Controller
 from shipyard.engine.driver import STALE_AFTER
 from shipyard.errors import StoreUnavailable
 from shipyard.rollout.model import Phase, Rollout
-from support.fake_world import BLUE_GREEN, World, write_spec
-from support.fakes import run
+from support.fake_world import BLUE_GREEN, World, drive, write_spec
 
 FULL = StoreUnavailable("no space left on device writing /state/state.db", "free space in /state")
 MANUAL = BLUE_GREEN.replace("auto_promote: true", "auto_promote: false")
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
-
-
-def drive(world: World, body: Callable[[Controller], Awaitable[None]]) -> None:
-    async def main() -> None:
-        c = world.controller()
-        await c.start()
-        try:
-            await body(c)
-        finally:
-            await c.close()
-    run(main(), world.clock)
-    assert world.io_attempts == []
 
 
 def fail_writes_once_stored(world: World, phase: Phase) -> None:

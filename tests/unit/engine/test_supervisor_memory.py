@@ -6,19 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
 from support.fake_world import World, write_spec
 from support.fakes import run
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = World(tmp_path)
-    w.forbid_io(monkeypatch)
-    return w
 
 
 def probed(c: Controller) -> set[str]:

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +150,11 @@ class World:
         }
 
 
-def drive(world: World, body: Callable[[Controller], Awaitable[None]]) -> None:
-    """Start a controller on `world`, run `body` with it in virtual time, always close it;
-    nothing may have reached the real world."""
+def drive(world: World, body: Callable[[Controller], Awaitable[None]], env: dict[str, str] | None = None) -> None:
+    """Start a controller on `world` (with the daemon environment `env`, if given), run `body`
+    with it in virtual time, always close it; nothing may have reached the real world."""
     async def main() -> None:
-        c = world.controller()
+        c = world.controller() if env is None else Controller(replace(world.deps(), env=env))
         await c.start()
         try:
             await body(c)

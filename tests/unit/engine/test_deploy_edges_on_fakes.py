@@ -4,8 +4,6 @@ restart; a deploy whose only change is run.secret_env rolls out like `apply` wou
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,9 @@ import pytest
 from shipyard.engine.controller import Controller
 from shipyard.errors import NotFoundError
 from shipyard.rollout.model import Phase
-from support.fake_world import BLUE_GREEN, World, write_spec
-from support.fakes import run
+from support.fake_world import BLUE_GREEN, World, drive, write_spec
 
 MANUAL = BLUE_GREEN.replace("auto_promote: true", "auto_promote: false")
-
-
-def drive(world: World, body: Callable[[Controller], Awaitable[None]], env: dict[str, str] | None = None) -> None:
-    async def main() -> None:
-        c = Controller(replace(world.deps(), env=env or {}))
-        await c.start()
-        try:
-            await body(c)
-        finally:
-            await c.close()
-    run(main(), world.clock)
-    assert world.io_attempts == []
 
 
 def assert_nothing_of_shop_remains(world: World, c: Controller) -> None:

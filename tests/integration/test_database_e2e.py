@@ -19,7 +19,7 @@ import pytest
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.demo import example_dir
 from shipyard.devtools.loadgen import Traffic
-from shipyard.errors import ConflictError
+from shipyard.errors import ConflictError, NotFoundError
 from support import SpecMaker, deploy
 from support.pg import query, throwaway_db
 
@@ -189,5 +189,14 @@ async def test_unparseable_migration_stops_the_deploy_before_anything_runs(
     assert r["phase"] == "failed", r
     assert "0003_typo.sql:2" in r["reason"] and "syntax error" in r["reason"], r["reason"]
     assert await query(db, "SELECT to_regclass('products'), to_regclass('shipyard_migrations')") == [(None, None)]
-    status = await api.get("/v1/services/shop")
-    assert all(s["instances"] == [] for s in status["slots"].values())
+    # a first release that ended before it served is unregistered (after the failure is stored):
+    # no instance, no service record left
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            status = await api.get("/v1/services/shop")
+        except NotFoundError:
+            break
+        assert all(s["instances"] == [] for s in status["slots"].values()), status
+        assert time.monotonic() < deadline, f"shop still registered 10 s after its first release failed: {status}"
+        await asyncio.sleep(0.05)

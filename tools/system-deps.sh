@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: Prometheus (the Prometheus-in analysis test
 # starts its own server on loopback), Chromium + ChromeDriver (the dashboard's browser test) and
-# bubblewrap (the sandbox's fallback when Landlock is missing) and wrk (benchmarks/faults.py's
-# 1,000-connection load, smoke-run by the tests).
+# bubblewrap (the sandbox's fallback when Landlock is missing), wrk (benchmarks/faults.py's
+# 1,000-connection load, smoke-run by the tests) and HAProxy (the `router: {kind: haproxy}` data
+# plane, driven through its Runtime API; socat-free: shipyard speaks to the admin socket itself).
 # Installed from Debian's packages when missing; needs root (or sudo).
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 [ -x /usr/bin/wrk ] || missing+=(wrk)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -17,7 +17,7 @@ from typing import Any
 
 from shipyard.drift.report import DriftFinding
 from shipyard.errors import RuntimeFailure
-from shipyard.procfs import read_proc_stat
+from shipyard.procfs import proc_bytes, read_proc_stat
 from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.command import instance_environment, resolve_program, substitute
 
@@ -81,8 +81,8 @@ def read_process(pid: int, start_time: int) -> LiveProcess:
     if st is None or st.dead or st.start_time != start_time:
         raise ProcessGone()
     try:
-        argv = _split_nul(Path(f"/proc/{pid}/cmdline").read_bytes())
-        env_items = _split_nul(Path(f"/proc/{pid}/environ").read_bytes())
+        argv = _split_nul(proc_bytes(pid, "cmdline"))
+        env_items = _split_nul(proc_bytes(pid, "environ"))
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone() from exc
     again = read_proc_stat(pid)
@@ -204,7 +204,7 @@ def environ_of(pid: int) -> dict[str, str] | None:
     """The initial environment of any process; None when it is gone. PermissionError when
     /proc refuses (another user's process, or one that made itself non-dumpable)."""
     try:
-        items = _split_nul(Path(f"/proc/{pid}/environ").read_bytes())
+        items = _split_nul(proc_bytes(pid, "environ"))
     except (FileNotFoundError, ProcessLookupError):
         return None
     return _env_dict(items)

@@ -13,7 +13,7 @@ from typing import Any
 from shipyard.drift.listeners import listening_sockets, socket_owners
 from shipyard.drift.processes import all_pids, environ_of, redact_arg
 from shipyard.drift.report import DriftFinding
-from shipyard.procfs import read_proc_stat
+from shipyard.procfs import proc_bytes, read_proc_stat
 from shipyard.rollout.records import Instance
 
 LIVE_STATUSES = ("starting", "healthy", "unhealthy")
@@ -26,7 +26,7 @@ def describe_process(pid: int) -> dict[str, Any]:
     """pid, argv (secret-looking NAME=value arguments redacted) and uid, for evidence."""
     info: dict[str, Any] = {"pid": pid}
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = proc_bytes(pid, "cmdline")
         argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]]
         info["argv"] = " ".join(redact_arg(a) for a in argv)[:ARGV_LIMIT]
         info["uid"] = os.stat(f"/proc/{pid}").st_uid
@@ -37,7 +37,7 @@ def describe_process(pid: int) -> dict[str, Any]:
 
 def _parent(pid: int) -> int | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        raw = proc_bytes(pid, "stat")
         return int(raw[raw.rindex(b")") + 2 :].split()[1])
     except (OSError, ValueError, IndexError):
         return None

@@ -71,6 +71,9 @@ class EmbeddedRouter:
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
         self._serving: dict[str, int] = {}
         """Per service, the pid of the router last found serving it (started or re-adopted)."""
+        self._files: dict[str, tuple[Path, Path]] = {}
+        """Per service, its pid file and control socket: built once, because every Path built
+        interns its components and the supervisor asks several times a second (see procfs)."""
 
     # -- Router protocol ------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class EmbeddedRouter:
             self.pid_file(service).unlink()
         self._started.pop(service, None)
         self._serving.pop(service, None)
+        self._files.pop(service, None)
 
     def exited(self, service: str) -> bool:
         """The router last found serving `service` is gone: one poll or /proc read, no socket
@@ -181,10 +185,20 @@ class EmbeddedRouter:
         return pids
 
     def pid_file(self, service: str) -> Path:
-        return self.paths.routers / f"{service}.pid"
+        return self._service_files(service)[0]
+
+    def _socket(self, service: str) -> Path:
+        return self._service_files(service)[1]
+
+    def _service_files(self, service: str) -> tuple[Path, Path]:
+        files = self._files.get(service)
+        if files is None:
+            files = self._files[service] = (self.paths.routers / f"{service}.pid",
+                                            self.paths.router_socket(service))
+        return files
 
     def _client(self, service: str, timeout: float = 5.0) -> RouterControlClient:
-        return RouterControlClient(self.paths.router_socket(service), timeout)
+        return RouterControlClient(self._socket(service), timeout)
 
     def _write_pid(self, service: str, pid: int, listen: str) -> None:
         """Rewritten only when it changes: the supervisor re-adopts every second, and a full
@@ -212,7 +226,7 @@ class EmbeddedRouter:
             return None
         if started is not None and process_start_time(pid) != started:
             return None
-        return pid if _is_router(pid, self.paths.router_socket(service)) else None
+        return pid if _is_router(pid, self._socket(service)) else None
 
     # -- processes ----------------------------------------------------------------------
 

@@ -68,3 +68,10 @@ class StoreUnavailable(ShipyardError):
     the API answers 503 and a caller may try again once the cause is cleared."""
 
     exit_code = 6
+
+    CAUSES = ("disk_full", "locked", "read_only", "cannot_open", "damaged", "io_error", "unavailable")
+    """What `cause` may be: the label of shipyard_store_refusals_total in /metrics."""
+
+    def __init__(self, message: str, hint: str | None = None, cause: str = "unavailable") -> None:
+        super().__init__(message, hint)
+        self.cause = cause

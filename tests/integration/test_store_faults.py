@@ -81,6 +81,12 @@ async def ping_while(url: str, until: asyncio.Event) -> list[float]:
     return out
 
 
+def _metrics_text(url: str) -> str:
+    resp = httpx.get(f"{url}/metrics", timeout=10)
+    resp.raise_for_status()
+    return resp.text
+
+
 def p99(xs: list[float]) -> float:
     return sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.99))]
 
@@ -247,6 +253,9 @@ async def test_a_foreign_lock_never_freezes_the_api_and_a_rollback_answers_503_w
         assert len(pings) > 20 and p99(pings) < 200, (p99(pings), max(pings), len(pings))
         print(f"during the lock: /v1/ping p99 {p99(pings):.1f} ms, max {max(pings):.1f} ms over {len(pings)};"
               f" rollback answered 503 in {seconds:.2f} s; a read in {reads * 1000:.1f} ms")
+        metrics = (await asyncio.to_thread(_metrics_text, url))
+        refused = [line for line in metrics.splitlines() if line.startswith('shipyard_store_refusals_total{cause="locked"}')]
+        assert refused and float(refused[0].split()[-1]) >= 1, refused
         # once released, the queued rollback (an abort before the switch) is carried out
         done = await api.wait_rollout(r["id"], timeout=60)
         assert done["phase"] == "aborted", done

@@ -74,11 +74,17 @@ class InMemoryStore:
         self.fail_writes: StoreUnavailable | None = None
         """Set: every write raises it (a full disk, a foreign lock), changing nothing; None: writes work again."""
         self.refused_writes = 0
+        self._refusals: dict[str, int] = {}
 
     def _writable(self) -> None:
         if self.fail_writes is not None:
             self.refused_writes += 1
+            cause = self.fail_writes.cause
+            self._refusals[cause] = self._refusals.get(cause, 0) + 1
             raise self.fail_writes
+
+    def refusals(self) -> dict[str, int]:
+        return dict(self._refusals)
 
     @property
     def audit(self) -> AuditLog:

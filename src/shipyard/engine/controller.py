@@ -329,7 +329,7 @@ class Controller:
         held = self.driver.waiting_on_store(r.id)
         if held is not None:     # a step of it waits for the store: the command runs once that is written
             raise StoreUnavailable(f"{held.message}: rollout {r.id} stays at its last recorded step; the command is"
-                                   " queued and is carried out once it can be recorded", held.hint)
+                                   " queued and is carried out once it can be recorded", held.hint, held.cause)
         return self.d.store.get_rollout(r.id) or r
 
     def _driving(self, rollout_id: str) -> tuple[bool, str | None]:

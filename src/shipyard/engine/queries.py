@@ -227,6 +227,10 @@ class Queries:
     def services(self) -> list[dict[str, Any]]:
         return [self.status(s.name) for s in self._d.store.list_services()]
 
+    def store_refusals(self) -> dict[str, int]:
+        """Store calls refused since the daemon started (disk full, foreign lock, ...), per cause."""
+        return self._d.store.refusals()
+
     def router_restarts(self, service: str) -> int:
         """How often the service's router died and was restarted since the daemon started."""
         return self._d.router_restarts.get(service, 0)

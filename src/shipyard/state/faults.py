@@ -62,21 +62,21 @@ def translate(e: sqlite3.Error, path: Path) -> StoreUnavailable | None:
     where, retry = path.parent, "the daemon retries on its own and goes on once it can write"
     if primary == _FULL or (primary == _IOERR and _disk_full(where)):
         return StoreUnavailable(f"no space left on device writing {path}",
-                                f"free space in {where} (df -h {where}); {retry}")
+                                f"free space in {where} (df -h {where}); {retry}", cause="disk_full")
     if primary in (_BUSY, _LOCKED, _PROTOCOL):
         return StoreUnavailable(f"the state database {path} is locked by another process",
-                                f"find the process holding it (fuser {path}) and end its transaction; {retry}")
+                                f"find the process holding it (fuser {path}) and end its transaction; {retry}", cause="locked")
     if primary == _READONLY:
         return StoreUnavailable(f"the state database {path} is read-only",
-                                f"make {path} and {where} writable by uid {os.getuid()}; {retry}")
+                                f"make {path} and {where} writable by uid {os.getuid()}; {retry}", cause="read_only")
     if primary == _CANTOPEN:
         return StoreUnavailable(f"the state database {path} cannot be opened: {e}",
-                                f"check that {where} exists and is writable by uid {os.getuid()}")
+                                f"check that {where} exists and is writable by uid {os.getuid()}", cause="cannot_open")
     if primary in (_CORRUPT, _NOTADB):
         return StoreUnavailable(f"the state database {path} is damaged: {e}",
-                                "stop the daemon and restore the file from a backup")
+                                "stop the daemon and restore the file from a backup", cause="damaged")
     return StoreUnavailable(f"I/O error on the state database {path}: {e}",
-                            f"check the disk holding {where} (dmesg); {retry}")
+                            f"check the disk holding {where} (dmesg); {retry}", cause="io_error")
 
 
 class FaultLog:
@@ -94,10 +94,14 @@ class FaultLog:
         self._line_at = 0.0
         self._refused = 0
         self.refused_total = 0
+        """Calls refused in the current (or last) outage: what its log lines count."""
+        self.refusals: dict[str, int] = {}
+        """Calls refused since the daemon started, per cause (StoreUnavailable.cause): /metrics."""
 
     def failed(self, err: StoreUnavailable) -> None:
         now = self.clock()
         self.refused_total += 1
+        self.refusals[err.cause] = self.refusals.get(err.cause, 0) + 1
         self._last_refusal = now
         if err.message != self.failing:
             if self.failing is None:

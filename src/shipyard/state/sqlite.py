@@ -90,6 +90,9 @@ class SqliteStore:
         """The store's outage so far (cause, calls refused): what the daemon logs."""
         return self.db.faults
 
+    def refusals(self) -> dict[str, int]:
+        return dict(self.db.faults.refusals)
+
     def close(self) -> None:
         self.db.close()
 

@@ -39,8 +39,8 @@ def locked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sto
 
     def lock(on: bool) -> None:
         if isinstance(store, InMemoryStore):
-            store.fail_writes = StoreUnavailable(f"the state database {path} is locked by another process") \
-                if on else None
+            store.fail_writes = StoreUnavailable(f"the state database {path} is locked by another process",
+                                                 cause="locked") if on else None
         else:
             assert other is not None
             other.execute("BEGIN EXCLUSIVE" if on else "ROLLBACK")
@@ -142,3 +142,28 @@ def test_the_log_says_a_cause_once_then_counts_then_recovery(caplog: pytest.LogC
     assert "still failing: 120 store calls refused in the last 60 s" in lines[1]
     assert lines[2].startswith("state database writable again after 103.0 s (201 store calls refused)")
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_refused_calls_are_counted_per_cause_for_metrics_and_survive_the_outage(
+        locked: tuple[Store, Callable[[bool], None]]) -> None:
+    store, lock = locked
+    assert store.refusals() == {}
+    lock(True)
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable) as err:
+            store.put_service(ServiceRecord("cart", "127.0.0.1:8081", "/x/cart.yaml"))
+        assert err.value.cause == "locked"
+    lock(False)
+    store.put_service(ServiceRecord("cart", "127.0.0.1:8081", "/x/cart.yaml"))
+    assert store.refusals() == {"locked": 3}       # a counter: not reset when writes work again
+
+
+def test_every_cause_translate_names_is_a_metrics_label(tmp_path: Path) -> None:
+    seen = set()
+    for code in (5, 6, 8, 10, 11, 13, 14, 26):
+        e = sqlite3.OperationalError("x")
+        e.sqlite_errorcode = code        # type: ignore[attr-defined]
+        err = translate(e, tmp_path / "state.db")
+        assert err is not None and err.cause in StoreUnavailable.CAUSES, (code, err)
+        seen.add(err.cause)
+    assert seen == set(StoreUnavailable.CAUSES) - {"unavailable"}, seen

@@ -12,6 +12,7 @@ from shipyard import __version__
 from shipyard.drift.report import KINDS
 from shipyard.engine.controller import Controller
 from shipyard.engine.queries import Queries
+from shipyard.errors import StoreUnavailable
 from shipyard.rollout.model import Phase
 from shipyard.rollout.records import ServiceRecord
 from shipyard.server.metrics.traffic import short
@@ -20,7 +21,18 @@ from shipyard.server.metrics.traffic import short
 def state_families(controller: Controller, services: list[ServiceRecord]) -> list[Metric]:
     store = controller.queries
     return [*_daemon(controller), *_rollouts(store, services), *_analysis(store),
-            _instances(store, services), *_drift(controller, services), _router_restarts(store, services)]
+            _instances(store, services), *_drift(controller, services), _router_restarts(store, services),
+            _store_refusals(store)]
+
+
+def _store_refusals(store: Queries) -> Metric:
+    refused = CounterMetricFamily("shipyard_store_refusals",
+                                  "State store calls refused because the store was unavailable (the step or "
+                                  "command waited and was retried), since the daemon started", labels=["cause"])
+    counts = store.store_refusals()
+    for cause in StoreUnavailable.CAUSES:
+        refused.add_metric([cause], counts.get(cause, 0))
+    return refused
 
 
 def _router_restarts(store: Queries, services: list[ServiceRecord]) -> Metric:

@@ -84,9 +84,9 @@ async def test_thirty_minutes_of_switches_keep_the_daemon_rss_flat(
     assert abs(figures["daemon_fds_slope_per_min"]) < 0.05 and abs(figures["router_fds_slope_per_min"]) < 0.1, figures
     slope = figures["daemon_rss_slope_kib_per_min"]
     assert slope is not None
-    # Open (issue 13): the RSS is flat (~3 KiB/min) except for one ~1.9 MB step ~16.5 min in:
-    # a str-keyed dict in the daemon (~44k live keys, steady insert/delete churn) resizing to
-    # 2^18 slots. This fails until it is found; it is not excused.
+    # The ~1.9 MB step once seen ~16.5 min in was CPython's interned-string table doubling
+    # (2^17 -> 2^18 slots), churned by pathlib interning a path component per /proc read;
+    # /proc and the router's files are now read without building a Path (procfs.proc_bytes).
     assert slope < RSS_SLOPE_MAX_KIB_PER_MIN, (
         f"the daemon's RSS grew {slope} KiB/min after a {warmup:g} s warm-up "
         f"({figures['daemon_rss_start_kib']} -> {figures['daemon_rss_end_kib']} KiB), "

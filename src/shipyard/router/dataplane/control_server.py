@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shipyard.errors import RouterError
-from shipyard.router.table import RoutingTable
+from shipyard.router.table import RoutingTable, TableError
 from shipyard.router.wire import MAX_LINE, encode_line
 from shipyard.router.wire import error_reply as _error
 
@@ -45,6 +45,9 @@ class DataPlane(Protocol):
     def table(self) -> RoutingTable: ...
 
     def swap(self, table: RoutingTable) -> None: ...
+
+    def check(self, table: RoutingTable) -> None:
+        """Raise TableError if `table` cannot be served (its certificate); changes nothing."""
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -121,7 +124,7 @@ class ControlService:
         if op == "ping":
             p = self.plane
             return {"ok": True, "pid": os.getpid(), "service": p.service, "listen": p.listen,
-                    "version": p.table.version}, False
+                    "redirect": getattr(p, "redirect", None), "version": p.table.version}, False
         if op == "set_table":
             return self._set_table(request.get("table")), False
         if op == "get_table":
@@ -162,6 +165,10 @@ class ControlService:
         # cannot be persisted is swapped back out, so what the daemon is told, what is served
         # and what a restarted router loads agree. (The very first table has nothing to go
         # back to, so it is persisted first.)
+        try:
+            plane.check(table)
+        except TableError as e:   # its certificate cannot be served: the old table keeps serving
+            return _error(f"table version {table.version} refused: {e}")
         previous = plane.table if plane.has_table else None
         if previous is not None:
             plane.swap(table)

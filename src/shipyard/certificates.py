@@ -169,6 +169,23 @@ def save_service(tls_dir: Path, service: str, tls: ServiceTls | None) -> None:
     _write_private(path, json.dumps(tls.to_dict(), sort_keys=True).encode())
 
 
+def pinned_client_context(tls: ServiceTls) -> ssl.SSLContext:
+    """A client context that trusts exactly the installed leaf certificate, whatever name it is
+    for: how the daemon's own requests through the router (preview checks, sent to the listen
+    address, not to a public name) verify they reach shipyard's listener."""
+    with open(tls.cert, encoding="ascii", errors="replace") as f:
+        leaf = _CERT_RE.search(f.read().encode())
+    if leaf is None:
+        raise CertificateError(f"the installed certificate {tls.cert} holds no PEM certificate",
+                               "deploy the service again to reinstall it")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False            # the anchor is the certificate itself, not a name in it
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=leaf.group(0).decode("ascii"))
+    return ctx
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -103,7 +103,7 @@ def read_fields(der: bytes) -> CertFields:
     (nb_tag, nbs, nbe), (na_tag, nas, nae) = _children(der, vs, ve)[:2]
     cn = _common_name(der, parts[4][1], parts[4][2])
     dns: tuple[str, ...] = ()
-    for tag, xs, xe in parts[6:]:
+    for tag, xs, _xe in parts[6:]:
         if tag != 0xA3:                       # [3] extensions
             continue
         _seq, ls, le = _tlv(der, xs)

@@ -31,7 +31,7 @@ class TestCA:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                      .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -47,7 +47,7 @@ class TestCA:
         """A server certificate for `hosts` valid from now+not_before to now+not_after, written
         as <name>.pem (leaf then CA) and <name>.key (PKCS#8, encrypted with `passphrase` if given)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = []
         for h in hosts:
             try:

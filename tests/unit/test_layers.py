@@ -143,7 +143,7 @@ ENGINE_MAY_IMPORT = (
     "shipyard.engine", "shipyard.rollout", "shipyard.spec",
     # the libraries
     "shipyard.images", "shipyard.database", "shipyard.drift", "shipyard.fleet", "shipyard.checklist",
-    "shipyard.building", "shipyard.analysis",
+    "shipyard.building", "shipyard.analysis", "shipyard.certificates", "shipyard.x509",
     # value objects and plain helpers (no adapter behind them)
     "shipyard.router.table", "shipyard.runtime.environment", "shipyard.paths", "shipyard.histogram",
     *PURE_HELPERS,

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
+from shipyard.certificates import Certificate, iso
+from shipyard.engine import edge
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
@@ -69,7 +71,8 @@ class Controller:
                     self.ops.event(svc.name, "instance.lost", f"instance {inst.id} (pid {inst.pid}) is gone",
                                    instance=inst.id)
             try:
-                self.ops.router_restarted(svc.name, await self.d.router.ensure(svc.name, svc.listen))
+                self.ops.router_restarted(svc.name, await self.d.router.ensure(
+                    svc.name, svc.listen, redirect_http=edge.redirect_of(self.d.paths, svc.name)))
                 async with self.ops.lock(svc.name):
                     await self.ops.push_table(svc)
             except ShipyardError as e:
@@ -141,7 +144,14 @@ class Controller:
                     f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
-            await self.d.router.ensure(spec.service, spec.listen)   # may refuse (address in use): nothing recorded
+            if kind is Kind.ROLLBACK:   # the panic button never waits for, or fails on, a certificate
+                await self.d.router.ensure(spec.service, spec.listen,
+                                           redirect_http=edge.redirect_of(self.d.paths, spec.service))
+            else:
+                cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
+                await self.d.router.ensure(spec.service, spec.listen,    # may refuse (address in use): nothing recorded
+                                           redirect_http=spec.tls.redirect_http if spec.tls else None)
+                await self._serve_certificate(spec, cert)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
             svc.spec_path = spec_path
@@ -283,6 +293,7 @@ class Controller:
         async with self.ops.lock(service):       # the supervisor ensures routers under it, from a fresh record
             await self.d.router.stop(service)
             self.d.store.delete_service(service)
+            edge.restore(self.d.paths, service, None)
         self.ops.event(service, "service.removed", f"service {service} removed")
 
     async def wait(self, rollout_id: str, timeout: float) -> Rollout:
@@ -363,6 +374,33 @@ class Controller:
             f"{r.service} already has a rollout in progress ({r.id}, phase {r.phase})",
             f"wait for it (`shipyard status {r.service}`), promote it, or `shipyard rollback {r.service}` to abort it")
 
+    async def _serve_certificate(self, spec: Spec, cert: Certificate | None) -> None:
+        """Record the spec's (checked) certificate as the service's and, when that changes what
+        its router serves, push the table now: rotation is a table swap. A router that refuses
+        it (its copy cannot be loaded) stops the deploy with the record as it was."""
+        previous = edge.served(self.d.paths, spec.service)
+        now = await asyncio.to_thread(edge.record, self.d.paths, spec, cert)
+        if edge.table_tls(now) == edge.table_tls(previous):
+            return
+        async with self.ops.lock(spec.service):
+            svc = self.d.store.get_service(spec.service)
+            if svc is not None:
+                try:
+                    await self.ops.push_table(svc)
+                except ShipyardError:
+                    edge.restore(self.d.paths, spec.service, previous)
+                    raise
+        if previous is not None and now is not None:
+            self.ops.event(spec.service, "tls.rotated",
+                           f"serving certificate {now.fingerprint[:16]}... (until {iso(now.not_after)}) "
+                           f"instead of {previous.fingerprint[:16]}...",
+                           fingerprint=now.fingerprint, previous=previous.fingerprint, not_after=now.not_after)
+        elif now is not None:
+            self.ops.event(spec.service, "tls.enabled", f"serving TLS with certificate {now.fingerprint[:16]}... "
+                           f"(until {iso(now.not_after)})", fingerprint=now.fingerprint, not_after=now.not_after)
+        else:
+            self.ops.event(spec.service, "tls.disabled", "the spec has no tls section: serving plain HTTP")
+
     def _refuse_listen_clash(self, spec: Spec) -> None:
         for other in self.d.store.list_services():
             if other.name != spec.service and other.listen == spec.listen:
@@ -381,6 +419,7 @@ class Controller:
         """What `apply` of this spec would change. Nothing live is touched: the candidate
         image is built into the store (cached by its inputs) and never started."""
         spec = await asyncio.to_thread(load_spec, spec_path)
+        await asyncio.to_thread(edge.check, spec)     # a certificate that cannot be served: refused, as deploy would
         image = await self.d.images.build(build_input(spec))
         svc = self.d.store.get_service(spec.service)
         live = svc.live if svc is not None and svc.live is not None and svc.live.spec else None

@@ -65,6 +65,8 @@ class EmbeddedRouter:
         find no router, and the second would terminate the one the first just started."""
         self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
         """Per service, the listen address and the daemon's copies of its listening sockets."""
+        self._redirect_sockets: dict[str, tuple[str, list[socket.socket]]] = {}
+        """Likewise for the plain-HTTP redirect listener (tls.redirect_http), when there is one."""
         self._started: dict[str, subprocess.Popen[bytes]] = {}
         """The last router this object started per service: how it ended, when it dies."""
         self._no_handover: set[int] = set()
@@ -74,29 +76,35 @@ class EmbeddedRouter:
 
     # -- Router protocol ------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
         async with self._ensuring.setdefault(service, asyncio.Lock()):
-            return await self._ensure(service, listen)
+            return await self._ensure(service, listen, redirect_http)
 
-    async def _ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def _ensure(self, service: str, listen: str, redirect_http: str | None) -> dict[str, Any] | None:
         self._reap()
         want = normalize_listen(listen)
+        redirect = normalize_listen(redirect_http) if redirect_http else None
         self.paths.routers.mkdir(parents=True, exist_ok=True)
         info = await self._ping(service)
         lost = None
         if info is not None:
-            if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
+            served = info.get("redirect")
+            same_redirect = (normalize_listen(str(served)) if served else None) == redirect
+            if (info.get("service") == service and normalize_listen(str(info.get("listen"))) == want
+                    and same_redirect):
                 self._write_pid(service, int(info["pid"]), want)
                 self._serving[service] = int(info["pid"])
                 held = self._sockets.get(service)
                 if held is None or held[0] != want:
                     await self._take_over_sockets(service, want, int(info["pid"]))
                 return None
-            await self.stop(service)  # it listens elsewhere: the spec's `listen` changed
+            # it listens elsewhere (the spec's `listen` changed) or tls.redirect_http changed; the
+            # daemon's copy of an unchanged listen address stays open, so the backlog bridges the gap
+            await self.stop(service, keep_listen=normalize_listen(str(info.get("listen"))) == want)
         else:
             lost = self._how_it_ended(service)
             await self._terminate(service, self._pid_from_file(service))  # alive but mute, if any
-        await self._start(service, want)
+        await self._start(service, want, redirect)
         return lost
 
     def _how_it_ended(self, service: str) -> dict[str, Any] | None:
@@ -134,11 +142,14 @@ class EmbeddedRouter:
     async def series(self, service: str, since: float) -> dict[str, Any]:
         return await self._client(service).series(since)
 
-    async def stop(self, service: str) -> None:
+    async def stop(self, service: str, *, keep_listen: bool = False) -> None:
         """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s. The daemon's
-        copy of the listening socket closes first, so the port stops taking connections."""
+        copy of the listening socket closes first, so the port stops taking connections
+        (unless `keep_listen`: a router replaced on the same address)."""
         self._reap()
-        self._close_sockets(service)
+        if not keep_listen:
+            self._close_sockets(service)
+        self._close_sockets(service, redirect=True)
         pid = None
         try:
             client = self._client(service)
@@ -222,14 +233,16 @@ class EmbeddedRouter:
         except RouterError:
             return None
 
-    def _listen_sockets(self, service: str, listen: str) -> list[socket.socket]:
-        """The daemon's listening sockets for `service`, bound now if it holds none for `listen`."""
-        held = self._sockets.get(service)
+    def _listen_sockets(self, service: str, listen: str, redirect: bool = False) -> list[socket.socket]:
+        """The daemon's listening sockets for `service` (its redirect listener), bound now if it
+        holds none for `listen`."""
+        table = self._redirect_sockets if redirect else self._sockets
+        held = table.get(service)
         if held is not None and held[0] == listen:
             return held[1]
-        self._close_sockets(service)
-        socks = bind_listen(service, listen)
-        self._sockets[service] = (listen, socks)
+        self._close_sockets(service, redirect)
+        socks = bind_listen(service, listen, "tls.redirect_http" if redirect else "listen")
+        table[service] = (listen, socks)
         return socks
 
     async def _take_over_sockets(self, service: str, listen: str, pid: int) -> None:
@@ -259,21 +272,32 @@ class EmbeddedRouter:
         self._sockets[service] = (listen, socks)
         log.info("took over the listening socket of the router for %s (pid %d) on %s", service, pid, listen)
 
-    def _close_sockets(self, service: str) -> None:
-        for s in self._sockets.pop(service, ("", []))[1]:
+    def _close_sockets(self, service: str, redirect: bool = False) -> None:
+        for s in (self._redirect_sockets if redirect else self._sockets).pop(service, ("", []))[1]:
             s.close()
 
-    async def _start(self, service: str, listen: str) -> None:
+    async def _start(self, service: str, listen: str, redirect: str | None = None) -> None:
         log_path = self.paths.router_log(service)
         fds = [s.fileno() for s in self._listen_sockets(service, listen)]
+        more: list[str] = []
+        redirect_fds: list[int] = []
+        if redirect:
+            try:
+                redirect_fds = [s.fileno() for s in self._listen_sockets(service, redirect, redirect=True)]
+            except RouterError:
+                self._close_sockets(service)
+                raise
+            more = ["--redirect", redirect, "--redirect-fds", ",".join(map(str, redirect_fds))]
+        else:
+            self._close_sockets(service, redirect=True)
         argv = [self.python, "-m", "shipyard.router.dataplane.proxy", "--service", service, "--listen", listen,
-                "--listen-fds", ",".join(map(str, fds)),
+                "--listen-fds", ",".join(map(str, fds)), *more,
                 "--control", str(self.paths.router_socket(service)),
                 "--table", str(self.paths.router_table(service))]
         with open(log_path, "ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True, pass_fds=fds)
+                                    start_new_session=True, close_fds=True, pass_fds=fds + redirect_fds)
         self._children[proc.pid] = proc
         self._started[service] = proc
         self._write_pid(service, proc.pid, listen)
@@ -287,6 +311,7 @@ class EmbeddedRouter:
                 self._started.pop(service, None)
                 self._serving.pop(service, None)
                 self._close_sockets(service)   # no router will accept: refuse, rather than queue forever
+                self._close_sockets(service, redirect=True)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise _start_error(service, listen, code, log_path, offset)
@@ -302,6 +327,7 @@ class EmbeddedRouter:
                 self._started.pop(service, None)
                 self._serving.pop(service, None)
                 self._close_sockets(service)
+                self._close_sockets(service, redirect=True)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise RouterError(f"the router for {service} did not answer on its control socket within "
@@ -365,7 +391,7 @@ def _bound(sock: socket.socket) -> tuple[int, str, int] | None:
     return (int(sock.family), str(addr[0]), int(addr[1]))
 
 
-def bind_listen(service: str, listen: str) -> list[socket.socket]:
+def bind_listen(service: str, listen: str, key: str = "listen") -> list[socket.socket]:
     """Bind and listen on every address `listen` resolves to (as asyncio's create_server
     would), with the router's error message and hint when the address cannot be used."""
     host, _, port = listen.rpartition(":")
@@ -386,8 +412,8 @@ def bind_listen(service: str, listen: str) -> list[socket.socket]:
             s.close()
         gai = isinstance(e, socket.gaierror)
         reason = os.strerror(e.errno).lower() if e.errno and not gai else str(e.strerror or e)
-        hint = (f"another process uses {listen}: stop it, or change `listen` in the spec"
-                if e.errno == errno.EADDRINUSE else "change `listen` in the spec")
+        hint = (f"another process uses {listen}: stop it, or change `{key}` in the spec"
+                if e.errno == errno.EADDRINUSE else f"change `{key}` in the spec")
         raise RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint) from None
     return socks
 

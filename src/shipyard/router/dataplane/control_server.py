@@ -205,6 +205,9 @@ class ControlService:
                         continue
                     try:
                         response, shutdown = self.handle(request)
+                        settled = getattr(self.plane, "settled", None)
+                        if settled is not None:   # e.g. the listener switching to TLS: done before the reply
+                            await settled()
                     except Exception as e:  # a bug must not kill the control socket
                         log.exception("control request failed")
                         response = _error(f"internal error: {e}")

@@ -86,6 +86,8 @@ class ProxyServer:
         """The listening sockets; each server serves a dup, so servers can be replaced (TLS on/off)."""
         self.redirect_servers: list[asyncio.AbstractServer] = []
         self.serving_tls = False
+        self.relisten: asyncio.Task[None] | None = None
+        """The listeners switching between plain HTTP and TLS after a swap (see settled)."""
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
@@ -141,6 +143,14 @@ class ProxyServer:
         """TableError if `table`'s certificate cannot be served (control_server asks first)."""
         self.tls.prepare(table.tls)
 
+    async def settled(self) -> None:
+        """Wait until the listeners speak what the last swap asked for (TLS or plain): the control
+        reply to a table that turns TLS on or off waits for this, so a client that connects after
+        the daemon was told "served" never meets the old protocol."""
+        task, self.relisten = self.relisten, None
+        if task is not None:
+            await task
+
     def swap(self, table: RoutingTable) -> None:
         """Serve `table` from the next request on; in-flight requests finish where they are
         (and count where they started). A track that now serves another release counts
@@ -158,7 +168,7 @@ class ProxyServer:
         if rotated:
             log.info("serving certificate %s to new connections", table.tls.fingerprint)  # type: ignore[union-attr]
         if self.loop is not None and (ctx is not None) != self.serving_tls:
-            self.loop.create_task(self._serve_listeners())
+            self.relisten = self.loop.create_task(self._serve_listeners())
         waiting = sorted((ex for r in old.routes.values() for ex in r.waiting.take_all()),
                          key=lambda ex: ex.queued_at)
         for ex in waiting:

@@ -16,7 +16,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from test_router_support import TestUpstream, free_port, kill_group, make_table, short_tmpdir, upstreams

@@ -195,13 +195,14 @@ async def test_an_open_connection_keeps_its_certificate_across_a_rotation(paths:
             writer.close()
 
 
-@pytest.mark.parametrize("bad", ["mismatched key", "file changed", "missing file"])
+@pytest.mark.parametrize("bad", ["mismatched key", "same certificate, another key", "file changed", "missing file"])
 async def test_a_table_whose_certificate_cannot_be_served_is_refused(paths: StatePaths, ca: TestCA,
                                                                      bad: str) -> None:
     async with tls_router(paths, ca) as (router, port, _r, _blue, table):
         other = installed(paths, ca.issue("two", ("localhost",)))
         assert table.tls is not None
         tls = {"mismatched key": TableTls(other.cert, table.tls.key, other.fingerprint),
+               "same certificate, another key": TableTls(table.tls.cert, other.key, table.tls.fingerprint),
                "file changed": TableTls(other.cert, other.key, table.tls.fingerprint),
                "missing file": TableTls(str(paths.tls / "gone.pem"), other.key, other.fingerprint)}[bad]
         with pytest.raises(RouterError, match="refused"):

@@ -256,3 +256,29 @@ async def test_a_changed_redirect_address_replaces_the_router(paths: StatePaths,
         code, _, _ = await curl(f"http://127.0.0.1:{rport}/")
         assert code == 7                                           # nothing listens there any more
         assert (await tls_get(port, client_context(ca)))[2]        # the table (and TLS) came back with it
+
+
+async def test_a_restarted_daemon_takes_over_the_redirect_socket_too(paths: StatePaths, ca: TestCA) -> None:
+    """After the daemon's own restart it holds the redirect listener's socket again (handed over
+    by the running router), so a later router crash still refuses no redirect connection."""
+    async with tls_router(paths, ca, redirect=True) as (router, port, rport, _blue, _t):
+        router._close_sockets("shop")                 # the first daemon is gone: its copies with it
+        router._close_sockets("shop", redirect=True)
+        restarted = EmbeddedRouter(paths)
+        try:
+            assert await restarted.ensure("shop", f"127.0.0.1:{port}", redirect_http=f"127.0.0.1:{rport}") is None
+            assert "shop" in restarted._redirect_sockets
+            pid = (await restarted._client("shop").ping())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            pending = asyncio.create_task(curl("-i", "-H", "Host: localhost", f"http://127.0.0.1:{rport}/y"))
+            await asyncio.sleep(0.3)
+            await restarted.ensure("shop", f"127.0.0.1:{port}", redirect_http=f"127.0.0.1:{rport}")
+            code, out, err = await pending
+            assert code == 0 and out.startswith("HTTP/1.1 308"), (code, err)
+        finally:
+            for cpid, proc in list(restarted._children.items()):
+                kill_group(cpid)
+                proc.wait(5)
+            restarted._close_sockets("shop")
+            restarted._close_sockets("shop", redirect=True)

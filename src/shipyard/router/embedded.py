@@ -71,6 +71,8 @@ class EmbeddedRouter:
         """The last router this object started per service: how it ended, when it dies."""
         self._no_handover: set[int] = set()
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
+        self._no_redirect_handover: set[int] = set()
+        """Likewise for the redirect listener's sockets."""
         self._serving: dict[str, int] = {}
         """Per service, the pid of the router last found serving it (started or re-adopted)."""
 
@@ -97,6 +99,9 @@ class EmbeddedRouter:
                 held = self._sockets.get(service)
                 if held is None or held[0] != want:
                     await self._take_over_sockets(service, want, int(info["pid"]))
+                held = self._redirect_sockets.get(service)
+                if redirect and (held is None or held[0] != redirect):
+                    await self._take_over_sockets(service, redirect, int(info["pid"]), redirect=True)
                 return None
             # it listens elsewhere (the spec's `listen` changed) or tls.redirect_http changed; the
             # daemon's copy of an unchanged listen address stays open, so the backlog bridges the gap
@@ -245,32 +250,35 @@ class EmbeddedRouter:
         table[service] = (listen, socks)
         return socks
 
-    async def _take_over_sockets(self, service: str, listen: str, pid: int) -> None:
-        """Get a copy of a re-adopted router's listening sockets, so that its crash, too,
-        refuses no connection. Sockets bound elsewhere than `listen` are not kept."""
-        if pid in self._no_handover:
+    async def _take_over_sockets(self, service: str, listen: str, pid: int, redirect: bool = False) -> None:
+        """Get a copy of a re-adopted router's listening sockets (with `redirect`, its redirect
+        listener's), so that its crash, too, refuses no connection. Sockets bound elsewhere
+        than `listen` are not kept."""
+        refused = self._no_redirect_handover if redirect else self._no_handover
+        if pid in refused:
             return
+        what = "redirect listener's socket" if redirect else "listening socket"
         try:
-            socks = await self._client(service).listen_sockets()
+            socks = await self._client(service).listen_sockets("redirect" if redirect else "listen")
         except RouterError as e:
-            self._no_handover.add(pid)
-            log.warning("the router for %s (pid %d) did not hand over its listening socket: %s; until it is "
+            refused.add(pid)
+            log.warning("the router for %s (pid %d) did not hand over its %s: %s; until it is "
                         "replaced, a crash of it refuses connections until the next router listens",
-                        service, pid, e.message)
+                        service, pid, what, e.message)
             return
         want = _addresses(listen)
         got = {_bound(s) for s in socks}
         if not socks or got != want:
             for sock in socks:
                 sock.close()
-            self._no_handover.add(pid)
+            refused.add(pid)
             log.warning("the router for %s (pid %d) handed over sockets bound to %s, not %s; not kept",
                         service, pid, ", ".join(sorted(map(str, got))) or "nothing",
                         ", ".join(sorted(map(str, want))))
             return
-        self._close_sockets(service)
-        self._sockets[service] = (listen, socks)
-        log.info("took over the listening socket of the router for %s (pid %d) on %s", service, pid, listen)
+        self._close_sockets(service, redirect)
+        (self._redirect_sockets if redirect else self._sockets)[service] = (listen, socks)
+        log.info("took over the %s of the router for %s (pid %d) on %s", what, service, pid, listen)
 
     def _close_sockets(self, service: str, redirect: bool = False) -> None:
         for s in (self._redirect_sockets if redirect else self._sockets).pop(service, ("", []))[1]:

@@ -201,7 +201,7 @@ class ControlService:
                     response = _error(f"invalid JSON: {e}")
                 else:
                     if isinstance(request, dict) and request.get("op") == "listen_fds":
-                        await self._hand_over(writer)
+                        await self._hand_over(writer, redirect=request.get("which") == "redirect")
                         continue
                     try:
                         response, shutdown = self.handle(request)
@@ -221,9 +221,17 @@ class ControlService:
                 self.on_shutdown()
 
 
-    async def _hand_over(self, writer: asyncio.StreamWriter) -> None:
-        """Reply {"ok", "fds": n} with the listening sockets' fds attached to its bytes."""
-        fds = self.plane.listen_fds()
+    async def _hand_over(self, writer: asyncio.StreamWriter, redirect: bool = False) -> None:
+        """Reply {"ok", "fds": n} with the listening sockets' fds attached to its bytes (with
+        `redirect`, those of the plain-HTTP redirect listener)."""
+        if redirect:
+            fds = getattr(self.plane, "redirect_fds", list)()
+            if not fds:
+                writer.write(encode_line(_error("this router has no redirect listener")))
+                await writer.drain()
+                return
+        else:
+            fds = self.plane.listen_fds()
         if not fds:
             writer.write(encode_line(_error("this router holds no listening socket (it is shutting down)")))
             await writer.drain()

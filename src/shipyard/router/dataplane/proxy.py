@@ -85,6 +85,7 @@ class ProxyServer:
         self.listen_socks: list[socket.socket] = []
         """The listening sockets; each server serves a dup, so servers can be replaced (TLS on/off)."""
         self.redirect_servers: list[asyncio.AbstractServer] = []
+        self.redirect_socks: list[socket.socket] = []
         self.serving_tls = False
         self.relisten: asyncio.Task[None] | None = None
         """The listeners switching between plain HTTP and TLS after a swap (see settled)."""
@@ -215,6 +216,12 @@ class ProxyServer:
             return []
         return [sock.fileno() for sock in self.listen_socks]
 
+    def redirect_fds(self) -> list[int]:
+        """The redirect listener's sockets' fds, for a daemon taking its copy back."""
+        if self.draining:
+            return []
+        return [sock.fileno() for sock in self.redirect_socks]
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self, host: str, port: int, socks: list[socket.socket] | None = None,
@@ -233,10 +240,11 @@ class ProxyServer:
             srv.close()
         self.listen_socks = list(socks)
         await self._serve_listeners()
+        self.redirect_socks = list(redirect_socks or [])
         if redirect_socks:
             https_port = parse_listen(self.listen)[1]
             self.redirect_servers = [
-                await loop.create_server(lambda: RedirectConnection(https_port, loop), sock=s, backlog=4096)
+                await loop.create_server(lambda: RedirectConnection(https_port, loop), sock=s.dup(), backlog=4096)
                 for s in redirect_socks]
         self.sweeper = loop.create_task(self._sweep())
 

@@ -23,7 +23,7 @@ from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.canary import JUDGED
-from shipyard.rollout.changes import migration_outlook, plan_service
+from shipyard.rollout.changes import Change, migration_outlook, plan_service
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -419,7 +419,7 @@ class Controller:
         """What `apply` of this spec would change. Nothing live is touched: the candidate
         image is built into the store (cached by its inputs) and never started."""
         spec = await asyncio.to_thread(load_spec, spec_path)
-        await asyncio.to_thread(edge.check, spec)     # a certificate that cannot be served: refused, as deploy would
+        cert, _warnings = await asyncio.to_thread(edge.check, spec)   # one that cannot be served: refused, as deploy
         image = await self.d.images.build(build_input(spec))
         svc = self.d.store.get_service(spec.service)
         live = svc.live if svc is not None and svc.live is not None and svc.live.spec else None
@@ -446,7 +446,15 @@ class Controller:
             except Exception as e:   # whatever stops us asking the database: "unknown", never "none"
                 why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
                 migrations = migration_outlook(None, why)
-        return plan_service(spec.to_json_dict(), image.manifest, image.id,
-                            live_doc=live.spec if live else None, live_image=live.image_id if live else None,
-                            live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
-                            blocked=blocked).to_dict()
+        p = plan_service(spec.to_json_dict(), image.manifest, image.id,
+                         live_doc=live.spec if live else None, live_image=live.image_id if live else None,
+                         live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
+                         blocked=blocked)
+        served = edge.served(self.d.paths, spec.service)
+        if live is not None and cert is not None and (served is None or served.fingerprint != cert.fingerprint):
+            # renewed files under the same names change no spec key, but apply must deploy them
+            p.changes.append(Change("tls", f"tls certificate {served.fingerprint[:16] if served else 'none'}... -> "
+                                    f"{cert.fingerprint[:16]}... (served to new connections once the deploy "
+                                    "begins)", "tls.cert", old=served.fingerprint if served else None,
+                                    new=cert.fingerprint))
+        return p.to_dict()

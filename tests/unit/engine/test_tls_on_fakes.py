@@ -59,7 +59,10 @@ def test_deploy_installs_the_certificate_serves_it_and_rotates_it_by_a_table_swa
         assert st["redirect_http"] == "127.0.0.1:18081" and "localhost" in st["names"]
         version = t.version
 
+        assert not [x for x in (await c.plan(str(spec)))["changes"] if x["area"] == "tls"]
         tls_spec(tmp_path, second)                       # the user renews the certificate in place
+        planned = [x for x in (await c.plan(str(spec)))["changes"] if x["area"] == "tls"]
+        assert [(x["old"], x["new"]) for x in planned] == [(first.fingerprint, second.fingerprint)]
         r2 = await c.deploy(str(spec), image_id="v1")
         t2 = world.router.tables["shop"]                 # swapped as the deploy begins, not at its switch
         assert t2.tls is not None and t2.tls.fingerprint == second.fingerprint and t2.version > version

@@ -282,3 +282,18 @@ async def test_a_restarted_daemon_takes_over_the_redirect_socket_too(paths: Stat
                 proc.wait(5)
             restarted._close_sockets("shop")
             restarted._close_sockets("shop", redirect=True)
+
+
+async def test_a_certificate_for_another_host_is_checked_by_name(paths: StatePaths, ca: TestCA) -> None:
+    """The router serves what it was given; clients check the name they asked for (SNI)."""
+    async with tls_router(paths, ca) as (router, port, _r, _blue, table):
+        wrong = installed(paths, ca.issue("shop", ("shop.example.test",)))
+        await router.apply(replace(table, version=2, tls=wrong))
+        code, _, err = await curl("--cacert", str(ca.pem), f"https://localhost:{port}/")
+        assert code == 60 and "localhost" in err, err           # no alternative name matches
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await tls_get(port, client_context(ca), name="localhost")
+        code, out, err = await curl("--cacert", str(ca.pem), "--resolve", f"shop.example.test:{port}:127.0.0.1",
+                                    f"https://shop.example.test:{port}/")
+        assert code == 0 and json.loads(out)["name"] == "blue", err
+        assert (await tls_get(port, client_context(ca), name="shop.example.test"))[2] == wrong.fingerprint

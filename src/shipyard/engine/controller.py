@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
-from shipyard.certificates import Certificate, iso
 from shipyard.engine import edge
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
@@ -21,9 +20,10 @@ from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
+from shipyard.engine.tls_rotation import certificate_change, serve_certificate
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.canary import JUDGED
-from shipyard.rollout.changes import Change, migration_outlook, plan_service
+from shipyard.rollout.changes import migration_outlook, plan_service
 from shipyard.rollout.model import (
     AbortRequested,
     FullPromoteRequested,
@@ -151,7 +151,7 @@ class Controller:
                 cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
                 await self.d.router.ensure(spec.service, spec.listen,    # may refuse (address in use): nothing recorded
                                            redirect_http=spec.tls.redirect_http if spec.tls else None)
-                await self._serve_certificate(spec, cert)
+                await serve_certificate(self.ops, spec, cert)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
             svc.spec_path = spec_path
@@ -374,33 +374,6 @@ class Controller:
             f"{r.service} already has a rollout in progress ({r.id}, phase {r.phase})",
             f"wait for it (`shipyard status {r.service}`), promote it, or `shipyard rollback {r.service}` to abort it")
 
-    async def _serve_certificate(self, spec: Spec, cert: Certificate | None) -> None:
-        """Record the spec's (checked) certificate as the service's and, when that changes what
-        its router serves, push the table now: rotation is a table swap. A router that refuses
-        it (its copy cannot be loaded) stops the deploy with the record as it was."""
-        previous = edge.served(self.d.paths, spec.service)
-        now = await asyncio.to_thread(edge.record, self.d.paths, spec, cert)
-        if edge.table_tls(now) == edge.table_tls(previous):
-            return
-        async with self.ops.lock(spec.service):
-            svc = self.d.store.get_service(spec.service)
-            if svc is not None:
-                try:
-                    await self.ops.push_table(svc)
-                except ShipyardError:
-                    edge.restore(self.d.paths, spec.service, previous)
-                    raise
-        if previous is not None and now is not None:
-            self.ops.event(spec.service, "tls.rotated",
-                           f"serving certificate {now.fingerprint[:16]}... (until {iso(now.not_after)}) "
-                           f"instead of {previous.fingerprint[:16]}...",
-                           fingerprint=now.fingerprint, previous=previous.fingerprint, not_after=now.not_after)
-        elif now is not None:
-            self.ops.event(spec.service, "tls.enabled", f"serving TLS with certificate {now.fingerprint[:16]}... "
-                           f"(until {iso(now.not_after)})", fingerprint=now.fingerprint, not_after=now.not_after)
-        else:
-            self.ops.event(spec.service, "tls.disabled", "the spec has no tls section: serving plain HTTP")
-
     def _refuse_listen_clash(self, spec: Spec) -> None:
         for other in self.d.store.list_services():
             if other.name != spec.service and other.listen == spec.listen:
@@ -450,11 +423,6 @@ class Controller:
                          live_doc=live.spec if live else None, live_image=live.image_id if live else None,
                          live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
                          blocked=blocked)
-        served = edge.served(self.d.paths, spec.service)
-        if live is not None and cert is not None and (served is None or served.fingerprint != cert.fingerprint):
-            # renewed files under the same names change no spec key, but apply must deploy them
-            p.changes.append(Change("tls", f"tls certificate {served.fingerprint[:16] if served else 'none'}... -> "
-                                    f"{cert.fingerprint[:16]}... (served to new connections once the deploy "
-                                    "begins)", "tls.cert", old=served.fingerprint if served else None,
-                                    new=cert.fingerprint))
+        if live is not None and (change := certificate_change(self.d.paths, spec.service, cert)) is not None:
+            p.changes.append(change)     # renewed files under the same names change no spec key
         return p.to_dict()

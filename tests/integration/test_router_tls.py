@@ -297,3 +297,22 @@ async def test_a_certificate_for_another_host_is_checked_by_name(paths: StatePat
                                     f"https://shop.example.test:{port}/")
         assert code == 0 and json.loads(out)["name"] == "blue", err
         assert (await tls_get(port, client_context(ca), name="shop.example.test"))[2] == wrong.fingerprint
+
+
+async def test_large_bodies_both_ways_over_tls(paths: StatePaths, ca: TestCA) -> None:
+    """Flow control through the SSL transport: a 20 MB download (read by a slow client) and a
+    5 MB chunked upload arrive whole."""
+    from test_router_support import pattern
+    async with tls_router(paths, ca) as (_router, port, _r, blue, _t):
+        body = paths.root / "down.bin"
+        code, _, err = await curl("--cacert", str(ca.pem), "--limit-rate", "20M", "-o", str(body),
+                                  f"https://localhost:{port}/bytes?n={20 * 1024 * 1024}")
+        assert code == 0, err
+        assert body.read_bytes() == pattern(20 * 1024 * 1024)
+        up = paths.root / "up.bin"
+        up.write_bytes(pattern(5 * 1024 * 1024))
+        echoed = paths.root / "echo.bin"
+        code, _, err = await curl("--cacert", str(ca.pem), "-H", "Transfer-Encoding: chunked", "-o", str(echoed),
+                                  "--data-binary", f"@{up}", f"https://localhost:{port}/stream")
+        assert code == 0, err
+        assert echoed.read_bytes() == up.read_bytes()

@@ -171,6 +171,7 @@ ADAPTERS = {
     "shipyard.runtime.health": "shipyard.runtime",
     "shipyard.runtime.ports": "shipyard.runtime",
     "shipyard.router.embedded": "shipyard.router",
+    "shipyard.router.listeners": "shipyard.router",
     "shipyard.router.control_client": "shipyard.router",
     "shipyard.router.control": "shipyard.router",
     "shipyard.router.dataplane": "shipyard.router",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
 from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control_client import RouterControlClient
+from shipyard.router.listeners import addresses, bind_listen, bound, normalize_listen
 from shipyard.router.table import RoutingTable
 
 log = logging.getLogger("shipyard.router")
@@ -40,16 +40,6 @@ log = logging.getLogger("shipyard.router")
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_BYTES = 4096
-BACKLOG = 4096
-
-
-def normalize_listen(listen: str) -> str:
-    """'localhost:08080' and 'localhost:8080' are the same address for adoption purposes."""
-    host, sep, port = listen.strip().rpartition(":")
-    if not sep or not port.isdigit():
-        raise RouterError(f"listen address {listen!r} is not HOST:PORT",
-                          hint="write it like 127.0.0.1:8080 in the spec's `listen`")
-    return f"{host}:{int(port)}"
 
 
 class EmbeddedRouter:
@@ -266,8 +256,8 @@ class EmbeddedRouter:
                         "replaced, a crash of it refuses connections until the next router listens",
                         service, pid, what, e.message)
             return
-        want = _addresses(listen)
-        got = {_bound(s) for s in socks}
+        want = addresses(listen)
+        got = {bound(s) for s in socks}
         if not socks or got != want:
             for sock in socks:
                 sock.close()
@@ -375,55 +365,6 @@ class EmbeddedRouter:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
-
-
-def _addresses(listen: str) -> set[tuple[int, str, int]]:
-    """(family, host, port) of every address `listen` resolves to, as bind_listen binds them."""
-    host, _, port = listen.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except (OSError, ValueError):
-        return set()
-    return {(family, str(addr[0]), int(addr[1])) for family, _k, _p, _n, addr in infos}
-
-
-def _bound(sock: socket.socket) -> tuple[int, str, int] | None:
-    """(family, host, port) a listening TCP socket is bound to; None for anything else."""
-    try:
-        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return None
-        addr = sock.getsockname()
-    except OSError:
-        return None
-    return (int(sock.family), str(addr[0]), int(addr[1]))
-
-
-def bind_listen(service: str, listen: str, key: str = "listen") -> list[socket.socket]:
-    """Bind and listen on every address `listen` resolves to (as asyncio's create_server
-    would), with the router's error message and hint when the address cannot be used."""
-    host, _, port = listen.rpartition(":")
-    socks: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        for family, kind, proto, _name, addr in dict.fromkeys(infos):
-            s = socket.socket(family, kind, proto)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind(addr)
-            s.listen(BACKLOG)
-    except OSError as e:
-        for s in socks:
-            s.close()
-        gai = isinstance(e, socket.gaierror)
-        reason = os.strerror(e.errno).lower() if e.errno and not gai else str(e.strerror or e)
-        hint = (f"another process uses {listen}: stop it, or change `{key}` in the spec"
-                if e.errno == errno.EADDRINUSE else f"change `{key}` in the spec")
-        raise RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint) from None
-    return socks
 
 
 def _start_error(service: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:

@@ -2,7 +2,7 @@
 checks pass through the TLS listener), curl --cacert reaches the service by name, the
 redirect listener answers 308, `shipyard status` shows the fingerprint and notAfter; a
 renewed certificate is rotated by the next deploy (tls.rotated); a certificate that cannot
-be served makes `deploy` and `plan` exit non-zero with the reason, and changes nothing."""
+be served makes `deploy` and `validate` exit 2 (`plan` 1) with the reason, and changes nothing."""
 
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make
     spec2 = make_spec("v2", tls=tls)
     planned = await api.post("/v1/plan", {"spec_path": str(spec2)})
     assert any("expires at" in w and "renew it" in w for w in planned["warnings"]), planned["warnings"]
+    checked = sy("validate", str(spec2), state=state_dir)
+    assert checked.returncode == 0 and "expires at" in checked.stderr, checked
     r2 = await deploy(api, spec2)
     assert r2["phase"] == "succeeded", r2
     assert await fingerprint(listen, ca) == two.fingerprint
@@ -111,9 +113,11 @@ async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make
     other = ca.issue("other", ("localhost",))
     for pair, words in ((expired, "expired at"), (Pair(two.cert, other.key, two.fingerprint), "is not the key")):
         place(pair, state_dir)
-        for verb in ("deploy", "plan"):
-            res = sy(verb, "-f", str(make_spec("v1", tls=tls)), state=state_dir)
-            assert res.returncode != 0 and words in res.stderr, (verb, res.returncode, res.stderr)
+        bad_spec = str(make_spec("v1", tls=tls))
+        # plan keeps Terraform's convention: every error is 1 (2 means "changes")
+        for argv, code in ((["deploy", "-f", bad_spec], 2), (["plan", "-f", bad_spec], 1), (["validate", bad_spec], 2)):
+            res = sy(*argv, state=state_dir)
+            assert res.returncode == code and words in res.stderr, (argv, res.returncode, res.stderr)
             assert "Traceback" not in res.stderr
     after = (essentials(json.loads(sy("status", "shop", "--json", state=state_dir).stdout)),
              len((await api.get("/v1/services/shop/history"))["rollouts"]))

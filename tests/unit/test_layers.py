@@ -237,7 +237,7 @@ CLI_MAY_IMPORT = (
     "shipyard.client",                                  # the HTTP API client: the CLI's one way to the daemon
     "shipyard.spec", "shipyard.errors", "shipyard.paths",
     # local-only verbs: validate / schema / build / images, db lint and db plan, the demo
-    "shipyard.images", "shipyard.building", "shipyard.database", "shipyard.devtools",
+    "shipyard.images", "shipyard.building", "shipyard.database", "shipyard.devtools", "shipyard.certificates",
     # pure vocabulary computed on local input (plan's exposure, an outcome's wording, checklist rates)
     "shipyard.rollout", "shipyard.checklist", "shipyard.redaction",
 )

@@ -122,3 +122,20 @@ def test_the_pinned_context_trusts_exactly_the_installed_leaf(ca: TestCA, tmp_pa
                                            c.not_after, c.names))
     assert ctx.cert_store_stats() == {"crl": 0, "x509": 1, "x509_ca": 0}   # the leaf alone, not the CA
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_an_rsa_pair_and_a_traditional_rsa_key_file_are_read_too(ca: TestCA, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    p = ca.issue("rsa", ("rsa.example.test",), key=key)  # type: ignore[arg-type]
+    assert read_pair(p.cert, p.key).fingerprint == p.fingerprint
+    traditional = tmp_path / "rsa.key"      # -----BEGIN RSA PRIVATE KEY-----
+    traditional.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                              serialization.NoEncryption()))
+    assert read_pair(p.cert, traditional).names == ("rsa.example.test",)
+    locked = tmp_path / "rsa-locked.key"    # Proc-Type: 4,ENCRYPTED
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                         serialization.BestAvailableEncryption(b"pw")))
+    with pytest.raises(CertificateError, match="is encrypted"):
+        read_pair(p.cert, locked)

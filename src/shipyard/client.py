@@ -16,7 +16,7 @@ from shipyard import errors
 from shipyard.paths import StatePaths
 
 KINDS: dict[str, type[errors.ShipyardError]] = {
-    c.__name__: c for c in (errors.SpecError, errors.ImageError, errors.ImageVerificationError,
+    c.__name__: c for c in (errors.SpecError, errors.CertificateError, errors.ImageError, errors.ImageVerificationError,
                             errors.RuntimeFailure, errors.RouterError, errors.ConflictError,
                             errors.NotFoundError, errors.StoreUnavailable)
 }

@@ -24,6 +24,11 @@ class SpecError(ShipyardError):
     exit_code = 2
 
 
+class CertificateError(SpecError):
+    """A spec's TLS certificate or key cannot be served (unreadable, not PEM, encrypted,
+    mismatched, expired or not yet valid): refused before anything changes."""
+
+
 class ImageError(ShipyardError):
     """An image cannot be built, found or verified."""
 

@@ -82,6 +82,11 @@ class StatePaths:
     def router_log(self, service: str) -> Path:
         return self.routers / f"{service}.log"
 
+    @property
+    def tls(self) -> Path:
+        """Installed certificates (by fingerprint, 0600) and what each service serves (certificates.py)."""
+        return self.root / "tls"
+
     def ensure(self) -> StatePaths:
         for d in (self.root, self.images, self.instances, self.routers):
             d.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,8 @@ class FakeRouter:
         self.clock = clock
         self.rps = rps
         self.listen: dict[str, str] = {}
+        self.redirects: dict[str, str | None] = {}
+        """service -> the redirect_http address of its last `ensure`."""
         self.tables: dict[str, RoutingTable] = {}
         self.applied: dict[str, list[tuple[float, RoutingTable]]] = {}
         """service -> every table taken, with the unix time it was taken at, in order."""
@@ -229,10 +232,11 @@ class FakeRouter:
     def exited(self, service: str) -> bool:
         return service in self.crashes
 
-    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
         await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
         self.ensured.append(service)
         self.listen[service] = listen
+        self.redirects[service] = redirect_http
         lost = self.crashes.pop(service, None)
         if lost is not None:
             self.tables.pop(service, None)   # a restarted data plane comes back without a table here
@@ -319,6 +323,7 @@ class FakeHealthProbe:
         self.clock = clock
         self.router = router
         self.requests: list[tuple[str, str]] = []      # (track header, path) of every check request sent
+        self.trusts: list[ssl.SSLContext | None] = []   # the `trust` of every run_checks call
 
     async def wait_healthy(self, inst: Instance, *, path: str, interval: float, timeout: float,
                            healthy_threshold: int, deadline_s: float, is_alive: Callable[[Instance], bool],
@@ -346,7 +351,9 @@ class FakeHealthProbe:
 
     async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
                          extra_headers: Mapping[str, str] | None = None,
-                         log: Callable[[str], None] | None = None) -> str | None:
+                         log: Callable[[str], None] | None = None,
+                         trust: ssl.SSLContext | None = None) -> str | None:
+        self.trusts.append(trust)
         transport = httpx.MockTransport(self._answer)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             return await run_checks(client, checks, label=label, extra_headers=extra_headers, log=log)

@@ -143,7 +143,7 @@ ENGINE_MAY_IMPORT = (
     "shipyard.engine", "shipyard.rollout", "shipyard.spec",
     # the libraries
     "shipyard.images", "shipyard.database", "shipyard.drift", "shipyard.fleet", "shipyard.checklist",
-    "shipyard.building", "shipyard.analysis",
+    "shipyard.building", "shipyard.analysis", "shipyard.certificates", "shipyard.x509",
     # value objects and plain helpers (no adapter behind them)
     "shipyard.router.table", "shipyard.runtime.environment", "shipyard.paths", "shipyard.histogram",
     *PURE_HELPERS,
@@ -171,6 +171,7 @@ ADAPTERS = {
     "shipyard.runtime.health": "shipyard.runtime",
     "shipyard.runtime.ports": "shipyard.runtime",
     "shipyard.router.embedded": "shipyard.router",
+    "shipyard.router.listeners": "shipyard.router",
     "shipyard.router.control_client": "shipyard.router",
     "shipyard.router.control": "shipyard.router",
     "shipyard.router.dataplane": "shipyard.router",
@@ -236,7 +237,7 @@ CLI_MAY_IMPORT = (
     "shipyard.client",                                  # the HTTP API client: the CLI's one way to the daemon
     "shipyard.spec", "shipyard.errors", "shipyard.paths",
     # local-only verbs: validate / schema / build / images, db lint and db plan, the demo
-    "shipyard.images", "shipyard.building", "shipyard.database", "shipyard.devtools",
+    "shipyard.images", "shipyard.building", "shipyard.database", "shipyard.devtools", "shipyard.certificates",
     # pure vocabulary computed on local input (plan's exposure, an outcome's wording, checklist rates)
     "shipyard.rollout", "shipyard.checklist", "shipyard.redaction",
 )

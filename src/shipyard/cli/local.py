@@ -21,10 +21,16 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(file: Path = typer.Argument(..., help="The spec file.")) -> None:
-    """Check a spec file; print every problem with its file:line."""
+    """Check a spec file; print every problem with its file:line (and check its TLS certificate)."""
+    from shipyard.certificates import expiry_warning, read_pair
     from shipyard.spec import load_spec, spec_warnings
     spec = load_spec(file)
-    for warning in spec_warnings(spec):
+    warnings = spec_warnings(spec)
+    if spec.tls is not None:       # refused (CertificateError) as plan and deploy would refuse it
+        cert = read_pair(spec.resolve_path(spec.tls.cert), spec.resolve_path(spec.tls.key))
+        if (w := expiry_warning(cert)) is not None:
+            warnings.append(w)
+    for warning in warnings:
         say("[yellow]warning:[/] {warning}", to=err, warning=warning)
     strategy = "blue_green" if spec.strategy.blue_green is not None else "canary"
     say("[green]ok[/] {file}: service {service}, {replicas} replica(s), {strategy}", file=file,

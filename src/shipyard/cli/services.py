@@ -102,6 +102,12 @@ def _print_status(d: dict[str, Any]) -> None:
             t.add_row(text(name), text(state), text(short(s["image"])), text(i["id"] if i else "-"),
                       text(i["status"] if i else "-"), text(i["pid"] if i else "-"), text(i["port"] if i else "-"))
     out.print(t)
+    if tls := d.get("tls"):
+        soon = tls["days_left"] < 14
+        say(f"  tls: certificate {{fp}} for {{names}}, valid until {{until}} ([{'red' if soon else 'green'}]"
+            f"{{days}} days left[/]){{redirect}}", fp=tls["fingerprint"], names=", ".join(tls["names"]) or "-",
+            until=tls["not_after_iso"], days=f"{tls['days_left']:g}",
+            redirect=f"; http on {tls['redirect_http']} redirects to https" if tls.get("redirect_http") else "")
     drift, enforcement = d.get("drift"), d.get("enforcement")
     if drift:
         verdict = "[green]clean[/]" if drift["clean"] else "[red]{findings} finding(s)[/] (shipyard drift)"

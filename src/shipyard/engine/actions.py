@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from shipyard.engine import edge
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.machines import first_release_abandoned
@@ -86,7 +87,7 @@ class SlotOps:
                 self._router_version[svc.name] = current.version if current else 0
             version = max(svc.table_version, self._router_version[svc.name]) + 1
             table = build_table(svc, instances, version, *sticky, preview_token=self.preview_token(svc.name),
-                                limits=router_limits_of(svc))
+                                limits=router_limits_of(svc), tls=edge.table_tls(edge.served(self.d.paths, svc.name)))
             try:
                 await self.d.router.apply(table)
                 break

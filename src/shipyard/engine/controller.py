@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
+from shipyard.engine import edge
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
@@ -19,6 +20,7 @@ from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.queries import Queries
 from shipyard.engine.supervisor import Supervisor
+from shipyard.engine.tls_rotation import certificate_change, serve_certificate
 from shipyard.errors import ConflictError, NotFoundError, ShipyardError, StoreUnavailable
 from shipyard.rollout.canary import JUDGED
 from shipyard.rollout.changes import migration_outlook, plan_service
@@ -69,7 +71,8 @@ class Controller:
                     self.ops.event(svc.name, "instance.lost", f"instance {inst.id} (pid {inst.pid}) is gone",
                                    instance=inst.id)
             try:
-                self.ops.router_restarted(svc.name, await self.d.router.ensure(svc.name, svc.listen))
+                self.ops.router_restarted(svc.name, await self.d.router.ensure(
+                    svc.name, svc.listen, redirect_http=edge.redirect_of(self.d.paths, svc.name)))
                 async with self.ops.lock(svc.name):
                     await self.ops.push_table(svc)
             except ShipyardError as e:
@@ -141,7 +144,14 @@ class Controller:
                     f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
-            await self.d.router.ensure(spec.service, spec.listen)   # may refuse (address in use): nothing recorded
+            if kind is Kind.ROLLBACK:   # the panic button never waits for, or fails on, a certificate
+                await self.d.router.ensure(spec.service, spec.listen,
+                                           redirect_http=edge.redirect_of(self.d.paths, spec.service))
+            else:
+                cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
+                await self.d.router.ensure(spec.service, spec.listen,    # may refuse (address in use): nothing recorded
+                                           redirect_http=spec.tls.redirect_http if spec.tls else None)
+                await serve_certificate(self.ops, spec, cert)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
             svc.spec_path = spec_path
@@ -283,6 +293,7 @@ class Controller:
         async with self.ops.lock(service):       # the supervisor ensures routers under it, from a fresh record
             await self.d.router.stop(service)
             self.d.store.delete_service(service)
+            edge.restore(self.d.paths, service, None)
         self.ops.event(service, "service.removed", f"service {service} removed")
 
     async def wait(self, rollout_id: str, timeout: float) -> Rollout:
@@ -381,6 +392,7 @@ class Controller:
         """What `apply` of this spec would change. Nothing live is touched: the candidate
         image is built into the store (cached by its inputs) and never started."""
         spec = await asyncio.to_thread(load_spec, spec_path)
+        cert, _warnings = await asyncio.to_thread(edge.check, spec)   # one that cannot be served: refused, as deploy
         image = await self.d.images.build(build_input(spec))
         svc = self.d.store.get_service(spec.service)
         live = svc.live if svc is not None and svc.live is not None and svc.live.spec else None
@@ -407,7 +419,10 @@ class Controller:
             except Exception as e:   # whatever stops us asking the database: "unknown", never "none"
                 why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
                 migrations = migration_outlook(None, why)
-        return plan_service(spec.to_json_dict(), image.manifest, image.id,
-                            live_doc=live.spec if live else None, live_image=live.image_id if live else None,
-                            live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
-                            blocked=blocked).to_dict()
+        p = plan_service(spec.to_json_dict(), image.manifest, image.id,
+                         live_doc=live.spec if live else None, live_image=live.image_id if live else None,
+                         live_manifest=live_manifest, context=spec.context_dir, migrations=migrations,
+                         blocked=blocked)
+        if live is not None and (change := certificate_change(self.d.paths, spec.service, cert)) is not None:
+            p.changes.append(change)     # renewed files under the same names change no spec key
+        return p.to_dict()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shipyard.building import build_input
+from shipyard.engine import edge
 from shipyard.engine.actions import SlotOps
 from shipyard.engine.deps import Deps
 from shipyard.engine.judging import CanaryJudge
@@ -266,7 +267,8 @@ class RolloutDriver:
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
             case RunPreview(slot=slot):
                 why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
-                                         self.d.health, self.ops.preview_token(r.service))
+                                         self.d.health, self.ops.preview_token(r.service),
+                                         edge.preview_trust(self.d.paths, r.service))
                 return PreviewPassed() if why is None else PreviewFailed(why)
             case WithdrawCanary(slot=slot):
                 try:

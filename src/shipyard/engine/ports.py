@@ -8,6 +8,7 @@ module that satisfies a Protocol here, with no change to engine/."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -146,8 +147,9 @@ class Runtime(Protocol):
 class Router(Protocol):
     """What the engine needs from a router, whatever data plane is behind it."""
 
-    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
-        """Make sure a data plane serves `service` on `listen` (start or re-adopt it).
+    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
+        """Make sure a data plane serves `service` on `listen` (start or re-adopt it), and, with
+        `redirect_http`, a plain-HTTP listener there answering 308 to https (tls.redirect_http).
 
         Returns None, or, when it had to replace a data plane that had died or stopped
         answering, what became of it: {"pid", "exit_code", "signal", "reason"} (exit_code
@@ -221,9 +223,11 @@ class HealthProbe(Protocol):
 
     async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
                          extra_headers: Mapping[str, str] | None = None,
-                         log: Callable[[str], None] | None = None) -> str | None:
+                         log: Callable[[str], None] | None = None,
+                         trust: ssl.SSLContext | None = None) -> str | None:
         """Send each check's request to `base_url`: None when all answer as expected, else
-        the first failure in words (preview checks through the router, the database gate)."""
+        the first failure in words (preview checks through the router, the database gate).
+        `trust` verifies an https `base_url` (the router's own certificate, pinned)."""
         ...
 
 

@@ -4,6 +4,7 @@ slot is tested on the same path users take, and users cannot take it."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from shipyard.engine.ports import HealthProbe
@@ -15,19 +16,22 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def base_url(spec: Spec) -> str:
+def base_url(spec: Spec, scheme: str = "http") -> str:
     host = connect_host(spec.listen_host)
-    return f"http://[{host}]:{spec.listen_port}" if ":" in host else f"http://{host}:{spec.listen_port}"
+    return f"{scheme}://[{host}]:{spec.listen_port}" if ":" in host else f"{scheme}://{host}:{spec.listen_port}"
 
 
 async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], health: HealthProbe,
-                             token: str) -> str | None:
-    """None when every check passes, else the first failure in words."""
+                             token: str, trust: ssl.SSLContext | None = None) -> str | None:
+    """None when every check passes, else the first failure in words. `trust`: the router's
+    listener speaks TLS, and this (its certificate, pinned) is how the checks verify it."""
     bg = spec.strategy.blue_green
     checks = list(bg.preview_checks) if bg is not None else []
     if not checks:
         log(f"no preview checks configured for slot {slot}")
         return None
-    failure = await health.run_checks(base_url(spec), checks, label=f"slot {slot}",
-                                      extra_headers={TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}, log=log)
+    scheme = "https" if trust is not None else "http"
+    failure = await health.run_checks(base_url(spec, scheme), checks, label=f"slot {slot}",
+                                      extra_headers={TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}, log=log,
+                                      **({"trust": trust} if trust is not None else {}))
     return None if failure is None else f"preview {failure}"

@@ -28,6 +28,7 @@ from shipyard.checklist import (
     report,
     undo_check,
 )
+from shipyard.engine import edge
 from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.metrics_feed import KEEP_SECONDS, MetricsFeed
@@ -217,6 +218,7 @@ class Queries:
             "analysis": self._d.store.get_analysis(active.id) if active and active.strategy == "canary" else None,
             "drift": _drift_summary(self._d.store.get_drift_report(service)),
             "enforcement": self.enforcement(),
+            "tls": edge.status(edge.served(self._d.paths, service)),
         }
 
     def enforcement(self) -> dict[str, str] | None:

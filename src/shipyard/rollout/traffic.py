@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Iterable
 
 from shipyard.rollout.records import Instance, ServiceRecord
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import RoutingTable, TableTls, Upstream
 from shipyard.spec import RouterSpec
 
 ROUTABLE = ("healthy",)
@@ -26,7 +26,7 @@ def preview_token(secret: str, service: str) -> str:
 def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], version: int,
                 sticky_header: str | None = None, sticky_cookie: str | None = None,
                 sticky_client_address: bool = False, preview_token: str | None = None,
-                limits: RouterSpec | None = None) -> RoutingTable:
+                limits: RouterSpec | None = None, tls: TableTls | None = None) -> RoutingTable:
     """Tracks are the slots with healthy instances (so the preview route reaches a new
     slot as soon as it is healthy); all unpinned traffic goes to the live slot. If the
     live slot has no healthy instance left we still route to its live processes rather
@@ -35,7 +35,7 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
     users), and `X-Shipyard-Track: canary|stable` reach the two sides (for requests that
     carry `preview_token` in X-Shipyard-Preview-Token; without a token, for nobody). `limits`
     (the live release's `router` section) bounds the requests in flight per instance and
-    their queue; None: the defaults."""
+    their queue; None: the defaults. `tls`: the certificate the listener serves (None: plain HTTP)."""
     healthy: dict[str, list[Upstream]] = {}
     alive: dict[str, list[Upstream]] = {}
     for inst, status in instances:
@@ -64,4 +64,4 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
                         sticky_client_address=sticky_client_address, bucket_order=order, aliases=aliases,
                         releases=releases, preview_token=preview_token,
                         max_conns_per_instance=r.max_conns_per_instance, queue_size=r.queue_size,
-                        queue_timeout=r.queue_timeout, per_try_timeout=r.per_try_timeout)
+                        queue_timeout=r.queue_timeout, per_try_timeout=r.per_try_timeout, tls=tls)

@@ -51,9 +51,10 @@ class RouterControlClient:
     async def shutdown(self) -> None:
         await self._call({"op": "shutdown"})
 
-    async def listen_sockets(self) -> list[socket.socket]:
-        """The router's listening sockets, handed over with the reply (SCM_RIGHTS): the
-        caller owns them. RouterError as for every op (an old router refuses the op)."""
+    async def listen_sockets(self, which: str = "listen") -> list[socket.socket]:
+        """The router's listening sockets (`which`: "redirect" for its plain-HTTP redirect
+        listener), handed over with the reply (SCM_RIGHTS): the caller owns them. RouterError
+        as for every op (an old router refuses the op)."""
         path = self.sock_path
         loop = asyncio.get_running_loop()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -62,7 +63,8 @@ class RouterControlClient:
         try:
             async with asyncio.timeout(self.timeout):
                 await loop.sock_connect(conn, str(path))
-                await loop.sock_sendall(conn, encode_line({"op": "listen_fds"}))
+                await loop.sock_sendall(conn, encode_line({"op": "listen_fds"} if which == "listen"
+                                                          else {"op": "listen_fds", "which": which}))
                 while b"\n" not in data:
                     chunk, got = await _recv_fds(loop, conn)
                     fds += got

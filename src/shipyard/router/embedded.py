@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
 from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control_client import RouterControlClient
+from shipyard.router.listeners import addresses, bind_listen, bound, normalize_listen
 from shipyard.router.table import RoutingTable
 
 log = logging.getLogger("shipyard.router")
@@ -40,16 +40,6 @@ log = logging.getLogger("shipyard.router")
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_BYTES = 4096
-BACKLOG = 4096
-
-
-def normalize_listen(listen: str) -> str:
-    """'localhost:08080' and 'localhost:8080' are the same address for adoption purposes."""
-    host, sep, port = listen.strip().rpartition(":")
-    if not sep or not port.isdigit():
-        raise RouterError(f"listen address {listen!r} is not HOST:PORT",
-                          hint="write it like 127.0.0.1:8080 in the spec's `listen`")
-    return f"{host}:{int(port)}"
 
 
 class EmbeddedRouter:
@@ -65,10 +55,14 @@ class EmbeddedRouter:
         find no router, and the second would terminate the one the first just started."""
         self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
         """Per service, the listen address and the daemon's copies of its listening sockets."""
+        self._redirect_sockets: dict[str, tuple[str, list[socket.socket]]] = {}
+        """Likewise for the plain-HTTP redirect listener (tls.redirect_http), when there is one."""
         self._started: dict[str, subprocess.Popen[bytes]] = {}
         """The last router this object started per service: how it ended, when it dies."""
         self._no_handover: set[int] = set()
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
+        self._no_redirect_handover: set[int] = set()
+        """Likewise for the redirect listener's sockets."""
         self._serving: dict[str, int] = {}
         """Per service, the pid of the router last found serving it (started or re-adopted)."""
         self._files: dict[str, tuple[Path, Path]] = {}
@@ -77,29 +71,38 @@ class EmbeddedRouter:
 
     # -- Router protocol ------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
         async with self._ensuring.setdefault(service, asyncio.Lock()):
-            return await self._ensure(service, listen)
+            return await self._ensure(service, listen, redirect_http)
 
-    async def _ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def _ensure(self, service: str, listen: str, redirect_http: str | None) -> dict[str, Any] | None:
         self._reap()
         want = normalize_listen(listen)
+        redirect = normalize_listen(redirect_http) if redirect_http else None
         self.paths.routers.mkdir(parents=True, exist_ok=True)
         info = await self._ping(service)
         lost = None
         if info is not None:
-            if info.get("service") == service and normalize_listen(str(info.get("listen"))) == want:
+            served = info.get("redirect")
+            same_redirect = (normalize_listen(str(served)) if served else None) == redirect
+            if (info.get("service") == service and normalize_listen(str(info.get("listen"))) == want
+                    and same_redirect):
                 self._write_pid(service, int(info["pid"]), want)
                 self._serving[service] = int(info["pid"])
                 held = self._sockets.get(service)
                 if held is None or held[0] != want:
                     await self._take_over_sockets(service, want, int(info["pid"]))
+                held = self._redirect_sockets.get(service)
+                if redirect and (held is None or held[0] != redirect):
+                    await self._take_over_sockets(service, redirect, int(info["pid"]), redirect=True)
                 return None
-            await self.stop(service)  # it listens elsewhere: the spec's `listen` changed
+            # it listens elsewhere (the spec's `listen` changed) or tls.redirect_http changed; the
+            # daemon's copy of an unchanged listen address stays open, so the backlog bridges the gap
+            await self.stop(service, keep_listen=normalize_listen(str(info.get("listen"))) == want)
         else:
             lost = self._how_it_ended(service)
             await self._terminate(service, self._pid_from_file(service))  # alive but mute, if any
-        await self._start(service, want)
+        await self._start(service, want, redirect)
         return lost
 
     def _how_it_ended(self, service: str) -> dict[str, Any] | None:
@@ -137,11 +140,14 @@ class EmbeddedRouter:
     async def series(self, service: str, since: float) -> dict[str, Any]:
         return await self._client(service).series(since)
 
-    async def stop(self, service: str) -> None:
+    async def stop(self, service: str, *, keep_listen: bool = False) -> None:
         """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s. The daemon's
-        copy of the listening socket closes first, so the port stops taking connections."""
+        copy of the listening socket closes first, so the port stops taking connections
+        (unless `keep_listen`: a router replaced on the same address)."""
         self._reap()
-        self._close_sockets(service)
+        if not keep_listen:
+            self._close_sockets(service)
+        self._close_sockets(service, redirect=True)
         pid = None
         try:
             client = self._client(service)
@@ -236,58 +242,74 @@ class EmbeddedRouter:
         except RouterError:
             return None
 
-    def _listen_sockets(self, service: str, listen: str) -> list[socket.socket]:
-        """The daemon's listening sockets for `service`, bound now if it holds none for `listen`."""
-        held = self._sockets.get(service)
+    def _listen_sockets(self, service: str, listen: str, redirect: bool = False) -> list[socket.socket]:
+        """The daemon's listening sockets for `service` (its redirect listener), bound now if it
+        holds none for `listen`."""
+        table = self._redirect_sockets if redirect else self._sockets
+        held = table.get(service)
         if held is not None and held[0] == listen:
             return held[1]
-        self._close_sockets(service)
-        socks = bind_listen(service, listen)
-        self._sockets[service] = (listen, socks)
+        self._close_sockets(service, redirect)
+        socks = bind_listen(service, listen, "tls.redirect_http" if redirect else "listen")
+        table[service] = (listen, socks)
         return socks
 
-    async def _take_over_sockets(self, service: str, listen: str, pid: int) -> None:
-        """Get a copy of a re-adopted router's listening sockets, so that its crash, too,
-        refuses no connection. Sockets bound elsewhere than `listen` are not kept."""
-        if pid in self._no_handover:
+    async def _take_over_sockets(self, service: str, listen: str, pid: int, redirect: bool = False) -> None:
+        """Get a copy of a re-adopted router's listening sockets (with `redirect`, its redirect
+        listener's), so that its crash, too, refuses no connection. Sockets bound elsewhere
+        than `listen` are not kept."""
+        refused = self._no_redirect_handover if redirect else self._no_handover
+        if pid in refused:
             return
+        what = "redirect listener's socket" if redirect else "listening socket"
         try:
-            socks = await self._client(service).listen_sockets()
+            socks = await self._client(service).listen_sockets("redirect" if redirect else "listen")
         except RouterError as e:
-            self._no_handover.add(pid)
-            log.warning("the router for %s (pid %d) did not hand over its listening socket: %s; until it is "
+            refused.add(pid)
+            log.warning("the router for %s (pid %d) did not hand over its %s: %s; until it is "
                         "replaced, a crash of it refuses connections until the next router listens",
-                        service, pid, e.message)
+                        service, pid, what, e.message)
             return
-        want = _addresses(listen)
-        got = {_bound(s) for s in socks}
+        want = addresses(listen)
+        got = {bound(s) for s in socks}
         if not socks or got != want:
             for sock in socks:
                 sock.close()
-            self._no_handover.add(pid)
+            refused.add(pid)
             log.warning("the router for %s (pid %d) handed over sockets bound to %s, not %s; not kept",
                         service, pid, ", ".join(sorted(map(str, got))) or "nothing",
                         ", ".join(sorted(map(str, want))))
             return
-        self._close_sockets(service)
-        self._sockets[service] = (listen, socks)
-        log.info("took over the listening socket of the router for %s (pid %d) on %s", service, pid, listen)
+        self._close_sockets(service, redirect)
+        (self._redirect_sockets if redirect else self._sockets)[service] = (listen, socks)
+        log.info("took over the %s of the router for %s (pid %d) on %s", what, service, pid, listen)
 
-    def _close_sockets(self, service: str) -> None:
-        for s in self._sockets.pop(service, ("", []))[1]:
+    def _close_sockets(self, service: str, redirect: bool = False) -> None:
+        for s in (self._redirect_sockets if redirect else self._sockets).pop(service, ("", []))[1]:
             s.close()
 
-    async def _start(self, service: str, listen: str) -> None:
+    async def _start(self, service: str, listen: str, redirect: str | None = None) -> None:
         log_path = self.paths.router_log(service)
         fds = [s.fileno() for s in self._listen_sockets(service, listen)]
+        more: list[str] = []
+        redirect_fds: list[int] = []
+        if redirect:
+            try:
+                redirect_fds = [s.fileno() for s in self._listen_sockets(service, redirect, redirect=True)]
+            except RouterError:
+                self._close_sockets(service)
+                raise
+            more = ["--redirect", redirect, "--redirect-fds", ",".join(map(str, redirect_fds))]
+        else:
+            self._close_sockets(service, redirect=True)
         argv = [self.python, "-m", "shipyard.router.dataplane.proxy", "--service", service, "--listen", listen,
-                "--listen-fds", ",".join(map(str, fds)),
+                "--listen-fds", ",".join(map(str, fds)), *more,
                 "--control", str(self.paths.router_socket(service)),
                 "--table", str(self.paths.router_table(service))]
         with open(log_path, "ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True, pass_fds=fds)
+                                    start_new_session=True, close_fds=True, pass_fds=fds + redirect_fds)
         self._children[proc.pid] = proc
         self._started[service] = proc
         self._write_pid(service, proc.pid, listen)
@@ -301,6 +323,7 @@ class EmbeddedRouter:
                 self._started.pop(service, None)
                 self._serving.pop(service, None)
                 self._close_sockets(service)   # no router will accept: refuse, rather than queue forever
+                self._close_sockets(service, redirect=True)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise _start_error(service, listen, code, log_path, offset)
@@ -316,6 +339,7 @@ class EmbeddedRouter:
                 self._started.pop(service, None)
                 self._serving.pop(service, None)
                 self._close_sockets(service)
+                self._close_sockets(service, redirect=True)
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_file(service).unlink()
                 raise RouterError(f"the router for {service} did not answer on its control socket within "
@@ -355,55 +379,6 @@ class EmbeddedRouter:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
-
-
-def _addresses(listen: str) -> set[tuple[int, str, int]]:
-    """(family, host, port) of every address `listen` resolves to, as bind_listen binds them."""
-    host, _, port = listen.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except (OSError, ValueError):
-        return set()
-    return {(family, str(addr[0]), int(addr[1])) for family, _k, _p, _n, addr in infos}
-
-
-def _bound(sock: socket.socket) -> tuple[int, str, int] | None:
-    """(family, host, port) a listening TCP socket is bound to; None for anything else."""
-    try:
-        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return None
-        addr = sock.getsockname()
-    except OSError:
-        return None
-    return (int(sock.family), str(addr[0]), int(addr[1]))
-
-
-def bind_listen(service: str, listen: str) -> list[socket.socket]:
-    """Bind and listen on every address `listen` resolves to (as asyncio's create_server
-    would), with the router's error message and hint when the address cannot be used."""
-    host, _, port = listen.rpartition(":")
-    socks: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        for family, kind, proto, _name, addr in dict.fromkeys(infos):
-            s = socket.socket(family, kind, proto)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind(addr)
-            s.listen(BACKLOG)
-    except OSError as e:
-        for s in socks:
-            s.close()
-        gai = isinstance(e, socket.gaierror)
-        reason = os.strerror(e.errno).lower() if e.errno and not gai else str(e.strerror or e)
-        hint = (f"another process uses {listen}: stop it, or change `listen` in the spec"
-                if e.errno == errno.EADDRINUSE else "change `listen` in the spec")
-        raise RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint) from None
-    return socks
 
 
 def _start_error(service: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:

@@ -53,6 +53,38 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class TableTls:
+    """The certificate the listener serves: files the daemon installed (checked, 0600, named by
+    fingerprint) and the fingerprint, which the data plane checks the file against. A table
+    whose fingerprint differs from the served one makes the router build a new SSLContext
+    for new connections; connections already open keep theirs."""
+
+    cert: str
+    key: str
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.startswith("/"):
+                raise TableError(f"tls.{name} must be an absolute path, got {v!r}")
+        fp = self.fingerprint
+        if not (isinstance(fp, str) and len(fp) == 64 and all(c in "0123456789abcdef" for c in fp)):
+            raise TableError(f"tls.fingerprint must be 64 lower-case hex digits (SHA-256), got {fp!r}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"cert": self.cert, "key": self.key, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TableTls | None:
+        if d is None:
+            return None
+        if not isinstance(d, dict):
+            raise TableError(f"tls must be an object with cert, key and fingerprint, got {d!r}")
+        return cls(d.get("cert"), d.get("key"), d.get("fingerprint"))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     service: str
     version: int = 0
@@ -85,6 +117,8 @@ class RoutingTable:
     per_try_timeout: float = 0.0
     """Seconds an instance has to start answering an idempotent request before it is sent once to
     another instance of the track; 0: off."""
+    tls: TableTls | None = None
+    """Terminate TLS on the listener with this certificate; None: plain HTTP."""
     _slices: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False, default=())
     """(track, end bucket) in bucket order, weight > 0 only: computed once per table."""
 
@@ -153,7 +187,7 @@ class RoutingTable:
 
     def with_weights(self, weights: dict[str, float]) -> RoutingTable:
         return replace(self, version=self.version + 1, tracks=dict(self.tracks), weights=dict(weights),
-                       aliases=dict(self.aliases), releases=dict(self.releases))
+                       aliases=dict(self.aliases), releases=dict(self.releases), tls=self.tls)
 
     @property
     def serving(self) -> list[str]:
@@ -180,12 +214,13 @@ class RoutingTable:
             "queue_size": self.queue_size,
             "queue_timeout": self.queue_timeout,
             "per_try_timeout": self.per_try_timeout,
+            "tls": self.tls.to_dict() if self.tls else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoutingTable:
         """Tables persisted by older routers (no order, aliases, address stickiness, releases or
-        overload limits) load too, with the defaults."""
+        overload limits, or TLS) load too, with the defaults."""
         return cls(
             service=str(d["service"]),
             version=int(d.get("version", 0)),
@@ -203,6 +238,7 @@ class RoutingTable:
             queue_size=d.get("queue_size", DEFAULT_QUEUE_SIZE),
             queue_timeout=d.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
             per_try_timeout=d.get("per_try_timeout", 0.0),
+            tls=TableTls.from_dict(d.get("tls")),
         )
 
 

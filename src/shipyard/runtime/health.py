@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
@@ -192,6 +193,8 @@ class HttpHealthProbe:
 
     async def run_checks(self, base_url: str, checks: Sequence[PreviewCheck], *, label: str,
                          extra_headers: Mapping[str, str] | None = None,
-                         log: Callable[[str], None] | None = None) -> str | None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=CHECK_TIMEOUT) as client:
+                         log: Callable[[str], None] | None = None,
+                         trust: ssl.SSLContext | None = None) -> str | None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=CHECK_TIMEOUT,
+                                     verify=trust if trust is not None else True) as client:
             return await run_checks(client, checks, label=label, extra_headers=extra_headers, log=log)

@@ -7,7 +7,7 @@ from .advice import looks_secret, spec_warnings
 from .bounded import MAX_SPEC_BYTES, SpecTooLarge
 from .durations import format_duration, parse_duration
 from .load import SpecInvalid, load_spec, parse_spec
-from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec
+from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec, TlsSpec
 from .schema import json_schema
 from .strategy import (
     AnalysisSpec,
@@ -61,6 +61,7 @@ __all__ = [
     "StickySpec",
     "StrategySpec",
     "SuccessRateMetric",
+    "TlsSpec",
     "format_duration",
     "is_service_name",
     "json_schema",

@@ -172,6 +172,19 @@ class RouterSpec(SpecModel):
         return kind
 
 
+class TlsSpec(SpecModel):
+    """TLS termination on `listen`: the router serves this certificate (PEM chain, the server's
+    own certificate first) with this key (PEM, not encrypted). Paths are relative to the spec
+    file; the files are read and checked at plan and deploy time, and what is served is a copy
+    taken then (rotating a certificate is a deploy)."""
+
+    cert: Text
+    key: Text
+    redirect_http: Listen | None = None
+    """A plain-HTTP listener (host:port) answering every request with a 308 to https://<Host><path>
+    on `listen`'s port."""
+
+
 # -- notifications --------------------------------------------------------------------------------
 
 NotifyEvent = Literal["rollout.started", "rollout.step", "rollout.paused", "rollout.promoted",
@@ -232,7 +245,16 @@ class Spec(SpecModel):
     database: DatabaseSpec | None = None
     drift: DriftSpec = Field(default_factory=DriftSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
+    tls: TlsSpec | None = None
     notifications: NotificationsSpec | None = None
+
+    @model_validator(mode="after")
+    def _redirect_apart(self) -> Spec:
+        if self.tls is not None and self.tls.redirect_http is not None:
+            if split_listen(self.tls.redirect_http) == split_listen(self.listen):
+                raise ValueError(f"tls.redirect_http {self.tls.redirect_http} is the `listen` address: "
+                                 "give the plain-HTTP listener its own port (e.g. 80 beside 443)")
+        return self
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<memory>")

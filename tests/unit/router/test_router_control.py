@@ -43,6 +43,9 @@ class Plane:
         self.has_table = True
         self.swaps.append(table.version)
 
+    def check(self, table: RoutingTable) -> None:
+        pass
+
     def stats(self) -> dict[str, Any]:
         return {"version": self._table.version, "tracks": {}}
 
@@ -108,7 +111,8 @@ def test_other_ops_and_bad_requests(tmp: Path) -> None:
     plane = Plane()
     svc = ControlService(plane, tmp / "t.json", lambda: None)
     ping = svc.handle({"op": "ping"})[0]
-    assert ping == {"ok": True, "pid": os.getpid(), "service": "shop", "listen": "127.0.0.1:8080", "version": 0}
+    assert ping == {"ok": True, "pid": os.getpid(), "service": "shop", "listen": "127.0.0.1:8080",
+                    "redirect": None, "version": 0}
     assert svc.handle({"op": "get_table"})[0] == {"ok": True, "table": None}
     assert svc.handle({"op": "stats"})[0] == {"ok": True, "stats": {"version": 0, "tracks": {}}}
     assert svc.handle({"op": "shutdown"}) == ({"ok": True}, True)

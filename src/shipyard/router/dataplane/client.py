@@ -41,13 +41,15 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "closed", "bucket", "refusal")
+                 "closed", "bucket", "refusal", "proto")
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.peer = b""
+        self.proto = b"http"
+        """X-Forwarded-Proto: https on a TLS listener."""
         self.url = b""
         self.hdrs: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -77,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
+        self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
         server = self.server
         server.clients.add(self)
         self.in_head = self.waiting = True
@@ -179,7 +182,7 @@ class ClientConnection(asyncio.Protocol):
         http10 = version == "1.0"
         try:
             req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
-                                  self.server.listen.encode())
+                                  self.server.listen.encode(), self.proto)
         except Refused as e:
             self._reject(e.status, e.message)
             return

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shipyard.errors import RouterError
-from shipyard.router.table import RoutingTable
+from shipyard.router.table import RoutingTable, TableError
 from shipyard.router.wire import MAX_LINE, encode_line
 from shipyard.router.wire import error_reply as _error
 
@@ -45,6 +45,9 @@ class DataPlane(Protocol):
     def table(self) -> RoutingTable: ...
 
     def swap(self, table: RoutingTable) -> None: ...
+
+    def check(self, table: RoutingTable) -> None:
+        """Raise TableError if `table` cannot be served (its certificate); changes nothing."""
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -121,7 +124,7 @@ class ControlService:
         if op == "ping":
             p = self.plane
             return {"ok": True, "pid": os.getpid(), "service": p.service, "listen": p.listen,
-                    "version": p.table.version}, False
+                    "redirect": getattr(p, "redirect", None), "version": p.table.version}, False
         if op == "set_table":
             return self._set_table(request.get("table")), False
         if op == "get_table":
@@ -162,6 +165,10 @@ class ControlService:
         # cannot be persisted is swapped back out, so what the daemon is told, what is served
         # and what a restarted router loads agree. (The very first table has nothing to go
         # back to, so it is persisted first.)
+        try:
+            plane.check(table)
+        except TableError as e:   # its certificate cannot be served: the old table keeps serving
+            return _error(f"table version {table.version} refused: {e}")
         previous = plane.table if plane.has_table else None
         if previous is not None:
             plane.swap(table)
@@ -194,10 +201,13 @@ class ControlService:
                     response = _error(f"invalid JSON: {e}")
                 else:
                     if isinstance(request, dict) and request.get("op") == "listen_fds":
-                        await self._hand_over(writer)
+                        await self._hand_over(writer, redirect=request.get("which") == "redirect")
                         continue
                     try:
                         response, shutdown = self.handle(request)
+                        settled = getattr(self.plane, "settled", None)
+                        if settled is not None:   # e.g. the listener switching to TLS: done before the reply
+                            await settled()
                     except Exception as e:  # a bug must not kill the control socket
                         log.exception("control request failed")
                         response = _error(f"internal error: {e}")
@@ -211,9 +221,17 @@ class ControlService:
                 self.on_shutdown()
 
 
-    async def _hand_over(self, writer: asyncio.StreamWriter) -> None:
-        """Reply {"ok", "fds": n} with the listening sockets' fds attached to its bytes."""
-        fds = self.plane.listen_fds()
+    async def _hand_over(self, writer: asyncio.StreamWriter, redirect: bool = False) -> None:
+        """Reply {"ok", "fds": n} with the listening sockets' fds attached to its bytes (with
+        `redirect`, those of the plain-HTTP redirect listener)."""
+        if redirect:
+            fds = getattr(self.plane, "redirect_fds", list)()
+            if not fds:
+                writer.write(encode_line(_error("this router has no redirect listener")))
+                await writer.drain()
+                return
+        else:
+            fds = self.plane.listen_fds()
         if not fds:
             writer.write(encode_line(_error("this router holds no listening socket (it is shutting down)")))
             await writer.drain()

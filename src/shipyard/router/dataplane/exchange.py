@@ -325,10 +325,14 @@ class Exchange(OverloadSteps):
             self.wbuf += (b"%x\r\n" % len(data), data, b"\r\n")
 
     def flush(self) -> None:
-        """Send what the last upstream read produced in one write (one syscall, one packet)."""
+        """Send what the last upstream read produced in one write (one syscall, one packet).
+        Over TLS, joined first: the SSL transport makes one record (one encryption) per buffer."""
         buf = self.wbuf
         if buf:
-            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            if len(buf) > 1 and self.client.proto == b"https":
+                self.client.transport.write(b"".join(buf))  # type: ignore[union-attr]
+            else:
+                self.client.transport.writelines(buf)  # type: ignore[union-attr]
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:

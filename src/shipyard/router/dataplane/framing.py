@@ -78,7 +78,7 @@ def error_response(status: int, message: str, connection: bytes, with_body: bool
 
 
 def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs: list[tuple[bytes, bytes]],
-                    peer: bytes, listen: bytes) -> RequestHead:
+                    peer: bytes, listen: bytes, proto: bytes = b"http") -> RequestHead:
     """The head to send to the instance, or Refused. `upgrade` is the parser's verdict that the
     request asks to switch protocols (Upgrade + Connection: upgrade)."""
     if method == b"CONNECT":
@@ -146,7 +146,7 @@ def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs
         raise Refused(400, "bad request (an Upgrade request with a body; send the body without Upgrade)")
     if drop:
         out = out[:1] + without_names(out[1:], drop)
-    out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % (xff + b", " + peer if xff else peer))
+    out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (xff + b", " + peer if xff else peer, proto))
     if host is not None:
         out.append(b"X-Forwarded-Host: %s\r\n" % host)
     else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one

@@ -66,6 +66,8 @@ class Downstream(Protocol):
 
     server: Plane
     transport: asyncio.Transport | None
+    proto: bytes
+    """b"https" on a TLS listener, else b"http"."""
     paused: int
     write_paused: bool
     draining: bool

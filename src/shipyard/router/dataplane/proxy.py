@@ -9,7 +9,10 @@ per request (one sweeper checks deadlines), no copy of bodies beyond one chunk.
 A table swap replaces one reference. Requests already sent finish on their
 instance; the next request of a keep-alive connection sees the new table; a swap
 never closes a client connection (the failure mode of nginx/Caddy reloads). Requests
-waiting in a track's queue are not yet anywhere: a swap routes them by the new table."""
+waiting in a track's queue are not yet anywhere: a swap routes them by the new table.
+With `tls` in the table the listener terminates TLS (tls.py); a new certificate is a swap
+too, served from the next handshake on. `--redirect` adds a plain-HTTP listener answering
+308 to https (redirect.py)."""
 
 from __future__ import annotations
 
@@ -34,10 +37,12 @@ from shipyard.router.dataplane.control_server import (
     serve_control,
 )
 from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.redirect import RedirectConnection
 from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
+from shipyard.router.dataplane.tls import HANDSHAKE_TIMEOUT, TlsTerminator
 from shipyard.router.dataplane.tries import TryWatch
 from shipyard.router.dataplane.upstream import UpstreamState
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import RoutingTable, TableError, Upstream
 
 log = logging.getLogger("shipyard.router")
 
@@ -52,9 +57,14 @@ class ProxyServer:
 
     def __init__(self, service: str, listen: str, table: RoutingTable | None = None,
                  response_timeout: float = 60.0, client_idle_timeout: float = 75.0,
-                 client_head_timeout: float = 30.0) -> None:
+                 client_head_timeout: float = 30.0, redirect: str | None = None) -> None:
         self.service = service
         self.listen = listen
+        self.redirect = redirect
+        """The plain-HTTP address answering 308 to https (tls.redirect_http), if any."""
+        self.tls = TlsTerminator()
+        if table is not None:   # a certificate that cannot be served stops the start (TableError)
+            self.tls.serve(table.tls, self.tls.prepare(table.tls))
         self.response_timeout = response_timeout
         self.client_idle_timeout = client_idle_timeout
         self.client_head_timeout = client_head_timeout
@@ -72,6 +82,13 @@ class ProxyServer:
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
         self.draining = False
         self.servers: list[asyncio.AbstractServer] = []
+        self.listen_socks: list[socket.socket] = []
+        """The listening sockets; each server serves a dup, so servers can be replaced (TLS on/off)."""
+        self.redirect_servers: list[asyncio.AbstractServer] = []
+        self.redirect_socks: list[socket.socket] = []
+        self.serving_tls = False
+        self.relisten: asyncio.Task[None] | None = None
+        """The listeners switching between plain HTTP and TLS after a swap (see settled)."""
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
@@ -123,16 +140,36 @@ class ProxyServer:
         finally:
             self.pumping = False
 
+    def check(self, table: RoutingTable) -> None:
+        """TableError if `table`'s certificate cannot be served (control_server asks first)."""
+        self.tls.prepare(table.tls)
+
+    async def settled(self) -> None:
+        """Wait until the listeners speak what the last swap asked for (TLS or plain): the control
+        reply to a table that turns TLS on or off waits for this, so a client that connects after
+        the daemon was told "served" never meets the old protocol."""
+        task, self.relisten = self.relisten, None
+        if task is not None:
+            await task
+
     def swap(self, table: RoutingTable) -> None:
         """Serve `table` from the next request on; in-flight requests finish where they are
         (and count where they started). A track that now serves another release counts
-        from zero: its counters and seconds belonged to the one before."""
+        from zero: its counters and seconds belonged to the one before. A certificate that
+        cannot be served raises TableError first, changing nothing."""
+        ctx = self.tls.prepare(table.tls)
         for track, release in table.releases.items():
             if self.track_releases.get(track, release) != release:
                 self.track_metrics[track] = TrackMetrics()
             self.track_releases[track] = release
         old, self.state = self.state, self._compile(table)
         self.has_table = True
+        rotated = table.tls is not None and self.tls.fingerprint not in (None, table.tls.fingerprint)
+        self.tls.serve(table.tls, ctx)
+        if rotated:
+            log.info("serving certificate %s to new connections", table.tls.fingerprint)  # type: ignore[union-attr]
+        if self.loop is not None and (ctx is not None) != self.serving_tls:
+            self.relisten = self.loop.create_task(self._serve_listeners())
         waiting = sorted((ex for r in old.routes.values() for ex in r.waiting.take_all()),
                          key=lambda ex: ex.queued_at)
         for ex in waiting:
@@ -158,6 +195,8 @@ class ProxyServer:
             "upstreams": ups,
             "limits": {k: getattr(self.table, k) for k in
                        ("max_conns_per_instance", "queue_size", "queue_timeout", "per_try_timeout")},
+            "tls": {"fingerprint": self.tls.fingerprint, "rotations": self.tls.rotations,
+                    "redirect_http": self.redirect} if self.tls.fingerprint else None,
         }
 
     def series(self, since: float) -> dict[str, Any]:
@@ -175,24 +214,57 @@ class ProxyServer:
         """The listening sockets' fds, for a daemon that needs its copy back (control_server)."""
         if self.draining:
             return []
-        return [sock.fileno() for srv in self.servers for sock in srv.sockets]
+        return [sock.fileno() for sock in self.listen_socks]
+
+    def redirect_fds(self) -> list[int]:
+        """The redirect listener's sockets' fds, for a daemon taking its copy back."""
+        if self.draining:
+            return []
+        return [sock.fileno() for sock in self.redirect_socks]
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+    async def start(self, host: str, port: int, socks: list[socket.socket] | None = None,
+                    redirect_socks: list[socket.socket] | None = None) -> None:
         """Accept on `socks` (listening sockets handed over by the daemon, which keeps its own
         copies so the port stays open while no router runs), else bind `host`:`port`;
-        raises OSError when the address cannot be used."""
+        `redirect_socks` likewise for the redirect listener. Raises OSError when the address
+        cannot be used."""
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
         self.tries = TryWatch(loop)
-        if socks:
-            self.servers = [await loop.create_server(lambda: ClientConnection(self), sock=s, backlog=4096)
-                            for s in socks]
-        else:
-            self.servers = [await loop.create_server(lambda: ClientConnection(self), host, port,
-                                                     reuse_address=True, backlog=4096)]
+        if not socks:
+            srv = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True, backlog=4096,
+                                           start_serving=False)
+            socks = [socket.socket(fileno=os.dup(s.fileno())) for s in srv.sockets]
+            srv.close()
+        self.listen_socks = list(socks)
+        await self._serve_listeners()
+        self.redirect_socks = list(redirect_socks or [])
+        if redirect_socks:
+            https_port = parse_listen(self.listen)[1]
+            self.redirect_servers = [
+                await loop.create_server(lambda: RedirectConnection(https_port, loop), sock=s.dup(), backlog=4096)
+                for s in redirect_socks]
         self.sweeper = loop.create_task(self._sweep())
+
+    async def _serve_listeners(self) -> None:
+        """(Re)start accepting on the listening sockets, with TLS if the table has a certificate.
+        Replacing the servers leaves every open connection alone; the sockets never close, so
+        no connection is refused in between."""
+        loop = self.loop
+        assert loop is not None
+        if self.draining:
+            return
+        tls = self.tls.current is not None
+        ssl_kw: dict[str, Any] = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if tls else {}
+        new = [await loop.create_server(lambda: ClientConnection(self), sock=s.dup(), backlog=4096, **ssl_kw)
+               for s in self.listen_socks]
+        old, self.servers, self.serving_tls = self.servers, new, tls
+        for srv in old:
+            srv.close()
+        if old:
+            log.info("listener now speaks %s", "TLS" if tls else "plain HTTP")
 
     async def _sweep(self) -> None:
         """Enforce every timeout from one periodic pass instead of one timer per request."""
@@ -208,7 +280,7 @@ class ProxyServer:
     async def shutdown(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest."""
         self.draining = True
-        for srv in self.servers:
+        for srv in self.servers + self.redirect_servers:
             srv.close()
         for c in list(self.clients):
             c.drain()
@@ -247,11 +319,21 @@ async def run(args: argparse.Namespace) -> int:
     except RouterError as e:
         print(f"control socket: {e.message}", file=sys.stderr)
         return 1
-    server = ProxyServer(args.service, args.listen, load_table(table_path, args.service),
-                         response_timeout=args.response_timeout)
+    try:
+        server = ProxyServer(args.service, args.listen, load_table(table_path, args.service),
+                             response_timeout=args.response_timeout, redirect=args.redirect or None)
+    except TableError as e:
+        print(f"table {table_path}: {e}", file=sys.stderr)
+        return 1
     try:
         socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd] if args.listen_fds else None
-        await server.start(host, port, socks)
+        redirect_socks = [socket.socket(fileno=int(fd)) for fd in args.redirect_fds.split(",") if fd]
+        if args.redirect and not redirect_socks:
+            rhost, rport = parse_listen(args.redirect)
+            rsrv = await loop.create_server(asyncio.Protocol, rhost, rport, reuse_address=True, start_serving=False)
+            redirect_socks = [socket.socket(fileno=os.dup(s.fileno())) for s in rsrv.sockets]
+            rsrv.close()
+        await server.start(host, port, socks, redirect_socks)
     except OSError as e:
         reason = os.strerror(e.errno).lower() if e.errno else str(e)
         print(f"listen {args.listen}: {reason}", file=sys.stderr)
@@ -285,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", required=True, help="HOST:PORT to accept the service's traffic on")
     p.add_argument("--listen-fds", default="",
                    help="comma-separated inherited fds of sockets already listening on --listen (from the daemon)")
+    p.add_argument("--redirect", default="", help="HOST:PORT of a plain-HTTP listener answering 308 to https")
+    p.add_argument("--redirect-fds", default="",
+                   help="comma-separated inherited fds of sockets already listening on --redirect (from the daemon)")
     p.add_argument("--control", required=True, help="path of the unix control socket")
     p.add_argument("--table", required=True, help="where the served table is persisted")
     p.add_argument("--response-timeout", type=float, default=60.0,

@@ -1,7 +1,8 @@
 """Reading the spec a request names, off the event loop: a hostile or huge file costs a
 worker thread (bounded by spec/bounded.py), never the daemon's answers to everyone else.
-Also what the spec should be told before it is used: its warnings, and a listen host that
-does not resolve (the router would otherwise die with "unknown error -2")."""
+Also what the spec should be told before it is used: its warnings (a certificate close to
+expiry among them), and a listen host that does not resolve (the router would otherwise die
+with "unknown error -2"). A certificate that cannot be served at all is refused here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import ipaddress
 import socket
 
+from shipyard.certificates import expiry_warning, read_pair
 from shipyard.errors import SpecError
 from shipyard.spec import Spec, load_spec, spec_warnings
 
@@ -21,7 +23,12 @@ async def checked_spec(path: str) -> tuple[Spec, list[str]]:
     """The spec at `path` and its warnings; SpecError if its listen host cannot be resolved."""
     spec = await read_spec(path)
     await asyncio.to_thread(check_resolvable, spec)
-    return spec, spec_warnings(spec)
+    warnings = spec_warnings(spec)
+    if spec.tls is not None:
+        cert = await asyncio.to_thread(read_pair, spec.resolve_path(spec.tls.cert), spec.resolve_path(spec.tls.key))
+        if (w := expiry_warning(cert)) is not None:
+            warnings.append(w)
+    return spec, warnings
 
 
 def check_resolvable(spec: Spec) -> None:

@@ -1,0 +1,84 @@
+"""The service's TLS edge as the engine sees it: the certificate a spec asks for, checked
+before a deploy changes anything, and the one its router serves now.
+
+What a service serves is recorded in the state directory (certificates.py), not with a
+slot: the certificate belongs to the address, which both slots and the preview route
+share, so a new one is served as soon as its deploy begins (a table swap), and a rollback
+does not bring an old, possibly revoked, certificate back."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+from shipyard.certificates import (
+    Certificate,
+    ServiceTls,
+    expiry_warning,
+    install,
+    load_service,
+    pinned_client_context,
+    read_pair,
+    save_service,
+)
+from shipyard.paths import StatePaths
+from shipyard.router.table import TableTls
+from shipyard.spec import Spec
+
+
+def check(spec: Spec, now: float | None = None) -> tuple[Certificate | None, list[str]]:
+    """Read and check the spec's certificate (CertificateError if it cannot be served) and the
+    warnings it deserves; (None, []) for a spec without tls. Blocking file I/O: run in a thread."""
+    if spec.tls is None:
+        return None, []
+    cert = read_pair(spec.resolve_path(spec.tls.cert), spec.resolve_path(spec.tls.key), now)
+    warning = expiry_warning(cert, now)
+    return cert, [warning] if warning else []
+
+
+def served(paths: StatePaths, service: str) -> ServiceTls | None:
+    return load_service(paths.tls, service)
+
+
+def record(paths: StatePaths, spec: Spec, cert: Certificate | None) -> ServiceTls | None:
+    """Install `cert` (checked by `check`) and record it as what `spec.service` serves; None
+    (and the record removed) for a spec without tls."""
+    if cert is None or spec.tls is None:
+        save_service(paths.tls, spec.service, None)
+        return None
+    cert_path, key_path = install(cert, paths.tls)
+    tls = ServiceTls(cert.fingerprint, str(cert_path), str(key_path), cert.not_before, cert.not_after,
+                     cert.names, spec.tls.redirect_http)
+    save_service(paths.tls, spec.service, tls)
+    return tls
+
+
+def restore(paths: StatePaths, service: str, previous: ServiceTls | None) -> None:
+    """Put the record back as it was before a deploy that could not go on."""
+    save_service(paths.tls, service, previous)
+
+
+def table_tls(tls: ServiceTls | None) -> TableTls | None:
+    return TableTls(tls.cert, tls.key, tls.fingerprint) if tls is not None else None
+
+
+def redirect_of(paths: StatePaths, service: str) -> str | None:
+    tls = served(paths, service)
+    return tls.redirect_http if tls is not None else None
+
+
+def preview_trust(paths: StatePaths, service: str) -> ssl.SSLContext | None:
+    """How the preview checks verify the router's TLS listener (None: it speaks plain HTTP)."""
+    tls = served(paths, service)
+    return pinned_client_context(tls) if tls is not None else None
+
+
+def status(tls: ServiceTls | None, now: float | None = None) -> dict[str, object] | None:
+    """What `shipyard status` shows of the edge."""
+    if tls is None:
+        return None
+    now = time.time() if now is None else now
+    d = tls.to_dict()
+    return {"fingerprint": d["fingerprint"], "not_after": d["not_after"], "not_after_iso": d["not_after_iso"],
+            "days_left": round((tls.not_after - now) / 86400, 1), "names": d["names"],
+            "redirect_http": d["redirect_http"]}

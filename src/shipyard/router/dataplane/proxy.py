@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
+from shipyard.router.dataplane.acceptor import Listener, bind
 from shipyard.router.dataplane.client import ClientConnection
 from shipyard.router.dataplane.control_server import (
     ControlService,
@@ -71,7 +72,7 @@ class ProxyServer:
         self.clock = 0.0
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
         self.draining = False
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Listener] = []
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
@@ -186,12 +187,8 @@ class ProxyServer:
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
         self.tries = TryWatch(loop)
-        if socks:
-            self.servers = [await loop.create_server(lambda: ClientConnection(self), sock=s, backlog=4096)
-                            for s in socks]
-        else:
-            self.servers = [await loop.create_server(lambda: ClientConnection(self), host, port,
-                                                     reuse_address=True, backlog=4096)]
+        # not loop.create_server: uvloop's accepts one connection per loop iteration (acceptor.py)
+        self.servers = [Listener(loop, s, lambda: ClientConnection(self)) for s in socks or bind(host, port)]
         self.sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
+from shipyard.router.dataplane.acceptor import Listener, bind
 from shipyard.router.dataplane.client import ClientConnection
 from shipyard.router.dataplane.control_server import (
     ControlService,
@@ -81,14 +82,11 @@ class ProxyServer:
         self.clock = 0.0
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
         self.draining = False
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Listener] = []
         self.listen_socks: list[socket.socket] = []
-        """The listening sockets; each server serves a dup, so servers can be replaced (TLS on/off)."""
-        self.redirect_servers: list[asyncio.AbstractServer] = []
+        """The listening sockets (the daemon's, handed over); each Listener accepts on a dup."""
+        self.redirect_servers: list[Listener] = []
         self.redirect_socks: list[socket.socket] = []
-        self.serving_tls = False
-        self.relisten: asyncio.Task[None] | None = None
-        """The listeners switching between plain HTTP and TLS after a swap (see settled)."""
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
@@ -145,12 +143,9 @@ class ProxyServer:
         self.tls.prepare(table.tls)
 
     async def settled(self) -> None:
-        """Wait until the listeners speak what the last swap asked for (TLS or plain): the control
-        reply to a table that turns TLS on or off waits for this, so a client that connects after
-        the daemon was told "served" never meets the old protocol."""
-        task, self.relisten = self.relisten, None
-        if task is not None:
-            await task
+        """The listeners speak what the last swap asked for (TLS or plain) from the next accept
+        (`_accept_options`), so a client that connects after the daemon was told "served"
+        never meets the old protocol: nothing to wait for."""
 
     def swap(self, table: RoutingTable) -> None:
         """Serve `table` from the next request on; in-flight requests finish where they are
@@ -168,8 +163,6 @@ class ProxyServer:
         self.tls.serve(table.tls, ctx)
         if rotated:
             log.info("serving certificate %s to new connections", table.tls.fingerprint)  # type: ignore[union-attr]
-        if self.loop is not None and (ctx is not None) != self.serving_tls:
-            self.relisten = self.loop.create_task(self._serve_listeners())
         waiting = sorted((ex for r in old.routes.values() for ex in r.waiting.take_all()),
                          key=lambda ex: ex.queued_at)
         for ex in waiting:
@@ -233,38 +226,24 @@ class ProxyServer:
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
         self.tries = TryWatch(loop)
-        if not socks:
-            srv = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True, backlog=4096,
-                                           start_serving=False)
-            socks = [socket.socket(fileno=os.dup(s.fileno())) for s in srv.sockets]
-            srv.close()
-        self.listen_socks = list(socks)
-        await self._serve_listeners()
+        # not loop.create_server: uvloop's accepts one connection per loop iteration (acceptor.py)
+        self.listen_socks = list(socks or bind(host, port))
+        self.servers = [Listener(loop, s.dup(), lambda: ClientConnection(self), self._accept_options)
+                        for s in self.listen_socks]
         self.redirect_socks = list(redirect_socks or [])
         if redirect_socks:
             https_port = parse_listen(self.listen)[1]
-            self.redirect_servers = [
-                await loop.create_server(lambda: RedirectConnection(https_port, loop), sock=s.dup(), backlog=4096)
-                for s in redirect_socks]
+            self.redirect_servers = [Listener(loop, s.dup(), lambda: RedirectConnection(https_port, loop))
+                                     for s in redirect_socks]
         self.sweeper = loop.create_task(self._sweep())
 
-    async def _serve_listeners(self) -> None:
-        """(Re)start accepting on the listening sockets, with TLS if the table has a certificate.
-        Replacing the servers leaves every open connection alone; the sockets never close, so
-        no connection is refused in between."""
-        loop = self.loop
-        assert loop is not None
-        if self.draining:
-            return
-        tls = self.tls.current is not None
-        ssl_kw: dict[str, Any] = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if tls else {}
-        new = [await loop.create_server(lambda: ClientConnection(self), sock=s.dup(), backlog=4096, **ssl_kw)
-               for s in self.listen_socks]
-        old, self.servers, self.serving_tls = self.servers, new, tls
-        for srv in old:
-            srv.close()
-        if old:
-            log.info("listener now speaks %s", "TLS" if tls else "plain HTTP")
+    def _accept_options(self) -> dict[str, Any]:
+        """TLS for a connection accepted now when the table being served has a certificate:
+        decided per connection, so turning TLS on or off takes effect from the next accept and
+        no open connection (nor the listening socket) is touched."""
+        if self.tls.current is None:
+            return {}
+        return {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
 
     async def _sweep(self) -> None:
         """Enforce every timeout from one periodic pass instead of one timer per request."""

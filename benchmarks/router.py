@@ -37,8 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchtools import HAPROXY, WRK, Children, kill_everything_under, machine, run_wrk, start_haproxy, wait_port, \
-    write_doc_section
+from benchtools import (
+    HAPROXY,
+    WRK,
+    Children,
+    kill_everything_under,
+    machine,
+    run_wrk,
+    start_haproxy,
+    wait_port,
+    write_doc_section,
+)
 
 from shipyard.devtools.demo import free_port
 from shipyard.errors import ShipyardError

@@ -30,7 +30,19 @@ from shipyard.router.dataplane.framing import (
     error_response,
     without_names,
 )
-from shipyard.router.dataplane.lifecycle import IDEMPOTENT, REPLAY_LIMIT, Attempt, Downstream, Phase
+from shipyard.router.dataplane.lifecycle import (
+    ANSWERED,
+    FINISHED,
+    FIRST,
+    IDEMPOTENT,
+    INTERIM,
+    MOVED,
+    REPLAY_LIMIT,
+    REPLAYED,
+    STREAMING,
+    WAITING,
+    Downstream,
+)
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.overload import OverloadSteps
 from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
@@ -80,13 +92,13 @@ class Exchange(OverloadSteps):
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.reused = False
-        self.attempt = Attempt.FIRST
+        self.attempt = FIRST
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replay: list[bytes] | None = None
         self.replay_size = 0
         self.req_done = self.until_close = False
-        self.phase = Phase.WAITING
+        self.phase = WAITING
         self.resp_mode = M_NONE
         self.status = 0
         self.close_after = self.counted = False
@@ -104,7 +116,7 @@ class Exchange(OverloadSteps):
     @property
     def done(self) -> bool:
         """The response is over (complete, failed or aborted): nothing more is relayed."""
-        return self.phase >= Phase.ANSWERED
+        return self.phase >= ANSWERED
 
     def start(self) -> None:
         route = self._route_in(self.client.server.state)
@@ -172,7 +184,7 @@ class Exchange(OverloadSteps):
             self._connect_failed(ups, ConnectionResetError(104, "Connection reset by peer"))
             return
         self.connecting = None
-        if self.done:
+        if self.phase >= ANSWERED:
             ups.release(conn, self.client.server.clock)
         else:
             self._attach(conn, False)
@@ -181,7 +193,7 @@ class Exchange(OverloadSteps):
         self.connecting = None
         route = self.route
         reason = ups.connect_failed(error, route is None or route.may_eject(ups))
-        if not self.done:
+        if self.phase < ANSWERED:
             self.last_error = reason
             if self.tried is None:  # only failures are remembered: the happy path allocates nothing
                 self.tried = [ups]
@@ -199,7 +211,7 @@ class Exchange(OverloadSteps):
             conn.pause_reading()
         t = conn.transport
         assert t is not None
-        if self.attempt is not Attempt.FIRST and self.replay:
+        if self.attempt is not FIRST and self.replay:
             t.writelines([self.head, *self.replay])
         elif self.pending:
             t.writelines([self.head, *self.pending])
@@ -216,7 +228,7 @@ class Exchange(OverloadSteps):
     # -- request side (called by the client connection) ------------------------------
 
     def request_body(self, data: bytes) -> None:
-        if self.done:
+        if self.phase >= ANSWERED:
             return  # answered early (error or instance replied first): the rest is dropped
         if self.chunked:
             data = b"%x\r\n%s\r\n" % (len(data), data)
@@ -245,7 +257,7 @@ class Exchange(OverloadSteps):
 
     def request_complete(self) -> None:
         self.req_done = True
-        if self.done:
+        if self.phase >= ANSWERED:
             self._maybe_finish()
             return
         if self.chunked:
@@ -258,14 +270,14 @@ class Exchange(OverloadSteps):
     # -- response side (called by the upstream connection) ---------------------------
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.done:
+        if self.phase >= ANSWERED:
             return
         if status < 200:
             if status == 101:
                 self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
                                "switched protocols, which shipyard does not proxy")
                 return
-            self.phase = Phase.INTERIM
+            self.phase = INTERIM
             if self.http10:
                 return
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
@@ -288,7 +300,7 @@ class Exchange(OverloadSteps):
             out.append(b"%s: %s\r\n" % (name, value))
         if drop:  # never the framing: the client must read the body the way it was counted
             out = out[:1] + without_names(out[1:], drop - NEVER_HOP)
-        if self.phase is Phase.INTERIM:
+        if self.phase is INTERIM:
             out.append(b"\r\n")
             self.wbuf += out
             return
@@ -314,7 +326,7 @@ class Exchange(OverloadSteps):
         out.append(b"\r\n")
         self.resp_mode = mode
         self.status = status
-        self.phase = Phase.STREAMING
+        self.phase = STREAMING
         self.wbuf.append(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
@@ -332,8 +344,8 @@ class Exchange(OverloadSteps):
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:
-        if self.phase is Phase.INTERIM:
-            self.phase = Phase.WAITING
+        if self.phase is INTERIM:
+            self.phase = WAITING
             return
         conn = self.conn
         self.conn = None
@@ -351,9 +363,9 @@ class Exchange(OverloadSteps):
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.done:
+        if self.phase >= ANSWERED:
             return
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             if self.until_close:  # the close is the end of this body
                 if self.resp_mode == M_CHUNK:
                     self.wbuf.append(b"0\r\n\r\n")
@@ -365,20 +377,20 @@ class Exchange(OverloadSteps):
         svc = self.client.server.service
         if conn.answered:
             self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
-        elif self.reused and self.attempt is Attempt.FIRST and self.replay_size <= REPLAY_LIMIT:
+        elif self.reused and self.attempt is FIRST and self.replay_size <= REPLAY_LIMIT:
             # The instance closed an idle pooled connection as we wrote to it: nothing was
             # processed, so the request is replayed once on a fresh connection.
-            self.attempt = Attempt.REPLAYED
+            self.attempt = REPLAYED
             self.wbuf.clear()
             self._open(self.ups)  # type: ignore[arg-type]
-        elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
+        elif (self.attempt is not MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
             # was answered, and an idempotent request may safely run again, so it goes to
             # another instance of the track, as HAProxy's `retry-on empty-response` does.
             # (Also after a replay on the same instance: a dying instance may still accept
             # the fresh connection and then drop it.)
-            self.attempt = Attempt.MOVED
+            self.attempt = MOVED
             self.last_error = "an instance closed the connection without answering"
             if self.tried is None:
                 self.tried = [self.ups]  # type: ignore[list-item]
@@ -392,9 +404,9 @@ class Exchange(OverloadSteps):
     def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.done:
+        if self.phase >= ANSWERED:
             return
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             self._broken()
         else:
             self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
@@ -418,10 +430,10 @@ class Exchange(OverloadSteps):
     def fail(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer with a router error (or cut the client if a response already started);
         `extra`: more header lines."""
-        if self.done:
+        if self.phase >= ANSWERED:
             return
         self._detach()
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             self._broken()
             return
         m = self.metrics
@@ -451,7 +463,7 @@ class Exchange(OverloadSteps):
         self._finish_response()
 
     def _finish_response(self) -> None:
-        self.phase = Phase.ANSWERED
+        self.phase = ANSWERED
         self._free()
         if self.client.paused & P_UPSTREAM:
             self.client.resume(P_UPSTREAM)
@@ -464,8 +476,8 @@ class Exchange(OverloadSteps):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.phase is not Phase.FINISHED and (self.req_done or self.close_after):
-            self.phase = Phase.FINISHED
+        if self.phase is not FINISHED and (self.req_done or self.close_after):
+            self.phase = FINISHED
             self.client.exchange_done(self)
 
     def _free(self) -> None:
@@ -500,7 +512,7 @@ class Exchange(OverloadSteps):
             self.counted = False
             self.metrics.inflight -= 1
             self.metrics.aborted += 1
-        self.phase = Phase.FINISHED
+        self.phase = FINISHED
 
     def _ups_id(self) -> str:
         return self.ups.id if self.ups is not None else "?"

@@ -18,7 +18,7 @@ rules in framing.py.)"""
 from __future__ import annotations
 
 import asyncio
-import time
+from time import perf_counter
 
 from shipyard.router.dataplane.framing import (
     H_CONN,
@@ -83,7 +83,7 @@ class Exchange(OverloadSteps):
         self.token = token
         self.hdrs: list[tuple[bytes, bytes]] | None = hdrs
         self.cookies = cookies
-        self.t0 = time.perf_counter()
+        self.t0 = perf_counter()
         self.route: TrackRoute | None = None
         self.metrics: TrackMetrics | None = None
         self.ups: UpstreamState | None = None
@@ -119,10 +119,13 @@ class Exchange(OverloadSteps):
         return self.phase >= ANSWERED
 
     def start(self) -> None:
-        route = self._route_in(self.client.server.state)
-        if route is None:
-            self.fail(503, f"service {self.client.server.service} has no live release")
-            return
+        st = self.client.server.state
+        route = st.single  # the common case (one live track, no override) without a call
+        if route is None or self.override is not None:
+            route = self._route_in(st)
+            if route is None:
+                self.fail(503, f"service {self.client.server.service} has no live release")
+                return
         self.route = route
         m = self.metrics = route.metrics
         m.requests += 1
@@ -131,7 +134,7 @@ class Exchange(OverloadSteps):
         if route.waiting.count:  # others wait already: first come, first served
             self._wait(route, False)
             return
-        self._dispatch()  # the headers are kept until sent: a swap re-routes a waiting request by them
+        self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
 
     def _route_in(self, st: RouteState) -> TrackRoute | None:
         override = self.override
@@ -143,8 +146,12 @@ class Exchange(OverloadSteps):
 
     def _dispatch(self) -> None:
         self._free()
-        route = self.route
-        assert route is not None
+        assert self.route is not None
+        self._pick(self.route)
+
+    def _pick(self, route: TrackRoute) -> None:
+        """Send to the next instance of `route` that can take the request, else wait or fail
+        (no slot is held: a new request, or _dispatch gave its slot back)."""
         ups = route.pick(self.tried)
         if ups is FULL:
             self._wait(route, False)
@@ -222,8 +229,10 @@ class Exchange(OverloadSteps):
             self.pending_size = 0
             client.resume(P_BUFFER)
         if self.req_done:
-            self.deadline = client.server.clock + client.server.response_timeout
-            self._watch_try(conn)
+            server = client.server
+            self.deadline = server.clock + server.response_timeout
+            if server.state.per_try_timeout > 0:
+                self._watch_try(conn)
 
     # -- request side (called by the client connection) ------------------------------
 
@@ -265,7 +274,8 @@ class Exchange(OverloadSteps):
         if self.conn is not None:
             server = self.client.server
             self.deadline = server.clock + server.response_timeout
-            self._watch_try(self.conn)
+            if server.state.per_try_timeout > 0:  # off by default: no call
+                self._watch_try(self.conn)
 
     # -- response side (called by the upstream connection) ---------------------------
 
@@ -349,9 +359,12 @@ class Exchange(OverloadSteps):
             return
         conn = self.conn
         self.conn = None
+        buf = self.wbuf
         if self.resp_mode == M_CHUNK:
-            self.wbuf.append(b"0\r\n\r\n")
-        self.flush()
+            buf.append(b"0\r\n\r\n")
+        if buf:  # flush(), inline: this runs once per request
+            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            buf.clear()
         if conn is not None:
             if keep_alive and self.req_done and not conn.closed:
                 self.ups.release(conn, self.client.server.clock)  # type: ignore[union-attr]
@@ -464,16 +477,20 @@ class Exchange(OverloadSteps):
 
     def _finish_response(self) -> None:
         self.phase = ANSWERED
-        self._free()
-        if self.client.paused & P_UPSTREAM:
-            self.client.resume(P_UPSTREAM)
+        if self.slot is not None:
+            self._free()
+        client = self.client
+        if client.paused & P_UPSTREAM:
+            client.resume(P_UPSTREAM)
         if self.counted:
             self.counted = False
             m = self.metrics
             assert m is not None
             m.inflight -= 1
-            m.observe(self.status, (time.perf_counter() - self.t0) * 1000.0)
-        self._maybe_finish()
+            m.observe(self.status, (perf_counter() - self.t0) * 1000.0)
+        if self.phase is not FINISHED and (self.req_done or self.close_after):  # _maybe_finish, inline
+            self.phase = FINISHED
+            client.exchange_done(self)
 
     def _maybe_finish(self) -> None:
         if self.phase is not FINISHED and (self.req_done or self.close_after):

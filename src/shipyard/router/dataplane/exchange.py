@@ -294,7 +294,8 @@ class Exchange(OverloadSteps):
         has_len = chunked_up = False
         drop = None
         for name, value in headers:
-            code = RESPONSE_HEADERS.get(name.lower())
+            lname = name.lower()
+            code = RESPONSE_HEADERS.get(lname)
             if code is not None:
                 if code == H_TE:
                     chunked_up = chunked_up or b"chunked" in value.lower()
@@ -305,7 +306,7 @@ class Exchange(OverloadSteps):
                 if code != H_LEN:
                     continue
                 has_len = True
-            elif name[:6].lower() == b"proxy-":
+            elif lname[:6] == b"proxy-":
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
         if drop:  # never the framing: the client must read the body the way it was counted

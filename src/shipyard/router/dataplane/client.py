@@ -188,13 +188,13 @@ class ClientConnection(asyncio.Protocol):
             return
         http10 = version == "1.0"
         try:
-            req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
-                                  self.server.listen.encode())
+            head, chunked, override, token, cookies = rewrite_request(method, url, http10, p.should_upgrade(), hdrs,
+                                                                      self.peer, self.server.listen)
         except Refused as e:
             self._reject(e.status, e.message)
             return
-        ex = Exchange(self, req.head, req.chunked, p.should_keep_alive(), http10, method == b"HEAD",
-                      req.override, req.token, hdrs, req.cookies)
+        ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
+                      cookies)
         self.waiting = False
         self.reading = ex
         if self.active is None:

@@ -94,10 +94,10 @@ def pin(pid: int, cpu: int | None) -> None:
             os.sched_setaffinity(int(tid), {cpu})
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of `pid` so far, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of `pid` so far, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
 
 
 # -- the processes ---------------------------------------------------------------------------
@@ -190,11 +190,17 @@ async def measure(children: Children, workdir: Path, t: Target, seconds: int, wa
     res = await run_wrk(children, workdir, url, seconds, connections, threads=1, count_non2xx=True)
     after = {k: cpu_ticks(p) for k, p in watched.items()}
     n = res["requests"] or 1
-    us = {k: round((after[k] - before[k]) / TICK * 1e6 / n, 2) for k in watched}
+
+    def per_request(k: str, i: int | None = None) -> float:
+        ticks = sum(after[k]) - sum(before[k]) if i is None else after[k][i] - before[k][i]
+        return round(ticks / TICK * 1e6 / n, 2)
+
+    us = {k: per_request(k) for k in watched}
     failed = res["connect"] + res["read"] + res["write"] + res["timeout"] + max(0, res["non2xx"])
     return {"requests": res["requests"], "rps": round(res["rps"], 1), "p50_ms": res["p50_us"] / 1000,
             "p99_ms": res["p99_us"] / 1000, "failed": failed, "cpu_us_per_request": us,
-            "proxy_cpu_s": round((after["proxy"] - before["proxy"]) / TICK, 2) if "proxy" in watched else None,
+            "proxy_user_sys_us": [per_request("proxy", 0), per_request("proxy", 1)] if "proxy" in watched else None,
+            "proxy_cpu_s": round((sum(after["proxy"]) - sum(before["proxy"])) / TICK, 2) if "proxy" in watched else None,
             "command": res["command"]}
 
 
@@ -206,6 +212,8 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rps": med(lambda r: r["rps"]), "p50_ms": med(lambda r: r["p50_ms"]),
             "p99_ms": med(lambda r: r["p99_ms"]), "failed": sum(r["failed"] for r in rounds),
             "proxy_us_per_request": med(lambda r: r["cpu_us_per_request"].get("proxy")),
+            "proxy_user_us": med(lambda r: r["proxy_user_sys_us"][0] if r["proxy_user_sys_us"] else None),
+            "proxy_sys_us": med(lambda r: r["proxy_user_sys_us"][1] if r["proxy_user_sys_us"] else None),
             "backend_us_per_request": med(lambda r: sum(v for k, v in r["cpu_us_per_request"].items()
                                                         if k.startswith("backend"))),
             "rounds": len(rounds)}
@@ -277,7 +285,7 @@ def doc_body(res: dict[str, Any]) -> str:
              f"{res['connections']} keep-alive connections, {res['seconds']} s per run, {res['rounds']} rounds "
              f"alternating the targets (medians shown); {placed}. CPU per request = utime + stime of the proxy "
              "process over the run / requests.", "",
-             "| target | requests/s | p50 | p99 | failed | proxy CPU per request | per core vs HAProxy |",
+             "| target | requests/s | p50 | p99 | failed | proxy CPU per request (user + sys) | per core vs HAProxy |",
              "|---|---|---|---|---|---|---|"]
     hap = f.get("haproxy", {}).get("proxy_us_per_request")
     for name in TARGETS:
@@ -286,7 +294,8 @@ def doc_body(res: dict[str, Any]) -> str:
             lines.append(f"| {LABELS[name]} | - | - | - | - | - | {res['shipyard_haproxy']} |")
             continue
         us = t["proxy_us_per_request"]
-        cost = f"{us:.1f} µs" if us is not None else f"(instance: {t['backend_us_per_request']:.1f} µs)"
+        cost = (f"{us:.1f} µs ({t['proxy_user_us']:.1f} + {t['proxy_sys_us']:.1f})" if us is not None
+                else f"(the instance: {t['backend_us_per_request']:.1f} µs)")
         per_core = f"{hap / us:.2f}x" if us and hap else "-"
         lines.append(f"| {LABELS[name]} | {t['rps']:,.0f} | {t['p50_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
                      f"{t['failed']} | {cost} | {per_core} |")

@@ -100,6 +100,17 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+def cpu_busy() -> dict[int, tuple[int, int]]:
+    """Per CPU, (busy, total) ticks so far, from /proc/stat (idle and iowait are not busy)."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            v = [int(x) for x in vals[:8]]
+            out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
 # -- the processes ---------------------------------------------------------------------------
 
 async def start_backend(children: Children, workdir: Path, i: int) -> tuple[int, int]:
@@ -186,9 +197,10 @@ async def measure(children: Children, workdir: Path, t: Target, seconds: int, wa
         await run_wrk(children, workdir, url, warmup, connections, threads=1)
     watched = {"proxy": t.pid} if t.pid is not None else {}
     watched.update({f"backend{i}": p for i, p in enumerate(backend_pids)})
-    before = {k: cpu_ticks(p) for k, p in watched.items()}
+    before, busy0 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
     res = await run_wrk(children, workdir, url, seconds, connections, threads=1, count_non2xx=True)
-    after = {k: cpu_ticks(p) for k, p in watched.items()}
+    after, busy1 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
+    busy = {c: round((busy1[c][0] - busy0[c][0]) / max(1, busy1[c][1] - busy0[c][1]), 3) for c in busy1 if c in busy0}
     n = res["requests"] or 1
 
     def per_request(k: str, i: int | None = None) -> float:
@@ -201,7 +213,7 @@ async def measure(children: Children, workdir: Path, t: Target, seconds: int, wa
             "p99_ms": res["p99_us"] / 1000, "failed": failed, "cpu_us_per_request": us,
             "proxy_user_sys_us": [per_request("proxy", 0), per_request("proxy", 1)] if "proxy" in watched else None,
             "proxy_cpu_s": round((sum(after["proxy"]) - sum(before["proxy"])) / TICK, 2) if "proxy" in watched else None,
-            "command": res["command"]}
+            "cpu_busy": busy, "command": res["command"]}
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,6 +228,7 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "proxy_sys_us": med(lambda r: r["proxy_user_sys_us"][1] if r["proxy_user_sys_us"] else None),
             "backend_us_per_request": med(lambda r: sum(v for k, v in r["cpu_us_per_request"].items()
                                                         if k.startswith("backend"))),
+            "cpu_busy": {c: med(lambda r, c=c: r["cpu_busy"].get(c)) for c in rounds[0]["cpu_busy"]},
             "rounds": len(rounds)}
 
 
@@ -299,6 +312,11 @@ def doc_body(res: dict[str, Any]) -> str:
         per_core = f"{hap / us:.2f}x" if us and hap else "-"
         lines.append(f"| {LABELS[name]} | {t['rps']:,.0f} | {t['p50_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
                      f"{t['failed']} | {cost} | {per_core} |")
+    if pinning["proxy_cpu"] is not None:
+        pc, lc = pinning["proxy_cpu"], pinning["load_cpu"]
+        lines += ["", "Busy share of the two CPUs during the runs (everything on the machine, medians): " + "; ".join(
+            f"{name} {f[name]['cpu_busy'].get(pc, 0):.0%} / {f[name]['cpu_busy'].get(lc, 0):.0%}"
+            for name in TARGETS if f.get(name)) + f" (proxy CPU {pc} / load CPU {lc})."]
     r = res["embedded_over_haproxy_per_core"]
     lines += ["", f"Embedded router per core vs HAProxy `nbthread 1`: **{r}x** (goal >= {res['goal_per_core']}: "
               f"{'met' if res['goal_met'] else 'not met'})."]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 
-from shipyard.histogram import bucket_of, lower_ms, upper_ms
+from shipyard.histogram import BOUNDS_MS, bucket_of, lower_ms, upper_ms
 from shipyard.router.dataplane.metrics import (
     LATENCY_BUCKETS_MS,
     SERIES_SECONDS,
@@ -104,3 +106,16 @@ def test_series_ring_holds_only_seconds_it_can_still_answer_with_sparse_traffic(
     assert len(m.ring) <= SERIES_SECONDS // 2 + 10
     assert all(t >= int(now) - SERIES_SECONDS for t, *_ in m.ring)
     assert [p["t"] for p in m.series(0, now + 1)] == [t for t, *_ in m.ring][-len(m.series(0, now + 1)):]
+
+
+def test_fine_buckets_at_every_bound_of_both_schemes() -> None:
+    """observe() bisects the shared bounds only within the slice its coarse bucket allows: at
+    and around every bound of both schemes it finds the bucket a full bisect finds."""
+    values = [0.0, 1e-6, 1e9, float("inf")]
+    for b in (*BOUNDS_MS, *LATENCY_BUCKETS_MS):
+        values += [math.nextafter(b, 0), float(b), math.nextafter(b, math.inf)]
+    for ms in values:
+        m = TrackMetrics()
+        m.observe(200, ms, now=10.5)
+        assert m.series(0, now=12)[0]["latency"] == {str(bisect.bisect_left(BOUNDS_MS, ms)): 1}, ms
+        assert m.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] == 1, ms

@@ -40,8 +40,8 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges in order, keeps alive."""
 
     __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
-                 "queue", "reading", "paused", "write_paused", "write_paused_at", "deadline", "draining",
-                 "closed", "bucket", "refusal", "proto")
+                 "queue", "reading", "paused", "chunk", "head_base", "write_paused", "write_paused_at", "deadline",
+                 "draining", "closed", "bucket", "refusal", "proto")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -53,6 +53,10 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.hdrs: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.chunk = 0
+        """Length of the last chunk read."""
+        self.head_base = 0
+        """Length of the chunk the current head began in (not counted in head_size)."""
         self.in_head = False
         """The parser is inside a request head (its bytes count towards MAX_HEAD)."""
         self.waiting = False
@@ -97,8 +101,9 @@ class ClientConnection(asyncio.Protocol):
                 self.deadline = server.clock + server.client_head_timeout
         else:
             self.deadline = server.clock + server.client_idle_timeout
+        self.chunk = n = len(data)
         if self.in_head:  # an upper bound: the chunk may also hold body bytes or the next head
-            self.head_size += len(data)
+            self.head_size += n
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:  # Upgrade is stripped: what follows is a new request
@@ -156,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
         # not counted (at most one read), every later chunk is.
         self.in_head = True
         self.head_size = 0
+        self.head_base = self.chunk
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -171,7 +177,11 @@ class ClientConnection(asyncio.Protocol):
         p = self.parser
         hdrs, self.hdrs = self.hdrs, []
         url, self.url = self.url, b""
-        if len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD:
+        # The head's bytes lie in the chunks read since it began (head_base + head_size), and each
+        # header line has at least 2 bytes besides its name and value, so the size counted here
+        # is at most twice those: only a head near the limit pays for the exact count.
+        if ((self.head_base + self.head_size) * 2 > MAX_HEAD
+                and len(url) + sum(len(n) + len(v) + 4 for n, v in hdrs) > MAX_HEAD):
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
             return
         method = p.get_method()
@@ -181,13 +191,13 @@ class ClientConnection(asyncio.Protocol):
             return
         http10 = version == "1.0"
         try:
-            req = rewrite_request(method, url, http10, p.should_upgrade(), hdrs, self.peer,
-                                  self.server.listen.encode(), self.proto)
+            head, chunked, override, token, cookies = rewrite_request(method, url, http10, p.should_upgrade(), hdrs,
+                                                                      self.peer, self.server.listen, self.proto)
         except Refused as e:
             self._reject(e.status, e.message)
             return
-        ex = Exchange(self, req.head, req.chunked, p.should_keep_alive(), http10, method == b"HEAD",
-                      req.override, req.token, hdrs, req.cookies)
+        ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
+                      cookies)
         self.waiting = False
         self.reading = ex
         if self.active is None:

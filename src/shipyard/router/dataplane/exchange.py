@@ -18,7 +18,7 @@ rules in framing.py.)"""
 from __future__ import annotations
 
 import asyncio
-import time
+from time import perf_counter
 
 from shipyard.router.dataplane.framing import (
     H_CONN,
@@ -30,7 +30,19 @@ from shipyard.router.dataplane.framing import (
     error_response,
     without_names,
 )
-from shipyard.router.dataplane.lifecycle import IDEMPOTENT, REPLAY_LIMIT, Attempt, Downstream, Phase
+from shipyard.router.dataplane.lifecycle import (
+    ANSWERED,
+    FINISHED,
+    FIRST,
+    IDEMPOTENT,
+    INTERIM,
+    MOVED,
+    REPLAY_LIMIT,
+    REPLAYED,
+    STREAMING,
+    WAITING,
+    Downstream,
+)
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.overload import OverloadSteps
 from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
@@ -71,7 +83,7 @@ class Exchange(OverloadSteps):
         self.token = token
         self.hdrs: list[tuple[bytes, bytes]] | None = hdrs
         self.cookies = cookies
-        self.t0 = time.perf_counter()
+        self.t0 = perf_counter()
         self.route: TrackRoute | None = None
         self.metrics: TrackMetrics | None = None
         self.ups: UpstreamState | None = None
@@ -80,13 +92,13 @@ class Exchange(OverloadSteps):
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.reused = False
-        self.attempt = Attempt.FIRST
+        self.attempt = FIRST
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replay: list[bytes] | None = None
         self.replay_size = 0
         self.req_done = self.until_close = False
-        self.phase = Phase.WAITING
+        self.phase = WAITING
         self.resp_mode = M_NONE
         self.status = 0
         self.close_after = self.counted = False
@@ -104,13 +116,16 @@ class Exchange(OverloadSteps):
     @property
     def done(self) -> bool:
         """The response is over (complete, failed or aborted): nothing more is relayed."""
-        return self.phase >= Phase.ANSWERED
+        return self.phase >= ANSWERED
 
     def start(self) -> None:
-        route = self._route_in(self.client.server.state)
-        if route is None:
-            self.fail(503, f"service {self.client.server.service} has no live release")
-            return
+        st = self.client.server.state
+        route = st.single  # the common case (one live track, no override) without a call
+        if route is None or self.override is not None:
+            route = self._route_in(st)
+            if route is None:
+                self.fail(503, f"service {self.client.server.service} has no live release")
+                return
         self.route = route
         m = self.metrics = route.metrics
         m.requests += 1
@@ -119,7 +134,7 @@ class Exchange(OverloadSteps):
         if route.waiting.count:  # others wait already: first come, first served
             self._wait(route, False)
             return
-        self._dispatch()  # the headers are kept until sent: a swap re-routes a waiting request by them
+        self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
 
     def _route_in(self, st: RouteState) -> TrackRoute | None:
         override = self.override
@@ -131,8 +146,12 @@ class Exchange(OverloadSteps):
 
     def _dispatch(self) -> None:
         self._free()
-        route = self.route
-        assert route is not None
+        assert self.route is not None
+        self._pick(self.route)
+
+    def _pick(self, route: TrackRoute) -> None:
+        """Send to the next instance of `route` that can take the request, else wait or fail
+        (no slot is held: a new request, or _dispatch gave its slot back)."""
         ups = route.pick(self.tried)
         if ups is FULL:
             self._wait(route, False)
@@ -172,7 +191,7 @@ class Exchange(OverloadSteps):
             self._connect_failed(ups, ConnectionResetError(104, "Connection reset by peer"))
             return
         self.connecting = None
-        if self.done:
+        if self.phase >= ANSWERED:
             ups.release(conn, self.client.server.clock)
         else:
             self._attach(conn, False)
@@ -181,7 +200,7 @@ class Exchange(OverloadSteps):
         self.connecting = None
         route = self.route
         reason = ups.connect_failed(error, route is None or route.may_eject(ups))
-        if not self.done:
+        if self.phase < ANSWERED:
             self.last_error = reason
             if self.tried is None:  # only failures are remembered: the happy path allocates nothing
                 self.tried = [ups]
@@ -199,7 +218,7 @@ class Exchange(OverloadSteps):
             conn.pause_reading()
         t = conn.transport
         assert t is not None
-        if self.attempt is not Attempt.FIRST and self.replay:
+        if self.attempt is not FIRST and self.replay:
             t.writelines([self.head, *self.replay])
         elif self.pending:
             t.writelines([self.head, *self.pending])
@@ -210,13 +229,15 @@ class Exchange(OverloadSteps):
             self.pending_size = 0
             client.resume(P_BUFFER)
         if self.req_done:
-            self.deadline = client.server.clock + client.server.response_timeout
-            self._watch_try(conn)
+            server = client.server
+            self.deadline = server.clock + server.response_timeout
+            if server.state.per_try_timeout > 0:
+                self._watch_try(conn)
 
     # -- request side (called by the client connection) ------------------------------
 
     def request_body(self, data: bytes) -> None:
-        if self.done:
+        if self.phase >= ANSWERED:
             return  # answered early (error or instance replied first): the rest is dropped
         if self.chunked:
             data = b"%x\r\n%s\r\n" % (len(data), data)
@@ -245,7 +266,7 @@ class Exchange(OverloadSteps):
 
     def request_complete(self) -> None:
         self.req_done = True
-        if self.done:
+        if self.phase >= ANSWERED:
             self._maybe_finish()
             return
         if self.chunked:
@@ -253,26 +274,28 @@ class Exchange(OverloadSteps):
         if self.conn is not None:
             server = self.client.server
             self.deadline = server.clock + server.response_timeout
-            self._watch_try(self.conn)
+            if server.state.per_try_timeout > 0:  # off by default: no call
+                self._watch_try(self.conn)
 
     # -- response side (called by the upstream connection) ---------------------------
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.done:
+        if self.phase >= ANSWERED:
             return
         if status < 200:
             if status == 101:
                 self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
                                "switched protocols, which shipyard does not proxy")
                 return
-            self.phase = Phase.INTERIM
+            self.phase = INTERIM
             if self.http10:
                 return
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         has_len = chunked_up = False
         drop = None
         for name, value in headers:
-            code = RESPONSE_HEADERS.get(name.lower())
+            lname = name.lower()
+            code = RESPONSE_HEADERS.get(lname)
             if code is not None:
                 if code == H_TE:
                     chunked_up = chunked_up or b"chunked" in value.lower()
@@ -283,12 +306,12 @@ class Exchange(OverloadSteps):
                 if code != H_LEN:
                     continue
                 has_len = True
-            elif name[:6].lower() == b"proxy-":
+            elif lname[0] == 112 and lname[:6] == b"proxy-":  # 112: "p" (llhttp refuses empty names)
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
         if drop:  # never the framing: the client must read the body the way it was counted
             out = out[:1] + without_names(out[1:], drop - NEVER_HOP)
-        if self.phase is Phase.INTERIM:
+        if self.phase is INTERIM:
             out.append(b"\r\n")
             self.wbuf += out
             return
@@ -314,7 +337,7 @@ class Exchange(OverloadSteps):
         out.append(b"\r\n")
         self.resp_mode = mode
         self.status = status
-        self.phase = Phase.STREAMING
+        self.phase = STREAMING
         self.wbuf.append(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
@@ -336,14 +359,17 @@ class Exchange(OverloadSteps):
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:
-        if self.phase is Phase.INTERIM:
-            self.phase = Phase.WAITING
+        if self.phase is INTERIM:
+            self.phase = WAITING
             return
         conn = self.conn
         self.conn = None
+        buf = self.wbuf
         if self.resp_mode == M_CHUNK:
-            self.wbuf.append(b"0\r\n\r\n")
-        self.flush()
+            buf.append(b"0\r\n\r\n")
+        if buf:  # flush(), inline: this runs once per request
+            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            buf.clear()
         if conn is not None:
             if keep_alive and self.req_done and not conn.closed:
                 self.ups.release(conn, self.client.server.clock)  # type: ignore[union-attr]
@@ -355,9 +381,9 @@ class Exchange(OverloadSteps):
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.done:
+        if self.phase >= ANSWERED:
             return
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             if self.until_close:  # the close is the end of this body
                 if self.resp_mode == M_CHUNK:
                     self.wbuf.append(b"0\r\n\r\n")
@@ -369,20 +395,20 @@ class Exchange(OverloadSteps):
         svc = self.client.server.service
         if conn.answered:
             self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
-        elif self.reused and self.attempt is Attempt.FIRST and self.replay_size <= REPLAY_LIMIT:
+        elif self.reused and self.attempt is FIRST and self.replay_size <= REPLAY_LIMIT:
             # The instance closed an idle pooled connection as we wrote to it: nothing was
             # processed, so the request is replayed once on a fresh connection.
-            self.attempt = Attempt.REPLAYED
+            self.attempt = REPLAYED
             self.wbuf.clear()
             self._open(self.ups)  # type: ignore[arg-type]
-        elif (self.attempt is not Attempt.MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
+        elif (self.attempt is not MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
               and self.head.split(b" ", 1)[0] in IDEMPOTENT):
             # The instance went away with the request in flight (killed, crashed): nothing
             # was answered, and an idempotent request may safely run again, so it goes to
             # another instance of the track, as HAProxy's `retry-on empty-response` does.
             # (Also after a replay on the same instance: a dying instance may still accept
             # the fresh connection and then drop it.)
-            self.attempt = Attempt.MOVED
+            self.attempt = MOVED
             self.last_error = "an instance closed the connection without answering"
             if self.tried is None:
                 self.tried = [self.ups]  # type: ignore[list-item]
@@ -396,9 +422,9 @@ class Exchange(OverloadSteps):
     def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
         if self.conn is conn:
             self.conn = None
-        if self.done:
+        if self.phase >= ANSWERED:
             return
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             self._broken()
         else:
             self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
@@ -422,10 +448,10 @@ class Exchange(OverloadSteps):
     def fail(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer with a router error (or cut the client if a response already started);
         `extra`: more header lines."""
-        if self.done:
+        if self.phase >= ANSWERED:
             return
         self._detach()
-        if self.phase is Phase.STREAMING:
+        if self.phase is STREAMING:
             self._broken()
             return
         m = self.metrics
@@ -455,21 +481,25 @@ class Exchange(OverloadSteps):
         self._finish_response()
 
     def _finish_response(self) -> None:
-        self.phase = Phase.ANSWERED
-        self._free()
-        if self.client.paused & P_UPSTREAM:
-            self.client.resume(P_UPSTREAM)
+        self.phase = ANSWERED
+        if self.slot is not None:
+            self._free()
+        client = self.client
+        if client.paused & P_UPSTREAM:
+            client.resume(P_UPSTREAM)
         if self.counted:
             self.counted = False
             m = self.metrics
             assert m is not None
             m.inflight -= 1
-            m.observe(self.status, (time.perf_counter() - self.t0) * 1000.0)
-        self._maybe_finish()
+            m.observe(self.status, (perf_counter() - self.t0) * 1000.0)
+        if self.phase is not FINISHED and (self.req_done or self.close_after):  # _maybe_finish, inline
+            self.phase = FINISHED
+            client.exchange_done(self)
 
     def _maybe_finish(self) -> None:
-        if self.phase is not Phase.FINISHED and (self.req_done or self.close_after):
-            self.phase = Phase.FINISHED
+        if self.phase is not FINISHED and (self.req_done or self.close_after):
+            self.phase = FINISHED
             self.client.exchange_done(self)
 
     def _free(self) -> None:
@@ -504,7 +534,7 @@ class Exchange(OverloadSteps):
             self.counted = False
             self.metrics.inflight -= 1
             self.metrics.aborted += 1
-        self.phase = Phase.FINISHED
+        self.phase = FINISHED
 
     def _ups_id(self) -> str:
         return self.ups.id if self.ups is not None else "?"

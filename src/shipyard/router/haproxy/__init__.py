@@ -1,0 +1,2 @@
+"""The HAProxy data plane: a real HAProxy 2.6 (master-worker) behind the Router port, whose
+traffic changes only through its Runtime API (maps, add/del server); see adapter.py."""

@@ -1,0 +1,362 @@
+"""HAProxyRouter: the Router port served by one real HAProxy for every `kind: haproxy` service.
+
+Traffic changes only through the Runtime API: `add server` / `enable server` for new
+instances, `set server ... state maint` then `del server` for old ones (deleted once their
+connections are gone: retried at every later change), and atomic map swaps for the bucket
+ranges, the track/alias names and the preview token (config.py says which map does what).
+A reload happens only when what the configuration holds changes: a service or listen
+address added or removed, its sticky names, a track name beyond blue/green, the per-instance
+limit or the queue timeout. Every change is also written to the map files, the saved table
+and the server-state file, so a HAProxy restarted after a crash comes back with the last
+state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps and
+the servers from HAProxy itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import RouterError
+from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.haproxy.process import HAProxyProcess
+from shipyard.router.table import RoutingTable, Upstream
+
+try:  # written in parallel (branch hlogs); until it lands, metrics are refused, traffic works
+    from shipyard.router.haproxy import logs as _logs
+except ImportError:  # pragma: no cover
+    _logs = None  # type: ignore[assignment]
+
+log = logging.getLogger("shipyard.router.haproxy")
+
+FALLBACK_LOG_FORMAT = "%ci %b %s %ST %Ta"
+READ_BACK_TRIES = 20
+
+
+def normalize_listen(listen: str) -> str:
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise RouterError(f"listen address {listen!r} is not HOST:PORT",
+                          hint="write it like 127.0.0.1:8080 in the spec's `listen`")
+    return f"{host}:{int(port)}"
+
+
+class HAProxyRouter:
+    """Implements engine.ports.Router with HAProxy; its files live under `root`."""
+
+    def __init__(self, root: Path, binary: str | None = None) -> None:
+        self.files = Files(root)
+        self.proc = HAProxyProcess(self.files, binary)
+        self._lock = asyncio.Lock()
+        """One change at a time: every service shares this HAProxy."""
+        self._services: dict[str, str] = self._load_services()
+        """service -> listen, as the configuration holds them (persisted)."""
+        self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self._load_table(s))}
+        self._pending: set[tuple[str, str]] = set()
+        """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
+        self._logs: dict[str, Any] = {}
+
+    # -- Router port ------------------------------------------------------------------------
+
+    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+        async with self._lock:
+            want = normalize_listen(listen)
+            known = service in self._services
+            lost = None
+            running = await self._running()
+            if not running and self.proc.master_pid is not None:
+                lost = self.proc.how_it_ended() if known else None
+                self.proc.kill()
+                self.proc.master_pid = None
+            if self._services.get(service) != want:
+                self._services[service] = want
+                self._save_services()
+            await self._start_logs()
+            text = self._render()
+            if not running:
+                await self.proc.start(text)
+                self._write_shape()
+                for table in list(self._tables.values()):
+                    await self._sync(table)
+            elif self._shape_text() != self._read_shape():
+                await self._dump_state()
+                await self.proc.reload(text)
+                self._write_shape()
+            await self._sweep()
+            return lost
+
+    def exited(self, service: str) -> bool:
+        return service in self._services and self.proc.master_pid is not None and self.proc.exited()
+
+    async def apply(self, table: RoutingTable) -> None:
+        async with self._lock:
+            if table.service not in self._services:
+                raise RouterError(f"cannot apply table version {table.version}: HAProxy does not serve "
+                                  f"{table.service} yet", "the daemon calls ensure first; this is a bug")
+            if not await self._running():
+                raise RouterError(f"cannot apply table version {table.version} to HAProxy for {table.service}: "
+                                  "it is not running", "the daemon restarts it within a second")
+            previous = self._tables.get(table.service)
+            self._tables[table.service] = table
+            try:
+                self._save_table(table)
+                if self._shape_text() != self._read_shape():
+                    await self._dump_state()
+                    await self.proc.reload(self._render())
+                    self._write_shape()
+                await self._sync(table)
+            except RouterError as e:
+                if previous is not None:
+                    self._tables[table.service] = previous
+                    self._save_table(previous)
+                raise RouterError(f"cannot apply table version {table.version} to HAProxy for "
+                                  f"{table.service}: {e.message}", e.hint) from None
+            await self._sweep()
+
+    async def current(self, service: str) -> RoutingTable | None:
+        if service not in self._services or not await self._running():
+            raise RouterError(f"HAProxy for {service} is not running", "the daemon restarts it within a second")
+        return self._tables.get(service)
+
+    def pids(self, service: str) -> set[int]:
+        return self.proc.pids() if service in self._services else set()
+
+    async def stats(self, service: str) -> dict[str, Any]:
+        return self._traffic(service).stats()
+
+    async def series(self, service: str, since: float) -> dict[str, Any]:
+        return self._traffic(service).series(since)
+
+    async def stop(self, service: str) -> None:
+        async with self._lock:
+            if self._services.pop(service, None) is None:
+                return
+            self._tables.pop(service, None)
+            self._save_services()
+            for path in (self._table_path(service), *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            if not self._services:
+                await self.proc.stop()
+            elif await self._running():
+                await self._dump_state()
+                await self.proc.reload(self._render())
+                self._write_shape()
+            traffic = self._logs.pop(service, None)
+            if traffic is not None:
+                await traffic.close()
+
+    async def close(self) -> None:
+        """Stop reading the traffic logs; HAProxy itself keeps serving (the daemon is going away)."""
+        for traffic in self._logs.values():
+            await traffic.close()
+        self._logs.clear()
+
+    # -- syncing one table ---------------------------------------------------------------------
+
+    async def _sync(self, table: RoutingTable) -> None:
+        """Make HAProxy serve `table`: servers first (new ones in rotation of their own track),
+        then the maps (the bucket map, which moves users, last), then old servers out."""
+        api = self.proc.api
+        s = table.service
+        want = await self._servers(table)
+        self._write_maps(table)
+        live = await self._server_states(s)
+        for track, servers in want.items():
+            backend = cfg.backend_name(s, track)
+            for srv in servers:
+                state = live.get(backend, {}).get(srv.name)
+                if state is None:
+                    await api.add_server(backend, srv.name, cfg.server_line(srv, table.max_conns_per_instance)
+                                         .split(" ", 2)[2])
+                elif state != "0":
+                    await api.set_state(backend, srv.name, "ready")
+                self._pending.discard((backend, srv.name))
+        for kind, entries in cfg.map_entries(table).items():
+            await api.replace_map(self.files.map_file(s, kind), entries)
+        for backend, servers in live.items():
+            track = backend.split("__", 1)[1]
+            keep = {srv.name for srv in want.get(track, ())}
+            for name, state in servers.items():
+                if name not in keep:
+                    if state == "0":
+                        await api.set_state(backend, name, "maint")
+                    self._pending.add((backend, name))
+        await self._read_back(table, want)
+        await self._dump_state()
+
+    async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]]) -> None:
+        """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
+        api = self.proc.api
+        expect = {k: sorted(v) for k, v in cfg.map_entries(table).items()}
+        expect_servers = {cfg.backend_name(table.service, t): {srv.name for srv in ss} for t, ss in want.items() if ss}
+        for _ in range(READ_BACK_TRIES):
+            got = {k: sorted(await api.show_map(self.files.map_file(table.service, k))) for k in cfg.MAP_KINDS}
+            live = await self._server_states(table.service)
+            ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
+            ready = {b: ns for b, ns in ready.items() if ns}
+            if got == expect and ready == expect_servers:
+                return
+            await asyncio.sleep(0.01)
+        raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
+                          f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
+
+    async def _server_states(self, service: str) -> dict[str, dict[str, str]]:
+        """backend -> server -> srv_admin_state ("0": in rotation), for the service's backends."""
+        out: dict[str, dict[str, str]] = {}
+        for row in await self.proc.api.servers_state():
+            be = row.get("be_name", "")
+            if be.startswith(f"{service}__"):
+                out.setdefault(be, {})[row.get("srv_name", "")] = row.get("srv_admin_state", "0")
+        return out
+
+    async def _sweep(self) -> None:
+        """Delete the servers in maintenance whose connections are gone by now."""
+        for backend, name in sorted(self._pending):
+            try:
+                if await self.proc.api.del_server(backend, name):
+                    self._pending.discard((backend, name))
+            except RouterError as e:
+                if "No such server" in e.message or "No such backend" in e.message:
+                    self._pending.discard((backend, name))
+                else:
+                    log.warning("%s", e.message)
+
+    async def _servers(self, table: RoutingTable) -> dict[str, tuple[Server, ...]]:
+        """Per track, its instances as servers (host names resolved: dynamic servers need addresses)."""
+        out: dict[str, tuple[Server, ...]] = {}
+        for track, ups in table.tracks.items():
+            out[track] = tuple([Server(cfg.server_name(u), await _address(u), u.port) for u in ups])
+        return out
+
+    # -- configuration and files -------------------------------------------------------------
+
+    def _configs(self, with_servers: bool = True) -> list[ServiceConfig]:
+        out = []
+        for s, listen in sorted(self._services.items()):
+            table = self._tables.get(s)
+            if table is None:
+                out.append(ServiceConfig(s, listen))
+                continue
+            servers = ({t: tuple(Server(cfg.server_name(u), _literal(u.host), u.port) for u in ups)
+                        for t, ups in table.tracks.items()} if with_servers else {})
+            out.append(cfg.service_config(listen, table, servers))
+        return out
+
+    def _render(self) -> str:
+        """The configuration now; every map file it names exists (empty for a service without a table)."""
+        for s in self._services:
+            table = self._tables.get(s)
+            if table is not None:
+                self._write_maps(table)
+            else:
+                for kind in cfg.MAP_KINDS:
+                    if not self.files.map_file(s, kind).exists():
+                        _atomic_write(self.files.map_file(s, kind), "", mode=0o600)
+        return cfg.render(self._configs(), self.files, self._log_format())
+
+    def _shape_text(self) -> str:
+        return cfg.render(self._configs(with_servers=False), self.files, self._log_format())
+
+    def _read_shape(self) -> str | None:
+        try:
+            return (self.files.root / "shape.cfg").read_text()
+        except OSError:
+            return None
+
+    def _write_shape(self) -> None:
+        _atomic_write(self.files.root / "shape.cfg", self._shape_text())
+
+    def _write_maps(self, table: RoutingTable) -> None:
+        self.files.maps.mkdir(parents=True, exist_ok=True)
+        for kind, entries in cfg.map_entries(table).items():
+            _atomic_write(self.files.map_file(table.service, kind), cfg.map_text(entries), mode=0o600)
+
+    async def _dump_state(self) -> None:
+        with contextlib.suppress(RouterError, OSError):
+            _atomic_write(self.files.state_file, await self.proc.api.dump_servers_state())
+
+    def _table_path(self, service: str) -> Path:
+        return self.files.root / f"{service}.table.json"
+
+    def _save_table(self, table: RoutingTable) -> None:
+        _atomic_write(self._table_path(table.service), json.dumps(table.to_dict()), mode=0o600)
+
+    def _load_table(self, service: str) -> RoutingTable | None:
+        try:
+            return RoutingTable.from_dict(json.loads(self._table_path(service).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _load_services(self) -> dict[str, str]:
+        try:
+            return {str(k): str(v) for k, v in json.loads((self.files.root / "services.json").read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _save_services(self) -> None:
+        _atomic_write(self.files.root / "services.json", json.dumps(self._services, sort_keys=True))
+
+    # -- process and metrics --------------------------------------------------------------------
+
+    async def _running(self) -> bool:
+        if self.proc.master_pid is None and not await self.proc.adopt():
+            return False
+        return not self.proc.exited() and await self.proc.answering()
+
+    def _log_format(self) -> str:
+        return _logs.LOG_FORMAT if _logs is not None else FALLBACK_LOG_FORMAT
+
+    async def _start_logs(self) -> None:
+        if _logs is None:
+            return
+        for s in self._services:
+            if s not in self._logs:
+                traffic = _logs.TrafficLog()
+                await traffic.start(self.files.log_socket(s))
+                self._logs[s] = traffic
+
+    def _traffic(self, service: str) -> Any:
+        traffic = self._logs.get(service)
+        if traffic is None:
+            raise RouterError(f"no traffic metrics for {service} from HAProxy",
+                              "the HAProxy log reader (router/haproxy/logs.py) is not running for it")
+        return traffic
+
+
+def _literal(host: str) -> str:
+    """An address for the configuration file (resolved at sync time; names pass as written)."""
+    return host
+
+
+async def _address(up: Upstream) -> str:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in up.host else socket.AF_INET, up.host)
+        return up.host
+    except OSError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise RouterError(f"cannot resolve {up.host} of instance {up.id}: {e}") from None
+    return str(infos[0][4][0])
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RouterError(f"cannot write {path}: {e.strerror or e}", f"free space in {path.parent}") from None

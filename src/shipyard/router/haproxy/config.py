@@ -195,15 +195,15 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str) -> list[str]:
         "    acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)",
         f"    http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']}) if sy_preview",
     ]
-    key = "unless { var(txn.sy_key) -m found }"
+    no_key = "!{ var(txn.sy_key) -m found }"
     if svc.sticky_header:
         h = svc.sticky_header.lower()
         lines.append(f"    http-request set-var(txn.sy_key) req.fhdr({h},1) if {{ req.fhdr({h},1) -m len gt 0 }}")
     if svc.sticky_cookie:
         c = svc.sticky_cookie
-        lines.append(f"    http-request set-var(txn.sy_key) req.cook({c}) {key} {{ req.cook({c}) -m len gt 0 }}")
+        lines.append(f"    http-request set-var(txn.sy_key) req.cook({c}) if {no_key} {{ req.cook({c}) -m len gt 0 }}")
     if svc.sticky_client_address:
-        lines.append(f"    http-request set-var-fmt(txn.sy_key) \"%[src]\" {key}")
+        lines.append(f"    http-request set-var-fmt(txn.sy_key) \"%[src]\" if {no_key}")
     lines += [
         f"    http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod({BUCKETS}) if {{ var(txn.sy_key) -m found }}",
         f"    http-request set-var(txn.sy_bucket) rand({BUCKETS}) unless {{ var(txn.sy_bucket) -m found }}",

@@ -1,0 +1,335 @@
+"""HAProxy's per-request log lines, read from a unix datagram socket and turned into the
+per-track per-second series and counters the embedded router keeps, so the canary judge
+cannot tell which router produced them.
+
+HAProxy sends one syslog datagram (RFC 3164 or 5424, or `raw`) per HTTP transaction when
+its response ends; the line carries only numbers and names shipyard chose (backend
+`<service>__<track>`, server), never a header, a URL or other client text, so nothing a
+client sends can forge or break a field. Aggregation is the embedded data plane's own
+`TrackMetrics` (a pure class of `router/dataplane/metrics.py`: same seconds, same
+histogram, same 600 s ring), fed the receipt time of each line.
+
+One TrafficLog per socket, shared by every service whose backends log there (one
+frontend with Host routing serves many): `series`, `stats` and `track_of` take the
+service, defaulting to the one given at construction (a per-service log then needs no
+argument); lines of any other service are counted as `other_service` and dropped.
+
+Loss: the kernel queues only `net.unix.max_dgram_qlen` datagrams (10 by default) on the
+socket and HAProxy drops a log it cannot send at once (its `show info` DroppedLogs), so
+reading is done on every readiness event and again before each `series`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import RouterError
+from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
+
+MARKER = "sy1"
+"""First word of every shipyard log line (and its version): a foreign line is told apart."""
+
+START_RULE = "http-request set-var(txn.sy_t0) date(0,us)"
+"""Frontend rule that stamps the moment the request head was parsed, in microseconds: with
+it a latency has microsecond resolution (HAProxy's timers count whole milliseconds). The
+log line works without it (the field logs "-") and falls back to Ta - TR."""
+
+LOG_FORMAT = f"{MARKER} %b %s %ST %TR %Ta %ts %B %[var(txn.sy_t0)] %[date(0,us)]"
+"""The `log-format` of a frontend whose traffic shipyard judges. Latency is request head
+received -> response sent, as the embedded router measures it (from parsing the head to
+writing the response's last byte): %Ta runs from the first byte of the head to the last
+byte of the body, so %Ta - %TR (the time the head took to arrive) is exactly that span;
+%Tr stops at the response headers (it misses the body) and %Tt adds the connection's
+handshake and keep-alive idle time. With START_RULE the same span is taken in
+microseconds: date at log time minus the stamp. %ts tells HAProxy's own answers (503 no
+server, 504 timeout) and responses cut short from the instance's; %B is bytes sent."""
+
+SOCKET_MODE = 0o600
+MAX_SERVICES = 256
+MAX_TRACKS = 16
+MAX_UPSTREAMS = 1024
+"""Per-service caps on names seen in lines: a sender of made-up names cannot grow memory."""
+RCVBUF = 1 << 20
+DRAIN_BATCH = 512
+"""Datagrams read per readiness event before yielding to the loop."""
+
+_NAME = rb"[A-Za-z0-9_.:-]{1,127}"
+_LINE = re.compile(
+    rb"(%s) (<NOSRV>|%s) (-?\d{1,4}) (-?\d{1,10}) (\d{1,10}) ([A-Za-z-]{2}) (\d{1,19}) (-|\d{1,19}) (\d{1,19})\s*"
+    % (_NAME, _NAME))
+_MARK = MARKER.encode() + b" "
+SERVICE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+TRACK_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def split_backend(backend: str) -> tuple[str, str] | None:
+    """(service, track) of a backend named `<service>__<track>`, else None. Service names
+    never hold an underscore, so the first `__` is the separator."""
+    service, sep, track = backend.partition("__")
+    if not sep or not SERVICE_RE.fullmatch(service) or not TRACK_RE.fullmatch(track):
+        return None
+    return service, track
+
+
+class Record:
+    """One parsed log line: what a response was and how long it took (ms). `head` is False
+    when the request head never fully arrived (TR = -1): no request, nothing to count."""
+
+    __slots__ = ("backend", "server", "status", "ms", "term", "bytes", "head")
+
+    def __init__(self, backend: str, server: str, status: int, ms: float, term: str, nbytes: int,
+                 head: bool = True) -> None:
+        self.backend, self.server, self.status, self.ms, self.term, self.bytes, self.head = (
+            backend, server, status, ms, term, nbytes, head)
+
+
+def _match(data: bytes) -> re.Match[bytes] | None:
+    """The fields after the marker: at the start (`format raw`) or after a syslog header,
+    whose words (a host named like the marker) are skipped by trying each occurrence."""
+    if data.startswith(_MARK):
+        return _LINE.fullmatch(data, len(_MARK))
+    at = data.find(b" " + _MARK)
+    while at >= 0:
+        m = _LINE.fullmatch(data, at + 1 + len(_MARK))
+        if m is not None:
+            return m
+        at = data.find(b" " + _MARK, at + 1)
+    return None
+
+
+def parse(data: bytes) -> Record | None:
+    """The Record of one datagram, or None when it is not a shipyard line (another
+    format, a garbled or truncated field, text where a number belongs)."""
+    m = _match(data)
+    if m is None:
+        return None
+    backend, server, status, tr, ta, term, nbytes, t0, t1 = m.groups()
+    head_ms = int(tr)
+    if t0 != b"-" and int(t1) >= int(t0):
+        ms = (int(t1) - int(t0)) / 1000.0
+    else:
+        ms = float(max(int(ta) - head_ms, 0))
+    return Record(backend.decode(), server.decode(), int(status), ms, term.decode(), int(nbytes), head_ms >= 0)
+
+
+class _Service:
+    __slots__ = ("tracks", "upstreams")
+
+    def __init__(self) -> None:
+        self.tracks: dict[str, TrackMetrics] = {}
+        self.upstreams: dict[str, tuple[str, UpstreamMetrics]] = {}
+
+
+class TrafficLog:
+    """Receives HAProxy's log datagrams and keeps each service's per-track metrics."""
+
+    def __init__(self, service: str | None = None) -> None:
+        self.service = service
+        self.started = time.time()
+        self.counters = {"datagrams": 0, "records": 0, "malformed": 0, "incomplete": 0, "untracked": 0,
+                         "other_service": 0, "over_limit": 0}
+        """What came in: `records` counted; `malformed` not a shipyard line; `untracked` a
+        backend not named <service>__<track>; `over_limit` a name past the caps."""
+        self._services: dict[str, _Service] = {}
+        self._sock: socket.socket | None = None
+        self._path: Path | None = None
+        self._ino = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- socket ----------------------------------------------------------------------
+
+    async def start(self, sock_path: Path) -> None:
+        """Bind `sock_path` (mode 0600: only this user's processes, HAProxy's workers among them,
+        may send) and read it from the running loop. Bound under a temporary name, then renamed
+        into place, so the socket is never reachable with looser permissions."""
+        if self._sock is not None:
+            raise RouterError("this HAProxy traffic log is already started", "close() it before starting it again")
+        sock_path = Path(sock_path)
+        tmp = sock_path.with_name(f".{sock_path.name}.{os.getpid()}.tmp")
+        if len(os.fsencode(tmp)) >= 104:
+            raise RouterError(f"socket path too long for a unix socket: {sock_path}",
+                              "use a shorter state directory (unix socket paths are limited to ~100 bytes)")
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(sock_path).st_mode):
+                raise RouterError(f"{sock_path} exists and is not a socket",
+                                  "remove it or choose another path for HAProxy's log socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            sock.bind(os.fspath(tmp))
+            os.chmod(tmp, SOCKET_MODE)
+            os.replace(tmp, sock_path)
+        except OSError as e:
+            sock.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise RouterError(f"cannot bind HAProxy's log socket {sock_path}: {e.strerror or e}",
+                              "check that its directory exists and is writable") from e
+        self._sock, self._path, self._ino = sock, sock_path, os.stat(sock_path).st_ino
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    async def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+        if self._path is not None:  # only our own socket file: another reader may have taken the path
+            with contextlib.suppress(OSError):
+                if os.stat(self._path).st_ino == self._ino:
+                    self._path.unlink()
+
+    def _on_readable(self) -> None:
+        self.drain(DRAIN_BATCH)
+
+    def drain(self, limit: int = 1 << 20) -> int:
+        """Read and count up to `limit` waiting datagrams without blocking; how many were read."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        now = time.time()
+        n = 0
+        while n < limit:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.counters["malformed"] += 1
+                break
+            n += 1
+            self.feed(data, now)
+        return n
+
+    # -- aggregation -----------------------------------------------------------------
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Count one datagram received at `now` (unix time). Never raises on bad input."""
+        c = self.counters
+        c["datagrams"] += 1
+        rec = parse(data)
+        if rec is None:
+            c["malformed"] += 1
+            return
+        if not rec.head:  # the embedded router counts no request whose head never arrived
+            c["incomplete"] += 1
+            return
+        names = split_backend(rec.backend)
+        if names is None:
+            c["untracked"] += 1
+            return
+        service, track = names
+        if self.service is not None and service != self.service:
+            c["other_service"] += 1
+            return
+        metrics = self._track(service, track)
+        if metrics is None:
+            c["over_limit"] += 1
+            return
+        c["records"] += 1
+        self._count(metrics, rec, now)
+        if rec.server != "<NOSRV>":
+            ups = self._upstream(service, track, rec.server)
+            if ups is not None:
+                ups.requests += 1
+                if rec.term[:2] == "SC":
+                    ups.connect_failures += 1
+
+    @staticmethod
+    def _count(m: TrackMetrics, rec: Record, now: float) -> None:
+        """The embedded router's accounting of one response, from HAProxy's termination state:
+        the client leaving first (C, c) is an abort, with no status or latency; a response
+        HAProxy made itself (503 no server, 504 timeout) or cut short because the instance broke
+        mid-body (a 2xx logged with S or s) is a router error, the latter recorded as 502."""
+        m.requests += 1
+        term, status = rec.term, rec.status
+        if status <= 0 or term[0] in "Cc":
+            m.aborted += 1
+            return
+        own = term[0] != "-"
+        if own and status < 500 and term[1] in "DL" and term[0] not in "LP":
+            status = 502
+        if own and status >= 500:
+            m.errors += 1
+            if term == "sQ":
+                m.queue_timeouts += 1
+        m.observe(status, rec.ms, now)
+
+    def _service(self, service: str) -> _Service | None:
+        s = self._services.get(service)
+        if s is None and len(self._services) < MAX_SERVICES:
+            s = self._services[service] = _Service()
+        return s
+
+    def _track(self, service: str, track: str) -> TrackMetrics | None:
+        s = self._service(service)
+        if s is None:
+            return None
+        m = s.tracks.get(track)
+        if m is None and len(s.tracks) < MAX_TRACKS:
+            m = s.tracks[track] = TrackMetrics()
+        return m
+
+    def _upstream(self, service: str, track: str, server: str) -> UpstreamMetrics | None:
+        s = self._services[service]
+        got = s.upstreams.get(server)
+        if got is None:
+            if len(s.upstreams) >= MAX_UPSTREAMS:
+                return None
+            got = s.upstreams[server] = (track, UpstreamMetrics())
+        return got[1]
+
+    # -- what the adapter reads --------------------------------------------------------
+
+    def _which(self, service: str | None) -> str:
+        name = service or self.service
+        if name is None:
+            raise ValueError("this traffic log is shared by several services: name the service")
+        return name
+
+    def track_of(self, backend: str) -> str | None:
+        """The track of a backend named `<service>__<track>`, if the service is this log's
+        (any service when the log was made without one); None for any other backend."""
+        names = split_backend(backend)
+        if names is None or (self.service is not None and names[0] != self.service):
+            return None
+        return names[1]
+
+    def series(self, since: float, service: str | None = None) -> dict[str, Any]:
+        """Router.series for one service (see engine/ports.py): completed seconds after
+        `since`, per track. Reads what is waiting on the socket first, so a second that has
+        ended is complete up to what HAProxy has sent."""
+        self.drain()
+        now = time.time()
+        s = self._services.get(self._which(service))
+        tracks = s.tracks if s is not None else {}
+        return {"now": now, "series": {name: m.series(since, now) for name, m in tracks.items()}}
+
+    def stats(self, service: str | None = None) -> dict[str, Any]:
+        """The embedded router's stats shape for one service: per-track counters (requests,
+        status classes, router errors, aborts, latency histogram) and per-server counts. What
+        only HAProxy's Runtime API knows (table version, releases, in-flight, ejected, limits)
+        is the adapter's to add; `log` says what the socket received."""
+        self.drain()
+        s = self._services.get(self._which(service))
+        return {
+            "uptime": round(time.time() - self.started, 3),
+            "tracks": {name: m.snapshot() for name, m in (s.tracks if s else {}).items()},
+            "upstreams": {name: {"track": track, **u.snapshot()}
+                          for name, (track, u) in (s.upstreams if s else {}).items()},
+            "log": dict(self.counters),
+        }
+

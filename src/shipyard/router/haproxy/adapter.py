@@ -25,17 +25,12 @@ from typing import Any
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess
 from shipyard.router.table import RoutingTable, Upstream
 
-try:  # written in parallel (branch hlogs); until it lands, metrics are refused, traffic works
-    from shipyard.router.haproxy import logs as _logs
-except ImportError:  # pragma: no cover
-    _logs = None  # type: ignore[assignment]
-
 log = logging.getLogger("shipyard.router.haproxy")
 
-FALLBACK_LOG_FORMAT = "%ci %b %s %ST %Ta"
 READ_BACK_TRIES = 20
 
 
@@ -60,7 +55,7 @@ class HAProxyRouter:
         self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self._load_table(s))}
         self._pending: set[tuple[str, str]] = set()
         """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
-        self._logs: dict[str, Any] = {}
+        self._logs: dict[str, TrafficLog] = {}
 
     # -- Router port ------------------------------------------------------------------------
 
@@ -107,9 +102,7 @@ class HAProxyRouter:
             try:
                 self._save_table(table)
                 if self._shape_text() != self._read_shape():
-                    await self._dump_state()
-                    await self.proc.reload(self._render())
-                    self._write_shape()
+                    await self._reload_for(table)
                 await self._sync(table)
             except RouterError as e:
                 if previous is not None:
@@ -160,9 +153,24 @@ class HAProxyRouter:
 
     # -- syncing one table ---------------------------------------------------------------------
 
-    async def _sync(self, table: RoutingTable) -> None:
+    async def _reload_for(self, table: RoutingTable) -> None:
+        """A table whose configuration differs (sticky names, limits, a new track name): its
+        servers and maps go to the running worker first, then the reload. The old worker keeps
+        the connections it has (idle-close-on-response: each gets one more response, then
+        `Connection: close`), so they too meet the new table, only with the old sticky names;
+        what the old worker cannot take (a server of a backend it lacks) is left to the new one."""
+        try:
+            await self._sync(table, final=False)
+        except RouterError as e:
+            log.info("HAProxy worker before the reload keeps part of the old table: %s", e.message)
+        await self._dump_state()
+        await self.proc.reload(self._render())
+        self._write_shape()
+
+    async def _sync(self, table: RoutingTable, final: bool = True) -> None:
         """Make HAProxy serve `table`: servers first (new ones in rotation of their own track),
-        then the maps (the bucket map, which moves users, last), then old servers out."""
+        then the maps (the bucket map, which moves users, last), then old servers out. `final`:
+        read back and save the state; else a worker about to be replaced by a reload."""
         api = self.proc.api
         s = table.service
         want = await self._servers(table)
@@ -187,9 +195,11 @@ class HAProxyRouter:
                 if name not in keep:
                     if state == "0":
                         await api.set_state(backend, name, "maint")
-                    self._pending.add((backend, name))
-        await self._read_back(table, want)
-        await self._dump_state()
+                    if final:
+                        self._pending.add((backend, name))
+        if final:
+            await self._read_back(table, want)
+            await self._dump_state()
 
     async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]]) -> None:
         """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
@@ -259,10 +269,10 @@ class HAProxyRouter:
                 for kind in cfg.MAP_KINDS:
                     if not self.files.map_file(s, kind).exists():
                         _atomic_write(self.files.map_file(s, kind), "", mode=0o600)
-        return cfg.render(self._configs(), self.files, self._log_format())
+        return cfg.render(self._configs(), self.files, LOG_FORMAT, START_RULE)
 
     def _shape_text(self) -> str:
-        return cfg.render(self._configs(with_servers=False), self.files, self._log_format())
+        return cfg.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)
 
     def _read_shape(self) -> str | None:
         try:
@@ -310,23 +320,18 @@ class HAProxyRouter:
             return False
         return not self.proc.exited() and await self.proc.answering()
 
-    def _log_format(self) -> str:
-        return _logs.LOG_FORMAT if _logs is not None else FALLBACK_LOG_FORMAT
-
     async def _start_logs(self) -> None:
-        if _logs is None:
-            return
+        """A reader per service on its log socket, before HAProxy is told to send there."""
         for s in self._services:
             if s not in self._logs:
-                traffic = _logs.TrafficLog()
+                traffic = TrafficLog(s)
                 await traffic.start(self.files.log_socket(s))
                 self._logs[s] = traffic
 
-    def _traffic(self, service: str) -> Any:
+    def _traffic(self, service: str) -> TrafficLog:
         traffic = self._logs.get(service)
         if traffic is None:
-            raise RouterError(f"no traffic metrics for {service} from HAProxy",
-                              "the HAProxy log reader (router/haproxy/logs.py) is not running for it")
+            raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
         return traffic
 
 

@@ -143,8 +143,10 @@ def map_text(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{k} {v}\n" for k, v in entries)
 
 
-def render(services: Sequence[ServiceConfig], files: Files, log_format: str) -> str:
-    """The whole haproxy.cfg. RouterError naming the field for a name HAProxy cannot take."""
+def render(services: Sequence[ServiceConfig], files: Files, log_format: str, start_rule: str = "") -> str:
+    """The whole haproxy.cfg. `log_format` and `start_rule` (a first http-request rule that
+    stamps the request's arrival) are the traffic log's (logs.py). RouterError naming the
+    field for a name HAProxy cannot take."""
     out = [
         "# written by shipyard: traffic changes go through the Runtime API, not this file",
         "global",
@@ -158,6 +160,7 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str) -> 
         "defaults",
         "    mode http",
         "    option http-keep-alive",
+        "    option idle-close-on-response",
         "    option dontlognull",
         "    timeout connect 5s",
         "    timeout client 300s",
@@ -170,13 +173,13 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str) -> 
         "",
     ]
     for svc in sorted(services, key=lambda s: s.service):
-        out += _frontend(svc, files, log_format)
+        out += _frontend(svc, files, log_format, start_rule)
         for track in svc.tracks:
             out += _backend(svc, track)
     return "\n".join(out) + "\n"
 
 
-def _frontend(svc: ServiceConfig, files: Files, log_format: str) -> list[str]:
+def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:
     s = svc.service
     if not _SERVICE.match(s):
         raise RouterError(f"service name {s!r} cannot name a HAProxy frontend", "use [a-z0-9-] only")
@@ -191,6 +194,7 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str) -> list[str]:
         f"    log {files.log_socket(s)} len 8192 format raw local0 info",
         f"    log-format \"{_escape(log_format)}\"",
         "    option forwardfor",
+        *([f"    {start_rule}"] if start_rule else []),
         f"    http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})",
         "    acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)",
         f"    http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']}) if sy_preview",

@@ -39,6 +39,8 @@ class RuntimeApi:
         try:
             writer.write(data)
             await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()   # the master CLI answers once the request side is closed
             reply = await reader.read(MAX_REPLY)
             chunks = [reply]
             while reply:

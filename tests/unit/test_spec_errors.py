@@ -210,10 +210,10 @@ def test_database_section() -> None:
 def test_router_kind() -> None:
     assert one(BASE + "router: {kind: nginx}\n") == (
         'shop.yaml:5 router.kind: must be one of "embedded" or "haproxy"; got "nginx"')
-    # the contract's name, refused until that router exists (never served by the embedded one)
-    assert one(BASE + "router: {kind: haproxy}\n") == (
-        "shop.yaml:5 router.kind: the haproxy router is not implemented yet; use kind: embedded "
-        "(the default), which this daemon runs")
+    assert parse_spec(BASE + "router: {kind: haproxy}\n", "shop.yaml", Path("/tmp")).router.kind == "haproxy"
+    assert one(BASE + "router: {kind: haproxy, per_try_timeout: 2s}\n") == (
+        "shop.yaml:5 router: per_try_timeout is not available with router kind haproxy (HAProxy retries "
+        "failed connects, never a slow answer): leave it 0, or use kind: embedded")
 
 
 def test_router_limits() -> None:

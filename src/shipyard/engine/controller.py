@@ -141,7 +141,8 @@ class Controller:
                     f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
-            await self.d.router.ensure(spec.service, spec.listen)   # may refuse (address in use): nothing recorded
+            # may refuse (address in use, no haproxy): nothing recorded
+            await self.d.router.ensure(spec.service, spec.listen, spec.router.kind)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
             svc.spec_path = spec_path

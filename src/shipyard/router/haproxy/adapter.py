@@ -59,7 +59,9 @@ class HAProxyRouter:
 
     # -- Router port ------------------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, kind: str | None = None) -> dict[str, Any] | None:
+        if kind not in (None, "haproxy"):
+            raise RouterError(f"this router is HAProxy; {service} asks for router kind {kind!r}")
         async with self._lock:
             want = normalize_listen(listen)
             known = service in self._services

@@ -222,3 +222,27 @@ def test_a_missing_haproxy_names_the_debian_package(monkeypatch: pytest.MonkeyPa
     with pytest.raises(RouterError) as info:
         find_binary()
     assert "no haproxy executable" in info.value.message and "`haproxy`" in (info.value.hint or "")
+
+
+async def test_stats_have_the_embedded_routers_shape(haproxy: HAProxyHandle) -> None:
+    async with upstreams("blue", "green") as (blue, green):
+        table = make_table(5, {"blue": [blue], "green": [green]}, {"blue": 100, "green": 0},
+                           releases={"blue": "img-1", "green": "img-2"})
+        await haproxy.set(table)
+        c = await RawClient.open(haproxy.port)
+        try:
+            for _ in range(9):
+                assert (await c.request()).status == 200
+            assert (await c.request("GET", "/status?code=500")).status == 500
+        finally:
+            c.close()
+        for _ in range(50):   # the log datagram follows the response
+            stats = await haproxy.stats()
+            if stats["tracks"]["blue"]["requests"] == 10:
+                break
+            await asyncio.sleep(0.02)
+        assert stats["version"] == 5 and stats["limits"]["max_conns_per_instance"] == 64
+        assert stats["tracks"]["blue"]["requests"] == 10 and stats["tracks"]["blue"]["status"]["5xx"] == 1
+        assert stats["tracks"]["blue"]["release"] == "img-1" and stats["tracks"]["green"]["requests"] == 0
+        assert stats["upstreams"][blue.upstream.id]["requests"] == 10
+        assert stats["upstreams"][green.upstream.id]["address"] == f"127.0.0.1:{green.port}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
+from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
@@ -123,7 +124,21 @@ class HAProxyRouter:
         return self.proc.pids() if service in self._services else set()
 
     async def stats(self, service: str) -> dict[str, Any]:
-        return self._traffic(service).stats()
+        """The embedded router's shape: the traffic log's counters, keyed and completed from
+        the table (version, each track's release, instances by id with their address, limits)."""
+        doc = self._traffic(service).stats()
+        table = self._tables.get(service)
+        if table is None:
+            return {**doc, "version": 0, "limits": {}}
+        tracks = {t: {**TrackMetrics().snapshot(), **doc["tracks"].get(t, {}), "release": table.releases.get(t, "")}
+                  for t in {*table.tracks, *doc["tracks"]}}
+        seen = doc["upstreams"]
+        ups = {u.id: {**UpstreamMetrics().snapshot(), **seen.get(cfg.server_name(u), {}), "track": t,
+                      "address": f"{u.host}:{u.port}"}
+               for t, us in table.tracks.items() for u in us}
+        return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
+                "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
+                                                         "per_try_timeout")}}
 
     async def series(self, service: str, since: float) -> dict[str, Any]:
         return self._traffic(service).series(since)

@@ -301,9 +301,15 @@ class HAProxyRouter:
         _atomic_write(self.files.root / "shape.cfg", self._shape_text())
 
     def _write_maps(self, table: RoutingTable) -> None:
+        """The map files a restarted HAProxy loads; rewritten only when they change (ensure
+        renders the configuration every second)."""
         self.files.maps.mkdir(parents=True, exist_ok=True)
         for kind, entries in cfg.map_entries(table).items():
-            _atomic_write(self.files.map_file(table.service, kind), cfg.map_text(entries), mode=0o600)
+            path, text = self.files.map_file(table.service, kind), cfg.map_text(entries)
+            with contextlib.suppress(OSError):
+                if path.read_text() == text:
+                    continue
+            _atomic_write(path, text, mode=0o600)
 
     async def _dump_state(self) -> None:
         with contextlib.suppress(RouterError, OSError):

@@ -14,6 +14,8 @@ changes lives in three maps per service that the Runtime API swaps atomically
 The user key is the first sticky header, else the sticky cookie, else the client address (as
 text, like the embedded router's), hashed with `crc32,mod(10000)` = table.user_bucket; no key:
 `rand(10000)`. Every client X-Shipyard-* header is deleted before the request is forwarded.
+A failed connect is retried on another server of the track (`option redispatch`); a request
+whose instance closed without answering is retried too, but only if it is idempotent.
 Pure functions: rendered text is compared, so an unchanged set of services never reloads."""
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str, sta
         "    timeout http-keep-alive 75s",
         "    retries 3",
         "    option redispatch 1",
+        "    retry-on conn-failure empty-response",
         "    load-server-state-from-file global",
         "",
     ]
@@ -214,8 +217,14 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
         f"    http-request set-var(txn.sy_track) var(txn.sy_bucket),map_int({maps['buckets']}) "
         "unless { var(txn.sy_track) -m found }",
         "    http-request del-header ^x-shipyard- -m reg",
-        "    http-request return status 503 content-type text/plain string \"no live track for this service\\n\" "
-        "unless { var(txn.sy_track) -m found }",
+        "    http-request del-header ^proxy- -m reg",
+        "    http-request del-header keep-alive",
+        "    http-request del-header te",
+        "    http-request set-header x-forwarded-proto http",
+        "    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
+        "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
+        f"    http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
+        "release\\n\" hdr x-shipyard-error 1 unless { var(txn.sy_track) -m found }",
         f"    use_backend {s}__%[var(txn.sy_track)] if {{ var(txn.sy_track) -m found }}",
         "",
     ]

@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -246,3 +247,57 @@ async def test_stats_have_the_embedded_routers_shape(haproxy: HAProxyHandle) -> 
         assert stats["tracks"]["blue"]["release"] == "img-1" and stats["tracks"]["green"]["requests"] == 0
         assert stats["upstreams"][blue.upstream.id]["requests"] == 10
         assert stats["upstreams"][green.upstream.id]["address"] == f"127.0.0.1:{green.port}"
+
+
+async def test_a_port_in_use_is_a_clear_error_and_leaves_the_others_serving(haproxy: HAProxyHandle) -> None:
+    async with upstreams("blue") as (blue,):
+        await haproxy.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
+        pid = haproxy.worker_pid
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            busy = f"127.0.0.1:{taken.getsockname()[1]}"
+            with pytest.raises(RouterError) as info:
+                await haproxy.router.ensure("cart", busy)
+        assert info.value.message == f"HAProxy for cart cannot listen on {busy}: address already in use"
+        assert "another process uses" in (info.value.hint or "")
+        assert haproxy.worker_pid == pid and "cart" not in haproxy.router._services
+        c = await RawClient.open(haproxy.port)
+        try:
+            assert await names(c) == {"blue"}
+        finally:
+            c.close()
+
+
+async def test_services_share_one_haproxy_and_leave_it_one_by_one(haproxy: HAProxyHandle) -> None:
+    """A second service is a new frontend (the one reload the design allows); stopping a
+    service removes it; the last one stops HAProxy."""
+    async with upstreams("shop-v1", "cart-v1") as (shop, cart):
+        await haproxy.set(make_table(1, {"blue": [shop]}, {"blue": 100}))
+        cart_listen = f"127.0.0.1:{free_port()}"
+        await haproxy.router.ensure("cart", cart_listen)
+        await haproxy.router.apply(make_table(1, {"green": [cart]}, {"green": 100}, service="cart"))
+        master = haproxy.router.proc.master_pid
+        c = await RawClient.open(haproxy.port)
+        d = await RawClient.open(int(cart_listen.rsplit(":", 1)[1]))
+        try:
+            assert await names(c) == {"shop-v1"} and await names(d) == {"cart-v1"}
+            assert haproxy.router.pids("cart") == haproxy.router.pids("shop") != set()
+        finally:
+            c.close()
+            d.close()
+        await haproxy.router.stop("cart")
+        c = await RawClient.open(haproxy.port)
+        try:
+            assert await names(c) == {"shop-v1"}
+        finally:
+            c.close()
+        with pytest.raises(OSError):
+            await RawClient.open(int(cart_listen.rsplit(":", 1)[1]))
+        assert haproxy.router.pids("cart") == set()
+        await haproxy.router.stop("shop")
+        for _ in range(100):
+            if not pid_alive(master):  # type: ignore[arg-type]
+                break
+            await asyncio.sleep(0.05)
+        assert not pid_alive(master)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -68,26 +69,47 @@ class HAProxyRouter:
             known = service in self._services
             lost = None
             running = await self._running()
-            if not running and self.proc.master_pid is not None:
-                lost = self.proc.how_it_ended() if known else None
-                self.proc.kill()
-                self.proc.master_pid = None
-            if self._services.get(service) != want:
+            if not running:
+                if self.proc.master_pid is not None:
+                    lost = self.proc.how_it_ended() if known else None
+                    self.proc.kill()
+                    self.proc.master_pid = None
+                elif known:
+                    lost = self._lost_before()
+            before = dict(self._services)
+            if before.get(service) != want:
+                if want not in before.values():
+                    _check_free(service, want)
                 self._services[service] = want
                 self._save_services()
-            await self._start_logs()
-            text = self._render()
-            if not running:
-                await self.proc.start(text)
-                self._write_shape()
-                for table in list(self._tables.values()):
-                    await self._sync(table)
-            elif self._shape_text() != self._read_shape():
-                await self._dump_state()
-                await self.proc.reload(text)
-                self._write_shape()
+            try:
+                await self._start_logs()
+                text = self._render()
+                if not running:
+                    await self.proc.start(text)
+                    self._write_shape()
+                    for table in list(self._tables.values()):
+                        await self._sync(table)
+                elif self._shape_text() != self._read_shape():
+                    await self._dump_state()
+                    await self.proc.reload(text)
+                    self._write_shape()
+            except RouterError:
+                if self._services != before:   # never keep a service HAProxy could not take
+                    self._services = before
+                    self._save_services()
+                raise
             await self._sweep()
             return lost
+
+    def _lost_before(self) -> dict[str, Any] | None:
+        """What became of a HAProxy an earlier daemon started that is gone now (its pid file)."""
+        try:
+            pid = int(self.files.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return {"pid": pid, "exit_code": None, "signal": None,
+                "reason": "it is gone (started by an earlier daemon: its exit status is unknown)"}
 
     def exited(self, service: str) -> bool:
         return service in self._services and self.proc.master_pid is not None and self.proc.exited()
@@ -356,6 +378,28 @@ class HAProxyRouter:
         if traffic is None:
             raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
         return traffic
+
+
+def _check_free(service: str, listen: str) -> None:
+    """A new listen address must be free before HAProxy is told to bind it: a reload that fails
+    to bind keeps the old worker and says so only in its log."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {e}",
+                          "change `listen` in the spec") from None
+    for family, kind, proto, _name, addr in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as e:
+                reason = os.strerror(e.errno).lower() if e.errno else str(e)
+                raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {reason}",
+                                  f"another process uses {listen}: stop it, or change `listen` in the spec"
+                                  if e.errno == errno.EADDRINUSE else "change `listen` in the spec") from None
 
 
 def _literal(host: str) -> str:

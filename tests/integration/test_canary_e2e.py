@@ -145,12 +145,15 @@ async def test_users_keep_their_track_and_pauses_wait_for_promote(api: AsyncApiC
     assert final["phase"] == "succeeded"
 
 
-async def test_daemon_restart_mid_canary_resumes(state_dir: Path, make_spec: SpecMaker, listen: str) -> None:
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
+async def test_daemon_restart_mid_canary_resumes(state_dir: Path, make_spec: SpecMaker, listen: str,
+                                                 kind: str) -> None:
+    """The data plane serves the split while no daemon runs; the new daemon re-adopts it."""
     daemon = DaemonProcess(state_dir).start()
     api = AsyncApiClient(daemon.paths)
     try:
-        await first_release(api, make_spec)
-        r = await deploy(api, canary_spec(make_spec, "v2", "resume", [{"set_weight": 30}, {"pause": {}}]))
+        await first_release(api, make_spec, kind)
+        r = await deploy(api, canary_spec(make_spec, "v2", "resume", [{"set_weight": 30}, {"pause": {}}], kind=kind))
         r = await wait_for(api, r["id"], lambda x: x["phase"] == "paused")
         async with Traffic(f"http://{listen}", clients=4, users=300) as traffic:
             daemon.kill()
@@ -160,6 +163,8 @@ async def test_daemon_restart_mid_canary_resumes(state_dir: Path, make_spec: Spe
             api = AsyncApiClient(daemon.paths)
             again = (await api.get(f"/v1/rollouts/{r['id']}"))["rollout"]
             assert (again["phase"], again["weight"], again["hold"]) == ("paused", 30, "promote")
+            events = (await api.get("/v1/services/shop/events"))["events"]
+            assert not [e for e in events if e["kind"] == "router.restarted"], events   # re-adopted, not replaced
             await asyncio.sleep(0.5)
             assert set(traffic.versions()) == {"1", "2"}        # the split held while the daemon was away
             await api.post("/v1/services/shop/promote", {})

@@ -301,3 +301,17 @@ async def test_services_share_one_haproxy_and_leave_it_one_by_one(haproxy: HAPro
                 break
             await asyncio.sleep(0.05)
         assert not pid_alive(master)  # type: ignore[arg-type]
+
+
+async def test_a_stale_table_is_refused_and_changes_nothing(haproxy: HAProxyHandle) -> None:
+    async with upstreams("blue", "green") as (blue, green):
+        both = {"blue": [blue], "green": [green]}
+        await haproxy.set(make_table(5, both, {"blue": 0, "green": 100}))
+        with pytest.raises(RouterError, match="stale table: version 4 is older than the served version 5"):
+            await haproxy.set(make_table(4, both, {"blue": 100, "green": 0}))
+        assert (await haproxy.get_table()).version == 5  # type: ignore[union-attr]
+        c = await RawClient.open(haproxy.port)
+        try:
+            assert await names(c) == {"green"}
+        finally:
+            c.close()

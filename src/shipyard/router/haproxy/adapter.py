@@ -123,6 +123,10 @@ class HAProxyRouter:
                 raise RouterError(f"cannot apply table version {table.version} to HAProxy for {table.service}: "
                                   "it is not running", "the daemon restarts it within a second")
             previous = self._tables.get(table.service)
+            if previous is not None and table.version < previous.version:
+                raise RouterError(f"cannot apply table version {table.version} to HAProxy for {table.service}: "
+                                  f"stale table: version {table.version} is older than the served version "
+                                  f"{previous.version}")
             self._tables[table.service] = table
             try:
                 self._save_table(table)

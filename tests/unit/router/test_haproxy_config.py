@@ -92,6 +92,8 @@ def test_names_haproxy_cannot_take_are_refused_with_the_field() -> None:
         cfg.render([ServiceConfig("shop", "127.0.0.1:1", sticky_header="X User")], FILES, "sy1")
     with pytest.raises(RouterError, match="service name 'Shop_1'"):
         cfg.render([ServiceConfig("Shop_1", "127.0.0.1:1")], FILES, "sy1")
+    with pytest.raises(RouterError, match="track name 'Blue_1' of shop"):
+        cfg.render([ServiceConfig("shop", "127.0.0.1:1", tracks=("Blue_1",))], FILES, "sy1")
     with pytest.raises(RouterError, match="not HOST:PORT"):
         cfg.bind_address("localhost")
 

@@ -33,7 +33,8 @@ SLOTS = ("blue", "green")
 """Tracks every service has a backend for (the daemon's slots), so a new slot needs no reload."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_TRACK = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TRACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+"""What the traffic log (logs.py) reads back out of `<service>__<track>`: a slot-like name."""
 _SERVICE = re.compile(r"^[a-z0-9-]+$")
 
 
@@ -234,7 +235,7 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
 def _backend(svc: ServiceConfig, track: str) -> list[str]:
     if not _TRACK.match(track):
         raise RouterError(f"track name {track!r} of {svc.service} cannot name a HAProxy backend",
-                          "use letters, digits and - _ . in track names")
+                          "use lowercase letters, digits and - in track names (like blue, green)")
     lines = [f"backend {backend_name(svc.service, track)}",
              "    balance roundrobin",
              f"    timeout queue {max(1, round(svc.queue_timeout * 1000))}ms"]

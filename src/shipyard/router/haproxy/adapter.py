@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import logging
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,8 @@ from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
-from shipyard.router.haproxy.process import HAProxyProcess
+from shipyard.router.haproxy.process import HAProxyProcess, check_free
+from shipyard.router.haproxy.saved import Saved
 from shipyard.router.table import RoutingTable, Upstream
 
 log = logging.getLogger("shipyard.router.haproxy")
@@ -50,11 +48,12 @@ class HAProxyRouter:
     def __init__(self, root: Path, binary: str | None = None) -> None:
         self.files = Files(root)
         self.proc = HAProxyProcess(self.files, binary)
+        self.saved = Saved(self.files)
         self._lock = asyncio.Lock()
         """One change at a time: every service shares this HAProxy."""
-        self._services: dict[str, str] = self._load_services()
+        self._services: dict[str, str] = self.saved.services()
         """service -> listen, as the configuration holds them (persisted)."""
-        self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self._load_table(s))}
+        self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self.saved.table(s))}
         self._pending: set[tuple[str, str]] = set()
         """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
         self._logs: dict[str, TrafficLog] = {}
@@ -79,25 +78,25 @@ class HAProxyRouter:
             before = dict(self._services)
             if before.get(service) != want:
                 if want not in before.values():
-                    _check_free(service, want)
+                    check_free(service, want)
                 self._services[service] = want
-                self._save_services()
+                self.saved.save_services(self._services)
             try:
                 await self._start_logs()
                 text = self._render()
                 if not running:
                     await self.proc.start(text)
-                    self._write_shape()
+                    self.saved.save_shape(self._shape_text())
                     for table in list(self._tables.values()):
                         await self._sync(table)
-                elif self._shape_text() != self._read_shape():
+                elif self._shape_text() != self.saved.shape():
                     await self._dump_state()
                     await self.proc.reload(text)
-                    self._write_shape()
+                    self.saved.save_shape(self._shape_text())
             except RouterError:
                 if self._services != before:   # never keep a service HAProxy could not take
                     self._services = before
-                    self._save_services()
+                    self.saved.save_services(self._services)
                 raise
             await self._sweep()
             return lost
@@ -129,14 +128,14 @@ class HAProxyRouter:
                                   f"{previous.version}")
             self._tables[table.service] = table
             try:
-                self._save_table(table)
-                if self._shape_text() != self._read_shape():
+                self.saved.save_table(table)
+                if self._shape_text() != self.saved.shape():
                     await self._reload_for(table)
                 await self._sync(table)
             except RouterError as e:
                 if previous is not None:
                     self._tables[table.service] = previous
-                    self._save_table(previous)
+                    self.saved.save_table(previous)
                 raise RouterError(f"cannot apply table version {table.version} to HAProxy for "
                                   f"{table.service}: {e.message}", e.hint) from None
             await self._sweep()
@@ -174,16 +173,14 @@ class HAProxyRouter:
             if self._services.pop(service, None) is None:
                 return
             self._tables.pop(service, None)
-            self._save_services()
-            for path in (self._table_path(service), *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            self.saved.save_services(self._services)
+            self.saved.forget(service)
             if not self._services:
                 await self.proc.stop()
             elif await self._running():
                 await self._dump_state()
                 await self.proc.reload(self._render())
-                self._write_shape()
+                self.saved.save_shape(self._shape_text())
             traffic = self._logs.pop(service, None)
             if traffic is not None:
                 await traffic.close()
@@ -208,7 +205,7 @@ class HAProxyRouter:
             log.info("HAProxy worker before the reload keeps part of the old table: %s", e.message)
         await self._dump_state()
         await self.proc.reload(self._render())
-        self._write_shape()
+        self.saved.save_shape(self._shape_text())
 
     async def _sync(self, table: RoutingTable, final: bool = True) -> None:
         """Make HAProxy serve `table`: servers first (new ones in rotation of their own track),
@@ -217,7 +214,7 @@ class HAProxyRouter:
         api = self.proc.api
         s = table.service
         want = await self._servers(table)
-        self._write_maps(table)
+        self.saved.maps(table.service, table)
         live = await self._server_states(s)
         for track, servers in want.items():
             backend = cfg.backend_name(s, track)
@@ -297,70 +294,24 @@ class HAProxyRouter:
             if table is None:
                 out.append(ServiceConfig(s, listen))
                 continue
-            servers = ({t: tuple(Server(cfg.server_name(u), _literal(u.host), u.port) for u in ups)
+            servers = ({t: tuple(Server(cfg.server_name(u), u.host, u.port) for u in ups)
                         for t, ups in table.tracks.items()} if with_servers else {})
             out.append(cfg.service_config(listen, table, servers))
         return out
 
     def _render(self) -> str:
         """The configuration now; every map file it names exists (empty for a service without a table)."""
-        for s in self._services:
-            table = self._tables.get(s)
-            if table is not None:
-                self._write_maps(table)
-            else:
-                for kind in cfg.MAP_KINDS:
-                    if not self.files.map_file(s, kind).exists():
-                        _atomic_write(self.files.map_file(s, kind), "", mode=0o600)
+        for svc in self._services:
+            self.saved.maps(svc, self._tables.get(svc))
         return cfg.render(self._configs(), self.files, LOG_FORMAT, START_RULE)
 
     def _shape_text(self) -> str:
         return cfg.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)
 
-    def _read_shape(self) -> str | None:
-        try:
-            return (self.files.root / "shape.cfg").read_text()
-        except OSError:
-            return None
-
-    def _write_shape(self) -> None:
-        _atomic_write(self.files.root / "shape.cfg", self._shape_text())
-
-    def _write_maps(self, table: RoutingTable) -> None:
-        """The map files a restarted HAProxy loads; rewritten only when they change (ensure
-        renders the configuration every second)."""
-        self.files.maps.mkdir(parents=True, exist_ok=True)
-        for kind, entries in cfg.map_entries(table).items():
-            path, text = self.files.map_file(table.service, kind), cfg.map_text(entries)
-            with contextlib.suppress(OSError):
-                if path.read_text() == text:
-                    continue
-            _atomic_write(path, text, mode=0o600)
-
     async def _dump_state(self) -> None:
         with contextlib.suppress(RouterError, OSError):
-            _atomic_write(self.files.state_file, await self.proc.api.dump_servers_state())
+            self.saved.server_state(await self.proc.api.dump_servers_state())
 
-    def _table_path(self, service: str) -> Path:
-        return self.files.root / f"{service}.table.json"
-
-    def _save_table(self, table: RoutingTable) -> None:
-        _atomic_write(self._table_path(table.service), json.dumps(table.to_dict()), mode=0o600)
-
-    def _load_table(self, service: str) -> RoutingTable | None:
-        try:
-            return RoutingTable.from_dict(json.loads(self._table_path(service).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def _load_services(self) -> dict[str, str]:
-        try:
-            return {str(k): str(v) for k, v in json.loads((self.files.root / "services.json").read_text()).items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _save_services(self) -> None:
-        _atomic_write(self.files.root / "services.json", json.dumps(self._services, sort_keys=True))
 
     # -- process and metrics --------------------------------------------------------------------
 
@@ -384,33 +335,6 @@ class HAProxyRouter:
         return traffic
 
 
-def _check_free(service: str, listen: str) -> None:
-    """A new listen address must be free before HAProxy is told to bind it: a reload that fails
-    to bind keeps the old worker and says so only in its log."""
-    host, _, port = listen.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except OSError as e:
-        raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {e}",
-                          "change `listen` in the spec") from None
-    for family, kind, proto, _name, addr in dict.fromkeys(infos):
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(addr)
-            except OSError as e:
-                reason = os.strerror(e.errno).lower() if e.errno else str(e)
-                raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {reason}",
-                                  f"another process uses {listen}: stop it, or change `listen` in the spec"
-                                  if e.errno == errno.EADDRINUSE else "change `listen` in the spec") from None
-
-
-def _literal(host: str) -> str:
-    """An address for the configuration file (resolved at sync time; names pass as written)."""
-    return host
-
-
 async def _address(up: Upstream) -> str:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in up.host else socket.AF_INET, up.host)
@@ -422,17 +346,3 @@ async def _address(up: Upstream) -> str:
     except OSError as e:
         raise RouterError(f"cannot resolve {up.host} of instance {up.id}: {e}") from None
     return str(infos[0][4][0])
-
-
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise RouterError(f"cannot write {path}: {e.strerror or e}", f"free space in {path.parent}") from None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -237,3 +239,25 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
+
+
+def check_free(service: str, listen: str) -> None:
+    """A new listen address must be free before HAProxy is told to bind it: a reload that fails
+    to bind keeps the old worker and says so only in its log."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {e}",
+                          "change `listen` in the spec") from None
+    for family, kind, proto, _name, addr in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as e:
+                reason = os.strerror(e.errno).lower() if e.errno else str(e)
+                raise RouterError(f"HAProxy for {service} cannot listen on {listen}: {reason}",
+                                  f"another process uses {listen}: stop it, or change `listen` in the spec"
+                                  if e.errno == errno.EADDRINUSE else "change `listen` in the spec") from None

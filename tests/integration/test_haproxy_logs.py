@@ -1,5 +1,6 @@
 """A real HAProxy (/usr/sbin/haproxy) logging LOG_FORMAT to TrafficLog's socket, in front
-of real upstream servers: requests of known outcome come back as exact per-track series
+of real upstream servers (datagrams in two syslog formats, or a ring forwarded over a unix
+stream): requests of known outcome come back as exact per-track series
 and stats, HAProxy's own 503 (no server) and 502 (instance gone) counted as errors."""
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ HAPROXY = "/usr/sbin/haproxy"
 
 
 def config(port: int, sock: Path, fmt: str, blue: int, green: int) -> str:
-    return f"""global
+    """`fmt` a syslog format sent as datagrams, or `ring`: a ring forwarded over a unix stream."""
+    ring = f"""ring sylog
+    format rfc5424
+    maxlen 1200
+    size 65536
+    timeout connect 1s
+    timeout server 10s
+    server reader unix@{sock}
+""" if fmt == "ring" else ""
+    target = "ring@sylog" if fmt == "ring" else f"unix@{sock} format {fmt}"
+    return ring + f"""global
     maxconn 200
 defaults
     mode http
@@ -33,7 +44,7 @@ defaults
     timeout server 10s
 frontend fe
     bind 127.0.0.1:{port}
-    log unix@{sock} format {fmt} local0 info
+    log {target} local0 info
     {START_RULE}
     log-format "{LOG_FORMAT}"
     use_backend svc__green if {{ req.hdr(x-track) -m str green }}
@@ -85,12 +96,12 @@ PLAN = ([("blue", "/die?who=blue", 502, False)] + [("blue", "/", 200, False)] * 
         + [("canary", "/", 503, False)] * 2)
 
 
-@pytest.mark.parametrize("fmt", ["rfc5424", "rfc3164"])
+@pytest.mark.parametrize("fmt", ["rfc5424", "rfc3164", "ring"])
 async def test_haproxy_logs_become_the_judges_series(fmt: str) -> None:
     with short_tmpdir() as d:
         sock, port = d / "log.sock", free_port()
         log = TrafficLog("svc")
-        await log.start(sock)
+        await (log.start_stream(sock) if fmt == "ring" else log.start(sock))
         try:
             async with upstreams("blue", "green") as (blue, green), \
                     running_haproxy(d, config(port, sock, fmt, blue.port, green.port), port):

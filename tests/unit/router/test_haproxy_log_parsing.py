@@ -4,6 +4,7 @@ garbage, second boundaries, the 600 s ring and the shared latency buckets."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -99,7 +100,7 @@ def test_accounting_matches_the_embedded_router() -> None:
     assert st["upstreams"]["n1"] == {"track": "refused", "requests": 1, "inflight": 0, "connect_failures": 1,
                                      "silent": 0, "ejected": False}
     assert "<NOSRV>" not in st["upstreams"]
-    assert st["log"] == {"datagrams": 12, "records": 9, "malformed": 0, "incomplete": 1, "untracked": 1,
+    assert st["log"] == {"messages": 12, "records": 9, "malformed": 0, "incomplete": 1, "untracked": 1,
                          "other_service": 1, "over_limit": 0}
     s = log.series(0)["series"]
     assert s["green"] == []  # all in the second still open
@@ -178,7 +179,7 @@ async def test_the_socket_is_private_and_read_without_blocking(tmp_path: Path) -
             for data in (line(OK), b"junk", line(NO_SERVER, H3164)):
                 s.sendto(data, os.fspath(path))
         st = log.stats()  # reads what is waiting
-        assert st["log"]["datagrams"] == 3 and st["log"]["records"] == 2 and st["log"]["malformed"] == 1
+        assert st["log"]["messages"] == 3 and st["log"]["records"] == 2 and st["log"]["malformed"] == 1
     finally:
         await log.close()
     assert not path.exists()
@@ -191,3 +192,27 @@ async def test_a_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RouterError, match="not a socket"):
         await TrafficLog("svc").start(path)
     assert path.read_text() == "precious"
+
+
+async def test_the_ring_stream_splits_lines_across_reads(tmp_path: Path) -> None:
+    path = tmp_path / "ring.sock"
+    log = TrafficLog("svc")
+    await log.start_stream(path)
+    try:
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        reader, writer = await asyncio.open_unix_connection(os.fspath(path))
+        data = line(OK) + line(NO_SERVER) + b"junk\n" + b"x" * 9000 + b"\n" + line(OK, H3164)
+        for i in range(0, len(data), 7):  # a line arrives in many pieces
+            writer.write(data[i:i + 7])
+            await writer.drain()
+        writer.close()
+        for _ in range(100):
+            if log.counters["messages"] + log.counters["malformed"] >= 4:
+                break
+            await asyncio.sleep(0.01)
+        c = log.counters
+        assert c["records"] == 3 and c["messages"] == 4 and c["malformed"] == 2  # junk, and 9000 x's cut off
+        assert log.stats()["tracks"]["blue"]["requests"] == 2
+    finally:
+        await log.close()
+    assert not path.exists()

@@ -1,6 +1,6 @@
 """HAProxy's per-request log lines, read from a unix socket (datagrams, or a ring's stream)
-and turned into the per-track per-second series and counters the embedded router keeps, so the canary judge
-cannot tell which router produced them.
+and turned into the per-track per-second series and counters the embedded router keeps,
+so the canary judge cannot tell which router produced them.
 
 HAProxy sends one syslog datagram (RFC 3164 or 5424, or `raw`) per HTTP transaction when
 its response ends; the line carries only numbers and names shipyard chose (backend

@@ -56,7 +56,8 @@ def test_the_frontend_computes_the_key_in_the_embedded_routers_order() -> None:
     strip = lines.index("http-request del-header ^x-shipyard- -m reg")
     assert strip > max(order) and strip > next(i for i, ln in enumerate(lines) if "x-shipyard-track" in ln)
     assert "use_backend shop__%[var(txn.sy_track)] if { var(txn.sy_track) -m found }" in lines
-    assert "log /run/sy/shop.log.sock len 8192 format raw local0 info" in lines
+    assert "log ring@sylog-shop local0 info" in lines
+    assert "server reader unix@/run/sy/shop.log.sock" in lines and "ring sylog-shop" in lines
     assert 'log-format "sy1 %b"' in lines
 
 

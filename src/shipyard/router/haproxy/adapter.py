@@ -325,7 +325,7 @@ class HAProxyRouter:
         for s in self._services:
             if s not in self._logs:
                 traffic = TrafficLog(s)
-                await traffic.start(self.files.log_socket(s))
+                await traffic.start_stream(self.files.log_socket(s))
                 self._logs[s] = traffic
 
     def _traffic(self, service: str) -> TrafficLog:

@@ -177,10 +177,34 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str, sta
         "",
     ]
     for svc in sorted(services, key=lambda s: s.service):
+        out += _ring(svc, files)
+    for svc in sorted(services, key=lambda s: s.service):
         out += _frontend(svc, files, log_format, start_rule)
         for track in svc.tracks:
             out += _backend(svc, track)
     return "\n".join(out) + "\n"
+
+
+RING_SIZE = 1 << 20
+"""Bytes of log lines a service's ring holds while its reader is slow or away (~10,000 lines)."""
+
+
+def ring_name(service: str) -> str:
+    return f"sylog-{service}"
+
+
+def _ring(svc: ServiceConfig, files: Files) -> list[str]:
+    """The service's log ring: workers append each request's line in memory and the ring's
+    forwarder streams them to the daemon's reader (logs.py start_stream). A datagram per
+    request would be dropped whenever the socket's queue of 10 is full, as under load."""
+    return [f"ring {ring_name(svc.service)}",
+            "    format rfc5424",
+            "    maxlen 1200",
+            f"    size {RING_SIZE}",
+            "    timeout connect 1s",
+            "    timeout server 10s",
+            f"    server reader unix@{files.log_socket(svc.service)}",
+            ""]
 
 
 def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:
@@ -195,7 +219,7 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
     lines = [
         f"frontend {s}",
         f"    bind {bind_address(svc.listen)}",
-        f"    log {files.log_socket(s)} len 8192 format raw local0 info",
+        f"    log ring@{ring_name(s)} local0 info",
         f"    log-format \"{_escape(log_format)}\"",
         "    option forwardfor",
         *([f"    {start_rule}"] if start_rule else []),

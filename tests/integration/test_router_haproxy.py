@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -202,6 +203,17 @@ async def test_haproxy_outlives_its_adapter_and_a_new_one_adopts_it(workdir: Pat
                 await second.apply(make_table(4, {"blue": [blue], "green": [green]}, {"blue": 0, "green": 100}))
                 assert await names(c) == {"green"}
                 assert second.proc.worker_pid == worker
+                # the 6 answers given while no reader ran wait in HAProxy's log ring for the next one
+                for _ in range(150):
+                    t0 = time.monotonic()
+                    stats = await second.stats("shop")
+                    took = time.monotonic() - t0
+                    if stats["tracks"]["blue"]["requests"] == 6:
+                        break
+                    await asyncio.sleep(0.02)
+                assert stats["tracks"]["green"]["requests"] == 6 and stats["tracks"]["blue"]["requests"] == 6
+                assert took < 0.15   # no wait for lines an adopted HAProxy sent before this reader
+                await second.close()
             finally:
                 c.close()
             await second.stop("shop")

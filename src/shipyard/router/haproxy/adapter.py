@@ -57,6 +57,9 @@ class HAProxyRouter:
         self._pending: set[tuple[str, str]] = set()
         """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
         self._logs: dict[str, TrafficLog] = {}
+        self._answered_before: dict[str, dict[str, int]] = {}
+        """Per service, HAProxy's response counters when its log reader started (an adopted
+        HAProxy answered requests no reader of ours saw)."""
 
     # -- Router port ------------------------------------------------------------------------
 
@@ -82,7 +85,7 @@ class HAProxyRouter:
                 self._services[service] = want
                 self.saved.save_services(self._services)
             try:
-                await self._start_logs()
+                await self._start_logs(running)
                 text = self._render()
                 if not running:
                     await self.proc.start(text)
@@ -151,6 +154,7 @@ class HAProxyRouter:
     async def stats(self, service: str) -> dict[str, Any]:
         """The embedded router's shape: the traffic log's counters, keyed and completed from
         the table (version, each track's release, instances by id with their address, limits)."""
+        await self._log_caught_up(service)
         doc = self._traffic(service).stats()
         table = self._tables.get(service)
         if table is None:
@@ -164,6 +168,23 @@ class HAProxyRouter:
         return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
                 "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
                                                          "per_try_timeout")}}
+
+    async def _log_caught_up(self, service: str) -> None:
+        """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
+        ring's forwarder streams lines a moment after their responses, and stats read right
+        after a response must include it. (Series count a line at its receipt: never lost.)"""
+        traffic = self._traffic(service)
+        for _ in range(20):
+            try:
+                sent = await self.proc.api.backend_responses(f"{service}__")
+            except RouterError:
+                return
+            tracks = traffic.stats()["tracks"]
+            before = self._answered_before.get(service, {})
+            if all(tracks.get(be.split("__", 1)[1], {}).get("requests", 0) >= n - before.get(be, 0)
+                   for be, n in sent.items()):
+                return
+            await asyncio.sleep(0.01)
 
     async def series(self, service: str, since: float) -> dict[str, Any]:
         return self._traffic(service).series(since)
@@ -320,13 +341,17 @@ class HAProxyRouter:
             return False
         return not self.proc.exited() and await self.proc.answering()
 
-    async def _start_logs(self) -> None:
+    async def _start_logs(self, running: bool) -> None:
         """A reader per service on its log socket, before HAProxy is told to send there."""
         for s in self._services:
             if s not in self._logs:
                 traffic = TrafficLog(s)
                 await traffic.start_stream(self.files.log_socket(s))
                 self._logs[s] = traffic
+                self._answered_before[s] = {}
+                if running:
+                    with contextlib.suppress(RouterError):
+                        self._answered_before[s] = await self.proc.api.backend_responses(f"{s}__")
 
     def _traffic(self, service: str) -> TrafficLog:
         traffic = self._logs.get(service)

@@ -123,6 +123,21 @@ class RuntimeApi:
                 raise RouterError(f"HAProxy refused `show map {path}`: {reply.strip()}")
         return out
 
+    async def backend_responses(self, prefix: str) -> dict[str, int]:
+        """Responses each backend named `prefix...` has sent (`show stat`: its hrsp_* counters)."""
+        reply = await self.call("show stat")
+        lines = reply.splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise RouterError(f"HAProxy refused `show stat`: {reply.strip()[:200]}")
+        names = lines[0][2:].split(",")
+        out = {}
+        for line in lines[1:]:
+            row = dict(zip(names, line.split(","), strict=False))
+            if row.get("svname") == "BACKEND" and row.get("pxname", "").startswith(prefix):
+                out[row["pxname"]] = sum(int(row.get(k) or 0) for k in
+                                         ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"))
+        return out
+
     async def info(self) -> dict[str, str]:
         reply = await self.call("show info")
         return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in reply.splitlines()) if v}

@@ -192,8 +192,9 @@ async def start_shipyard_haproxy(children: Children, workdir: Path, backends: li
         return None
     from shipyard.router.haproxy.adapter import HAProxyRouter
     port = free_port()
-    router = HAProxyRouter(workdir / "shipyard-haproxy")
-    _SHIPYARD_HAPROXY.append(router)
+    root = Path(tempfile.mkdtemp(prefix="syhap"))   # short: unix socket paths are ~100 bytes at most
+    router = HAProxyRouter(root)
+    _SHIPYARD_HAPROXY.append((router, root))
     await router.ensure(SERVICE, f"127.0.0.1:{port}", "haproxy")
     await router.apply(bench_table(backends))
     worker = router.proc.worker_pid
@@ -207,7 +208,11 @@ _SHIPYARD_HAPROXY: list[Any] = []
 
 async def stop_shipyard_haproxy() -> None:
     while _SHIPYARD_HAPROXY:
-        await _SHIPYARD_HAPROXY.pop().stop(SERVICE)
+        router, root = _SHIPYARD_HAPROXY.pop()
+        try:
+            await router.stop(SERVICE)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- measuring -------------------------------------------------------------------------------

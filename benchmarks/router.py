@@ -9,8 +9,9 @@ In front of them, one after the other and in alternating rounds (a shared VM dri
   - embedded: the real router process (`python -m shipyard.router.dataplane.proxy`),
     driven over its control socket with a table, as the daemon does;
   - haproxy: a plain HAProxy `nbthread 1` proxy (keep-alive both sides, round robin);
-  - shipyard-haproxy: shipyard's HAProxy data plane (router.kind haproxy), through the
-    hook `start_shipyard_haproxy`; skipped with a note while that router does not exist.
+  - shipyard-haproxy: shipyard's HAProxy data plane (router.kind haproxy: maps, per-request
+    log lines) driven through the Router port with the same table.
+
 wrk drives 64 keep-alive connections for a fixed duration. For each proxy the CPU time of
 its process (utime + stime from /proc/PID/stat, before and after) divided by the requests
 it relayed is its cost per request; embedded vs HAProxy "per core" is the inverse ratio of
@@ -159,11 +160,7 @@ async def start_embedded(children: Children, workdir: Path, backends: list[int])
             if time.monotonic() > deadline:
                 raise ShipyardError(f"the router did not answer on {sock}:\n{log.read_text()[-1500:]}") from None
             await asyncio.sleep(0.05)
-    # the table the daemon builds for a blue-green service with one live slot (rollout/traffic.py)
-    table = RoutingTable(SERVICE, 1, {"blue": tuple(Upstream(f"i{i}", "127.0.0.1", p) for i, p in enumerate(backends))},
-                         {"blue": 100.0}, aliases={"stable": "blue"}, releases={"blue": "bench"},
-                         preview_token="bench-preview-token")
-    await client.set_table(table)
+    await client.set_table(bench_table(backends))
     return Target("embedded", port, proc.pid)
 
 
@@ -174,18 +171,48 @@ async def start_plain_haproxy(children: Children, workdir: Path, backends: list[
     return Target("haproxy", port, proc.pid)
 
 
+def bench_table(backends: list[int]) -> RoutingTable:
+    """The table the daemon builds for a blue-green service with one live slot (rollout/traffic.py)."""
+    return RoutingTable(SERVICE, 1, {"blue": tuple(Upstream(f"i{i}", "127.0.0.1", p) for i, p in enumerate(backends))},
+                        {"blue": 100.0}, aliases={"stable": "blue"}, releases={"blue": "bench"},
+                        preview_token="bench-preview-token")
+
+
 def shipyard_haproxy_available() -> bool:
     return importlib.util.find_spec("shipyard.router.haproxy") is not None
 
 
 async def start_shipyard_haproxy(children: Children, workdir: Path, backends: list[int]) -> Target | None:
-    """HOOK for the 4th column: shipyard's HAProxy data plane (`router.kind: haproxy`) in front of
-    `backends`, driven with the same one-track table as the embedded router, as a Target whose
-    pid is the HAProxy worker that relays the requests. None (the column is skipped with a note)
-    while this branch has no such router. The branch that builds it fills this in."""
+    """The 4th column: shipyard's HAProxy data plane (`router.kind: haproxy`, router/haproxy/) in
+    front of `backends`, given the same one-track table as the embedded router through the
+    Router port, as the daemon does; its pid is the HAProxy worker that relays the requests.
+    Its traffic log is read by this process (as the daemon would), so the worker's CPU figure
+    includes writing every log line. Stopped by `stop_shipyard_haproxy`."""
     if not shipyard_haproxy_available():
         return None
-    return None
+    from shipyard.router.haproxy.adapter import HAProxyRouter
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="syhap"))   # short: unix socket paths are ~100 bytes at most
+    router = HAProxyRouter(root)
+    _SHIPYARD_HAPROXY.append((router, root))
+    await router.ensure(SERVICE, f"127.0.0.1:{port}", "haproxy")
+    await router.apply(bench_table(backends))
+    worker = router.proc.worker_pid
+    if worker is None:
+        raise ShipyardError("shipyard's HAProxy started without a worker answering its admin socket")
+    return Target("shipyard-haproxy", port, worker)
+
+
+_SHIPYARD_HAPROXY: list[Any] = []
+
+
+async def stop_shipyard_haproxy() -> None:
+    while _SHIPYARD_HAPROXY:
+        router, root = _SHIPYARD_HAPROXY.pop()
+        try:
+            await router.stop(SERVICE)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -263,6 +290,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
                     if name == "direct":
                         pin(pids[0], load_cpu)
     finally:
+        await stop_shipyard_haproxy()
         if load_cpu is not None:
             os.sched_setaffinity(0, {proxy_cpu, load_cpu} | os.sched_getaffinity(0))
     figures = {k: summary(v) for k, v in runs.items()}

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
+
+import pytest
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
+from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_deploy_switch_rollback_and_refuse_under_traffic(api: AsyncApiClient, make_spec: SpecMaker,
-                                                               listen: str) -> None:
-    v1 = await deploy(api, make_spec("v1"))
+                                                               listen: str, kind: str, daemon: DaemonProcess) -> None:
+    """One suite, two routers: the spec's router.kind picks the data plane."""
+    def release(version: str) -> Path:
+        return make_spec(version, **{"router.kind": kind})
+    v1 = await deploy(api, release("v1"))
+    haproxy_cfg = daemon.paths.routers / "haproxy" / "haproxy.cfg"
+    assert haproxy_cfg.exists() == (kind == "haproxy")
     assert v1["phase"] == "succeeded", v1
     async with Traffic(f"http://{listen}", clients=16, pause=0.002) as traffic:
         await asyncio.sleep(0.5)
         t_v2 = time.monotonic()
-        v2 = await deploy(api, make_spec("v2"))
+        v2 = await deploy(api, release("v2"))
         assert v2["phase"] == "succeeded", v2
         assert v2["target_slot"] != v1["target_slot"]
         await asyncio.sleep(0.3)
@@ -42,7 +53,7 @@ async def test_deploy_switch_rollback_and_refuse_under_traffic(api: AsyncApiClie
         assert {i["pid"] for i in status["slots"][v1["target_slot"]]["instances"]} == old_pids
 
         t_v3 = time.monotonic()
-        v3 = await deploy(api, make_spec("v3"))
+        v3 = await deploy(api, release("v3"))
         assert v3["phase"] == "failed", v3
         assert "preview check GET / on slot" in v3["reason"] and "500" in v3["reason"]
         await asyncio.sleep(0.2)

@@ -27,13 +27,15 @@ def tmpdir_env() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_demo_deploys_rolls_back_refuses_and_cleans_up(tmpdir_env: Path) -> None:
+@pytest.mark.parametrize("router", ["embedded", "haproxy"])
+def test_demo_deploys_rolls_back_refuses_and_cleans_up(tmpdir_env: Path, router: str) -> None:
     env = {**os.environ, "TMPDIR": str(tmpdir_env), "COLUMNS": "200"}
     env.pop("SHIPYARD_HOME", None)
-    res = subprocess.run([*cli_argv(), "demo"], capture_output=True, text=True, timeout=240, env=env)
+    res = subprocess.run([*cli_argv(), "demo", "--router", router], capture_output=True, text=True, timeout=240,
+                         env=env)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    assert "demo passed" in out
+    assert "demo passed" in out and f"({router} router)" in out
     assert re.search(r"deploy v2 blue-green -> slot \w+: succeeded", out), out
     assert re.search(r"`shipyard rollback shop` \(switch back to the warm slot\): rollback shop-3: succeeded; "
                      r"every request after [\d.]+ ms served by v1", out), out

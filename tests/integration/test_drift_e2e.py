@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from test_router_support import ROUTER_KINDS
+
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
@@ -31,9 +34,11 @@ def kinds(report: dict) -> list[str]:
     return sorted({f["kind"] for f in report["findings"]})
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_tampered_tree_is_found_and_healed_by_replacement_under_load(
-        api: AsyncApiClient, make_spec: SpecMaker, listen: str, state_dir: Path) -> None:
-    assert (await deploy(api, make_spec("v1")))["phase"] == "succeeded"
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, state_dir: Path, kind: str) -> None:
+    """On both routers: HAProxy's listener is shipyard's too, and the heal swaps instances on it."""
+    assert (await deploy(api, make_spec("v1", **{"router.kind": kind})))["phase"] == "succeeded"
     clean = await drift(api, "full")
     assert clean["report"]["clean"], clean
     assert clean["enforcement"]["mode"] in ("landlock", "bubblewrap", "verify-only")
@@ -66,9 +71,10 @@ async def test_tampered_tree_is_found_and_healed_by_replacement_under_load(
     assert "drift.found" in events and "drift.healed" in events
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_killed_instance_and_stray_listener(api: AsyncApiClient, make_spec: SpecMaker, listen: str,
-                                                  state_dir: Path) -> None:
-    assert (await deploy(api, make_spec("v1")))["phase"] == "succeeded"
+                                                  state_dir: Path, kind: str) -> None:
+    assert (await deploy(api, make_spec("v1", **{"router.kind": kind})))["phase"] == "succeeded"
     status = await api.get("/v1/services/shop")
     victim = status["slots"][status["live_slot"]]["instances"][0]
     os.killpg(victim["pid"], signal.SIGKILL)

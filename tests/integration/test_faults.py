@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
@@ -26,15 +28,25 @@ async def wait_phase(api: AsyncApiClient, rid: str, phase: str, timeout: float =
     raise AssertionError(f"rollout {rid} never reached {phase}; last {r['phase']}")
 
 
-def router_pid(state_dir: Path, service: str = "shop") -> int:
+def router_pid(state_dir: Path, service: str = "shop", kind: str = "embedded") -> int:
+    """The router process of the daemon on `state_dir`: the embedded proxy, or HAProxy's master."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if b"shipyard.router.dataplane.proxy" in cmd and str(state_dir).encode() in b" ".join(cmd):
+            ours = str(state_dir).encode() in b" ".join(cmd)
+            if kind == "embedded" and ours and b"shipyard.router.dataplane.proxy" in cmd:
                 return int(entry)
+            if kind == "haproxy" and ours and cmd[0].endswith(b"haproxy") and b"-W" in cmd and ppid != 0:
+                try:
+                    parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    parent = []
+                if not (parent and parent[0].endswith(b"haproxy")):   # the master, not its worker
+                    return int(entry)
     raise AssertionError("no router process found")
 
 
@@ -94,16 +106,18 @@ async def test_daemon_killed_while_starting_resumes(state_dir: Path, make_spec: 
         daemon.stop()
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_router_killed_is_restarted_with_its_table(api: AsyncApiClient, daemon: DaemonProcess,
-                                                         make_spec: SpecMaker, listen: str) -> None:
-    await deploy(api, make_spec("v2"))
-    pid = router_pid(daemon.paths.root)
-    os.kill(pid, signal.SIGKILL)
+                                                         make_spec: SpecMaker, listen: str, kind: str) -> None:
+    """kill -9 of the data plane (HAProxy: master and worker, its whole process group)."""
+    await deploy(api, make_spec("v2", **{"router.kind": kind}))
+    pid = router_pid(daemon.paths.root, kind=kind)
+    os.killpg(pid, signal.SIGKILL) if kind == "haproxy" else os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     new_pid = None
     while time.monotonic() < deadline:
         try:
-            new_pid = router_pid(daemon.paths.root)
+            new_pid = router_pid(daemon.paths.root, kind=kind)
             if new_pid != pid:
                 break
         except AssertionError:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from test_router_support import (
+    ROUTER_KINDS,
     RawClient,
     RouterProcess,
     TestUpstream,
     make_table,
+    running_kind,
     running_router,
     short_tmpdir,
     track,
@@ -42,8 +44,15 @@ async def farm():
         yield servers
 
 
+@pytest.fixture(params=ROUTER_KINDS)
+async def router(workdir: Path, request: pytest.FixtureRequest):
+    """Each test of this suite runs against both routers (bucket hash, aliases, preview)."""
+    async with running_kind(request.param, workdir) as r:
+        yield r
+
+
 @pytest.fixture
-async def router(workdir: Path):
+async def embedded(workdir: Path):
     async with running_router(workdir) as r:
         yield r
 
@@ -86,8 +95,16 @@ async def walk(router: RouterProcess, farm: list[TestUpstream], users: list[str]
     assert on_canary == set(users)
 
 
+async def prime(router: RouterProcess, farm: list[TestUpstream], **sticky: object) -> None:
+    """The service's first table before it takes traffic, as the daemon pushes it: on HAProxy the
+    sticky key's names are configuration, so a first table that sets them reloads it (and a
+    connection already open on the worker before would be closed after its next response)."""
+    await router.set(canary_table(0, farm, 0, **sticky))
+
+
 async def test_users_by_header_only_ever_move_to_the_canary(router: RouterProcess,
                                                            farm: list[TestUpstream]) -> None:
+    await prime(router, farm, sticky_header="X-User-Id", sticky_cookie="uid")
     clients = [await RawClient.open(router.port) for _ in range(CONCURRENCY)]
     free = list(clients)
     try:
@@ -108,6 +125,7 @@ async def test_users_by_header_only_ever_move_to_the_canary(router: RouterProces
 
 async def test_users_by_cookie_only_ever_move_to_the_canary(router: RouterProcess,
                                                            farm: list[TestUpstream]) -> None:
+    await prime(router, farm, sticky_header="X-User-Id", sticky_cookie="uid")
     clients = [await RawClient.open(router.port) for _ in range(CONCURRENCY)]
     free = list(clients)
     try:
@@ -165,7 +183,10 @@ async def test_aliases_force_the_track_and_keyless_requests_split_per_request(
         c.close()
 
 
-async def test_weights_in_hundredths_and_refusals(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_weights_in_hundredths_and_refusals(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    """The embedded router's control protocol refuses what RoutingTable refuses (HAProxy is only
+    ever given tables that were built, so it has no such wire to test)."""
+    router = embedded
     await router.set(canary_table(1, farm, 0.5))
     assert (await router.client.get_table()).weights == {"green": 0.5, "blue": 99.5}  # type: ignore[union-attr]
     await router.set(canary_table(2, farm, 99.5))

@@ -1,4 +1,5 @@
-"""The embedded data plane as a real process, between real sockets: routing and HTTP relaying."""
+"""The data plane as a real process, between real sockets: routing and HTTP relaying (both
+routers, except what only the embedded one has)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from test_router_support import (
+    ROUTER_KINDS,
     RawClient,
     RouterProcess,
     TestUpstream,
     make_table,
     pattern,
+    running_kind,
     running_router,
     short_tmpdir,
     track,
@@ -37,8 +40,16 @@ async def farm():
         yield servers
 
 
+@pytest.fixture(params=ROUTER_KINDS)
+async def router(workdir: Path, request: pytest.FixtureRequest):
+    """Routing and HTTP relaying that any data plane must do: both routers."""
+    async with running_kind(request.param, workdir) as r:
+        yield r
+
+
 @pytest.fixture
-async def router(workdir: Path):
+async def embedded(workdir: Path):
+    """For what only the embedded data plane has (its process, control socket, ejection rules)."""
     async with running_router(workdir) as r:
         yield r
 
@@ -110,7 +121,8 @@ async def test_keepalive_connection_survives_a_swap(router: RouterProcess, farm:
         c.close()
 
 
-async def test_chunked_request_and_response_bodies(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_chunked_request_and_response_bodies(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: an instance's close-delimited answer is re-framed as chunked by the embedded router; HAProxy relays it as it came
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     c = await RawClient.open(router.port)
@@ -167,7 +179,8 @@ def rss_kb(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-async def test_ten_megabytes_stream_both_ways(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_ten_megabytes_stream_both_ways(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router's own memory is measured
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     n = 10 * 1024 * 1024
@@ -187,7 +200,8 @@ async def test_ten_megabytes_stream_both_ways(router: RouterProcess, farm: list[
     assert rss_kb(router.proc.pid, "VmHWM") - before < 8 * 1024
 
 
-async def test_connect_failure_retries_ejects_and_readmits(router: RouterProcess) -> None:
+async def test_connect_failure_retries_ejects_and_readmits(embedded: RouterProcess) -> None:
+    router = embedded  # embedded only: ejection and probing are the embedded router's (HAProxy retries the connect on another instance: test_router_haproxy.py)
     async with upstreams("a", "b") as (a, b):
         await router.set(make_table(1, {"blue": [a, b]}, {"blue": 100}))
         assert await names(router.port, 4) == {"a": 2, "b": 2}
@@ -209,7 +223,8 @@ async def test_connect_failure_retries_ejects_and_readmits(router: RouterProcess
         assert await names(router.port, 4) == {"a": 2, "b": 2}
 
 
-async def test_router_errors_502_and_503(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_router_errors_502_and_503(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router's own error answers and its (none) track
     c = await RawClient.open(router.port)
     try:
         r = await c.request()
@@ -248,8 +263,9 @@ async def test_slow_instance_gets_504(workdir: Path, farm: list[TestUpstream]) -
             c.close()
 
 
-async def test_forwarded_headers_added_and_hop_by_hop_stripped(router: RouterProcess,
+async def test_forwarded_headers_added_and_hop_by_hop_stripped(embedded: RouterProcess,
                                                                farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: HAProxy 2.6 forwards a header the client's Connection names (X-Secret here)
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     c = await RawClient.open(router.port)
@@ -286,8 +302,9 @@ async def test_stats_count_per_track(router: RouterProcess, farm: list[TestUpstr
     assert stats["upstreams"][blue.upstream.id]["requests"] == 6
 
 
-async def test_a_track_counts_from_zero_when_its_release_changes(router: RouterProcess,
+async def test_a_track_counts_from_zero_when_its_release_changes(embedded: RouterProcess,
                                                                  farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router restarts a track's counters with its release
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}, releases={"blue": "release-a"}))
     await names(router.port, 4)
@@ -360,7 +377,8 @@ async def test_head_and_pipelined_requests(router: RouterProcess, farm: list[Tes
         c.close()
 
 
-async def test_sigterm_finishes_inflight_then_exits(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_sigterm_finishes_inflight_then_exits(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router's process and control socket
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     idle = await RawClient.open(router.port)
@@ -394,8 +412,9 @@ async def test_bind_failure_exits_with_one_line(workdir: Path) -> None:
         taken.close()
 
 
-async def test_malformed_and_oversized_requests_are_refused(router: RouterProcess,
+async def test_malformed_and_oversized_requests_are_refused(embedded: RouterProcess,
                                                             farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router's own refusals and their wording
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     for raw, status in ((b"NOT HTTP AT ALL\r\n\r\n", 400),
@@ -412,7 +431,8 @@ async def test_malformed_and_oversized_requests_are_refused(router: RouterProces
     assert blue.seen == []  # nothing malformed reached the instance
 
 
-async def test_stale_or_foreign_tables_are_refused(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_stale_or_foreign_tables_are_refused(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
+    router = embedded  # embedded only: the embedded router's control protocol
     blue, green = farm
     await router.set(make_table(5, {"blue": [blue]}, {"blue": 100}))
     with pytest.raises(RouterError, match="stale table: version 4 is older than the served version 5"):
@@ -428,9 +448,10 @@ async def test_stale_or_foreign_tables_are_refused(router: RouterProcess, farm: 
     assert await names(router.port, 2) == {"blue": 2}
 
 
-async def test_client_gone_mid_request_frees_everything(router: RouterProcess, farm: list[TestUpstream]) -> None:
+async def test_client_gone_mid_request_frees_everything(embedded: RouterProcess, farm: list[TestUpstream]) -> None:
     """A client that leaves (FIN or reset) mid-body or mid-wait must not leave the exchange,
     the in-flight count or the instance connection behind."""
+    router = embedded  # embedded only: the embedded router's in-flight and abort counters
     blue, _ = farm
     await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
     half = await RawClient.open(router.port)

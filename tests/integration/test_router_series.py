@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from test_router_support import (
     PREVIEW_TOKEN,
+    ROUTER_KINDS,
     RawClient,
     free_port,
     make_table,
+    running_kind,
     running_router,
     short_tmpdir,
     track,
@@ -31,6 +33,12 @@ pytestmark = pytest.mark.timeout(40)
 def workdir():
     with short_tmpdir() as d:
         yield d
+
+
+@pytest.fixture(params=ROUTER_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The router-independent tests here run against both routers."""
+    return str(request.param)
 
 
 async def next_second() -> None:
@@ -111,10 +119,10 @@ async def test_series_counts_every_outcome_exactly(workdir: Path) -> None:
         assert max(latencies(merged["blue"])) < bucket_of(50)  # none of blue's answers waited
 
 
-async def test_swaps_mid_traffic_keep_the_series_continuous(workdir: Path) -> None:
+async def test_swaps_mid_traffic_keep_the_series_continuous(workdir: Path, kind: str) -> None:
     """Weights move and a track even leaves the table while clients hammer the router; the
     per-second series, polled as the daemon would, add up exactly to what clients saw."""
-    async with upstreams("blue", "green") as (blue, green), running_router(workdir) as router:
+    async with upstreams("blue", "green") as (blue, green), running_kind(kind, workdir) as router:
         both = {"blue": [blue], "green": [green]}
         await router.set(make_table(1, both, {"blue": 50, "green": 50}))
         start = time.time()
@@ -172,7 +180,7 @@ async def test_swaps_mid_traffic_keep_the_series_continuous(workdir: Path) -> No
         assert len(polled["blue"]) >= 2  # the traffic really spanned several seconds
 
 
-async def test_series_of_a_fresh_router_is_empty(workdir: Path) -> None:
-    async with running_router(workdir) as router:
+async def test_series_of_a_fresh_router_is_empty(workdir: Path, kind: str) -> None:
+    async with running_kind(kind, workdir) as router:
         answer = await router.client.series(0)
         assert answer["series"] == {} and abs(answer["now"] - time.time()) < 5

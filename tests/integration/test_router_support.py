@@ -24,6 +24,7 @@ from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.control_client import RouterControlClient
+from shipyard.router.haproxy.adapter import HAProxyRouter
 from shipyard.router.table import RoutingTable, Upstream
 
 
@@ -379,3 +380,60 @@ async def running_router(workdir: Path, **kw: object) -> AsyncIterator[RouterPro
         yield r
     finally:
         r.kill()
+
+
+# -- either router, behind one face ------------------------------------------------------------
+
+ROUTER_KINDS = ("embedded", "haproxy")
+"""The data planes a router-level suite runs against: `@pytest.fixture(params=ROUTER_KINDS)`."""
+
+
+class HAProxyHandle:
+    """A real HAProxy driven by HAProxyRouter, with RouterProcess's face (port, set, client,
+    kill), so one suite runs against both routers. `client` is the handle itself."""
+
+    def __init__(self, workdir: Path, service: str = "shop", port: int | None = None) -> None:
+        self.router = HAProxyRouter(workdir / "haproxy")
+        self.service = service
+        self.port = port or free_port()
+        self.listen = f"127.0.0.1:{self.port}"
+        self.client = self
+
+    async def start(self) -> HAProxyHandle:
+        await self.router.ensure(self.service, self.listen)
+        return self
+
+    async def set(self, table: RoutingTable) -> None:
+        await self.router.apply(table)
+
+    async def get_table(self) -> RoutingTable | None:
+        return await self.router.current(self.service)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.router.stats(self.service)
+
+    async def series(self, since: float) -> dict[str, Any]:
+        return await self.router.series(self.service, since)
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.router.proc.worker_pid
+
+    def kill(self) -> None:
+        self.router.proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def running_kind(kind: str, workdir: Path, **kw: Any) -> AsyncIterator[Any]:
+    """The router of `kind` serving `shop` on a free port: a RouterProcess or a HAProxyHandle."""
+    if kind == "embedded":
+        async with running_router(workdir, **kw) as r:
+            yield r
+        return
+    h = HAProxyHandle(workdir, **kw)
+    try:
+        await h.start()
+        yield h
+    finally:
+        h.kill()
+        await h.router.close()

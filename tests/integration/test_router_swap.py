@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_router_support import RawClient, make_table, running_router, short_tmpdir, upstreams
+from test_router_support import ROUTER_KINDS, RawClient, make_table, running_kind, short_tmpdir, upstreams
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -22,9 +22,14 @@ def workdir():
         yield d
 
 
-async def test_zero_failed_requests_during_rapid_swaps(workdir: Path) -> None:
+@pytest.fixture(params=ROUTER_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_zero_failed_requests_during_rapid_swaps(workdir: Path, kind: str) -> None:
     async with upstreams("blue-a", "blue-b", "green-a", "green-b") as (ba, bb, ga, gb), \
-            running_router(workdir) as router:
+            running_kind(kind, workdir) as router:
         tracks = {"blue": [ba, bb], "green": [ga, gb]}
         await router.set(make_table(1, tracks, {"blue": 100, "green": 0}))
         stop = asyncio.Event()
@@ -75,10 +80,10 @@ async def test_zero_failed_requests_during_rapid_swaps(workdir: Path) -> None:
             assert t["errors"] == 0 and t["status"]["5xx"] == 0 and t["inflight"] == 0
 
 
-async def test_swap_to_new_instances_while_old_ones_stop(workdir: Path) -> None:
+async def test_swap_to_new_instances_while_old_ones_stop(workdir: Path, kind: str) -> None:
     """Blue-green cut-over: the table moves to green, then blue's instances go away.
     Pooled connections to blue are dropped, never reused, and no request fails."""
-    async with upstreams("blue", "green") as (blue, green), running_router(workdir) as router:
+    async with upstreams("blue", "green") as (blue, green), running_kind(kind, workdir) as router:
         await router.set(make_table(1, {"blue": [blue]}, {"blue": 100}))
         clients = [await RawClient.open(router.port) for _ in range(8)]
         try:

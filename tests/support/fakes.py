@@ -210,6 +210,8 @@ class FakeRouter:
         """service -> how its data plane died: the next ensure restarts it and says so (once)."""
         self.ensured: list[str] = []
         """The service of every `ensure` call, in order."""
+        self.kinds: dict[str, str] = {}
+        """service -> the router kind the last deploy asked for (ensure's `kind`)."""
 
     # -- telling it about traffic ------------------------------------------------------------
 
@@ -232,9 +234,12 @@ class FakeRouter:
     def exited(self, service: str) -> bool:
         return service in self.crashes
 
-    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, kind: str | None = None, *,
+                     redirect_http: str | None = None) -> dict[str, Any] | None:
         await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
         self.ensured.append(service)
+        if kind is not None:
+            self.kinds[service] = kind
         self.listen[service] = listen
         self.redirects[service] = redirect_http
         lost = self.crashes.pop(service, None)

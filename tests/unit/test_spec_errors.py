@@ -210,10 +210,15 @@ def test_database_section() -> None:
 def test_router_kind() -> None:
     assert one(BASE + "router: {kind: nginx}\n") == (
         'shop.yaml:5 router.kind: must be one of "embedded" or "haproxy"; got "nginx"')
-    # the contract's name, refused until that router exists (never served by the embedded one)
-    assert one(BASE + "router: {kind: haproxy}\n") == (
-        "shop.yaml:5 router.kind: the haproxy router is not implemented yet; use kind: embedded "
-        "(the default), which this daemon runs")
+    assert parse_spec(BASE + "router: {kind: haproxy}\n", "shop.yaml", Path("/tmp")).router.kind == "haproxy"
+    assert one(BASE + "router: {kind: haproxy, per_try_timeout: 2s}\n") == (
+        "shop.yaml:5 router: per_try_timeout is not available with router kind haproxy (HAProxy retries "
+        "failed connects, never a slow answer): leave it 0, or use kind: embedded")
+    assert one(BASE + "router: {kind: haproxy, queue_size: 10}\n") == (
+        "shop.yaml:5 router: queue_size is not available with router kind haproxy (its queue is bounded by "
+        "queue_timeout only): remove it, or use kind: embedded")
+    assert "tls is not implemented on router kind haproxy yet" in one(
+        BASE + "router: {kind: haproxy}\ntls: {cert: a.pem, key: a.key}\n")
 
 
 def test_router_limits() -> None:

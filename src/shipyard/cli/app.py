@@ -4,6 +4,7 @@ failure is one clear message and a non-zero exit code; every read verb takes --j
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 
 import typer
 
@@ -13,6 +14,11 @@ from shipyard.errors import ShipyardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-downtime deploys for HTTP services on your own machines.")
+
+
+class RouterKind(StrEnum):
+    embedded = "embedded"
+    haproxy = "haproxy"
 
 
 def serve(state_dir: str | None = StateDir,
@@ -27,10 +33,13 @@ def serve(state_dir: str | None = StateDir,
 
 
 def demo(keep: bool = typer.Option(False, "--keep", help="Leave the daemon and service running."),
-         state_dir: str | None = typer.Option(None, "--state-dir", help="Default: a new temporary dir.")) -> None:
+         state_dir: str | None = typer.Option(None, "--state-dir", help="Default: a new temporary dir."),
+         router: RouterKind = typer.Option(RouterKind.embedded, "--router",
+                                           help="The data plane: shipyard's own proxy, or HAProxy (Debian "
+                                                "package haproxy).")) -> None:
     """Deploy the example shop blue-green under traffic, roll back, refuse a broken release."""
     from shipyard.devtools.demo import run_demo
-    raise typer.Exit(run_demo(keep=keep, state_dir=state_dir))
+    raise typer.Exit(run_demo(keep=keep, state_dir=state_dir, router=router.value))
 
 
 # the order `shipyard --help` lists them in

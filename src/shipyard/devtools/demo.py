@@ -42,13 +42,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_specs(src: Path, dest: Path, listen: str, delay: str = "10m") -> dict[str, Path]:
-    """Copies of the example specs pointing at this demo's listen address."""
+def write_specs(src: Path, dest: Path, listen: str, delay: str = "10m", router: str = "embedded") -> dict[str, Path]:
+    """Copies of the example specs pointing at this demo's listen address, on `router`'s data plane."""
     dest.mkdir(parents=True, exist_ok=True)
     specs = {}
     for v in ("v1", "v2", "v3"):
         doc: dict[str, Any] = yaml.safe_load((src / f"{v}.yaml").read_text())
         doc["listen"] = listen
+        doc.setdefault("router", {})["kind"] = router
         doc.setdefault("build", {})["context"] = str((src / doc["build"].get("context", ".")).resolve())
         doc.setdefault("strategy", {}).setdefault("blue_green", {})["scale_down_delay"] = delay
         path = dest / f"{v}.yaml"
@@ -141,11 +142,12 @@ def daemon_url(daemon: DaemonProcess) -> str:
         return "<see api.json in the state dir>"
 
 
-async def _run(state: Path, keep: bool, report: Report) -> None:
+async def _run(state: Path, keep: bool, report: Report, router: str = "embedded") -> None:
     port = free_port()
     listen = f"127.0.0.1:{port}"
-    specs = write_specs(example_dir(), state / "demo-specs", listen)
-    console.print(f"[bold]shipyard demo[/]: state dir {escape(str(state))}, service shop on http://{listen}")
+    specs = write_specs(example_dir(), state / "demo-specs", listen, router=router)
+    console.print(f"[bold]shipyard demo[/]: state dir {escape(str(state))}, service shop on http://{listen} "
+                  f"({escape(router)} router)")
     daemon = DaemonProcess(state).start()
     api = AsyncApiClient(daemon.paths)
     traffic = None
@@ -168,12 +170,12 @@ async def _run(state: Path, keep: bool, report: Report) -> None:
         await api.aclose()
 
 
-def run_demo(keep: bool = False, state_dir: str | None = None) -> int:
+def run_demo(keep: bool = False, state_dir: str | None = None, router: str = "embedded") -> int:
     temp = state_dir is None
     state = Path(tempfile.mkdtemp(prefix="shipyard-demo-")) if temp else Path(state_dir).resolve()
     report = Report()
     try:
-        asyncio.run(_run(state, keep, report))
+        asyncio.run(_run(state, keep, report, router))
     finally:
         if temp and not keep:
             shutil.rmtree(state, ignore_errors=True)

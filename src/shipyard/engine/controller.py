@@ -145,11 +145,12 @@ class Controller:
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
             if kind is Kind.ROLLBACK:   # the panic button never waits for, or fails on, a certificate
-                await self.d.router.ensure(spec.service, spec.listen,
+                await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
                                            redirect_http=edge.redirect_of(self.d.paths, spec.service))
             else:
                 cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
-                await self.d.router.ensure(spec.service, spec.listen,    # may refuse (address in use): nothing recorded
+                # may refuse (address in use, no haproxy): nothing recorded
+                await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
                                            redirect_http=spec.tls.redirect_http if spec.tls else None)
                 await serve_certificate(self.ops, spec, cert)
             # re-read: the supervisor may have changed the record while the router started

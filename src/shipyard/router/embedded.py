@@ -71,7 +71,10 @@ class EmbeddedRouter:
 
     # -- Router protocol ------------------------------------------------------------
 
-    async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None) -> dict[str, Any] | None:
+    async def ensure(self, service: str, listen: str, kind: str | None = None, *,
+                     redirect_http: str | None = None) -> dict[str, Any] | None:
+        if kind not in (None, "embedded"):
+            raise RouterError(f"this router is the embedded one; {service} asks for router kind {kind!r}")
         async with self._ensuring.setdefault(service, asyncio.Lock()):
             return await self._ensure(service, listen, redirect_http)
 

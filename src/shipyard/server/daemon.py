@@ -25,7 +25,9 @@ from shipyard.errors import ShipyardError
 from shipyard.images import ImageStore
 from shipyard.notify import Dispatcher
 from shipyard.paths import StatePaths
+from shipyard.router.by_kind import RouterByKind
 from shipyard.router.embedded import EmbeddedRouter
+from shipyard.router.haproxy.adapter import HAProxyRouter
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
 from shipyard.server.api import HostPolicy, create_app
@@ -95,6 +97,13 @@ def setup_logging(path: Path) -> None:
         root.addHandler(h)
 
 
+def routers(paths: StatePaths) -> RouterByKind:
+    """Each service on the data plane its spec's `router.kind` names; HAProxy is started only
+    for the first service that asks for it."""
+    return RouterByKind({"embedded": EmbeddedRouter(paths), "haproxy": HAProxyRouter(paths.routers / "haproxy")},
+                        paths.routers / "kinds.json")
+
+
 async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple[str, ...] = (),
                 insecure_listen: bool = False) -> None:
     check_listen(listen, insecure_listen)
@@ -105,7 +114,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
-                router=EmbeddedRouter(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
+                router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
                 query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer

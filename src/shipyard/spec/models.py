@@ -146,8 +146,10 @@ class RouterSpec(SpecModel):
     accept backlog (HAProxy's per-server maxconn + queue)."""
 
     kind: Literal["embedded", "haproxy"] = "embedded"
-    """`haproxy` is the spec's contract for HAProxy driven through its Runtime API; until that
-    router exists it is refused, never silently served by the embedded one."""
+    """`embedded`: shipyard's own proxy process. `haproxy`: a real HAProxy 2.6+ (Debian package
+    `haproxy`) whose traffic changes only through its Runtime API (router/haproxy/). With
+    haproxy, `queue_timeout` bounds the wait in a track's queue but `queue_size` is not
+    enforced (HAProxy's queue has no length limit), and `per_try_timeout` must stay 0."""
     max_conns_per_instance: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
     """Requests in flight per instance. 64 is below the accept backlog of common servers
     (Python's socket default 128, asyncio 100, Node 511, gunicorn 2048), so the router alone
@@ -163,13 +165,15 @@ class RouterSpec(SpecModel):
     more to another instance of its track. 0 (default): off, since a slow endpoint would do
     its work twice; set it above the service's slowest normal answer."""
 
-    @field_validator("kind")
-    @classmethod
-    def _kind_implemented(cls, kind: str) -> str:
-        if kind == "haproxy":
-            raise ValueError("the haproxy router is not implemented yet; use kind: embedded (the default), "
-                             "which this daemon runs")
-        return kind
+    @model_validator(mode="after")
+    def _haproxy_limits(self) -> RouterSpec:
+        if self.kind == "haproxy" and self.per_try_timeout > 0:
+            raise ValueError("per_try_timeout is not available with router kind haproxy (HAProxy retries "
+                             "failed connects, never a slow answer): leave it 0, or use kind: embedded")
+        if self.kind == "haproxy" and self.queue_size != type(self).model_fields["queue_size"].default:
+            raise ValueError("queue_size is not available with router kind haproxy (its queue is bounded by "
+                             "queue_timeout only): remove it, or use kind: embedded")
+        return self
 
 
 class TlsSpec(SpecModel):
@@ -254,6 +258,9 @@ class Spec(SpecModel):
             if split_listen(self.tls.redirect_http) == split_listen(self.listen):
                 raise ValueError(f"tls.redirect_http {self.tls.redirect_http} is the `listen` address: "
                                  "give the plain-HTTP listener its own port (e.g. 80 beside 443)")
+        if self.tls is not None and self.router.kind == "haproxy":
+            raise ValueError("tls is not implemented on router kind haproxy yet: use kind: embedded "
+                             "(the default) for a TLS listener, or terminate TLS in front of shipyard")
         return self
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

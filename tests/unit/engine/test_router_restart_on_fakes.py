@@ -65,3 +65,27 @@ def test_a_router_that_exited_is_replaced_within_a_tick_not_at_the_next_full_che
 
     run(main(), world.clock)
     assert world.io_attempts == []
+
+
+def test_a_deploy_names_its_router_kind_and_repairs_do_not(world: World, tmp_path: Path) -> None:
+    """The deploy passes the spec's router.kind to ensure; the supervisor's checks pass none
+    (the router remembers the service's kind), so a repair never moves a service."""
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text() + "router: {kind: haproxy}\n")
+
+    async def main() -> None:
+        c = Controller(world.deps())
+        await c.start()
+        try:
+            r = await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=3600)
+            assert r.phase is Phase.SUCCEEDED, r.reason
+            assert world.router.kinds == {"shop": "haproxy"}
+            calls = len(world.router.ensured)
+            world.router.kinds.clear()
+            await world.clock.sleep(5)
+            assert len(world.router.ensured) > calls and world.router.kinds == {}
+        finally:
+            await c.close()
+
+    run(main(), world.clock)
+    assert world.io_attempts == []

@@ -83,6 +83,24 @@ def test_user_buckets_are_stable_and_uniform() -> None:
     assert len(counts) == 10 and all(1700 < c < 2300 for c in counts.values()), counts
 
 
+def test_user_bucket_is_the_crc32_haproxy_computes() -> None:
+    """Pinned values: HAProxy 2.6's `crc32,mod(10000)` gave these for the same keys (so a change
+    of hash here, which would move every user, fails before any integration test runs)."""
+    assert user_bucket("alice") == 5735 and user_bucket("bob") == 7104 and user_bucket("127.0.0.1") == 3832
+
+
+def test_user_buckets_are_uniform_over_100k_keys_of_each_kind() -> None:
+    """Chi-squared over 100 bins of 100 buckets (99 degrees of freedom: mean 99, sd 14); 180 is
+    far in the tail, and a hash biased by 10 % on one bin exceeds it."""
+    kinds = {"names": [f"user-{i}" for i in range(100_000)],
+             "addresses": [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(100_000)],
+             "random": [f"{random.Random(i).getrandbits(64):x}" for i in range(100_000)]}
+    for kind, keys in kinds.items():
+        counts = Counter(user_bucket(k) // 100 for k in keys)
+        chi2 = sum((counts[b] - 1000) ** 2 / 1000 for b in range(100))
+        assert chi2 < 180, (kind, chi2)
+
+
 def test_overrides_and_aliases() -> None:
     t = canary(1)
     assert t.track_for("canary", "alice") == "green" and t.track_for("stable") == "blue"

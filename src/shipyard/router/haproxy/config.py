@@ -1,0 +1,291 @@
+"""haproxy.cfg for a set of services, and the map files that carry their routing tables.
+
+The configuration holds only what cannot change at runtime (listen addresses, the sticky
+key's header and cookie names, one backend per track, timeouts); everything a rollout
+changes lives in three maps per service that the Runtime API swaps atomically
+(`prepare map` / `add map @v` / `commit map @v`) and in dynamic servers (`add server`):
+
+- `<service>.buckets.map` (map_int): "first:last" bucket range -> track, so a request's track
+  is the one owning its user's bucket, exactly RoutingTable.track_at;
+- `<service>.tracks.map` (map_str): track or alias -> track, for X-Shipyard-Track;
+- `<service>.token.map` (map_str): "token" -> the preview token, compared in constant time
+  (secure_memcmp) with X-Shipyard-Preview-Token; no entry: overrides are off.
+
+The user key is the first sticky header, else the sticky cookie, else the client address (as
+text, like the embedded router's), hashed with `crc32,mod(10000)` = table.user_bucket; no key:
+`rand(10000)`. Every client X-Shipyard-* header is deleted before the request is forwarded.
+A failed connect is retried on another server of the track (`option redispatch`); a request
+whose instance closed without answering is retried too, but only if it is idempotent.
+Pure functions: rendered text is compared, so an unchanged set of services never reloads."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shipyard.errors import RouterError
+from shipyard.router.table import BUCKETS, RoutingTable, Upstream
+
+SLOTS = ("blue", "green")
+"""Tracks every service has a backend for (the daemon's slots), so a new slot needs no reload."""
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_TRACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+"""What the traffic log (logs.py) reads back out of `<service>__<track>`: a slot-like name."""
+_SERVICE = re.compile(r"^[a-z0-9-]+$")
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where one HAProxy keeps its sockets and state (all under one directory)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "haproxy.cfg"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.root / "admin.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.root / "master.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "haproxy.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "servers.state"
+
+    @property
+    def maps(self) -> Path:
+        return self.root / "maps"
+
+    def map_file(self, service: str, kind: str) -> Path:
+        return self.maps / f"{service}.{kind}.map"
+
+    def log_socket(self, service: str) -> Path:
+        return self.root / f"{service}.log.sock"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service as the configuration sees it. `shape` is what only a reload can change."""
+
+    service: str
+    listen: str
+    tracks: tuple[str, ...] = SLOTS
+    sticky_header: str | None = None
+    sticky_cookie: str | None = None
+    sticky_client_address: bool = False
+    max_conns: int = 64
+    queue_timeout: float = 5.0
+    servers: dict[str, tuple[Server, ...]] = field(default_factory=dict, compare=False)
+    """Per track, the servers at the time of rendering (a restart starts with them)."""
+
+    @property
+    def shape(self) -> tuple[object, ...]:
+        return (self.service, self.listen, self.tracks, self.sticky_header, self.sticky_cookie,
+                self.sticky_client_address, self.max_conns, self.queue_timeout)
+
+
+def backend_name(service: str, track: str) -> str:
+    """`<service>__<track>`: what the traffic log maps back to a track."""
+    return f"{service}__{track}"
+
+
+def server_name(up: Upstream) -> str:
+    """A server name HAProxy accepts, unique per (id, host, port): the same instance keeps it."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", up.id)[:48]
+    return f"{safe}-{zlib.crc32(f'{up.id}|{up.host}|{up.port}'.encode()):08x}"
+
+
+def service_config(listen: str, table: RoutingTable, servers: dict[str, tuple[Server, ...]]) -> ServiceConfig:
+    """The configuration a table needs (its tracks beyond the slots get backends too)."""
+    tracks = tuple(dict.fromkeys((*SLOTS, *sorted(table.tracks))))
+    return ServiceConfig(table.service, listen, tracks, table.sticky_header, table.sticky_cookie,
+                         table.sticky_client_address, table.max_conns_per_instance, table.queue_timeout, servers)
+
+
+def bucket_entries(table: RoutingTable) -> list[tuple[str, str]]:
+    """`first:last` (inclusive) -> track, for every track with users."""
+    return [(f"{first}:{end - 1}", name) for name, first, end in table.bucket_ranges()]
+
+
+def track_entries(table: RoutingTable) -> list[tuple[str, str]]:
+    return [*((t, t) for t in sorted(table.tracks)), *sorted(table.aliases.items())]
+
+
+def token_entries(table: RoutingTable) -> list[tuple[str, str]]:
+    return [("token", table.preview_token)] if table.preview_token else []
+
+
+MAP_KINDS = ("tracks", "token", "buckets")
+"""In the order they are committed: the bucket map, which moves users, last."""
+
+
+def map_entries(table: RoutingTable) -> dict[str, list[tuple[str, str]]]:
+    return {"tracks": track_entries(table), "token": token_entries(table), "buckets": bucket_entries(table)}
+
+
+def map_text(entries: Iterable[tuple[str, str]]) -> str:
+    return "".join(f"{k} {v}\n" for k, v in entries)
+
+
+def render(services: Sequence[ServiceConfig], files: Files, log_format: str, start_rule: str = "") -> str:
+    """The whole haproxy.cfg. `log_format` and `start_rule` (a first http-request rule that
+    stamps the request's arrival) are the traffic log's (logs.py). RouterError naming the
+    field for a name HAProxy cannot take."""
+    out = [
+        "# written by shipyard: traffic changes go through the Runtime API, not this file",
+        "global",
+        "    master-worker",
+        f"    stats socket {files.admin_socket} mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        f"    server-state-file {files.state_file}",
+        f"    pidfile {files.pid_file}",
+        "    hard-stop-after 30s",
+        "",
+        "defaults",
+        "    mode http",
+        "    option http-keep-alive",
+        "    option idle-close-on-response",
+        "    option dontlognull",
+        "    timeout connect 5s",
+        "    timeout client 300s",
+        "    timeout server 300s",
+        "    timeout http-request 30s",
+        "    timeout http-keep-alive 75s",
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response",
+        "    load-server-state-from-file global",
+        "",
+    ]
+    for svc in sorted(services, key=lambda s: s.service):
+        out += _ring(svc, files)
+    for svc in sorted(services, key=lambda s: s.service):
+        out += _frontend(svc, files, log_format, start_rule)
+        for track in svc.tracks:
+            out += _backend(svc, track)
+    return "\n".join(out) + "\n"
+
+
+RING_SIZE = 1 << 20
+"""Bytes of log lines a service's ring holds while its reader is slow or away (~10,000 lines)."""
+
+
+def ring_name(service: str) -> str:
+    return f"sylog-{service}"
+
+
+def _ring(svc: ServiceConfig, files: Files) -> list[str]:
+    """The service's log ring: workers append each request's line in memory and the ring's
+    forwarder streams them to the daemon's reader (logs.py start_stream). A datagram per
+    request would be dropped whenever the socket's queue of 10 is full, as under load."""
+    return [f"ring {ring_name(svc.service)}",
+            "    format rfc5424",
+            "    maxlen 1200",
+            f"    size {RING_SIZE}",
+            "    timeout connect 1s",
+            "    timeout server 10s",
+            f"    server reader unix@{files.log_socket(svc.service)}",
+            ""]
+
+
+def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:
+    s = svc.service
+    if not _SERVICE.match(s):
+        raise RouterError(f"service name {s!r} cannot name a HAProxy frontend", "use [a-z0-9-] only")
+    for what, name in (("sticky header", svc.sticky_header), ("sticky cookie", svc.sticky_cookie)):
+        if name is not None and not _TOKEN.match(name):
+            raise RouterError(f"{what} {name!r} of {s} is not a plain HTTP token",
+                              "use letters, digits and - _ . in the spec's sticky names")
+    maps = {k: files.map_file(s, k) for k in MAP_KINDS}
+    lines = [
+        f"frontend {s}",
+        f"    bind {bind_address(svc.listen)}",
+        f"    log ring@{ring_name(s)} local0 info",
+        f"    log-format \"{_escape(log_format)}\"",
+        "    option forwardfor",
+        *([f"    {start_rule}"] if start_rule else []),
+        f"    http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})",
+        "    acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)",
+        f"    http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']}) if sy_preview",
+    ]
+    no_key = "!{ var(txn.sy_key) -m found }"
+    if svc.sticky_header:
+        h = svc.sticky_header.lower()
+        lines.append(f"    http-request set-var(txn.sy_key) req.fhdr({h},1) if {{ req.fhdr({h},1) -m len gt 0 }}")
+    if svc.sticky_cookie:
+        c = svc.sticky_cookie
+        lines.append(f"    http-request set-var(txn.sy_key) req.cook({c}) if {no_key} {{ req.cook({c}) -m len gt 0 }}")
+    if svc.sticky_client_address:
+        lines.append(f"    http-request set-var-fmt(txn.sy_key) \"%[src]\" if {no_key}")
+    lines += [
+        f"    http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod({BUCKETS}) if {{ var(txn.sy_key) -m found }}",
+        f"    http-request set-var(txn.sy_bucket) rand({BUCKETS}) unless {{ var(txn.sy_bucket) -m found }}",
+        f"    http-request set-var(txn.sy_track) var(txn.sy_bucket),map_int({maps['buckets']}) "
+        "unless { var(txn.sy_track) -m found }",
+        "    http-request del-header ^x-shipyard- -m reg",
+        "    http-request del-header ^proxy- -m reg",
+        "    http-request del-header keep-alive",
+        "    http-request del-header te",
+        "    http-request set-header x-forwarded-proto http",
+        "    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
+        "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
+        f"    http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
+        "release\\n\" hdr x-shipyard-error 1 unless { var(txn.sy_track) -m found }",
+        f"    use_backend {s}__%[var(txn.sy_track)] if {{ var(txn.sy_track) -m found }}",
+        "",
+    ]
+    return lines
+
+
+def _backend(svc: ServiceConfig, track: str) -> list[str]:
+    if not _TRACK.match(track):
+        raise RouterError(f"track name {track!r} of {svc.service} cannot name a HAProxy backend",
+                          "use lowercase letters, digits and - in track names (like blue, green)")
+    lines = [f"backend {backend_name(svc.service, track)}",
+             "    balance roundrobin",
+             f"    timeout queue {max(1, round(svc.queue_timeout * 1000))}ms"]
+    for srv in svc.servers.get(track, ()):
+        lines.append(f"    {server_line(srv, svc.max_conns)}")
+    return [*lines, ""]
+
+
+def server_line(srv: Server, max_conns: int) -> str:
+    """The server's arguments, the same in the file and in `add server`."""
+    return f"server {srv.name} {host_port(srv.address, srv.port)} maxconn {max_conns}"
+
+
+def host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def bind_address(listen: str) -> str:
+    """`HOST:PORT` as a bind line takes it (`[::1]:80` -> `ipv6@::1:80`)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RouterError(f"listen address {listen!r} is not HOST:PORT", "write it like 127.0.0.1:8080")
+    if host.startswith("["):
+        return f"ipv6@{host.strip('[]')}:{int(port)}"
+    return f"{host}:{int(port)}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,87 @@
+"""What outlives a HAProxy or a daemon: files in HAProxy's directory, each written atomically.
+
+`services.json` (service -> listen) and `<service>.table.json` (the last table applied) let
+a new daemon serve on as the last one did; the map files and `servers.state` are what a
+restarted HAProxy loads; `shape.cfg` is the configuration as last loaded minus its servers,
+so a change that needs a reload is told from one that does not."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from shipyard.errors import RouterError
+from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy.config import Files
+from shipyard.router.table import RoutingTable
+
+
+class Saved:
+    def __init__(self, files: Files) -> None:
+        self.files = files
+
+    def services(self) -> dict[str, str]:
+        try:
+            doc = json.loads((self.files.root / "services.json").read_text())
+            return {str(k): str(v) for k, v in doc.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def save_services(self, services: dict[str, str]) -> None:
+        atomic_write(self.files.root / "services.json", json.dumps(services, sort_keys=True))
+
+    def table_path(self, service: str) -> Path:
+        return self.files.root / f"{service}.table.json"
+
+    def table(self, service: str) -> RoutingTable | None:
+        try:
+            return RoutingTable.from_dict(json.loads(self.table_path(service).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_table(self, table: RoutingTable) -> None:
+        atomic_write(self.table_path(table.service), json.dumps(table.to_dict()), mode=0o600)
+
+    def forget(self, service: str) -> None:
+        for path in (self.table_path(service), *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def shape(self) -> str | None:
+        try:
+            return (self.files.root / "shape.cfg").read_text()
+        except OSError:
+            return None
+
+    def save_shape(self, text: str) -> None:
+        atomic_write(self.files.root / "shape.cfg", text)
+
+    def maps(self, service: str, table: RoutingTable | None) -> None:
+        """The map files a restarted HAProxy loads (empty without a table); rewritten only when
+        they change, since ensure renders the configuration every second."""
+        entries = cfg.map_entries(table) if table is not None else {k: [] for k in cfg.MAP_KINDS}
+        for kind, rows in entries.items():
+            path, text = self.files.map_file(service, kind), cfg.map_text(rows)
+            with contextlib.suppress(OSError):
+                if path.read_text() == text:
+                    continue
+            atomic_write(path, text, mode=0o600)
+
+    def server_state(self, text: str) -> None:
+        atomic_write(self.files.state_file, text)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RouterError(f"cannot write {path}: {e.strerror or e}", f"free space in {path.parent}") from None

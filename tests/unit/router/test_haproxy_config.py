@@ -1,0 +1,125 @@
+"""haproxy.cfg and the map files, as text: what a table becomes, and what needs a reload."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shipyard.errors import RouterError
+from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.table import RoutingTable, Upstream
+
+FILES = Files(Path("/run/sy"))
+
+
+def table(**kw: object) -> RoutingTable:
+    ups = {"blue": (Upstream("b1", "127.0.0.1", 9001),), "green": (Upstream("g1", "127.0.0.1", 9002),)}
+    kw.setdefault("weights", {"blue": 70, "green": 30})
+    return RoutingTable("shop", 3, ups, bucket_order=("green", "blue"), aliases={"canary": "green"},
+                        preview_token="tok-1", **kw)  # type: ignore[arg-type]
+
+
+def test_maps_are_the_tables_bucket_ranges_names_and_token() -> None:
+    t = table()
+    assert cfg.bucket_entries(t) == [("0:2999", "green"), ("3000:9999", "blue")]
+    assert cfg.track_entries(t) == [("blue", "blue"), ("green", "green"), ("canary", "green")]
+    assert cfg.token_entries(t) == [("token", "tok-1")]
+    assert cfg.token_entries(RoutingTable("shop")) == []
+    assert cfg.bucket_entries(RoutingTable("shop")) == []  # no live track: no bucket matches (503)
+    assert cfg.map_text(cfg.bucket_entries(t)) == "0:2999 green\n3000:9999 blue\n"
+
+
+def test_every_bucket_range_of_a_table_agrees_with_track_at() -> None:
+    t = RoutingTable("shop", 1, {"a": (), "b": (), "c": ()}, {"a": 0.01, "b": 49.99, "c": 50},
+                     bucket_order=("b", "a"))
+    for key, track in cfg.bucket_entries(t):
+        first, last = map(int, key.split(":"))
+        assert {t.track_at(b) for b in (first, last)} == {track}
+    assert sum(int(k.split(":")[1]) - int(k.split(":")[0]) + 1 for k, _ in cfg.bucket_entries(t)) == 10_000
+
+
+def test_the_frontend_computes_the_key_in_the_embedded_routers_order() -> None:
+    text = cfg.render([cfg.service_config("127.0.0.1:8080", table(sticky_header="X-User", sticky_cookie="uid",
+                                                                  sticky_client_address=True), {})],
+                      FILES, "sy1 %b", "http-request set-var(txn.sy_t0) date(0,us)")
+    lines = [ln.strip() for ln in text.splitlines()]
+    order = [i for i, ln in enumerate(lines) if "set-var(txn.sy_key)" in ln or "set-var-fmt(txn.sy_key)" in ln]
+    assert ["req.fhdr(x-user,1)" in lines[order[0]], "req.cook(uid)" in lines[order[1]],
+            "%[src]" in lines[order[2]]] == [True, True, True]
+    assert "if !{ var(txn.sy_key) -m found }" in lines[order[1]] and "if !{" in lines[order[2]]
+    assert lines.index("http-request set-var(txn.sy_t0) date(0,us)") < order[0]
+    assert any(ln.startswith("http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod(10000)") for ln in lines)
+    assert any("rand(10000)" in ln for ln in lines)
+    strip = lines.index("http-request del-header ^x-shipyard- -m reg")
+    assert strip > max(order) and strip > next(i for i, ln in enumerate(lines) if "x-shipyard-track" in ln)
+    assert "use_backend shop__%[var(txn.sy_track)] if { var(txn.sy_track) -m found }" in lines
+    assert "log ring@sylog-shop local0 info" in lines
+    assert "server reader unix@/run/sy/shop.log.sock" in lines and "ring sylog-shop" in lines
+    assert 'log-format "sy1 %b"' in lines
+
+
+def test_backends_per_track_with_limits_retries_and_state_file() -> None:
+    t = table(max_conns_per_instance=7, queue_timeout=2.5)
+    servers = {"blue": (Server("b1-x", "127.0.0.1", 9001),), "green": (Server("g1-x", "::1", 9002),)}
+    text = cfg.render([cfg.service_config("[::1]:8080", t, servers)], FILES, "sy1")
+    assert "bind ipv6@::1:8080" in text
+    assert "backend shop__blue" in text and "backend shop__green" in text
+    assert "server b1-x 127.0.0.1:9001 maxconn 7" in text and "server g1-x [::1]:9002 maxconn 7" in text
+    assert "timeout queue 2500ms" in text
+    for line in ("retries 3", "option redispatch 1", "master-worker", "load-server-state-from-file global",
+                 "server-state-file /run/sy/servers.state", "option idle-close-on-response",
+                 "stats socket /run/sy/admin.sock mode 600 level admin expose-fd listeners"):
+        assert line in text, line
+
+
+def test_only_what_the_configuration_holds_is_its_shape() -> None:
+    """Weights, instances, aliases and the token change through the Runtime API; sticky names,
+    limits and new track names are the configuration's (a reload)."""
+    base = cfg.service_config("127.0.0.1:1", table(), {})
+    assert cfg.service_config("127.0.0.1:1", table(weights={"blue": 0, "green": 100}),
+                              {"blue": (Server("x", "1.2.3.4", 5),)}).shape == base.shape
+    assert cfg.service_config("127.0.0.1:1", table(sticky_header="X-U"), {}).shape != base.shape
+    assert cfg.service_config("127.0.0.1:1", table(max_conns_per_instance=5), {}).shape != base.shape
+    assert base.tracks == ("blue", "green")
+    other = RoutingTable("shop", 1, {"a": ()}, {"a": 100})
+    assert cfg.service_config("127.0.0.1:1", other, {}).tracks == ("blue", "green", "a")
+
+
+def test_names_haproxy_cannot_take_are_refused_with_the_field() -> None:
+    with pytest.raises(RouterError, match="sticky header 'X User'"):
+        cfg.render([ServiceConfig("shop", "127.0.0.1:1", sticky_header="X User")], FILES, "sy1")
+    with pytest.raises(RouterError, match="service name 'Shop_1'"):
+        cfg.render([ServiceConfig("Shop_1", "127.0.0.1:1")], FILES, "sy1")
+    with pytest.raises(RouterError, match="track name 'Blue_1' of shop"):
+        cfg.render([ServiceConfig("shop", "127.0.0.1:1", tracks=("Blue_1",))], FILES, "sy1")
+    with pytest.raises(RouterError, match="not HOST:PORT"):
+        cfg.bind_address("localhost")
+
+
+def test_server_names_are_stable_unique_and_safe() -> None:
+    a = cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
+    assert a == cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
+    assert a != cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 81))
+    assert all(ch.isalnum() or ch in "_.-" for ch in a)
+
+
+def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
+    """`haproxy -c` on a two-service configuration (skipped where HAProxy is not installed)."""
+    import shutil
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        pytest.skip("haproxy is not installed")
+    files = Files(tmp_path)
+    files.maps.mkdir()
+    svcs = [cfg.service_config("127.0.0.1:18081", table(sticky_header="X-U", sticky_cookie="c"),
+                               {"blue": (Server("b", "127.0.0.1", 9001),)}),
+            ServiceConfig("cart", "127.0.0.1:18082")]
+    for s in ("shop", "cart"):
+        for kind in cfg.MAP_KINDS:
+            files.map_file(s, kind).write_text("")
+    files.config.write_text(cfg.render(svcs, files, "sy1 %b %s"))
+    done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -224,7 +224,7 @@ def summarize(args: argparse.Namespace, sps: list[dict[str, Any]], idle: tuple[l
         "machine": {},
         "options": {"duration_s": args.duration, "cycles": args.cycles, "connections": args.connections,
                     "pace_ms": args.pace_ms, "throughput_seconds": args.throughput_seconds,
-                    "idle_cycles": args.idle_cycles},
+                    "idle_cycles": args.idle_cycles, "router": args.router},
         "goal_settle_ms": GOAL_MS,
         "cli_command": cli_argv(),       # the launcher, or `python -m shipyard` if it is not installed
         "failed_requests": {"total_through_router": failed, "requests_through_router": sent},
@@ -291,6 +291,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, "
              f"Python {m['python']} (1-min load average before the run: {m['loadavg_1min_before']:.2f}; "
              f"CPU probe, a fixed Python loop: {m.get('cpu_probe_ms', 0):.0f} ms, lower is faster). "
+             f"Router: `{o.get('router', 'embedded')}`. "
              f"Each switch phase: wrk {o['connections']} keep-alive connections through the router "
              f"plus the prober. Failed requests through the router in all phases: "
              f"{f['total_through_router']} of {f['requests_through_router']:,}.", "",
@@ -342,7 +343,7 @@ def print_human(res: dict[str, Any]) -> None:
 async def run(args: argparse.Namespace, state: Path, children: Children) -> dict[str, Any]:
     port = free_port()
     listen = f"127.0.0.1:{port}"
-    specs = write_specs(example_dir(), state / "specs", listen, delay="1h")
+    specs = write_specs(example_dir(), state / "specs", listen, delay="1h", router=args.router)
     daemon = DaemonProcess(state).start()
     api = AsyncApiClient(daemon.paths, timeout=120)
     try:
@@ -386,9 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-seconds", type=int, default=10, help="wrk seconds per throughput target; 0 skips")
     p.add_argument("--idle-cycles", type=int, default=2,
                    help="extra CLI cycles with only the prober running (no wrk); 0 skips")
-    p.add_argument("--output", type=Path, default=HERE / "results" / "bluegreen.json")
-    p.add_argument("--write-doc", action="store_true", help=f"rewrite the bluegreen section of {DOC}")
+    p.add_argument("--router", choices=("embedded", "haproxy"), default="embedded",
+                   help="the service's router.kind: the data plane switched (results and doc section per router)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON results (default: results/bluegreen.json, or bluegreen-haproxy.json)")
+    p.add_argument("--write-doc", action="store_true",
+                   help=f"rewrite the bluegreen (or bluegreen-haproxy) section of {DOC}")
     args = p.parse_args(argv)
+    suffix = "" if args.router == "embedded" else f"-{args.router}"
+    args.output = args.output or HERE / "results" / f"bluegreen{suffix}.json"
     if args.duration < 20 or args.cycles < 1 or args.connections < 1 or args.pace_ms < 1:
         p.error("the acceptance needs --duration >= 20, --cycles >= 1, --connections >= 1 and --pace-ms >= 1")
     load_before = Path("/proc/loadavg").read_text().split()[0]   # another load on the machine skews everything
@@ -411,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     print_human(res)
     print(f"JSON: {args.output}")
     if args.write_doc:
-        write_doc_section(DOC, "bluegreen", markdown(res))
+        write_doc_section(DOC, f"bluegreen{suffix}", markdown(res))
         print(f"doc: {DOC}")
     return 0 if res["ok"] else 1
 

@@ -8,6 +8,7 @@ import os
 import socket
 
 from shipyard.errors import RouterError
+from shipyard.router.dataplane.acceptor import bind
 
 BACKLOG = 4096
 
@@ -49,15 +50,8 @@ def bind_listen(service: str, listen: str, key: str = "listen") -> list[socket.s
     host, _, port = listen.rpartition(":")
     socks: list[socket.socket] = []
     try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        for family, kind, proto, _name, addr in dict.fromkeys(infos):
-            s = socket.socket(family, kind, proto)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind(addr)
+        socks = bind(host.strip("[]"), int(port))
+        for s in socks:
             s.listen(BACKLOG)
     except OSError as e:
         for s in socks:

@@ -308,10 +308,7 @@ async def run(args: argparse.Namespace) -> int:
         socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd] if args.listen_fds else None
         redirect_socks = [socket.socket(fileno=int(fd)) for fd in args.redirect_fds.split(",") if fd]
         if args.redirect and not redirect_socks:
-            rhost, rport = parse_listen(args.redirect)
-            rsrv = await loop.create_server(asyncio.Protocol, rhost, rport, reuse_address=True, start_serving=False)
-            redirect_socks = [socket.socket(fileno=os.dup(s.fileno())) for s in rsrv.sockets]
-            rsrv.close()
+            redirect_socks = bind(*parse_listen(args.redirect))
         await server.start(host, port, socks, redirect_socks)
     except OSError as e:
         reason = os.strerror(e.errno).lower() if e.errno else str(e)

@@ -217,8 +217,8 @@ def test_router_kind() -> None:
     assert one(BASE + "router: {kind: haproxy, queue_size: 10}\n") == (
         "shop.yaml:5 router: queue_size is not available with router kind haproxy (its queue is bounded by "
         "queue_timeout only): remove it, or use kind: embedded")
-    assert "tls is not implemented on router kind haproxy yet" in one(
-        BASE + "router: {kind: haproxy}\ntls: {cert: a.pem, key: a.key}\n")
+    with_tls = parse_spec(BASE + "router: {kind: haproxy}\ntls: {cert: a.pem, key: a.key}\n", "shop.yaml", Path("/tmp"))
+    assert with_tls.router.kind == "haproxy" and with_tls.tls is not None and with_tls.tls.cert == "a.pem"
 
 
 def test_router_limits() -> None:

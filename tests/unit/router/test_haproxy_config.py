@@ -10,7 +10,8 @@ import pytest
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import RoutingTable, TableTls, Upstream
+from support.certs import TestCA
 
 FILES = Files(Path("/run/sy"))
 
@@ -116,10 +117,62 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     files.maps.mkdir()
     svcs = [cfg.service_config("127.0.0.1:18081", table(sticky_header="X-U", sticky_cookie="c"),
                                {"blue": (Server("b", "127.0.0.1", 9001),)}),
-            ServiceConfig("cart", "127.0.0.1:18082")]
+            ServiceConfig("cart", "127.0.0.1:18082", tls=True, redirect_http="127.0.0.1:18083")]
     for s in ("shop", "cart"):
         for kind in cfg.MAP_KINDS:
             files.map_file(s, kind).write_text("")
+    files.cert_file("cart").parent.mkdir()
+    ca = TestCA(tmp_path / "ca")
+    pair = ca.issue("cart")
+    files.cert_file("cart").write_text(pair.cert.read_text() + pair.key.read_text())
     files.config.write_text(cfg.render(svcs, files, "sy1 %b %s"))
     done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_table_with_tls_binds_its_certificate_and_tells_instances_https() -> None:
+    tls = TableTls("/state/tls/a.pem", "/state/tls/a.key", "a" * 64)
+    on = cfg.service_config("127.0.0.1:8443", table(tls=tls), {})
+    off = cfg.service_config("127.0.0.1:8443", table(), {})
+    lines = [ln.strip() for ln in cfg.render([on], FILES, "sy1 %b").splitlines()]
+    assert "bind 127.0.0.1:8443 ssl crt /run/sy/tls/shop.pem alpn http/1.1 ssl-min-ver TLSv1.2" in lines
+    assert "http-request set-header x-forwarded-proto https" in lines
+    plain = [ln.strip() for ln in cfg.render([off], FILES, "sy1 %b").splitlines()]
+    assert "bind 127.0.0.1:8443" in plain and "http-request set-header x-forwarded-proto http" in plain
+    assert on.shape != off.shape                      # turning TLS on or off is a reload
+    # a rotation changes the certificate's content, never the file HAProxy knows it by: no reload
+    rotated = cfg.service_config("127.0.0.1:8443", table(tls=TableTls("/state/tls/b.pem", "/state/tls/b.key",
+                                                                      "b" * 64)), {})
+    assert rotated.shape == on.shape
+
+
+def test_the_redirect_frontend_answers_308_to_the_https_port() -> None:
+    def redirect(listen: str) -> list[str]:
+        svc = ServiceConfig("shop", listen, tls=True, redirect_http="127.0.0.1:8080")
+        return [ln.strip() for ln in cfg.redirect_frontend(svc)]
+    lines = redirect("127.0.0.1:8443")
+    assert lines[:2] == ["frontend redirect-shop", "bind 127.0.0.1:8080"]
+    assert any(ln.startswith("http-request return status 308") and
+               'hdr location "https://%[var(txn.sy_rhost)]:8443%[url]"' in ln for ln in lines)
+    assert any('hdr location "https://%[var(txn.sy_rhost)]%[url]"' in ln for ln in redirect("0.0.0.0:443"))
+    assert cfg.redirect_frontend(ServiceConfig("shop", "127.0.0.1:8443")) == []
+
+
+def test_the_redirect_accepts_the_hosts_the_embedded_redirect_accepts() -> None:
+    """REDIRECT_HOST (HAProxy's regex, case-insensitive) and redirect.py's agree on every Host."""
+    import re
+
+    from shipyard.router.dataplane import redirect
+    ours = re.compile(cfg.REDIRECT_HOST.strip("'"), re.I)
+    for host in ("shop.example.test", "Shop.Example.Test:8080", "a", "a.", "127.0.0.1:80", "[::1]", "[::1]:8443",
+                 "evil.example/x", "a b", "", "-a.test", "a-.test", "a..b", "[::1", "x:99999", "x:", "é.test",
+                 "a" * 63 + ".test", "a" * 64 + ".test", "host:80:80", "[::1]x"):
+        assert bool(ours.fullmatch(host)) == bool(redirect.location(host.encode(), b"/", 8443)), host
+
+
+def test_an_edge_record_reads_the_plain_listen_of_an_earlier_router() -> None:
+    assert cfg.Edge.from_json("127.0.0.1:8080") == cfg.Edge("127.0.0.1:8080")
+    edge = cfg.Edge("127.0.0.1:8443", "127.0.0.1:8080")
+    assert cfg.Edge.from_json(edge.to_json()) == edge
+    with pytest.raises(ValueError):
+        cfg.Edge.from_json({"redirect_http": "x"})

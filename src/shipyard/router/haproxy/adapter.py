@@ -3,13 +3,14 @@
 Traffic changes only through the Runtime API: `add server` / `enable server` for new
 instances, `set server ... state maint` then `del server` for old ones (deleted once their
 connections are gone: retried at every later change), and atomic map swaps for the bucket
-ranges, the track/alias names and the preview token (config.py says which map does what).
+ranges, the track/alias names and the preview token (config.py says which map does what);
+a rotated certificate with `set ssl cert` + `commit ssl cert` (tls.py checks it first).
 A reload happens only when what the configuration holds changes: a service or listen
-address added or removed, its sticky names, a track name beyond blue/green, the per-instance
-limit or the queue timeout. Every change is also written to the map files, the saved table
+address added or removed, its redirect listener, TLS turned on or off, its sticky names, a
+track name beyond blue/green, the per-instance limit or the queue timeout. Every change is also written to the map files, the saved table
 and the server-state file, so a HAProxy restarted after a crash comes back with the last
-state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps and
-the servers from HAProxy itself."""
+state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps,
+the servers and the certificate from HAProxy itself."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from typing import Any
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.haproxy.config import Edge, Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.saved import Saved
+from shipyard.router.haproxy.tls import Pem, pem_of
 from shipyard.router.table import RoutingTable, Upstream
 
 log = logging.getLogger("shipyard.router.haproxy")
@@ -51,8 +53,8 @@ class HAProxyRouter:
         self.saved = Saved(self.files)
         self._lock = asyncio.Lock()
         """One change at a time: every service shares this HAProxy."""
-        self._services: dict[str, str] = self.saved.services()
-        """service -> listen, as the configuration holds them (persisted)."""
+        self._services: dict[str, Edge] = self.saved.services()
+        """service -> its listen (and redirect) address, as the configuration holds them (persisted)."""
         self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self.saved.table(s))}
         self._pending: set[tuple[str, str]] = set()
         """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
@@ -60,6 +62,10 @@ class HAProxyRouter:
         self._answered_before: dict[str, dict[str, int]] = {}
         """Per service, HAProxy's response counters when its log reader started (an adopted
         HAProxy answered requests no reader of ours saw)."""
+        self._pems: dict[str, Pem] = {}
+        """Per service, the certificate of its table as HAProxy takes it (checked once per table)."""
+        self._rotations: dict[str, int] = {}
+        """Per service, how often the served certificate changed (after the first), as stats say."""
 
     # -- Router port ------------------------------------------------------------------------
 
@@ -67,11 +73,11 @@ class HAProxyRouter:
                      redirect_http: str | None = None) -> dict[str, Any] | None:
         if kind not in (None, "haproxy"):
             raise RouterError(f"this router is HAProxy; {service} asks for router kind {kind!r}")
-        if redirect_http is not None:   # the spec refuses tls with haproxy; never serve it half
-            raise RouterError(f"{service}: TLS and its HTTP redirect are not implemented on the HAProxy router yet",
-                              "use router kind embedded for a TLS listener")
+        want = Edge(normalize_listen(listen), normalize_listen(redirect_http) if redirect_http else None)
+        if want.redirect_http == want.listen:
+            raise RouterError(f"{service}: tls.redirect_http {redirect_http} is the listen address",
+                              "give the plain-HTTP listener its own port (e.g. 80 beside 443)")
         async with self._lock:
-            want = normalize_listen(listen)
             known = service in self._services
             lost = None
             running = await self._running()
@@ -84,8 +90,10 @@ class HAProxyRouter:
                     lost = self._lost_before()
             before = dict(self._services)
             if before.get(service) != want:
-                if want not in before.values():
-                    check_free(service, want)
+                ours = {a for e in before.values() for a in (e.listen, e.redirect_http) if a}
+                for address in (want.listen, want.redirect_http):
+                    if address and address not in ours:
+                        check_free(service, address)
                 self._services[service] = want
                 self.saved.save_services(self._services)
             try:
@@ -121,9 +129,7 @@ class HAProxyRouter:
         return service in self._services and self.proc.master_pid is not None and self.proc.exited()
 
     async def apply(self, table: RoutingTable) -> None:
-        if table.tls is not None:
-            raise RouterError(f"cannot apply table version {table.version}: it serves a TLS certificate, and "
-                              "TLS is not implemented on the HAProxy router yet", "use router kind embedded for TLS")
+        pem = await self._pem_for(table)
         async with self._lock:
             if table.service not in self._services:
                 raise RouterError(f"cannot apply table version {table.version}: HAProxy does not serve "
@@ -137,6 +143,9 @@ class HAProxyRouter:
                                   f"stale table: version {table.version} is older than the served version "
                                   f"{previous.version}")
             self._tables[table.service] = table
+            old_pem = self._pems.get(table.service)
+            if pem is not None:
+                self._pems[table.service] = pem
             try:
                 self.saved.save_table(table)
                 if self._shape_text() != self.saved.shape():
@@ -146,9 +155,34 @@ class HAProxyRouter:
                 if previous is not None:
                     self._tables[table.service] = previous
                     self.saved.save_table(previous)
+                if old_pem is not None:
+                    self._pems[table.service] = old_pem
+                    self.saved.cert(table.service, old_pem.text)
                 raise RouterError(f"cannot apply table version {table.version} to HAProxy for "
                                   f"{table.service}: {e.message}", e.hint) from None
+            self._count_rotation(previous, table)
             await self._sweep()
+
+    async def _pem_for(self, table: RoutingTable) -> Pem | None:
+        """The table's certificate as HAProxy takes it, checked (the same checks and words as the
+        embedded router) before anything changes; the one served already when it is the same."""
+        if table.tls is None:
+            return None
+        known = self._tables.get(table.service)
+        if known is not None and known.tls == table.tls and table.service in self._pems:
+            return self._pems[table.service]
+        try:
+            return await asyncio.to_thread(pem_of, table.tls)
+        except RouterError as e:
+            raise RouterError(f"cannot apply table version {table.version} to HAProxy for {table.service}: "
+                              f"its certificate is refused: {e.message}",
+                              e.hint or "the served certificate stays; fix the files and deploy again") from None
+
+    def _count_rotation(self, previous: RoutingTable | None, table: RoutingTable) -> None:
+        before = previous.tls.fingerprint if previous is not None and previous.tls else None
+        now = table.tls.fingerprint if table.tls else None
+        if before is not None and now is not None and before != now:
+            self._rotations[table.service] = self._rotations.get(table.service, 0) + 1
 
     async def current(self, service: str) -> RoutingTable | None:
         if service not in self._services or not await self._running():
@@ -165,7 +199,7 @@ class HAProxyRouter:
         doc = self._traffic(service).stats()
         table = self._tables.get(service)
         if table is None:
-            return {**doc, "version": 0, "limits": {}}
+            return {**doc, "version": 0, "limits": {}, "tls": None}
         tracks = {t: {**TrackMetrics().snapshot(), **doc["tracks"].get(t, {}), "release": table.releases.get(t, "")}
                   for t in {*table.tracks, *doc["tracks"]}}
         seen = doc["upstreams"]
@@ -174,7 +208,9 @@ class HAProxyRouter:
                for t, us in table.tracks.items() for u in us}
         return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
                 "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
-                                                         "per_try_timeout")}}
+                                                         "per_try_timeout")},
+                "tls": {"fingerprint": table.tls.fingerprint, "rotations": self._rotations.get(service, 0),
+                        "redirect_http": self._services[service].redirect_http} if table.tls else None}
 
     async def _log_caught_up(self, service: str) -> None:
         """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
@@ -201,6 +237,8 @@ class HAProxyRouter:
             if self._services.pop(service, None) is None:
                 return
             self._tables.pop(service, None)
+            self._pems.pop(service, None)
+            self._rotations.pop(service, None)
             self.saved.save_services(self._services)
             self.saved.forget(service)
             if not self._services:
@@ -243,6 +281,7 @@ class HAProxyRouter:
         s = table.service
         want = await self._servers(table)
         self.saved.maps(table.service, table)
+        await self._sync_cert(table)
         live = await self._server_states(s)
         for track, servers in want.items():
             backend = cfg.backend_name(s, track)
@@ -269,6 +308,19 @@ class HAProxyRouter:
             await self._read_back(table, want)
             await self._dump_state()
 
+    async def _sync_cert(self, table: RoutingTable) -> None:
+        """The table's certificate to its file (what a restart loads) and, when the running
+        worker serves another, into it with `set ssl cert` + `commit ssl cert`: new handshakes
+        get it, open connections keep theirs, nothing reloads. A table without TLS has no cert
+        (its bind line has no `ssl`: turning TLS on or off is a configuration change)."""
+        pem = self._pems.get(table.service) if table.tls is not None else None
+        if pem is None:
+            return
+        self.saved.cert(table.service, pem.text)
+        path = self.files.cert_file(table.service)
+        if (await self.proc.api.show_cert(path)).get("SHA1 FingerPrint") != pem.sha1:
+            await self.proc.api.replace_cert(path, pem.text)
+
     async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]]) -> None:
         """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
         api = self.proc.api
@@ -279,7 +331,10 @@ class HAProxyRouter:
             live = await self._server_states(table.service)
             ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
             ready = {b: ns for b, ns in ready.items() if ns}
-            if got == expect and ready == expect_servers:
+            pem = self._pems.get(table.service) if table.tls is not None else None
+            cert_ok = pem is None or (await api.show_cert(self.files.cert_file(table.service))
+                                      ).get("SHA1 FingerPrint") == pem.sha1
+            if got == expect and ready == expect_servers and cert_ok:
                 return
             await asyncio.sleep(0.01)
         raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
@@ -317,20 +372,30 @@ class HAProxyRouter:
 
     def _configs(self, with_servers: bool = True) -> list[ServiceConfig]:
         out = []
-        for s, listen in sorted(self._services.items()):
+        for s, edge in sorted(self._services.items()):
             table = self._tables.get(s)
             if table is None:
-                out.append(ServiceConfig(s, listen))
+                out.append(ServiceConfig(s, edge.listen, redirect_http=edge.redirect_http))
                 continue
             servers = ({t: tuple(Server(cfg.server_name(u), u.host, u.port) for u in ups)
                         for t, ups in table.tracks.items()} if with_servers else {})
-            out.append(cfg.service_config(listen, table, servers))
+            out.append(cfg.service_config(edge.listen, table, servers, edge.redirect_http))
         return out
 
     def _render(self) -> str:
         """The configuration now; every map file it names exists (empty for a service without a table)."""
         for svc in self._services:
-            self.saved.maps(svc, self._tables.get(svc))
+            table = self._tables.get(svc)
+            self.saved.maps(svc, table)
+            if table is not None and table.tls is not None:
+                pem = self._pems.get(svc)
+                if pem is None:   # a table saved by an earlier daemon: its file, checked again
+                    try:
+                        pem = self._pems[svc] = pem_of(table.tls)
+                    except RouterError as e:
+                        raise RouterError(f"HAProxy cannot serve {svc}'s certificate: {e.message}",
+                                          "deploy the service again with a certificate that can be served") from None
+                self.saved.cert(svc, pem.text)
         return cfg.render(self._configs(), self.files, LOG_FORMAT, START_RULE)
 
     def _shape_text(self) -> str:

@@ -74,6 +74,32 @@ class Files:
     def log_socket(self, service: str) -> Path:
         return self.root / f"{service}.log.sock"
 
+    def cert_file(self, service: str) -> Path:
+        """The service's certificate chain and key in one PEM (0600), as `crt` loads it and as
+        `set ssl cert` names it: the name stays when the certificate is rotated."""
+        return self.root / "tls" / f"{service}.pem"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Where a service is reached: what `ensure` was given (normalised). Persisted."""
+
+    listen: str
+    redirect_http: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"listen": self.listen, "redirect_http": self.redirect_http}
+
+    @classmethod
+    def from_json(cls, doc: object) -> Edge:
+        """A record, or the plain listen string of a router from before TLS."""
+        if isinstance(doc, str):
+            return cls(doc)
+        if not isinstance(doc, dict) or not isinstance(doc.get("listen"), str):
+            raise ValueError(f"not an edge record: {doc!r}")
+        redirect = doc.get("redirect_http")
+        return cls(doc["listen"], str(redirect) if redirect else None)
+
 
 @dataclass(frozen=True)
 class Server:
@@ -94,13 +120,17 @@ class ServiceConfig:
     sticky_client_address: bool = False
     max_conns: int = 64
     queue_timeout: float = 5.0
+    tls: bool = False
+    """Terminate TLS on `listen` with Files.cert_file(service) (the table has a certificate)."""
+    redirect_http: str | None = None
+    """A plain-HTTP listener answering 308 to the https side (tls.redirect_http)."""
     servers: dict[str, tuple[Server, ...]] = field(default_factory=dict, compare=False)
     """Per track, the servers at the time of rendering (a restart starts with them)."""
 
     @property
     def shape(self) -> tuple[object, ...]:
         return (self.service, self.listen, self.tracks, self.sticky_header, self.sticky_cookie,
-                self.sticky_client_address, self.max_conns, self.queue_timeout)
+                self.sticky_client_address, self.max_conns, self.queue_timeout, self.tls, self.redirect_http)
 
 
 def backend_name(service: str, track: str) -> str:
@@ -114,11 +144,13 @@ def server_name(up: Upstream) -> str:
     return f"{safe}-{zlib.crc32(f'{up.id}|{up.host}|{up.port}'.encode()):08x}"
 
 
-def service_config(listen: str, table: RoutingTable, servers: dict[str, tuple[Server, ...]]) -> ServiceConfig:
+def service_config(listen: str, table: RoutingTable, servers: dict[str, tuple[Server, ...]],
+                   redirect_http: str | None = None) -> ServiceConfig:
     """The configuration a table needs (its tracks beyond the slots get backends too)."""
     tracks = tuple(dict.fromkeys((*SLOTS, *sorted(table.tracks))))
     return ServiceConfig(table.service, listen, tracks, table.sticky_header, table.sticky_cookie,
-                         table.sticky_client_address, table.max_conns_per_instance, table.queue_timeout, servers)
+                         table.sticky_client_address, table.max_conns_per_instance, table.queue_timeout,
+                         table.tls is not None, redirect_http, servers)
 
 
 def bucket_entries(table: RoutingTable) -> list[tuple[str, str]]:
@@ -180,6 +212,7 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str, sta
         out += _ring(svc, files)
     for svc in sorted(services, key=lambda s: s.service):
         out += _frontend(svc, files, log_format, start_rule)
+        out += redirect_frontend(svc)
         for track in svc.tracks:
             out += _backend(svc, track)
     return "\n".join(out) + "\n"
@@ -218,7 +251,7 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
     maps = {k: files.map_file(s, k) for k in MAP_KINDS}
     lines = [
         f"frontend {s}",
-        f"    bind {bind_address(svc.listen)}",
+        f"    bind {bind_address(svc.listen)}{tls_bind(svc, files)}",
         f"    log ring@{ring_name(s)} local0 info",
         f"    log-format \"{_escape(log_format)}\"",
         "    option forwardfor",
@@ -245,7 +278,7 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
         "    http-request del-header ^proxy- -m reg",
         "    http-request del-header keep-alive",
         "    http-request del-header te",
-        "    http-request set-header x-forwarded-proto http",
+        f"    http-request set-header x-forwarded-proto {'https' if svc.tls else 'http'}",
         "    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
         "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
         f"    http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
@@ -254,6 +287,51 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
         "",
     ]
     return lines
+
+
+TLS_BIND = "alpn http/1.1 ssl-min-ver TLSv1.2"
+"""As the embedded router's listener: HTTP/1.1 only (ALPN), TLS 1.2 and later."""
+
+
+def tls_bind(svc: ServiceConfig, files: Files) -> str:
+    """The bind line's TLS words (empty without TLS)."""
+    return f" ssl crt {files.cert_file(svc.service)} {TLS_BIND}" if svc.tls else ""
+
+
+REDIRECT_HOST = (r"'^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?"
+                 r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$'")
+"""The Host values a redirect is built from: router/dataplane/redirect.py's, as a HAProxy regex
+(single-quoted: no escape or variable processing inside)."""
+
+
+def redirect_frontend(svc: ServiceConfig) -> list[str]:
+    """tls.redirect_http: every request answered 308 to https://<its Host, lowercased, without
+    its port>[:<listen port> unless 443]<its path and query>, then the connection closed; the
+    same answers as the embedded router's redirect.py (400 for no or several Host headers, a
+    Host that is not a host name or address, or a request target that is not origin-form)."""
+    if svc.redirect_http is None:
+        return []
+    port = int(svc.listen.rpartition(":")[2])
+    https = "" if port == 443 else f":{port}"
+    loc = f"https://%[var(txn.sy_rhost)]{https}%[url]"
+    plain = 'content-type "text/plain; charset=utf-8"'
+    return [
+        f"frontend redirect-{svc.service}",
+        f"    bind {bind_address(svc.redirect_http)}",
+        "    option httpclose",
+        "    acl sy_one_host req.fhdr_cnt(host) eq 1",
+        f"    acl sy_host_ok req.fhdr(host) -m reg -i {REDIRECT_HOST}",
+        "    acl sy_host_short req.fhdr(host) -m len le 255",
+        "    acl sy_origin_form url -m reg '^/[!-~]*$'",
+        f"    http-request return status 400 {plain} string \"the request needs exactly one Host header\\n\" "
+        "unless sy_one_host",
+        f"    http-request return status 400 {plain} string \"the Host header or the path is not usable in a "
+        "redirect\\n\" unless sy_host_ok sy_host_short sy_origin_form",
+        "    http-request set-var(txn.sy_rhost) req.fhdr(host),lower,regsub(:[0-9]+$,)",
+        f"    http-request return status 308 {plain} lf-string \"this service is served over https: {loc}\\n\" "
+        f"hdr location \"{loc}\"",
+        "",
+    ]
 
 
 def _backend(svc: ServiceConfig, track: str) -> list[str]:

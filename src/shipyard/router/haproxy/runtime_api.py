@@ -123,6 +123,27 @@ class RuntimeApi:
                 raise RouterError(f"HAProxy refused `show map {path}`: {reply.strip()}")
         return out
 
+    # -- certificates ------------------------------------------------------------------------
+
+    async def replace_cert(self, path: Path, pem: str) -> None:
+        """Swap the certificate HAProxy loaded from `path` (a `crt` of a bind line) for `pem`
+        (chain and key): `set ssl cert` starts a transaction, `commit ssl cert` makes every new
+        handshake use it; connections already open keep theirs. Aborted on any refusal."""
+        await self.change(f"set ssl cert {path}", payload=pem, ok="Transaction")
+        reply = (await self.call(f"commit ssl cert {path}")).strip()
+        if "Success!" not in reply:
+            await self.call(f"abort ssl cert {path}")
+            raise RouterError(f"HAProxy refused `commit ssl cert {path}`: {reply or 'no answer'}")
+
+    async def show_cert(self, path: Path) -> dict[str, str]:
+        """`show ssl cert <path>` as fields (Serial, SHA1 FingerPrint, notAfter...) of the
+        certificate new handshakes get."""
+        reply = await self.call(f"show ssl cert {path}")
+        fields = {k.strip(): v.strip() for k, sep, v in (ln.partition(":") for ln in reply.splitlines()) if sep}
+        if fields.get("Filename") != str(path):
+            raise RouterError(f"HAProxy refused `show ssl cert {path}`: {reply.strip()[:200]}")
+        return fields
+
     async def backend_responses(self, prefix: str) -> dict[str, int]:
         """Responses each backend named `prefix...` has sent (`show stat`: its hrsp_* counters)."""
         reply = await self.call("show stat")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy.config import Files
+from shipyard.router.haproxy.config import Edge, Files
 from shipyard.router.table import RoutingTable
 
 
@@ -22,15 +22,16 @@ class Saved:
     def __init__(self, files: Files) -> None:
         self.files = files
 
-    def services(self) -> dict[str, str]:
+    def services(self) -> dict[str, Edge]:
         try:
             doc = json.loads((self.files.root / "services.json").read_text())
-            return {str(k): str(v) for k, v in doc.items()}
+            return {str(k): Edge.from_json(v) for k, v in doc.items()}
         except (OSError, ValueError, AttributeError):
             return {}
 
-    def save_services(self, services: dict[str, str]) -> None:
-        atomic_write(self.files.root / "services.json", json.dumps(services, sort_keys=True))
+    def save_services(self, services: dict[str, Edge]) -> None:
+        atomic_write(self.files.root / "services.json",
+                     json.dumps({k: v.to_json() for k, v in services.items()}, sort_keys=True))
 
     def table_path(self, service: str) -> Path:
         return self.files.root / f"{service}.table.json"
@@ -45,7 +46,8 @@ class Saved:
         atomic_write(self.table_path(table.service), json.dumps(table.to_dict()), mode=0o600)
 
     def forget(self, service: str) -> None:
-        for path in (self.table_path(service), *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
+        for path in (self.table_path(service), self.files.cert_file(service),
+                     *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -68,6 +70,21 @@ class Saved:
                 if path.read_text() == text:
                     continue
             atomic_write(path, text, mode=0o600)
+
+    def cert(self, service: str, pem: str | None) -> None:
+        """The service's combined PEM (chain and key) as `crt` loads it, 0600; removed for None.
+        Rewritten only when it changes."""
+        path = self.files.cert_file(service)
+        if pem is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        with contextlib.suppress(OSError):
+            if path.read_text() == pem:
+                return
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, pem, mode=0o600)
 
     def server_state(self, text: str) -> None:
         atomic_write(self.files.state_file, text)

@@ -1,4 +1,5 @@
-"""A certificate rotated twice under load drops nothing: wrk over https (64 keep-alive
+"""A certificate rotated twice under load drops nothing, on both routers (HAProxy: `set ssl cert`
++ `commit ssl cert`, never a reload): wrk over https (64 keep-alive
 connections, and a second wrk that opens a new TLS connection for every request, so
 handshakes straddle each rotation) reports no socket error and no non-2xx answer, and a
 Python client connecting after each rotation sees the new certificate."""
@@ -12,10 +13,9 @@ from dataclasses import replace
 
 import pytest
 from test_router_support import make_table, upstreams
-from test_router_tls import ca, client_context, installed, paths, tls_get  # noqa: F401 (fixtures)
+from test_router_tls import ca, client_context, installed, kind, make_router, paths, release, tls_get  # noqa: F401
 
 from shipyard.paths import StatePaths
-from shipyard.router.embedded import EmbeddedRouter
 from support.certs import TestCA
 
 pytestmark = [pytest.mark.timeout(90),
@@ -47,10 +47,11 @@ async def wrk(url: str, connections: int, *extra: str) -> str:
     return out.decode()
 
 
-async def test_two_rotations_under_wrk_load_drop_nothing(paths: StatePaths, ca: TestCA) -> None:  # noqa: F811
-    from test_router_support import free_port, kill_group
+async def test_two_rotations_under_wrk_load_drop_nothing(paths: StatePaths, ca: TestCA,  # noqa: F811
+                                                         kind: str) -> None:  # noqa: F811
+    from test_router_support import free_port
     port = free_port()
-    router = EmbeddedRouter(paths)
+    router = make_router(kind, paths)
     async with upstreams("blue", "blue2") as (blue, blue2):
         try:
             await router.ensure("shop", f"127.0.0.1:{port}")
@@ -61,6 +62,7 @@ async def test_two_rotations_under_wrk_load_drop_nothing(paths: StatePaths, ca: 
             keepalive = asyncio.create_task(wrk(url, 64))
             churn = asyncio.create_task(wrk(url, 4, "-H", "Connection: close"))
             seen = [(await tls_get(port, client_context(ca)))[2]]
+            pids = router.pids("shop")
             for n in (2, 3):
                 await asyncio.sleep(DURATION / 3)
                 table = replace(table, version=n, tls=installed(paths, ca.issue(f"cert{n}", ("localhost",))))
@@ -74,8 +76,6 @@ async def test_two_rotations_under_wrk_load_drop_nothing(paths: StatePaths, ca: 
                 assert r["socket_errors"] == 0 and r["non_2xx"] == 0, (what, r)
             assert len(set(seen)) == 3
             assert (await router.stats("shop"))["tls"]["rotations"] == 2
+            assert router.pids("shop") == pids                  # no restart, no reload
         finally:
-            for pid, proc in list(router._children.items()):
-                kill_group(pid)
-                proc.wait(5)
-            router._close_sockets("shop")
+            await release(router)

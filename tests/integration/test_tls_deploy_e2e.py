@@ -1,4 +1,4 @@
-"""TLS with the real daemon, CLI, router and instances: a spec with `tls` deploys (its preview
+"""TLS with the real daemon, CLI, router (each kind: one suite, two routers) and instances: a spec with `tls` deploys (its preview
 checks pass through the TLS listener), curl --cacert reaches the service by name, the
 redirect listener answers 308, `shipyard status` shows the fingerprint and notAfter; a
 renewed certificate is rotated by the next deploy (tls.rotated); a certificate that cannot
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from support import SpecMaker, deploy
@@ -62,15 +63,17 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make_spec: SpecMaker, state_dir: Path,
-                                                       listen: str) -> None:
+                                                       listen: str, kind: str) -> None:
     from test_router_support import free_port
     ca = TestCA(state_dir / "ca")
     rport = free_port()
     tls = {"cert": "certs/shop.pem", "key": "certs/shop.key", "redirect_http": f"127.0.0.1:{rport}"}
+    router = {"router.kind": kind}
     one = ca.issue("one", ("localhost", "127.0.0.1"))
     place(one, state_dir)
-    spec = make_spec("v1", tls=tls)
+    spec = make_spec("v1", tls=tls, **router)
 
     r1 = await deploy(api, spec)
     assert r1["phase"] == "succeeded", r1        # the preview checks went through the TLS listener
@@ -78,7 +81,7 @@ async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make
     assert res.returncode == 0 and "hello" in res.stdout.lower(), res
     res = curl("-i", f"http://127.0.0.1:{rport}/products?x=1")
     assert res.stdout.startswith("HTTP/1.1 308"), res
-    assert f"Location: https://127.0.0.1:{listen.rsplit(':', 1)[1]}/products?x=1" in res.stdout
+    assert f"location: https://127.0.0.1:{listen.rsplit(':', 1)[1]}/products?x=1" in res.stdout.lower()
     assert await fingerprint(listen, ca) == one.fingerprint
 
     shown = sy("status", "shop", "--json", state=state_dir)
@@ -92,7 +95,7 @@ async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make
     # a renewed certificate, deployed with the next release: rotated without a router restart
     two = ca.issue("two", ("localhost", "127.0.0.1"), not_after=dt.timedelta(days=5))
     place(two, state_dir)
-    spec2 = make_spec("v2", tls=tls)
+    spec2 = make_spec("v2", tls=tls, **router)
     planned = await api.post("/v1/plan", {"spec_path": str(spec2)})
     assert any("expires at" in w and "renew it" in w for w in planned["warnings"]), planned["warnings"]
     checked = sy("validate", str(spec2), state=state_dir)
@@ -113,7 +116,7 @@ async def test_tls_deploy_status_rotation_and_refusals(api: AsyncApiClient, make
     other = ca.issue("other", ("localhost",))
     for pair, words in ((expired, "expired at"), (Pair(two.cert, other.key, two.fingerprint), "is not the key")):
         place(pair, state_dir)
-        bad_spec = str(make_spec("v1", tls=tls))
+        bad_spec = str(make_spec("v1", tls=tls, **router))
         # plan keeps Terraform's convention: every error is 1 (2 means "changes")
         for argv, code in ((["deploy", "-f", bad_spec], 2), (["plan", "-f", bad_spec], 1), (["validate", bad_spec], 2)):
             res = sy(*argv, state=state_dir)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy import sites
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
 from shipyard.router.table import RoutingTable, TableTls, Upstream
 from support.certs import TestCA
@@ -125,7 +127,7 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "ca")
     pair = ca.issue("cart")
     files.cert_file("cart").write_text(pair.cert.read_text() + pair.key.read_text())
-    files.config.write_text(cfg.render(svcs, files, "sy1 %b %s"))
+    files.config.write_text(sites.render(svcs, files, "sy1 %b %s"))
     done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -149,13 +151,13 @@ def test_a_table_with_tls_binds_its_certificate_and_tells_instances_https() -> N
 def test_the_redirect_frontend_answers_308_to_the_https_port() -> None:
     def redirect(listen: str) -> list[str]:
         svc = ServiceConfig("shop", listen, tls=True, redirect_http="127.0.0.1:8080")
-        return [ln.strip() for ln in cfg.redirect_frontend(svc)]
+        return [ln.strip() for ln in sites.redirect_frontend(svc)]
     lines = redirect("127.0.0.1:8443")
     assert lines[:2] == ["frontend redirect-shop", "bind 127.0.0.1:8080"]
     assert any(ln.startswith("http-request return status 308") and
                'hdr location "https://%[var(txn.sy_rhost)]:8443%[url]"' in ln for ln in lines)
     assert any('hdr location "https://%[var(txn.sy_rhost)]%[url]"' in ln for ln in redirect("0.0.0.0:443"))
-    assert cfg.redirect_frontend(ServiceConfig("shop", "127.0.0.1:8443")) == []
+    assert sites.redirect_frontend(ServiceConfig("shop", "127.0.0.1:8443")) == []
 
 
 def test_the_redirect_accepts_the_hosts_the_embedded_redirect_accepts() -> None:
@@ -163,7 +165,7 @@ def test_the_redirect_accepts_the_hosts_the_embedded_redirect_accepts() -> None:
     import re
 
     from shipyard.router.dataplane import redirect
-    ours = re.compile(cfg.REDIRECT_HOST.strip("'"), re.I)
+    ours = re.compile(sites.REDIRECT_HOST.strip("'"), re.I)
     for host in ("shop.example.test", "Shop.Example.Test:8080", "a", "a.", "127.0.0.1:80", "[::1]", "[::1]:8443",
                  "evil.example/x", "a b", "", "-a.test", "a-.test", "a..b", "[::1", "x:99999", "x:", "é.test",
                  "a" * 63 + ".test", "a" * 64 + ".test", "host:80:80", "[::1]x"):
@@ -176,3 +178,68 @@ def test_an_edge_record_reads_the_plain_listen_of_an_earlier_router() -> None:
     assert cfg.Edge.from_json(edge.to_json()) == edge
     with pytest.raises(ValueError):
         cfg.Edge.from_json({"redirect_http": "x"})
+
+
+# -- several services on one address (sites.py) ------------------------------------------------
+
+def test_a_service_alone_without_domains_is_rendered_as_before_domains_existed() -> None:
+    svcs = [cfg.service_config("127.0.0.1:8080", table(sticky_header="X-U"), {"blue": (Server("b", "127.0.0.1", 9),)}),
+            ServiceConfig("cart", "127.0.0.1:8081")]
+    assert sites.render(svcs, FILES, "sy1 %b", "x") == cfg.render(svcs, FILES, "sy1 %b", "x")
+
+
+def test_services_sharing_an_address_are_refused_unless_each_names_its_own_domains() -> None:
+    a = ServiceConfig("shop", "127.0.0.1:443", domains=("shop.test",))
+    with pytest.raises(RouterError, match="cart and shop both listen on 127.0.0.1:443, and cart names no domains"):
+        sites.group([a, ServiceConfig("cart", "127.0.0.1:443")])
+    with pytest.raises(RouterError, match="shop and cart both claim shop.test on 127.0.0.1:443"):
+        sites.group([a, ServiceConfig("cart", "127.0.0.1:443", domains=("shop.test",))])
+    with pytest.raises(RouterError, match="not a lowercase host name"):
+        sites.group([ServiceConfig("cart", "127.0.0.1:443", domains=("a.*.test",))])
+    with pytest.raises(RouterError, match="cart serves plain HTTP on 127.0.0.1:443, which it shares with shop"):
+        sites.group([replace(a, tls=True), ServiceConfig("cart", "127.0.0.1:443", tls=False, domains=("c.test",))])
+    with pytest.raises(RouterError, match="already redirects"):
+        sites.group([replace(a, redirect_http="127.0.0.1:80"),
+                     ServiceConfig("cart", "127.0.0.1:444", redirect_http="127.0.0.1:80")])
+    ok = sites.group([replace(a, tls=True), ServiceConfig("cart", "127.0.0.1:443", domains=("*.shop.test",)),
+                      ServiceConfig("solo", "127.0.0.1:8080")])   # a wildcard over an exact name; no table yet
+    assert {k: [s.service for s in v] for k, v in ok.items()} == {"listen-127.0.0.1-443": ["cart", "shop"],
+                                                                  "solo": ["solo"]}
+
+
+def test_the_host_maps_hold_exact_names_and_wildcard_suffixes_longest_first() -> None:
+    svcs = [ServiceConfig("shop", "h:1", domains=("shop.test", "*.shop.test")),
+            ServiceConfig("eu", "h:1", domains=("*.eu.shop.test", "*.a.test"))]
+    assert sites.host_entries(svcs) == {"hosts": [("shop.test", "shop")],
+                                        "wild": [(".eu.shop.test", "eu"), (".shop.test", "shop"), (".a.test", "eu")]}
+
+
+def test_haproxy_accepts_a_shared_address_with_tls_and_a_redirect(tmp_path: Path) -> None:
+    import shutil
+
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        pytest.skip("haproxy is not installed")
+    files = Files(tmp_path)
+    files.maps.mkdir()
+    files.cert_file("x").parent.mkdir()
+    ca = TestCA(tmp_path / "ca")
+    svcs = [cfg.service_config("127.0.0.1:18443", replace(table(sticky_cookie="uid"), service=s,
+                                                          tls=TableTls("/a.pem", "/a.key", "a" * 64)), {},
+                               "127.0.0.1:18080", (f"{s}.test",)) for s in ("shop", "cart")]
+    for svc in svcs:
+        pair = ca.issue(svc.service, (f"{svc.service}.test",))
+        files.cert_file(svc.service).write_text(pair.cert.read_text() + pair.key.read_text())
+        for kind in cfg.MAP_KINDS:
+            files.map_file(svc.service, kind).write_text("")
+    for kind in sites.HOST_MAP_KINDS:
+        files.map_file("listen-127.0.0.1-18443", kind).write_text("")
+    text = sites.render(svcs, files, "sy1 %b %s")
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert (f"bind 127.0.0.1:18443 ssl crt {files.cert_file('cart')} crt {files.cert_file('shop')} "
+            "alpn http/1.1 ssl-min-ver TLSv1.2") in lines
+    assert "use_backend shop__%[var(txn.sy_track)] if sy_for_shop { var(txn.sy_track) -m found }" in lines
+    assert sum(ln.startswith("frontend redirect-") for ln in lines) == 1
+    files.config.write_text(text)
+    done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr

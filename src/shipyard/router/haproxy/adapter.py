@@ -18,17 +18,19 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy import sites
 from shipyard.router.haproxy.config import Edge, Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.saved import Saved
-from shipyard.router.haproxy.tls import Pem, pem_of
+from shipyard.router.haproxy.tls import Certificates
 from shipyard.router.table import RoutingTable, Upstream
 
 log = logging.getLogger("shipyard.router.haproxy")
@@ -59,21 +61,20 @@ class HAProxyRouter:
         self._pending: set[tuple[str, str]] = set()
         """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
         self._logs: dict[str, TrafficLog] = {}
+        """Per site (a service's own frontend, or a shared listen's: sites.py), its log reader."""
         self._answered_before: dict[str, dict[str, int]] = {}
         """Per service, HAProxy's response counters when its log reader started (an adopted
         HAProxy answered requests no reader of ours saw)."""
-        self._pems: dict[str, Pem] = {}
-        """Per service, the certificate of its table as HAProxy takes it (checked once per table)."""
-        self._rotations: dict[str, int] = {}
-        """Per service, how often the served certificate changed (after the first), as stats say."""
+        self._certs = Certificates()
 
     # -- Router port ------------------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
         if kind not in (None, "haproxy"):
             raise RouterError(f"this router is HAProxy; {service} asks for router kind {kind!r}")
-        want = Edge(normalize_listen(listen), normalize_listen(redirect_http) if redirect_http else None)
+        want = Edge(normalize_listen(listen), normalize_listen(redirect_http) if redirect_http else None,
+                    tuple(sorted({d.strip().lower() for d in domains})))
         if want.redirect_http == want.listen:
             raise RouterError(f"{service}: tls.redirect_http {redirect_http} is the listen address",
                               "give the plain-HTTP listener its own port (e.g. 80 beside 443)")
@@ -97,8 +98,8 @@ class HAProxyRouter:
                 self._services[service] = want
                 self.saved.save_services(self._services)
             try:
-                await self._start_logs(running)
                 text = self._render()
+                await self._start_logs(running)
                 if not running:
                     await self.proc.start(text)
                     self.saved.save_shape(self._shape_text())
@@ -108,11 +109,17 @@ class HAProxyRouter:
                     await self._dump_state()
                     await self.proc.reload(text)
                     self.saved.save_shape(self._shape_text())
+                elif before.get(service) != want:
+                    await self._sync_hosts()     # a change of domains only: the host maps
             except RouterError:
                 if self._services != before:   # never keep a service HAProxy could not take
                     self._services = before
                     self.saved.save_services(self._services)
+                    with contextlib.suppress(RouterError):
+                        self._render()
                 raise
+            finally:
+                await self._prune_logs()
             await self._sweep()
             return lost
 
@@ -129,7 +136,7 @@ class HAProxyRouter:
         return service in self._services and self.proc.master_pid is not None and self.proc.exited()
 
     async def apply(self, table: RoutingTable) -> None:
-        pem = await self._pem_for(table)
+        pem = await self._certs.check(table, self._tables.get(table.service))
         async with self._lock:
             if table.service not in self._services:
                 raise RouterError(f"cannot apply table version {table.version}: HAProxy does not serve "
@@ -143,9 +150,8 @@ class HAProxyRouter:
                                   f"stale table: version {table.version} is older than the served version "
                                   f"{previous.version}")
             self._tables[table.service] = table
-            old_pem = self._pems.get(table.service)
-            if pem is not None:
-                self._pems[table.service] = pem
+            old_pem = self._certs.pems.get(table.service)
+            self._certs.put(table.service, pem)
             try:
                 self.saved.save_table(table)
                 if self._shape_text() != self.saved.shape():
@@ -155,34 +161,16 @@ class HAProxyRouter:
                 if previous is not None:
                     self._tables[table.service] = previous
                     self.saved.save_table(previous)
-                if old_pem is not None:
-                    self._pems[table.service] = old_pem
-                    self.saved.cert(table.service, old_pem.text)
+                else:
+                    self._tables.pop(table.service, None)
+                    with contextlib.suppress(OSError):
+                        self.saved.table_path(table.service).unlink()
+                self._certs.put(table.service, old_pem)
+                self.saved.cert(table.service, old_pem.text if old_pem else None)
                 raise RouterError(f"cannot apply table version {table.version} to HAProxy for "
                                   f"{table.service}: {e.message}", e.hint) from None
-            self._count_rotation(previous, table)
+            self._certs.count(previous, table)
             await self._sweep()
-
-    async def _pem_for(self, table: RoutingTable) -> Pem | None:
-        """The table's certificate as HAProxy takes it, checked (the same checks and words as the
-        embedded router) before anything changes; the one served already when it is the same."""
-        if table.tls is None:
-            return None
-        known = self._tables.get(table.service)
-        if known is not None and known.tls == table.tls and table.service in self._pems:
-            return self._pems[table.service]
-        try:
-            return await asyncio.to_thread(pem_of, table.tls)
-        except RouterError as e:
-            raise RouterError(f"cannot apply table version {table.version} to HAProxy for {table.service}: "
-                              f"its certificate is refused: {e.message}",
-                              e.hint or "the served certificate stays; fix the files and deploy again") from None
-
-    def _count_rotation(self, previous: RoutingTable | None, table: RoutingTable) -> None:
-        before = previous.tls.fingerprint if previous is not None and previous.tls else None
-        now = table.tls.fingerprint if table.tls else None
-        if before is not None and now is not None and before != now:
-            self._rotations[table.service] = self._rotations.get(table.service, 0) + 1
 
     async def current(self, service: str) -> RoutingTable | None:
         if service not in self._services or not await self._running():
@@ -196,7 +184,7 @@ class HAProxyRouter:
         """The embedded router's shape: the traffic log's counters, keyed and completed from
         the table (version, each track's release, instances by id with their address, limits)."""
         await self._log_caught_up(service)
-        doc = self._traffic(service).stats()
+        doc = self._traffic(service).stats(service)
         table = self._tables.get(service)
         if table is None:
             return {**doc, "version": 0, "limits": {}, "tls": None}
@@ -209,7 +197,7 @@ class HAProxyRouter:
         return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
                 "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
                                                          "per_try_timeout")},
-                "tls": {"fingerprint": table.tls.fingerprint, "rotations": self._rotations.get(service, 0),
+                "tls": {"fingerprint": table.tls.fingerprint, "rotations": self._certs.rotations.get(service, 0),
                         "redirect_http": self._services[service].redirect_http} if table.tls else None}
 
     async def _log_caught_up(self, service: str) -> None:
@@ -222,7 +210,7 @@ class HAProxyRouter:
                 sent = await self.proc.api.backend_responses(f"{service}__")
             except RouterError:
                 return
-            tracks = traffic.stats()["tracks"]
+            tracks = traffic.stats(service)["tracks"]
             before = self._answered_before.get(service, {})
             if all(tracks.get(be.split("__", 1)[1], {}).get("requests", 0) >= n - before.get(be, 0)
                    for be, n in sent.items()):
@@ -230,15 +218,14 @@ class HAProxyRouter:
             await asyncio.sleep(0.01)
 
     async def series(self, service: str, since: float) -> dict[str, Any]:
-        return self._traffic(service).series(since)
+        return self._traffic(service).series(since, service)
 
     async def stop(self, service: str) -> None:
         async with self._lock:
             if self._services.pop(service, None) is None:
                 return
             self._tables.pop(service, None)
-            self._pems.pop(service, None)
-            self._rotations.pop(service, None)
+            self._certs.forget(service)
             self.saved.save_services(self._services)
             self.saved.forget(service)
             if not self._services:
@@ -247,9 +234,7 @@ class HAProxyRouter:
                 await self._dump_state()
                 await self.proc.reload(self._render())
                 self.saved.save_shape(self._shape_text())
-            traffic = self._logs.pop(service, None)
-            if traffic is not None:
-                await traffic.close()
+            await self._prune_logs()
 
     async def close(self) -> None:
         """Stop reading the traffic logs; HAProxy itself keeps serving (the daemon is going away)."""
@@ -313,7 +298,7 @@ class HAProxyRouter:
         worker serves another, into it with `set ssl cert` + `commit ssl cert`: new handshakes
         get it, open connections keep theirs, nothing reloads. A table without TLS has no cert
         (its bind line has no `ssl`: turning TLS on or off is a configuration change)."""
-        pem = self._pems.get(table.service) if table.tls is not None else None
+        pem = self._certs.of(table)
         if pem is None:
             return
         self.saved.cert(table.service, pem.text)
@@ -331,7 +316,7 @@ class HAProxyRouter:
             live = await self._server_states(table.service)
             ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
             ready = {b: ns for b, ns in ready.items() if ns}
-            pem = self._pems.get(table.service) if table.tls is not None else None
+            pem = self._certs.of(table)
             cert_ok = pem is None or (await api.show_cert(self.files.cert_file(table.service))
                                       ).get("SHA1 FingerPrint") == pem.sha1
             if got == expect and ready == expect_servers and cert_ok:
@@ -375,11 +360,11 @@ class HAProxyRouter:
         for s, edge in sorted(self._services.items()):
             table = self._tables.get(s)
             if table is None:
-                out.append(ServiceConfig(s, edge.listen, redirect_http=edge.redirect_http))
+                out.append(ServiceConfig(s, edge.listen, redirect_http=edge.redirect_http, domains=edge.domains))
                 continue
             servers = ({t: tuple(Server(cfg.server_name(u), u.host, u.port) for u in ups)
                         for t, ups in table.tracks.items()} if with_servers else {})
-            out.append(cfg.service_config(edge.listen, table, servers, edge.redirect_http))
+            out.append(cfg.service_config(edge.listen, table, servers, edge.redirect_http, edge.domains))
         return out
 
     def _render(self) -> str:
@@ -387,19 +372,29 @@ class HAProxyRouter:
         for svc in self._services:
             table = self._tables.get(svc)
             self.saved.maps(svc, table)
-            if table is not None and table.tls is not None:
-                pem = self._pems.get(svc)
-                if pem is None:   # a table saved by an earlier daemon: its file, checked again
-                    try:
-                        pem = self._pems[svc] = pem_of(table.tls)
-                    except RouterError as e:
-                        raise RouterError(f"HAProxy cannot serve {svc}'s certificate: {e.message}",
-                                          "deploy the service again with a certificate that can be served") from None
+            pem = self._certs.of(table) if table is not None else None
+            if pem is not None:
                 self.saved.cert(svc, pem.text)
-        return cfg.render(self._configs(), self.files, LOG_FORMAT, START_RULE)
+        configs = self._configs()
+        for site, svcs in sites.group(configs).items():
+            if svcs[0].domains:
+                for kind, rows in sites.host_entries(svcs).items():
+                    self.saved.write_map(self.files.map_file(site, kind), rows)
+        return sites.render(configs, self.files, LOG_FORMAT, START_RULE)
 
     def _shape_text(self) -> str:
-        return cfg.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)
+        return sites.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)
+
+    async def _sync_hosts(self) -> None:
+        """The shared frontends' host maps to what the services' domains say, swapped atomically."""
+        for site, svcs in sites.group(self._configs(with_servers=False)).items():
+            if svcs[0].domains:
+                for kind, rows in sites.host_entries(svcs).items():
+                    path = self.files.map_file(site, kind)
+                    await self.proc.api.replace_map(path, rows)
+                    if sorted(await self.proc.api.show_map(path)) != sorted(rows):
+                        raise RouterError(f"HAProxy does not serve the host map {path} after the change",
+                                          f"see {self.proc.log_path}")
 
     async def _dump_state(self) -> None:
         with contextlib.suppress(RouterError, OSError):
@@ -413,20 +408,36 @@ class HAProxyRouter:
             return False
         return not self.proc.exited() and await self.proc.answering()
 
+    def _site(self, service: str) -> str:
+        edge = self._services[service]
+        return sites.shared_name(edge.listen) if edge.domains else service
+
     async def _start_logs(self, running: bool) -> None:
-        """A reader per service on its log socket, before HAProxy is told to send there."""
-        for s in self._services:
-            if s not in self._logs:
-                traffic = TrafficLog(s)
-                await traffic.start_stream(self.files.log_socket(s))
-                self._logs[s] = traffic
+        """A reader per site on its log socket, before HAProxy is told to send there (a shared
+        frontend's reader counts each line under the service its backend names)."""
+        for s, edge in self._services.items():
+            site = self._site(s)
+            if site not in self._logs:
+                traffic = TrafficLog(None if edge.domains else s)
+                await traffic.start_stream(self.files.log_socket(site))
+                self._logs[site] = traffic
+                self._answered_before.pop(s, None)
+            if s not in self._answered_before:
                 self._answered_before[s] = {}
                 if running:
                     with contextlib.suppress(RouterError):
                         self._answered_before[s] = await self.proc.api.backend_responses(f"{s}__")
 
+    async def _prune_logs(self) -> None:
+        """Close the readers of sites no service uses any more."""
+        used = {self._site(s) for s in self._services}
+        for site in [k for k in self._logs if k not in used]:
+            await self._logs.pop(site).close()
+        for s in [k for k in self._answered_before if k not in self._services]:
+            del self._answered_before[s]
+
     def _traffic(self, service: str) -> TrafficLog:
-        traffic = self._logs.get(service)
+        traffic = self._logs.get(self._site(service)) if service in self._services else None
         if traffic is None:
             raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
         return traffic

@@ -86,9 +86,12 @@ class Edge:
 
     listen: str
     redirect_http: str | None = None
+    domains: tuple[str, ...] = ()
+    """Host names (exact, `*.` wildcards) routed to the service on a listen it may share; ()
+    : every Host, and the listen is its alone."""
 
     def to_json(self) -> dict[str, object]:
-        return {"listen": self.listen, "redirect_http": self.redirect_http}
+        return {"listen": self.listen, "redirect_http": self.redirect_http, "domains": list(self.domains)}
 
     @classmethod
     def from_json(cls, doc: object) -> Edge:
@@ -98,7 +101,7 @@ class Edge:
         if not isinstance(doc, dict) or not isinstance(doc.get("listen"), str):
             raise ValueError(f"not an edge record: {doc!r}")
         redirect = doc.get("redirect_http")
-        return cls(doc["listen"], str(redirect) if redirect else None)
+        return cls(doc["listen"], str(redirect) if redirect else None, tuple(str(d) for d in doc.get("domains") or ()))
 
 
 @dataclass(frozen=True)
@@ -120,17 +123,22 @@ class ServiceConfig:
     sticky_client_address: bool = False
     max_conns: int = 64
     queue_timeout: float = 5.0
-    tls: bool = False
-    """Terminate TLS on `listen` with Files.cert_file(service) (the table has a certificate)."""
+    tls: bool | None = None
+    """Terminate TLS on `listen` with Files.cert_file(service) (the table has a certificate);
+    None: no table yet (nothing served, so nothing to clash with on a shared listen)."""
     redirect_http: str | None = None
     """A plain-HTTP listener answering 308 to the https side (tls.redirect_http)."""
+    domains: tuple[str, ...] = ()
+    """Edge.domains: with some, the service is routed by Host on a frontend of its listen
+    (sites.py), whose host maps hold them (not the configuration: a change needs no reload)."""
     servers: dict[str, tuple[Server, ...]] = field(default_factory=dict, compare=False)
     """Per track, the servers at the time of rendering (a restart starts with them)."""
 
     @property
     def shape(self) -> tuple[object, ...]:
         return (self.service, self.listen, self.tracks, self.sticky_header, self.sticky_cookie,
-                self.sticky_client_address, self.max_conns, self.queue_timeout, self.tls, self.redirect_http)
+                self.sticky_client_address, self.max_conns, self.queue_timeout, bool(self.tls), self.redirect_http,
+                bool(self.domains))
 
 
 def backend_name(service: str, track: str) -> str:
@@ -145,12 +153,12 @@ def server_name(up: Upstream) -> str:
 
 
 def service_config(listen: str, table: RoutingTable, servers: dict[str, tuple[Server, ...]],
-                   redirect_http: str | None = None) -> ServiceConfig:
+                   redirect_http: str | None = None, domains: tuple[str, ...] = ()) -> ServiceConfig:
     """The configuration a table needs (its tracks beyond the slots get backends too)."""
     tracks = tuple(dict.fromkeys((*SLOTS, *sorted(table.tracks))))
     return ServiceConfig(table.service, listen, tracks, table.sticky_header, table.sticky_cookie,
                          table.sticky_client_address, table.max_conns_per_instance, table.queue_timeout,
-                         table.tls is not None, redirect_http, servers)
+                         table.tls is not None, redirect_http, domains, servers)
 
 
 def bucket_entries(table: RoutingTable) -> list[tuple[str, str]]:
@@ -212,7 +220,6 @@ def render(services: Sequence[ServiceConfig], files: Files, log_format: str, sta
         out += _ring(svc, files)
     for svc in sorted(services, key=lambda s: s.service):
         out += _frontend(svc, files, log_format, start_rule)
-        out += redirect_frontend(svc)
         for track in svc.tracks:
             out += _backend(svc, track)
     return "\n".join(out) + "\n"
@@ -222,25 +229,35 @@ RING_SIZE = 1 << 20
 """Bytes of log lines a service's ring holds while its reader is slow or away (~10,000 lines)."""
 
 
-def ring_name(service: str) -> str:
-    return f"sylog-{service}"
+def ring_name(site: str) -> str:
+    return f"sylog-{site}"
 
 
 def _ring(svc: ServiceConfig, files: Files) -> list[str]:
-    """The service's log ring: workers append each request's line in memory and the ring's
-    forwarder streams them to the daemon's reader (logs.py start_stream). A datagram per
-    request would be dropped whenever the socket's queue of 10 is full, as under load."""
-    return [f"ring {ring_name(svc.service)}",
+    return ring_lines(svc.service, files)
+
+
+def ring_lines(site: str, files: Files) -> list[str]:
+    """The log ring of a frontend (`site`: its service, or its shared listen): workers append
+    each request's line in memory and the ring's forwarder streams them to the daemon's reader
+    (logs.py start_stream). A datagram per request would be dropped whenever the socket's queue
+    of 10 is full, as under load."""
+    return [f"ring {ring_name(site)}",
             "    format rfc5424",
             "    maxlen 1200",
             f"    size {RING_SIZE}",
             "    timeout connect 1s",
             "    timeout server 10s",
-            f"    server reader unix@{files.log_socket(svc.service)}",
+            f"    server reader unix@{files.log_socket(site)}",
             ""]
 
 
-def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:
+Rule = tuple[str, str, str]
+"""(rule, "if" / "unless" / "", condition): a frontend rule of one service, so a frontend
+shared by several (sites.py) can add "this request is for that service" to its condition."""
+
+
+def check_names(svc: ServiceConfig) -> None:
     s = svc.service
     if not _SERVICE.match(s):
         raise RouterError(f"service name {s!r} cannot name a HAProxy frontend", "use [a-z0-9-] only")
@@ -248,45 +265,98 @@ def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str
         if name is not None and not _TOKEN.match(name):
             raise RouterError(f"{what} {name!r} of {s} is not a plain HTTP token",
                               "use letters, digits and - _ . in the spec's sticky names")
-    maps = {k: files.map_file(s, k) for k in MAP_KINDS}
-    lines = [
-        f"frontend {s}",
-        f"    bind {bind_address(svc.listen)}{tls_bind(svc, files)}",
-        f"    log ring@{ring_name(s)} local0 info",
+
+
+def frontend_head(name: str, bind: str, site: str, log_format: str, start_rule: str) -> list[str]:
+    return [
+        f"frontend {name}",
+        f"    bind {bind}",
+        f"    log ring@{ring_name(site)} local0 info",
         f"    log-format \"{_escape(log_format)}\"",
         "    option forwardfor",
         *([f"    {start_rule}"] if start_rule else []),
-        f"    http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})",
-        "    acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)",
-        f"    http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']}) if sy_preview",
+    ]
+
+
+PREVIEW_ACL = "acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)"
+
+
+def track_rules(svc: ServiceConfig, files: Files) -> list[Rule]:
+    """The service's track for a request: an override with the preview token, else the bucket
+    of its user key (sticky header, cookie, client address), else a random bucket."""
+    maps = {k: files.map_file(svc.service, k) for k in MAP_KINDS}
+    rules: list[Rule] = [
+        (f"http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})", "", ""),
+        (f"http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']})", "if",
+         "sy_preview"),
     ]
     no_key = "!{ var(txn.sy_key) -m found }"
     if svc.sticky_header:
         h = svc.sticky_header.lower()
-        lines.append(f"    http-request set-var(txn.sy_key) req.fhdr({h},1) if {{ req.fhdr({h},1) -m len gt 0 }}")
+        rules.append((f"http-request set-var(txn.sy_key) req.fhdr({h},1)", "if", f"{{ req.fhdr({h},1) -m len gt 0 }}"))
     if svc.sticky_cookie:
         c = svc.sticky_cookie
-        lines.append(f"    http-request set-var(txn.sy_key) req.cook({c}) if {no_key} {{ req.cook({c}) -m len gt 0 }}")
+        rules.append((f"http-request set-var(txn.sy_key) req.cook({c})", "if", f"{no_key} {{ req.cook({c}) -m len gt 0 }}"))
     if svc.sticky_client_address:
-        lines.append(f"    http-request set-var-fmt(txn.sy_key) \"%[src]\" if {no_key}")
-    lines += [
-        f"    http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod({BUCKETS}) if {{ var(txn.sy_key) -m found }}",
-        f"    http-request set-var(txn.sy_bucket) rand({BUCKETS}) unless {{ var(txn.sy_bucket) -m found }}",
-        f"    http-request set-var(txn.sy_track) var(txn.sy_bucket),map_int({maps['buckets']}) "
-        "unless { var(txn.sy_track) -m found }",
-        "    http-request del-header ^x-shipyard- -m reg",
-        "    http-request del-header ^proxy- -m reg",
-        "    http-request del-header keep-alive",
-        "    http-request del-header te",
-        f"    http-request set-header x-forwarded-proto {'https' if svc.tls else 'http'}",
-        "    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
-        "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
-        f"    http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
-        "release\\n\" hdr x-shipyard-error 1 unless { var(txn.sy_track) -m found }",
-        f"    use_backend {s}__%[var(txn.sy_track)] if {{ var(txn.sy_track) -m found }}",
+        rules.append(("http-request set-var-fmt(txn.sy_key) \"%[src]\"", "if", no_key))
+    return [
+        *rules,
+        (f"http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod({BUCKETS})", "if",
+         "{ var(txn.sy_key) -m found }"),
+        (f"http-request set-var(txn.sy_bucket) rand({BUCKETS})", "unless", "{ var(txn.sy_bucket) -m found }"),
+        (f"http-request set-var(txn.sy_track) var(txn.sy_bucket),map_int({maps['buckets']})", "unless",
+         "{ var(txn.sy_track) -m found }"),
+    ]
+
+
+def forward_rules(tls: bool) -> list[str]:
+    """What every request gets before it is forwarded, whichever service it is for."""
+    return [
+        "http-request del-header ^x-shipyard- -m reg",
+        "http-request del-header ^proxy- -m reg",
+        "http-request del-header keep-alive",
+        "http-request del-header te",
+        f"http-request set-header x-forwarded-proto {'https' if tls else 'http'}",
+        "http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
+        "http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
+    ]
+
+
+def backend_rules(svc: ServiceConfig) -> list[Rule]:
+    s = svc.service
+    return [
+        (f"http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
+         "release\\n\" hdr x-shipyard-error 1", "unless", "{ var(txn.sy_track) -m found }"),
+        (f"use_backend {s}__%[var(txn.sy_track)]", "if", "{ var(txn.sy_track) -m found }"),
+    ]
+
+
+def rule_text(rule: Rule, acl: str | None = None) -> str:
+    """The rule as written alone (`acl` None), or only for requests matching `acl`."""
+    text, kind, cond = rule
+    if acl is None:
+        return f"{text} {kind} {cond}" if kind else text
+    if kind == "unless":
+        if cond.count("{") > 1 or not cond.startswith("{"):
+            raise ValueError(f"cannot negate a compound condition: {cond}")
+        return f"{text} if {acl} !{cond}"
+    return f"{text} if {acl} {cond}" if kind else f"{text} if {acl}"
+
+
+def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:
+    """The frontend of a service alone on its listen address: every Host is its."""
+    check_names(svc)
+    s = svc.service
+    rules = track_rules(svc, files)
+    return [
+        *frontend_head(s, f"{bind_address(svc.listen)}{tls_bind(svc, files)}", s, log_format, start_rule),
+        f"    {rule_text(rules[0])}",
+        f"    {PREVIEW_ACL}",
+        *(f"    {rule_text(r)}" for r in rules[1:]),
+        *(f"    {r}" for r in forward_rules(bool(svc.tls))),
+        *(f"    {rule_text(r)}" for r in backend_rules(svc)),
         "",
     ]
-    return lines
 
 
 TLS_BIND = "alpn http/1.1 ssl-min-ver TLSv1.2"
@@ -296,42 +366,6 @@ TLS_BIND = "alpn http/1.1 ssl-min-ver TLSv1.2"
 def tls_bind(svc: ServiceConfig, files: Files) -> str:
     """The bind line's TLS words (empty without TLS)."""
     return f" ssl crt {files.cert_file(svc.service)} {TLS_BIND}" if svc.tls else ""
-
-
-REDIRECT_HOST = (r"'^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?"
-                 r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$'")
-"""The Host values a redirect is built from: router/dataplane/redirect.py's, as a HAProxy regex
-(single-quoted: no escape or variable processing inside)."""
-
-
-def redirect_frontend(svc: ServiceConfig) -> list[str]:
-    """tls.redirect_http: every request answered 308 to https://<its Host, lowercased, without
-    its port>[:<listen port> unless 443]<its path and query>, then the connection closed; the
-    same answers as the embedded router's redirect.py (400 for no or several Host headers, a
-    Host that is not a host name or address, or a request target that is not origin-form)."""
-    if svc.redirect_http is None:
-        return []
-    port = int(svc.listen.rpartition(":")[2])
-    https = "" if port == 443 else f":{port}"
-    loc = f"https://%[var(txn.sy_rhost)]{https}%[url]"
-    plain = 'content-type "text/plain; charset=utf-8"'
-    return [
-        f"frontend redirect-{svc.service}",
-        f"    bind {bind_address(svc.redirect_http)}",
-        "    option httpclose",
-        "    acl sy_one_host req.fhdr_cnt(host) eq 1",
-        f"    acl sy_host_ok req.fhdr(host) -m reg -i {REDIRECT_HOST}",
-        "    acl sy_host_short req.fhdr(host) -m len le 255",
-        "    acl sy_origin_form url -m reg '^/[!-~]*$'",
-        f"    http-request return status 400 {plain} string \"the request needs exactly one Host header\\n\" "
-        "unless sy_one_host",
-        f"    http-request return status 400 {plain} string \"the Host header or the path is not usable in a "
-        "redirect\\n\" unless sy_host_ok sy_host_short sy_origin_form",
-        "    http-request set-var(txn.sy_rhost) req.fhdr(host),lower,regsub(:[0-9]+$,)",
-        f"    http-request return status 308 {plain} lf-string \"this service is served over https: {loc}\\n\" "
-        f"hdr location \"{loc}\"",
-        "",
-    ]
 
 
 def _backend(svc: ServiceConfig, track: str) -> list[str]:

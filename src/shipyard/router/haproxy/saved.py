@@ -71,6 +71,14 @@ class Saved:
                     continue
             atomic_write(path, text, mode=0o600)
 
+    def write_map(self, path: Path, rows: list[tuple[str, str]]) -> None:
+        """A map file a restarted HAProxy loads, rewritten only when it changes."""
+        text = cfg.map_text(rows)
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return
+        atomic_write(path, text, mode=0o600)
+
     def cert(self, service: str, pem: str | None) -> None:
         """The service's combined PEM (chain and key) as `crt` loads it, 0600; removed for None.
         Rewritten only when it changes."""

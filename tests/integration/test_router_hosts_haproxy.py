@@ -246,3 +246,27 @@ async def test_tls_one_certificate_per_service_by_sni_and_a_rotation_of_one_leav
                 await router.apply(make_table(1, {"blue": [plain]}, {"blue": 100}, service="plain"))
         code, out, err = await curl(*https("cart.example.test"))
         assert code == 0 and json.loads(out)["name"] == "cart", err
+
+
+async def test_a_killed_haproxy_and_a_new_adapter_serve_both_services_again() -> None:
+    async with shared() as (router, port, _by, _x):
+        from test_router_support import kill_group
+        assert router.proc.master_pid is not None
+        kill_group(router.proc.master_pid)
+        await asyncio.sleep(0.2)
+        assert router.exited("shop") and router.exited("cart")
+        lost = await router.ensure("shop", f"127.0.0.1:{port}", domains=SHOP)     # the supervisor's repair
+        assert lost is not None and lost["signal"] == "SIGKILL"
+        assert await get(port, "shop.example.test") == (200, "shop-blue")
+        assert await get(port, "x.cart.example.test") == (200, "cart")
+        # a restarted daemon: a new adapter adopts the running HAProxy with both services
+        await router.close()
+        again = HAProxyRouter(router.files.root)
+        try:
+            assert await again.ensure("cart", f"127.0.0.1:{port}", domains=CART) is None
+            assert again.proc.worker_pid == router.proc.worker_pid
+            assert (await again.current("shop")).version == 1                  # type: ignore[union-attr]
+            assert await get(port, "cart.example.test") == (200, "cart")
+            assert (await again.stats("cart"))["tracks"]["blue"]["requests"] >= 1
+        finally:
+            await again.close()

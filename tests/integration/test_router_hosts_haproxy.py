@@ -239,6 +239,17 @@ async def test_tls_one_certificate_per_service_by_sni_and_a_rotation_of_one_leav
         assert (await router.stats("shop"))["tls"]["fingerprint"] == shop_fp
         code, out, err = await curl(*https("shop.example.test"))
         assert code == 0 and json.loads(out)["name"] == "shop-blue", err
+        # both services on one redirect listener: each Host is sent to its own https name
+        rport = free_port()
+        for service, domains in (("shop", SHOP), ("cart", CART)):
+            await router.ensure(service, f"127.0.0.1:{port}", redirect_http=f"127.0.0.1:{rport}", domains=domains)
+        for host in ("shop.example.test", "x.cart.example.test"):
+            code, out, err = await curl("-i", "-H", f"Host: {host}:{rport}", f"http://127.0.0.1:{rport}/a?b=1")
+            assert code == 0 and out.startswith("HTTP/1.1 308"), (code, err)
+            assert f"location: https://{host}:{port}/a?b=1\r\n" in out.lower()
+        code, out, err = await curl("-L", *https("x.cart.example.test")[:4], f"http://x.cart.example.test:{rport}/",
+                                    "--resolve", f"x.cart.example.test:{rport}:127.0.0.1")
+        assert code == 0 and json.loads(out)["name"] == "cart", err
         # a service on the shared TLS address without a certificate is refused, the others go on
         await router.ensure("plain", f"127.0.0.1:{port}", domains=["plain.example.test"])
         async with upstreams("plain") as (plain,):

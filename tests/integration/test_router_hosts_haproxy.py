@@ -107,6 +107,14 @@ async def test_the_longest_wildcard_wins() -> None:
         await router.apply(make_table(1, {"blue": [by["cart-eu"]]}, {"blue": 100}, service="eu"))
         assert await get(port, "x.eu.cart.example.test") == (200, "cart-eu")
         assert await get(port, "x.cart.example.test") == (200, "cart")
+        # the wildcard map swapped at runtime (a domains change) keeps the longest suffix first
+        worker = router.proc.worker_pid
+        await router.ensure("cart", f"127.0.0.1:{port}", domains=("*.cart.example.test", "*.a.test"))
+        assert router.proc.worker_pid == worker
+        assert await get(port, "x.eu.cart.example.test") == (200, "cart-eu")
+        assert await get(port, "y.x.cart.example.test") == (200, "cart")
+        assert await get(port, "b.a.test") == (200, "cart")
+        assert (await get(port, "cart.example.test"))[0] == 404          # no longer one of its names
 
 
 async def test_a_listen_without_domains_is_not_shared() -> None:

@@ -289,3 +289,26 @@ async def test_a_killed_haproxy_and_a_new_adapter_serve_both_services_again() ->
             assert (await again.stats("cart"))["tracks"]["blue"]["requests"] >= 1
         finally:
             await again.close()
+
+
+async def test_adding_and_removing_a_service_under_wrk_load_on_another_drops_nothing() -> None:
+    import shutil
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (tools/system-deps.sh)")
+    from test_router_tls_rotation import DURATION, wrk, wrk_errors
+    async with shared() as (router, port, _by, _x), upstreams("api") as (api,):
+        load = asyncio.create_task(wrk(f"http://127.0.0.1:{port}/", 64, "-H", "Host: shop.example.test"))
+        await asyncio.sleep(1)
+        workers = {router.proc.worker_pid}
+        for _ in range(3):
+            await router.ensure("api", f"127.0.0.1:{port}", domains=["api.example.test"])
+            await router.apply(make_table(1, {"blue": [api]}, {"blue": 100}, service="api", sticky_header="X-U"))
+            workers.add(router.proc.worker_pid)
+            await asyncio.sleep(DURATION / 12)
+            await router.stop("api")
+            workers.add(router.proc.worker_pid)
+            await asyncio.sleep(DURATION / 12)
+        result = wrk_errors(await load)
+        print(f"wrk -c 64 on shop across {len(workers) - 1} reloads (3 adds, 3 removals of api): {result}")
+        assert len(workers) >= 7
+        assert result["requests"] > 1000 and result["socket_errors"] == 0 and result["non_2xx"] == 0, result

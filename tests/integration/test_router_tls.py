@@ -267,7 +267,7 @@ async def test_a_restarted_daemon_takes_over_the_redirect_socket_too(paths: Stat
         restarted = EmbeddedRouter(paths)
         try:
             assert await restarted.ensure("shop", f"127.0.0.1:{port}", redirect_http=f"127.0.0.1:{rport}") is None
-            assert "shop" in restarted._redirect_sockets
+            assert restarted._redirect_sockets[f"127.0.0.1:{port}"][0] == f"127.0.0.1:{rport}"   # held per address
             pid = (await restarted._client("shop").ping())["pid"]
             os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.2)

@@ -87,11 +87,14 @@ class _NamedContext(ssl.SSLContext):
 
     server_name: str
 
-    def wrap_socket(self, sock, *args, server_hostname=None, **kw):  # type: ignore[no-untyped-def, override]
-        return super().wrap_socket(sock, *args, server_hostname=self.server_name, **kw)
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True,  # type: ignore[no-untyped-def, override]
+                    suppress_ragged_eofs=True, server_hostname=None, session=None):
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+                                   self.server_name, session)
 
-    def wrap_bio(self, incoming, outgoing, *args, server_hostname=None, **kw):  # type: ignore[no-untyped-def, override]
-        return super().wrap_bio(incoming, outgoing, *args, server_hostname=self.server_name, **kw)
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None,  # type: ignore[no-untyped-def, override]
+                 session=None):
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name, session)
 
 
 def status(tls: ServiceTls | None, now: float | None = None) -> dict[str, object] | None:

@@ -137,3 +137,10 @@ def test_a_restarted_controller_tells_the_router_the_domains_it_served(world: Wo
         assert world.router.domains == {"shop": ("shop.test", "*.shop.test")}
 
     drive(world, second)
+
+
+def test_preview_checks_name_the_service() -> None:
+    from shipyard.engine.preview import preview_host
+    assert preview_host(spec("shop", '["*.shop.test", shop.test]')) == "shop.test"
+    assert preview_host(spec("shop", '["*.shop.test"]')) == "shipyard-preview.shop.test"
+    assert preview_host(spec("shop")) is None

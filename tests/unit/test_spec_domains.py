@@ -69,3 +69,9 @@ def test_an_unset_key_is_not_stored() -> None:
     spec = parse_spec(BASE, "shop.yaml", Path("/tmp"))
     assert "domains" not in spec.to_json_dict()
     assert type(spec).from_json_dict(spec.to_json_dict(), "/tmp").to_json_dict() == spec.to_json_dict()
+
+
+def test_refused_with_a_router_that_cannot_route_by_host_yet() -> None:
+    with pytest.raises(SpecInvalid) as info:
+        parse_spec(BASE + "domains: [shop.test]\nrouter: {kind: haproxy}\n", "shop.yaml", Path("/tmp"))
+    assert any("domains are not implemented on router kind haproxy yet" in p for p in info.value.problems)

@@ -262,6 +262,9 @@ class Spec(SpecModel):
             if split_listen(self.tls.redirect_http) == split_listen(self.listen):
                 raise ValueError(f"tls.redirect_http {self.tls.redirect_http} is the `listen` address: "
                                  "give the plain-HTTP listener its own port (e.g. 80 beside 443)")
+        if self.domains and self.router.kind == "haproxy":
+            raise ValueError("domains are not implemented on router kind haproxy yet: use kind: embedded "
+                             "(the default) to share a listen address by Host")
         if self.tls is not None and self.router.kind == "haproxy":
             raise ValueError("tls is not implemented on router kind haproxy yet: use kind: embedded "
                              "(the default) for a TLS listener, or terminate TLS in front of shipyard")

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from shipyard.router.embedded_process import (
     terminate,
     write_pid,
 )
-from shipyard.router.listeners import addresses, bind_listen, bound, normalize_listen
+from shipyard.router.listeners import HeldSockets, normalize_listen
 from shipyard.router.table import RoutingTable
 
 __all__ = ["EmbeddedRouter", "normalize_listen"]
@@ -60,10 +59,11 @@ __all__ = ["EmbeddedRouter", "normalize_listen"]
 log = logging.getLogger("shipyard.router")
 
 
-class EmbeddedRouter:
+class EmbeddedRouter(HeldSockets):
     """Implements engine.ports.Router with the embedded data plane."""
 
     def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
+        HeldSockets.__init__(self)
         self.paths = paths
         self.python = python
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -71,15 +71,8 @@ class EmbeddedRouter:
         self._ensuring: dict[str, asyncio.Lock] = {}
         """One ensure at a time per address: two concurrent callers would otherwise both find
         no router, and the second would terminate the one the first just started."""
-        self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
-        """Per address, (the address, the daemon's copies of its listening sockets)."""
-        self._redirect_sockets: dict[str, tuple[str, list[socket.socket]]] = {}
-        """Per address, (tls.redirect_http, its plain-HTTP listener's sockets), when there is one."""
         self._started: dict[str, subprocess.Popen[bytes]] = {}
         """The last router this object started per address: how it ended, when it dies."""
-        self._no_handover: set[int] = set()
-        """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
-        self._no_redirect_handover: set[int] = set()
         self._serving: dict[str, int] = {}
         """Per address, the pid of the router last found serving it (started or re-adopted)."""
         self._where: dict[str, str] = {}
@@ -354,55 +347,6 @@ class EmbeddedRouter:
         self._serving.pop(listen, None)
 
     # -- listening sockets ----------------------------------------------------------------
-
-    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None) -> list[socket.socket]:
-        """The daemon's listening sockets for `listen` (with `redirect`, its redirect listener's),
-        bound now if it holds none for that address."""
-        table = self._redirect_sockets if redirect else self._sockets
-        address = redirect or listen
-        held = table.get(listen)
-        if held is not None and held[0] == address:
-            return held[1]
-        self._close_listen(listen, redirect=bool(redirect))
-        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen")
-        table[listen] = (address, socks)
-        return socks
-
-    async def _take_over_sockets(self, client: RouterControlClient, address: str, pid: int,
-                                 listen: str | None = None) -> None:
-        """Get a copy of a re-adopted router's listening sockets (with `listen`, the sockets of
-        its redirect listener on `address`), so that its crash, too, refuses no connection.
-        Sockets bound elsewhere than `address` are not kept."""
-        redirect = listen is not None
-        listen = listen or address
-        refused = self._no_redirect_handover if redirect else self._no_handover
-        if pid in refused:
-            return
-        what = "redirect listener's socket" if redirect else "listening socket"
-        try:
-            socks = await client.listen_sockets("redirect" if redirect else "listen")
-        except RouterError as e:
-            refused.add(pid)
-            log.warning("the router on %s (pid %d) did not hand over its %s: %s; until it is "
-                        "replaced, a crash of it refuses connections until the next router listens",
-                        listen, pid, what, e.message)
-            return
-        want = addresses(address)
-        got = {bound(s) for s in socks}
-        if not socks or got != want:
-            for sock in socks:
-                sock.close()
-            refused.add(pid)
-            log.warning("the router on %s (pid %d) handed over sockets bound to %s, not %s; not kept",
-                        listen, pid, ", ".join(sorted(map(str, got))) or "nothing", ", ".join(sorted(map(str, want))))
-            return
-        self._close_listen(listen, redirect)
-        (self._redirect_sockets if redirect else self._sockets)[listen] = (address, socks)
-        log.info("took over the %s of the router on %s (pid %d) on %s", what, listen, pid, address)
-
-    def _close_listen(self, listen: str, redirect: bool = False) -> None:
-        for s in (self._redirect_sockets if redirect else self._sockets).pop(listen, ("", []))[1]:
-            s.close()
 
     def _close_sockets(self, service: str, redirect: bool = False) -> None:
         """Close the daemon's copies of the sockets of `service`'s address (as a daemon exiting does)."""

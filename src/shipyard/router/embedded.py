@@ -109,6 +109,11 @@ class EmbeddedRouter(HeldSockets):
         lost = self._lost.pop(service, None)
         info = await self._ping(files.control)
         if info is None:
+            alone = [s for s in self._legacy if s != service and self._where.get(s) == want]
+            if alone:   # (the engine refuses this first: that service names no domains)
+                raise RouterError(f"{want} is served by a router of {alone[0]} alone (started before shared "
+                                  f"addresses); {service} cannot join it", f"deploy {alone[0]} again with "
+                                  "`domains:` first: that replaces its router by one for the address")
             legacy = await self._legacy_router(service)
             if legacy is not None and await self._keep_legacy(service, want, redirect, domains, legacy):
                 return None

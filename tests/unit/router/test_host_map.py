@@ -33,3 +33,8 @@ def test_an_unknown_host_is_shown_as_text() -> None:
     body = not_found("no service on 127.0.0.1:1 answers for host x\u00e9")
     assert body.startswith(b"HTTP/1.1 404 Not Found\r\n") and b"Connection: close" in body
     assert body.endswith(b"host x\\xe9\n")
+
+
+def test_a_head_request_gets_the_404_without_its_body() -> None:
+    full, head = not_found("no service answers for host x"), not_found("no service answers for host x", head=True)
+    assert head == full[:full.index(b"\r\n\r\n") + 4] and b"Content-Length: 40" in head

@@ -211,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
             host = request_host(url, hdrs)
             plane = hosts.lookup(host)
             if plane is None:
-                self._unknown_host(host)
+                self._unknown_host(host, method == b"HEAD")
                 return
         ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
                       cookies)
@@ -321,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.transport.abort()  # type: ignore[union-attr]
 
-    def _unknown_host(self, host: str | None) -> None:
+    def _unknown_host(self, host: str | None, head: bool) -> None:
         """No service here names the request's host: 404 (then the connection closes, as for
         a refused request), counted as the listener's, in no service's tracks."""
         m = self.front.unrouted
@@ -332,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
                    "(send a Host header naming one of its domains)")
         else:
             why = f"no service on {self.front.listen} answers for host {shown(host)}"
-        self._reject(404, why, not_found(why))
+        self._reject(404, why, not_found(why, head))
 
     def _reject(self, status: int, message: str, response: bytes | None = None) -> None:
         """The request cannot be parsed: answer if nothing else is in progress, then close."""

@@ -91,8 +91,9 @@ def shown(host: str | None) -> str:
     return out + ("..." if len(host) > SHOWN_HOST else "")
 
 
-def not_found(message: str) -> bytes:
-    """The listener's 404 for an unknown host: plain text saying which host and where."""
+def not_found(message: str, head: bool = False) -> bytes:
+    """The listener's 404 for an unknown host: plain text saying which host and where (the
+    body left out for a HEAD request)."""
     body = b"shipyard: %s\n" % message.encode("ascii", "backslashreplace")
     return (b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"X-Shipyard-Error: 1\r\nConnection: close\r\n\r\n%s") % (len(body), body)
+            b"X-Shipyard-Error: 1\r\nConnection: close\r\n\r\n%s") % (len(body), b"" if head else body)

@@ -22,6 +22,7 @@ import pytest
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
+from shipyard.devtools.soak import router_pid
 from support import SpecMaker, deploy
 from support.certs import Pair, TestCA
 
@@ -85,6 +86,7 @@ async def test_two_services_share_a_port_refuse_a_clash_and_survive_a_router_kil
     # one router process serves both; killed, the supervisor restarts it with both tables
     pid = json.loads((daemon.paths.routers / "shop.pid").read_text())["pid"]
     assert json.loads((daemon.paths.routers / "blog.pid").read_text())["pid"] == pid
+    assert router_pid(daemon.paths.root, "blog") == router_pid(daemon.paths.root, "shop") == pid
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

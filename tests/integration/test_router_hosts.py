@@ -19,6 +19,7 @@ from test_router_support import (
     free_port,
     make_table,
     short_tmpdir,
+    track,
     upstreams,
 )
 
@@ -101,6 +102,14 @@ async def test_two_services_share_one_port_by_exact_and_wildcard_host(kind: str)
         }
         for host, want in cases.items():
             r = await get(port, host)
+            assert (r.status, served_by(r)) == (200, want), host
+        # a forced track is the service's own: shop's green, and none of blog's (it has no green)
+        for host, want in (("shop.test", "shop-green"), ("blog.test", "blog")):
+            c = await RawClient.open(port)
+            try:
+                r = await asyncio.wait_for(c.request("GET", "/", {"Host": host, **track("green")}), 10)
+            finally:
+                c.close()
             assert (r.status, served_by(r)) == (200, want), host
         # the absolute-form target's host wins over Host (RFC 9112 3.2.2)
         r = await get(port, "shop.test", target="http://blog.test/x")

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
 from shipyard.router.control_client import RouterControlClient
 from shipyard.router.dataplane.control_hosts import load_services, save_services
+from shipyard.router.embedded_legacy import LegacyRouters
 from shipyard.router.embedded_process import (
     START_TIMEOUT,
     ListenFiles,
@@ -59,7 +59,7 @@ __all__ = ["EmbeddedRouter", "normalize_listen"]
 log = logging.getLogger("shipyard.router")
 
 
-class EmbeddedRouter(HeldSockets):
+class EmbeddedRouter(LegacyRouters, HeldSockets):
     """Implements engine.ports.Router with the embedded data plane."""
 
     def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
@@ -358,71 +358,6 @@ class EmbeddedRouter(HeldSockets):
         listen = self._listen_of(service)
         if listen is not None:
             self._close_listen(listen, redirect)
-
-    # -- routers of one service, from before shared addresses ------------------------------
-
-    def _is_legacy_socket(self, service: str) -> bool:
-        with contextlib.suppress(OSError):
-            return stat.S_ISSOCK(os.lstat(self._socket(service)).st_mode)
-        return False
-
-    async def _legacy_router(self, service: str) -> dict[str, Any] | None:
-        if not self._is_legacy_socket(service):
-            return None
-        try:
-            info = await RouterControlClient(self._socket(service)).ping()
-        except RouterError:
-            return None
-        return info if info.get("service") == service and "services" not in info else None
-
-    async def _keep_legacy(self, service: str, want: str, redirect: str | None, domains: tuple[str, ...],
-                           info: dict[str, Any]) -> bool:
-        """Adopt a router of one service as it is when nothing asks more of it (True); else
-        take its sockets over and shut it down (False), for a router of the address to replace it."""
-        served = normalize_listen(str(info["redirect"])) if info.get("redirect") else None
-        pid = int(info["pid"])
-        client = RouterControlClient(self._socket(service))
-        alone = not any(s != service for s in load_services(self._files_of(want).services))
-        if normalize_listen(str(info.get("listen"))) == want and served == redirect and not domains and alone:
-            write_pid(self.pid_file(service), pid, want)
-            self._serving[want] = pid
-            self._where[service] = want
-            self._legacy.add(service)
-            if want not in self._sockets:
-                await self._take_over_sockets(client, want, pid)
-            if redirect and want not in self._redirect_sockets:
-                await self._take_over_sockets(client, redirect, pid, listen=want)
-            return True
-        log.info("replacing the router of %s alone (pid %d) by a router of the address %s", service, pid, want)
-        if normalize_listen(str(info.get("listen"))) == want and want not in self._sockets:
-            await self._take_over_sockets(client, want, pid)
-        await shut_down(self._children, client, self.pid_file(service), self._socket(service))
-        self._legacy.discard(service)
-        self._remove_legacy_files(service)
-        return False
-
-    async def _stop_legacy(self, service: str, listen: str | None, keep_listen: bool) -> None:
-        if listen is not None and not keep_listen:
-            self._close_listen(listen)
-        if listen is not None:
-            self._close_listen(listen, redirect=True)
-        if self._is_legacy_socket(service) or live_router(self.pid_file(service), self._socket(service)):
-            await shut_down(self._children, RouterControlClient(self._socket(service)), self.pid_file(service),
-                            self._socket(service))
-        if listen is not None:
-            self._serving.pop(listen, None)
-            self._started.pop(listen, None)
-            services = self._files_of(listen).services
-            entries = load_services(services)
-            if entries.pop(service, None) is not None:
-                with contextlib.suppress(OSError):
-                    save_services(services, entries)
-        self._unbind(service)
-
-    def _remove_legacy_files(self, service: str) -> None:
-        for path in (self.pid_file(service), self._socket(service)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):

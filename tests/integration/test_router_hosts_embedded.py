@@ -71,3 +71,24 @@ async def test_a_restarted_daemon_readopts_the_shared_router_and_repairs_its_cra
             await restarted.stop("blog")
         finally:
             router._children.update(restarted._children)   # the fixture kills what either started
+
+
+async def test_a_service_the_router_cannot_serve_is_refused_and_changes_nothing(
+        router: EmbeddedRouter) -> None:  # noqa: F811
+    from shipyard.errors import RouterError
+    from test_router_listen_socket import _connects
+
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    async with upstreams("shop") as (shop,):
+        await router.ensure("shop", listen)                       # every host: the address is shop's
+        await router.apply(make_table(2, {"blue": [shop]}, {"blue": 100}, service="shop"))
+        with pytest.raises(RouterError, match="cannot serve blog: .*taken by shop, which names no domains"):
+            await router.ensure("blog", listen, domains=["blog.test"])
+        assert await get(port, "blog.test") == (200, "shop") and not router.pid_file("blog").exists()
+        await router.stop("shop")
+
+    other = free_port()            # a router started for a service it then cannot serve is not left open
+    with pytest.raises(RouterError, match="cannot serve cart"):
+        await router.ensure("cart", f"127.0.0.1:{other}", domains=["Not_A_Name"])
+    assert not await _connects(other) and router._sockets == {} and router._children == {}

@@ -145,6 +145,8 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
             try:
                 await ServiceClient(files.control, None).serve(service, domains, self.paths.router_table(service))
             except RouterError as e:
+                if not ((await self._ping(files.control)) or {}).get("services"):
+                    await self._stop_listen(want, keep_listen=False)    # started for nothing: not left open
                 raise RouterError(f"the router on {want} cannot serve {service}: {e.message}", e.hint) from None
         self._bind(service, want)
         return lost

@@ -75,8 +75,9 @@ async def test_a_restarted_daemon_readopts_the_shared_router_and_repairs_its_cra
 
 async def test_a_service_the_router_cannot_serve_is_refused_and_changes_nothing(
         router: EmbeddedRouter) -> None:  # noqa: F811
-    from shipyard.errors import RouterError
     from test_router_listen_socket import _connects
+
+    from shipyard.errors import RouterError
 
     port = free_port()
     listen = f"127.0.0.1:{port}"

@@ -74,10 +74,10 @@ async def release(router: Router) -> None:
         for pid, proc in list(router._children.items()):
             kill_group(pid)
             proc.wait(5)
-        for service in list(router._sockets):
-            router._close_sockets(service)
-        for service in list(router._redirect_sockets):
-            router._close_sockets(service, redirect=True)
+        for listen in list(router._sockets):
+            router._close_listen(listen)
+        for listen in list(router._redirect_sockets):
+            router._close_listen(listen, redirect=True)
     else:
         router.proc.kill()
         await router.close()
@@ -333,7 +333,7 @@ async def test_a_restarted_daemon_takes_over_the_redirect_socket_too(paths: Stat
             assert code == 0 and out.startswith("HTTP/1.1 308"), (code, err)
             assert (await tls_get(port, client_context(ca)))[0] == 200
             if kind == "embedded":
-                assert "shop" in restarted._redirect_sockets     # type: ignore[union-attr]
+                assert restarted._redirect_sockets[f"127.0.0.1:{port}"][0] == f"127.0.0.1:{rport}"  # type: ignore[union-attr]
                 await crash(restarted)
                 await asyncio.sleep(0.2)
                 pending = asyncio.create_task(curl("-i", "-H", "Host: localhost", f"http://127.0.0.1:{rport}/y"))

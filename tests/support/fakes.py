@@ -212,6 +212,8 @@ class FakeRouter:
         """The service of every `ensure` call, in order."""
         self.kinds: dict[str, str] = {}
         """service -> the router kind the last deploy asked for (ensure's `kind`)."""
+        self.domains: dict[str, tuple[str, ...]] = {}
+        """service -> the domains of its last `ensure` (() : every Host on its listen)."""
 
     # -- telling it about traffic ------------------------------------------------------------
 
@@ -235,9 +237,10 @@ class FakeRouter:
         return service in self.crashes
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
         await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
         self.ensured.append(service)
+        self.domains[service] = tuple(domains)
         if kind is not None:
             self.kinds[service] = kind
         self.listen[service] = listen

@@ -171,6 +171,8 @@ ADAPTERS = {
     "shipyard.runtime.health": "shipyard.runtime",
     "shipyard.runtime.ports": "shipyard.runtime",
     "shipyard.router.embedded": "shipyard.router",
+    "shipyard.router.embedded_process": "shipyard.router",
+    "shipyard.router.embedded_legacy": "shipyard.router",
     "shipyard.router.listeners": "shipyard.router",
     "shipyard.router.control_client": "shipyard.router",
     "shipyard.router.control": "shipyard.router",

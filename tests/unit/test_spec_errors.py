@@ -30,7 +30,8 @@ def one(text: str) -> str:
     return found[0]
 
 
-TOP_KEYS = "service, listen, build, run, health, replicas, strategy, database, drift, router, tls, notifications"
+TOP_KEYS = ("service, listen, build, run, health, replicas, strategy, database, drift, router, tls, domains, "
+            "notifications")
 
 
 def test_unknown_top_level_key_lists_the_keys_and_suggests_one() -> None:

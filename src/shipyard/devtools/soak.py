@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -37,18 +38,17 @@ def open_fds(pid: int) -> int:
 
 
 def router_pid(state_dir: Path, service: str = "shop") -> int | None:
-    """The embedded router process serving `service` from `state_dir`, if one runs."""
+    """The embedded router process serving `service` from `state_dir`, if one runs: the pid its
+    `<service>.pid` names (one router may serve several services on one address, so its
+    command line need not name the service), when that process is a router of this state dir."""
     want = str(state_dir).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"shipyard.router.dataplane.proxy" in cmd and any(want in a for a in cmd) \
-                and any(service.encode() in a for a in cmd):
-            return int(entry)
+    try:
+        pid = int(json.loads((state_dir / "router" / f"{service}.pid").read_text())["pid"])
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if b"shipyard.router.dataplane.proxy" in cmd and any(want in a for a in cmd):
+        return pid
     return None
 
 

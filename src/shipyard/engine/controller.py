@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
-from shipyard.engine import edge
+from shipyard.engine import edge, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
@@ -72,7 +72,8 @@ class Controller:
                                    instance=inst.id)
             try:
                 self.ops.router_restarted(svc.name, await self.d.router.ensure(
-                    svc.name, svc.listen, redirect_http=edge.redirect_of(self.d.paths, svc.name)))
+                    svc.name, svc.listen, redirect_http=edge.redirect_of(self.d.paths, svc.name),
+                    domains=listen_sharing.served_domains(self.d.store, svc)))
                 async with self.ops.lock(svc.name):
                     await self.ops.push_table(svc)
             except ShipyardError as e:
@@ -137,21 +138,22 @@ class Controller:
             await self._let_last_rollout_finish(spec.service)
             self._refuse_if_busy(spec.service)
             svc = self.d.store.get_service(spec.service)
-            if svc is None:
-                self._refuse_listen_clash(spec)
-            elif svc.listen != spec.listen:
+            self._refuse_listen_clash(spec)    # also on a redeploy: its domains may have changed
+            if svc is not None and svc.listen != spec.listen:
                 raise ConflictError(
                     f"{spec.service} listens on {svc.listen}, but this spec says listen: {spec.listen}",
                     f"moving the address moves every client at once, which no rollout can make safe: keep "
                     f"listen: {svc.listen}, or `shipyard remove {spec.service}` and deploy again")
             if kind is Kind.ROLLBACK:   # the panic button never waits for, or fails on, a certificate
                 await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
-                                           redirect_http=edge.redirect_of(self.d.paths, spec.service))
+                                           redirect_http=edge.redirect_of(self.d.paths, spec.service),
+                                           domains=tuple(spec.domains or ()))
             else:
                 cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
                 # may refuse (address in use, no haproxy): nothing recorded
                 await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
-                                           redirect_http=spec.tls.redirect_http if spec.tls else None)
+                                           redirect_http=spec.tls.redirect_http if spec.tls else None,
+                                           domains=tuple(spec.domains or ()))
                 await serve_certificate(self.ops, spec, cert)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)
@@ -376,10 +378,7 @@ class Controller:
             f"wait for it (`shipyard status {r.service}`), promote it, or `shipyard rollback {r.service}` to abort it")
 
     def _refuse_listen_clash(self, spec: Spec) -> None:
-        for other in self.d.store.list_services():
-            if other.name != spec.service and other.listen == spec.listen:
-                raise ConflictError(f"{spec.listen} is already the listen address of service {other.name}",
-                                    "give each service its own `listen` address")
+        listen_sharing.refuse_clash(self.d.store, spec)   # several services per address only by domains
 
     def _service(self, service: str) -> ServiceRecord:
         svc = self.d.store.get_service(service)
@@ -405,12 +404,11 @@ class Controller:
         if (active := self._active(spec.service)) is not None:
             blocked.append(f"rollout {active.id} is in progress (phase {active.phase}): "
                            "wait for it or abort it")
-        if svc is None:
-            try:
-                self._refuse_listen_clash(spec)
-            except ConflictError as e:
-                blocked.append(e.message)
-        elif live is None and svc.listen != spec.listen:
+        try:
+            self._refuse_listen_clash(spec)
+        except ConflictError as e:
+            blocked.append(e.message)
+        if svc is not None and live is None and svc.listen != spec.listen:
             blocked.append(f"{spec.service} is registered on {svc.listen}, "
                            f"the spec says listen: {spec.listen}")
         migrations = None

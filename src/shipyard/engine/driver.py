@@ -29,7 +29,7 @@ from shipyard.engine.deps import Deps
 from shipyard.engine.judging import CanaryJudge
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
-from shipyard.engine.preview import run_preview_checks
+from shipyard.engine.preview import preview_host, run_preview_checks
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout import machines
 from shipyard.rollout.changes import spec_changes
@@ -268,7 +268,7 @@ class RolloutDriver:
             case RunPreview(slot=slot):
                 why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),
                                          self.d.health, self.ops.preview_token(r.service),
-                                         edge.preview_trust(self.d.paths, r.service))
+                                         edge.preview_trust(self.d.paths, r.service, preview_host(spec)))
                 return PreviewPassed() if why is None else PreviewFailed(why)
             case WithdrawCanary(slot=slot):
                 try:

@@ -67,10 +67,34 @@ def redirect_of(paths: StatePaths, service: str) -> str | None:
     return tls.redirect_http if tls is not None else None
 
 
-def preview_trust(paths: StatePaths, service: str) -> ssl.SSLContext | None:
-    """How the preview checks verify the router's TLS listener (None: it speaks plain HTTP)."""
+def preview_trust(paths: StatePaths, service: str, server_name: str | None = None) -> ssl.SSLContext | None:
+    """How the preview checks verify the router's TLS listener (None: it speaks plain HTTP).
+    With `server_name` (an address shared by domains) the handshake names it (SNI), so the
+    router answers with this service's certificate, the one pinned."""
     tls = served(paths, service)
-    return pinned_client_context(tls) if tls is not None else None
+    if tls is None:
+        return None
+    ctx = pinned_client_context(tls)
+    if server_name is not None:
+        ctx.__class__ = _NamedContext      # same context, every handshake sends `server_name`
+        ctx.server_name = server_name      # type: ignore[attr-defined]
+    return ctx
+
+
+class _NamedContext(ssl.SSLContext):
+    """A client context whose handshakes send one fixed server name (the checks connect to the
+    listen address, an IP, for which no name would be sent)."""
+
+    server_name: str
+
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True,  # type: ignore[no-untyped-def, override]
+                    suppress_ragged_eofs=True, server_hostname=None, session=None):
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+                                   self.server_name, session)
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None,  # type: ignore[no-untyped-def, override]
+                 session=None):
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name, session)
 
 
 def status(tls: ServiceTls | None, now: float | None = None) -> dict[str, object] | None:

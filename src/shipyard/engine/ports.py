@@ -148,9 +148,14 @@ class Router(Protocol):
     """What the engine needs from a router, whatever data plane is behind it."""
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
         """Make sure a data plane serves `service` on `listen` (start or re-adopt it), and, with
         `redirect_http`, a plain-HTTP listener there answering 308 to https (tls.redirect_http).
+
+        `domains` (the spec's, lowercased: exact names and leading `*.` wildcards): the Host
+        names routed to `service` on `listen`, which other services with their own domains may
+        share; () (default): every Host on `listen` goes to `service`, which has it alone. The
+        engine checks who may share an address (engine/listen_sharing.py) before it asks.
 
         `kind` is the spec's `router.kind` ("embedded", "haproxy"), given when a release is
         deployed; None: the kind that serves the service now (a repair, a daemon restart). A

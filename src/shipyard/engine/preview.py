@@ -16,6 +16,16 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
+def preview_host(spec: Spec) -> str | None:
+    """The Host (and TLS server name) the preview checks send, so that on an address shared by
+    domains they reach this service: its first exact name, else a name under its first
+    wildcard; None for a service that takes every host."""
+    if not spec.domains:
+        return None
+    exact = [d for d in spec.domains if not d.startswith("*.")]
+    return exact[0] if exact else "shipyard-preview" + spec.domains[0][1:]
+
+
 def base_url(spec: Spec, scheme: str = "http") -> str:
     host = connect_host(spec.listen_host)
     return f"{scheme}://[{host}]:{spec.listen_port}" if ":" in host else f"{scheme}://{host}:{spec.listen_port}"
@@ -31,7 +41,10 @@ async def run_preview_checks(spec: Spec, slot: str, log: Callable[[str], None], 
         log(f"no preview checks configured for slot {slot}")
         return None
     scheme = "https" if trust is not None else "http"
+    headers = {TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}
+    if (host := preview_host(spec)) is not None:
+        headers["Host"] = host
     failure = await health.run_checks(base_url(spec, scheme), checks, label=f"slot {slot}",
-                                      extra_headers={TRACK_HEADER: slot, PREVIEW_TOKEN_HEADER: token}, log=log,
+                                      extra_headers=headers, log=log,
                                       **({"trust": trust} if trust is not None else {}))
     return None if failure is None else f"preview {failure}"

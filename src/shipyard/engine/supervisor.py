@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from shipyard.engine import edge
+from shipyard.engine import edge, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
@@ -116,7 +116,8 @@ class Supervisor:
             if fresh is None:
                 return
             self.ops.router_restarted(fresh.name, await self.d.router.ensure(
-                fresh.name, fresh.listen, redirect_http=edge.redirect_of(self.d.paths, fresh.name)))
+                fresh.name, fresh.listen, redirect_http=edge.redirect_of(self.d.paths, fresh.name),
+                domains=listen_sharing.served_domains(self.d.store, fresh)))
             table = await self.d.router.current(fresh.name)
             if table is None or table.version < fresh.table_version:
                 await self.ops.push_table(fresh)

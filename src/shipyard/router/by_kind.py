@@ -5,14 +5,15 @@ The engine names the kind only when it deploys (`ensure(service, listen, kind)`)
 supervisor's repairs and the daemon's restart pass none and get the kind the service had,
 remembered in a small file so a new daemon routes each service as the last one did. A
 service moved to another kind is stopped on the old data plane first (both cannot listen on
-one address): its clients see the port refuse connections until the new one listens."""
+one address): its clients see the port refuse connections until the new one listens.
+`domains` (several services on one address, routed by Host) go to the kind that serves it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class RouterByKind:
     # -- Router port ------------------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
         want = kind or self.kind_of(service)
         if want not in self.routers:
             raise RouterError(f"unknown router kind {want!r} for {service}",
@@ -51,7 +52,9 @@ class RouterByKind:
         if was != want:
             self._kinds[service] = want
             self._save()
-        return await self.routers[want].ensure(service, listen, redirect_http=redirect_http)
+        # domains only when there are some: a data plane that predates them keeps working for the rest
+        more = {"domains": tuple(domains)} if domains else {}
+        return await self.routers[want].ensure(service, listen, redirect_http=redirect_http, **more)
 
     def exited(self, service: str) -> bool:
         return bool(self._of(service).exited(service))

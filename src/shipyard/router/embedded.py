@@ -1,131 +1,155 @@
-"""The daemon's handle on embedded routers: one `shipyard.router.dataplane.proxy` process per service.
+"""The daemon's handle on embedded routers: one `shipyard.router.dataplane.proxy` process per
+listen address, serving every service on it (each by its domains; embedded_process.py has
+the files and processes).
 
-The router is a separate session so it outlives the daemon and keeps serving its
-last table; the daemon re-adopts it through its control socket on restart, and
-`ensure` (called periodically) restarts a dead one, which reloads its persisted
-table. Nothing here is on the request path.
+The router is a separate session so it outlives the daemon and keeps serving its last
+tables; the daemon re-adopts it through its control socket on restart, and `ensure` (called
+periodically) restarts a dead one, which serves every service it served again, each from its
+persisted table. A service joins a running router with the `serve` op and leaves it with
+`forget`: neither touches the other services' connections. Nothing here is on the request path.
 
-The listening socket is the daemon's: it binds it once per service and hands the fd to
+The listening socket is the daemon's: it binds it once per address and hands the fd to
 every router it starts, so when a router dies the kernel keeps queueing new connections
 in the backlog until the next one accepts them (no ECONNREFUSED window). A daemon that
 re-adopts a running router (after its own restart) asks it for its listening sockets
 over the control socket (`listen_fds`, SCM_RIGHTS), checks they are bound to the
-service's address, and from then on holds them as if it had bound them. An older router
-that does not know the op keeps serving its own copy; the daemon then binds afresh only
-once no router holds the address."""
+address, and from then on holds them as if it had bound them.
+
+A router of one service from before shared addresses (its own `<service>.sock`) is adopted
+as it is while its service names no domains; once the address is to be shared, it is
+replaced (its sockets taken over first, so no connection is refused)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.paths import StatePaths
-from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control_client import RouterControlClient
-from shipyard.router.listeners import addresses, bind_listen, bound, normalize_listen
+from shipyard.router.dataplane.control_hosts import load_services, save_services
+from shipyard.router.embedded_legacy import LegacyRouters
+from shipyard.router.embedded_process import (
+    START_TIMEOUT,
+    ListenFiles,
+    ServiceClient,
+    ended,
+    kill,
+    link,
+    live_router,
+    read_pid,
+    shut_down,
+    spawn,
+    start_error,
+    terminate,
+    write_pid,
+)
+from shipyard.router.listeners import HeldSockets, normalize_listen
 from shipyard.router.table import RoutingTable
+
+__all__ = ["EmbeddedRouter", "normalize_listen"]
 
 log = logging.getLogger("shipyard.router")
 
-START_TIMEOUT = 5.0
-STOP_TIMEOUT = 10.0
-LOG_TAIL_BYTES = 4096
 
-
-class EmbeddedRouter:
+class EmbeddedRouter(LegacyRouters, HeldSockets):
     """Implements engine.ports.Router with the embedded data plane."""
 
     def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
+        HeldSockets.__init__(self)
         self.paths = paths
         self.python = python
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         """Routers this object started: polled so that none is left a zombie."""
         self._ensuring: dict[str, asyncio.Lock] = {}
-        """One ensure at a time per service: two concurrent callers would otherwise both
-        find no router, and the second would terminate the one the first just started."""
-        self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
-        """Per service, the listen address and the daemon's copies of its listening sockets."""
-        self._redirect_sockets: dict[str, tuple[str, list[socket.socket]]] = {}
-        """Likewise for the plain-HTTP redirect listener (tls.redirect_http), when there is one."""
+        """One ensure at a time per address: two concurrent callers would otherwise both find
+        no router, and the second would terminate the one the first just started."""
         self._started: dict[str, subprocess.Popen[bytes]] = {}
-        """The last router this object started per service: how it ended, when it dies."""
-        self._no_handover: set[int] = set()
-        """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
-        self._no_redirect_handover: set[int] = set()
-        """Likewise for the redirect listener's sockets."""
+        """The last router this object started per address: how it ended, when it dies."""
         self._serving: dict[str, int] = {}
-        """Per service, the pid of the router last found serving it (started or re-adopted)."""
-        self._files: dict[str, tuple[Path, Path]] = {}
-        """Per service, its pid file and control socket: built once, because every Path built
+        """Per address, the pid of the router last found serving it (started or re-adopted)."""
+        self._where: dict[str, str] = {}
+        """Per service, the address it is served on."""
+        self._legacy: set[str] = set()
+        """Services served by an adopted router of one service (from before shared addresses)."""
+        self._lost: dict[str, dict[str, Any]] = {}
+        """Per service, how the router of its address ended when another service's ensure
+        replaced it: told to that service's next ensure, so each records the crash."""
+        self._files: dict[str, ListenFiles] = {}
+        self._service_files: dict[str, tuple[Path, Path]] = {}
+        """Per service, its pid file and control socket link: built once, because every Path built
         interns its components and the supervisor asks several times a second (see procfs)."""
 
     # -- Router protocol ------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
         if kind not in (None, "embedded"):
             raise RouterError(f"this router is the embedded one; {service} asks for router kind {kind!r}")
-        async with self._ensuring.setdefault(service, asyncio.Lock()):
-            return await self._ensure(service, listen, redirect_http)
-
-    async def _ensure(self, service: str, listen: str, redirect_http: str | None) -> dict[str, Any] | None:
-        self._reap()
         want = normalize_listen(listen)
         redirect = normalize_listen(redirect_http) if redirect_http else None
-        self.paths.routers.mkdir(parents=True, exist_ok=True)
-        info = await self._ping(service)
-        lost = None
-        if info is not None:
-            served = info.get("redirect")
-            same_redirect = (normalize_listen(str(served)) if served else None) == redirect
-            if (info.get("service") == service and normalize_listen(str(info.get("listen"))) == want
-                    and same_redirect):
-                self._write_pid(service, int(info["pid"]), want)
-                self._serving[service] = int(info["pid"])
-                held = self._sockets.get(service)
-                if held is None or held[0] != want:
-                    await self._take_over_sockets(service, want, int(info["pid"]))
-                held = self._redirect_sockets.get(service)
-                if redirect and (held is None or held[0] != redirect):
-                    await self._take_over_sockets(service, redirect, int(info["pid"]), redirect=True)
-                return None
-            # it listens elsewhere (the spec's `listen` changed) or tls.redirect_http changed; the
-            # daemon's copy of an unchanged listen address stays open, so the backlog bridges the gap
-            await self.stop(service, keep_listen=normalize_listen(str(info.get("listen"))) == want)
-        else:
-            lost = self._how_it_ended(service)
-            await self._terminate(service, self._pid_from_file(service))  # alive but mute, if any
-        await self._start(service, want, redirect)
-        return lost
+        before = self._listen_of(service)
+        if before is not None and before != want:    # the spec's `listen` changed
+            await self.stop(service)
+        async with self._lock(want):
+            return await self._ensure(service, want, redirect, tuple(domains))
 
-    def _how_it_ended(self, service: str) -> dict[str, Any] | None:
-        """What became of the router that served `service` (None: there was none to lose)."""
-        proc = self._started.get(service)
-        if proc is not None:
-            code = proc.poll()
-            if code is None:
-                return {"pid": proc.pid, "exit_code": None, "signal": None,
-                        "reason": "it stopped answering its control socket"}
-            if code < 0:
-                name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-                return {"pid": proc.pid, "exit_code": None, "signal": name, "reason": f"it was killed by {name}"}
-            return {"pid": proc.pid, "exit_code": code, "signal": None, "reason": f"it exited with status {code}"}
-        try:
-            pid = int(json.loads(self.pid_file(service).read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return {"pid": pid, "exit_code": None, "signal": None,
-                "reason": "it is gone (started by an earlier daemon: its exit status is unknown)"}
+    async def _ensure(self, service: str, want: str, redirect: str | None,
+                      domains: tuple[str, ...]) -> dict[str, Any] | None:
+        self._reap()
+        self.paths.routers.mkdir(parents=True, exist_ok=True)
+        files = self._files_of(want)
+        lost = self._lost.pop(service, None)
+        info = await self._ping(files.control)
+        if info is None:
+            alone = [s for s in self._legacy if s != service and self._where.get(s) == want]
+            if alone:   # (the engine refuses this first: that service names no domains)
+                raise RouterError(f"{want} is served by a router of {alone[0]} alone (started before shared "
+                                  f"addresses); {service} cannot join it", f"deploy {alone[0]} again with "
+                                  "`domains:` first: that replaces its router by one for the address")
+            legacy = await self._legacy_router(service)
+            if legacy is not None and await self._keep_legacy(service, want, redirect, domains, legacy):
+                return None
+            if service in self._legacy or legacy is not None:
+                lost = None     # replaced on purpose, not lost
+            else:
+                lost = ended(self._started.get(want), files.pid) or lost
+            await terminate(self._children, live_router(files.pid, files.control))   # alive but mute, if any
+            await self._start(service, want, redirect)
+            self._tell_others(want, service, lost)
+        elif (normalize_listen(str(info["redirect"])) if info.get("redirect") else None) != redirect:
+            # tls.redirect_http changed: the daemon's copy of the address stays open, so the
+            # backlog bridges the gap to the next router
+            await self._stop_listen(want, keep_listen=True)
+            await self._start(service, want, redirect)
+        else:
+            pid = int(info["pid"])
+            write_pid(files.pid, pid, want)
+            self._serving[want] = pid
+            held = self._sockets.get(want)
+            client = RouterControlClient(files.control)
+            if held is None:
+                await self._take_over_sockets(client, want, pid)
+            held = self._redirect_sockets.get(want)
+            if redirect and (held is None or held[0] != redirect):
+                await self._take_over_sockets(client, redirect, pid, listen=want)
+        served = ((await self._ping(files.control)) or {}).get("services", {}).get(service)
+        if served is None or list(served.get("domains", [])) != list(domains):
+            try:
+                await ServiceClient(files.control, None).serve(service, domains, self.paths.router_table(service))
+            except RouterError as e:
+                if not ((await self._ping(files.control)) or {}).get("services"):
+                    await self._stop_listen(want, keep_listen=False)    # started for nothing: not left open
+                raise RouterError(f"the router on {want} cannot serve {service}: {e.message}", e.hint) from None
+        self._bind(service, want)
+        return lost
 
     async def apply(self, table: RoutingTable) -> None:
         try:
@@ -144,37 +168,44 @@ class EmbeddedRouter:
         return await self._client(service).series(since)
 
     async def stop(self, service: str, *, keep_listen: bool = False) -> None:
-        """Graceful shutdown (in-flight requests finish), SIGKILL after 10 s. The daemon's
-        copy of the listening socket closes first, so the port stops taking connections
-        (unless `keep_listen`: a router replaced on the same address)."""
+        """Stop serving `service`. Another service on its address keeps serving, untouched;
+        the last one's router shuts down gracefully (in-flight requests finish, SIGKILL after
+        10 s), and the daemon's copy of the listening socket closes first, so the port stops
+        taking connections (unless `keep_listen`: a router replaced on the same address)."""
         self._reap()
-        if not keep_listen:
-            self._close_sockets(service)
-        self._close_sockets(service, redirect=True)
-        pid = None
-        try:
-            client = self._client(service)
-            pid = int((await client.ping())["pid"])
-            await client.shutdown()
-        except RouterError:
-            await self._terminate(service, self._pid_from_file(service))
-        else:
-            if not await self._wait_exit(pid, STOP_TIMEOUT):
-                self._kill(pid)
-                await self._wait_exit(pid, 2.0)
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_file(service).unlink()
-        self._started.pop(service, None)
-        self._serving.pop(service, None)
-        self._files.pop(service, None)
+        listen = self._listen_of(service)
+        if listen is None or service in self._legacy or self._is_legacy_socket(service):
+            await self._stop_legacy(service, listen, keep_listen)
+            return
+        async with self._lock(listen):
+            files = self._files_of(listen)
+            try:
+                left = await ServiceClient(files.control, None).forget(service)
+            except RouterError:     # no router answers: the others on the address are served again
+                entries = load_services(files.services)      # from the services file at its restart
+                entries.pop(service, None)
+                left = sorted(entries)
+                if left:
+                    with contextlib.suppress(OSError):
+                        save_services(files.services, entries)
+            if not left:
+                await self._stop_listen(listen, keep_listen)
+                with contextlib.suppress(FileNotFoundError):
+                    files.services.unlink()
+            else:
+                log.info("%s left the router on %s; it serves on for %s", service, listen, ", ".join(left))
+            self._unbind(service)
 
     def exited(self, service: str) -> bool:
         """The router last found serving `service` is gone: one poll or /proc read, no socket
         I/O, so the supervisor can ask every tick and repair a crash within one."""
-        proc = self._started.get(service)
+        listen = self._where.get(service)
+        if listen is None:
+            return False
+        proc = self._started.get(listen)
         if proc is not None:
             return proc.poll() is not None
-        pid = self._serving.get(service)
+        pid = self._serving.get(listen)
         if pid is None:
             return False
         try:      # not our child: gone, or a zombie nobody has reaped yet
@@ -183,234 +214,154 @@ class EmbeddedRouter:
         except (OSError, IndexError):
             return True
 
-    # -- files ------------------------------------------------------------------------
-
     def pids(self, service: str) -> set[int]:
-        """The router process of `service`, if it runs (drift detection: its listener is ours)."""
-        pid = self._pid_from_file(service)
+        """The router process serving `service`, if it runs (drift detection: its listener is ours)."""
+        listen = self._listen_of(service)
+        control = self._socket(service) if listen is None or service in self._legacy else \
+            self._files_of(listen).control
+        pid = live_router(self.pid_file(service), control)
         pids = {pid} if pid else set()
-        if service in self._sockets:
+        if listen is not None and listen in self._sockets:
             pids.add(os.getpid())   # the daemon holds the listening socket between routers
         return pids
 
+    # -- files ------------------------------------------------------------------------
+
     def pid_file(self, service: str) -> Path:
-        return self._service_files(service)[0]
+        return self._paths_of(service)[0]
 
     def _socket(self, service: str) -> Path:
-        return self._service_files(service)[1]
+        return self._paths_of(service)[1]
 
-    def _service_files(self, service: str) -> tuple[Path, Path]:
-        files = self._files.get(service)
+    def _paths_of(self, service: str) -> tuple[Path, Path]:
+        got = self._service_files.get(service)
+        if got is None:
+            got = self._service_files[service] = (self.paths.routers / f"{service}.pid",
+                                                  self.paths.router_socket(service))
+        return got
+
+    def _files_of(self, listen: str) -> ListenFiles:
+        files = self._files.get(listen)
         if files is None:
-            files = self._files[service] = (self.paths.routers / f"{service}.pid",
-                                            self.paths.router_socket(service))
+            files = self._files[listen] = ListenFiles(self.paths, listen)
         return files
 
+    def _lock(self, listen: str) -> asyncio.Lock:
+        return self._ensuring.setdefault(listen, asyncio.Lock())
+
     def _client(self, service: str, timeout: float = 5.0) -> RouterControlClient:
-        return RouterControlClient(self._socket(service), timeout)
+        return ServiceClient(self._socket(service), service, timeout)
 
-    def _write_pid(self, service: str, pid: int, listen: str) -> None:
-        """Rewritten only when it changes: the supervisor re-adopts every second, and a full
-        state disk must not turn that into a failure (RouterError when it must change and cannot)."""
-        data = json.dumps({"pid": pid, "start_time": process_start_time(pid), "listen": listen})
-        with contextlib.suppress(OSError):
-            if self.pid_file(service).read_text() == data:
-                return
-        tmp = self.pid_file(service).with_suffix(".pid.tmp")
+    def _listen_of(self, service: str) -> str | None:
+        listen = self._where.get(service)
+        if listen is None:
+            got = read_pid(self.pid_file(service))
+            if got is not None and got[2]:
+                listen = self._where[service] = normalize_listen(got[2])
+        return listen
+
+    def _bind(self, service: str, listen: str) -> None:
+        """`service` is served by the router on `listen`: its own names point there."""
+        files = self._files_of(listen)
         try:
-            tmp.write_text(data)
-            os.replace(tmp, self.pid_file(service))
+            link(self._socket(service), files.control)
+            link(self.paths.router_log(service), files.log)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise RouterError(f"cannot write {self.pid_file(service)}: {e.strerror or e}",
+            raise RouterError(f"cannot link {self._socket(service)} to {files.control}: {e.strerror or e}",
                               f"free space in {self.paths.routers}") from None
+        write_pid(self.pid_file(service), self._serving[listen], listen)
+        self._where[service] = listen
+        self._legacy.discard(service)
 
-    def _pid_from_file(self, service: str) -> int | None:
-        """The recorded router pid if that very process (same start time, a router) still runs."""
-        try:
-            d = json.loads(self.pid_file(service).read_text())
-            pid, started = int(d["pid"]), d.get("start_time")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if started is not None and process_start_time(pid) != started:
-            return None
-        return pid if _is_router(pid, self._socket(service)) else None
+    def _unbind(self, service: str) -> None:
+        for path in (self.pid_file(service), self._socket(service)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._where.pop(service, None)
+        self._lost.pop(service, None)
+        self._legacy.discard(service)
+        self._service_files.pop(service, None)
+
+    def _tell_others(self, listen: str, service: str, lost: dict[str, Any] | None) -> None:
+        if lost is None:
+            return
+        for other in load_services(self._files_of(listen).services):
+            if other != service:
+                self._lost[other] = lost
 
     # -- processes ----------------------------------------------------------------------
 
-    async def _ping(self, service: str) -> dict[str, Any] | None:
+    async def _ping(self, control: Path) -> dict[str, Any] | None:
         try:
-            return await self._client(service).ping()
+            info = await RouterControlClient(control).ping()
         except RouterError:
             return None
+        return info if "services" in info else None
 
-    def _listen_sockets(self, service: str, listen: str, redirect: bool = False) -> list[socket.socket]:
-        """The daemon's listening sockets for `service` (its redirect listener), bound now if it
-        holds none for `listen`."""
-        table = self._redirect_sockets if redirect else self._sockets
-        held = table.get(service)
-        if held is not None and held[0] == listen:
-            return held[1]
-        self._close_sockets(service, redirect)
-        socks = bind_listen(service, listen, "tls.redirect_http" if redirect else "listen")
-        table[service] = (listen, socks)
-        return socks
-
-    async def _take_over_sockets(self, service: str, listen: str, pid: int, redirect: bool = False) -> None:
-        """Get a copy of a re-adopted router's listening sockets (with `redirect`, its redirect
-        listener's), so that its crash, too, refuses no connection. Sockets bound elsewhere
-        than `listen` are not kept."""
-        refused = self._no_redirect_handover if redirect else self._no_handover
-        if pid in refused:
-            return
-        what = "redirect listener's socket" if redirect else "listening socket"
-        try:
-            socks = await self._client(service).listen_sockets("redirect" if redirect else "listen")
-        except RouterError as e:
-            refused.add(pid)
-            log.warning("the router for %s (pid %d) did not hand over its %s: %s; until it is "
-                        "replaced, a crash of it refuses connections until the next router listens",
-                        service, pid, what, e.message)
-            return
-        want = addresses(listen)
-        got = {bound(s) for s in socks}
-        if not socks or got != want:
-            for sock in socks:
-                sock.close()
-            refused.add(pid)
-            log.warning("the router for %s (pid %d) handed over sockets bound to %s, not %s; not kept",
-                        service, pid, ", ".join(sorted(map(str, got))) or "nothing",
-                        ", ".join(sorted(map(str, want))))
-            return
-        self._close_sockets(service, redirect)
-        (self._redirect_sockets if redirect else self._sockets)[service] = (listen, socks)
-        log.info("took over the %s of the router for %s (pid %d) on %s", what, service, pid, listen)
-
-    def _close_sockets(self, service: str, redirect: bool = False) -> None:
-        for s in (self._redirect_sockets if redirect else self._sockets).pop(service, ("", []))[1]:
-            s.close()
-
-    async def _start(self, service: str, listen: str, redirect: str | None = None) -> None:
-        log_path = self.paths.router_log(service)
+    async def _start(self, service: str, listen: str, redirect: str | None) -> None:
+        files = self._files_of(listen)
         fds = [s.fileno() for s in self._listen_sockets(service, listen)]
-        more: list[str] = []
         redirect_fds: list[int] = []
         if redirect:
             try:
-                redirect_fds = [s.fileno() for s in self._listen_sockets(service, redirect, redirect=True)]
+                redirect_fds = [s.fileno() for s in self._listen_sockets(service, listen, redirect)]
             except RouterError:
-                self._close_sockets(service)
+                self._close_listen(listen)
                 raise
-            more = ["--redirect", redirect, "--redirect-fds", ",".join(map(str, redirect_fds))]
         else:
-            self._close_sockets(service, redirect=True)
-        argv = [self.python, "-m", "shipyard.router.dataplane.proxy", "--service", service, "--listen", listen,
-                "--listen-fds", ",".join(map(str, fds)), *more,
-                "--control", str(self.paths.router_socket(service)),
-                "--table", str(self.paths.router_table(service))]
-        with open(log_path, "ab") as log:
-            offset = log.tell()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True, pass_fds=fds + redirect_fds)
+            self._close_listen(listen, redirect=True)
+        proc, offset = spawn(self.python, files, fds, redirect, redirect_fds)
         self._children[proc.pid] = proc
-        self._started[service] = proc
-        self._write_pid(service, proc.pid, listen)
-        client = self._client(service, timeout=1.0)
+        self._started[listen] = proc
+        write_pid(files.pid, proc.pid, listen)
+        client = RouterControlClient(files.control, timeout=1.0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while True:
             code = proc.poll()
-            if code is not None:
+            if code is not None or loop.time() > deadline:
+                if code is None:
+                    kill(proc.pid)
+                    proc.wait()
                 self._children.pop(proc.pid, None)
-                self._started.pop(service, None)
-                self._serving.pop(service, None)
-                self._close_sockets(service)   # no router will accept: refuse, rather than queue forever
-                self._close_sockets(service, redirect=True)
+                self._started.pop(listen, None)
+                self._serving.pop(listen, None)
+                self._close_listen(listen)   # no router will accept: refuse, rather than queue forever
+                self._close_listen(listen, redirect=True)
                 with contextlib.suppress(FileNotFoundError):
-                    self.pid_file(service).unlink()
-                raise _start_error(service, listen, code, log_path, offset)
+                    files.pid.unlink()
+                if code is not None:
+                    raise start_error(service, listen, code, files.log, offset)
+                raise RouterError(f"the router for {service} did not answer on its control socket within "
+                                  f"{START_TIMEOUT:g}s", hint=f"see {files.log}")
             try:
                 if (await client.ping()).get("pid") == proc.pid:
+                    self._serving[listen] = proc.pid
                     return
             except RouterError:
                 pass
-            if loop.time() > deadline:
-                self._kill(proc.pid)
-                proc.wait()
-                self._children.pop(proc.pid, None)
-                self._started.pop(service, None)
-                self._serving.pop(service, None)
-                self._close_sockets(service)
-                self._close_sockets(service, redirect=True)
-                with contextlib.suppress(FileNotFoundError):
-                    self.pid_file(service).unlink()
-                raise RouterError(f"the router for {service} did not answer on its control socket within "
-                                  f"{START_TIMEOUT:g}s", hint=f"see {log_path}")
             await asyncio.sleep(0.05)
 
-    async def _terminate(self, service: str, pid: int | None) -> None:
-        """SIGTERM a router that does not answer its socket, SIGKILL if it lingers."""
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not await self._wait_exit(pid, STOP_TIMEOUT):
-            self._kill(pid)
-            await self._wait_exit(pid, 2.0)
+    async def _stop_listen(self, listen: str, keep_listen: bool) -> None:
+        files = self._files_of(listen)
+        if not keep_listen:
+            self._close_listen(listen)
+        self._close_listen(listen, redirect=True)
+        await shut_down(self._children, RouterControlClient(files.control), files.pid, files.control)
+        with contextlib.suppress(FileNotFoundError):
+            files.pid.unlink()
+        self._started.pop(listen, None)
+        self._serving.pop(listen, None)
 
-    async def _wait_exit(self, pid: int, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            proc = self._children.get(pid)
-            if proc is not None:
-                if proc.poll() is not None:
-                    del self._children[pid]
-                    return True
-            elif not pid_alive(pid):
-                return True
-            await asyncio.sleep(0.05)
-        return False
+    # -- listening sockets ----------------------------------------------------------------
 
-    def _kill(self, pid: int) -> None:
-        # The router leads its own session (start_new_session), so its group id is its pid.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    def _close_sockets(self, service: str, redirect: bool = False) -> None:
+        """Close the daemon's copies of the sockets of `service`'s address (as a daemon exiting does)."""
+        listen = self._listen_of(service)
+        if listen is not None:
+            self._close_listen(listen, redirect)
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
-
-
-def _start_error(service: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:
-    """Turn the router's last words into a message that says what to do."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(offset, os.path.getsize(log_path) - LOG_TAIL_BYTES))
-            lines = f.read().decode("utf-8", "replace").strip().splitlines()
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        if line.startswith("listen "):
-            reason = line.split(": ", 1)[-1]
-            hint = (f"another process uses {listen}: stop it, or change `listen` in the spec"
-                    if "in use" in reason else f"change `listen` in the spec; see {log_path}")
-            return RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint)
-    last = lines[-1] if lines else "no output"
-    return RouterError(f"the router for {service} exited at start (exit code {code}): {last}",
-                       hint=f"see {log_path}")
-
-
-def _is_router(pid: int, sock: Path) -> bool:
-    """Never signal a recycled pid: it must be a router bound to this very socket."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    # The module's name before the data plane had its own package, so that a router started
-    # by an older shipyard is still recognised (and stopped) after an upgrade.
-    module = b"shipyard.router.dataplane.proxy" in argv or b"shipyard.router.proxy" in argv
-    return module and os.fsencode(str(sock)) in argv

@@ -1,14 +1,19 @@
-"""The daemon's listening sockets for a service's router: bound here and handed to each router
-process it starts (embedded.py), so the address keeps accepting between two routers."""
+"""The daemon's listening sockets for a listen address's router: bound here and handed to each
+router process it starts (embedded.py), so the address keeps accepting between two routers;
+taken back from a router the daemon re-adopts (`listen_fds`), so its crash refuses nothing."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 
 from shipyard.errors import RouterError
+from shipyard.router.control_client import RouterControlClient
 from shipyard.router.dataplane.acceptor import bind
+
+log = logging.getLogger("shipyard.router")
 
 BACKLOG = 4096
 
@@ -62,3 +67,67 @@ def bind_listen(service: str, listen: str, key: str = "listen") -> list[socket.s
                 if e.errno == errno.EADDRINUSE else f"change `{key}` in the spec")
         raise RouterError(f"the router for {service} cannot listen on {listen}: {reason}", hint=hint) from None
     return socks
+
+
+class HeldSockets:
+    """The daemon's copies of each address's listening sockets (and of its redirect listener's),
+    kept per normalized listen address (EmbeddedRouter's part that holds sockets)."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, tuple[str, list[socket.socket]]] = {}
+        """Per address, (the address, the daemon's copies of its listening sockets)."""
+        self._redirect_sockets: dict[str, tuple[str, list[socket.socket]]] = {}
+        """Per address, (tls.redirect_http, its plain-HTTP listener's sockets), when there is one."""
+        self._no_handover: set[int] = set()
+        """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
+        self._no_redirect_handover: set[int] = set()
+
+    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None) -> list[socket.socket]:
+        """The daemon's listening sockets for `listen` (with `redirect`, its redirect listener's),
+        bound now if it holds none for that address."""
+        table = self._redirect_sockets if redirect else self._sockets
+        address = redirect or listen
+        held = table.get(listen)
+        if held is not None and held[0] == address:
+            return held[1]
+        self._close_listen(listen, redirect=bool(redirect))
+        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen")
+        table[listen] = (address, socks)
+        return socks
+
+    async def _take_over_sockets(self, client: RouterControlClient, address: str, pid: int,
+                                 listen: str | None = None) -> None:
+        """Get a copy of a re-adopted router's listening sockets (with `listen`, the sockets of
+        its redirect listener on `address`), so that its crash, too, refuses no connection.
+        Sockets bound elsewhere than `address` are not kept."""
+        redirect = listen is not None
+        listen = listen or address
+        refused = self._no_redirect_handover if redirect else self._no_handover
+        if pid in refused:
+            return
+        what = "redirect listener's socket" if redirect else "listening socket"
+        try:
+            socks = await client.listen_sockets("redirect" if redirect else "listen")
+        except RouterError as e:
+            refused.add(pid)
+            log.warning("the router on %s (pid %d) did not hand over its %s: %s; until it is "
+                        "replaced, a crash of it refuses connections until the next router listens",
+                        listen, pid, what, e.message)
+            return
+        want = addresses(address)
+        got = {bound(s) for s in socks}
+        if not socks or got != want:
+            for sock in socks:
+                sock.close()
+            refused.add(pid)
+            log.warning("the router on %s (pid %d) handed over sockets bound to %s, not %s; not kept",
+                        listen, pid, ", ".join(sorted(map(str, got))) or "nothing", ", ".join(sorted(map(str, want))))
+            return
+        self._close_listen(listen, redirect)
+        (self._redirect_sockets if redirect else self._sockets)[listen] = (address, socks)
+        log.info("took over the %s of the router on %s (pid %d) on %s", what, listen, pid, address)
+
+    def _close_listen(self, listen: str, redirect: bool = False) -> None:
+        for s in (self._redirect_sockets if redirect else self._sockets).pop(listen, ("", []))[1]:
+            s.close()
+

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from .domains import Domains
 from .durations import Duration, PositiveDuration
 from .strategy import BlueGreenSpec, PreviewCheck, StrategySpec
 from .values import (
@@ -250,6 +251,9 @@ class Spec(SpecModel):
     drift: DriftSpec = Field(default_factory=DriftSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
     tls: TlsSpec | None = None
+    domains: Domains | None = None
+    """Host names (exact, or leading `*.` wildcards) this service answers on `listen`; several
+    services may share one `listen` when each names its own (spec/domains.py)."""
     notifications: NotificationsSpec | None = None
 
     @model_validator(mode="after")
@@ -293,8 +297,12 @@ class Spec(SpecModel):
         return self.resolve_path(self.build.context)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Plain JSON data (durations as strings) that `from_json_dict` turns back into an equal Spec."""
-        return self.model_dump(mode="json")
+        """Plain JSON data (durations as strings) that `from_json_dict` turns back into an equal Spec.
+        `domains` is left out when unset, so a spec stored before the key existed equals it."""
+        doc = self.model_dump(mode="json")
+        if doc.get("domains") is None:
+            doc.pop("domains", None)
+        return doc
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str = "<json>") -> Spec:

@@ -78,3 +78,19 @@ async def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     r = RouterByKind({"embedded": Plane("embedded")}, tmp_path / "kinds.json")
     with pytest.raises(RouterError, match="unknown router kind 'nginx'"):
         await r.ensure("shop", "127.0.0.1:1", "nginx")
+
+
+async def test_domains_reach_the_kind_that_serves_the_service(tmp_path: Path) -> None:
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    class HostPlane(Plane):
+        async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None,
+                         domains: tuple[str, ...] = ()) -> dict[str, Any] | None:
+            seen.append((service, domains))
+            return None
+
+    r = RouterByKind({"embedded": HostPlane("embedded"), "haproxy": Plane("haproxy")}, tmp_path / "kinds.json")
+    await r.ensure("shop", "127.0.0.1:1", domains=["shop.test", "*.shop.test"])
+    await r.ensure("shop", "127.0.0.1:1")
+    await r.ensure("cart", "127.0.0.1:2", "haproxy")       # none given: a plane without them is not asked
+    assert seen == [("shop", ("shop.test", "*.shop.test")), ("shop", ())]

@@ -1,9 +1,10 @@
 """A client connection to the data plane: HTTP/1.1 parsing, keep-alive, pipelining, timeouts.
 
 It has each request head rewritten for the instance (framing.rewrite_request:
-hop-by-hop and X-Shipyard-* headers out, X-Forwarded-* in, framing rebuilt) and
-hands it to an Exchange; exchanges run one at a time per
-connection, in order. The connection outlives any table swap: only the next
+hop-by-hop and X-Shipyard-* headers out, X-Forwarded-* in, framing rebuilt), finds the
+service its host names (hosts.py; a 404 when none) and hands it to an Exchange on that
+service's plane; exchanges run one at a time per connection, in order, and `server` is
+the plane of the one running. The connection outlives any table swap: only the next
 request looks at the new table."""
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_REFUSED, P_UPSTREAM, Exchange
 from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
+from shipyard.router.dataplane.hosts import HostMap, not_found, request_host, shown
 from shipyard.router.dataplane.lifecycle import Plane
+from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.table import user_bucket
 
 log = logging.getLogger("shipyard.router")
@@ -25,26 +29,31 @@ MAX_HEAD = 64 * 1024
 """The longest request head accepted (431 beyond), whether or not a request is in progress before it."""
 
 
-class Server(Plane):
-    """What a client connection needs from the proxy server (proxy.ProxyServer), beyond what its
-    exchanges need: a Protocol, so that proxy -> client is the only import between the two."""
+class Server(Protocol):
+    """What a client connection needs from the listener (proxy.ProxyServer): a Protocol, so
+    that proxy -> client is the only import between the two."""
 
     listen: str
     clients: set[ClientConnection]
     draining: bool
+    clock: float
     client_head_timeout: float
     client_idle_timeout: float
+    hosts: HostMap[Plane]
+    unrouted: TrackMetrics
 
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges in order, keeps alive."""
 
-    __slots__ = ("server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
+    __slots__ = ("front", "server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "chunk", "head_base", "write_paused", "write_paused_at", "deadline",
                  "draining", "closed", "bucket", "refusal", "proto")
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, front: Server) -> None:
+        self.front = front
+        self.server: Plane = front.hosts.every  # type: ignore[assignment]
+        """The plane of the exchange running (what an Exchange calls `client.server`)."""
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.peer = b""
@@ -63,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
         """No request is in progress and the head timeout runs for the next one."""
         self.active: Exchange | None = None
         """The exchange whose response is being produced; others wait in `queue` (pipelining)."""
-        self.queue: deque[Exchange] | None = None
+        self.queue: deque[tuple[Exchange, Plane]] | None = None
         self.reading: Exchange | None = None
         """The exchange whose request body is being read (differs from `active` when pipelining)."""
         self.paused = 0
@@ -84,7 +93,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
         self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
-        server = self.server
+        server = self.front
         server.clients.add(self)
         self.in_head = self.waiting = True
         self.deadline = server.clock + server.client_head_timeout
@@ -94,7 +103,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refusal is not None:  # the stream is no longer framed: nothing more is parsed
             return
-        server = self.server
+        server = self.front
         if self.active is None and self.reading is None:
             if not self.waiting:
                 self.waiting = True
@@ -131,19 +140,19 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.clients.discard(self)
+        self.front.clients.discard(self)
         ex = self.active
         if ex is not None:
             self.active = None
             ex.abort()
         if self.queue:
-            for q in self.queue:
+            for q, _plane in self.queue:
                 q.abort()
             self.queue.clear()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.write_paused_at = self.server.clock
+        self.write_paused_at = self.front.clock
         ex = self.active
         if ex is not None and ex.conn is not None:
             ex.conn.pause_reading()
@@ -192,21 +201,30 @@ class ClientConnection(asyncio.Protocol):
         http10 = version == "1.0"
         try:
             head, chunked, override, token, cookies = rewrite_request(method, url, http10, p.should_upgrade(), hdrs,
-                                                                      self.peer, self.server.listen, self.proto)
+                                                                      self.peer, self.front.listen, self.proto)
         except Refused as e:
             self._reject(e.status, e.message)
             return
+        hosts = self.front.hosts
+        plane = hosts.every      # one service taking every host: no look at the host at all
+        if plane is None:
+            host = request_host(url, hdrs)
+            plane = hosts.lookup(host)
+            if plane is None:
+                self._unknown_host(host, method == b"HEAD")
+                return
         ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
                       cookies)
         self.waiting = False
         self.reading = ex
         if self.active is None:
             self.active = ex
+            self.server = plane
             ex.start()
         else:
             if self.queue is None:
                 self.queue = deque()
-            self.queue.append(ex)
+            self.queue.append((ex, plane))
             self.pause(P_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
@@ -240,14 +258,15 @@ class ClientConnection(asyncio.Protocol):
         if ex.close_after or self.draining:
             self.close()
             return
-        server = self.server
+        server = self.front
         q = self.queue
         if not q and self.refusal is not None:
             self.transport.write(self.refusal)  # type: ignore[union-attr]
             self.close()
             return
         if q:
-            nxt = self.active = q.popleft()
+            nxt, self.server = q.popleft()
+            self.active = nxt
             if not q:
                 self.resume(P_PIPELINE)
             self.deadline = server.clock + server.client_idle_timeout if self.reading is nxt else 0.0
@@ -269,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
 
     def check_deadlines(self, now: float) -> None:
         """Called by the sweeper: client idle/head/body timeouts and the instance's 504."""
-        server = self.server
+        server = self.front
         if self.deadline and now > self.deadline and not self.paused:
             if self.active is None and self.reading is None:
                 self.close()
@@ -284,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
             conn = ex.conn
             if conn.seen or conn.read_paused:
                 conn.seen = False
-                ex.deadline = now + server.response_timeout
+                ex.deadline = now + self.server.response_timeout
             elif ex.deadline and now > ex.deadline:
                 ex.timeout()
 
@@ -302,16 +321,31 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.transport.abort()  # type: ignore[union-attr]
 
-    def _reject(self, status: int, message: str) -> None:
+    def _unknown_host(self, host: str | None, head: bool) -> None:
+        """No service here names the request's host: 404 (then the connection closes, as for
+        a refused request), counted as the listener's, in no service's tracks."""
+        m = self.front.unrouted
+        m.requests += 1
+        m.observe(404, 0.0)
+        if host is None:
+            why = (f"no service on {self.front.listen} answers a request without a host name "
+                   "(send a Host header naming one of its domains)")
+        else:
+            why = f"no service on {self.front.listen} answers for host {shown(host)}"
+        self._reject(404, why, not_found(why, head))
+
+    def _reject(self, status: int, message: str, response: bytes | None = None) -> None:
         """The request cannot be parsed: answer if nothing else is in progress, then close."""
         if self.closed or self.refusal is not None:
             return
+        if response is None:
+            response = error_response(status, message, b"Connection: close\r\n")
         if self.active is not None:
             if self.reading is None:  # a later request is bad: the ones before it are answered first
-                self.refusal = error_response(status, message, b"Connection: close\r\n")
+                self.refusal = response
                 self.pause(P_REFUSED)
             else:  # the request in progress itself cannot be completed
                 self.abort()
             return
-        self.transport.write(error_response(status, message, b"Connection: close\r\n"))  # type: ignore
+        self.transport.write(response)  # type: ignore
         self.close()

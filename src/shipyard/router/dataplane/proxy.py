@@ -1,18 +1,23 @@
-"""The embedded data plane: an HTTP/1.1 reverse proxy serving one service's routing table.
+"""The embedded data plane: an HTTP/1.1 reverse proxy serving every service on one listen address.
 
-Run as its own process (`python -m shipyard.router.dataplane.proxy --service shop --listen
-127.0.0.1:8080 --control S --table T`) so it keeps serving its last table when the
-daemon dies. It is built on asyncio Protocols + httptools (uvloop when present)
-because every request of the service crosses it: no per-request task, no timer
-per request (one sweeper checks deadlines), no copy of bodies beyond one chunk.
+Run as its own process (`python -m shipyard.router.dataplane.proxy --listen 127.0.0.1:8080
+--control S --services F`) so it keeps serving its last tables when the daemon dies. It is
+built on asyncio Protocols + httptools (uvloop when present) because every request crosses
+it: no per-request task, no timer per request (one sweeper checks deadlines), no copy of
+bodies beyond one chunk.
+
+Each service on the address is a ServicePlane (service_plane.py: its table, instances,
+metrics, certificate); a request goes to the plane its host names (hosts.py), and a listener
+with one service that names no domains sends everything there, as before there were domains.
+An unknown host is answered 404 here, counted apart from every service's tracks.
 
 A table swap replaces one reference. Requests already sent finish on their
 instance; the next request of a keep-alive connection sees the new table; a swap
 never closes a client connection (the failure mode of nginx/Caddy reloads). Requests
 waiting in a track's queue are not yet anywhere: a swap routes them by the new table.
-With `tls` in the table the listener terminates TLS (tls.py); a new certificate is a swap
-too, served from the next handshake on. `--redirect` adds a plain-HTTP listener answering
-308 to https (redirect.py)."""
+With certificates in the tables the listener terminates TLS (tls.py), each service's chosen
+by SNI; a new certificate is a swap too, served from the next handshake on. `--redirect`
+adds a plain-HTTP listener answering 308 to https (redirect.py)."""
 
 from __future__ import annotations
 
@@ -22,62 +27,51 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.acceptor import Listener, bind
 from shipyard.router.dataplane.client import ClientConnection
-from shipyard.router.dataplane.control_server import (
-    ControlService,
-    claim_socket,
-    load_table,
-    remove_socket,
-    serve_control,
-)
+from shipyard.router.dataplane.control_hosts import ListenControl, load_services, save_services
+from shipyard.router.dataplane.control_server import claim_socket, load_table, remove_socket, serve_control
+from shipyard.router.dataplane.hosts import HostMap, host_name
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.redirect import RedirectConnection
-from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
-from shipyard.router.dataplane.tls import HANDSHAKE_TIMEOUT, TlsTerminator
+from shipyard.router.dataplane.service_plane import ServicePlane
+from shipyard.router.dataplane.tls import HANDSHAKE_TIMEOUT, SniFront
 from shipyard.router.dataplane.tries import TryWatch
-from shipyard.router.dataplane.upstream import UpstreamState
-from shipyard.router.table import RoutingTable, TableError, Upstream
+from shipyard.router.table import RoutingTable, TableError
 
 log = logging.getLogger("shipyard.router")
 
-NO_TRACK = "(none)"
-"""Metrics key for requests that found no track (503: no live release)."""
 SWEEP_INTERVAL = 1.0
 DRAIN_TIMEOUT = 10.0
 
 
 class ProxyServer:
-    """The data plane of one service: listener, routing state, upstream pools, metrics."""
+    """One listen address: its sockets, client connections, and the services it serves."""
 
-    def __init__(self, service: str, listen: str, table: RoutingTable | None = None,
+    def __init__(self, service: str | None, listen: str, table: RoutingTable | None = None,
                  response_timeout: float = 60.0, client_idle_timeout: float = 75.0,
-                 client_head_timeout: float = 30.0, redirect: str | None = None) -> None:
-        self.service = service
+                 client_head_timeout: float = 30.0, redirect: str | None = None,
+                 domains: Sequence[str] = ()) -> None:
         self.listen = listen
         self.redirect = redirect
         """The plain-HTTP address answering 308 to https (tls.redirect_http), if any."""
-        self.tls = TlsTerminator()
-        if table is not None:   # a certificate that cannot be served stops the start (TableError)
-            self.tls.serve(table.tls, self.tls.prepare(table.tls))
         self.response_timeout = response_timeout
         self.client_idle_timeout = client_idle_timeout
         self.client_head_timeout = client_head_timeout
+        self.planes: dict[str, ServicePlane] = {}
+        self.hosts: HostMap[ServicePlane] = HostMap()
+        self.unrouted = TrackMetrics()
+        """Requests for a host no service here names (answered 404): no service's track."""
+        self.sni = SniFront(self._certificate_for)
         self.clients: set[ClientConnection] = set()
-        self.upstreams: dict[Upstream, UpstreamState] = {}
-        self.track_metrics: dict[str, TrackMetrics] = {}
-        self.track_releases: dict[str, str] = {}
-        """The release each track's metrics belong to (from the tables; empty: not told)."""
-        self.none_metrics = self._metrics(NO_TRACK)
-        self.has_table = table is not None
-        self.track_releases.update(table.releases if table else {})
-        self.state = self._compile(table or RoutingTable(service))
         self.started = time.time()
         self.clock = 0.0
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
@@ -90,118 +84,80 @@ class ProxyServer:
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
-        self.pumping = False
+        if service is not None:
+            self.add(service, domains, table)
 
-    # -- routing state ------------------------------------------------------------
+    # -- services -----------------------------------------------------------------------
 
-    @property
-    def table(self) -> RoutingTable:
-        return self.state.table
+    def refusal(self, service: str, domains: Sequence[str]) -> str | None:
+        """Why `service` cannot be served here with `domains` (None: it can); changes nothing."""
+        others = [p for name, p in self.planes.items() if name != service]
+        if not others:
+            return None
+        if not domains:
+            return (f"{self.listen} also serves {', '.join(sorted(p.service for p in others))}: a service "
+                    "sharing an address must name its domains")
+        for p in others:
+            if not p.domains:
+                return f"{self.listen} is taken by {p.service}, which names no domains"
+            both = [d for d in domains if d in p.domains]
+            if both:
+                return f"{', '.join(both)} already routed to {p.service} on {self.listen}"
+        return None
 
-    def _metrics(self, track: str) -> TrackMetrics:
-        m = self.track_metrics.get(track)
-        if m is None:
-            m = self.track_metrics[track] = TrackMetrics()
-        return m
+    def add(self, service: str, domains: Sequence[str], table: RoutingTable | None) -> ServicePlane:
+        """Serve `service` for `domains` (again: its domains change, its table stays). ValueError
+        when another service here claims a name or takes every host; TableError when `table`'s
+        certificate cannot be served."""
+        problem = self.refusal(service, domains)
+        if problem is not None:
+            raise ValueError(problem)
+        plane = self.planes.get(service)
+        if plane is None:
+            plane = ServicePlane(service, self.listen, table, tuple(domains), self.response_timeout, self.redirect)
+            plane.loop, plane.tries, plane.clock = self.loop, self.tries, self.clock
+            self.planes[service] = plane
+        else:
+            plane.domains = tuple(domains)
+        self._map()
+        log.info("serving %s for %s", service, ", ".join(domains) if domains else "every host")
+        return plane
 
-    def _compile(self, table: RoutingTable) -> RouteState:
-        routes = {}
-        for name, ups in table.tracks.items():
-            states = []
-            for u in ups:
-                st = self.upstreams.get(u)
-                if st is None:
-                    st = self.upstreams[u] = UpstreamState(u, self.pump)
-                states.append(st)
-            routes[name] = TrackRoute(name, states, self._metrics(name), table.max_conns_per_instance,
-                                      table.queue_size, table.queue_timeout)
-        return RouteState(table, routes)
+    def remove(self, service: str) -> None:
+        """Stop routing to `service`: its hosts get 404 from the next request; requests in
+        flight finish on their instances."""
+        plane = self.planes.pop(service, None)
+        if plane is not None:
+            self._map()
+            plane.retire()
+            log.info("no longer serving %s", service)
 
-    def pump(self) -> None:
-        """Hand free instance slots to the oldest waiting requests of each track."""
-        if self.pumping:
-            return  # a slot freed while pumping: the loop below sees it
-        self.pumping = True
-        try:
-            for route in self.state.routes.values():
-                q = route.waiting
-                while q.count:
-                    ex = q.head()
-                    ups = route.pick(ex.tried)  # type: ignore[union-attr]
-                    if ups is FULL:
-                        break
-                    q.pop()
-                    if ups is None:
-                        ex._dispatch()  # type: ignore[union-attr]  # answers 502: no instance left
-                    else:
-                        ex.send_to(ups)  # type: ignore[union-attr]
-        finally:
-            self.pumping = False
+    def _map(self) -> None:
+        self.hosts = HostMap((p.domains, p) for p in self.planes.values())
 
-    def check(self, table: RoutingTable) -> None:
-        """TableError if `table`'s certificate cannot be served (control_server asks first)."""
-        self.tls.prepare(table.tls)
+    def default_plane(self) -> ServicePlane | None:
+        """The service whose certificate a handshake without a known server name gets: the
+        first by name among those with a certificate."""
+        for name in sorted(self.planes):
+            if self.planes[name].tls_context is not None:
+                return self.planes[name]
+        return None
+
+    def _certificate_for(self, server_name: str | None) -> ssl.SSLContext | None:
+        plane = self.hosts.lookup(host_name(server_name)) if server_name else None
+        if plane is None or plane.tls_context is None:
+            plane = self.default_plane()
+        return plane.tls_context if plane is not None else None
 
     async def settled(self) -> None:
         """The listeners speak what the last swap asked for (TLS or plain) from the next accept
-        (`_accept_options`), so a client that connects after the daemon was told "served"
-        never meets the old protocol: nothing to wait for."""
-
-    def swap(self, table: RoutingTable) -> None:
-        """Serve `table` from the next request on; in-flight requests finish where they are
-        (and count where they started). A track that now serves another release counts
-        from zero: its counters and seconds belonged to the one before. A certificate that
-        cannot be served raises TableError first, changing nothing."""
-        ctx = self.tls.prepare(table.tls)
-        for track, release in table.releases.items():
-            if self.track_releases.get(track, release) != release:
-                self.track_metrics[track] = TrackMetrics()
-            self.track_releases[track] = release
-        old, self.state = self.state, self._compile(table)
-        self.has_table = True
-        rotated = table.tls is not None and self.tls.fingerprint not in (None, table.tls.fingerprint)
-        self.tls.serve(table.tls, ctx)
-        if rotated:
-            log.info("serving certificate %s to new connections", table.tls.fingerprint)  # type: ignore[union-attr]
-        waiting = sorted((ex for r in old.routes.values() for ex in r.waiting.take_all()),
-                         key=lambda ex: ex.queued_at)
-        for ex in waiting:
-            ex.reroute(self.state)  # type: ignore[attr-defined]
-        live = {u for ups in table.tracks.values() for u in ups}
-        for u in [u for u in self.upstreams if u not in live]:
-            self.upstreams.pop(u).retire()
-        self.pump()  # new instances may have room for requests that waited
-        log.info("serving table version %d (weights %s)", table.version,
-                 ", ".join(f"{t}={w:g}" for t, w in sorted(table.weights.items())) or "none")
+        (`_accept_options`): nothing to wait for."""
 
     def stats(self) -> dict[str, Any]:
-        ups: dict[str, Any] = {}
-        for track, route in self.state.routes.items():
-            for st in route.upstreams:
-                u = st.upstream
-                ups[st.id] = {"track": track, "address": f"{u.host}:{u.port}", **st.metrics.snapshot()}
-        return {
-            "version": self.state.table.version,
-            "uptime": round(time.time() - self.started, 3),
-            "tracks": {name: {**m.snapshot(), "release": self.track_releases.get(name, "")}
-                       for name, m in self.track_metrics.items() if name != NO_TRACK or m.requests},
-            "upstreams": ups,
-            "limits": {k: getattr(self.table, k) for k in
-                       ("max_conns_per_instance", "queue_size", "queue_timeout", "per_try_timeout")},
-            "tls": {"fingerprint": self.tls.fingerprint, "rotations": self.tls.rotations,
-                    "redirect_http": self.redirect} if self.tls.fingerprint else None,
-        }
-
-    def series(self, since: float) -> dict[str, Any]:
-        """Per-track completed seconds after `since` (see TrackMetrics.series). Track metrics
-        live across table versions, so a swap neither resets nor splits a second."""
-        now = time.time()
-        out = {}
-        for name, m in self.track_metrics.items():
-            points = m.series(since, now)
-            if points or name != NO_TRACK:
-                out[name] = points
-        return {"now": now, "series": out}
+        """What the listener counts itself (beside each service's stats)."""
+        return {"listen": self.listen, "services": sorted(self.planes),
+                "unknown_host": {"requests": self.unrouted.requests,
+                                 "status": self.unrouted.snapshot()["status"]}}
 
     def listen_fds(self) -> list[int]:
         """The listening sockets' fds, for a daemon that needs its copy back (control_server)."""
@@ -226,6 +182,8 @@ class ProxyServer:
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
         self.tries = TryWatch(loop)
+        for plane in self.planes.values():
+            plane.loop, plane.tries, plane.clock = loop, self.tries, self.clock
         # not loop.create_server: uvloop's accepts one connection per loop iteration (acceptor.py)
         self.listen_socks = list(socks or bind(host, port))
         self.servers = [Listener(loop, s.dup(), lambda: ClientConnection(self), self._accept_options)
@@ -238,12 +196,13 @@ class ProxyServer:
         self.sweeper = loop.create_task(self._sweep())
 
     def _accept_options(self) -> dict[str, Any]:
-        """TLS for a connection accepted now when the table being served has a certificate:
-        decided per connection, so turning TLS on or off takes effect from the next accept and
-        no open connection (nor the listening socket) is touched."""
-        if self.tls.current is None:
-            return {}
-        return {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+        """TLS for a connection accepted now when a service here has a certificate: decided per
+        connection, so turning TLS on or off takes effect from the next accept and no open
+        connection (nor the listening socket) is touched."""
+        for plane in self.planes.values():
+            if plane.tls_context is not None:
+                return {"ssl": self.sni.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+        return {}
 
     async def _sweep(self) -> None:
         """Enforce every timeout from one periodic pass instead of one timer per request."""
@@ -251,10 +210,10 @@ class ProxyServer:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = self.clock = loop.time()
+            for plane in self.planes.values():
+                plane.expire_idle(now)
             for c in list(self.clients):
                 c.check_deadlines(now)
-            for st in self.upstreams.values():
-                st.expire_idle(now)
 
     async def shutdown(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest."""
@@ -269,8 +228,8 @@ class ProxyServer:
             await asyncio.sleep(0.02)
         for c in list(self.clients):
             c.abort()
-        for st in self.upstreams.values():
-            st.retire()
+        for plane in self.planes.values():
+            plane.retire()
         self.tries.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
@@ -284,6 +243,25 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_s)
 
 
+def open_planes(server: ProxyServer, services_path: Path) -> None:
+    """Serve every service the services file names, each with its persisted table. A table
+    whose certificate cannot be served stops the start when it is the only service (the
+    daemon sees why); beside others it is left out (its service answers 503 until the
+    daemon pushes a table that can be served), so one bad file never takes the others down."""
+    entries = load_services(services_path)
+    for service, entry in entries.items():
+        table = load_table(Path(entry["table"]), service)
+        try:
+            server.add(service, entry["domains"], table)
+        except TableError:
+            if len(entries) == 1:
+                raise
+            log.exception("the table of %s cannot be served; starting it without one", service)
+            server.add(service, entry["domains"], None)
+        except ValueError as e:
+            log.error("not serving %s from %s: %s", service, services_path, e)
+
+
 async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     try:
@@ -292,17 +270,25 @@ async def run(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 2
     control_path = os.path.abspath(args.control)
-    table_path = Path(args.table)
+    if args.services:
+        services_path = Path(args.services)
+    elif args.service and args.table:   # one service, as before shared addresses: its list beside its table
+        services_path = Path(args.table + ".services.json")
+        if not load_services(services_path):
+            save_services(services_path, {args.service: {"domains": [], "table": os.path.abspath(args.table)}})
+    else:
+        print("give --services FILE (or --service NAME with --table FILE)", file=sys.stderr)
+        return 2
     try:
         await claim_socket(Path(control_path))
     except RouterError as e:
         print(f"control socket: {e.message}", file=sys.stderr)
         return 1
+    server = ProxyServer(None, args.listen, response_timeout=args.response_timeout, redirect=args.redirect or None)
     try:
-        server = ProxyServer(args.service, args.listen, load_table(table_path, args.service),
-                             response_timeout=args.response_timeout, redirect=args.redirect or None)
+        open_planes(server, services_path)
     except TableError as e:
-        print(f"table {table_path}: {e}", file=sys.stderr)
+        print(f"table: {e}", file=sys.stderr)
         return 1
     try:
         socks = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd] if args.listen_fds else None
@@ -315,7 +301,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"listen {args.listen}: {reason}", file=sys.stderr)
         return 1
     stop = asyncio.Event()
-    control = ControlService(server, table_path, stop.set)
+    control = ListenControl(server, services_path, stop.set)
     try:
         ctl = await serve_control(Path(control_path), control)
     except OSError as e:
@@ -325,8 +311,9 @@ async def run(args: argparse.Namespace) -> int:
     inode = os.stat(control_path).st_ino
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("router for %s listening on %s (table version %d, control %s)", args.service, args.listen,
-             server.table.version, control_path)
+    log.info("router listening on %s for %s (control %s)", args.listen,
+             ", ".join(f"{n} (table version {p.table.version})" for n, p in sorted(server.planes.items()))
+             or "no service yet", control_path)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (up to %gs)", DRAIN_TIMEOUT)
     ctl.close()
@@ -338,16 +325,18 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shipyard.router.dataplane.proxy",
-                                description="shipyard's embedded router (data plane) for one service")
-    p.add_argument("--service", required=True)
-    p.add_argument("--listen", required=True, help="HOST:PORT to accept the service's traffic on")
+                                description="shipyard's embedded router (data plane) for one listen address")
+    p.add_argument("--listen", required=True, help="HOST:PORT to accept the services' traffic on")
     p.add_argument("--listen-fds", default="",
                    help="comma-separated inherited fds of sockets already listening on --listen (from the daemon)")
     p.add_argument("--redirect", default="", help="HOST:PORT of a plain-HTTP listener answering 308 to https")
     p.add_argument("--redirect-fds", default="",
                    help="comma-separated inherited fds of sockets already listening on --redirect (from the daemon)")
     p.add_argument("--control", required=True, help="path of the unix control socket")
-    p.add_argument("--table", required=True, help="where the served table is persisted")
+    p.add_argument("--services", default="",
+                   help="where the services served (their domains, their tables' files) are persisted")
+    p.add_argument("--service", default="", help="serve this one service on every host (with --table)")
+    p.add_argument("--table", default="", help="where --service's table is persisted")
     p.add_argument("--response-timeout", type=float, default=60.0,
                    help="seconds an instance may stay silent before the client gets a 504")
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""TLS termination for the listener: one SSLContext per certificate, chosen per handshake.
+"""TLS termination for the listener: one SSLContext per certificate, chosen per handshake
+(by SNI among the services sharing the address).
 
 asyncio fixes a server's SSLContext when it starts serving, so the servers are given one
 `front` context that never changes, and its SNI callback (which OpenSSL runs for every
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+from collections.abc import Callable
 
 from shipyard.router.table import TableError, TableTls
 
@@ -61,11 +63,9 @@ def build_context(tls: TableTls) -> ssl.SSLContext:
 
 
 class TlsTerminator:
-    """The listener's certificate, swappable for new handshakes without a restart."""
+    """A service's certificate, swappable for new handshakes without a restart."""
 
     def __init__(self) -> None:
-        self.front = _base_context()
-        self.front.sni_callback = self._choose
         self.current: ssl.SSLContext | None = None
         self.served: TableTls | None = None
         self.fingerprint: str | None = None
@@ -88,8 +88,20 @@ class TlsTerminator:
             self.rotations += 1
         self.current, self.served, self.fingerprint = ctx, tls, fp
 
+
+
+class SniFront:
+    """The one context the listener's servers are given: its SNI callback moves each handshake
+    onto the context `choose(server_name)` names (the service the name routes to; for no or an
+    unknown name, the listener's default service, see proxy.py)."""
+
+    def __init__(self, choose: Callable[[str | None], ssl.SSLContext | None]) -> None:
+        self.choose = choose
+        self.front = _base_context()
+        self.front.sni_callback = self._choose
+
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None, _front: ssl.SSLContext) -> None:
-        ctx = self.current
+        ctx = self.choose(server_name)
         if ctx is None:     # TLS was just turned off: this late handshake gets nothing
             return None
         sslobj.context = ctx

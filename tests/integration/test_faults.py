@@ -16,6 +16,7 @@ from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
+from support.routers import router_pid
 
 
 async def wait_phase(api: AsyncApiClient, rid: str, phase: str, timeout: float = 30) -> dict:
@@ -26,28 +27,6 @@ async def wait_phase(api: AsyncApiClient, rid: str, phase: str, timeout: float =
             return r
         await asyncio.sleep(0.05)
     raise AssertionError(f"rollout {rid} never reached {phase}; last {r['phase']}")
-
-
-def router_pid(state_dir: Path, service: str = "shop", kind: str = "embedded") -> int:
-    """The router process of the daemon on `state_dir`: the embedded proxy, or HAProxy's master."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            ours = str(state_dir).encode() in b" ".join(cmd)
-            if kind == "embedded" and ours and b"shipyard.router.dataplane.proxy" in cmd:
-                return int(entry)
-            if kind == "haproxy" and ours and cmd[0].endswith(b"haproxy") and b"-W" in cmd and ppid != 0:
-                try:
-                    parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    parent = []
-                if not (parent and parent[0].endswith(b"haproxy")):   # the master, not its worker
-                    return int(entry)
-    raise AssertionError("no router process found")
 
 
 async def test_daemon_killed_while_awaiting_promotion_resumes(state_dir: Path, make_spec: SpecMaker,

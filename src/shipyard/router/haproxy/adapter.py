@@ -66,6 +66,9 @@ class HAProxyRouter:
         """Per service, HAProxy's response counters when its log reader started (an adopted
         HAProxy answered requests no reader of ours saw)."""
         self._certs = Certificates()
+        self._untold: dict[str, dict[str, Any]] = {}
+        """Services a replaced HAProxy also served, with what became of it: each one's next
+        `ensure` returns it once, so every service records the crash, not only the first."""
 
     # -- Router port ------------------------------------------------------------------------
 
@@ -121,7 +124,11 @@ class HAProxyRouter:
             finally:
                 await self._prune_logs()
             await self._sweep()
-            return lost
+            if lost is not None:
+                self._untold.update({s: lost for s in before if s != service})
+                self._untold.pop(service, None)
+                return lost
+            return self._untold.pop(service, None)
 
     def _lost_before(self) -> dict[str, Any] | None:
         """What became of a HAProxy an earlier daemon started that is gone now (its pid file)."""
@@ -225,6 +232,7 @@ class HAProxyRouter:
             if self._services.pop(service, None) is None:
                 return
             self._tables.pop(service, None)
+            self._untold.pop(service, None)
             self._certs.forget(service)
             self.saved.save_services(self._services)
             self.saved.forget(service)

@@ -27,6 +27,7 @@ from shipyard.router.haproxy.config import Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.saved import Saved
+from shipyard.router.haproxy.sockets import Listeners, offer, take_copies
 from shipyard.router.table import RoutingTable, Upstream
 
 log = logging.getLogger("shipyard.router.haproxy")
@@ -49,6 +50,8 @@ class HAProxyRouter:
         self.files = Files(root)
         self.proc = HAProxyProcess(self.files, binary)
         self.saved = Saved(self.files)
+        self.listeners = Listeners()
+        """The daemon's copies of HAProxy's listening sockets (sockets.py)."""
         self._lock = asyncio.Lock()
         """One change at a time: every service shares this HAProxy."""
         self._services: dict[str, str] = self.saved.services()
@@ -84,22 +87,23 @@ class HAProxyRouter:
                     lost = self._lost_before()
             before = dict(self._services)
             if before.get(service) != want:
-                if want not in before.values():
+                if want not in before.values() and not self.listeners.holds([want]):
                     check_free(service, want)
                 self._services[service] = want
                 self.saved.save_services(self._services)
             try:
                 await self._start_logs(running)
-                text = self._render()
                 if not running:
-                    await self.proc.start(text)
-                    self.saved.save_shape(self._shape_text())
+                    await self._start()
                     for table in list(self._tables.values()):
                         await self._sync(table)
-                elif self._shape_text() != self.saved.shape():
-                    await self._dump_state()
-                    await self.proc.reload(text)
-                    self.saved.save_shape(self._shape_text())
+                else:
+                    await self._hold_listeners()
+                    if self._shape_text() != self.saved.shape():
+                        await self._dump_state()
+                        await self.proc.reload(self._render())
+                        self.saved.save_shape(self._shape_text())
+                        await self._hold_listeners()
             except RouterError:
                 if self._services != before:   # never keep a service HAProxy could not take
                     self._services = before
@@ -205,16 +209,19 @@ class HAProxyRouter:
             self.saved.forget(service)
             if not self._services:
                 await self.proc.stop()
+                self.listeners.release(keep=())
             elif await self._running():
                 await self._dump_state()
                 await self.proc.reload(self._render())
                 self.saved.save_shape(self._shape_text())
+                self.listeners.release(keep=set(self._services.values()))
             traffic = self._logs.pop(service, None)
             if traffic is not None:
                 await traffic.close()
 
     async def close(self) -> None:
         """Stop reading the traffic logs; HAProxy itself keeps serving (the daemon is going away)."""
+        self.listeners.close()
         for traffic in self._logs.values():
             await traffic.close()
         self._logs.clear()
@@ -332,6 +339,30 @@ class HAProxyRouter:
         for svc in self._services:
             self.saved.maps(svc, self._tables.get(svc))
         return cfg.render(self._configs(), self.files, LOG_FORMAT, START_RULE)
+
+    async def _start(self) -> None:
+        """A new HAProxy, given the daemon's copies of the listening sockets the last one had
+        (`-x`), so connections wait in their backlog, never refused, while it starts."""
+        self.listeners.release(keep=self._services.values())
+        async with offer(self.files.root / "listeners.sock", self.listeners.sockets()) as path:
+            await self.proc.start(self._render(), sockets_from=path)
+        self.saved.save_shape(self._shape_text())
+        await self._hold_listeners()
+
+    async def _hold_listeners(self) -> None:
+        """Copies of the running HAProxy's listening sockets for the addresses the daemon does
+        not hold (HAProxy started by an earlier daemon, or an address a reload added)."""
+        if self.listeners.holds(self._services.values()):
+            return
+        try:
+            copies = await take_copies(self.files.admin_socket)
+        except RouterError as e:
+            log.warning("%s", e.message)
+            return
+        got = self.listeners.take(copies)
+        if got:
+            log.info("took over the listening socket(s) of HAProxy: %s",
+                     ", ".join(f"{host}:{port}" for _f, host, port in got))
 
     def _shape_text(self) -> str:
         return cfg.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)

@@ -33,6 +33,8 @@ from shipyard.router.table import RoutingTable, Upstream
 log = logging.getLogger("shipyard.router.haproxy")
 
 READ_BACK_TRIES = 20
+OUT_OF_ROTATION = {"MAINT", "DRAIN", "DOWN", "NOLB"}
+"""`show stat` statuses (first word) of a server HAProxy sends no new request to."""
 
 
 def normalize_listen(listen: str) -> str:
@@ -176,9 +178,33 @@ class HAProxyRouter:
         ups = {u.id: {**UpstreamMetrics().snapshot(), **seen.get(cfg.server_name(u), {}), "track": t,
                       "address": f"{u.host}:{u.port}"}
                for t, us in table.tracks.items() for u in us}
+        await self._live_counts(table, tracks, ups)
         return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
                 "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
                                                          "per_try_timeout")}}
+
+    async def _live_counts(self, table: RoutingTable, tracks: dict[str, dict[str, Any]],
+                           ups: dict[str, dict[str, Any]]) -> None:
+        """What only HAProxy knows now (`show stat`), in the embedded router's fields: requests
+        in flight per track (the backend's scur, waiting ones included, as the embedded router
+        counts them) and per instance (its scur), waiting for a free slot of an instance (qcur
+        of the backend and of its servers), and whether an instance is out of rotation
+        (maintenance, drain, down). Left at 0 when HAProxy does not answer."""
+        try:
+            rows = await self.proc.api.stat_rows(f"{table.service}__")
+        except RouterError:
+            return
+        by_server = {(row.get("pxname", ""), row.get("svname", "")): row for row in rows}
+        for track, t in tracks.items():
+            backend = cfg.backend_name(table.service, track)
+            t["inflight"] = _int(by_server.get((backend, "BACKEND"), {}).get("scur"))   # queued ones too
+            t["queued"] = sum(_int(row.get("qcur")) for (px, _sv), row in by_server.items() if px == backend)
+        for track, us in table.tracks.items():
+            for u in us:
+                row = by_server.get((cfg.backend_name(table.service, track), cfg.server_name(u)))
+                if row is not None:
+                    ups[u.id]["inflight"] = _int(row.get("scur"))
+                    ups[u.id]["ejected"] = row.get("status", "").split(" ", 1)[0] in OUT_OF_ROTATION
 
     async def _log_caught_up(self, service: str) -> None:
         """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
@@ -251,6 +277,7 @@ class HAProxyRouter:
         want = await self._servers(table)
         self.saved.maps(table.service, table)
         live = await self._server_states(s)
+        limits = await self._limits(s) if any(live.values()) else {}
         for track, servers in want.items():
             backend = cfg.backend_name(s, track)
             for srv in servers:
@@ -258,8 +285,11 @@ class HAProxyRouter:
                 if state is None:
                     await api.add_server(backend, srv.name, cfg.server_line(srv, table.max_conns_per_instance)
                                          .split(" ", 2)[2])
-                elif state != "0":
-                    await api.set_state(backend, srv.name, "ready")
+                else:
+                    if limits.get((backend, srv.name), table.max_conns_per_instance) != table.max_conns_per_instance:
+                        await api.change(f"set maxconn server {backend}/{srv.name} {table.max_conns_per_instance}")
+                    if state != "0":
+                        await api.set_state(backend, srv.name, "ready")
                 self._pending.discard((backend, srv.name))
         for kind, entries in cfg.map_entries(table).items():
             await api.replace_map(self.files.map_file(s, kind), entries)
@@ -291,6 +321,12 @@ class HAProxyRouter:
             await asyncio.sleep(0.01)
         raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
                           f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
+
+    async def _limits(self, service: str) -> dict[tuple[str, str], int]:
+        """(backend, server) -> its maxconn now (`show stat` slim): a table's new per-instance
+        limit is set on the servers it keeps (the configuration's shape leaves servers out)."""
+        return {(row.get("pxname", ""), row.get("svname", "")): _int(row.get("slim"))
+                for row in await self.proc.api.stat_rows(f"{service}__") if row.get("svname") != "BACKEND"}
 
     async def _server_states(self, service: str) -> dict[str, dict[str, str]]:
         """backend -> server -> srv_admin_state ("0": in rotation), for the service's backends."""
@@ -396,6 +432,13 @@ class HAProxyRouter:
         if traffic is None:
             raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
         return traffic
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 async def _address(up: Upstream) -> str:

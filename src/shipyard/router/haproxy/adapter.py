@@ -9,7 +9,9 @@ address added or removed, its sticky names, a track name beyond blue/green, the 
 limit or the queue timeout. Every change is also written to the map files, the saved table
 and the server-state file, so a HAProxy restarted after a crash comes back with the last
 state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps and
-the servers from HAProxy itself."""
+the servers from HAProxy itself. The daemon holds copies of HAProxy's listening sockets and
+hands them to the HAProxy it restarts (sockets.py), so a crash refuses no connection; stats
+take what is in flight, queued and out of rotation from `show stat`."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy import live
 from shipyard.router.haproxy.config import Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
@@ -33,8 +36,6 @@ from shipyard.router.table import RoutingTable, Upstream
 log = logging.getLogger("shipyard.router.haproxy")
 
 READ_BACK_TRIES = 20
-OUT_OF_ROTATION = {"MAINT", "DRAIN", "DOWN", "NOLB"}
-"""`show stat` statuses (first word) of a server HAProxy sends no new request to."""
 
 
 def normalize_listen(listen: str) -> str:
@@ -185,26 +186,13 @@ class HAProxyRouter:
 
     async def _live_counts(self, table: RoutingTable, tracks: dict[str, dict[str, Any]],
                            ups: dict[str, dict[str, Any]]) -> None:
-        """What only HAProxy knows now (`show stat`), in the embedded router's fields: requests
-        in flight per track (the backend's scur, waiting ones included, as the embedded router
-        counts them) and per instance (its scur), waiting for a free slot of an instance (qcur
-        of the backend and of its servers), and whether an instance is out of rotation
-        (maintenance, drain, down). Left at 0 when HAProxy does not answer."""
+        """In flight, queued, out of rotation: from `show stat` (live.py); left at 0 when
+        HAProxy does not answer."""
         try:
             rows = await self.proc.api.stat_rows(f"{table.service}__")
         except RouterError:
             return
-        by_server = {(row.get("pxname", ""), row.get("svname", "")): row for row in rows}
-        for track, t in tracks.items():
-            backend = cfg.backend_name(table.service, track)
-            t["inflight"] = _int(by_server.get((backend, "BACKEND"), {}).get("scur"))   # queued ones too
-            t["queued"] = sum(_int(row.get("qcur")) for (px, _sv), row in by_server.items() if px == backend)
-        for track, us in table.tracks.items():
-            for u in us:
-                row = by_server.get((cfg.backend_name(table.service, track), cfg.server_name(u)))
-                if row is not None:
-                    ups[u.id]["inflight"] = _int(row.get("scur"))
-                    ups[u.id]["ejected"] = row.get("status", "").split(" ", 1)[0] in OUT_OF_ROTATION
+        live.fill(table, rows, tracks, ups)
 
     async def _log_caught_up(self, service: str) -> None:
         """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
@@ -323,10 +311,9 @@ class HAProxyRouter:
                           f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
 
     async def _limits(self, service: str) -> dict[tuple[str, str], int]:
-        """(backend, server) -> its maxconn now (`show stat` slim): a table's new per-instance
-        limit is set on the servers it keeps (the configuration's shape leaves servers out)."""
-        return {(row.get("pxname", ""), row.get("svname", "")): _int(row.get("slim"))
-                for row in await self.proc.api.stat_rows(f"{service}__") if row.get("svname") != "BACKEND"}
+        """(backend, server) -> its maxconn now: a table's new per-instance limit is set on the
+        servers it keeps (the configuration's shape leaves servers out, so no reload does it)."""
+        return live.limits(await self.proc.api.stat_rows(f"{service}__"))
 
     async def _server_states(self, service: str) -> dict[str, dict[str, str]]:
         """backend -> server -> srv_admin_state ("0": in rotation), for the service's backends."""
@@ -432,13 +419,6 @@ class HAProxyRouter:
         if traffic is None:
             raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
         return traffic
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 async def _address(up: Upstream) -> str:

@@ -1,6 +1,7 @@
 """A router killed -9 under load costs only the requests in flight on it: the daemon holds
 the listening socket, so new connections wait in the kernel backlog (never ECONNREFUSED)
-until the restarted router accepts them; the crash is an event, an audit entry and a counter."""
+until the restarted router accepts them; the crash is an event, an audit entry and a counter.
+Both routers: HAProxy (master and worker killed) gets the daemon's copy of its sockets back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from test_faults import router_pid
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
@@ -114,18 +116,20 @@ async def _metrics(daemon: DaemonProcess) -> str:
         return (await http.get(f"{url}/metrics")).text
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_router_kill_refuses_no_connection_and_is_recorded(api: AsyncApiClient, daemon: DaemonProcess,
-                                                                  make_spec: SpecMaker, listen: str) -> None:
-    await deploy(api, make_spec("v2"))
+                                                                  make_spec: SpecMaker, listen: str,
+                                                                  kind: str) -> None:
+    await deploy(api, make_spec("v2", **{"router.kind": kind}))
     host, _, port = listen.rpartition(":")
     load = Load(host, int(port))
     workers = [asyncio.create_task(_worker(load, keep_alive=i % 2 == 0)) for i in range(8)]
     try:
         await asyncio.sleep(1.5)
         assert load.done and not load.failed and not load.refused, (load.failed, load.refused)
-        pid = router_pid(Path(daemon.paths.root))
+        pid = router_pid(Path(daemon.paths.root), kind=kind)
         t_kill = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL) if kind == "haproxy" else os.kill(pid, signal.SIGKILL)
         t_killed = time.monotonic()
         deadline = t_kill + 10
         while time.monotonic() < deadline and not any(s > t_killed for s, _e in load.done):
@@ -140,7 +144,7 @@ async def test_router_kill_refuses_no_connection_and_is_recorded(api: AsyncApiCl
     assert len(load.failed) <= in_flight, f"{len(load.failed)} failed, {in_flight} in flight at the kill: {load.failed}"
     back = min((e for s, e in load.done if s > t_killed), default=None)
     assert back is not None and back - t_kill < 6.0, "the service did not answer again within 6 s of the kill"
-    assert router_pid(Path(daemon.paths.root)) != pid
+    assert router_pid(Path(daemon.paths.root), kind=kind) != pid
 
     events = await _events(api, "router.restarted")
     assert len(events) == 1 and events[0]["data"]["signal"] == "SIGKILL", events

@@ -10,7 +10,9 @@ address added or removed, its redirect listener, TLS turned on or off, its stick
 track name beyond blue/green, the per-instance limit or the queue timeout. Every change is also written to the map files, the saved table
 and the server-state file, so a HAProxy restarted after a crash comes back with the last
 state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps,
-the servers and the certificate from HAProxy itself."""
+the servers and the certificate from HAProxy itself. The daemon holds copies of HAProxy's
+listening sockets and hands them to the HAProxy it restarts (sockets.py), so a crash refuses
+no connection; stats take what is in flight, queued and out of rotation from `show stat`."""
 
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ from typing import Any
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy import sites
+from shipyard.router.haproxy import live, sites
 from shipyard.router.haproxy.config import Edge, Files, Server, ServiceConfig
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.saved import Saved
+from shipyard.router.haproxy.sockets import Listeners, offer, take_copies
 from shipyard.router.haproxy.tls import Certificates
 from shipyard.router.table import RoutingTable, Upstream
 
@@ -53,6 +56,8 @@ class HAProxyRouter:
         self.files = Files(root)
         self.proc = HAProxyProcess(self.files, binary)
         self.saved = Saved(self.files)
+        self.listeners = Listeners()
+        """The daemon's copies of HAProxy's listening sockets (sockets.py)."""
         self._lock = asyncio.Lock()
         """One change at a time: every service shares this HAProxy."""
         self._services: dict[str, Edge] = self.saved.services()
@@ -96,24 +101,26 @@ class HAProxyRouter:
             if before.get(service) != want:
                 ours = {a for e in before.values() for a in (e.listen, e.redirect_http) if a}
                 for address in (want.listen, want.redirect_http):
-                    if address and address not in ours:
+                    if address and address not in ours and not self.listeners.holds([address]):
                         check_free(service, address)
                 self._services[service] = want
                 self.saved.save_services(self._services)
             try:
-                text = self._render()
+                self._render()          # the map files (host maps too) as the services now are
                 await self._start_logs(running)
                 if not running:
-                    await self.proc.start(text)
-                    self.saved.save_shape(self._shape_text())
+                    await self._start()
                     for table in list(self._tables.values()):
                         await self._sync(table)
-                elif self._shape_text() != self.saved.shape():
-                    await self._dump_state()
-                    await self.proc.reload(text)
-                    self.saved.save_shape(self._shape_text())
-                elif before.get(service) != want:
-                    await self._sync_hosts()     # a change of domains only: the host maps
+                else:
+                    await self._hold_listeners()
+                    if self._shape_text() != self.saved.shape():
+                        await self._dump_state()
+                        await self.proc.reload(self._render())
+                        self.saved.save_shape(self._shape_text())
+                        await self._hold_listeners()
+                    elif before.get(service) != want:
+                        await self._sync_hosts()     # a change of domains only: the host maps
             except RouterError:
                 if self._services != before:   # never keep a service HAProxy could not take
                     self._services = before
@@ -201,11 +208,22 @@ class HAProxyRouter:
         ups = {u.id: {**UpstreamMetrics().snapshot(), **seen.get(cfg.server_name(u), {}), "track": t,
                       "address": f"{u.host}:{u.port}"}
                for t, us in table.tracks.items() for u in us}
+        await self._live_counts(table, tracks, ups)
         return {**doc, "version": table.version, "tracks": tracks, "upstreams": ups,
                 "limits": {k: getattr(table, k) for k in ("max_conns_per_instance", "queue_size", "queue_timeout",
                                                          "per_try_timeout")},
                 "tls": {"fingerprint": table.tls.fingerprint, "rotations": self._certs.rotations.get(service, 0),
                         "redirect_http": self._services[service].redirect_http} if table.tls else None}
+
+    async def _live_counts(self, table: RoutingTable, tracks: dict[str, dict[str, Any]],
+                           ups: dict[str, dict[str, Any]]) -> None:
+        """In flight, queued, out of rotation: from `show stat` (live.py); left at 0 when
+        HAProxy does not answer."""
+        try:
+            rows = await self.proc.api.stat_rows(f"{table.service}__")
+        except RouterError:
+            return
+        live.fill(table, rows, tracks, ups)
 
     async def _log_caught_up(self, service: str) -> None:
         """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
@@ -238,14 +256,17 @@ class HAProxyRouter:
             self.saved.forget(service)
             if not self._services:
                 await self.proc.stop()
+                self.listeners.release(keep=())
             elif await self._running():
                 await self._dump_state()
                 await self.proc.reload(self._render())
                 self.saved.save_shape(self._shape_text())
+                self.listeners.release(keep=self._addresses())
             await self._prune_logs()
 
     async def close(self) -> None:
         """Stop reading the traffic logs; HAProxy itself keeps serving (the daemon is going away)."""
+        self.listeners.close()
         for traffic in self._logs.values():
             await traffic.close()
         self._logs.clear()
@@ -276,6 +297,7 @@ class HAProxyRouter:
         self.saved.maps(table.service, table)
         await self._sync_cert(table)
         live = await self._server_states(s)
+        limits = await self._limits(s) if any(live.values()) else {}
         for track, servers in want.items():
             backend = cfg.backend_name(s, track)
             for srv in servers:
@@ -283,8 +305,11 @@ class HAProxyRouter:
                 if state is None:
                     await api.add_server(backend, srv.name, cfg.server_line(srv, table.max_conns_per_instance)
                                          .split(" ", 2)[2])
-                elif state != "0":
-                    await api.set_state(backend, srv.name, "ready")
+                else:
+                    if limits.get((backend, srv.name), table.max_conns_per_instance) != table.max_conns_per_instance:
+                        await api.change(f"set maxconn server {backend}/{srv.name} {table.max_conns_per_instance}")
+                    if state != "0":
+                        await api.set_state(backend, srv.name, "ready")
                 self._pending.discard((backend, srv.name))
         for kind, entries in cfg.map_entries(table).items():
             await api.replace_map(self.files.map_file(s, kind), entries)
@@ -332,6 +357,11 @@ class HAProxyRouter:
             await asyncio.sleep(0.01)
         raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
                           f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
+
+    async def _limits(self, service: str) -> dict[tuple[str, str], int]:
+        """(backend, server) -> its maxconn now: a table's new per-instance limit is set on the
+        servers it keeps (the configuration's shape leaves servers out, so no reload does it)."""
+        return live.limits(await self.proc.api.stat_rows(f"{service}__"))
 
     async def _server_states(self, service: str) -> dict[str, dict[str, str]]:
         """backend -> server -> srv_admin_state ("0": in rotation), for the service's backends."""
@@ -389,6 +419,34 @@ class HAProxyRouter:
                 for kind, rows in sites.host_entries(svcs).items():
                     self.saved.write_map(self.files.map_file(site, kind), rows)
         return sites.render(configs, self.files, LOG_FORMAT, START_RULE)
+
+    async def _start(self) -> None:
+        """A new HAProxy, given the daemon's copies of the listening sockets the last one had
+        (`-x`), so connections wait in their backlog, never refused, while it starts."""
+        self.listeners.release(keep=self._addresses())
+        async with offer(self.files.root / "listeners.sock", self.listeners.sockets()) as path:
+            await self.proc.start(self._render(), sockets_from=path)
+        self.saved.save_shape(self._shape_text())
+        await self._hold_listeners()
+
+    async def _hold_listeners(self) -> None:
+        """Copies of the running HAProxy's listening sockets for the addresses the daemon does
+        not hold (HAProxy started by an earlier daemon, or an address a reload added)."""
+        if self.listeners.holds(self._addresses()):
+            return
+        try:
+            copies = await take_copies(self.files.admin_socket)
+        except RouterError as e:
+            log.warning("%s", e.message)
+            return
+        got = self.listeners.take(copies)
+        if got:
+            log.info("took over the listening socket(s) of HAProxy: %s",
+                     ", ".join(f"{host}:{port}" for _f, host, port in got))
+
+    def _addresses(self) -> list[str]:
+        """Every address HAProxy listens on for the services: each listen and redirect listener."""
+        return sorted({a for e in self._services.values() for a in (e.listen, e.redirect_http) if a})
 
     def _shape_text(self) -> str:
         return sites.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)

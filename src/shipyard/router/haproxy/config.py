@@ -15,7 +15,13 @@ The user key is the first sticky header, else the sticky cookie, else the client
 text, like the embedded router's), hashed with `crc32,mod(10000)` = table.user_bucket; no key:
 `rand(10000)`. Every client X-Shipyard-* header is deleted before the request is forwarded.
 A failed connect is retried on another server of the track (`option redispatch`); a request
-whose instance closed without answering is retried too, but only if it is idempotent.
+whose instance closed without answering is retried too if it is idempotent, or if it was not
+the first of its client connection: HAProxy (`http-reuse safe`) sends a first request only
+over a new connection to the instance, and a later one may meet a kept-alive connection the
+instance closes as it arrives (HAProxy would close the client's connection instead, leaving
+the retry to the client); the embedded router replays that one too. The rule cannot see whether
+the connection was reused, so a later POST whose instance died while serving it on a new
+connection is replayed as well, where the embedded router answers 502.
 Pure functions: rendered text is compared, so an unchanged set of services never reloads."""
 
 from __future__ import annotations
@@ -318,7 +324,8 @@ def forward_rules(tls: bool) -> list[str]:
         "http-request del-header te",
         f"http-request set-header x-forwarded-proto {'https' if tls else 'http'}",
         "http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
-        "http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS || { method PUT DELETE TRACE }",
+        ("http-request disable-l7-retry if { http_first_req } !METH_GET !METH_HEAD !METH_OPTIONS "
+         "!{ method PUT DELETE TRACE }"),
     ]
 
 
@@ -380,9 +387,17 @@ def _backend(svc: ServiceConfig, track: str) -> list[str]:
     return [*lines, ""]
 
 
+SERVER_POOL = "pool-max-conn -1 pool-purge-delay 5s"
+"""Idle connections to the instance are kept for reuse by later requests. These are HAProxy's
+defaults for a server of the file, but a server made by `add server` (HAProxy 2.6) starts with
+a pool of 0 and a purge delay of 0: every request then connects to the instance and closes the
+connection after its response (one connect() + close() per request, ~25 µs of HAProxy CPU in
+benchmarks/haproxy_variants.py), until the next reload turns the servers into file servers."""
+
+
 def server_line(srv: Server, max_conns: int) -> str:
     """The server's arguments, the same in the file and in `add server`."""
-    return f"server {srv.name} {host_port(srv.address, srv.port)} maxconn {max_conns}"
+    return f"server {srv.name} {host_port(srv.address, srv.port)} maxconn {max_conns} {SERVER_POOL}"
 
 
 def host_port(address: str, port: int) -> str:

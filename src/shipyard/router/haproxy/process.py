@@ -113,13 +113,16 @@ class HAProxyProcess:
                               f"see {tmp}; this is a shipyard bug, please report it")
         os.replace(tmp, self.files.config)
 
-    async def start(self, text: str) -> None:
-        """Start a new master-worker HAProxy on `text`; returns once its worker answers."""
+    async def start(self, text: str, sockets_from: Path | None = None) -> None:
+        """Start a new master-worker HAProxy on `text`; returns once its worker answers.
+        `sockets_from`: a unix socket answering `_getsocks` whose listening sockets HAProxy
+        takes instead of binding its own (`-x`, as when it reloads; sockets.py)."""
         binary = find_binary(self.binary)
         await self.check(text)
         with contextlib.suppress(FileNotFoundError):
             self.files.admin_socket.unlink()
-        argv = [binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config)]
+        argv = [binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config),
+                *(["-x", str(sockets_from)] if sockets_from else [])]
         with open(self.log_path, "ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -144,20 +144,22 @@ class RuntimeApi:
             raise RouterError(f"HAProxy refused `show ssl cert {path}`: {reply.strip()[:200]}")
         return fields
 
-    async def backend_responses(self, prefix: str) -> dict[str, int]:
-        """Responses each backend named `prefix...` has sent (`show stat`: its hrsp_* counters)."""
+    async def stat_rows(self, prefix: str) -> list[dict[str, str]]:
+        """`show stat` rows (pxname, svname, scur, qcur, status, hrsp_*, ...) of the proxies
+        named `prefix...`: a BACKEND row per backend and a row per server."""
         reply = await self.call("show stat")
         lines = reply.splitlines()
         if not lines or not lines[0].startswith("# "):
             raise RouterError(f"HAProxy refused `show stat`: {reply.strip()[:200]}")
         names = lines[0][2:].split(",")
-        out = {}
-        for line in lines[1:]:
-            row = dict(zip(names, line.split(","), strict=False))
-            if row.get("svname") == "BACKEND" and row.get("pxname", "").startswith(prefix):
-                out[row["pxname"]] = sum(int(row.get(k) or 0) for k in
-                                         ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"))
-        return out
+        rows = (dict(zip(names, line.split(","), strict=False)) for line in lines[1:])
+        return [row for row in rows if row.get("pxname", "").startswith(prefix)]
+
+    async def backend_responses(self, prefix: str) -> dict[str, int]:
+        """Responses each backend named `prefix...` has sent (`show stat`: its hrsp_* counters)."""
+        return {row["pxname"]: sum(int(row.get(k) or 0) for k in
+                                   ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"))
+                for row in await self.stat_rows(prefix) if row.get("svname") == "BACKEND"}
 
     async def info(self) -> dict[str, str]:
         reply = await self.call("show info")

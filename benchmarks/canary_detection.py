@@ -391,7 +391,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [f"Run of {res['date']} on {m['cpu_model']}, {m['nproc']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
              f"{m.get('haproxy') or 'HAProxy not installed'} (1-min load average before each router's part: "
              f"{before}; CPU probe, a fixed Python loop: {m.get('cpu_probe_ms', 0):.0f} ms, lower is faster). "
-             f"Each router: {o['live_runs']} live runs per bad canary, then {o['aa_seconds']} s of A/A canary "
+             f"Each router: {o['live_runs']} live run(s) per bad canary, then {o['aa_seconds']} s of A/A canary "
              f"recorded; {o['rate']:g} requests/s offered from {o['users']:,} user ids.", "",
              "| router | canary | runs aborted (A/A: false aborts) | first canary answer -> abort, p50 / max "
              "| user requests failed on the canary, p50 / max (total) | distinct users who saw a failure, p50 / max |",

@@ -534,7 +534,8 @@ def run_router(args: argparse.Namespace, router: str, series_file: Path) -> dict
         "live": {k: live_summary(v) for k, v in lv.items() if k in ("errors", "latency")}
                 | {"live_cpu": lv.get("live_cpu")},
         "live_runs": {k: v for k, v in lv.items() if k in ("errors", "latency")},
-        "aa": aa, "aa_series": str(series_file), "replay": replay_all(args, pairs), "loadavg_after": loadavg()}
+        "aa": aa, "aa_series": str(args.aa_from or series_file), "replay": replay_all(args, pairs),
+        "loadavg_after": loadavg()}
     r["missed"] = goals(r, AnalysisSpec.model_validate(ANALYSIS).alpha)
     return r
 

@@ -363,6 +363,7 @@ class Switch:
     settle_ms: float | None = None   # t_cmd -> send time of the first target answer after the last old one
     last_old_ms: float | None = None  # t_cmd -> send time of the last answer by the old release
     probes: int = 0                  # prober answers sent in this switch's window
+    push_ms: float | None = None     # the daemon's table push for it (its traffic.switched event)
 
     @property
     def wall_ms(self) -> float:
@@ -415,6 +416,7 @@ def series(switches: list[Switch]) -> dict[str, Any]:
     return {"switches": len(switches), "settled": len(good), "cycles": cycles,
             "settle_ms": stats([s.settle_ms for s in good if s.settle_ms is not None]),
             "wall_ms": stats([s.wall_ms for s in switches]),
+            "push_ms": stats([s.push_ms for s in switches if s.push_ms is not None]),
             "old_after_return": sum(1 for s in switches if s.last_old_ms is not None and s.last_old_ms > s.wall_ms)}
 
 

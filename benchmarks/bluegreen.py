@@ -139,6 +139,30 @@ async def switch_phase(args: argparse.Namespace, load: Load, children: Children,
     return {"load": load, "wrk": result, "switches": switches, "prober": prober, "spacing_s": mean_gap, "cpu": cpu}
 
 
+async def push_times(api: AsyncApiClient) -> list[float]:
+    """Milliseconds the daemon's table push (build, router apply and its read-back) took for each
+    traffic switch so far, oldest first: the `seconds` of its traffic.switched events."""
+    out: list[float] = []
+    since = 0
+    while True:
+        events = (await api.get(f"/v1/services/{SERVICE}/events?since={since}"))["events"]
+        out += [e["data"]["seconds"] * 1000 for e in events
+                if e["kind"] == "traffic.switched" and e["data"].get("seconds") is not None]
+        if len(events) < 500:        # the store's page
+            return out
+        since = events[-1]["id"]
+
+
+def attach_push_times(switches: list[Switch], times: list[float]) -> bool:
+    """One traffic.switched per switch, in order: each switch gets its push time (False: the
+    counts differ, none is attached)."""
+    if len(times) != len(switches):
+        return False
+    for sw, ms in zip(switches, times, strict=True):
+        sw.push_ms = ms
+    return True
+
+
 async def idle_series(children: Children, state: Path, host: str, port: int, version: str,
                       cycles: int) -> tuple[list[Switch], Prober]:
     """CLI switches on a nearly idle machine (a paced prober, no wrk): how much of the loaded
@@ -276,7 +300,10 @@ def phase_cells(p: dict[str, Any], cycles: int) -> list[tuple[str, str, str]]:
         rows.append((f"{what} -> every new request on the target (p50 / max)",
                      f"{ms(s['settle_ms']['p50'])} / {ms(s['settle_ms']['max'])}{verdict}",
                      f"<= {GOAL_MS:.0f} ms under steady load"))
-    rows += [("CLI process wall time (p50 / max)", f"{ms(cli['wall_ms']['p50'])} / {ms(cli['wall_ms']['max'])}", ""),
+    rows += [("the daemon's table push in it: build, router apply, read-back (p50 / max, CLI / API)",
+              f"{ms(cli['push_ms']['p50'])} / {ms(cli['push_ms']['max'])}; "
+              f"{ms(api['push_ms']['p50'])} / {ms(api['push_ms']['max'])}", ""),
+             ("CLI process wall time (p50 / max)", f"{ms(cli['wall_ms']['p50'])} / {ms(cli['wall_ms']['max'])}", ""),
              ("API call time (p50 / max)", f"{ms(api['wall_ms']['p50'])} / {ms(api['wall_ms']['max'])}", ""),
              ("switches after whose return the old release answered a request",
               f"{cli['old_after_return']} of {cli['switches']} CLI, {api['old_after_return']} of {api['switches']} API",
@@ -312,7 +339,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"Throughput, no switching: wrk -t2 -c{o['connections']} -d{o['throughput_seconds']}s "
                   "on GET /, unpaced.",
                   "", "| target | requests/s | p50 | p99 | errors | router relative to it |", "|---|---|---|---|---|---|"]
-        labels = {"router": "shipyard router (1 process) -> 2 instances", "direct": "one instance directly",
+        router = ("shipyard's HAProxy data plane" if o.get("router") == "haproxy" else "shipyard router (1 process)")
+        labels = {"router": f"{router} -> 2 instances", "direct": "one instance directly",
                   "haproxy": "HAProxy (nbthread 1) -> the same 2 instances"}
         for k, label in labels.items():
             r = tp.get(k)
@@ -350,6 +378,7 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
         print(f"state dir {state}; deploying shop v1 and v2 on {listen} ...", flush=True)
         await deploy(api, specs["v1"])
         await deploy(api, specs["v2"])
+        pushes_before = len(await push_times(api))
         sps: list[dict[str, Any]] = []
         version = "2"
         for load in loads(args):
@@ -364,6 +393,9 @@ async def run(args: argparse.Namespace, state: Path, children: Children) -> dict
         if args.idle_cycles > 0 and all(sp["switches"] and all(s.ok for s in sp["switches"]) for sp in sps):
             print(f"CLI on a nearly idle machine: {args.idle_cycles} cycles ...", flush=True)
             idle = await idle_series(children, state, "127.0.0.1", port, version, args.idle_cycles)
+        everything = [s for sp in sps for s in sp["switches"]] + (idle[0] if idle else [])
+        if not attach_push_times(everything, (await push_times(api))[pushes_before:]):
+            print("  (the daemon's push times do not match the switches one to one: not reported)", flush=True)
         tp = None
         if args.throughput_seconds > 0:
             print(f"throughput phase: {args.throughput_seconds} s each for router, direct, haproxy ...", flush=True)

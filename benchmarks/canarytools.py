@@ -1,6 +1,6 @@
 """Pieces of the canary detection benchmark, kept apart so the script is only its figures:
 a paced load of many distinct users that records who answered, a recorder of the router's
-per-second series, and the replay machinery that turns a few recorded minutes of an A/A
+per-second series (embedded router or HAProxy), and the replay machinery that turns a few recorded minutes of an A/A
 canary into hundreds of judged runs (ours, Flagger-style, fixed-horizon)."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from shipyard.analysis import BatchMonitors, MonitorPlan, Second, Window, compar
 from shipyard.analysis import martingale as mg
 from shipyard.errors import ShipyardError
 from shipyard.router.control_client import RouterControlClient
+from shipyard.router.haproxy.config import ring_name
+from shipyard.router.haproxy.logs import TrafficLog
 
 B = mg.B
 
@@ -153,6 +155,74 @@ class SeriesRecorder:
         """(canary, stable) for every second first..last, idle seconds as zero."""
         c, s = self.tracks.get(canary, {}), self.tracks.get(stable, {})
         return [(c.get(t) or Second.empty(t), s.get(t) or Second.empty(t)) for t in range(first, last + 1)]
+
+
+class RingRecorder(SeriesRecorder):
+    """The same recorder on shipyard's HAProxy: a second reader of the service's log ring
+    (`show events <ring> -w -n` on the admin socket, which streams every line appended from
+    then on) fed to the daemon's own aggregation (logs.TrafficLog), so the seconds kept are
+    built exactly as the ones the analysis judges, from the same lines (counted at their
+    receipt here, a moment apart from the daemon's). Each HAProxy worker has its own ring: after
+    a reload, `follow` attaches to the new worker (a connection to an old one stays on it)."""
+
+    def __init__(self, admin_socket: Path, service: str, every: float = 5.0) -> None:
+        super().__init__(admin_socket, every)
+        self.service = service
+        self.log = TrafficLog(service)
+        self.attached = 0
+        """Connections made to a worker's ring so far."""
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._reader = asyncio.create_task(self._read())
+        super().start()
+
+    async def follow(self) -> None:
+        """Read the ring of the worker that serves now; returns once attached (at most 5 s)."""
+        await self._stop_reader()
+        self._connected = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), 5.0)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._stop_reader()
+
+    async def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+
+    async def _read(self) -> None:
+        """Follow the ring; after a lost connection (its worker gone) follow it again."""
+        while True:
+            writer = None
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.sock), limit=1 << 20)
+                writer.write(f"show events {ring_name(self.service)} -w -n\n".encode())
+                await writer.drain()
+                self.attached += 1
+                self._connected.set()
+                while line := await reader.readline():
+                    self.log.feed(line.rstrip(b"\n"), time.time())
+            except OSError:
+                pass
+            finally:
+                if writer is not None:
+                    writer.close()
+            await asyncio.sleep(0.1)
+
+    async def poll(self) -> float:
+        doc = self.log.series(max(0.0, self.now - 2))
+        for track, points in doc["series"].items():
+            have = self.tracks.setdefault(track, {})
+            for p in points:
+                have[int(p["t"])] = Second.from_dict(p)
+        self.now = doc["now"]
+        return self.now
 
 
 # -- replay: recorded seconds as arrays ---------------------------------------------------------

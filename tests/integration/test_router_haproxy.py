@@ -327,3 +327,40 @@ async def test_a_stale_table_is_refused_and_changes_nothing(haproxy: HAProxyHand
             assert await names(c) == {"green"}
         finally:
             c.close()
+
+
+async def test_a_rollback_moves_users_with_one_command_per_changed_map_and_a_tampered_haproxy_gets_all(
+        haproxy: HAProxyHandle) -> None:
+    """A rollback (the same servers, the live track flips) sends HAProxy's Runtime API nothing
+    before the users move but one `set map` per changed map; it still returns only once
+    HAProxy serves the table. A map changed behind the adapter's back is found by the read-back
+    and the whole table is sent again."""
+    async with upstreams("blue", "green") as (blue, green):
+        both = {"blue": [blue], "green": [green]}
+        await haproxy.set(make_table(1, both, {"blue": 100, "green": 0}, aliases={"stable": "blue"}))
+        api = haproxy.router.proc.api
+        call = api.call
+        sent: list[str] = []
+
+        async def spy(command: str, payload: str | None = None) -> str:
+            sent.append(command)
+            return await call(command, payload)
+        api.call = spy  # type: ignore[method-assign]
+        buckets = haproxy.router.files.map_file("shop", "buckets")
+        c = await RawClient.open(haproxy.port)
+        try:
+            await haproxy.set(make_table(2, both, {"blue": 0, "green": 100}, aliases={"stable": "green"}))
+            assert await names(c) == {"green"}
+            moved = next(i for i, cmd in enumerate(sent) if str(buckets) in cmd)
+            assert sent[:moved + 1] == [f"set map {haproxy.router.files.map_file('shop', 'tracks')} stable green",
+                                        f"set map {buckets} 0:9999 green"], sent
+
+            await call(f"set map {buckets} 0:9999 blue")          # someone else's change
+            assert await names(c) == {"blue"}
+            sent.clear()
+            await haproxy.set(make_table(3, both, {"blue": 0, "green": 100}, aliases={"stable": "green"}))
+            assert await names(c) == {"green"}
+            assert any(cmd.startswith("prepare map") and str(buckets) in cmd for cmd in sent), sent
+        finally:
+            c.close()
+

@@ -167,10 +167,11 @@ class HAProxyRouter:
             old_pem = self._certs.pems.get(table.service)
             self._certs.put(table.service, pem)
             try:
-                self.saved.save_table(table)
                 if self._shape_text() != self.saved.shape():
                     await self._reload_for(table)
-                await self._sync(table)
+                    previous = None          # a new worker: send it everything
+                await self._sync(table, previous=previous)
+                self.saved.save_table(table)     # what HAProxy serves now (written after: a rename costs ms)
             except RouterError as e:
                 if previous is not None:
                     self._tables[table.service] = previous
@@ -287,14 +288,28 @@ class HAProxyRouter:
         await self.proc.reload(self._render())
         self.saved.save_shape(self._shape_text())
 
-    async def _sync(self, table: RoutingTable, final: bool = True) -> None:
+    async def _sync(self, table: RoutingTable, final: bool = True, previous: RoutingTable | None = None) -> None:
         """Make HAProxy serve `table`: servers first (new ones in rotation of their own track),
         then the maps (the bucket map, which moves users, last), then old servers out. `final`:
-        read back and save the state; else a worker about to be replaced by a reload."""
+        read back and save the state; else a worker about to be replaced by a reload.
+        `previous`: the table HAProxy was last made to serve. Only what differs from it is sent
+        (a rollback: the same servers, one `set map` per changed map, not 9 map commands and a
+        server listing before users move); should the read-back then differ, everything is sent."""
         api = self.proc.api
         s = table.service
         want = await self._servers(table)
-        self.saved.maps(table.service, table)
+        if previous is not None and previous.tracks == table.tracks:
+            old = cfg.map_entries(previous)
+            for kind, entries in cfg.map_entries(table).items():
+                await self._push_map(s, kind, entries, old[kind])
+            self.saved.maps(s, table)
+            await self._sync_cert(table)     # after the maps: users move first
+            if not final:
+                return
+            if await self._read_back(table, want, tries=1):
+                return                   # servers unchanged: the saved server state still holds
+            log.info("HAProxy for %s differs from table version %d after the change: sending all of it", s,
+                     previous.version)
         await self._sync_cert(table)
         live = await self._server_states(s)
         limits = await self._limits(s) if any(live.values()) else {}
@@ -312,7 +327,8 @@ class HAProxyRouter:
                         await api.set_state(backend, srv.name, "ready")
                 self._pending.discard((backend, srv.name))
         for kind, entries in cfg.map_entries(table).items():
-            await api.replace_map(self.files.map_file(s, kind), entries)
+            await self._push_map(s, kind, entries)
+        self.saved.maps(s, table)            # for a restart; after the change (a file rename costs ms)
         for backend, servers in live.items():
             track = backend.split("__", 1)[1]
             keep = {srv.name for srv in want.get(track, ())}
@@ -323,7 +339,9 @@ class HAProxyRouter:
                     if final:
                         self._pending.add((backend, name))
         if final:
-            await self._read_back(table, want)
+            if not await self._read_back(table, want):
+                raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
+                                  f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
             await self._dump_state()
 
     async def _sync_cert(self, table: RoutingTable) -> None:
@@ -339,12 +357,33 @@ class HAProxyRouter:
         if (await self.proc.api.show_cert(path)).get("SHA1 FingerPrint") != pem.sha1:
             await self.proc.api.replace_cert(path, pem.text)
 
-    async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]]) -> None:
+    async def _push_map(self, service: str, kind: str, entries: list[tuple[str, str]],
+                        old: list[tuple[str, str]] | None = None) -> None:
+        """Make the map hold `entries`. With `old`, what it holds now: nothing is sent if they are
+        equal, one `set map` (atomic for that entry) if the same distinct keys differ in one value,
+        else the whole map is swapped (prepare, add, commit: atomic for the map)."""
+        path = self.files.map_file(service, kind)
+        if old is not None:
+            if old == entries:
+                return
+            diff = [(k, v) for (k, v), was in zip(entries, old, strict=False) if (k, v) != was]
+            keys = [k for k, _ in entries]
+            if (len(diff) == 1 and keys == [k for k, _ in old] and len(set(keys)) == len(keys)
+                    and not any(c.isspace() for c in "".join(diff[0]))):
+                try:
+                    await self.proc.api.change(f"set map {path} {diff[0][0]} {diff[0][1]}")
+                    return
+                except RouterError as e:     # not the entries we thought: swap the whole map
+                    log.info("%s", e.message)
+        await self.proc.api.replace_map(path, entries)
+
+    async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]],
+                         tries: int = READ_BACK_TRIES) -> bool:
         """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
         api = self.proc.api
         expect = {k: sorted(v) for k, v in cfg.map_entries(table).items()}
         expect_servers = {cfg.backend_name(table.service, t): {srv.name for srv in ss} for t, ss in want.items() if ss}
-        for _ in range(READ_BACK_TRIES):
+        for attempt in range(tries):
             got = {k: sorted(await api.show_map(self.files.map_file(table.service, k))) for k in cfg.MAP_KINDS}
             live = await self._server_states(table.service)
             ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
@@ -353,10 +392,10 @@ class HAProxyRouter:
             cert_ok = pem is None or (await api.show_cert(self.files.cert_file(table.service))
                                       ).get("SHA1 FingerPrint") == pem.sha1
             if got == expect and ready == expect_servers and cert_ok:
-                return
-            await asyncio.sleep(0.01)
-        raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
-                          f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
+                return True
+            if attempt + 1 < tries:
+                await asyncio.sleep(0.01)
+        return False
 
     async def _limits(self, service: str) -> dict[tuple[str, str], int]:
         """(backend, server) -> its maxconn now: a table's new per-instance limit is set on the

@@ -118,6 +118,7 @@ class HAProxyRouter:
                         await self._dump_state()
                         await self.proc.reload(self._render())
                         self.saved.save_shape(self._shape_text())
+                        self.listeners.release(keep=self._addresses())   # an address given up: refused
                         await self._hold_listeners()
                     elif before.get(service) != want:
                         await self._sync_hosts()     # a change of domains only: the host maps

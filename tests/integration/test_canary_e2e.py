@@ -16,6 +16,7 @@ from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker
+from support.routers import haproxy_worker_pid
 
 CANARY: dict[str, Any] = {
     "sticky": {"header": "X-User-Id"},
@@ -55,8 +56,11 @@ async def first_release(api: AsyncApiClient, make_spec: SpecMaker, kind: str = "
 
 @pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_good_canary_walks_every_step_to_full(api: AsyncApiClient, make_spec: SpecMaker, listen: str,
-                                                    kind: str) -> None:
+                                                    kind: str, daemon: DaemonProcess) -> None:
+    """On HAProxy the whole canary (start, weights, promotion, the old release drained) is Runtime
+    API changes: the worker that served the first release serves to the end (no reload)."""
     await first_release(api, make_spec, kind)
+    worker = haproxy_worker_pid(daemon.paths.root) if kind == "haproxy" else None
     steps = [{"set_weight": 10}, {"pause": "2s"}, {"set_weight": 50}, {"analysis": {"duration": "3s"}}]
     async with Traffic(f"http://{listen}", clients=8, pause=0.01, users=500) as traffic:
         r = await deploy(api, canary_spec(make_spec, "v2", "c2", steps, kind=kind))
@@ -72,6 +76,8 @@ async def test_good_canary_walks_every_step_to_full(api: AsyncApiClient, make_sp
     status = await api.get("/v1/services/shop")
     assert status["live_slot"] == final["target_slot"]
     assert status["slots"][final["previous_slot"]]["instances"] == []      # the old release drained and stopped
+    if worker is not None:
+        assert haproxy_worker_pid(daemon.paths.root) == worker
 
 
 @pytest.mark.parametrize("kind", ROUTER_KINDS)

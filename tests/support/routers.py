@@ -26,3 +26,17 @@ def router_pid(state_dir: Path, kind: str = "embedded") -> int:
                 if not (parent and parent[0].endswith(b"haproxy")):   # the master, not its worker
                     return int(entry)
     raise AssertionError("no router process found")
+
+
+def haproxy_worker_pid(state_dir: Path) -> int:
+    """The worker of the daemon's HAProxy: a reload replaces it, so an unchanged pid is no reload."""
+    master = router_pid(state_dir, "haproxy")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == master:
+                return int(entry)
+    raise AssertionError(f"HAProxy master {master} has no worker")

@@ -339,9 +339,12 @@ _parsed: dict[tuple[str, str], Spec] = {}
 
 
 def sticky_of(svc: ServiceRecord) -> tuple[str | None, str | None, bool]:
-    """How users are recognised: the canary's spec says; without a canary it does not matter."""
-    canary = svc.canary_slot
-    doc = svc.slots[canary].spec if canary else None
+    """How users are recognised: the canary's spec says; without a canary, the live release's
+    (it does not change where traffic goes then, but it keeps the table's sticky names the same
+    across a canary's start and end: on HAProxy they are configuration, so a change reloads)."""
+    canary = svc.canary_slot or svc.active_slot
+    slot = svc.slots.get(canary) if canary else None
+    doc = slot.spec if slot is not None else None
     c = spec_from_doc(doc, svc.spec_path).strategy.canary if doc else None
     if c is None:
         return None, None, False

@@ -133,7 +133,11 @@ class Exchange(OverloadSteps):
         if route.waiting.count:  # others wait already: first come, first served
             self._wait(route, False)
             return
-        self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
+        ups = route.pick(None)  # _pick, inline for the common case (an instance can take it)
+        if ups is FULL or ups is None:
+            self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
+        else:
+            self.send_to(ups)  # type: ignore[arg-type]
 
     def _route_in(self, st: RouteState) -> TrackRoute | None:
         override = self.override
@@ -494,7 +498,8 @@ class Exchange(OverloadSteps):
         if ups is not None:
             self.slot = None
             ups.metrics.inflight -= 1
-            self.client.server.pump()
+            if WaitingQueue.live:
+                self.client.server.pump()
 
     def _detach(self) -> None:
         if self.waiting_in is not None:

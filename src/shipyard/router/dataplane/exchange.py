@@ -56,6 +56,9 @@ P_REFUSED = 8  # a later request was refused: nothing more is read, the answers 
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
+SMALL_BODY = 4096
+"""A response whose head and body came in one read is sent as one buffer up to this body size
+(copying it costs less than the kernel's writev of two); a larger one is sent as it is."""
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
@@ -357,7 +360,10 @@ class Exchange(OverloadSteps):
         if self.resp_mode == M_CHUNK:
             buf.append(b"0\r\n\r\n")
         if buf:  # flush(), inline: this runs once per request
-            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            if len(buf) == 2 and len(buf[1]) <= SMALL_BODY:  # a head and a small body: one write(), not writev()
+                self.client.transport.write(buf[0] + buf[1])  # type: ignore[union-attr]
+            else:
+                self.client.transport.writelines(buf)  # type: ignore[union-attr]
             buf.clear()
         if conn is not None:
             if keep_alive and self.req_done and not conn.closed:

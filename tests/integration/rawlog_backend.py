@@ -4,7 +4,8 @@ parsed by the strict parser of strict_http.py, and answers with the request's no
 Run as `python rawlog_backend.py PORT LOG`: one JSON line per parsed request
 ({"conn", "method", "target", "headers", "body"}, bytes as latin-1 text) or per parse
 error ({"conn", "error"}), flushed before the response is sent. `/slow` answers after
-2 s; `/conn-names-length` answers with `Connection: content-length`. The nonce (header X-Nonce) comes back in the body and in X-Nonce, so a response
+2 s; `/conn-names-length` answers with `Connection: content-length`; `/trailer` answers with a
+chunked body followed by trailer fields (Set-Cookie, X-Trailer). The nonce (header X-Nonce) comes back in the body and in X-Nonce, so a response
 that reached the wrong client is seen."""
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ def main() -> None:
                     body = json.dumps({"nonce": nonce.decode("latin-1"), "conn": conn}).encode()
                     # /conn-names-length: a response whose Connection names its own framing
                     extra = b"Connection: content-length\r\n" if r.target == b"/conn-names-length" else b""
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Nonce: %s\r\n%s"
-                                 b"Content-Length: %d\r\n\r\n%s" % (nonce, extra, len(body), body))
+                    if r.target == b"/trailer":
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Nonce: %s\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n"
+                                     b"Set-Cookie: session=leaked\r\nX-Trailer: 1\r\n\r\n" % (nonce, len(body), body))
+                    else:
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Nonce: %s\r\n%s"
+                                     b"Content-Length: %d\r\n\r\n%s" % (nonce, extra, len(body), body))
                     await writer.drain()
         except (ConnectionError, OSError):
             pass

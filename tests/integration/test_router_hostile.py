@@ -119,6 +119,19 @@ def test_trailers_do_not_become_headers_of_the_next_request(plane: Plane) -> Non
     assert [v for h, v in seen[1]["headers"] if h.lower() == "host"] == ["shop"]
 
 
+def test_response_trailers_do_not_become_headers_of_the_next_response(plane: Plane) -> None:
+    # The instance's trailer fields come after the body of its chunked response; the pooled
+    # connection then carries another client's request, whose response must not get them.
+    first, second = nonce(), nonce()
+    (r1,), _ = converse(plane.port, [get(first, target=b"/trailer")], expect=1, check_close=False)
+    assert r1.status == 200 and r1.nonce == first
+    (r2,), _ = converse(plane.port, [get(second)], expect=1, check_close=False)
+    assert r2.status == 200 and r2.nonce == second
+    assert r2.header(b"set-cookie") is None and r2.header(b"x-trailer") is None, r2.headers
+    seen = plane.seen()
+    assert len(seen) == 2 and seen[0]["conn"] == seen[1]["conn"], "both must cross one pooled connection"
+
+
 def test_forwarded_framing_is_rebuilt_from_what_was_parsed(plane: Plane) -> None:
     n = nonce()
     data = b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 005\r\nX-Nonce: %s\r\n\r\nhello" % n.encode()

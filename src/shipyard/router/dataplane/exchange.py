@@ -21,14 +21,13 @@ import asyncio
 from time import perf_counter
 
 from shipyard.router.dataplane.framing import (
-    H_CONN,
-    H_LEN,
-    H_TE,
     NEVER_HOP,
-    RESPONSE_HEADERS,
-    connection_tokens,
+    R_CHUNKED,
+    R_LENGTH,
+    STATUS_LINES,
     error_response,
-    without_names,
+    status_line,
+    without_fields,
 )
 from shipyard.router.dataplane.lifecycle import (
     ANSWERED,
@@ -57,6 +56,9 @@ P_REFUSED = 8  # a later request was refused: nothing more is read, the answers 
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
+SMALL_BODY = 4096
+"""A response whose head and body came in one read is sent as one buffer up to this body size
+(copying it costs less than the kernel's writev of two); a larger one is sent as it is."""
 # How the response body is framed towards the client.
 M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
@@ -134,7 +136,11 @@ class Exchange(OverloadSteps):
         if route.waiting.count:  # others wait already: first come, first served
             self._wait(route, False)
             return
-        self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
+        ups = route.pick(None)  # _pick, inline for the common case (an instance can take it)
+        if ups is FULL or ups is None:
+            self._pick(route)  # the headers are kept until sent: a swap re-routes a waiting request by them
+        else:
+            self.send_to(ups)  # type: ignore[arg-type]
 
     def _route_in(self, st: RouteState) -> TrackRoute | None:
         override = self.override
@@ -279,7 +285,8 @@ class Exchange(OverloadSteps):
 
     # -- response side (called by the upstream connection) ---------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, reason: bytes, lines: list[bytes], framing: int,
+                      drop: set[bytes] | None) -> None:
         if self.phase >= ANSWERED:
             return
         if status < 200:
@@ -290,55 +297,40 @@ class Exchange(OverloadSteps):
             self.phase = INTERIM
             if self.http10:
                 return
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        has_len = chunked_up = False
-        drop = None
-        for name, value in headers:
-            lname = name.lower()
-            code = RESPONSE_HEADERS.get(lname)
-            if code is not None:
-                if code == H_TE:
-                    chunked_up = chunked_up or b"chunked" in value.lower()
-                    continue
-                if code == H_CONN:
-                    drop = connection_tokens(value, drop)
-                    continue
-                if code != H_LEN:
-                    continue
-                has_len = True
-            elif lname[0] == 112 and lname[:6] == b"proxy-":  # 112: "p" (llhttp refuses empty names)
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
+        line = STATUS_LINES.get((status, reason))
+        lines[0] = status_line(status, reason) if line is None else line
         if drop:  # never the framing: the client must read the body the way it was counted
-            out = out[:1] + without_names(out[1:], drop - NEVER_HOP)
+            lines = without_fields(lines, 1, drop - NEVER_HOP)
         if self.phase is INTERIM:
-            out.append(b"\r\n")
-            self.wbuf += out
+            lines.append(b"\r\n")
+            self.wbuf.append(b"".join(lines))
             return
         client = self.client
         close = self.close_after or not self.keep_alive or client.draining
         if self.is_head or status == 204 or status == 304:
             mode = M_NONE
-        elif chunked_up or not has_len:
+        elif framing != R_LENGTH:  # chunked, or no length at all (the body ends with the close)
+            chunked_up = framing & R_CHUNKED
             self.until_close = not chunked_up
             if self.http10:  # no chunked encoding for HTTP/1.0: the end of the body is the close
                 mode = M_RAW
                 close = True
             else:
                 mode = M_CHUNK
-                out.append(b"Transfer-Encoding: chunked\r\n")
+                lines.append(b"Transfer-Encoding: chunked\r\n")
         else:
             mode = M_RAW
         if close:
-            out.append(b"Connection: close\r\n")
+            lines.append(b"Connection: close\r\n\r\n")
             self.close_after = True
         elif self.http10:
-            out.append(b"Connection: keep-alive\r\n")
-        out.append(b"\r\n")
+            lines.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
         self.resp_mode = mode
         self.status = status
         self.phase = STREAMING
-        self.wbuf.append(b"".join(out))
+        self.wbuf.append(b"".join(lines))
 
     def response_body(self, data: bytes) -> None:
         mode = self.resp_mode
@@ -368,7 +360,10 @@ class Exchange(OverloadSteps):
         if self.resp_mode == M_CHUNK:
             buf.append(b"0\r\n\r\n")
         if buf:  # flush(), inline: this runs once per request
-            self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            if len(buf) == 2 and len(buf[1]) <= SMALL_BODY:  # a head and a small body: one write(), not writev()
+                self.client.transport.write(buf[0] + buf[1])  # type: ignore[union-attr]
+            else:
+                self.client.transport.writelines(buf)  # type: ignore[union-attr]
             buf.clear()
         if conn is not None:
             if keep_alive and self.req_done and not conn.closed:
@@ -509,7 +504,8 @@ class Exchange(OverloadSteps):
         if ups is not None:
             self.slot = None
             ups.metrics.inflight -= 1
-            self.client.server.pump()
+            if WaitingQueue.live:
+                self.client.server.pump()
 
     def _detach(self) -> None:
         if self.waiting_in is not None:

@@ -27,6 +27,8 @@ SHIPYARD_PREFIX = b"x-shipyard-"
 instance must not be able to tell a forged preview request from a real one."""
 TRACK_HEADER = _TRACK.encode()
 PREVIEW_TOKEN_HEADER = _TOKEN.encode()
+R_LENGTH, R_CHUNKED = 1, 2
+"""A response head's framing as announced (bits): a Content-Length, a chunked Transfer-Encoding."""
 NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 """Headers a Connection header may not name: removing them would change the message's framing."""
 REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
@@ -47,6 +49,7 @@ RequestHead = tuple[bytes, bool, "bytes | None", "bytes | None", "bytes | None"]
 """A parsed request rewritten for the instance: (head, chunked, override, token, cookies). A plain
 tuple, not a class: it is made once per request and unpacked at once (a dataclass costs ~6x more)."""
 _X, _P = ord("x"), ord("p")
+_PROTO_HOST = {p: b"\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: " % p for p in (b"http", b"https")}
 
 
 def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | None:
@@ -59,8 +62,26 @@ def connection_tokens(value: bytes, into: set[bytes] | None) -> set[bytes] | Non
     return into
 
 
-def without_names(lines: list[bytes], names: set[bytes]) -> list[bytes]:
-    return [line for line in lines if line.split(b":", 1)[0].lower() not in names]
+def without_fields(pieces: list[bytes], start: int, names: set[bytes]) -> list[bytes]:
+    """`pieces` without the fields named in `names`; from `start` on, `pieces` holds fields
+    as 4 pieces each (name, b": ", value, b"\\r\\n"), the way a head is built on the hot path:
+    joined once, never formatted line by line."""
+    out = pieces[:start]
+    for i in range(start, len(pieces), 4):
+        if pieces[i].lower() not in names:
+            out += pieces[i:i + 4]
+    return out
+
+
+STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+"""Status lines already formatted, by (status, reason): an instance answers with a few."""
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    if len(STATUS_LINES) < 256 and len(reason) <= 64:  # bounded: an instance may send any reason phrase
+        STATUS_LINES[(status, reason)] = line
+    return line
 
 
 def error_response(status: int, message: str, connection: bytes, with_body: bool = True) -> bytes:
@@ -76,7 +97,7 @@ def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs
     request asks to switch protocols (Upgrade + Connection: upgrade)."""
     if method == b"CONNECT":
         raise Refused(405, "CONNECT is not supported: this is a reverse proxy for one service, not a tunnel")
-    out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
+    out = [method, b" ", url, b" HTTP/1.1\r\n"]  # pieces, joined once (see without_fields)
     hosts = 0
     host = xff = override = token = cookies = length = None
     codings: list[bytes] | None = None
@@ -116,7 +137,7 @@ def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs
                 continue
             else:
                 continue
-        out.append(b"%s: %s\r\n" % (name, value))
+        out += (name, b": ", value, b"\r\n")
     if drop and drop & NEVER_HOP:
         named = ", ".join(sorted(n.decode("latin-1") for n in drop & NEVER_HOP))
         raise Refused(400, f"bad request (Connection names {named}, which cannot be removed as hop-by-hop)")
@@ -140,16 +161,17 @@ def rewrite_request(method: bytes, url: bytes, http10: bool, upgrade: bool, hdrs
         # read the body as part of this request or as the next one. Nothing is safe to forward.
         raise Refused(400, "bad request (an Upgrade request with a body; send the body without Upgrade)")
     if drop:
-        out = out[:1] + without_names(out[1:], drop)
+        out = without_fields(out, 4, drop)
     fwd = xff + b", " + peer if xff else peer
     if host is not None:
-        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (fwd, proto, host))
+        out += (b"X-Forwarded-For: ", fwd, _PROTO_HOST.get(proto) or b"\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: "
+                % proto, host)
     else:  # HTTP/1.0 clients may omit Host; HTTP/1.1 instances require one
-        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nHost: %s\r\n" % (fwd, proto, listen.encode()))
+        out += (b"X-Forwarded-For: ", fwd, b"\r\nX-Forwarded-Proto: ", proto, b"\r\nHost: ", listen.encode())
     if chunked:
-        out.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        out.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
     elif length is not None:
-        out.append(b"Content-Length: %d\r\n\r\n" % int(length))
+        out.append(b"\r\nContent-Length: %d\r\n\r\n" % int(length))
     else:
-        out.append(b"\r\n")
+        out.append(b"\r\n\r\n")
     return b"".join(out), chunked, override, token, cookies

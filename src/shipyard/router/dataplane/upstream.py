@@ -22,6 +22,15 @@ from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
+from shipyard.router.dataplane.framing import (
+    H_CONN,
+    H_LEN,
+    H_TE,
+    R_CHUNKED,
+    R_LENGTH,
+    RESPONSE_HEADERS,
+    connection_tokens,
+)
 from shipyard.router.dataplane.metrics import UpstreamMetrics
 from shipyard.router.table import Upstream
 
@@ -49,7 +58,11 @@ class ResponseSink(Protocol):
 
     is_head: bool
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def response_head(self, status: int, reason: bytes, lines: list[bytes], framing: int,
+                      drop: set[bytes] | None) -> None:
+        """`lines`: the head's relayed fields as pieces (name, b": ", value, b"\\r\\n" each), after
+        lines[0], left for the status line; `framing`: R_LENGTH | R_CHUNKED as announced;
+        `drop`: the names the instance's Connection header lists."""
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -67,7 +80,7 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an instance; carries one exchange at a time."""
 
-    __slots__ = ("state", "transport", "parser", "ex", "reason", "headers", "seen", "answered",
+    __slots__ = ("state", "transport", "parser", "ex", "reason", "lines", "framing", "drop", "seen", "answered",
                  "head_done", "head_keep", "read_paused", "idle_since", "closed", "unproven")
 
     def __init__(self, state: UpstreamState) -> None:
@@ -76,7 +89,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.ex: ResponseSink | None = None
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.lines: list[bytes] | None = [b""]
+        """The response head's fields to relay, as pieces after a slot for the status line (see
+        ResponseSink.response_head), classified as they are parsed: the exchange never walks
+        them again. None once the head is complete: a chunked body's trailer fields are dropped,
+        never kept for the next response on the connection."""
+        self.framing = 0
+        """R_LENGTH | R_CHUNKED: what the head's Content-Length / Transfer-Encoding announced."""
+        self.drop: set[bytes] | None = None
         self.seen = False
         """Bytes arrived since the timeout sweeper last looked (cheaper than a timer per read)."""
         self.answered = False
@@ -120,6 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_done:  # a HEAD response has no body, whatever its headers announce
             self.head_done = False
             self.parser = HttpResponseParser(self)
+            self.lines, self.reason, self.framing, self.drop = [b""], b"", 0, None
             if self.ex is not None:
                 self.ex.response_complete(self.head_keep)
         elif self.ex is not None:
@@ -152,19 +173,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        lines = self.lines
+        if lines is None:  # a trailer field (after a chunked body): not relayed
+            return
+        lname = name.lower()
+        code = RESPONSE_HEADERS.get(lname)
+        if code is None:
+            if lname[0] == 112 and lname[:6] == b"proxy-":  # 112: "p" (llhttp refuses empty names)
+                return
+        elif code == H_LEN:
+            self.framing |= R_LENGTH
+        else:  # hop-by-hop: never relayed; the exchange writes the client's own framing
+            if code == H_TE:
+                if b"chunked" in value.lower():
+                    self.framing |= R_CHUNKED
+            elif code == H_CONN:
+                self.drop = connection_tokens(value, self.drop)
+            return
+        lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.ex
-        status = self.parser.get_status_code()
-        headers, self.headers = self.headers, []
-        reason, self.reason = self.reason, b""
-        if ex is None:
+        lines, self.lines = self.lines, None
+        if ex is None or lines is None:
             return
+        status = self.parser.get_status_code()
         if ex.is_head and status >= 200:
             self.head_done = True
             self.head_keep = self.parser.should_keep_alive()
-        ex.response_head(status, reason, headers)
+        ex.response_head(status, self.reason, lines, self.framing, self.drop)
 
     def on_body(self, body: bytes) -> None:
         if self.ex is not None:
@@ -172,6 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.head_done = False
+        self.lines, self.reason, self.framing, self.drop = [b""], b"", 0, None  # the next response's head
         if self.ex is not None:
             self.ex.response_complete(self.parser.should_keep_alive())
 

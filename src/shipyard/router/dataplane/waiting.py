@@ -30,6 +30,9 @@ class WaitingQueue:
     """FIFO of waiters with a bound and a timeout; `count` is the live ones."""
 
     __slots__ = ("items", "count", "size", "timeout", "metrics", "timer")
+    live = 0
+    """Live waiters in every queue of the process: a freed slot looks for a waiter (the
+    proxy's pump) only while there is one, not on every request."""
 
     def __init__(self, size: int, timeout: float, metrics: TrackMetrics) -> None:
         self.items: deque[Waiter] = deque()
@@ -46,6 +49,7 @@ class WaitingQueue:
             return False
         self.items.append(w)
         self.count += 1
+        WaitingQueue.live += 1
         self.metrics.queued += 1
         w.waiting_in = self
         if self.timer is None:
@@ -70,6 +74,7 @@ class WaitingQueue:
         if w.waiting_in is self:
             w.waiting_in = None
             self.count -= 1
+            WaitingQueue.live -= 1
             self.metrics.queued -= 1
 
     def take_all(self) -> list[Waiter]:

@@ -5,10 +5,9 @@ of rotation, so /metrics and the dashboard show real numbers on this router too.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
-from test_router_support import HAProxyHandle, RawClient, make_table, short_tmpdir, upstreams
+from test_router_support import HAProxyHandle, RawClient, make_table, running_haproxy, upstreams
 
 from shipyard.router.haproxy import config as cfg
 
@@ -17,14 +16,8 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def haproxy():
-    with short_tmpdir() as d:
-        h = HAProxyHandle(Path(d))
-        try:
-            await h.start()
-            yield h
-        finally:
-            h.kill()
-            await h.router.close()
+    async with running_haproxy() as h:
+        yield h
 
 
 async def _hold(port: int, n: int, seconds: float) -> tuple[list[RawClient], list[asyncio.Task]]:

@@ -4,24 +4,16 @@ close() to the instance (HAProxy 2.6 gives a dynamic server no idle pool)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from test_router_support import HAProxyHandle, RawClient, make_table, short_tmpdir, upstreams
+from test_router_support import HAProxyHandle, RawClient, make_table, running_haproxy, upstreams
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
 async def haproxy():
-    with short_tmpdir() as d:
-        h = HAProxyHandle(Path(d))
-        try:
-            await h.start()
-            yield h
-        finally:
-            h.kill()
-            await h.router.close()
+    async with running_haproxy() as h:
+        yield h
 
 
 async def test_added_servers_keep_their_connections_to_the_instances(haproxy: HAProxyHandle) -> None:

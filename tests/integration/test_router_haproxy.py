@@ -21,6 +21,7 @@ from test_router_support import (
     RawClient,
     free_port,
     make_table,
+    running_haproxy,
     short_tmpdir,
     track,
     upstreams,
@@ -43,13 +44,8 @@ def workdir():
 
 @pytest.fixture
 async def haproxy(workdir: Path):
-    h = HAProxyHandle(workdir)
-    try:
-        await h.start()
+    async with running_haproxy(workdir) as h:
         yield h
-    finally:
-        h.kill()
-        await h.router.close()
 
 
 async def names(c: RawClient, n: int = 6, **headers: str) -> set[str]:

@@ -437,3 +437,17 @@ async def running_kind(kind: str, workdir: Path, **kw: Any) -> AsyncIterator[Any
     finally:
         h.kill()
         await h.router.close()
+
+
+@contextlib.asynccontextmanager
+async def running_haproxy(workdir: Path | None = None) -> AsyncIterator[HAProxyHandle]:
+    """A started HAProxyHandle in `workdir` (else a short temp dir: unix socket paths are
+    short), killed with its adapter closed at the end, also on failure."""
+    with contextlib.ExitStack() as stack:
+        h = HAProxyHandle(workdir if workdir is not None else Path(stack.enter_context(short_tmpdir())))
+        try:
+            await h.start()
+            yield h
+        finally:
+            h.kill()
+            await h.router.close()

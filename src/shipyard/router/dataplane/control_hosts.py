@@ -10,7 +10,6 @@ control_server.ControlService's, on that service's plane and table file."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from shipyard.router.dataplane.control_server import ControlService, load_table
+from shipyard.router.dataplane.control_server import ControlService, load_table, write_durably
 from shipyard.router.dataplane.service_plane import ServicePlane
 from shipyard.router.table import RoutingTable, TableError
 from shipyard.router.wire import error_reply as _error
@@ -64,26 +63,8 @@ def load_services(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def save_services(path: Path, entries: dict[str, dict[str, Any]]) -> None:
-    """Temp file, fsync, rename, fsync dir: a crash leaves the old or the new list."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps({"services": entries}, indent=1, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Durably (a crash leaves the old or the new list)."""
+    write_durably(path, json.dumps({"services": entries}, indent=1, sort_keys=True).encode())
 
 
 class ListenControl(ControlService):

@@ -62,10 +62,13 @@ class DataPlane(Protocol):
 
 
 def save_table(path: Path, table: RoutingTable) -> None:
-    """Write temp file, fsync, rename, fsync dir: a crash leaves the old or the new table."""
+    write_durably(path, json.dumps(table.to_dict(), indent=1, sort_keys=True).encode())
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write temp file, fsync, rename, fsync dir: a crash leaves the old or the new contents."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(table.to_dict(), indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)

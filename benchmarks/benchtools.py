@@ -12,10 +12,14 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,32 @@ class Children:
     async def stop_all(self) -> None:
         for proc in self.procs:
             await self.stop(proc)
+
+
+def run_bounded(prefix: str, run: Callable[[Path, Children], Awaitable[dict[str, Any]]]) -> dict[str, Any] | int:
+    """Run one benchmark in a fresh temp dir: the children it started (Children) and every process
+    left under the dir are stopped and the dir removed, also on Ctrl-C or a failure. Returns the
+    results, or the exit code main() should return (130 interrupted, 1 failed, said on stderr)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    children = Children()
+
+    async def main_async() -> dict[str, Any]:
+        try:
+            return await run(workdir, children)
+        finally:
+            await children.stop_all()
+
+    try:
+        return asyncio.run(main_async())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except ShipyardError as e:
+        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
+        return 1
+    finally:
+        kill_everything_under(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def kill_everything_under(root: Path, timeout: float = 5.0) -> list[int]:

@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/haproxy_variants.py [--quick] [--only a,b | --s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchtools import HAPROXY, WRK, Children, kill_everything_under, machine, run_wrk, write_doc_section
+from benchtools import HAPROXY, WRK, Children, machine, run_bounded, run_wrk, write_doc_section
 from router import DOC, TICK, bench_table, cpu_ticks, cpus, pin, start_backend, start_plain_haproxy
 
 from shipyard.devtools.demo import free_port
@@ -270,26 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     results = RESULTS.with_name(f"{RESULTS.stem}_steps.json") if args.steps else RESULTS
     out = args.json or (Path(tempfile.gettempdir()) / "haproxy_variants.quick.json" if args.quick else results)
     load_before = " / ".join(Path("/proc/loadavg").read_text().split()[:3])
-    workdir = Path(tempfile.mkdtemp(prefix="syhvar"))
-    children = Children()
-
-    async def main_async() -> dict[str, Any]:
-        try:
-            return await run(args, workdir, children)
-        finally:
-            await children.stop_all()
-
-    try:
-        res = asyncio.run(main_async())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 1
-    finally:
-        kill_everything_under(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+    res = run_bounded("syhvar", lambda workdir, children: run(args, workdir, children))
+    if isinstance(res, int):
+        return res
     res.update(steps=args.steps, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
                load_after=" / ".join(Path("/proc/loadavg").read_text().split()[:3]), machine=machine())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,8 @@ from benchtools import (
     HAPROXY,
     WRK,
     Children,
-    kill_everything_under,
     machine,
+    run_bounded,
     run_wrk,
     start_haproxy,
     wait_port,
@@ -377,26 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     out = args.json or (Path(tempfile.gettempdir()) / "router.quick.json" if args.quick else RESULTS)
     load_before = " / ".join(Path("/proc/loadavg").read_text().split()[:3])
-    workdir = Path(tempfile.mkdtemp(prefix="syrouter"))
-    children = Children()
-
-    async def main_async() -> dict[str, Any]:
-        try:
-            return await run(args, workdir, children)
-        finally:
-            await children.stop_all()
-
-    try:
-        res = asyncio.run(main_async())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 1
-    finally:
-        kill_everything_under(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+    res = run_bounded("syrouter", lambda workdir, children: run(args, workdir, children))
+    if isinstance(res, int):
+        return res
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["load_before"] = load_before
     res["machine"] = machine()

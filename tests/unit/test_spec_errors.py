@@ -31,7 +31,7 @@ def one(text: str) -> str:
 
 
 TOP_KEYS = ("service, listen, build, run, health, replicas, strategy, database, drift, router, tls, domains, "
-            "notifications")
+            "notifications, fleet")
 
 
 def test_unknown_top_level_key_lists_the_keys_and_suggests_one() -> None:

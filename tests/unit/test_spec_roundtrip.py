@@ -152,7 +152,7 @@ def test_json_schema_is_json_with_every_top_level_key() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert list(schema["properties"]) == ["service", "listen", "build", "run", "health", "replicas",
                                           "strategy", "database", "drift", "router", "tls", "domains",
-                                          "notifications"]
+                                          "notifications", "fleet"]
     assert sorted(schema["required"]) == ["listen", "run", "service"]
     refs = re.findall(r'"\$ref": "#/\$defs/([^"]+)"', json.dumps(schema))
     assert refs and all(ref in schema["$defs"] for ref in refs)

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from shipyard.errors import SpecError
 
 from .bounded import MAX_SPEC_BYTES, BoundedComposer, check_expanded, check_text_size, too_big
 from .durations import FROM_FILE
+from .fleet import INVENTORY_FAILED, Hosts
 from .models import Spec, register_json_validator
 from .schema import resolve_loc
 
@@ -30,6 +31,7 @@ _STRING_MAPS: tuple[tuple[str, ...], ...] = (
     ("build", "env"),
     ("run", "env"),
     ("strategy", "blue_green", "preview_checks", "*", "headers"),
+    ("fleet", "hosts", "*", "labels"),
 )
 """Maps whose values are text: YAML numbers/booleans there keep the exact text the user wrote."""
 
@@ -192,10 +194,11 @@ def _describe(err: ErrorDetails, holder: type[BaseModel] | None, node: yaml.Node
     return f"{message}; got {got}"
 
 
-def _problem_lines(exc: ValidationError, source: str, root: yaml.Node | None) -> list[tuple[int, str]]:
+def _problem_lines(exc: ValidationError, source: str, root: yaml.Node | None,
+                   model: Any = Spec) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for err in exc.errors(include_url=False):
-        path, holder = resolve_loc(err["loc"])
+        path, holder = resolve_loc(err["loc"], model)
         anchor = path[:-1] if err["type"] == "missing" else path
         line, _, depth = _locate(root, anchor)
         _, node, _ = _locate(root, path)
@@ -228,17 +231,73 @@ def validate_data(data: Any, source: str, base_dir: Path, root: yaml.Node | None
         _raise([(0, f"{line} the top level must be a mapping (service: ..., listen: ..., run: ...), "
                     f"got {_got(data, root)}")])
     problems: list[tuple[int, str]] = []
+    inventory_ok = True
     if root is not None:
         _duplicates(root, (), source, problems)
         for pattern in _STRING_MAPS:
             _keep_raw_text(data, root, pattern)
+        inventory_ok = _inline_inventory(data, root, source, base_dir, problems)
     try:
-        spec = Spec.model_validate(data, context={FROM_FILE: root is not None})
+        spec = Spec.model_validate(data, context={FROM_FILE: root is not None, INVENTORY_FAILED: not inventory_ok})
     except ValidationError as exc:
         _raise(problems + _problem_lines(exc, source, root))
     if problems:
         _raise(problems)
+    _refuse_fleet_for_now(spec, source, root)
     return spec._located(source, base_dir)
+
+
+def _refuse_fleet_for_now(spec: Spec, source: str, root: yaml.Node | None) -> None:
+    """The one place that keeps a (valid) fleet section out until the runtime over SSH exists
+    (issue 15): delete this function and its call when it does."""
+    if spec.fleet is None:
+        return
+    line = _locate(root, ("fleet",))[0]
+    where = f"{source}:{line}" if line is not None else f"{source}:"
+    raise SpecInvalid([f"{where} fleet: running on several hosts is not available yet (the runtime over SSH "
+                       "is still being built); remove the fleet section to run on this machine"],
+                      "the section is valid as written: keep a copy of it for when fleets are available")
+
+
+def _inline_inventory(data: dict[str, Any], root: yaml.Node, source: str, base_dir: Path,
+                      problems: list[tuple[int, str]]) -> bool:
+    """Read `fleet.hosts_file` (relative to the spec file) into `fleet.hosts`, with the spec's own
+    limits and file:line errors; False when it cannot be used (its problems are in `problems`)."""
+    fleet = data.get("fleet")
+    if not isinstance(fleet, dict) or not isinstance(fleet.get("hosts_file"), str):
+        return True
+    line = _locate(root, ("fleet", "hosts_file"))[0] or 0
+    name = fleet["hosts_file"]
+    if "hosts" in fleet:
+        problems.append((line, f"{source}:{line} fleet: give exactly one of hosts or hosts_file, not both"))
+        return True
+    found: list[tuple[int, str]] = []
+    try:
+        inventory, inventory_root = _compose(_read_inventory(Path(base_dir) / Path(name).expanduser(), name), name)
+    except SpecInvalid as exc:
+        found = [(0, text) for text in exc.problems]
+    except SpecError as exc:
+        found = [(0, f"{source}:{line} fleet.hosts_file: {exc.message}")]
+    else:
+        if inventory_root is None or not isinstance(inventory, list):
+            at = f"{name}:{inventory_root.start_mark.line + 1}" if inventory_root is not None else f"{name}:"
+            found = [(0, f"{at} the inventory must be a list of hosts like "
+                         f"- {{name: web-1, address: 10.0.0.1}}, got {_got(inventory, inventory_root)}")]
+        else:
+            _duplicates(inventory_root, (), name, found)
+            _keep_raw_text(inventory, inventory_root, ("*", "labels"))
+            try:
+                _HOSTS.validate_python(inventory, context={FROM_FILE: True})
+            except ValidationError as exc:
+                found += _problem_lines(exc, name, inventory_root, Hosts)
+    if found:
+        problems += [(line, text) for _, text in sorted(found, key=lambda p: p[0])]
+        return False
+    fleet["hosts"] = inventory
+    return True
+
+
+_HOSTS: TypeAdapter[Any] = TypeAdapter(Hosts)
 
 
 def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
@@ -301,18 +360,34 @@ def _check_context(spec: Spec, root: yaml.Node) -> None:
                           "build.context names the directory whose files make up the image")
 
 
+def _read_bounded(file: Path, shown: str) -> bytes:
+    """At most MAX_SPEC_BYTES of `file` (SpecTooLarge naming it `shown` beyond); OSError as raised."""
+    with file.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_SPEC_BYTES:          # refused before reading: a 50 MB file costs nothing
+            raise too_big(shown, size)
+        raw = f.read(MAX_SPEC_BYTES + 1)   # a file that grows meanwhile is still bounded
+    if len(raw) > MAX_SPEC_BYTES:
+        raise too_big(shown, len(raw))
+    return raw
+
+
+def _read_inventory(file: Path, shown: str) -> str:
+    try:
+        return _read_bounded(file, shown).decode("utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{file} does not exist (hosts_file is relative to the spec file's directory)") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{file} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{file} cannot be read ({exc.strerror or exc})") from None
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and return the spec at `path`; also checks that build.context exists."""
     file = Path(path)
     try:
-        with file.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_SPEC_BYTES:          # refused before reading: a 50 MB file costs nothing
-                raise too_big(file.name, size)
-            raw = f.read(MAX_SPEC_BYTES + 1)   # a file that grows meanwhile is still bounded
-        if len(raw) > MAX_SPEC_BYTES:
-            raise too_big(file.name, len(raw))
-        text = raw.decode("utf-8")
+        text = _read_bounded(file, file.name).decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"{file}: no such spec file",
                         "check the path, or create it (start from shipyard.example.yaml)") from None

@@ -23,6 +23,7 @@ from pydantic import (
 
 from .domains import Domains
 from .durations import Duration, PositiveDuration
+from .fleet import FleetSpec
 from .strategy import BlueGreenSpec, PreviewCheck, StrategySpec
 from .values import (
     Argv,
@@ -255,6 +256,15 @@ class Spec(SpecModel):
     """Host names (exact, or leading `*.` wildcards) this service answers on `listen`; several
     services may share one `listen` when each names its own (spec/domains.py)."""
     notifications: NotificationsSpec | None = None
+    fleet: FleetSpec | None = None
+    """Several hosts over SSH (spec/fleet.py); absent: everything runs on this machine."""
+
+    @model_validator(mode="after")
+    def _replicas_or_placement(self) -> Spec:
+        if self.fleet is not None and self.replicas != 1:
+            raise ValueError("replicas counts instances on this machine; with a fleet, fleet.placement says "
+                             "how many run (per_host or total): remove replicas")
+        return self
 
     @model_validator(mode="after")
     def _redirect_apart(self) -> Spec:
@@ -298,10 +308,11 @@ class Spec(SpecModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON data (durations as strings) that `from_json_dict` turns back into an equal Spec.
-        `domains` is left out when unset, so a spec stored before the key existed equals it."""
+        `domains` and `fleet` are left out when unset, so a spec stored before they existed equals it."""
         doc = self.model_dump(mode="json")
-        if doc.get("domains") is None:
-            doc.pop("domains", None)
+        for key in ("domains", "fleet"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
         return doc
 
     @classmethod

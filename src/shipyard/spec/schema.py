@@ -51,7 +51,7 @@ def _tags(union: Any) -> dict[str, Any]:
     return found
 
 
-def resolve_loc(loc: tuple[str | int, ...], root: type[BaseModel] = Spec) -> tuple[Path, type[BaseModel] | None]:
+def resolve_loc(loc: tuple[str | int, ...], root: Any = Spec) -> tuple[Path, type[BaseModel] | None]:
     """The user-facing key path of a pydantic error location, and the model holding its last key.
 
     Union tags and pydantic's ``[key]`` marker are removed: they are not keys in the file."""

@@ -175,8 +175,8 @@ def test_neither_hosts_nor_hosts_file() -> None:
      'host name "a" is given twice (hosts [0] and [1]); every host needs its own name'),
     ('[{name: a, address: "fd00::1"}, {name: b, address: "FD00:0::1"}]',
      'address "FD00:0::1" is given twice (hosts [0] and [1]); two entries would be one machine'),
-    ("[{name: a, address: Web.Example}, {name: b, address: web.example}]",
-     'address "web.example" is given twice (hosts [0] and [1]); two entries would be one machine'),
+    ("[{name: a, address: Web.Example}, {name: b, address: web.example.}]",
+     'address "web.example." is given twice (hosts [0] and [1]); two entries would be one machine'),
     ("[]", "must not be empty"),
 ])
 def test_host_lists(hosts: str, message: str) -> None:
@@ -229,6 +229,10 @@ def test_passwords_are_refused_with_keys_only(key: str) -> None:
 
 @pytest.mark.parametrize(("ssh", "message"), [
     ("{user: deploy}", "fleet.ssh.identity: required key missing"),
+    ("{user: deploy, identity: ~/.ssh/id_ed25519.pub}", 'fleet.ssh.identity: "~/.ssh/id_ed25519.pub" is a public '
+                                                        "key: identity is the private key file "
+                                                        "(~/.ssh/id_ed25519); its .pub goes into authorized_keys "
+                                                        "on the hosts"),
     ("{user: deploy, identity: k, port: 0}", "fleet.ssh.port: must be at least 1, got 0"),
     ("{user: deploy, identity: k, port: '22'}", 'fleet.ssh.port: expected a whole number, got "22"'),
     ("{user: deploy, identity: k, trust_new_hosts: 'yes'}",
@@ -335,6 +339,19 @@ def test_json_schema_describes_the_fleet_and_says_it_is_refused() -> None:
     assert "password" not in schema["$defs"]["SshSpec"]["properties"]
     for name in ("FleetSpec", "HostSpec", "SshSpec", "PlacementSpec", "BatchSpec"):
         assert schema["$defs"][name]["additionalProperties"] is False, name
+
+
+def test_the_example_fleet_satisfies_the_schema() -> None:
+    from test_spec_roundtrip import _check  # the suite's small JSON Schema checker
+
+    schema = json_schema()
+    data = yaml.safe_load(BASE + HOSTS + SSH + "  placement: {total: 6, spread: zone, max_per_host: 2}\n"
+                          "  batch: {max_parallel: 25%, min_healthy: 3}\n  lost_after: 1m\n")
+    assert _check(schema, data, schema["$defs"]) == []
+    data["fleet"]["ssh"]["password"] = "x"
+    data["fleet"]["hosts"][0]["name"] = "Web_1"
+    assert _check(schema["$defs"]["FleetSpec"], data["fleet"], schema["$defs"], ".fleet") == [
+        ".fleet.hosts: no alternative matches " + repr(data["fleet"]["hosts"]), ".fleet.ssh.password: not allowed"]
 
 
 def test_errors_are_spec_errors() -> None:

@@ -57,7 +57,7 @@ def canonical_address(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        return value.lower()
+        return value.lower().removesuffix(".")
 
 
 def _address(value: str) -> str:
@@ -175,6 +175,14 @@ class SshSpec(SpecModel):
     trust_new_hosts: Bool = False
     """true: a host not yet in known_hosts is trusted on first contact, its key added (and audited).
     A changed key is refused either way."""
+
+    @field_validator("identity")
+    @classmethod
+    def _private_key(cls, value: str) -> str:
+        if value.endswith(".pub"):
+            raise ValueError(f"{show(value)} is a public key: identity is the private key file "
+                             f"({value.removesuffix('.pub')}); its .pub goes into authorized_keys on the hosts")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@ problem at its file:line, and a valid section refused (for now) only after it wa
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -157,6 +158,16 @@ def test_an_unusable_hosts_file_is_one_problem(tmp_path: Path, content: str | No
         (tmp_path / "hosts.yaml").write_text(content)
     text = BASE + "fleet:\n  hosts_file: hosts.yaml\n" + SSH
     assert one(text, tmp_path) == message.replace("{dir}", str(tmp_path))
+
+
+@pytest.mark.parametrize(("kind", "why"), [("fifo", "is not a regular file"),
+                                           ("directory", "cannot be read (Is a directory)")])
+def test_a_hosts_file_that_is_no_regular_file_is_refused_without_blocking(tmp_path: Path, kind: str,
+                                                                          why: str) -> None:
+    target = tmp_path / "hosts.yaml"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    text = BASE + "fleet:\n  hosts_file: hosts.yaml\n" + SSH
+    assert one(text, tmp_path) == f"shop.yaml:6 fleet.hosts_file: {target} {why}"
 
 
 def test_hosts_and_hosts_file_together(tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ is far above what a real spec uses (the example shop: ~100 nodes, depth 5, no al
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,6 +32,39 @@ class SpecTooLarge(SpecError):
 def too_big(source: str, size: int) -> SpecTooLarge:
     return SpecTooLarge(f"{source}: the spec is {size} bytes; the limit is {_limit_text()}",
                         "a spec is a page or two of YAML: is this the right file?")
+
+
+def read_bounded(file: Path, shown: str, regular_only: bool = False) -> bytes:
+    """At most MAX_SPEC_BYTES of `file` (SpecTooLarge naming it `shown` beyond); OSError as raised.
+    `regular_only`: a FIFO, device or directory is refused without blocking on it."""
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0))
+    try:
+        f = open(fd, "rb")                 # closed by the with below
+    except BaseException:
+        os.close(fd)                       # a directory: open() refuses it, the fd is still ours
+        raise
+    with f:
+        if regular_only and not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SpecError(f"{file} is not a regular file")
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_SPEC_BYTES:          # refused before reading: a 50 MB file costs nothing
+            raise too_big(shown, size)
+        raw = f.read(MAX_SPEC_BYTES + 1)   # a file that grows meanwhile is still bounded
+    if len(raw) > MAX_SPEC_BYTES:
+        raise too_big(shown, len(raw))
+    return raw
+
+
+def read_inventory(file: Path, shown: str) -> str:
+    """The text of a fleet's hosts_file; SpecError saying why it cannot be used."""
+    try:
+        return read_bounded(file, shown, regular_only=True).decode("utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{file} does not exist (hosts_file is relative to the spec file's directory)") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{file} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{file} cannot be read ({exc.strerror or exc})") from None
 
 
 def check_text_size(text: str, source: str) -> None:

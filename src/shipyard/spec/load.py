@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from shipyard.errors import SpecError
 
-from .bounded import MAX_SPEC_BYTES, BoundedComposer, check_expanded, check_text_size, too_big
+from .bounded import BoundedComposer, check_expanded, check_text_size, read_bounded, read_inventory
 from .durations import FROM_FILE
 from .fleet import INVENTORY_FAILED, Hosts
 from .models import Spec, register_json_validator
@@ -273,7 +272,7 @@ def _inline_inventory(data: dict[str, Any], root: yaml.Node, source: str, base_d
         return True
     found: list[tuple[int, str]] = []
     try:
-        inventory, inventory_root = _compose(_read_inventory(Path(base_dir) / Path(name).expanduser(), name), name)
+        inventory, inventory_root = _compose(read_inventory(Path(base_dir) / Path(name).expanduser(), name), name)
     except SpecInvalid as exc:
         found = [(0, text) for text in exc.problems]
     except SpecError as exc:
@@ -360,34 +359,11 @@ def _check_context(spec: Spec, root: yaml.Node) -> None:
                           "build.context names the directory whose files make up the image")
 
 
-def _read_bounded(file: Path, shown: str) -> bytes:
-    """At most MAX_SPEC_BYTES of `file` (SpecTooLarge naming it `shown` beyond); OSError as raised."""
-    with file.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_SPEC_BYTES:          # refused before reading: a 50 MB file costs nothing
-            raise too_big(shown, size)
-        raw = f.read(MAX_SPEC_BYTES + 1)   # a file that grows meanwhile is still bounded
-    if len(raw) > MAX_SPEC_BYTES:
-        raise too_big(shown, len(raw))
-    return raw
-
-
-def _read_inventory(file: Path, shown: str) -> str:
-    try:
-        return _read_bounded(file, shown).decode("utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{file} does not exist (hosts_file is relative to the spec file's directory)") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{file} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise SpecError(f"{file} cannot be read ({exc.strerror or exc})") from None
-
-
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and return the spec at `path`; also checks that build.context exists."""
     file = Path(path)
     try:
-        text = _read_bounded(file, file.name).decode("utf-8")
+        text = read_bounded(file, file.name).decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"{file}: no such spec file",
                         "check the path, or create it (start from shipyard.example.yaml)") from None

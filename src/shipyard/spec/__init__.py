@@ -6,6 +6,7 @@ depend on the spec without cycles."""
 from .advice import looks_secret, spec_warnings
 from .bounded import MAX_SPEC_BYTES, SpecTooLarge
 from .durations import format_duration, parse_duration
+from .fleet import BatchSpec, FleetSpec, HostSpec, PlacementSpec, SshSpec
 from .load import SpecInvalid, load_spec, parse_spec
 from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec, TlsSpec
 from .schema import json_schema
@@ -35,6 +36,7 @@ __all__ = [
     "AnalysisSpec",
     "AnalysisStep",
     "AnalysisStepSpec",
+    "BatchSpec",
     "BlueGreenSpec",
     "BuildSpec",
     "CanarySpec",
@@ -42,13 +44,16 @@ __all__ = [
     "CompareToStableMetric",
     "DatabaseSpec",
     "DriftSpec",
+    "FleetSpec",
     "HealthSpec",
+    "HostSpec",
     "MAX_SPEC_BYTES",
     "LatencyMetric",
     "MetricCheck",
     "MetricSpec",
     "PauseSpec",
     "PauseStep",
+    "PlacementSpec",
     "PreviewCheck",
     "PrometheusMetric",
     "RouterSpec",
@@ -58,6 +63,7 @@ __all__ = [
     "Spec",
     "SpecInvalid",
     "SpecTooLarge",
+    "SshSpec",
     "StickySpec",
     "StrategySpec",
     "SuccessRateMetric",

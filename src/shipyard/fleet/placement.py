@@ -13,7 +13,7 @@ on the input, never on its order."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -103,7 +103,7 @@ def place(hosts: Sequence[PlacementHost], placement: PlacementSpec, current: Map
     return Assignment(dict(sorted(desired.items())))
 
 
-def _numbers(first: list[int], taken: set[int]) -> Iterable[int]:
+def _numbers(first: list[int], taken: set[int]) -> Iterator[int]:
     """Slot numbers to give out: the freed ones (lowest first), then the lowest never used."""
     yield from first
     n = 0

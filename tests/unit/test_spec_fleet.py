@@ -114,6 +114,13 @@ def test_hosts_file_is_read_relative_to_the_spec_and_kept_in_the_spec(tmp_path: 
     assert Spec.from_json_dict(spec.to_json_dict(), tmp_path, source="shop.yaml") == spec
 
 
+def test_inline_label_numbers_keep_their_text(fleet_allowed: None) -> None:
+    text = BASE + "fleet:\n  hosts: [{name: a, address: 10.0.0.1, labels: {zone: 1, ssd: true, v: 1.10}}]\n" + SSH
+    fleet = parse_spec(text, "shop.yaml", Path("/tmp")).fleet
+    assert fleet is not None and fleet.hosts is not None
+    assert fleet.hosts[0].labels == {"zone": "1", "ssd": "true", "v": "1.10"}
+
+
 def test_placement_total_with_cap_and_spread(fleet_allowed: None) -> None:
     text = BASE + HOSTS + SSH + "  placement: {total: 6, spread: zone, max_per_host: 2}\n" \
         "  batch: {max_parallel: 2, min_healthy: 5}\n"

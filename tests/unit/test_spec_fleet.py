@@ -188,17 +188,24 @@ def test_neither_hosts_nor_hosts_file() -> None:
 
 # -- hosts ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("hosts", "message"), [
-    ("[{name: a, address: 10.0.0.1}, {name: a, address: 10.0.0.2}]",
-     'host name "a" is given twice (hosts [0] and [1]); every host needs its own name'),
-    ('[{name: a, address: "fd00::1"}, {name: b, address: "FD00:0::1"}]',
-     'address "FD00:0::1" is given twice (hosts [0] and [1]); two entries would be one machine'),
-    ("[{name: a, address: Web.Example}, {name: b, address: web.example.}]",
-     'address "web.example." is given twice (hosts [0] and [1]); two entries would be one machine'),
-    ("[]", "must not be empty"),
+@pytest.mark.parametrize(("second", "message"), [
+    ("{name: a, address: 10.0.0.2}", '[1].name: "a" is the name of host [0] too; every host needs its own name'),
+    ('{name: b, address: "FD00:0::1"}', '[1].address: "FD00:0::1" is the address of host [0] too; two entries '
+                                        "would be one machine"),
 ])
-def test_host_lists(hosts: str, message: str) -> None:
-    assert one(BASE + f"fleet:\n  hosts: {hosts}\n" + SSH) == f"shop.yaml:6 fleet.hosts: {message}"
+def test_duplicates_are_reported_at_the_second_entry(second: str, message: str) -> None:
+    text = BASE + f'fleet:\n  hosts:\n    - {{name: a, address: "fd00::1"}}\n    - {second}\n' + SSH
+    assert one(text) == f"shop.yaml:8 fleet.hosts{message}"
+
+
+def test_dns_names_are_compared_without_case_and_trailing_dot(tmp_path: Path) -> None:
+    (tmp_path / "hosts.yaml").write_text("- {name: a, address: Web.Example}\n- {name: b, address: web.example.}\n")
+    assert one(BASE + "fleet:\n  hosts_file: hosts.yaml\n" + SSH, tmp_path) == (
+        'hosts.yaml:2 [1].address: "web.example." is the address of host [0] too; two entries would be one machine')
+
+
+def test_an_empty_host_list() -> None:
+    assert one(BASE + "fleet:\n  hosts: []\n" + SSH) == "shop.yaml:6 fleet.hosts: must not be empty"
 
 
 @pytest.mark.parametrize(("host", "message"), [

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from .durations import PositiveDuration, format_duration
-from .values import Bool, SpecModel, Text, exactly_one, show
+from .values import Bool, ItemProblem, SpecModel, Text, exactly_one, show
 
 INVENTORY_FAILED = "shipyard.spec.inventory_failed"
 """Validation-context flag: the hosts_file could not be read or is invalid (its own problems
@@ -147,13 +147,13 @@ def _unique_hosts(hosts: list[HostSpec]) -> list[HostSpec]:
     addresses: dict[str, int] = {}
     for i, host in enumerate(hosts):
         if host.name in names:
-            raise ValueError(f"host name {show(host.name)} is given twice (hosts [{names[host.name]}] and [{i}]); "
-                             "every host needs its own name")
+            raise ItemProblem(f"{show(host.name)} is the name of host [{names[host.name]}] too; every host "
+                              "needs its own name", i, "name")
         names[host.name] = i
         key = canonical_address(host.address)
         if key in addresses:
-            raise ValueError(f"address {show(host.address)} is given twice (hosts [{addresses[key]}] and [{i}]); "
-                             "two entries would be one machine")
+            raise ItemProblem(f"{show(host.address)} is the address of host [{addresses[key]}] too; two "
+                              "entries would be one machine", i, "address")
         addresses[key] = i
     return hosts
 

@@ -198,6 +198,7 @@ def _problem_lines(exc: ValidationError, source: str, root: yaml.Node | None,
     out: list[tuple[int, str]] = []
     for err in exc.errors(include_url=False):
         path, holder = resolve_loc(err["loc"], model)
+        path += getattr((err.get("ctx") or {}).get("error"), "at", ())   # values.ItemProblem
         anchor = path[:-1] if err["type"] == "missing" else path
         line, _, depth = _locate(root, anchor)
         _, node, _ = _locate(root, path)

@@ -166,6 +166,15 @@ Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]
 OpenFraction = Annotated[float, Strict(), Field(gt=0, lt=1)]
 
 
+class ItemProblem(ValueError):
+    """A check of a whole list or mapping that is about one item in it: `at` is that item's key
+    path below the checked value, so the problem is reported at the item's own line."""
+
+    def __init__(self, message: str, *at: str | int) -> None:
+        super().__init__(message)
+        self.at = at
+
+
 def exactly_one(model: BaseModel, keys: tuple[str, ...]) -> str:
     given = [k for k in keys if getattr(model, k) is not None]
     options = " or ".join(keys) if len(keys) == 2 else ", ".join(keys[:-1]) + " or " + keys[-1]

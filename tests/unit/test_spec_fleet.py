@@ -288,18 +288,19 @@ def test_placement_forms(placement: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(("placement", "message"), [
-    ("{total: 4, spread: rack}", 'placement.spread: label "rack" is missing on host(s) web-1, web-2, web-3: '
+    ("{total: 4, spread: rack}", 'spread: label "rack" is missing on host(s) web-1, web-2, web-3: '
                                  "give it to every host, or spread by another label"),
-    ("{total: 7, max_per_host: 2}", "placement.total 7 does not fit: 3 host(s) take at most 2 each (6); lower "
+    ("{total: 7, max_per_host: 2}", "total: 7 does not fit: 3 host(s) take at most 2 each (6); lower "
                                     "total, raise max_per_host or add hosts"),
 ])
 def test_placement_against_the_hosts(placement: str, message: str) -> None:
-    assert one(BASE + HOSTS + SSH + f"  placement: {placement}\n") == f"shop.yaml:5 fleet: {message}"
+    assert one(BASE + HOSTS + SSH + f"  placement: {placement}\n") == f"shop.yaml:11 fleet.placement.{message}"
 
 
 def test_spread_label_missing_on_one_host() -> None:
-    text = BASE + HOSTS.replace(", labels: {zone: b}", "") + SSH + "  placement: {total: 4, spread: zone}\n"
-    assert one(text) == ('shop.yaml:5 fleet: placement.spread: label "zone" is missing on host(s) web-2: give it '
+    text = BASE + HOSTS.replace(", labels: {zone: b}", "") + SSH + "placement:\n    spread: zone\n    total: 4\n"
+    text = text.replace("placement:", "  placement:")
+    assert one(text) == ('shop.yaml:12 fleet.placement.spread: label "zone" is missing on host(s) web-2: give it '
                          "to every host, or spread by another label")
 
 
@@ -322,7 +323,7 @@ def test_batch_values(batch: str, message: str) -> None:
 
 def test_min_healthy_count_above_the_target() -> None:
     text = BASE + HOSTS + SSH + "  placement: {per_host: 2}\n  batch: {min_healthy: 7}\n"
-    assert one(text) == ("shop.yaml:5 fleet: batch.min_healthy 7 is more than the 6 instance(s) placement "
+    assert one(text) == ("shop.yaml:12 fleet.batch.min_healthy: 7 is more than the 6 instance(s) placement "
                          "asks for: lower it, or write a percentage")
 
 

@@ -260,8 +260,8 @@ class FleetSpec(SpecModel):
         self._check_placement(self.hosts)
         target = self.target(len(self.hosts))
         if isinstance(self.batch.min_healthy, int) and self.batch.min_healthy > target:
-            raise ValueError(f"batch.min_healthy {self.batch.min_healthy} is more than the {target} instance(s) "
-                             "placement asks for: lower it, or write a percentage")
+            raise ItemProblem(f"{self.batch.min_healthy} is more than the {target} instance(s) placement asks "
+                              "for: lower it, or write a percentage", "batch", "min_healthy")
         return self
 
     def _check_placement(self, hosts: list[HostSpec]) -> None:
@@ -269,13 +269,13 @@ class FleetSpec(SpecModel):
         if p.spread is not None:
             missing = [h.name for h in hosts if p.spread not in h.labels]
             if missing:
-                raise ValueError(f"placement.spread: label {show(p.spread)} is missing on host(s) "
-                                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: give it "
-                                 "to every host, or spread by another label")
+                raise ItemProblem(f"label {show(p.spread)} is missing on host(s) "
+                                  f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: give it "
+                                  "to every host, or spread by another label", "placement", "spread")
         if p.total is not None and p.max_per_host is not None and p.total > p.max_per_host * len(hosts):
-            raise ValueError(f"placement.total {p.total} does not fit: {len(hosts)} host(s) take at most "
-                             f"{p.max_per_host} each ({p.max_per_host * len(hosts)}); lower total, raise "
-                             "max_per_host or add hosts")
+            raise ItemProblem(f"{p.total} does not fit: {len(hosts)} host(s) take at most {p.max_per_host} "
+                              f"each ({p.max_per_host * len(hosts)}); lower total, raise max_per_host or add "
+                              "hosts", "placement", "total")
 
     def target(self, usable_hosts: int) -> int:
         """How many instances placement asks for when `usable_hosts` hosts can take them."""

@@ -159,6 +159,33 @@ async def test_traffic_counters_histogram_and_instances(api: AsyncApiClient, dae
     assert sum(after.select("shipyard_rollout_phase", service="shop").values()) == 1
 
 
+async def test_unknown_host_requests_are_one_series_of_the_listen_address(api: AsyncApiClient, daemon: DaemonProcess,
+                                                                            make_spec: SpecMaker, listen: str) -> None:
+    """A service naming its domains: requests for other hosts are answered 404 on one kept-alive
+    connection and counted in shipyard_unknown_host_requests_total{listen}, in none of its tracks."""
+    r = await api.wait_rollout((await deploy(api, make_spec("v1", domains=["shop.test"])))["id"], 60)
+    assert r["phase"] == "succeeded", r
+    before = await scrape(daemon)
+    unknown, known = 7, 4
+    async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=10,
+                                 limits=httpx.Limits(max_connections=1)) as c:
+        for _ in range(unknown):
+            resp = await c.get("/", headers={"Host": "nope.test"})
+            assert resp.status_code == 404 and b"nope.test" in resp.content
+        for _ in range(known):
+            assert (await c.get("/", headers={"Host": "shop.test"})).status_code == 200
+
+    def series(m: Scrape) -> float:
+        return m.get("shipyard_unknown_host_requests_total", listen=listen)
+
+    after = await until_scrape(daemon, lambda m: series(m) - series(before) >= unknown)
+    assert series(after) - series(before) == unknown
+    assert len(after.select("shipyard_unknown_host_requests_total")) == 1
+    four = sum(after.select("shipyard_requests_total", service="shop", status_class="4xx").values())
+    assert four == sum(before.select("shipyard_requests_total", service="shop", status_class="4xx").values())
+    assert_monotonic(before, after)
+
+
 async def test_a_slot_that_takes_a_new_release_counts_it_from_zero(api: AsyncApiClient, daemon: DaemonProcess,
                                                                    make_spec: SpecMaker, listen: str) -> None:
     async def release(spec: Path, requests: int) -> tuple[str, str]:

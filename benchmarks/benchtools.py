@@ -134,6 +134,14 @@ def publish(res: dict[str, Any], out: Path, body: str, doc: Path, section: str |
         write_doc_section(doc, section, body=body)
 
 
+def tools_missing(*tools: str) -> bool:
+    """True (said on stderr) when a program the benchmark runs is not installed."""
+    missing = [t for t in tools if not os.access(t, os.X_OK)]
+    for tool in missing:
+        print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
+    return bool(missing)
+
+
 def loadavg_now() -> str:
     """The 1, 5 and 15 minute load averages, as the results record them ("2.1 / 1.9 / 1.7")."""
     return " / ".join(Path("/proc/loadavg").read_text().split()[:3])

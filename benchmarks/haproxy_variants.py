@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchtools import HAPROXY, WRK, Children, loadavg_now, machine, publish, run_bounded, run_wrk
+from benchtools import (
+    HAPROXY,
+    WRK,
+    Children,
+    loadavg_now,
+    machine,
+    publish,
+    run_bounded,
+    run_wrk,
+    tools_missing,
+)
 from router import DOC, TICK, bench_table, cpu_ticks, cpus, pin, start_backend, start_plain_haproxy
 
 from shipyard.devtools.demo import free_port
@@ -260,10 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.seconds, args.warmup, args.rounds = 1, 0, 1
-    for tool in (WRK, HAPROXY):
-        if not os.access(tool, os.X_OK):
-            print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
-            return 1
+    if tools_missing(WRK, HAPROXY):
+        return 1
     section = f"{SECTION}-steps" if args.steps else SECTION
     results = RESULTS.with_name(f"{RESULTS.stem}_steps.json") if args.steps else RESULTS
     out = args.json or (Path(tempfile.gettempdir()) / "haproxy_variants.quick.json" if args.quick else results)

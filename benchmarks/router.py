@@ -47,6 +47,7 @@ from benchtools import (
     run_bounded,
     run_wrk,
     start_haproxy,
+    tools_missing,
     wait_port,
 )
 
@@ -371,10 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 1, 0, 1
-    for tool in (WRK, HAPROXY):
-        if not os.access(tool, os.X_OK):
-            print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
-            return 1
+    if tools_missing(WRK, HAPROXY):
+        return 1
     out = args.json or (Path(tempfile.gettempdir()) / "router.quick.json" if args.quick else RESULTS)
     load_before = loadavg_now()
     res = run_bounded("syrouter", lambda workdir, children: run(args, workdir, children))

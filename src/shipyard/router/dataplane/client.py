@@ -216,7 +216,8 @@ class ClientConnection(asyncio.Protocol):
             host = request_host(url, hdrs)
             plane = hosts.lookup(host)
             if plane is None:
-                self._unknown_host(host, method == b"HEAD", version == "1.1" and p.should_keep_alive(), hdrs)
+                keep = version == "1.1" and p.should_keep_alive() and not p.should_upgrade()
+                self._unknown_host(host, method == b"HEAD", keep, hdrs)
                 return
         ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
                       cookies)

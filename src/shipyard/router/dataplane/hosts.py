@@ -102,13 +102,14 @@ def not_found(message: str, head: bool = False, keep_alive: bool = False) -> byt
 
 def body_length(hdrs: list[tuple[bytes, bytes]]) -> int | None:
     """The request's Content-Length (0 without one), or None when it cannot be told cheaply
-    (chunked, several or bad values): a request whose body is not read in full before its 404
-    cannot leave its connection framed for the next one."""
+    (chunked, several or bad values) or the client waits to be told to send it (Expect): a
+    request whose body is not read in full before its 404 cannot leave its connection framed
+    for the next one."""
     length = 0
     seen = False
     for name, value in hdrs:
         lname = name.lower()
-        if lname == b"transfer-encoding":
+        if lname == b"transfer-encoding" or lname == b"expect":
             return None
         if lname == b"content-length":
             if seen or not value.strip().isdigit():

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
@@ -159,11 +160,14 @@ async def test_traffic_counters_histogram_and_instances(api: AsyncApiClient, dae
     assert sum(after.select("shipyard_rollout_phase", service="shop").values()) == 1
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_unknown_host_requests_are_one_series_of_the_listen_address(api: AsyncApiClient, daemon: DaemonProcess,
-                                                                            make_spec: SpecMaker, listen: str) -> None:
-    """A service naming its domains: requests for other hosts are answered 404 on one kept-alive
-    connection and counted in shipyard_unknown_host_requests_total{listen}, in none of its tracks."""
-    r = await api.wait_rollout((await deploy(api, make_spec("v1", domains=["shop.test"])))["id"], 60)
+                                                                            make_spec: SpecMaker, listen: str,
+                                                                            kind: str) -> None:
+    """A service naming its domains, on either router: requests for other hosts are answered 404
+    and counted in shipyard_unknown_host_requests_total{listen}, in none of its tracks."""
+    spec = make_spec("v1", **{"domains": ["shop.test"], "router.kind": kind})
+    r = await api.wait_rollout((await deploy(api, spec))["id"], 60)
     assert r["phase"] == "succeeded", r
     before = await scrape(daemon)
     unknown, known = 7, 4

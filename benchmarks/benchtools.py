@@ -91,10 +91,12 @@ class Children:
             await self.stop(proc)
 
 
-def run_bounded(prefix: str, run: Callable[[Path, Children], Awaitable[dict[str, Any]]]) -> dict[str, Any] | int:
+def run_bounded(prefix: str, run: Callable[[Path, Children], Awaitable[dict[str, Any]]],
+                cleanup: Callable[[], None] | None = None, failure: str = "benchmark failed") -> dict[str, Any] | int:
     """Run one benchmark in a fresh temp dir: the children it started (Children) and every process
-    left under the dir are stopped and the dir removed, also on Ctrl-C or a failure. Returns the
-    results, or the exit code main() should return (130 interrupted, 1 failed, said on stderr)."""
+    left under the dir are stopped, `cleanup` run (e.g. databases dropped) and the dir removed,
+    also on Ctrl-C or a failure. Returns the results, or the exit code main() should return
+    (130 interrupted, 1 failed, said on stderr after `failure`)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children()
 
@@ -110,11 +112,39 @@ def run_bounded(prefix: str, run: Callable[[Path, Children], Awaitable[dict[str,
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
     except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
+        print(f"{failure}: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
         return 1
     finally:
         kill_everything_under(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def publish(res: dict[str, Any], out: Path, body: str, doc: Path, section: str | None) -> None:
+    """The results as JSON in `out`, the doc table printed (the JSON's path on stderr), and the
+    table written into `section` of `doc` when one is given (not for smoke runs)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(body)
+    print(f"\nJSON: {out}", file=sys.stderr)
+    if section is not None:
+        write_doc_section(doc, section, body=body)
+
+
+def tools_missing(*tools: str) -> bool:
+    """True (said on stderr) when a program the benchmark runs is not installed."""
+    missing = [t for t in tools if not os.access(t, os.X_OK)]
+    for tool in missing:
+        print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
+    return bool(missing)
+
+
+def loadavg_now() -> str:
+    """The 1, 5 and 15 minute load averages, as the results record them ("2.1 / 1.9 / 1.7")."""
+    return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def kill_everything_under(root: Path, timeout: float = 5.0) -> list[int]:

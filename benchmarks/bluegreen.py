@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,9 @@ from benchtools import (
     Switch,
     cpu_times,
     cpu_use,
-    kill_everything_under,
     machine,
     measure_settle,
+    run_bounded,
     run_wrk,
     series,
     start_haproxy,
@@ -431,19 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration < 20 or args.cycles < 1 or args.connections < 1 or args.pace_ms < 1:
         p.error("the acceptance needs --duration >= 20, --cycles >= 1, --connections >= 1 and --pace-ms >= 1")
     load_before = Path("/proc/loadavg").read_text().split()[0]   # another load on the machine skews everything
-    state = Path(tempfile.mkdtemp(prefix="sybench"))
-    children = Children()
-    try:
-        res = asyncio.run(run(args, state, children))
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 1
-    finally:
-        kill_everything_under(state)
-        shutil.rmtree(state, ignore_errors=True)
+    res = run_bounded("sybench", lambda state, children: run(args, state, children))
+    if isinstance(res, int):
+        return res
     res["machine"] = {**machine(), "loadavg_1min_before": float(load_before)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=2) + "\n")

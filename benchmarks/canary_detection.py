@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from benchtools import cpu_times, cpu_use, kill_everything_under, machine, write_doc_section
+from benchtools import cpu_times, cpu_use, machine, run_bounded, write_doc_section
 from canarytools import (
     Judged,
     RingRecorder,
@@ -504,19 +503,12 @@ def run_router(args: argparse.Namespace, router: str, series_file: Path) -> dict
     """One router's live part (its own daemon and state dir, removed after) and replay; an exit
     code when it failed."""
     load_before = loadavg()
-    state = Path(tempfile.mkdtemp(prefix="sybench"))
-    try:
-        lv = asyncio.run(live(args, state, router)) if args.live_runs or args.aa_from is None else {}
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed on the {router} router: {e.message}" + (f"\n  {e.hint}" if e.hint else ""),
-              file=sys.stderr)
-        return 1
-    finally:
-        kill_everything_under(state)
-        shutil.rmtree(state, ignore_errors=True)
+    lv: dict[str, Any] | int = {}
+    if args.live_runs or args.aa_from is None:
+        lv = run_bounded("sybench", lambda state, _children: live(args, state, router),
+                         failure=f"benchmark failed on the {router} router")
+    if isinstance(lv, int):
+        return lv
     if args.aa_from is not None:
         doc = json.loads(args.aa_from.read_text())
         aa = {k: v for k, v in doc.items() if k != "pairs"}

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import resource
-import shutil
 import signal
 import sys
 import tempfile
@@ -36,10 +34,10 @@ from benchtools import (
     Children,
     cpu_times,
     cpu_use,
-    kill_everything_under,
     machine,
+    publish,
+    run_bounded,
     run_wrk,
-    write_doc_section,
 )
 
 from shipyard.client import AsyncApiClient
@@ -273,29 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     want = max(soft, min(hard, 4 * args.connections + 1024)) if hard != resource.RLIM_INFINITY else 4 * args.connections + 1024
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))   # wrk, the daemon and its router inherit it
     load_before = Path("/proc/loadavg").read_text().split()[0]
-    state = Path(tempfile.mkdtemp(prefix="syfaults"))
-    children = Children()
-    try:
-        res = asyncio.run(run(args, state, children))
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 1
-    finally:
-        kill_everything_under(state)
-        shutil.rmtree(state, ignore_errors=True)
+    res = run_bounded("syfaults", lambda state, children: run(args, state, children))
+    if isinstance(res, int):
+        return res
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["machine"] = {**machine(), "loadavg_1min_before": float(load_before)}
     res["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    body = doc_body(res)
-    print(body)
-    print(f"\nJSON: {out}", file=sys.stderr)
-    if args.write_doc and not args.quick:
-        write_doc_section(DOC, SECTION, body)
+    publish(res, out, doc_body(res), DOC, SECTION if args.write_doc and not args.quick else None)
     return 0
 
 

@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/haproxy_variants.py [--quick] [--only a,b | --s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchtools import HAPROXY, WRK, Children, machine, run_bounded, run_wrk, write_doc_section
+from benchtools import (
+    HAPROXY,
+    WRK,
+    Children,
+    loadavg_now,
+    machine,
+    publish,
+    run_bounded,
+    run_wrk,
+    tools_missing,
+)
 from router import DOC, TICK, bench_table, cpu_ticks, cpus, pin, start_backend, start_plain_haproxy
 
 from shipyard.devtools.demo import free_port
@@ -261,25 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.seconds, args.warmup, args.rounds = 1, 0, 1
-    for tool in (WRK, HAPROXY):
-        if not os.access(tool, os.X_OK):
-            print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
-            return 1
+    if tools_missing(WRK, HAPROXY):
+        return 1
     section = f"{SECTION}-steps" if args.steps else SECTION
     results = RESULTS.with_name(f"{RESULTS.stem}_steps.json") if args.steps else RESULTS
     out = args.json or (Path(tempfile.gettempdir()) / "haproxy_variants.quick.json" if args.quick else results)
-    load_before = " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_before = loadavg_now()
     res = run_bounded("syhvar", lambda workdir, children: run(args, workdir, children))
     if isinstance(res, int):
         return res
     res.update(steps=args.steps, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
-               load_after=" / ".join(Path("/proc/loadavg").read_text().split()[:3]), machine=machine())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(doc_body(res))
-    print(f"\nJSON: {out}", file=sys.stderr)
-    if args.write_doc and not args.quick:
-        write_doc_section(DOC, section, body=doc_body(res))
+               load_after=loadavg_now(), machine=machine())
+    publish(res, out, doc_body(res), DOC, section if args.write_doc and not args.quick else None)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from benchtools import cpu_times, cpu_use, machine, write_doc_section
+from benchtools import cpu_times, cpu_use, machine, run_bounded, write_doc_section
 from migrationtools import (
     AppWorkload,
     Databases,
@@ -41,7 +40,6 @@ from shipyard.database.apply import apply_migrations
 from shipyard.database.connect import connect, redact, server_version
 from shipyard.database.lint import lint_scripts, load_catalog
 from shipyard.database.sources import Migration, from_directory
-from shipyard.errors import ShipyardError
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -374,23 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (Path(tempfile.gettempdir()) / "migration_stall.quick.json" if args.quick
                              else HERE / "results" / "migration_stall.json")
     load_before = Path("/proc/loadavg").read_text().split()[0]
-    work = Path(tempfile.mkdtemp(prefix="sybench-mig"))
     dbs = Databases(args.url)
-    try:
-        res = asyncio.run(run(args, dbs, work))
-    except KeyboardInterrupt:
-        print("interrupted; the benchmark's databases are dropped", file=sys.stderr)
-        return 130
-    except ShipyardError as e:
-        print(f"benchmark failed: {e.message}" + (f"\n  {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 1
-    finally:
+
+    def drop() -> None:
         try:
             dbs.drop_remaining()
         except psycopg.Error as e:
             print(f"could not drop {', '.join(sorted(dbs.names))} on {redact(args.url)}: {e}",
                   file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+
+    res = run_bounded("sybench-mig", lambda work, _children: run(args, dbs, work), cleanup=drop)
+    if isinstance(res, int):
+        return res
     res["machine"] = {k: v for k, v in machine().items() if k not in ("wrk", "haproxy")}
     res["machine"]["loadavg_1min_before"] = float(load_before)
     output.parent.mkdir(parents=True, exist_ok=True)

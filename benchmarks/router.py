@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import statistics
@@ -42,12 +41,14 @@ from benchtools import (
     HAPROXY,
     WRK,
     Children,
+    loadavg_now,
     machine,
+    publish,
     run_bounded,
     run_wrk,
     start_haproxy,
+    tools_missing,
     wait_port,
-    write_doc_section,
 )
 
 from shipyard.devtools.demo import free_port
@@ -371,12 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 1, 0, 1
-    for tool in (WRK, HAPROXY):
-        if not os.access(tool, os.X_OK):
-            print(f"benchmark needs {tool}: run tools/system-deps.sh", file=sys.stderr)
-            return 1
+    if tools_missing(WRK, HAPROXY):
+        return 1
     out = args.json or (Path(tempfile.gettempdir()) / "router.quick.json" if args.quick else RESULTS)
-    load_before = " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_before = loadavg_now()
     res = run_bounded("syrouter", lambda workdir, children: run(args, workdir, children))
     if isinstance(res, int):
         return res
@@ -384,12 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     res["load_before"] = load_before
     res["machine"] = machine()
     res["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(doc_body(res))
-    print(f"\nJSON: {out}", file=sys.stderr)
-    if args.write_doc and not args.quick:
-        write_doc_section(DOC, SECTION, body=doc_body(res))
+    publish(res, out, doc_body(res), DOC, SECTION if args.write_doc and not args.quick else None)
     return 0
 
 

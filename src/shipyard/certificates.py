@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import ssl
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import CertificateError
+from shipyard.fsutil import write_atomic
 from shipyard.x509 import read_fields
 
 EXPIRY_WARNING_DAYS = 14
@@ -223,16 +223,4 @@ def _check_loads(cert_path: Path, key_path: Path, chain: bytes, key: bytes) -> N
 
 def _write_private(path: Path, data: bytes) -> None:
     """Atomically, readable by the owner only from the first byte on."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, mode=0o600, durable=True)

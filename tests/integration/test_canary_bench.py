@@ -4,29 +4,20 @@ every figure the doc table reads, and no process left behind."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_router_support import short_tmpdir
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "canary_detection.py"
+from support.bench import run_quick
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_canary_quick_measures_haproxy_live_and_replayed() -> None:
     with short_tmpdir() as tmp:      # HAProxy's unix sockets live under it: paths must stay short
-        out = tmp / "canary.json"
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(out)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=280, env={**os.environ, "TMPDIR": str(tmp)})
         # exit 1 is a missed goal (one run each on a shared machine), reported in the JSON; not a crash
-        assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
-        res = json.loads(out.read_text())
+        proc, res = run_quick("canary_detection.py", "--output", tmp, timeout=280, exit_codes=(0, 1))
         assert list(res["routers"]) == ["haproxy"]
         assert (proc.returncode == 0) == res["ok"] == (not res["missed"])
         r = res["routers"]["haproxy"]
@@ -45,12 +36,3 @@ def test_canary_quick_measures_haproxy_live_and_replayed() -> None:
         assert Path(r["aa_series"]).exists()
         assert "| haproxy | (a) 10 % errors, live |" in proc.stdout
 
-        left = [p for p in os.listdir("/proc") if p.isdigit() and _names(p, str(tmp))]
-        assert left == [], left
-
-
-def _names(pid: str, text: str) -> bool:
-    try:
-        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False

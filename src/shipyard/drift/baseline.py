@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shipyard.fsutil import write_atomic
 
 FORMAT = 2
 RACY_SECONDS = 2.0
@@ -67,18 +68,9 @@ class BaselineStore:
         return Baseline(identity, files)
 
     def save(self, image_id: str, baseline: Baseline) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"format": FORMAT, "identity": baseline.identity, "files": baseline.files},
                           separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path(image_id))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.path(image_id), data, mode=0o600)
 
     def drop(self, image_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

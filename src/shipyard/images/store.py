@@ -16,7 +16,6 @@ An image exists exactly when its manifest exists, and the manifest is written la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ImageError, NotFoundError
+from shipyard.fsutil import write_atomic
 from shipyard.images.build import BuildInput, LogFn, input_key, prepare, remove_dir, run_steps
 from shipyard.images.manifest import VerifyReport, canonical_json, make_manifest, parse_manifest
 from shipyard.images.objects import ObjectStore
@@ -68,19 +68,9 @@ class Image:
         }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _write_manifest(path: Path, data: bytes) -> None:
+    """Read-only and durable: a manifest or input key, once there, is never half written."""
+    write_atomic(path, data, mode=0o444, durable=True)
 
 
 class ImageStore:
@@ -162,17 +152,17 @@ class ImageStore:
         image_id = hashlib.sha256(data).hexdigest()
         if (self._manifests / f"{image_id}.json").exists():
             if key is not None:
-                _write_atomic(self._inputs / key, image_id.encode())
+                _write_manifest(self._inputs / key, image_id.encode())
             if log is not None:
                 log(f"--- image {image_id[:12]} already exists: reused")
             return self._load(image_id)
-        _write_atomic(
+        _write_manifest(
             self._meta / f"{image_id}.json",
             canonical_json({"service": inp.service, "created_at": time.time()}),
         )
-        _write_atomic(self._manifests / f"{image_id}.json", data)
+        _write_manifest(self._manifests / f"{image_id}.json", data)
         if key is not None:
-            _write_atomic(self._inputs / key, image_id.encode())
+            _write_manifest(self._inputs / key, image_id.encode())
         if log is not None:
             log(f"--- built image {image_id[:12]} ({len(entries)} entries)")
         return self._load(image_id)

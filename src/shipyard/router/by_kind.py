@@ -10,14 +10,13 @@ one address): its clients see the port refuse connections until the new one list
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
+from shipyard.fsutil import write_atomic
 from shipyard.router.table import RoutingTable
 
 DEFAULT_KIND = "embedded"
@@ -89,13 +88,8 @@ class RouterByKind:
         return {str(k): str(v) for k, v in doc.items() if str(v) in self.routers} if isinstance(doc, dict) else {}
 
     def _save(self) -> None:
-        self.memory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.memory.with_name(self.memory.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self._kinds, sort_keys=True))
-            os.replace(tmp, self.memory)
+            write_atomic(self.memory, json.dumps(self._kinds, sort_keys=True))
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise RouterError(f"cannot write {self.memory}: {e.strerror or e}",
                               f"free space in {self.memory.parent}") from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RouterError
+from shipyard.fsutil import write_atomic
 from shipyard.paths import StatePaths
 from shipyard.procfs import pid_alive, process_start_time
 from shipyard.router.control_client import RouterControlClient
@@ -73,13 +74,9 @@ def write_pid(path: Path, pid: int, listen: str) -> None:
     with contextlib.suppress(OSError):
         if path.read_text() == data:
             return
-    tmp = path.with_suffix(".pid.tmp")
     try:
-        tmp.write_text(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise RouterError(f"cannot write {path}: {e.strerror or e}", f"free space in {path.parent}") from None
 
 

@@ -22,6 +22,7 @@ from shipyard.engine.controller import Controller
 from shipyard.engine.deps import Deps
 from shipyard.engine.ports import SystemClock
 from shipyard.errors import ShipyardError
+from shipyard.fsutil import write_atomic
 from shipyard.images import ImageStore
 from shipyard.notify import Dispatcher
 from shipyard.paths import StatePaths
@@ -82,10 +83,7 @@ def bind(listen: str) -> socket.socket:
 
 
 def write_api_file(paths: StatePaths, url: str) -> None:
-    tmp = paths.api.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, paths.api)
+    write_atomic(paths.api, json.dumps({"url": url, "pid": os.getpid()}), mode=0o600)
 
 
 def setup_logging(path: Path) -> None:

@@ -168,6 +168,20 @@ def test_track_of_and_the_shared_log() -> None:
         shared.series(0)
 
 
+def test_a_shared_frontends_own_404s_are_unknown_hosts_and_nothing_else_is() -> None:
+    """The 404 a shared frontend (sites.py) answers itself for a host no service names is
+    counted as the listener's unknown host, in no track; its other answers stay untracked, and
+    a service's 404 stays that service's."""
+    shared = TrafficLog()
+    unknown = b"sy1 listen-127.0.0.1-8080 <NOSRV> 404 0 0 LR 180 1796305659111868 1796305659111900\n"
+    for data in (unknown, unknown, OK.replace(b" 200 ", b" 404 "),
+                 unknown.replace(b" 404 ", b" 400 "), unknown.replace(b"listen-", b"solo-")):
+        shared.feed(line(data), time.time())
+    st = shared.stats("svc")
+    assert st["unknown_host"] == {"requests": 2, "status": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 2, "5xx": 0}}
+    assert st["tracks"]["blue"]["status"]["4xx"] == 1 and st["log"]["untracked"] == 2
+
+
 async def test_the_socket_is_private_and_read_without_blocking(tmp_path: Path) -> None:
     path = tmp_path / "log.sock"
     log = TrafficLog("svc")

@@ -3,7 +3,7 @@ the absolute-form target or Host, port cut off, lowercased; unknown hosts shown 
 
 from __future__ import annotations
 
-from shipyard.router.dataplane.hosts import HostMap, host_name, not_found, request_host, shown
+from shipyard.router.dataplane.hosts import HostMap, body_length, host_name, not_found, request_host, shown
 
 
 def test_exact_then_longest_wildcard_then_nothing() -> None:
@@ -38,3 +38,13 @@ def test_an_unknown_host_is_shown_as_text() -> None:
 def test_a_head_request_gets_the_404_without_its_body() -> None:
     full, head = not_found("no service answers for host x"), not_found("no service answers for host x", head=True)
     assert head == full[:full.index(b"\r\n\r\n") + 4] and b"Content-Length: 40" in head
+
+
+def test_the_body_an_unknown_host_request_must_be_read_past() -> None:
+    """Its length when Content-Length tells it alone; None (the connection closes) for chunked,
+    a doubtful length, or a client waiting for 100 Continue."""
+    assert body_length([]) == 0
+    assert body_length([(b"Accept", b"*/*"), (b"Content-Length", b" 12 ")]) == 12
+    for hdrs in ([(b"Transfer-Encoding", b"chunked")], [(b"content-length", b"1"), (b"Content-Length", b"1")],
+                 [(b"Content-Length", b"-1")], [(b"Content-Length", b"12"), (b"Expect", b"100-continue")]):
+        assert body_length(hdrs) is None, hdrs

@@ -18,7 +18,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_REFUSED, P_UPSTREAM, Exchange
 from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
-from shipyard.router.dataplane.hosts import HostMap, not_found, request_host, shown
+from shipyard.router.dataplane.hosts import HostMap, body_length, not_found, request_host, shown
 from shipyard.router.dataplane.lifecycle import Plane
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.table import user_bucket
@@ -27,6 +27,8 @@ log = logging.getLogger("shipyard.router")
 
 MAX_HEAD = 64 * 1024
 """The longest request head accepted (431 beyond), whether or not a request is in progress before it."""
+MAX_UNROUTED_BODY = 64 * 1024
+"""The largest body of an unknown host's request read (and dropped) to keep its connection open."""
 
 
 class Server(Protocol):
@@ -48,7 +50,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("front", "server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "chunk", "head_base", "write_paused", "write_paused_at", "deadline",
-                 "draining", "closed", "bucket", "refusal", "proto")
+                 "draining", "closed", "bucket", "refusal", "proto", "unrouted")
 
     def __init__(self, front: Server) -> None:
         self.front = front
@@ -85,6 +87,9 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: bytes | None = None
         """The answer to a pipelined request refused while an earlier one is still in progress:
         sent (then the connection closes) once the requests before it are answered."""
+        self.unrouted: bytes | None = None
+        """The 404 of an unknown host's request whose connection stays open: sent once its body
+        (if any) has been read, so the next request's head starts where the parser expects."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -211,7 +216,8 @@ class ClientConnection(asyncio.Protocol):
             host = request_host(url, hdrs)
             plane = hosts.lookup(host)
             if plane is None:
-                self._unknown_host(host, method == b"HEAD")
+                keep = version == "1.1" and p.should_keep_alive() and not p.should_upgrade()
+                self._unknown_host(host, method == b"HEAD", keep, hdrs)
                 return
         ex = Exchange(self, head, chunked, p.should_keep_alive(), http10, method == b"HEAD", override, token, hdrs,
                       cookies)
@@ -235,7 +241,9 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.reading
         self.reading = None
-        if ex is not None:
+        if ex is None and self.unrouted is not None:
+            self._unrouted_done()
+        elif ex is not None:
             if ex is self.active:
                 self.deadline = 0.0  # now the instance's response timeout applies
             ex.request_complete()
@@ -321,9 +329,11 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.transport.abort()  # type: ignore[union-attr]
 
-    def _unknown_host(self, host: str | None, head: bool) -> None:
-        """No service here names the request's host: 404 (then the connection closes, as for
-        a refused request), counted as the listener's, in no service's tracks."""
+    def _unknown_host(self, host: str | None, head: bool, keep_alive: bool, hdrs: list[tuple[bytes, bytes]]) -> None:
+        """No service here names the request's host: 404, counted as the listener's, in no
+        service's tracks. The connection stays open when the request allows it (HTTP/1.1
+        keep-alive, nothing in progress before it, a body of known length up to
+        MAX_UNROUTED_BODY, read and dropped first); otherwise it closes, as for a refused request."""
         m = self.front.unrouted
         m.requests += 1
         m.observe(404, 0.0)
@@ -332,7 +342,25 @@ class ClientConnection(asyncio.Protocol):
                    "(send a Host header naming one of its domains)")
         else:
             why = f"no service on {self.front.listen} answers for host {shown(host)}"
+        length = body_length(hdrs) if keep_alive else None
+        if (length is not None and length <= MAX_UNROUTED_BODY and self.active is None and self.refusal is None
+                and not self.closed and not self.draining):
+            self.unrouted = not_found(why, head, keep_alive=True)
+            self.waiting = False
+            return
         self._reject(404, why, not_found(why, head))
+
+    def _unrouted_done(self) -> None:
+        """The unknown host's request has been read in full: its 404, then wait for the next."""
+        response, self.unrouted = self.unrouted, None
+        if self.closed:
+            return
+        self.transport.write(response)  # type: ignore[union-attr]
+        if self.draining:
+            self.close()
+            return
+        self.waiting = False
+        self.deadline = self.front.clock + self.front.client_idle_timeout
 
     def _reject(self, status: int, message: str, response: bytes | None = None) -> None:
         """The request cannot be parsed: answer if nothing else is in progress, then close."""

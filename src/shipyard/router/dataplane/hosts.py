@@ -91,9 +91,28 @@ def shown(host: str | None) -> str:
     return out + ("..." if len(host) > SHOWN_HOST else "")
 
 
-def not_found(message: str, head: bool = False) -> bytes:
+def not_found(message: str, head: bool = False, keep_alive: bool = False) -> bytes:
     """The listener's 404 for an unknown host: plain text saying which host and where (the
-    body left out for a HEAD request)."""
+    body left out for a HEAD request); `Connection: close` unless the connection stays open."""
     body = b"shipyard: %s\n" % message.encode("ascii", "backslashreplace")
     return (b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"X-Shipyard-Error: 1\r\nConnection: close\r\n\r\n%s") % (len(body), b"" if head else body)
+            b"X-Shipyard-Error: 1\r\n%s\r\n%s") % (len(body), b"" if keep_alive else b"Connection: close\r\n",
+                                                  b"" if head else body)
+
+
+def body_length(hdrs: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length (0 without one), or None when it cannot be told cheaply
+    (chunked, several or bad values) or the client waits to be told to send it (Expect): a
+    request whose body is not read in full before its 404 cannot leave its connection framed
+    for the next one."""
+    length = 0
+    seen = False
+    for name, value in hdrs:
+        lname = name.lower()
+        if lname == b"transfer-encoding" or lname == b"expect":
+            return None
+        if lname == b"content-length":
+            if seen or not value.strip().isdigit():
+                return None
+            seen, length = True, int(value)
+    return length

@@ -201,6 +201,7 @@ class HAProxyRouter:
         the table (version, each track's release, instances by id with their address, limits)."""
         await self._log_caught_up(service)
         doc = self._traffic(service).stats(service)
+        doc.update(self._listener(service, doc))
         table = self._tables.get(service)
         if table is None:
             return {**doc, "version": 0, "limits": {}, "tls": None}
@@ -216,6 +217,14 @@ class HAProxyRouter:
                                                          "per_try_timeout")},
                 "tls": {"fingerprint": table.tls.fingerprint, "rotations": self._certs.rotations.get(service, 0),
                         "redirect_http": self._services[service].redirect_http} if table.tls else None}
+
+    def _listener(self, service: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """What the embedded router's stats say of the service's listen address (`listener`: the
+        services on it and the 404s for a host none of them names, from a shared frontend's log)."""
+        listen = self._services[service].listen
+        return {"listener": {"listen": listen, "services": sorted(s for s, e in self._services.items()
+                                                                  if e.listen == listen),
+                             "unknown_host": doc.pop("unknown_host")}}
 
     async def _live_counts(self, table: RoutingTable, tracks: dict[str, dict[str, Any]],
                            ups: dict[str, dict[str, Any]]) -> None:

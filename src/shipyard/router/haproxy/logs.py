@@ -72,6 +72,8 @@ _LINE = re.compile(
 _MARK = MARKER.encode() + b" "
 SERVICE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 TRACK_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+SHARED_SITE = "listen-"
+"""Name prefix of a frontend shared by Host (sites.shared_name): its own 404s are unknown hosts."""
 
 
 def split_backend(backend: str) -> tuple[str, str] | None:
@@ -142,6 +144,8 @@ class TrafficLog:
                          "other_service": 0, "over_limit": 0}
         """What came in (`messages`: datagrams or ring lines): `records` counted; `malformed` not a shipyard line; `untracked` a
         backend not named <service>__<track>; `over_limit` a name past the caps."""
+        self.unknown_host = TrackMetrics()
+        """A shared frontend's 404s for a host no service names (sites.py), in no service's tracks."""
         self._services: dict[str, _Service] = {}
         self._sock: socket.socket | None = None
         self._path: Path | None = None
@@ -259,7 +263,11 @@ class TrafficLog:
             return
         names = split_backend(rec.backend)
         if names is None:
-            c["untracked"] += 1
+            if rec.status == 404 and rec.server == "<NOSRV>" and rec.backend.startswith(SHARED_SITE):
+                self.unknown_host.requests += 1
+                self.unknown_host.observe(404, rec.ms, now)
+            else:
+                c["untracked"] += 1
             return
         service, track = names
         if self.service is not None and service != self.service:
@@ -361,6 +369,7 @@ class TrafficLog:
             "upstreams": {name: {"track": track, **u.snapshot()}
                           for name, (track, u) in (s.upstreams if s else {}).items()},
             "log": dict(self.counters),
+            "unknown_host": {"requests": self.unknown_host.requests, "status": self.unknown_host.snapshot()["status"]},
         }
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 from shipyard.errors import RouterError
+from shipyard.fsutil import write_atomic
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Edge, Files
 from shipyard.router.table import RoutingTable
@@ -99,14 +99,7 @@ class Saved:
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, text, mode)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise RouterError(f"cannot write {path}: {e.strerror or e}", f"free space in {path.parent}") from None

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, ServiceConfig
+from shipyard.router.haproxy.logs import SHARED_SITE
 
 _DOMAIN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -45,7 +46,7 @@ def shared_name(listen: str) -> str:
     or an underscore)."""
     host, _, port = listen.rpartition(":")
     safe = re.sub(r"[^A-Za-z0-9.]", "_", host)
-    return f"listen-{safe if '.' in safe or '_' in safe else safe + '_'}-{port}"
+    return f"{SHARED_SITE}{safe if '.' in safe or '_' in safe else safe + '_'}-{port}"
 
 
 def redirect_name(address: str) -> str:

@@ -57,6 +57,11 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
                                            labels=["service", "track", "instance"])
     ejected = GaugeMetricFamily("shipyard_upstream_ejected", "1 while the router keeps an instance out of rotation",
                                 labels=["service", "track", "instance"])
+    unknown_host = CounterMetricFamily(
+        "shipyard_unknown_host_requests",
+        "Requests answered 404 on a listen address shared by domains because no service there names their host",
+        labels=["listen"])
+    listens: set[str] = set()
     for svc, st in zip(services, stats, strict=True):
         up.add_metric([svc.name], 0 if st is None else 1)
         for track, share in track_weights(svc).items():
@@ -76,13 +81,17 @@ def traffic_families(services: list[ServiceRecord], stats: list[dict[str, Any] |
             lat = m["latency"]
             latency.add_metric(labels, buckets=cumulative_buckets(lat["buckets"], lat["counts"]),
                                sum_value=lat["sum_ms"] / 1000)
+        listener = st.get("listener")
+        if listener and "unknown_host" in listener and listener.get("listen") not in listens:
+            listens.add(listener["listen"])     # one series per address, however many services share it
+            unknown_host.add_metric([listener["listen"]], listener["unknown_host"]["requests"])
         for instance, u in sorted(st.get("upstreams", {}).items()):
             labels = [svc.name, u["track"], instance]
             upstream_requests.add_metric(labels, u["requests"])
             connect_failures.add_metric(labels, u["connect_failures"])
             ejected.add_metric(labels, 1 if u["ejected"] else 0)
     return [up, requests, router_errors, aborted, inflight, queued, queue_timeouts, queue_full, latency, weight,
-            upstream_requests, connect_failures, ejected]
+            upstream_requests, connect_failures, ejected, unknown_host]
 
 
 def cumulative_buckets(bounds_ms: list[Any], counts: list[int]) -> list[tuple[str, float]]:

@@ -1,0 +1,197 @@
+"""Instances on the host: started detached through a supervisor (supervisor.py), known by
+(pid, start time) as on one machine (procfs.py), stopped as a process group, their logs read.
+
+Layout under the helper's state root: ``instances/<instance id>/{log,data/}`` and
+``exits/<pid>-<start time>.json`` (written by the supervisor when the instance exits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shipyard.procfs import read_proc_stat
+
+from .protocol import (
+    BAD_REQUEST,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    START_FAILED,
+    STILL_RUNNING,
+    OpError,
+    require,
+    require_name,
+)
+from .store import disk_errors
+from .supervisor import exit_record_name
+
+SUPERVISOR_START_SECONDS = 30.0
+KILL_WAIT_SECONDS = 5.0
+EXIT_RECORD_WAIT_SECONDS = 2.0
+MAX_LOG_READ = 16 << 20
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = read_proc_stat(int(name))
+            if st is not None and st.pgrp == pgid and not st.dead:
+                members.append(int(name))
+    return members
+
+
+def _identity(args: dict[str, Any]) -> tuple[int, int]:
+    pid = require(args, "pid", int)
+    start_time = require(args, "start_time", int)
+    if pid <= 1:
+        raise OpError(BAD_REQUEST, f"pid {pid} is not an instance's")
+    return pid, start_time
+
+
+class Instances:
+    def __init__(self, state_root: Path, bundle: str) -> None:
+        self.root = Path(state_root) / "instances"
+        self.exits = Path(state_root) / "exits"
+        self.bundle = bundle
+
+    def _dir(self, args: dict[str, Any]) -> Path:
+        return self.root / require_name(args.get("instance_id"), "instance_id")
+
+    def start(self, args: dict[str, Any]) -> dict[str, Any]:
+        instance_dir = self._dir(args)
+        argv = require(args, "argv", list)
+        env = require(args, "env", dict, {})
+        cwd = require(args, "cwd", str)
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise OpError(BAD_REQUEST, "argv must be a non-empty list of strings")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise OpError(BAD_REQUEST, "env must map strings to strings")
+        if not os.path.isabs(cwd) or not os.path.isdir(cwd):
+            raise OpError(NOT_FOUND, f"cwd {cwd} is not a directory on this host",
+                          hint="materialise the image first and start from its tree")
+        log = instance_dir / "log"
+        with disk_errors(f"prepare {instance_dir}", instance_dir.parent):
+            (instance_dir / "data").mkdir(parents=True, exist_ok=True)
+            self.exits.mkdir(parents=True, exist_ok=True)
+            open(log, "ab").close()
+        spec = {"instance_id": instance_dir.name, "argv": argv, "env": env, "cwd": cwd,
+                "log": str(log), "exits": str(self.exits)}
+        with open(log, "ab") as err:
+            sup = subprocess.Popen([sys.executable, "-I", self.bundle, "supervise"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True)
+        try:
+            out, _ = sup.communicate(json.dumps(spec).encode(), timeout=SUPERVISOR_START_SECONDS)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+            sup.communicate()
+            raise OpError(START_FAILED, f"the supervisor of {instance_dir.name} did not answer within "
+                          f"{SUPERVISOR_START_SECONDS:g}s", hint=f"see {log} on the host") from None
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            raise OpError(START_FAILED, f"the supervisor of {instance_dir.name} failed (exit status "
+                          f"{sup.returncode})", hint=f"see {log} on the host") from None
+        if not answer.get("ok"):
+            raise OpError(START_FAILED, f"cannot start {instance_dir.name}: {answer.get('error')}",
+                          hint="check that the command is an executable for this host")
+        return {"pid": answer["pid"], "start_time": answer["start_time"], "log": str(log),
+                "instance_dir": str(instance_dir), "data_dir": str(instance_dir / "data")}
+
+    def _exit_code(self, pid: int, start_time: int) -> int | None:
+        try:
+            return int(json.loads((self.exits / exit_record_name(pid, start_time)).read_bytes())["exit_code"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def state(self, pid: int, start_time: int) -> dict[str, Any]:
+        """running | exiting (a zombie: its code comes next) | exited (with code) | gone (code unknown)."""
+        st = read_proc_stat(pid)
+        ours = st is not None and st.start_time == start_time
+        if ours and not st.dead:   # type: ignore[union-attr]
+            return {"pid": pid, "start_time": start_time, "state": "running", "exit_code": None}
+        code = self._exit_code(pid, start_time)
+        if code is not None:
+            return {"pid": pid, "start_time": start_time, "state": "exited", "exit_code": code}
+        return {"pid": pid, "start_time": start_time, "state": "exiting" if ours else "gone", "exit_code": None}
+
+    def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        procs = require(args, "processes", list)
+        out = []
+        for p in procs:
+            if not isinstance(p, dict):
+                raise OpError(BAD_REQUEST, "processes must be a list of {pid, start_time}")
+            out.append(self.state(*_identity(p)))
+        return {"processes": out}
+
+    def _running(self, pid: int, start_time: int) -> bool:
+        return self.state(pid, start_time)["state"] in ("running", "exiting") or bool(_group_members(pid))
+
+    def _signal(self, pid: int, start_time: int, sig: signal.Signals) -> None:
+        st = read_proc_stat(pid)
+        if st is not None and st.start_time != start_time:
+            return   # the pid is another process's now; the group may still hold our leftovers
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise OpError(NOT_ALLOWED, f"not allowed to signal process group {pid}",
+                          hint="run the helper as the user that started the instance") from None
+
+    def _wait_gone(self, pid: int, start_time: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        delay = 0.005
+        while self._running(pid, start_time):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """SIGTERM (and SIGCONT) to the group, SIGKILL after ``timeout``; blocks the helper meanwhile."""
+        pid, start_time = _identity(args)
+        timeout = float(require(args, "timeout", (int, float), 10.0))
+        began = time.monotonic()
+        if not self._running(pid, start_time):
+            return {**self.state(pid, start_time), "how": "not running", "seconds": 0.0}
+        self._signal(pid, start_time, signal.SIGTERM)
+        self._signal(pid, start_time, signal.SIGCONT)
+        how = "SIGTERM"
+        if not self._wait_gone(pid, start_time, max(0.0, timeout)):
+            self._signal(pid, start_time, signal.SIGKILL)
+            how = f"SIGKILL after {timeout:g}s grace"
+            if not self._wait_gone(pid, start_time, KILL_WAIT_SECONDS):
+                raise OpError(STILL_RUNNING, f"process group {pid} is still running {KILL_WAIT_SECONDS:g}s "
+                              "after SIGKILL", hint="it may be stuck in uninterruptible I/O (state D in ps)")
+        deadline = time.monotonic() + EXIT_RECORD_WAIT_SECONDS
+        state = self.state(pid, start_time)
+        while state["state"] != "exited" and time.monotonic() < deadline:
+            time.sleep(0.01)
+            state = self.state(pid, start_time)
+        return {**state, "how": how, "seconds": round(time.monotonic() - began, 3)}
+
+    def logs(self, args: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """Bytes from ``offset``, or the last ``tail`` bytes; at most ``limit`` of them."""
+        log = self._dir(args) / "log"
+        limit = min(require(args, "limit", int, 1 << 20), MAX_LOG_READ)
+        offset = require(args, "offset", int, None)
+        tail = require(args, "tail", int, None)
+        if (offset is None) == (tail is None) or (offset or 0) < 0 or (tail or 0) < 0 or limit < 0:
+            raise OpError(BAD_REQUEST, "give exactly one of offset >= 0 or tail >= 0 (and limit >= 0)")
+        try:
+            with open(log, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start = min(offset, size) if offset is not None else max(0, size - tail)
+                f.seek(start)
+                data = f.read(limit)
+        except FileNotFoundError:
+            raise OpError(NOT_FOUND, f"no log for instance {log.parent.name} on this host") from None
+        return {"file_size": size, "offset": start, "next_offset": start + len(data)}, data

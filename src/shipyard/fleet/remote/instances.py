@@ -131,7 +131,12 @@ class Instances:
         return {"processes": out}
 
     def _running(self, pid: int, start_time: int) -> bool:
-        return self.state(pid, start_time)["state"] in ("running", "exiting") or bool(_group_members(pid))
+        """Ours, or something left in its group. A pid held by another process means ours is long
+        gone, leftovers too: the kernel never hands out a pid that is still a group's id."""
+        st = read_proc_stat(pid)
+        if st is not None and st.start_time != start_time:
+            return False
+        return (st is not None and not st.dead) or bool(_group_members(pid))
 
     def _signal(self, pid: int, start_time: int, sig: signal.Signals) -> None:
         st = read_proc_stat(pid)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -376,3 +377,45 @@ async def test_install_script_puts_the_bundle_under_home_verified(root: Path) ->
     assert (await client.hello())["bundle_sha256"] == sha
     await client.aclose()
     assert await proc.wait() == 0
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[None]:
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        kill_everything_under(path)
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_a_really_full_file_system_fails_the_host_and_keeps_nothing_half_written(spawn: Any,
+                                                                                       root: Path) -> None:
+    store = ObjectStore(root / "local" / "objects")
+    small = os.urandom(600 * 1024)
+    image_id, data, manifest = make_image(root, {"small.bin": small}, store)
+    too_big = os.urandom(2 << 20)
+    state = root / "state"
+    with tmpfs(state, "1m"):
+        client, _ = await spawn()
+        free_before = os.statvfs(state).f_bfree
+        with pytest.raises(HelperError) as err:
+            await client.put(hashlib.sha256(too_big).hexdigest(), too_big)
+        assert err.value.disk_full and "No space left" in err.value.message
+        assert leftovers(state) == [] and os.statvfs(state).f_bfree >= free_before - 2   # dirs only
+
+        await ship(client, store, manifest)                 # 600 KiB fits; a tree of it does not
+        free_before = os.statvfs(state).f_bfree
+        with pytest.raises(HelperError) as err:
+            await client.materialize(image_id, data)
+        assert err.value.disk_full
+        assert list((state / "images" / "trees").iterdir()) == []
+        assert os.statvfs(state).f_bfree >= free_before - 2
+        assert (await client.verify(image_id)).tree_missing
+        await client.aclose()

@@ -175,6 +175,20 @@ async def test_a_corrupted_object_in_the_host_store_is_dropped_and_asked_for_aga
     assert await client.missing([sha]) == [sha]
 
 
+async def test_an_instance_runs_from_its_read_only_tree(spawn: Any, root: Path) -> None:
+    store = ObjectStore(root / "local" / "objects")
+    image_id, data, manifest = make_image(root, {"app/main.py": b"print('v1')\n"}, store)
+    client, _ = await spawn()
+    await ship(client, store, manifest)
+    tree = (await client.materialize(image_id, data))["tree"]
+    started = await client.start("web-1", manifest["command"], {"PATH": "/usr/bin:/bin"}, tree)
+    assert os.readlink(f"/proc/{started.pid}/cwd") == tree
+    [state] = await client.status([(started.pid, started.start_time)])
+    assert state.state == "running"
+    assert (await client.stop(started.pid, started.start_time, timeout=5)).exit_code == -signal.SIGTERM
+    assert (await client.verify(image_id, "full")).clean       # running it wrote nothing into the tree
+
+
 def _alive(pid: int, start_time: int) -> bool:
     st = read_proc_stat(pid)
     return st is not None and st.start_time == start_time and not st.dead

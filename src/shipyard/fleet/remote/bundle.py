@@ -54,6 +54,12 @@ if sys.version_info < (3, 11):
                      'the host"}}\\n' % sys.version_info[:2])
     sys.exit(3)
 
+if sys.argv[1:2] == ["supervise"]:   # one per instance start: import only what it needs
+    from shipyard.fleet.remote.supervisor import supervise
+
+    supervise()
+    sys.exit(0)
+
 from shipyard.fleet.remote.helper import main
 
 sys.exit(main())

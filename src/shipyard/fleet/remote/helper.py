@@ -1,7 +1,8 @@
 """The helper's main loop: one request at a time from stdin, one reply each on stdout.
 
 ``python3 <bundle>.pyz [--root DIR]`` serves the protocol (protocol.py) until stdin ends;
-``python3 <bundle>.pyz supervise`` is the per-instance supervisor (supervisor.py). State
+``python3 <bundle>.pyz supervise`` is the per-instance supervisor (supervisor.py, started
+by the bundle's ``__main__`` without importing the rest). State
 lives under ``--root`` (default ``~/.shipyard``): ``images/`` (the image store, laid out as a
 local one), ``instances/`` and ``exits/``. Requests are served in order; a long one (a stop
 waiting for its grace period, a full re-hash) delays the next, so a controller that needs
@@ -37,7 +38,6 @@ from .protocol import (
     write_frame,
 )
 from .store import HostStore
-from .supervisor import supervise
 
 MIN_PYTHON = (3, 11)
 
@@ -154,9 +154,6 @@ class Helper:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["supervise"]:
-        supervise()
-        return 0
     parser = argparse.ArgumentParser(prog="shipyard-helper")
     parser.add_argument("--root", default="~/.shipyard", help="state directory (default ~/.shipyard)")
     root = Path(os.path.expanduser(parser.parse_args(args).root)).absolute()

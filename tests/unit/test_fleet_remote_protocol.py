@@ -178,3 +178,26 @@ async def test_the_client_gives_up_on_a_reply_that_is_not_a_frame() -> None:
     reader.feed_data(b"Traceback (most recent call last):\n")
     with pytest.raises(HelperGone, match="not JSON"):
         await call
+
+
+class _StuckWire(_Wire):
+    """A peer that stops reading: drain never returns."""
+
+    async def drain(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_put_cancelled_halfway_closes_the_channel(tmp_path: Path) -> None:
+    src = tmp_path / "obj"
+    src.write_bytes(b"x" * (3 << 20))
+    reader, wire = asyncio.StreamReader(), _StuckWire()
+    client = HelperClient(reader, wire)
+    put = asyncio.ensure_future(client.put("a" * 64, src))
+    while len(wire.sent) < protocol.CHUNK:
+        await asyncio.sleep(0)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert wire.closed and len(wire.sent) < 3 << 20
+    with pytest.raises(HelperGone, match="cancelled halfway"):
+        await client.hello()

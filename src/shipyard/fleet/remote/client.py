@@ -168,13 +168,18 @@ class HelperClient:
                 header["size"] = size
                 self._writer.write(encode_header(header))
                 sent = 0
-                while sent < size:
-                    chunk = f.read(min(CHUNK, size - sent))
-                    if not chunk:   # the file shrank: the frame cannot be completed
-                        raise ConnectionError(f"{source} shrank while it was being sent")
-                    self._writer.write(chunk)
-                    sent += len(chunk)
-                    await self._writer.drain()
+                try:
+                    while sent < size:
+                        chunk = f.read(min(CHUNK, size - sent))
+                        if not chunk:   # the file shrank: the frame cannot be completed
+                            raise ConnectionError(f"{source} shrank while it was being sent")
+                        self._writer.write(chunk)
+                        sent += len(chunk)
+                        await self._writer.drain()
+                except asyncio.CancelledError:   # half a frame went out: the stream is out of step
+                    self.close()
+                    self._fail_all(HelperGone(f"sending {source} was cancelled halfway"))
+                    raise
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
             self.close()

@@ -85,7 +85,8 @@ class Instances:
                 "log": str(log), "exits": str(self.exits)}
         with open(log, "ab") as err:
             sup = subprocess.Popen([sys.executable, "-I", self.bundle, "supervise"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True)
+                                   stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True,
+                                   cwd="/")   # pins no file system the host may want to unmount
         try:
             out, _ = sup.communicate(json.dumps(spec).encode(), timeout=SUPERVISOR_START_SECONDS)
         except subprocess.TimeoutExpired:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from shipyard.drift.processes import ExpectedProcess, LiveProcess, compare
 from shipyard.fleet.remote import bundle
 from shipyard.fleet.remote.client import HelperClient, HelperError, HelperGone, spawn_local
 from shipyard.images.manifest import canonical_json, diff_tree, image_id_of, make_manifest
@@ -330,6 +331,23 @@ async def test_listeners_name_the_owning_pid(spawn: Any, root: Path) -> None:
     assert (await client.listeners([port]))["listeners"] == []
 
 
+async def test_inspect_gives_argv_and_env_for_drift_but_never_a_secret_value(spawn: Any, root: Path) -> None:
+    client, _ = await spawn()
+    argv = [PYTHON, "-c", "import time; time.sleep(120)"]
+    env = {"PATH": "/usr/bin:/bin", "APP_MODE": "blue", "DB_PASSWORD": "hunter2"}
+    started = await client.start("web-1", argv, env, str(root))
+    seen = await client.inspect(started.pid, started.start_time, ["PATH", "APP_MODE"])
+    assert seen["state"] == "running" and seen["argv"] == argv
+    assert seen["env"] == {"PATH": "/usr/bin:/bin", "APP_MODE": "blue", "DB_PASSWORD": "<withheld>"}
+    live = LiveProcess(seen["argv"], seen["env"])
+    assert compare(ExpectedProcess(argv, env, frozenset({"DB_PASSWORD"})), live) == {}
+    drifted = compare(ExpectedProcess(argv, {**env, "APP_MODE": "green"}, frozenset({"DB_PASSWORD"})), live)
+    assert drifted == {"env_changed": {"APP_MODE": {"expected": "green", "actual": "blue"}}}
+    assert (await client.inspect(started.pid, started.start_time + 1, []))["state"] == "recycled"
+    await client.stop(started.pid, started.start_time, timeout=2)
+    assert (await client.inspect(started.pid, started.start_time, []))["state"] == "gone"
+
+
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
@@ -374,6 +392,12 @@ async def test_install_script_puts_the_bundle_under_home_verified(root: Path) ->
     home = root / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    async def installed_already() -> bool:
+        check = await asyncio.create_subprocess_exec(*bundle.check_argv(sha), env=env, cwd=home)
+        return await check.wait() == 0
+
+    assert not await installed_already()
     corrupted = data[:100] + bytes([data[100] ^ 1]) + data[101:]
     for payload, ok in ((corrupted, False), (data, True)):
         proc = await asyncio.create_subprocess_exec(*bundle.install_argv(sha, PYTHON), env=env, cwd=home,
@@ -382,6 +406,7 @@ async def test_install_script_puts_the_bundle_under_home_verified(root: Path) ->
         out, errout = await proc.communicate(payload)
         assert (proc.returncode == 0) is ok, errout
     installed = home / bundle.remote_path(sha)
+    assert await installed_already()
     assert installed.read_bytes() == data and out.decode().strip() == str(installed)
     assert leftovers(home) == []
     proc = await asyncio.create_subprocess_exec(*bundle.launch_argv(sha, str(root / "st"), PYTHON), env=env,

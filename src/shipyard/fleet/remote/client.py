@@ -256,6 +256,13 @@ class HelperClient:
         result, data = await self.call("process.logs", args)
         return LogChunk(data or b"", result["offset"], result["next_offset"], result["file_size"])
 
+    async def inspect(self, pid: int, start_time: int, values_for: list[str]) -> dict[str, Any]:
+        """{"state": running | gone | recycled, "argv", "env"}: env values only for ``values_for``
+        (others are "<withheld>"), ready for drift.processes.compare as a LiveProcess."""
+        result, _ = await self.call("process.inspect",
+                                    {"pid": pid, "start_time": start_time, "values_for": values_for})
+        return result
+
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})
         return result

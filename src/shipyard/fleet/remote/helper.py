@@ -89,6 +89,7 @@ class Helper:
             "process.status": lambda a, b: self.instances.status(a),
             "process.stop": lambda a, b: self.instances.stop(a),
             "process.logs": lambda a, b: self.instances.logs(a),
+            "process.inspect": lambda a, b: self.instances.inspect(a),
             "host.listeners": lambda a, b: host.listeners(a),
         }
 

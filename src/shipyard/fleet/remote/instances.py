@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shipyard.procfs import read_proc_stat
+from shipyard.procfs import proc_bytes, read_proc_stat
 
 from .protocol import (
     BAD_REQUEST,
@@ -35,6 +35,8 @@ SUPERVISOR_START_SECONDS = 30.0
 KILL_WAIT_SECONDS = 5.0
 EXIT_RECORD_WAIT_SECONDS = 2.0
 MAX_LOG_READ = 16 << 20
+WITHHELD = "<withheld>"
+"""Stands for an environment value the controller did not ask for: secrets never leave the host."""
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -45,6 +47,10 @@ def _group_members(pgid: int) -> list[int]:
             if st is not None and st.pgrp == pgid and not st.dead:
                 members.append(int(name))
     return members
+
+
+def _split_nul(raw: bytes) -> list[str]:
+    return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0")[:-1]] if raw else []
 
 
 def _identity(args: dict[str, Any]) -> tuple[int, int]:
@@ -201,3 +207,30 @@ class Instances:
         except FileNotFoundError:
             raise OpError(NOT_FOUND, f"no log for instance {log.parent.name} on this host") from None
         return {"file_size": size, "offset": start, "next_offset": start + len(data)}, data
+
+    def inspect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """argv and initial environment of that very process, for drift/processes.py's compare on
+        the controller. Only the values of ``values_for`` are sent (the non-secret names the
+        controller compares); every other variable is named with its value withheld."""
+        pid, start_time = _identity(args)
+        wanted = set(require(args, "values_for", list, []))
+        st = read_proc_stat(pid)
+        if st is None or st.dead or st.start_time != start_time:
+            return {"state": "gone" if st is None or st.dead else "recycled"}
+        try:
+            argv = _split_nul(proc_bytes(pid, "cmdline"))
+            items = _split_nul(proc_bytes(pid, "environ"))
+        except (FileNotFoundError, ProcessLookupError):
+            return {"state": "gone"}
+        except PermissionError:
+            raise OpError(NOT_ALLOWED, f"not allowed to read /proc/{pid}",
+                          hint="run the helper as the user that started the instance") from None
+        again = read_proc_stat(pid)
+        if again is None or again.dead or again.start_time != start_time:
+            return {"state": "gone"}   # it exited while we read: what we read may be another's
+        env = {}
+        for item in items:
+            name, sep, value = item.partition("=")
+            if sep:
+                env[name] = value if name in wanted else WITHHELD
+        return {"state": "running", "argv": argv, "env": env}

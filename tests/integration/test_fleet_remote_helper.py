@@ -458,3 +458,20 @@ async def test_a_really_full_file_system_fails_the_host_and_keeps_nothing_half_w
         assert os.statvfs(state).f_bfree >= free_before - 2
         assert (await client.verify(image_id)).tree_missing
         await client.aclose()
+
+
+OLD_PYTHON = next((p for p in ("/root/.pyenv/versions/3.10.13/bin/python", "/usr/bin/python3.10",
+                               "/usr/bin/python3.9") if os.access(p, os.X_OK)), None)
+
+
+@pytest.mark.skipif(OLD_PYTHON is None, reason="no Python older than 3.11 on this machine")
+async def test_a_host_python_too_old_gets_a_structured_refusal(root: Path) -> None:
+    pyz = bundle.write(root / "helper")
+    assert OLD_PYTHON is not None
+    proc = await asyncio.create_subprocess_exec(OLD_PYTHON, "-I", str(pyz), "--root", str(root / "st"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    client = HelperClient(proc.stdout, proc.stdin)   # type: ignore[arg-type]
+    with pytest.raises(HelperGone, match="needs Python 3.11 or later") as err:
+        await client.hello()
+    assert err.value.hint == "install python3 >= 3.11 on the host"
+    assert await proc.wait() == 3

@@ -46,12 +46,14 @@ VERBATIM = (
 STUBS = ("images/__init__.py", "drift/__init__.py", "fleet/__init__.py")
 _STUB = b'"""Only the modules the remote helper needs are bundled."""\n'
 
+MIN_PYTHON = (3, 11)
+"""What the reused modules need; Debian 12's python3 is 3.11."""
 MAIN = b'''import sys
 
-if sys.version_info < (3, 11):
+if sys.version_info < (%d, %d):
     sys.stdout.write('{"id": null, "ok": false, "error": {"code": "python", "message": "the shipyard helper '
-                     'needs Python 3.11 or later, this host has %d.%d", "hint": "install python3 >= 3.11 on '
-                     'the host"}}\\n' % sys.version_info[:2])
+                     'needs Python %d.%d or later, this host has %%d.%%d", "hint": "install python3 >= %d.%d on '
+                     'the host"}}\\n' %% sys.version_info[:2])
     sys.exit(3)
 
 if sys.argv[1:2] == ["supervise"]:   # one per instance start: import only what it needs
@@ -63,7 +65,7 @@ if sys.argv[1:2] == ["supervise"]:   # one per instance start: import only what 
 from shipyard.fleet.remote.helper import main
 
 sys.exit(main())
-'''
+''' % (MIN_PYTHON * 3)
 
 HELPER_DIR = ".shipyard/helper"
 """Relative to the home directory, where an SSH command starts."""

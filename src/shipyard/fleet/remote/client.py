@@ -53,9 +53,9 @@ class HelperError(ShipyardError):
 class HelperGone(HelperError):
     """The channel to the helper ended or can no longer be trusted: reconnect."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, hint: str | None = None) -> None:
         super().__init__("gone", f"lost the helper: {why}",
-                         hint="the connection to the host dropped; it is re-established on the next call")
+                         hint=hint or "the connection to the host dropped; reconnect to go on")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class HelperClient:
 
     # transport -----------------------------------------------------------------------------
     async def _read_replies(self) -> None:
-        why = "the helper closed the channel"
+        why, hint = "the helper closed the channel", None
         try:
             while True:
                 line = await self._reader.readline()
@@ -115,7 +115,7 @@ class HelperClient:
                 fut = self._pending.pop(header.get("id"), None)   # type: ignore[arg-type]
                 if fut is None:
                     err = header.get("error") or {}
-                    why = f"{err.get('message') or 'a reply to no request'}"
+                    why, hint = err.get("message") or "a reply to no request", err.get("hint")
                     if header.get("id") is None:
                         break
                     continue
@@ -123,7 +123,7 @@ class HelperClient:
                     fut.set_result((header, data))
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
             why = str(exc) or type(exc).__name__
-        self._fail_all(HelperGone(why))
+        self._fail_all(HelperGone(why, hint))
 
     def _fail_all(self, exc: HelperGone) -> None:
         self._gone = exc

@@ -39,8 +39,6 @@ from .protocol import (
 )
 from .store import HostStore
 
-MIN_PYTHON = (3, 11)
-
 
 class Body:
     """The ``size`` bytes after a header: read at most once, the rest skipped by ``drain``."""

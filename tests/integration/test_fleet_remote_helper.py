@@ -475,3 +475,18 @@ async def test_a_host_python_too_old_gets_a_structured_refusal(root: Path) -> No
         await client.hello()
     assert err.value.hint == "install python3 >= 3.11 on the host"
     assert await proc.wait() == 3
+
+
+async def test_instances_hold_none_of_the_channel_so_it_can_close(root: Path) -> None:
+    """sshd ends a session only when every copy of its pipes is closed: an instance or supervisor
+    that kept the helper's stdout or stderr would hold the SSH channel open forever."""
+    pyz = bundle.write(root / "helper")
+    client, proc = await spawn_local([PYTHON, "-I", str(pyz), "--root", str(root / "state")],
+                                     start_new_session=True, stderr=asyncio.subprocess.PIPE)
+    started = await client.start("web-1", [PYTHON, "-c", "import time; time.sleep(120)"], {}, str(root))
+    await client.aclose()                     # the channel's stdin ends
+    assert proc.stdout is not None and proc.stderr is not None
+    assert await asyncio.wait_for(proc.stdout.read(), 5) == b""
+    assert await asyncio.wait_for(proc.stderr.read(), 5) == b""
+    assert await asyncio.wait_for(proc.wait(), 5) == 0
+    assert _alive(started.pid, started.start_time)

@@ -206,3 +206,24 @@ async def test_instances_hold_none_of_the_channel_so_it_can_close(root: Path) ->
     assert await asyncio.wait_for(proc.stderr.read(), 5) == b""
     assert await asyncio.wait_for(proc.wait(), 5) == 0
     assert alive(started.pid, started.start_time)
+
+
+async def test_a_host_s_instances_are_stopped_together_in_one_grace_period(spawn: Any, root: Path) -> None:
+    client, _ = await spawn()
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                "time.sleep(120)")
+    polite = "import time; print('ready', flush=True); time.sleep(120)"
+    started = [await client.start(f"w{i}", [PYTHON, "-c", stubborn if i < 3 else polite], {}, str(root))
+               for i in range(4)]
+    deadline = time.monotonic() + 10
+    for i in range(4):
+        while b"ready" not in (await client.logs(f"w{i}", tail=100)).data:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    states = await client.stop_many([(s.pid, s.start_time) for s in started] + [(started[0].pid, 1)], timeout=1.0)
+    took = time.monotonic() - t0
+    assert took < 2.5, f"{took:.2f}s: the grace periods ran one after another"
+    assert [s.how for s in states] == ["SIGKILL after 1s grace"] * 3 + ["SIGTERM", "not running"]
+    assert [s.exit_code for s in states[:4]] == [-signal.SIGKILL] * 3 + [-signal.SIGTERM]
+    assert not any(s.stuck for s in states) and not any(alive(s.pid, s.start_time) for s in started)

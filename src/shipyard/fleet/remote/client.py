@@ -19,7 +19,16 @@ from typing import Any, Protocol
 from shipyard.drift.content import ContentResult
 from shipyard.errors import ShipyardError
 
-from .protocol import CHUNK, DISK_FULL, MAX_HEADER, PROTOCOL, ProtocolError, decode_header, encode_header
+from .protocol import (
+    CHUNK,
+    DISK_FULL,
+    MAX_HEADER,
+    PROTOCOL,
+    STILL_RUNNING,
+    ProtocolError,
+    decode_header,
+    encode_header,
+)
 
 
 class Reader(Protocol):
@@ -76,10 +85,12 @@ class ProcessState:
     exit_code: int | None = None
     how: str | None = None
     """For a stop: SIGTERM, SIGKILL after the grace period, or "not running"."""
+    stuck: bool = False
+    """For a stop: still there after SIGKILL (uninterruptible I/O)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProcessState:
-        return cls(d["pid"], d["start_time"], d["state"], d.get("exit_code"), d.get("how"))
+        return cls(d["pid"], d["start_time"], d["state"], d.get("exit_code"), d.get("how"), bool(d.get("stuck")))
 
 
 @dataclass(frozen=True)
@@ -242,9 +253,18 @@ class HelperClient:
                                     {"processes": [{"pid": p, "start_time": s} for p, s in processes]})
         return [ProcessState.from_dict(d) for d in result["processes"]]
 
+    async def stop_many(self, processes: list[tuple[int, int]], timeout: float = 10.0) -> list[ProcessState]:
+        """All stopped at once (one grace period in all); those ``stuck`` after SIGKILL are flagged."""
+        result, _ = await self.call("process.stop", {
+            "processes": [{"pid": p, "start_time": s} for p, s in processes], "timeout": timeout})
+        return [ProcessState.from_dict(d) for d in result["processes"]]
+
     async def stop(self, pid: int, start_time: int, timeout: float = 10.0) -> ProcessState:
-        result, _ = await self.call("process.stop", {"pid": pid, "start_time": start_time, "timeout": timeout})
-        return ProcessState.from_dict(result)
+        [state] = await self.stop_many([(pid, start_time)], timeout)
+        if state.stuck:
+            raise HelperError(STILL_RUNNING, f"process group {pid} is still running after SIGKILL",
+                              hint="it may be stuck in uninterruptible I/O (state D in ps); check the host's disks")
+        return state
 
     async def logs(self, instance_id: str, *, offset: int | None = None, tail: int | None = None,
                    limit: int = 1 << 20) -> LogChunk:

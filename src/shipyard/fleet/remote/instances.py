@@ -23,7 +23,6 @@ from .protocol import (
     NOT_ALLOWED,
     NOT_FOUND,
     START_FAILED,
-    STILL_RUNNING,
     OpError,
     require,
     require_name,
@@ -59,6 +58,13 @@ def _identity(args: dict[str, Any]) -> tuple[int, int]:
     if pid <= 1:
         raise OpError(BAD_REQUEST, f"pid {pid} is not an instance's")
     return pid, start_time
+
+
+def _identities(args: dict[str, Any]) -> list[tuple[int, int]]:
+    procs = require(args, "processes", list)
+    if not all(isinstance(p, dict) for p in procs):
+        raise OpError(BAD_REQUEST, "processes must be a list of {pid, start_time}")
+    return [_identity(p) for p in procs]
 
 
 class Instances:
@@ -129,21 +135,7 @@ class Instances:
         return {"pid": pid, "start_time": start_time, "state": "exiting" if ours else "gone", "exit_code": None}
 
     def status(self, args: dict[str, Any]) -> dict[str, Any]:
-        procs = require(args, "processes", list)
-        out = []
-        for p in procs:
-            if not isinstance(p, dict):
-                raise OpError(BAD_REQUEST, "processes must be a list of {pid, start_time}")
-            out.append(self.state(*_identity(p)))
-        return {"processes": out}
-
-    def _running(self, pid: int, start_time: int) -> bool:
-        """Ours, or something left in its group. A pid held by another process means ours is long
-        gone, leftovers too: the kernel never hands out a pid that is still a group's id."""
-        st = read_proc_stat(pid)
-        if st is not None and st.start_time != start_time:
-            return False
-        return (st is not None and not st.dead) or bool(_group_members(pid))
+        return {"processes": [self.state(*p) for p in _identities(args)]}
 
     def _signal(self, pid: int, start_time: int, sig: signal.Signals) -> None:
         st = read_proc_stat(pid)
@@ -157,38 +149,62 @@ class Instances:
             raise OpError(NOT_ALLOWED, f"not allowed to signal process group {pid}",
                           hint="run the helper as the user that started the instance") from None
 
-    def _wait_gone(self, pid: int, start_time: int, seconds: float) -> bool:
+    def _still_running(self, procs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Those that are ours and alive, or have something left in their group. A pid held by
+        another process means ours is long gone, leftovers too: the kernel never hands out a
+        pid that is still a group's id. One pass over /proc for all of them."""
+        groups = set()
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                st = read_proc_stat(int(name))
+                if st is not None and not st.dead:
+                    groups.add(st.pgrp)
+        left = []
+        for pid, start_time in procs:
+            st = read_proc_stat(pid)
+            if st is not None and st.start_time != start_time:
+                continue
+            if (st is not None and not st.dead) or pid in groups:
+                left.append((pid, start_time))
+        return left
+
+    def _wait(self, procs: list[tuple[int, int]], seconds: float) -> list[tuple[int, int]]:
         deadline = time.monotonic() + seconds
         delay = 0.005
-        while self._running(pid, start_time):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
+        left = self._still_running(procs)
+        while left and time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
-        return True
+            left = self._still_running(left)
+        return left
 
     def stop(self, args: dict[str, Any]) -> dict[str, Any]:
-        """SIGTERM (and SIGCONT) to the group, SIGKILL after ``timeout``; blocks the helper meanwhile."""
-        pid, start_time = _identity(args)
-        timeout = float(require(args, "timeout", (int, float), 10.0))
+        """SIGTERM (and SIGCONT) to each group, SIGKILL to those left after ``timeout``: all at
+        once, so stopping a host's instances takes one grace period, not one each. The helper
+        serves nothing else meanwhile. ``stuck``: still there after SIGKILL."""
+        procs = list(dict.fromkeys(_identities(args)))
+        timeout = max(0.0, float(require(args, "timeout", (int, float), 10.0)))
         began = time.monotonic()
-        if not self._running(pid, start_time):
-            return {**self.state(pid, start_time), "how": "not running", "seconds": 0.0}
-        self._signal(pid, start_time, signal.SIGTERM)
-        self._signal(pid, start_time, signal.SIGCONT)
-        how = "SIGTERM"
-        if not self._wait_gone(pid, start_time, max(0.0, timeout)):
-            self._signal(pid, start_time, signal.SIGKILL)
-            how = f"SIGKILL after {timeout:g}s grace"
-            if not self._wait_gone(pid, start_time, KILL_WAIT_SECONDS):
-                raise OpError(STILL_RUNNING, f"process group {pid} is still running {KILL_WAIT_SECONDS:g}s "
-                              "after SIGKILL", hint="it may be stuck in uninterruptible I/O (state D in ps)")
-        deadline = time.monotonic() + EXIT_RECORD_WAIT_SECONDS
-        state = self.state(pid, start_time)
-        while state["state"] != "exited" and time.monotonic() < deadline:
-            time.sleep(0.01)
-            state = self.state(pid, start_time)
-        return {**state, "how": how, "seconds": round(time.monotonic() - began, 3)}
+        running = self._still_running(procs)
+        how = {p: "not running" for p in procs}
+        for p in running:
+            self._signal(*p, signal.SIGTERM)
+            self._signal(*p, signal.SIGCONT)   # a stopped process only sees the TERM once it runs
+            how[p] = "SIGTERM"
+        left = self._wait(running, timeout)
+        for p in left:
+            self._signal(*p, signal.SIGKILL)
+            how[p] = f"SIGKILL after {timeout:g}s grace"
+        stuck = set(self._wait(left, KILL_WAIT_SECONDS))
+        awaited = [p for p in running if p not in stuck]
+        deadline = time.monotonic() + EXIT_RECORD_WAIT_SECONDS   # the supervisor writes the code
+        while awaited and time.monotonic() < deadline:
+            awaited = [p for p in awaited if self.state(*p)["state"] != "exited"]
+            if awaited:
+                time.sleep(0.01)
+        seconds = round(time.monotonic() - began, 3)
+        return {"processes": [{**self.state(*p), "how": how[p], "seconds": seconds, "stuck": p in stuck}
+                              for p in procs]}
 
     def logs(self, args: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """Bytes from ``offset``, or the last ``tail`` bytes; at most ``limit`` of them."""

@@ -18,8 +18,11 @@ import pytest
 
 from shipyard.fleet.remote import bundle
 from shipyard.fleet.remote.client import HelperClient, HelperError, HelperGone
+from shipyard.fleet.remote.transfer import ship_image
+from shipyard.images.build import BuildInput
 from shipyard.images.manifest import diff_tree
 from shipyard.images.objects import ObjectStore
+from shipyard.images.store import ImageStore
 from support import remote_helper
 from support.procs import kill_everything_under
 from support.remote_helper import PYTHON, leftovers, make_image, ship
@@ -241,3 +244,38 @@ async def test_a_host_python_too_old_gets_a_structured_refusal(root: Path) -> No
         await client.hello()
     assert err.value.hint == "install python3 >= 3.11 on the host"
     assert await proc.wait() == 3
+
+
+async def test_a_release_that_changes_one_file_sends_one_file(spawn: Any, root: Path) -> None:
+    images = ImageStore(root / "local")
+    ctx = root / "ctx"
+    ctx.mkdir()
+    (ctx / "app.py").write_text("print('v1')\n")
+    (ctx / "big.bin").write_bytes(os.urandom(200_000))
+    (ctx / "lib.py").write_text("X = 1\n")
+
+    async def build() -> str:
+        return (await images.build(BuildInput("web", ctx, run_command=["python3", "app.py"]))).id
+
+    v1 = await build()
+    (ctx / "app.py").write_text("print('v2!')\n")
+    v2 = await build()
+    client, _ = await spawn()
+    first = await ship_image(client, images, v1)
+    assert (first.objects_total, first.objects_sent, first.created) == (3, 3, True)
+    assert first.bytes_sent == 200_000 + len("print('v1')\n") + len("X = 1\n")
+    second = await ship_image(client, images, v2)
+    assert (second.objects_sent, second.bytes_sent) == (1, len("print('v2!')\n"))
+    again = await ship_image(client, images, v2)
+    assert (again.objects_sent, again.bytes_sent, again.created) == (0, 0, False)
+    for image_id in (v1, v2):
+        assert (await client.verify(image_id, "full")).clean
+
+    sha = hashlib.sha256(b"X = 1\n").hexdigest()          # the host's copy rots: sent again
+    obj = root / "state" / "images" / "objects" / sha[:2] / sha[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(b"X = 2\n")
+    await client.remove_tree(v1)
+    healed = await ship_image(client, images, v1)
+    assert (healed.objects_sent, healed.bytes_sent, healed.created) == (1, len("X = 1\n"), True)
+    assert (await client.verify(v1, "full")).clean

@@ -279,3 +279,19 @@ async def test_a_release_that_changes_one_file_sends_one_file(spawn: Any, root: 
     healed = await ship_image(client, images, v1)
     assert (healed.objects_sent, healed.bytes_sent, healed.created) == (1, len("X = 1\n"), True)
     assert (await client.verify(v1, "full")).clean
+
+
+async def test_files_managed_outside_trees_are_hashed_where_they_are(spawn: Any, root: Path) -> None:
+    client, _ = await spawn()
+    conf = root / "haproxy.cfg"
+    conf.write_bytes(b"global\n")
+    conf.chmod(0o640)
+    os.symlink(conf, root / "link.cfg")
+    found = await client.files([str(conf), str(root / "link.cfg"), str(root / "gone.cfg"), str(root)])
+    assert found[str(conf)] == {"type": "file", "sha256": hashlib.sha256(b"global\n").hexdigest(), "size": 7,
+                                "mode": "0640"}
+    assert [found[str(p)]["type"] for p in (root / "link.cfg", root / "gone.cfg", root)] == [
+        "symlink", "missing", "not a regular file"]
+    with pytest.raises(HelperError) as err:
+        await client.files(["relative.cfg"])
+    assert err.value.code == "bad_request"

@@ -283,6 +283,12 @@ class HelperClient:
                                     {"pid": pid, "start_time": start_time, "values_for": values_for})
         return result
 
+    async def files(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        """Per absolute path: {"type": file, "sha256", "size", "mode"} or {"type": missing | symlink |
+        not a regular file | unreadable}."""
+        result, _ = await self.call("host.files", {"paths": paths})
+        return result["files"]
+
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})
         return result

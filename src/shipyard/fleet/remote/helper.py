@@ -89,6 +89,7 @@ class Helper:
             "process.logs": lambda a, b: self.instances.logs(a),
             "process.inspect": lambda a, b: self.instances.inspect(a),
             "host.listeners": lambda a, b: host.listeners(a),
+            "host.files": lambda a, b: host.files(a),
         }
 
     def hello(self) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """The controller's side of the helper protocol, over any pair of asyncio byte streams: an SSH
-channel's (asyncssh's reader/writer have the same calls) or a local subprocess's pipes.
+channel's (asyncssh's SSHReader/SSHWriter of a process opened with ``encoding=None`` have the
+same calls: readline, readexactly, write, drain, close) or a local subprocess's pipes.
+The helper is run with ``bundle.launch_argv`` (no pty: a pty would kill what it starts).
 
 Requests may be issued concurrently: each is written whole under a lock and its reply is
 matched by id. A reply that is an error becomes a HelperError carrying the helper's code;

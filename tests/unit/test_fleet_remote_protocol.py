@@ -201,3 +201,43 @@ async def test_a_put_cancelled_halfway_closes_the_channel(tmp_path: Path) -> Non
     assert wire.closed and len(wire.sent) < 3 << 20
     with pytest.raises(HelperGone, match="cancelled halfway"):
         await client.hello()
+
+
+def test_long_messages_travel_framed_and_no_line_exceeds_the_inline_limit(tmp_path: Path) -> None:
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000)]
+    request, data = protocol.pack(_req(1, "objects.missing", {"sha256": shas}), None)
+    assert request == {"id": 1, "framed": True} and data is not None and len(data) > 1_000_000
+    stdin = io.BytesIO()
+    write_frame(stdin, request, data)
+    write_frame(stdin, *protocol.pack(_req(2, "hello", v=9), None))    # short: not framed
+    stdin.seek(0)
+    stdout = io.BytesIO()
+    Helper(tmp_path, str(tmp_path / "none.pyz")).serve(stdin, stdout)
+    lines = stdout.getvalue()
+    stdout.seek(0)
+    first = read_header(stdout)
+    assert first is not None and first["framed"] and first["id"] == 1
+    reply, _ = protocol.unpack(first, stdout.read(first["size"]))
+    assert reply["ok"] and reply["result"]["missing"] == shas
+    second = read_header(stdout)
+    assert second is not None and second["id"] == 2 and second["error"]["code"] == "protocol"
+    header_lines = [lines.split(b"\n", 1)[0], lines.rsplit(b"\n", 2)[-2]]
+    assert all(len(line) < protocol.INLINE_LIMIT for line in header_lines)
+
+
+async def test_the_client_sends_and_reads_framed_messages_with_a_default_stream_reader() -> None:
+    reader, wire = asyncio.StreamReader(), _Wire()        # asyncio's default 64 KiB line limit
+    client = HelperClient(reader, wire)
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5_000)]
+    call = asyncio.ensure_future(client.missing(shas))
+    while not wire.sent:
+        await asyncio.sleep(0)
+    sent = io.BytesIO(bytes(wire.sent))
+    header = read_header(sent)
+    assert header is not None and header["framed"]
+    request, _ = protocol.unpack(header, sent.read(header["size"]))
+    assert request["args"]["sha256"] == shas
+    reply, data = protocol.pack({"id": request["id"], "ok": True, "result": {"missing": shas}}, None)
+    assert data is not None
+    reader.feed_data(protocol.encode_header({**reply, "size": len(data)}) + data)
+    assert await call == shas

@@ -30,6 +30,8 @@ from .protocol import (
     ProtocolError,
     decode_header,
     encode_header,
+    pack,
+    unpack,
 )
 
 
@@ -125,6 +127,7 @@ class HelperClient:
                     raise ProtocolError("a reply header is too long")
                 header = decode_header(line)
                 data = await self._reader.readexactly(header["size"]) if header.get("size") else None
+                header, data = unpack(header, data)
                 fut = self._pending.pop(header.get("id"), None)   # type: ignore[arg-type]
                 if fut is None:
                     err = header.get("error") or {}
@@ -173,9 +176,10 @@ class HelperClient:
         f = open(source, "rb") if source is not None else None   # an unreadable file: the stream is untouched
         try:
             if f is None:
+                frame, data = pack(header, data)
                 if data is not None:
-                    header["size"] = len(data)
-                self._writer.write(encode_header(header) + (data or b""))
+                    frame = {**frame, "size": len(data)}
+                self._writer.write(encode_header(frame) + (data or b""))
             else:
                 size = os.fstat(f.fileno()).st_size
                 header["size"] = size
@@ -299,6 +303,6 @@ class HelperClient:
 async def spawn_local(argv: list[str], **kwargs: Any) -> tuple[HelperClient, asyncio.subprocess.Process]:
     """A helper run as a local subprocess (``bundle.launch_argv`` with a local path), e.g. in tests."""
     proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.PIPE, limit=MAX_HEADER + 2, **kwargs)
+                                                stdout=asyncio.subprocess.PIPE, **kwargs)
     assert proc.stdin is not None and proc.stdout is not None
     return HelperClient(proc.stdout, proc.stdin), proc

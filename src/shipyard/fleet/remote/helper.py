@@ -29,12 +29,15 @@ from .protocol import (
     BAD_REQUEST,
     CHUNK,
     INTERNAL,
+    MAX_FRAMED,
     PROTOCOL,
     PROTOCOL_MISMATCH,
     UNKNOWN_OP,
     OpError,
     ProtocolError,
+    pack,
     read_header,
+    unpack,
     write_frame,
 )
 from .store import HostStore
@@ -142,6 +145,11 @@ class Helper:
                 if header is None:
                     return 0
                 body = Body(stdin, header.get("size") or 0)
+                if header.get("framed"):
+                    if body.size > MAX_FRAMED:
+                        raise ProtocolError(f"a framed request of {body.size} bytes (at most {MAX_FRAMED})")
+                    header, _ = unpack(header, body.read_all(MAX_FRAMED))
+                    body = Body(stdin, 0)
                 reply, data = self.handle(header, body)
                 body.drain()
             except ProtocolError as exc:
@@ -149,7 +157,7 @@ class Helper:
                     "code": PROTOCOL_MISMATCH, "message": f"the stream is out of step: {exc}",
                     "hint": "reconnect; the helper stops here"}})
                 return 2
-            write_frame(stdout, reply, data)
+            write_frame(stdout, *pack(reply, data))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,12 @@ from typing import Any, BinaryIO
 
 PROTOCOL = 1
 MAX_HEADER = 1 << 20
-"""A header is small (paths, shas, argv, env); a longer line means the stream is out of step."""
+"""No header line is longer; a longer line means the stream is out of step."""
+INLINE_LIMIT = 32 << 10
+"""A message whose header line would be longer (10,000 shas, a large environment) and that
+carries no data travels *framed*: a short header ``{"id", "framed": true, "size"}`` and the
+message's JSON as its data. So no line exceeds the 64 KiB an asyncio StreamReader takes."""
+MAX_FRAMED = 64 << 20
 CHUNK = 1 << 20
 
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
@@ -99,6 +104,28 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], data: bytes | None = N
     if data:
         stream.write(data)
     stream.flush()
+
+
+def pack(message: dict[str, Any], data: bytes | None) -> tuple[dict[str, Any], bytes | None]:
+    """The frame that carries ``message`` (and its data): itself, or framed when it is long."""
+    if data is None:
+        line = encode_header(message)
+        if len(line) > INLINE_LIMIT:
+            return {"id": message.get("id"), "framed": True}, line
+    return message, data
+
+
+def unpack(header: dict[str, Any], data: bytes | None) -> tuple[dict[str, Any], bytes | None]:
+    """The message a frame carries (see ``pack``)."""
+    if not header.get("framed"):
+        return header, data
+    try:
+        message = json.loads(data or b"")
+    except ValueError as exc:
+        raise ProtocolError(f"a framed message is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a framed message is not a JSON object")
+    return message, None
 
 
 def require(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:

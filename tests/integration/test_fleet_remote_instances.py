@@ -223,7 +223,7 @@ async def test_a_host_s_instances_are_stopped_together_in_one_grace_period(spawn
     t0 = time.monotonic()
     states = await client.stop_many([(s.pid, s.start_time) for s in started] + [(started[0].pid, 1)], timeout=1.0)
     took = time.monotonic() - t0
-    assert took < 2.5, f"{took:.2f}s: the grace periods ran one after another"
+    assert took < 2.9, f"{took:.2f}s: the grace periods ran one after another (3 x 1 s)"
     assert [s.how for s in states] == ["SIGKILL after 1s grace"] * 3 + ["SIGTERM", "not running"]
     assert [s.exit_code for s in states[:4]] == [-signal.SIGKILL] * 3 + [-signal.SIGTERM]
     assert not any(s.stuck for s in states) and not any(alive(s.pid, s.start_time) for s in started)

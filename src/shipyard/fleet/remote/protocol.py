@@ -7,6 +7,20 @@ protocol version), ``id`` (echoed in the reply), ``op`` and ``args``. A reply is
 ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error": {"code", "message",
 "hint"}}``: a failure is always a structured reply, never only a traceback on stderr.
 Standard library only: this module runs on the hosts.
+
+Operations (args -> result; HelperClient has a method for each):
+  hello                      -> protocol, helper_version, bundle_sha256, python, root, host facts
+  objects.missing  sha256[]  -> missing[]                 objects.put  sha256 + data -> stored
+  trees.materialize image_id + manifest bytes -> tree, created
+  trees.verify     image_id, mode (metadata|full) -> drift ContentResult fields
+  trees.quarantine / trees.remove  image_id
+  process.start    instance_id, argv, env, cwd -> pid, start_time, log, instance_dir, data_dir
+  process.status   processes[{pid, start_time}] -> state (running|exiting|exited|gone), exit_code
+  process.stop     processes[], timeout -> state, exit_code, how, stuck (all in one grace period)
+  process.logs     instance_id, offset | tail, limit -> offset, next_offset, file_size + data
+  process.inspect  pid, start_time, values_for[] -> state, argv, env (other values withheld)
+  host.listeners   ports[]? -> listeners[{address, port, pids}]
+  host.files       paths[] -> per path: type, sha256, size, mode
 """
 
 from __future__ import annotations

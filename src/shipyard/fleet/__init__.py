@@ -1,1 +1,2 @@
-"""Running a service on a fleet of hosts: inventory, placement, batches, image shipping, the remote helper."""
+"""Running a service on a fleet of hosts: inventory, placement, batches, image shipping and the
+remote helper shipyard installs on each host."""

@@ -1,0 +1,152 @@
+"""The helper as one zipapp, built deterministically and named by its sha256.
+
+The bundle holds the helper's modules and, verbatim, the stdlib-only shipyard modules it
+reuses (the object store, trees, manifest, drift content scan, /proc readers), so a host's
+store is written and checked by the same code as a local one. Packages whose real
+``__init__`` imports more (pydantic, ...) get an empty stub. Entries are sorted, stored
+uncompressed (zlib versions differ between machines) with fixed times and modes: the same
+sources give the same bytes, hence the same name, on every controller.
+
+On a host it lives at ``~/.shipyard/helper/<sha>.pyz``; ``install_argv`` puts it there
+from stdin (verified by hash, temp name + rename) and ``launch_argv`` runs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import shipyard
+
+VERBATIM = (
+    "__init__.py",
+    "errors.py",
+    "procfs.py",
+    "images/manifest.py",
+    "images/objects.py",
+    "images/trees.py",
+    "images/build.py",
+    "images/ignore.py",
+    "drift/baseline.py",
+    "drift/content.py",
+    "drift/hashing.py",
+    "drift/listeners.py",
+    "drift/report.py",
+    "fleet/remote/__init__.py",
+    "fleet/remote/helper.py",
+    "fleet/remote/host.py",
+    "fleet/remote/instances.py",
+    "fleet/remote/protocol.py",
+    "fleet/remote/store.py",
+    "fleet/remote/supervisor.py",
+)
+STUBS = ("images/__init__.py", "drift/__init__.py", "fleet/__init__.py")
+_STUB = b'"""Only the modules the remote helper needs are bundled."""\n'
+
+MIN_PYTHON = (3, 11)
+"""What the reused modules need; Debian 12's python3 is 3.11."""
+MAIN = b'''import sys
+
+if sys.version_info < (%d, %d):
+    sys.stdout.write('{"id": null, "ok": false, "error": {"code": "python", "message": "the shipyard helper '
+                     'needs Python %d.%d or later, this host has %%d.%%d", "hint": "install python3 >= %d.%d on '
+                     'the host"}}\\n' %% sys.version_info[:2])
+    sys.exit(3)
+
+if sys.argv[1:2] == ["supervise"]:   # one per instance start: import only what it needs
+    from shipyard.fleet.remote.supervisor import supervise
+
+    supervise()
+    sys.exit(0)
+
+from shipyard.fleet.remote.helper import main
+
+sys.exit(main())
+''' % (MIN_PYTHON * 3)
+
+HELPER_DIR = ".shipyard/helper"
+"""Relative to the home directory, where an SSH command starts."""
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+INSTALL_SCRIPT = """\
+import hashlib, os, sys, tempfile
+sha = sys.argv[1]
+data = sys.stdin.buffer.read()
+if hashlib.sha256(data).hexdigest() != sha:
+    sys.exit("shipyard: the helper bundle arrived corrupted (sha256 mismatch); nothing was installed")
+d = os.path.expanduser("~/" + sys.argv[2])
+os.makedirs(d, exist_ok=True)
+fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+try:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, os.path.join(d, sha + ".pyz"))
+except BaseException:
+    os.unlink(tmp)
+    raise
+print(os.path.join(d, sha + ".pyz"))
+"""
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 3
+    info.external_attr = 0o100644 << 16
+    return info
+
+
+def _members() -> dict[str, bytes]:
+    src = Path(shipyard.__file__).parent
+    members = {f"shipyard/{rel}": (src / rel).read_bytes() for rel in VERBATIM}
+    members.update({f"shipyard/{rel}": _STUB for rel in STUBS})
+    members["__main__.py"] = MAIN
+    return members
+
+
+@functools.lru_cache(maxsize=1)
+def build() -> tuple[str, bytes]:
+    """(sha256, zipapp bytes) of the helper made from this checkout's sources."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in sorted(_members().items()):
+            zf.writestr(_entry(name), data)
+    data = out.getvalue()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def write(directory: Path) -> Path:
+    """The bundle written as ``<directory>/<sha>.pyz`` (for local use and tests)."""
+    sha, data = build()
+    path = Path(directory) / f"{sha}.pyz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def remote_path(sha: str) -> str:
+    return str(PurePosixPath(HELPER_DIR) / f"{sha}.pyz")
+
+
+def install_argv(sha: str, python: str = "python3") -> list[str]:
+    """Reads the bundle on stdin, installs it verified by hash; prints where."""
+    return [python, "-I", "-c", INSTALL_SCRIPT, sha, HELPER_DIR]
+
+
+def check_argv(sha: str) -> list[str]:
+    """Succeeds (exit 0) when the bundle is already installed."""
+    return ["test", "-f", remote_path(sha)]
+
+
+def launch_argv(sha: str, root: str | None = None, python: str = "python3") -> list[str]:
+    """Serves the protocol on stdin/stdout; state under ``root`` (default ~/.shipyard)."""
+    return [python, "-I", remote_path(sha), *(["--root", root] if root else [])]

@@ -1,0 +1,88 @@
+"""Facts about the host for ``hello`` (what ``shipyard hosts`` shows), its TCP listeners
+(what the drift scan compares with the instances it expects, read as drift/listeners.py
+reads them on one machine) and the files shipyard manages outside image trees (a host's
+HAProxy configuration, say), hashed where they are."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from shipyard.drift.listeners import listening_sockets, socket_owners
+from shipyard.images.manifest import hash_file
+
+from .protocol import BAD_REQUEST, OpError, require
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _boot_id() -> str | None:
+    """Start times count from boot: after a reboot, (pid, start time) must not be trusted."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def facts(root: Path) -> dict[str, Any]:
+    usage = shutil.disk_usage(root)
+    mem = _meminfo()
+    return {
+        "hostname": platform.node(),
+        "boot_id": _boot_id(),
+        "cpu_count": os.cpu_count(),
+        "load": list(os.getloadavg()),
+        "disk": {"path": str(root), "total": usage.total, "free": usage.free},
+        "memory": {"total": mem.get("MemTotal"), "available": mem.get("MemAvailable")},
+    }
+
+
+def listeners(args: dict[str, Any]) -> dict[str, Any]:
+    ports = require(args, "ports", list, None)
+    if ports is not None and not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
+        raise OpError(BAD_REQUEST, "ports must be a list of integers")
+    sockets = listening_sockets(ports)
+    owners = socket_owners(s.inode for s in sockets)
+    return {
+        "listeners": [{"address": s.address, "port": s.port, "pids": sorted(owners.by_inode.get(s.inode, []))}
+                      for s in sorted(sockets, key=lambda s: (s.port, s.address))],
+        "unreadable_pids": sorted(owners.unreadable),
+    }
+
+
+def files(args: dict[str, Any]) -> dict[str, Any]:
+    """sha256, size and permissions of each absolute path (never following a final symlink):
+    the controller compares them with what it wrote."""
+    paths = require(args, "paths", list)
+    if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+        raise OpError(BAD_REQUEST, "paths must be absolute paths")
+    out: dict[str, Any] = {}
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                out[path] = {"type": "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"}
+                continue
+            sha, size = hash_file(Path(path))
+            out[path] = {"type": "file", "sha256": sha, "size": size, "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+        except FileNotFoundError:
+            out[path] = {"type": "missing"}
+        except OSError as exc:
+            out[path] = {"type": "unreadable", "reason": exc.strerror or str(exc)}
+    return {"files": out}

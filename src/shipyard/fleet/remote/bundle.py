@@ -24,6 +24,7 @@ import shipyard
 VERBATIM = (
     "__init__.py",
     "errors.py",
+    "fsutil.py",
     "procfs.py",
     "images/manifest.py",
     "images/objects.py",

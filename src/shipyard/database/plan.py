@@ -99,8 +99,10 @@ class MigrationPlan:
 
 
 async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migration], *,
-                          assume_lock_timeout: bool = True) -> MigrationPlan:
-    """Compare the source with the target database's ledger and lint what is pending."""
+                          assume_lock_timeout: bool = True, pg_version: int | None = None) -> MigrationPlan:
+    """Compare the source with the target database's ledger and lint what is pending on the live
+    catalog. This is the one place pending migrations are judged: a deploy, `db status`, `db check`
+    and `db lint SPEC` all read its findings. pg_version: judge as that major instead of the server's."""
     version = await server_version(conn)
     applied = await ledger.read(conn)
     adopted = None
@@ -114,7 +116,8 @@ async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migrat
                 break
     pending = [m for m in migrations if m.version not in done]
     changed = [m.version for m in migrations if m.version in applied and applied[m.version].checksum != m.checksum]
-    findings = lint_scripts([m.script for m in pending], major_of(version), assume_lock_timeout=assume_lock_timeout,
+    findings = lint_scripts([m.script for m in pending], pg_version or major_of(version),
+                            assume_lock_timeout=assume_lock_timeout,
                             catalog=await load_catalog(conn))
     phases = {m.version: phase_of(m, findings) for m in migrations}
     return MigrationPlan(migrations=migrations, applied=applied, pending=pending, findings=findings, phases=phases,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_cli import sy
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.demo import example_dir
@@ -108,6 +110,36 @@ async def test_expand_before_traffic_contract_after_the_old_release_is_gone(
         assert r.status_code == 201, r.text
     assert await query(db, "SELECT note FROM orders") == [("gift",)]
     assert (await ledger(db))["0005"] == "applied"
+
+
+async def wait_until_no_warm_slot(api: AsyncApiClient, service: str = "shop", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await api.get(f"/v1/services/{service}")
+        if all(s["state"] != "warm" for s in status["slots"].values()):
+            return
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.3)
+
+
+async def test_contract_after_a_deploy_whose_spec_names_its_migrations_relatively(
+        api: AsyncApiClient, make_spec: SpecMaker, state_dir: Path, db: str) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    m2 = migrations_with(state_dir / "specs", 4, {"0005_drop_legacy.sql": (       # next to the spec file
+        "ALTER TABLE products DROP COLUMN legacy_code;\n")})                        # contract by its rule, no mark
+    m2.rename(state_dir / "specs" / "m2")
+    spec2 = make_spec("database/v2", "v2-relative", **{
+        "database.url": db, "database.migrations": "./m2", "strategy.blue_green.scale_down_delay": "1s"})
+    assert (await deploy(api, spec2))["phase"] == "succeeded"
+    assert "legacy_code" in await columns(db, "products")                       # held back
+    await wait_until_no_warm_slot(api)
+    result = await api.post("/v1/services/shop/db/contract")         # reads the live release's stored spec
+    assert result["applied"] == ["0005"], result
+    assert "legacy_code" not in await columns(db, "products")
+
+    status = await asyncio.to_thread(sy, "db", "status", str(spec2), state=state_dir)
+    row = next(line for line in status.stdout.splitlines() if "drop_legacy" in line)
+    assert re.search(r"0005.*drop_legacy.*applied.*contract", row), status.stdout
 
 
 async def test_compatibility_gate_stops_a_rename_the_live_release_cannot_survive(

@@ -119,6 +119,9 @@ async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migrat
     findings = lint_scripts([m.script for m in pending], pg_version or major_of(version),
                             assume_lock_timeout=assume_lock_timeout,
                             catalog=await load_catalog(conn))
-    phases = {m.version: phase_of(m, findings) for m in migrations}
+    # what ran is what the ledger says it ran as: an applied migration is not linted again, so a
+    # contract one that no marker names would otherwise read as expand
+    phases = {m.version: applied[m.version].phase if m.version in done and m.version in applied
+              else phase_of(m, findings) for m in migrations}
     return MigrationPlan(migrations=migrations, applied=applied, pending=pending, findings=findings, phases=phases,
                          pg_version=version, changed=changed, adopted_alembic=adopted)

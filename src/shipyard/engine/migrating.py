@@ -55,7 +55,7 @@ class DatabaseGate:
         svc = self.d.store.get_service(spec.service)
         if with_live and svc is not None and svc.live is not None and svc.live.image_id and svc.live.spec:
             if svc.live.image_id != image_id:
-                live_spec = spec_from_doc(svc.live.spec)
+                live_spec = spec_from_doc(svc.live.spec, svc.spec_path)
                 releases.append(ReleaseUnderTest("live", live_spec, svc.live.image_id))
         releases.append(ReleaseUnderTest("new", spec, image_id))
         return releases
@@ -164,7 +164,7 @@ class DatabaseGate:
         self.refuse_contract(service)
         svc = self.d.store.get_service(service)
         assert svc is not None and svc.live is not None and svc.live.spec and svc.live.image_id
-        spec = spec_from_doc(svc.live.spec)
+        spec = spec_from_doc(svc.live.spec, svc.spec_path)
         db = spec.database
         if db is None:
             raise ShipyardError(f"{service} has no database section", "nothing to contract")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.redaction import redact_url as redact
+from shipyard.spec.models import without_location
 
 MAX_FILE_CHANGES = 200
 IMAGE_KEYS = ("build", "run.command", "run.env")
@@ -84,6 +85,7 @@ def plan_service(new_doc: dict[str, Any], new_manifest: dict[str, Any], image_id
                  live_manifest: dict[str, Any] | None, context: Path | None = None,
                  migrations: dict[str, Any] | None = None, blocked: list[str] | None = None) -> ServicePlan:
     """The whole comparison. `live_doc` None: nothing of the service runs, everything is new."""
+    new_doc = without_location(new_doc)
     service = str(new_doc["service"])
     plan = ServicePlan(service, live_doc is not None, image_id, live_image, migrations=migrations,
                        blocked=list(blocked or []))
@@ -246,7 +248,9 @@ def env_changes(old: dict[str, str], new: dict[str, str], live_doc: dict[str, An
 # -- the rest of the spec ------------------------------------------------------------------
 
 def spec_changes(live_doc: dict[str, Any], new_doc: dict[str, Any]) -> list[Change]:
-    """Key by key, outside what the image already covers; a switch of strategy kind is one change."""
+    """Key by key, outside what the image already covers; a switch of strategy kind is one change.
+    Where each spec lives is not compared: a spec moved with its files is the same release."""
+    live_doc, new_doc = without_location(live_doc), without_location(new_doc)
     out: list[Change] = []
     old_kind, new_kind = strategy_kind(live_doc.get("strategy")), strategy_kind(new_doc.get("strategy"))
     for path, old, new in diff_docs(live_doc, new_doc):

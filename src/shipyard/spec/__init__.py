@@ -7,7 +7,17 @@ from .advice import looks_secret, spec_warnings
 from .bounded import MAX_SPEC_BYTES, SpecTooLarge
 from .durations import format_duration, parse_duration
 from .load import SpecInvalid, load_spec, parse_spec
-from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec, TlsSpec
+from .models import (
+    BuildSpec,
+    DatabaseSpec,
+    DriftSpec,
+    HealthSpec,
+    RouterSpec,
+    RunSpec,
+    Spec,
+    TlsSpec,
+    without_location,
+)
 from .schema import json_schema
 from .strategy import (
     AnalysisSpec,
@@ -70,4 +80,5 @@ __all__ = [
     "parse_duration",
     "parse_spec",
     "spec_warnings",
+    "without_location",
 ]

@@ -167,6 +167,31 @@ async def test_compatibility_gate_stops_a_rename_the_live_release_cannot_survive
     assert status["live_slot"] == "blue" and status["slots"]["green"]["instances"] == []
 
 
+async def test_a_held_back_rename_stops_the_deploy_before_the_new_release_starts(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    migrations = migrations_with(tmp_path, 2, {"0003_rename_name.sql": (         # contract by its rule
+        "ALTER TABLE products RENAME COLUMN name TO title;\n")})
+    spec = make_spec("database/v2", "v2-title", **{
+        "database.url": db, "database.migrations": str(migrations), "database.target": None,
+        "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        t0 = time.monotonic()
+        r = await deploy(api, spec)
+        await asyncio.sleep(0.2)
+    assert r["phase"] == "failed", r
+    reason = r["reason"]
+    assert "0003_rename_name.sql:1" in reason and "held back as a contract migration" in reason, reason
+    for step in ("add the new column", "trigger", "backfill it in batches", "reads the new name",
+                 "drop the trigger and the old column", "ADD COLUMN title text", "CREATE TRIGGER"):
+        assert step in reason, (step, reason)
+    assert "does not exist" not in reason                             # stopped before, not by, the failure
+    kinds = [e["kind"] for e in await events(api, r["id"])]
+    assert "instance.started" not in kinds, kinds                     # the new release never started
+    assert set(traffic.versions(since=t0)) == {"1"} and traffic.failures() == []
+    assert "name" in await columns(db, "products") and "0003" not in await ledger(db)
+
+
 async def test_unsafe_migration_stops_the_deploy_unless_allowed_with_a_reason(
         api: AsyncApiClient, make_spec: SpecMaker, db: str, tmp_path: Path) -> None:
     assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"

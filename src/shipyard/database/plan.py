@@ -20,6 +20,29 @@ from .findings import Finding
 from .lint import lint_scripts, load_catalog
 from .sources import Migration, from_alembic, from_directory, up_to
 
+RENAMES = ("rename-column", "rename-table")
+
+
+_RENAME_STEPS = {
+    "rename-column": "1. expand: add the new column, keep both in sync with a trigger (or a generated column), "
+                     "backfill it in batches; 2. deploy the release that reads the new name; 3. contract later: "
+                     "drop the trigger and the old column",
+    "rename-table": "1. expand: rename the table and create a view under the old name in the same transaction "
+                    "(a simple view is updatable); 2. deploy the release that uses the new name; 3. contract "
+                    "later: drop the view",
+}
+
+
+def held_renames_text(renames: list[Finding]) -> str:
+    """Why a deploy with a held-back rename stops before the new release starts, and the safe form."""
+    first = renames[0]
+    more = f" (and {len(renames) - 1} more rename(s))" if len(renames) > 1 else ""
+    return (f"{first.location}: `{first.statement}` is held back as a contract migration{more} ({first.message}), "
+            "so it would run only once the old release is gone, and the new release would start on the schema "
+            "without it: its queries of the new name fail. Nothing was changed. Ship the rename in steps both "
+            f"releases survive: {_RENAME_STEPS[first.rule]}. Or deploy with --allow-unsafe \"reason\" if the new "
+            f"release works with either name. As SQL:\n{first.fix}")
+
 
 def load_source(db: DatabaseSpec, resolve: Any) -> list[Migration]:
     """All migrations of the spec's source up to database.target. `resolve` makes a spec path absolute."""
@@ -69,6 +92,13 @@ class MigrationPlan:
         return self.pending[len(self.expand):]
 
     @property
+    def held_renames(self) -> list[Finding]:
+        """Renames held back as contract. The old release breaks once they run, but the new
+        release (written for the new name) starts before they run: neither can serve."""
+        held = {m.script.source for m in self.held}
+        return [f for f in self.findings if f.rule in RENAMES and f.ignored is None and f.source in held]
+
+    @property
     def blocking(self) -> list[Finding]:
         return [f for f in self.findings if f.blocking]
 
@@ -93,6 +123,7 @@ class MigrationPlan:
             "held": [m.version for m in self.held],
             "findings": [f.to_dict() for f in self.findings],
             "blocking": len(self.blocking),
+            "held_renames": [f.location for f in self.held_renames],
             "changed": self.changed,
             "adopted_alembic": self.adopted_alembic,
         }

@@ -18,7 +18,7 @@ from shipyard.database.apply import apply_migrations
 from shipyard.database.compat import ReleaseUnderTest
 from shipyard.database.connect import connect
 from shipyard.database.findings import Finding
-from shipyard.database.plan import MigrationPlan, load_source, plan_migrations
+from shipyard.database.plan import MigrationPlan, held_renames_text, load_source, plan_migrations
 from shipyard.database.rehearsal import Rehearsal, rehearse
 from shipyard.database.statements import Script
 from shipyard.engine.actions import SlotOps, spec_from_doc
@@ -120,6 +120,11 @@ class DatabaseGate:
         if blocking:
             ev(r.service, "audit.allow_unsafe", f"unsafe migrations allowed: {r.allow_unsafe}", r.id,
                reason=r.allow_unsafe, findings=[f.to_dict() for f in blocking])
+        if renames := plan.held_renames:
+            if not r.allow_unsafe:
+                return MigrationFailed(held_renames_text(renames))
+            ev(r.service, "audit.allow_unsafe", f"held-back rename allowed: {r.allow_unsafe}", r.id,
+               reason=r.allow_unsafe, findings=[f.to_dict() for f in renames])
         if not plan.expand:
             return Migrated(_plan_line(plan))
         if db.check.enabled:

@@ -192,6 +192,36 @@ async def test_a_held_back_rename_stops_the_deploy_before_the_new_release_starts
     assert "name" in await columns(db, "products") and "0003" not in await ledger(db)
 
 
+async def test_a_rename_in_the_suggested_expand_contract_form_keeps_both_releases_serving(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    from shipyard.database.rules.tables import rename_column_steps
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    expand, contract = rename_column_steps("products", "products", "name", "title", "text").split("-- 2. deploy")
+    migrations = migrations_with(tmp_path, 2, {
+        "0003_title_expand.sql": expand,
+        "0004_title_contract.sql": "-- shipyard:contract\n" + contract.split("\n", 1)[1]})
+    spec = make_spec("database/v2", "v2-title", **{
+        "database.url": db, "database.migrations": str(migrations), "database.target": None,
+        "strategy.blue_green.scale_down_delay": "1s",
+        "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        t0 = time.monotonic()
+        r = await deploy(api, spec)
+        await asyncio.sleep(0.3)
+    assert r["phase"] == "succeeded", r
+    assert set(traffic.versions(since=t0)) == {"1", "2"} and traffic.failures() == []    # both served, none failed
+    assert (await ledger(db)) == {"0001": "applied", "0002": "applied", "0003": "applied"}
+    await query(db, "INSERT INTO products (id, name, price) VALUES (6, 'Lantern', 12)")  # as v1 writes
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert (await http.get("/products/6")).json()["name"] == "Lantern"             # v2 reads title
+        assert (await http.get("/products/1")).json()["name"] == "Deck chair"          # backfilled
+    await wait_until_no_warm_slot(api)
+    assert (await api.post("/v1/services/shop/db/contract"))["applied"] == ["0004"]
+    assert "name" not in await columns(db, "products")
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert [p["name"] for p in (await http.get("/products")).json()][:2] == ["Deck chair", "Ship in a bottle"]
+
+
 async def test_unsafe_migration_stops_the_deploy_unless_allowed_with_a_reason(
         api: AsyncApiClient, make_spec: SpecMaker, db: str, tmp_path: Path) -> None:
     assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"

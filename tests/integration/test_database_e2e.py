@@ -175,6 +175,8 @@ async def test_a_held_back_rename_stops_the_deploy_before_the_new_release_starts
     spec = make_spec("database/v2", "v2-title", **{
         "database.url": db, "database.migrations": str(migrations), "database.target": None,
         "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    checked = await api.post("/v1/db/check", {"spec_path": str(spec)})          # db check says so too
+    assert not checked["ok"] and "0003_rename_name.sql:1" in checked["held_renames"], checked
     async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
         t0 = time.monotonic()
         r = await deploy(api, spec)

@@ -197,6 +197,8 @@ def print_check(doc: dict[str, Any]) -> None:
     for f in doc.get("blocking", []):
         say("[red]unsafe[/] {source}:{line} {rule}: {message} (fix: {fix})", source=f["source"], line=f["line"],
             rule=f["rule"], message=f["message"], fix=f["fix"])
+    if doc.get("held_renames"):
+        say("[red]a deploy would stop[/]: {why}", why=doc["held_renames"], soft_wrap=True)
     reh = doc.get("rehearsal")
     if reh is None:
         say("nothing to rehearse")

@@ -89,10 +89,13 @@ class DatabaseGate:
             self.ops.event(spec.service, "database.checked",
                            f"db check of {', '.join(versions)}: rehearsal {'passed' if rehearsal.ok else 'failed'}",
                            None, check=rehearsal.to_dict(), versions=versions, image=image.id)
+        renames = [] if contract else plan.held_renames        # a deploy would stop on them (see _migrate)
         return {"service": spec.service, "image": image.id, "plan": plan.to_dict(), "contract": contract,
                 "rehearsal": rehearsal.to_dict() if rehearsal else None,
                 "blocking": [f.to_dict() for f in plan.gate_findings(contract)],
-                "ok": (rehearsal is None or rehearsal.ok) and not plan.changed and not plan.gate_findings(contract)}
+                "held_renames": held_renames_text(renames) if renames else None,
+                "ok": (rehearsal is None or rehearsal.ok) and not plan.changed and not plan.gate_findings(contract)
+                and not renames}
 
     # -- the MIGRATING phase ------------------------------------------------------------
 

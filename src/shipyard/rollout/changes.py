@@ -100,7 +100,7 @@ def plan_service(new_doc: dict[str, Any], new_manifest: dict[str, Any], image_id
         plan.changes += spec_changes(live_doc, new_doc)
     if migrations is not None:
         status = migrations.get("status")
-        if status == "pending" and migrations.get("expand"):
+        if status == "pending" and (migrations.get("expand") or migrations.get("held_renames")):
             plan.changes.append(Change("database", migration_line(migrations), "database.migrations",
                                        new=migrations.get("expand")))
         elif status == "unknown":
@@ -306,7 +306,8 @@ def migration_outlook(plan: dict[str, Any] | None, error: str | None = None) -> 
 
     return {"status": "pending" if pending else "up_to_date", "expand": labels(plan.get("expand", [])),
             "held": labels(plan.get("held", [])), "blocking": plan.get("blocking", 0),
-            "changed": plan.get("changed", []), "pg_version": plan.get("pg_version")}
+            "changed": plan.get("changed", []), "pg_version": plan.get("pg_version"),
+            "held_renames": plan.get("held_renames", [])}
 
 
 def migration_line(m: dict[str, Any]) -> str:
@@ -316,6 +317,9 @@ def migration_line(m: dict[str, Any]) -> str:
                      f"{', '.join(m['expand'])}")
     if m.get("held"):
         parts.append(f"held back until `shipyard db contract` (contract): {', '.join(m['held'])}")
+    if m.get("held_renames"):
+        parts.append(f"the deploy stops before the new release starts: held-back rename(s) at "
+                     f"{', '.join(m['held_renames'])} would leave it on the old names (see `shipyard db status`)")
     if m.get("blocking"):
         parts.append(f"{m['blocking']} blocking finding(s): see `shipyard db check`")
     return "; ".join(parts) or "database up to date"

@@ -184,6 +184,13 @@ def test_pending_migrations_expand_held_and_unknown() -> None:
     assert plan(spec_doc(replicas=3), manifest(), same_image=True, migrations=unknown).exit_code == 2
 
 
+def test_a_held_back_rename_is_said_in_the_plan() -> None:
+    m = migration_outlook({"pending": [{"version": "0003", "name": "rename"}], "expand": [], "held": ["0003"],
+                           "blocking": 1, "changed": [], "held_renames": ["m/0003_rename.sql:1"]})
+    [line] = summaries(plan(spec_doc(), manifest(), same_image=True, migrations=m))
+    assert "held-back rename(s) at m/0003_rename.sql:1" in line and "stops before the new release" in line
+
+
 def test_database_password_never_shown() -> None:
     db = {"url": "postgresql://shop:hunter2@db:5432/shop", "migrations": "m", "target": None, "alembic": None}
     live = spec_doc(database=db)

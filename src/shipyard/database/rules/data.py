@@ -22,12 +22,13 @@ from shipyard.database.statements import Statement
 
 
 @check(RuleInfo("truncate", "TRUNCATE empties an existing table under ACCESS EXCLUSIVE: the running release loses "
-                "its rows, and a rollback of the release does not bring them back", ACCESS_EXCLUSIVE, "none",
-                breaks_old_release=True))
+                "its rows, and a rollback of the release does not bring them back", ACCESS_EXCLUSIVE, "none"))
 def truncate(stmt: Statement, ctx: Context) -> Iterator[Finding]:
     node = stmt.node
     if not isinstance(node, ast.TruncateStmt) or node.behavior == enums.DropBehavior.DROP_CASCADE:
         return       # CASCADE: truncate-cascade says more
+    # not breaks_old_release: that would make it a contract migration, where such findings do not
+    # count; losing the rows is as bad after the old release is gone
     for rv in node.relations or ():
         if not ctx.existing(rv):
             continue

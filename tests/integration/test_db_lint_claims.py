@@ -157,6 +157,11 @@ SAFE = [
     Claim(None, "REINDEX TABLE CONCURRENTLY t", "t", lock=SUE, outside_transaction=True),
     Claim(None, "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", "p", lock=SUE, outside_transaction=True),
     Claim(None, "VACUUM t", "t", lock=SUE, outside_transaction=True),
+    Claim(None, "UPDATE t SET note = 'x' WHERE ctid = ANY (ARRAY(SELECT ctid FROM t WHERE note <> 'x' LIMIT 5000))",
+          "t", lock="ROW EXCLUSIVE", scan=True),
+    Claim(None, "DELETE FROM child WHERE ctid = ANY (ARRAY(SELECT ctid FROM child LIMIT 5000))", "child",
+          lock="ROW EXCLUSIVE", scan=True),
+    Claim(None, "CREATE INDEX p_k ON ONLY p (k)", "p", lock=SHARE),
 ]
 
 

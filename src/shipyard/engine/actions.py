@@ -358,7 +358,7 @@ def router_limits_of(svc: ServiceRecord) -> RouterSpec | None:
     return spec_from_doc(slot.spec, svc.spec_path).router if slot is not None and slot.spec else None
 
 
-def spec_from_doc(doc: dict[str, Any], spec_path: str) -> Spec:
+def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:
     """A spec as stored with a slot or a rollout (to_stored_dict: it names its own base dir, so
     its relative paths resolve where the spec file was). `spec_path` (the service's spec file)
     anchors documents stored before they did. Validation costs about a millisecond and the

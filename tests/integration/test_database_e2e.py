@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_cli import sy
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.demo import example_dir
@@ -110,6 +112,36 @@ async def test_expand_before_traffic_contract_after_the_old_release_is_gone(
     assert (await ledger(db))["0005"] == "applied"
 
 
+async def wait_until_no_warm_slot(api: AsyncApiClient, service: str = "shop", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await api.get(f"/v1/services/{service}")
+        if all(s["state"] != "warm" for s in status["slots"].values()):
+            return
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.3)
+
+
+async def test_contract_after_a_deploy_whose_spec_names_its_migrations_relatively(
+        api: AsyncApiClient, make_spec: SpecMaker, state_dir: Path, db: str) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    m2 = migrations_with(state_dir / "specs", 4, {"0005_drop_legacy.sql": (       # next to the spec file
+        "ALTER TABLE products DROP COLUMN legacy_code;\n")})                        # contract by its rule, no mark
+    m2.rename(state_dir / "specs" / "m2")
+    spec2 = make_spec("database/v2", "v2-relative", **{
+        "database.url": db, "database.migrations": "./m2", "strategy.blue_green.scale_down_delay": "1s"})
+    assert (await deploy(api, spec2))["phase"] == "succeeded"
+    assert "legacy_code" in await columns(db, "products")                       # held back
+    await wait_until_no_warm_slot(api)
+    result = await api.post("/v1/services/shop/db/contract")         # reads the live release's stored spec
+    assert result["applied"] == ["0005"], result
+    assert "legacy_code" not in await columns(db, "products")
+
+    status = await asyncio.to_thread(sy, "db", "status", str(spec2), state=state_dir)
+    row = next(line for line in status.stdout.splitlines() if "drop_legacy" in line)
+    assert re.search(r"0005.*drop_legacy.*applied.*contract", row), status.stdout
+
+
 async def test_compatibility_gate_stops_a_rename_the_live_release_cannot_survive(
         api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
     assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
@@ -133,6 +165,63 @@ async def test_compatibility_gate_stops_a_rename_the_live_release_cannot_survive
         "SELECT datname FROM pg_database WHERE datname LIKE 'shipyard_check_%'")] == []
     status = await api.get("/v1/services/shop")
     assert status["live_slot"] == "blue" and status["slots"]["green"]["instances"] == []
+
+
+async def test_a_held_back_rename_stops_the_deploy_before_the_new_release_starts(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    migrations = migrations_with(tmp_path, 2, {"0003_rename_name.sql": (         # contract by its rule
+        "ALTER TABLE products RENAME COLUMN name TO title;\n")})
+    spec = make_spec("database/v2", "v2-title", **{
+        "database.url": db, "database.migrations": str(migrations), "database.target": None,
+        "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    checked = await api.post("/v1/db/check", {"spec_path": str(spec)})          # db check says so too
+    assert not checked["ok"] and "0003_rename_name.sql:1" in checked["held_renames"], checked
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        t0 = time.monotonic()
+        r = await deploy(api, spec)
+        await asyncio.sleep(0.2)
+    assert r["phase"] == "failed", r
+    reason = r["reason"]
+    assert "0003_rename_name.sql:1" in reason and "held back as a contract migration" in reason, reason
+    for step in ("add the new column", "trigger", "backfill it in batches", "reads the new name",
+                 "drop the trigger and the old column", "ADD COLUMN title text", "CREATE TRIGGER"):
+        assert step in reason, (step, reason)
+    assert "does not exist" not in reason                             # stopped before, not by, the failure
+    kinds = [e["kind"] for e in await events(api, r["id"])]
+    assert "instance.started" not in kinds, kinds                     # the new release never started
+    assert set(traffic.versions(since=t0)) == {"1"} and traffic.failures() == []
+    assert "name" in await columns(db, "products") and "0003" not in await ledger(db)
+
+
+async def test_a_rename_in_the_suggested_expand_contract_form_keeps_both_releases_serving(
+        api: AsyncApiClient, make_spec: SpecMaker, listen: str, db: str, tmp_path: Path) -> None:
+    from shipyard.database.rules.tables import rename_column_steps
+    assert (await deploy(api, make_spec("database/v1", **{"database.url": db})))["phase"] == "succeeded"
+    expand, contract = rename_column_steps("products", "products", "name", "title", "text").split("-- 2. deploy")
+    migrations = migrations_with(tmp_path, 2, {
+        "0003_title_expand.sql": expand,
+        "0004_title_contract.sql": "-- shipyard:contract\n" + contract.split("\n", 1)[1]})
+    spec = make_spec("database/v2", "v2-title", **{
+        "database.url": db, "database.migrations": str(migrations), "database.target": None,
+        "strategy.blue_green.scale_down_delay": "1s",
+        "build.files": {"release.toml": 'version = "2"\nproduct_name_column = "title"\n'}})
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01, path="/products") as traffic:
+        t0 = time.monotonic()
+        r = await deploy(api, spec)
+        await asyncio.sleep(0.3)
+    assert r["phase"] == "succeeded", r
+    assert set(traffic.versions(since=t0)) == {"1", "2"} and traffic.failures() == []    # both served, none failed
+    assert (await ledger(db)) == {"0001": "applied", "0002": "applied", "0003": "applied"}
+    await query(db, "INSERT INTO products (id, name, price) VALUES (6, 'Lantern', 12)")  # as v1 writes
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert (await http.get("/products/6")).json()["name"] == "Lantern"             # v2 reads title
+        assert (await http.get("/products/1")).json()["name"] == "Deck chair"          # backfilled
+    await wait_until_no_warm_slot(api)
+    assert (await api.post("/v1/services/shop/db/contract"))["applied"] == ["0004"]
+    assert "name" not in await columns(db, "products")
+    async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+        assert [p["name"] for p in (await http.get("/products")).json()][:2] == ["Deck chair", "Ship in a bottle"]
 
 
 async def test_unsafe_migration_stops_the_deploy_unless_allowed_with_a_reason(

@@ -39,7 +39,12 @@ CREATE TABLE e (id int);
 CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
 CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
 INSERT INTO p SELECT g, g FROM generate_series(0, 99) g;
-ANALYZE o, t, child, e, p;
+CREATE UNLOGGED TABLE u (id int);
+INSERT INTO u SELECT generate_series(1, 50);
+CREATE TABLE d (id int, status text NOT NULL DEFAULT 'new');
+INSERT INTO d SELECT generate_series(1, 50);
+CREATE TYPE mood AS ENUM ('sad', 'ok');
+ANALYZE o, t, child, e, p, u, d;
 """
 
 
@@ -108,6 +113,14 @@ FLAGGED = [
     Claim("cluster", "CLUSTER t USING t_name_idx", "t"),
     Claim("detach-partition-non-concurrent", "ALTER TABLE p DETACH PARTITION p1", "p", others={"p1": AE}),
     Claim("truncate-cascade", "TRUNCATE o CASCADE", "o", others={"child": AE}),
+    Claim("truncate", "TRUNCATE child", "child"),
+    Claim("whole-table-write", "UPDATE t SET note = 'x'", "t"),
+    Claim("whole-table-write", "DELETE FROM child", "child"),
+    Claim("lock-table", "LOCK TABLE t IN SHARE MODE", "t"),
+    Claim("lock-table", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE", "t"),
+    Claim("set-logged", "ALTER TABLE u SET LOGGED", "u"),
+    Claim("set-logged", "ALTER TABLE t SET UNLOGGED", "t"),
+    Claim("drop-default-not-null", "ALTER TABLE d ALTER COLUMN status DROP DEFAULT", "d"),
 ]
 
 SAFE = [
@@ -144,6 +157,11 @@ SAFE = [
     Claim(None, "REINDEX TABLE CONCURRENTLY t", "t", lock=SUE, outside_transaction=True),
     Claim(None, "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", "p", lock=SUE, outside_transaction=True),
     Claim(None, "VACUUM t", "t", lock=SUE, outside_transaction=True),
+    Claim(None, "UPDATE t SET note = 'x' WHERE ctid = ANY (ARRAY(SELECT ctid FROM t WHERE note <> 'x' LIMIT 5000))",
+          "t", lock="ROW EXCLUSIVE", scan=True),
+    Claim(None, "DELETE FROM child WHERE ctid = ANY (ARRAY(SELECT ctid FROM child LIMIT 5000))", "child",
+          lock="ROW EXCLUSIVE", scan=True),
+    Claim(None, "CREATE INDEX p_k ON ONLY p (k)", "p", lock=SHARE),
 ]
 
 
@@ -280,7 +298,7 @@ async def _check(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
     for other, mode in claim.others.items():
         assert seen.locks.get(other) == mode, (claim.sql, other, seen.locks)
     assert seen.rewrite == rewrite, (claim.sql, "rewrite" if seen.rewrite else "no rewrite")
-    if seen.scans is not None and claim.rule != "truncate-cascade":     # TRUNCATE counts as one scan in the
+    if seen.scans is not None and claim.rule not in ("truncate-cascade", "truncate"):  # TRUNCATE counts as one scan in the
         # statistics although it replaces the table's file instead of reading it
         if rewrite or scan:
             assert seen.scans >= 1, (claim.sql, "expected a scan")
@@ -345,3 +363,92 @@ async def test_load_catalog_reads_types_checks_rows_and_indexes(db: tuple[psycop
     assert catalog.tables[(schema, "p")].partitioned
     assert catalog.search_path == (schema,)
     assert catalog.functions["random"] == "v" and catalog.functions["now"] == "s"
+
+
+async def _probe(schema: str, sql: str) -> BaseException | None:
+    """`sql` from another session that waits at most 200 ms for a lock: the error, or None."""
+    probe = await connect(URL)
+    try:
+        await probe.execute(f"SET search_path = {schema}")
+        await probe.execute("SET lock_timeout = '200ms'")
+        await probe.execute(sql)
+    except psycopg.Error as e:
+        return e
+    finally:
+        await probe.close()
+    return None
+
+
+async def test_a_whole_table_update_blocks_the_running_releases_writes_to_any_row(
+        db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, schema = db
+    found = await _lint(conn, Claim(None, "UPDATE t SET note = 'x'", "t"), await load_catalog(conn), True)
+    assert [f.rule for f in found] == ["whole-table-write"]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("UPDATE t SET note = 'x'")
+        assert isinstance(await _probe(schema, "UPDATE t SET note = 'y' WHERE id = 200"),
+                          psycopg.errors.LockNotAvailable)
+        assert await _probe(schema, "SELECT count(*) FROM t") is None           # reads go on
+    finally:
+        await conn.execute("ROLLBACK")
+    assert await _probe(schema, "UPDATE t SET note = 'y' WHERE id = 200") is None
+
+
+async def test_lock_table_holds_until_the_transaction_ends(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, schema = db
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("LOCK TABLE t IN SHARE MODE")
+        await conn.execute("SELECT count(*) FROM o")                           # later statements of the file
+        assert isinstance(await _probe(schema, "INSERT INTO t (id, email) VALUES (1000, 'x')"),
+                          psycopg.errors.LockNotAvailable)
+    finally:
+        await conn.execute("ROLLBACK")
+
+
+async def test_dropping_a_not_null_columns_default_breaks_inserts_that_leave_it_out(
+        db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, _ = db
+    sql = "ALTER TABLE d ALTER COLUMN status DROP DEFAULT"
+    [f] = [f for f in await _lint(conn, Claim(None, sql, "d"), await load_catalog(conn), True)
+           if f.rule == "drop-default-not-null"]
+    assert f.breaks_old_release and f.severity == "error"
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("INSERT INTO d (id) VALUES (100)")                  # as the running release writes
+        await conn.execute(sql)
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            await conn.execute("INSERT INTO d (id) VALUES (101)")
+    finally:
+        await conn.execute("ROLLBACK")
+
+
+async def test_a_new_enum_label_used_in_the_same_transaction_fails(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, _ = db
+    text = "ALTER TYPE mood ADD VALUE 'meh';\nSELECT 'meh'::mood;\n"
+    found = lint_scripts([parse_script(text, "0001.sql")], await server_version(conn), assume_lock_timeout=True,
+                         catalog=await load_catalog(conn))
+    assert [(f.rule, f.line) for f in found] == [("enum-value-used-in-same-transaction", 2)]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("ALTER TYPE mood ADD VALUE 'meh'")
+        with pytest.raises(psycopg.errors.UnsafeNewEnumValueUsage):
+            await conn.execute("SELECT 'meh'::mood")
+    finally:
+        await conn.execute("ROLLBACK")
+
+
+async def test_create_index_concurrently_on_a_partitioned_table_is_refused(
+        db: tuple[psycopg.AsyncConnection, str]) -> None:
+    conn, _ = db
+    sql = "CREATE INDEX CONCURRENTLY p_k ON p (k)"
+    script = parse_script(f"-- shipyard:no-transaction\n{sql};", "0001.sql")
+    found = lint_scripts([script], await server_version(conn), assume_lock_timeout=True,
+                         catalog=await load_catalog(conn))
+    [f] = [f for f in found if f.rule == "concurrent-index-on-partitioned"]
+    assert f.severity == "error" and "ON ONLY p" in f.fix
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        await conn.execute(sql)
+    await conn.execute(f.fix.split("\n")[1])                                   # the fix's first step works
+    assert await _one(conn, "SELECT count(*) FROM pg_class WHERE relname = 'p_k'") == 1

@@ -89,6 +89,17 @@ CASES = [
     ("detach-partition-non-concurrent", "ALTER TABLE p DETACH PARTITION p1",
      "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY"),
     ("truncate-cascade", "TRUNCATE o CASCADE", "TRUNCATE o"),
+    ("truncate", "TRUNCATE t", "CREATE TABLE new_t (id int); TRUNCATE new_t"),
+    ("whole-table-write", "UPDATE t SET note = 'x'", "UPDATE t SET note = 'x' WHERE id < 100"),
+    ("lock-table", "LOCK TABLE t IN SHARE MODE", "LOCK TABLE t IN ACCESS SHARE MODE"),
+    ("set-logged", "ALTER TABLE t SET UNLOGGED", "ALTER TABLE t SET (fillfactor = 90)"),
+    ("concurrent-index-on-partitioned", "CREATE INDEX CONCURRENTLY p_k ON p (k)",
+     "CREATE INDEX p_k ON ONLY p (k)"),
+    ("drop-default-not-null", "ALTER TABLE t ALTER COLUMN id DROP DEFAULT",
+     "ALTER TABLE t ALTER COLUMN note DROP DEFAULT"),
+    ("enum-value-used-in-same-transaction", "ALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')",
+     "-- shipyard:no-transaction\nALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')"),
+    ("unknown-statement", "DO $$ BEGIN PERFORM 1; END $$", "SELECT 1"),
     ("unknown-ignore", "-- shipyard:ignore no-such-rule because\nSELECT 1",
      "-- shipyard:ignore set-not-null checked by hand\nSELECT 1"),
 ]
@@ -468,3 +479,50 @@ def test_lock_names_and_strongest() -> None:
     assert locks.strongest([]) is None
     with pytest.raises(ValueError):
         locks.conflicts("SHARED", "SHARE")
+
+
+# -- statement kinds without a rule, and the rules for rows, locks and persistence -------------------------
+
+@pytest.mark.parametrize("sql", ["DO $$ BEGIN PERFORM 1; END $$", "ALTER TABLE t REPLICA IDENTITY FULL",
+                                 "ALTER TABLE t SET TABLESPACE pg_default", "CREATE PUBLICATION pub FOR TABLE t",
+                                 "ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL"])
+def test_a_statement_no_rule_models_is_unknown_not_clean(sql: str) -> None:
+    f = only("unknown-statement", sql, catalog=CATALOG)
+    assert f.severity == "warning" and f.message.startswith("unknown: not judged")
+    assert "-- shipyard:ignore unknown-statement" in f.fix
+
+
+def test_every_statement_of_the_example_migrations_is_judged() -> None:
+    migrations = Path(__file__).parents[2] / "examples" / "shop" / "migrations"
+    files = [p.read_text() for p in sorted(migrations.glob("*.sql"))]
+    assert "unknown-statement" not in rules(*files)
+
+
+def test_whole_table_write_is_an_error_unless_the_table_is_known_to_be_small_and_points_to_batches() -> None:
+    f = only("whole-table-write", "UPDATE t SET note = upper(note)")                 # size unknown
+    assert (f.severity, f.lock, f.effect) == ("error", "ROW EXCLUSIVE", "scan")
+    assert "UPDATE t SET note = upper(note)" in f.fix and "LIMIT 5000" in f.fix
+    assert only("whole-table-write", "UPDATE t SET note = upper(note)", catalog=CATALOG).severity == "warning"
+    assert only("whole-table-write", "DELETE FROM o", catalog=CATALOG).severity == "warning"     # 10 rows
+    assert "DELETE FROM o WHERE ctid" in only("whole-table-write", "DELETE FROM o").fix
+
+
+def test_drop_default_judges_by_the_live_not_null() -> None:
+    f = only("drop-default-not-null", "ALTER TABLE t ALTER COLUMN id DROP DEFAULT", catalog=CATALOG)
+    assert f.severity == "error" and f.breaks_old_release
+    assert "drop-default-not-null" not in rules("ALTER TABLE t ALTER COLUMN note DROP DEFAULT", catalog=CATALOG)
+    assert only("drop-default-not-null", "ALTER TABLE t ALTER COLUMN note DROP DEFAULT").severity == "warning"
+    assert "drop-default-not-null" not in rules("ALTER TABLE t ALTER COLUMN id SET DEFAULT 0", catalog=CATALOG)
+
+
+def test_a_new_enum_label_is_flagged_only_where_it_is_used_in_the_same_transaction() -> None:
+    found = lint("ALTER TYPE mood ADD VALUE 'meh';\nALTER TYPE mood ADD VALUE 'ok' AFTER 'meh';\n"
+                 "SELECT 1;\nUPDATE t SET note = 'meh' WHERE id = 1;", catalog=CATALOG)
+    assert [(f.rule, f.line) for f in found] == [("enum-value-used-in-same-transaction", 4)]
+    assert rules("ALTER TYPE mood ADD VALUE 'meh'", "UPDATE t SET note = 'meh' WHERE id = 1") == []
+
+
+def test_lock_table_names_the_mode_it_holds() -> None:
+    f = only("lock-table", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE", catalog=CATALOG)
+    assert f.lock == "ACCESS EXCLUSIVE" and "every query" in f.message
+    assert only("lock-table", "LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE").lock == "SHARE ROW EXCLUSIVE"

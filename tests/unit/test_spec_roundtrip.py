@@ -80,6 +80,16 @@ def test_json_transport_keeps_value_and_location(tmp_path: Path) -> None:
     assert Spec.from_json_dict(wire, tmp_path / "other") != spec  # where it lives is part of the value
 
 
+def test_stored_form_keeps_the_directory_relative_paths_resolve_against(tmp_path: Path) -> None:
+    spec = parse_spec(CANARY, "shop.yaml", tmp_path)
+    stored = json.loads(json.dumps(spec.to_stored_dict()))
+    back = Spec.from_json_dict(stored, "/", source="shop.yaml")   # the daemon's fallback for documents without one
+    assert back == spec and back.base_dir == tmp_path.resolve()
+    assert back.resolve_path("./m2") == tmp_path.resolve() / "m2"
+    assert back.to_json_dict() == spec.to_json_dict()
+    assert parse_spec(yaml.safe_dump(back.to_json_dict()), "shop.yaml", tmp_path) == spec
+
+
 def test_from_json_dict_reports_paths_without_lines(tmp_path: Path) -> None:
     with pytest.raises(SpecInvalid) as info:
         Spec.from_json_dict({"service": "a", "listen": "h:1", "run": {"command": []}, "replicas": 0}, tmp_path)

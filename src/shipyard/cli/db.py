@@ -72,16 +72,13 @@ def lint(path: Path = typer.Argument(None, help="A spec file (its database secti
         return
     if path is None:
         raise SpecError("no file given", "shipyard db lint FILE|DIR (a spec file, a migrations dir or a .sql file)")
-    note = ""
     if _is_spec(path):
-        scripts, version, note = asyncio.run(_spec_scripts(path, all_migrations))
-        assume_lock_timeout = True
+        findings, scripts, version, note = asyncio.run(_lint_spec(path, all_migrations, pg_version))
     else:
-        scripts, version = _scripts_of(path), None
-    version = pg_version or version or DEFAULT_PG
-    if not (pg_version or _is_spec(path)) or (not pg_version and "unreachable" in note):
-        note = (note + "; " if note else "") + f"assuming PostgreSQL {version} (--pg-version to change)"
-    findings = lint_scripts(scripts, version, assume_lock_timeout=assume_lock_timeout)
+        scripts = _scripts_of(path)
+        version = pg_version or DEFAULT_PG
+        note = "" if pg_version else f"assuming PostgreSQL {version} (--pg-version to change)"
+        findings = lint_scripts(scripts, version, assume_lock_timeout=assume_lock_timeout)
     blocking = [f for f in findings if f.blocking]
     if as_json:
         print_json({"pg_version": version, "scripts": len(scripts), "findings": [f.to_dict() for f in findings],
@@ -97,25 +94,39 @@ def lint(path: Path = typer.Argument(None, help="A spec file (its database secti
         raise typer.Exit(1)
 
 
-async def _spec_scripts(path: Path, all_migrations: bool) -> tuple[list[Any], int | None, str]:
-    """The pending migrations when the database answers (and its version); else all of them."""
+async def _lint_spec(path: Path, all_migrations: bool,
+                     pg_version: int | None) -> tuple[list[Any], list[Any], int, str]:
+    """(findings, scripts, PostgreSQL major, note). With the database reachable the findings are
+    the deploy plan's own (plan_migrations: the pending migrations judged on the live catalog),
+    so `db lint SPEC` and a deploy can never disagree. Without it, every migration is judged
+    on the grammar alone, and the findings say what the live schema would have settled."""
     from shipyard.database.connect import DatabaseUnavailable, connect, major_of, server_version
+    from shipyard.database.lint import lint_scripts
     from shipyard.database.plan import load_source, plan_migrations
     from shipyard.spec import load_spec
     spec = load_spec(path)
     if spec.database is None:
         raise SpecError(f"{path} has no database section", "add database: {url, migrations}, or lint a directory")
     migrations = load_source(spec.database, spec.resolve_path)
+    scripts = [m.script for m in migrations]
     try:
         conn = await connect(spec.database.url)
     except DatabaseUnavailable as e:
-        return [m.script for m in migrations], None, f"database unreachable ({e.message}): linting every migration"
+        version = pg_version or DEFAULT_PG
+        note = f"database unreachable ({e.message}): linting every migration without the live schema"
+        if not pg_version:
+            note += f"; assuming PostgreSQL {version} (--pg-version to change)"
+        return lint_scripts(scripts, version, assume_lock_timeout=True), scripts, version, note
     try:
         if all_migrations:
-            return [m.script for m in migrations], major_of(await server_version(conn)), ""
-        plan = await plan_migrations(conn, migrations)
-        return [m.script for m in plan.pending], major_of(plan.pg_version), \
-            f"{len(plan.pending)} pending of {len(migrations)} (--all for every one)"
+            # applied ones are already in the catalog, so they are judged on the grammar alone
+            version = pg_version or major_of(await server_version(conn))
+            return (lint_scripts(scripts, version, assume_lock_timeout=True), scripts, version,
+                    "every migration, without the live schema (--all)")
+        plan = await plan_migrations(conn, migrations, pg_version=pg_version)
+        pending = [m.script for m in plan.pending]
+        return (plan.findings, pending, pg_version or major_of(plan.pg_version),
+                f"{len(plan.pending)} pending of {len(migrations)}, judged on the live schema (--all for every one)")
     finally:
         await conn.close()
 
@@ -186,6 +197,8 @@ def print_check(doc: dict[str, Any]) -> None:
     for f in doc.get("blocking", []):
         say("[red]unsafe[/] {source}:{line} {rule}: {message} (fix: {fix})", source=f["source"], line=f["line"],
             rule=f["rule"], message=f["message"], fix=f["fix"])
+    if doc.get("held_renames"):
+        say("[red]a deploy would stop[/]: {why}", why=doc["held_renames"], soft_wrap=True)
     reh = doc.get("rehearsal")
     if reh is None:
         say("nothing to rehearse")

@@ -20,6 +20,29 @@ from .findings import Finding
 from .lint import lint_scripts, load_catalog
 from .sources import Migration, from_alembic, from_directory, up_to
 
+RENAMES = ("rename-column", "rename-table")
+
+
+_RENAME_STEPS = {
+    "rename-column": "1. expand: add the new column, keep both in sync with a trigger (or a generated column), "
+                     "backfill it in batches; 2. deploy the release that reads the new name; 3. contract later: "
+                     "drop the trigger and the old column",
+    "rename-table": "1. expand: rename the table and create a view under the old name in the same transaction "
+                    "(a simple view is updatable); 2. deploy the release that uses the new name; 3. contract "
+                    "later: drop the view",
+}
+
+
+def held_renames_text(renames: list[Finding]) -> str:
+    """Why a deploy with a held-back rename stops before the new release starts, and the safe form."""
+    first = renames[0]
+    more = f" (and {len(renames) - 1} more rename(s))" if len(renames) > 1 else ""
+    return (f"{first.location}: `{first.statement}` is held back as a contract migration{more} ({first.message}), "
+            "so it would run only once the old release is gone, and the new release would start on the schema "
+            "without it: its queries of the new name fail. Nothing was changed. Ship the rename in steps both "
+            f"releases survive: {_RENAME_STEPS[first.rule]}. Or deploy with --allow-unsafe \"reason\" if the new "
+            f"release works with either name. As SQL:\n{first.fix}")
+
 
 def load_source(db: DatabaseSpec, resolve: Any) -> list[Migration]:
     """All migrations of the spec's source up to database.target. `resolve` makes a spec path absolute."""
@@ -69,6 +92,13 @@ class MigrationPlan:
         return self.pending[len(self.expand):]
 
     @property
+    def held_renames(self) -> list[Finding]:
+        """Renames held back as contract. The old release breaks once they run, but the new
+        release (written for the new name) starts before they run: neither can serve."""
+        held = {m.script.source for m in self.held}
+        return [f for f in self.findings if f.rule in RENAMES and f.ignored is None and f.source in held]
+
+    @property
     def blocking(self) -> list[Finding]:
         return [f for f in self.findings if f.blocking]
 
@@ -93,14 +123,17 @@ class MigrationPlan:
             "held": [m.version for m in self.held],
             "findings": [f.to_dict() for f in self.findings],
             "blocking": len(self.blocking),
+            "held_renames": [f.location for f in self.held_renames],
             "changed": self.changed,
             "adopted_alembic": self.adopted_alembic,
         }
 
 
 async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migration], *,
-                          assume_lock_timeout: bool = True) -> MigrationPlan:
-    """Compare the source with the target database's ledger and lint what is pending."""
+                          assume_lock_timeout: bool = True, pg_version: int | None = None) -> MigrationPlan:
+    """Compare the source with the target database's ledger and lint what is pending on the live
+    catalog. This is the one place pending migrations are judged: a deploy, `db status`, `db check`
+    and `db lint SPEC` all read its findings. pg_version: judge as that major instead of the server's."""
     version = await server_version(conn)
     applied = await ledger.read(conn)
     adopted = None
@@ -114,8 +147,12 @@ async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migrat
                 break
     pending = [m for m in migrations if m.version not in done]
     changed = [m.version for m in migrations if m.version in applied and applied[m.version].checksum != m.checksum]
-    findings = lint_scripts([m.script for m in pending], major_of(version), assume_lock_timeout=assume_lock_timeout,
+    findings = lint_scripts([m.script for m in pending], pg_version or major_of(version),
+                            assume_lock_timeout=assume_lock_timeout,
                             catalog=await load_catalog(conn))
-    phases = {m.version: phase_of(m, findings) for m in migrations}
+    # what ran is what the ledger says it ran as: an applied migration is not linted again, so a
+    # contract one that no marker names would otherwise read as expand
+    phases = {m.version: applied[m.version].phase if m.version in done and m.version in applied
+              else phase_of(m, findings) for m in migrations}
     return MigrationPlan(migrations=migrations, applied=applied, pending=pending, findings=findings, phases=phases,
                          pg_version=version, changed=changed, adopted_alembic=adopted)

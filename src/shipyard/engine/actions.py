@@ -161,7 +161,7 @@ class SlotOps:
                 self.event(service, "slot.replaced",
                            f"warm slot {slot} (image {old.image_id[:12]}) is replaced by the new release; "
                            "a later rollback will start that image again", rollout_id)
-            svc.slots[slot] = Slot(SlotState.STARTING, image_id, spec.to_json_dict(), None)
+            svc.slots[slot] = Slot(SlotState.STARTING, image_id, spec.to_stored_dict(), None)
             self.d.store.put_service(svc)
         return await self.scale(spec, slot, image_id, want, rollout_id)
 
@@ -223,7 +223,7 @@ class SlotOps:
             assert svc is not None
             s = svc.slots[slot]
             before = s.weight if s.state == SlotState.CANARY else 0.0
-            svc.slots[slot] = Slot(SlotState.CANARY, image_id, s.spec or spec.to_json_dict(), None, weight, instances)
+            svc.slots[slot] = Slot(SlotState.CANARY, image_id, s.spec or spec.to_stored_dict(), None, weight, instances)
             seconds = await self.push_table(svc)
         self.event(spec.service, "canary.weight",
                    f"canary slot {slot} takes {weight:g}% of users (was {before:g}%, {instances} instance"
@@ -258,7 +258,7 @@ class SlotOps:
                 svc.previous_image_id, svc.previous_spec = prev.image_id, prev.spec
                 svc.slots[before] = Slot(SlotState.WARM, prev.image_id, prev.spec, None)
             target = svc.slots[slot]
-            svc.slots[slot] = Slot(SlotState.LIVE, target.image_id, target.spec or spec.to_json_dict(), None)
+            svc.slots[slot] = Slot(SlotState.LIVE, target.image_id, target.spec or spec.to_stored_dict(), None)
             svc.active_slot = slot
             svc.listen = spec.listen
             seconds = await self.push_table(svc, spec)
@@ -295,7 +295,7 @@ class SlotOps:
                 self.d.store.set_instance_status(i.id, "stopping")
             self.d.store.put_service(svc)
             await self.push_table(svc)
-        stop_timeout = spec_from_doc(spec_doc).run.stop_timeout if spec_doc else 10.0
+        stop_timeout = spec_from_doc(spec_doc, svc.spec_path).run.stop_timeout if spec_doc else 10.0
         await asyncio.gather(*(self.stop_instance(i, stop_timeout, reason, rollout_id) for i in insts))
         self.event(service, "slot.torn_down", f"slot {slot} torn down ({reason})", rollout_id, slot=slot)
 
@@ -359,8 +359,10 @@ def router_limits_of(svc: ServiceRecord) -> RouterSpec | None:
 
 
 def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:
-    """A spec as stored with a slot or a rollout (its json form). Validation costs about a
-    millisecond and the supervisor asks every tick, so equal documents are parsed once."""
+    """A spec as stored with a slot or a rollout (to_stored_dict: it names its own base dir, so
+    its relative paths resolve where the spec file was). `spec_path` (the service's spec file)
+    anchors documents stored before they did. Validation costs about a millisecond and the
+    supervisor asks every tick, so equal documents are parsed once."""
     key = (json.dumps(doc, sort_keys=True), spec_path)
     spec = _parsed.get(key)
     if spec is None:

@@ -86,7 +86,8 @@ class Controller:
                 self._finish_orphan(r, "its spec was not recorded")
                 continue
             self.ops.event(r.service, "rollout.resumed", f"resuming rollout {r.id} in phase {r.phase}", r.id)
-            self._spawn(r, spec_from_doc(doc))
+            owner = self.d.store.get_service(r.service)
+            self._spawn(r, spec_from_doc(doc, owner.spec_path if owner is not None else ""))
         self.supervisor.start()
         self.feed.start()
         self.drift.start()
@@ -104,7 +105,7 @@ class Controller:
             doc = self.d.store.rollout_spec(last.id) if last is not None else None
             for slot, s in svc.slots.items():
                 if s.state == SlotState.WARM and s.retire_at is None and last and last.strategy != "canary" and doc:
-                    bg = spec_from_doc(doc).strategy.blue_green     # the delay the driver's KeepWarm uses
+                    bg = spec_from_doc(doc, svc.spec_path).strategy.blue_green     # the delay the driver's KeepWarm uses
                     await self.ops.keep_warm(svc.name, slot, bg.scale_down_delay if bg else 0.0, last.id)
                 elif slot != svc.active_slot and (s.state in (SlotState.CANARY, SlotState.STARTING) or (
                         s.state == SlotState.WARM and s.retire_at is None)):
@@ -171,7 +172,7 @@ class Controller:
                 created_at=now, updated_at=now, phase_started_at=now,
                 # going back is never walked step by step: a rollback is a blue-green switch
                 strategy="blue_green" if kind is Kind.ROLLBACK else spec.strategy.kind)
-            r = self._begin(r, spec.to_json_dict(), svc)
+            r = self._begin(r, spec.to_stored_dict(), svc)
         if allow_unsafe:
             self.ops.event(spec.service, "audit.allow_unsafe", f"{r.id} may apply unsafe migrations: {allow_unsafe}",
                            r.id, reason=allow_unsafe)

@@ -18,7 +18,7 @@ from shipyard.database.apply import apply_migrations
 from shipyard.database.compat import ReleaseUnderTest
 from shipyard.database.connect import connect
 from shipyard.database.findings import Finding
-from shipyard.database.plan import MigrationPlan, load_source, plan_migrations
+from shipyard.database.plan import MigrationPlan, held_renames_text, load_source, plan_migrations
 from shipyard.database.rehearsal import Rehearsal, rehearse
 from shipyard.database.statements import Script
 from shipyard.engine.actions import SlotOps, spec_from_doc
@@ -55,7 +55,7 @@ class DatabaseGate:
         svc = self.d.store.get_service(spec.service)
         if with_live and svc is not None and svc.live is not None and svc.live.image_id and svc.live.spec:
             if svc.live.image_id != image_id:
-                live_spec = spec_from_doc(svc.live.spec)
+                live_spec = spec_from_doc(svc.live.spec, svc.spec_path)
                 releases.append(ReleaseUnderTest("live", live_spec, svc.live.image_id))
         releases.append(ReleaseUnderTest("new", spec, image_id))
         return releases
@@ -89,10 +89,13 @@ class DatabaseGate:
             self.ops.event(spec.service, "database.checked",
                            f"db check of {', '.join(versions)}: rehearsal {'passed' if rehearsal.ok else 'failed'}",
                            None, check=rehearsal.to_dict(), versions=versions, image=image.id)
+        renames = [] if contract else plan.held_renames        # a deploy would stop on them (see _migrate)
         return {"service": spec.service, "image": image.id, "plan": plan.to_dict(), "contract": contract,
                 "rehearsal": rehearsal.to_dict() if rehearsal else None,
                 "blocking": [f.to_dict() for f in plan.gate_findings(contract)],
-                "ok": (rehearsal is None or rehearsal.ok) and not plan.changed and not plan.gate_findings(contract)}
+                "held_renames": held_renames_text(renames) if renames else None,
+                "ok": (rehearsal is None or rehearsal.ok) and not plan.changed and not plan.gate_findings(contract)
+                and not renames}
 
     # -- the MIGRATING phase ------------------------------------------------------------
 
@@ -120,6 +123,11 @@ class DatabaseGate:
         if blocking:
             ev(r.service, "audit.allow_unsafe", f"unsafe migrations allowed: {r.allow_unsafe}", r.id,
                reason=r.allow_unsafe, findings=[f.to_dict() for f in blocking])
+        if renames := plan.held_renames:
+            if not r.allow_unsafe:
+                return MigrationFailed(held_renames_text(renames))
+            ev(r.service, "audit.allow_unsafe", f"held-back rename allowed: {r.allow_unsafe}", r.id,
+               reason=r.allow_unsafe, findings=[f.to_dict() for f in renames])
         if not plan.expand:
             return Migrated(_plan_line(plan))
         if db.check.enabled:
@@ -164,7 +172,7 @@ class DatabaseGate:
         self.refuse_contract(service)
         svc = self.d.store.get_service(service)
         assert svc is not None and svc.live is not None and svc.live.spec and svc.live.image_id
-        spec = spec_from_doc(svc.live.spec)
+        spec = spec_from_doc(svc.live.spec, svc.spec_path)
         db = spec.database
         if db is None:
             raise ShipyardError(f"{service} has no database section", "nothing to contract")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.redaction import redact_url as redact
+from shipyard.spec.models import without_location
 
 MAX_FILE_CHANGES = 200
 IMAGE_KEYS = ("build", "run.command", "run.env")
@@ -84,6 +85,7 @@ def plan_service(new_doc: dict[str, Any], new_manifest: dict[str, Any], image_id
                  live_manifest: dict[str, Any] | None, context: Path | None = None,
                  migrations: dict[str, Any] | None = None, blocked: list[str] | None = None) -> ServicePlan:
     """The whole comparison. `live_doc` None: nothing of the service runs, everything is new."""
+    new_doc = without_location(new_doc)
     service = str(new_doc["service"])
     plan = ServicePlan(service, live_doc is not None, image_id, live_image, migrations=migrations,
                        blocked=list(blocked or []))
@@ -98,7 +100,7 @@ def plan_service(new_doc: dict[str, Any], new_manifest: dict[str, Any], image_id
         plan.changes += spec_changes(live_doc, new_doc)
     if migrations is not None:
         status = migrations.get("status")
-        if status == "pending" and migrations.get("expand"):
+        if status == "pending" and (migrations.get("expand") or migrations.get("held_renames")):
             plan.changes.append(Change("database", migration_line(migrations), "database.migrations",
                                        new=migrations.get("expand")))
         elif status == "unknown":
@@ -246,7 +248,9 @@ def env_changes(old: dict[str, str], new: dict[str, str], live_doc: dict[str, An
 # -- the rest of the spec ------------------------------------------------------------------
 
 def spec_changes(live_doc: dict[str, Any], new_doc: dict[str, Any]) -> list[Change]:
-    """Key by key, outside what the image already covers; a switch of strategy kind is one change."""
+    """Key by key, outside what the image already covers; a switch of strategy kind is one change.
+    Where each spec lives is not compared: a spec moved with its files is the same release."""
+    live_doc, new_doc = without_location(live_doc), without_location(new_doc)
     out: list[Change] = []
     old_kind, new_kind = strategy_kind(live_doc.get("strategy")), strategy_kind(new_doc.get("strategy"))
     for path, old, new in diff_docs(live_doc, new_doc):
@@ -302,7 +306,8 @@ def migration_outlook(plan: dict[str, Any] | None, error: str | None = None) -> 
 
     return {"status": "pending" if pending else "up_to_date", "expand": labels(plan.get("expand", [])),
             "held": labels(plan.get("held", [])), "blocking": plan.get("blocking", 0),
-            "changed": plan.get("changed", []), "pg_version": plan.get("pg_version")}
+            "changed": plan.get("changed", []), "pg_version": plan.get("pg_version"),
+            "held_renames": plan.get("held_renames", [])}
 
 
 def migration_line(m: dict[str, Any]) -> str:
@@ -312,6 +317,9 @@ def migration_line(m: dict[str, Any]) -> str:
                      f"{', '.join(m['expand'])}")
     if m.get("held"):
         parts.append(f"held back until `shipyard db contract` (contract): {', '.join(m['held'])}")
+    if m.get("held_renames"):
+        parts.append(f"the deploy stops before the new release starts: held-back rename(s) at "
+                     f"{', '.join(m['held_renames'])} would leave it on the old names (see `shipyard db status`)")
     if m.get("blocking"):
         parts.append(f"{m['blocking']} blocking finding(s): see `shipyard db check`")
     return "; ".join(parts) or "database up to date"

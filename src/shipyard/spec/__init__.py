@@ -8,7 +8,17 @@ from .bounded import MAX_SPEC_BYTES, SpecTooLarge
 from .durations import format_duration, parse_duration
 from .fleet import BatchSpec, FleetSpec, HostSpec, PlacementSpec, SshSpec
 from .load import SpecInvalid, load_spec, parse_spec
-from .models import BuildSpec, DatabaseSpec, DriftSpec, HealthSpec, RouterSpec, RunSpec, Spec, TlsSpec
+from .models import (
+    BuildSpec,
+    DatabaseSpec,
+    DriftSpec,
+    HealthSpec,
+    RouterSpec,
+    RunSpec,
+    Spec,
+    TlsSpec,
+    without_location,
+)
 from .schema import json_schema
 from .strategy import (
     AnalysisSpec,
@@ -76,4 +86,5 @@ __all__ = [
     "parse_duration",
     "parse_spec",
     "spec_warnings",
+    "without_location",
 ]

@@ -315,12 +315,31 @@ class Spec(SpecModel):
                 doc.pop(key, None)
         return doc
 
+    def to_stored_dict(self) -> dict[str, Any]:
+        """The json form plus the directory its relative paths (build.context, database.migrations,
+        tls.cert...) are relative to: what a rollout or a slot keeps, so a spec read back from the
+        store later (db contract, a resumed rollout, healing) finds the same files."""
+        return self.to_json_dict() | {BASE_DIR_KEY: str(self._base_dir)}
+
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str = "<json>") -> Spec:
-        """Raises SpecError (with key paths) if `data` is not a valid spec."""
+        """Raises SpecError (with key paths) if `data` is not a valid spec. A stored document's own
+        base dir (to_stored_dict) wins over `base_dir`, which is for documents without one."""
         if _json_validator is None:
             raise RuntimeError("shipyard.spec.load registers the validator; import shipyard.spec")
+        if BASE_DIR_KEY in data:
+            data = dict(data)
+            base_dir = data.pop(BASE_DIR_KEY)
         return _json_validator(data, source, Path(base_dir))
+
+
+BASE_DIR_KEY = "_base_dir"
+"""Where a stored spec came from (to_stored_dict); not a spec key: never in a spec file."""
+
+
+def without_location(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec document as to_json_dict gives it: what comparisons of two specs look at."""
+    return {k: v for k, v in doc.items() if k != BASE_DIR_KEY} if BASE_DIR_KEY in doc else doc
 
 
 _json_validator: Callable[[dict[str, Any], str, Path], Spec] | None = None

@@ -12,6 +12,7 @@ from shipyard.rollout.changes import (
     MAX_FILE_CHANGES,
     migration_outlook,
     plan_service,
+    spec_changes,
 )
 from shipyard.spec import load_spec
 
@@ -55,6 +56,15 @@ def test_identical_spec_and_image_is_no_change() -> None:
     p = plan(spec_doc(), manifest(), same_image=True)
     assert p.changes == [] and p.exit_code == 0 and not p.image_changed
     assert p.to_dict()["exit_code"] == 0 and p.to_dict()["blocked"] == []
+
+
+def test_where_a_stored_spec_lives_is_not_a_change() -> None:
+    stored = load_spec(EXAMPLE).to_stored_dict()            # what a slot keeps: with its base dir
+    assert plan(spec_doc(), manifest(), live_doc=stored, same_image=True).changes == []
+    assert spec_changes(stored | {"_base_dir": "/elsewhere"}, spec_doc()) == []
+    first = [plan_service(doc, manifest(), "2" * 64, live_doc=None, live_image=None, live_manifest=None).to_dict()
+             for doc in (stored, spec_doc())]
+    assert first[0] == first[1]
 
 
 def test_changed_context_file_is_named_with_where_it_came_from() -> None:
@@ -172,6 +182,13 @@ def test_pending_migrations_expand_held_and_unknown() -> None:
     p = plan(spec_doc(), manifest(), same_image=True, migrations=unknown)
     assert p.changes == [] and p.exit_code == 1 and "cannot connect" in p.unknown[0]
     assert plan(spec_doc(replicas=3), manifest(), same_image=True, migrations=unknown).exit_code == 2
+
+
+def test_a_held_back_rename_is_said_in_the_plan() -> None:
+    m = migration_outlook({"pending": [{"version": "0003", "name": "rename"}], "expand": [], "held": ["0003"],
+                           "blocking": 1, "changed": [], "held_renames": ["m/0003_rename.sql:1"]})
+    [line] = summaries(plan(spec_doc(), manifest(), same_image=True, migrations=m))
+    assert "held-back rename(s) at m/0003_rename.sql:1" in line and "stops before the new release" in line
 
 
 def test_database_password_never_shown() -> None:

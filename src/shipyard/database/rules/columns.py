@@ -235,3 +235,36 @@ def _type_change_fix(table: str, relname: str, column: str, old: ColumnType | No
             f"ALTER TABLE {table} ADD COLUMN {new_col} {new};\n"
             + backfill(table, new_col, f"{name}::{new}", also=f"{name} IS NOT NULL")
             + f"\n-- contract, once no release reads {name}: drop it and rename {new_col} (-- shipyard:contract)")
+
+
+@check(RuleInfo("drop-default-not-null", "ALTER COLUMN ... DROP DEFAULT on a NOT NULL column: the running "
+                "release's INSERTs that leave the column out start failing", ACCESS_EXCLUSIVE, "none",
+                breaks_old_release=True))
+def drop_default_not_null(stmt: Statement, ctx: Context) -> Iterator[Finding]:
+    rv = altered_table(stmt)
+    if rv is None or not ctx.existing(rv):
+        return
+    key, table = ctx.key(rv), table_name(rv)
+    for cmd in alter_commands(stmt, ATT.AT_ColumnDefault):
+        if cmd.def_ is not None and not is_null_constant(cmd.def_):
+            continue                                    # SET DEFAULT <value>: nothing is taken away
+        col = ctx.schema.column(key, cmd.name)
+        if col is not None and not col.not_null:
+            continue
+        name = ident(cmd.name)
+        fix = (f"-- first a release that always sets {name} in its INSERTs, then\n"
+               f"{CONTRACT_STEP}:\nALTER TABLE {table} ALTER COLUMN {name} DROP DEFAULT;")
+        if col is None:
+            yield ctx.finding(stmt, "drop-default-not-null",
+                              f"dropping the default of {table}.{name}: if the column is NOT NULL (not known without "
+                              f"a database), every INSERT of the running release that leaves {name} out fails",
+                              fix, table=table, severity="warning")
+        else:
+            yield ctx.finding(stmt, "drop-default-not-null",
+                              f"{table}.{name} is NOT NULL: once its default is gone, every INSERT of the running "
+                              f"release that leaves {name} out fails with a not-null violation", fix, table=table,
+                              severity="warning" if ctx.contract else None)
+
+
+CONTRACT_STEP = ("-- contract step: a migration marked `-- shipyard:contract`, applied only after no instance of the "
+                 "old release runs")

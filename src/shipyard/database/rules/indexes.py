@@ -136,3 +136,23 @@ def _unique_finding(stmt: Statement, ctx: Context, rv: Any, table: str, con: Any
                        f"adding {kind} ({cols}) builds its unique index while holding ACCESS EXCLUSIVE on "
                        f"{table}{rows_note(ctx, ctx.key(rv))}: every query on it waits for the build",
                        "\n".join(steps), table=table)
+
+
+@check(RuleInfo("concurrent-index-on-partitioned", "CREATE INDEX CONCURRENTLY on a partitioned table: PostgreSQL "
+                "refuses it, so the migration fails", None, "none"))
+def concurrent_index_on_partitioned(stmt: Statement, ctx: Context) -> Iterator[Finding]:
+    node = stmt.node
+    if not isinstance(node, ast.IndexStmt) or not node.concurrent or not ctx.schema.partitioned(ctx.key(node.relation)):
+        return
+    table = table_name(node.relation)
+    name = ident(node.idxname or "new_index")
+    parent = re.sub(r"\bCONCURRENTLY\s+", "", stmt.sql, count=1, flags=re.IGNORECASE)
+    parent = re.sub(r"\bON\s+(ONLY\s+)?", "ON ONLY ", parent, count=1, flags=re.IGNORECASE)
+    yield ctx.finding(stmt, "concurrent-index-on-partitioned",
+                      f"{table} is partitioned and PostgreSQL cannot build an index on a partitioned table "
+                      "CONCURRENTLY: the migration fails with `cannot create index on partitioned table "
+                      "concurrently`",
+                      f"-- the parent's index, empty and invalid (catalog only, brief lock):\n{parent};\n"
+                      f"-- then for each partition p, in files of their own:\n"
+                      f"-- CREATE INDEX CONCURRENTLY p_idx ON p (...);  ALTER INDEX {name} ATTACH PARTITION p_idx;\n"
+                      f"-- the parent's index becomes valid once every partition's is attached", table=table)

@@ -126,3 +126,26 @@ def detach_partition(stmt: Statement, ctx: Context) -> Iterator[Finding]:
                               f"-- PostgreSQL {ctx.pg_major} has no DETACH ... CONCURRENTLY (14 and later do): run it "
                               "with a short lock_timeout and retry, at a quiet time", table=table,
                               severity="warning")
+
+
+@check(RuleInfo("set-logged", "SET LOGGED / SET UNLOGGED rewrites the table under ACCESS EXCLUSIVE (LOGGED also "
+                "writes all of it to the WAL)", ACCESS_EXCLUSIVE, "rewrite"))
+def set_logged(stmt: Statement, ctx: Context) -> Iterator[Finding]:
+    rv = altered_table(stmt)
+    if rv is None or not ctx.existing(rv):
+        return
+    table = table_name(rv)
+    for cmd in alter_commands(stmt, ATT.AT_SetLogged, ATT.AT_SetUnLogged):
+        logged = cmd.subtype == ATT.AT_SetLogged
+        what = "SET LOGGED" if logged else "SET UNLOGGED"
+        fix = (f"-- a new {'logged' if logged else 'unlogged'} table filled in batches, then swapped in:\n"
+               f"CREATE {'' if logged else 'UNLOGGED '}TABLE {table}_new (LIKE {table} INCLUDING ALL);\n"
+               f"-- copy in batches (a trigger on {table} keeps the copied rows current), then in one short "
+               f"transaction:\n-- ALTER TABLE {table} RENAME TO {table}_old; ALTER TABLE {table}_new RENAME TO "
+               f"{table};\n-- or run it at a quiet time if {table} is small")
+        if not logged:
+            fix += "\n-- and remember: an UNLOGGED table is emptied after a crash and not replicated"
+        yield ctx.finding(stmt, "set-logged",
+                          f"{what} copies {table}{rows_note(ctx, ctx.key(rv))} into a new file under ACCESS "
+                          f"EXCLUSIVE{' and writes every row to the WAL' if logged else ''}: every query on it waits",
+                          fix, table=table)

@@ -133,6 +133,8 @@ class SchemaModel:
         self.indexes: dict[TableKey, TableKey | None] = {}
         self.functions: dict[str, str] = {}
         self.renamed_from: dict[TableKey, TableKey] = {}
+        self.enum_values: dict[str, tuple[str, int]] = {}
+        """Enum labels added by ALTER TYPE ... ADD VALUE: label -> (type, transaction that added it)."""
 
     # -- questions the rules ask ------------------------------------------------------------------
 
@@ -223,6 +225,8 @@ class SchemaModel:
         elif isinstance(node, ast.IndexStmt) and node.idxname:
             table = self.resolve(node.relation)
             self.indexes[(table[0], node.idxname)] = table
+        elif isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
+            self.enum_values[node.newVal] = (".".join(n.sval for n in node.typeName), tx)
         elif isinstance(node, ast.CreateFunctionStmt):
             volatility = next((o.arg.sval[0] for o in node.options or ()
                                if o.defname == "volatility" and isinstance(o.arg, ast.String)), "v")

@@ -15,6 +15,7 @@ from shipyard.database.rules.base import (
     RuleInfo,
     alter_commands,
     altered_table,
+    backfill,
     check,
     ident,
     table_name,
@@ -31,6 +32,27 @@ def _severity(ctx: Context) -> Severity:
     return "warning" if ctx.contract else "error"
 
 
+def rename_column_steps(table: str, relname: str, old_name: str, new_name: str, type_sql: str | None = None) -> str:
+    """A column rename both releases survive (the expand/contract form pgroll and Reshape automate):
+    a second column kept equal to the first by a trigger, whichever release writes."""
+    old, new = ident(old_name), ident(new_name)
+    sync = ident(f"{relname}_{old_name}_{new_name}_sync")
+    return (f"-- 1. expand (applied before the new release starts): the new column, kept equal to {old} by a "
+            f"trigger\n--    whichever release writes, then filled for the existing rows:\n"
+            f"ALTER TABLE {table} ADD COLUMN {new} {type_sql or f'<type of {old}>'};\n"
+            f"CREATE FUNCTION {sync}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
+            f"  IF TG_OP = 'INSERT' THEN\n"
+            f"    NEW.{new} := coalesce(NEW.{new}, NEW.{old}); NEW.{old} := coalesce(NEW.{old}, NEW.{new});\n"
+            f"  ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN NEW.{new} := NEW.{old};\n"
+            f"  ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN NEW.{old} := NEW.{new};\n"
+            f"  END IF;\n  RETURN NEW;\nEND $$;\n"
+            f"CREATE TRIGGER {sync} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {sync}();\n"
+            + backfill(table, new, old, also=f"{old} IS NOT NULL")
+            + f"\n-- 2. deploy the release that reads and writes {new} (the old one keeps using {old})\n"
+            f"-- 3. {CONTRACT[3:]}:\n"
+            f"DROP TRIGGER {sync} ON {table};\nDROP FUNCTION {sync}();\nALTER TABLE {table} DROP COLUMN {old};")
+
+
 @check(
     RuleInfo("rename-column", "RENAME COLUMN breaks the release running now (it still uses the old name)",
              ACCESS_EXCLUSIVE, "none", breaks_old_release=True),
@@ -44,10 +66,9 @@ def rename(stmt: Statement, ctx: Context) -> Iterator[Finding]:
     table = table_name(node.relation)
     if node.renameType == enums.ObjectType.OBJECT_COLUMN and node.relationType == enums.ObjectType.OBJECT_TABLE:
         old, new = ident(node.subname), ident(node.newname)
-        fix = (f"-- expand: add {new}, have the new release write both columns (or a trigger copy {old} into "
-               f"{new}), backfill:\nALTER TABLE {table} ADD COLUMN {new} <type of {old}>;\n"
-               f"UPDATE {table} SET {new} = {old} WHERE {new} IS DISTINCT FROM {old};   -- in batches\n"
-               f"{CONTRACT}:\nALTER TABLE {table} DROP COLUMN {old};")
+        col = ctx.schema.column(ctx.key(node.relation), node.subname)
+        fix = rename_column_steps(table, node.relation.relname, node.subname, node.newname,
+                                  str(col.type) if col is not None and col.type is not None else None)
         yield ctx.finding(stmt, "rename-column",
                           f"renaming {table}.{old} to {new} breaks every query of the running release that "
                           f"names {old}", fix, table=table, severity=_severity(ctx))

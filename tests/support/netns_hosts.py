@@ -198,7 +198,7 @@ class NetnsHost:
 
     def sshd_sessions(self) -> list[int]:
         """The per-connection sshd monitors: killing one drops that SSH connection."""
-        return [p for p in self.pids() if _cmdline(p).startswith("sshd: ") and "[priv]" in _cmdline(p)]
+        return [p for p in self.pids() if _cmdline(p).startswith("sshd: ") and "[listener]" not in _cmdline(p)]
 
 
 class NetnsFleet:

@@ -88,11 +88,12 @@ def _kill_pids(pids: list[int], timeout: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_running(p) for p in pids):
+    while time.monotonic() < deadline and any(running(p) for p in pids):
         time.sleep(0.02)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no resources; its parent reaps it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -121,7 +122,7 @@ def leftovers(owner_alive: bool | None = None, owner: int | None = None) -> dict
         if entry.isdigit() and int(entry) != os.getpid():
             cmd = _cmdline(int(entry))
             m = re.search(rf"{re.escape(str(tmp))}/({PREFIX}[0-9a-z]+-[0-9a-z]+)", cmd)
-            if m and wanted(m.group(1)) and _running(int(entry)):
+            if m and wanted(m.group(1)) and running(int(entry)):
                 procs.append(entry)
     return {"netns": [n for n in netns if wanted(n)], "links": [n for n in links if wanted(n)],
             "dirs": dirs, "processes": procs}
@@ -189,7 +190,7 @@ class NetnsHost:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/ns/pid") == ns and _running(int(entry)):
+                    if os.readlink(f"/proc/{entry}/ns/pid") == ns and running(int(entry)):
                         found.append(int(entry))
         return found
 
@@ -354,7 +355,7 @@ class NetnsFleet:
         if pid:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while _running(pid) and time.monotonic() < deadline:
+            while running(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
     def start_sshd(self, h: NetnsHost) -> None:
@@ -393,7 +394,7 @@ class NetnsFleet:
             if h.launcher is not None:
                 with contextlib.suppress(Exception):
                     h.launcher.wait(5)
-        _remove(_mine(self.token))
+        _remove(made_by(self.token))
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> NetnsFleet:
@@ -403,7 +404,7 @@ class NetnsFleet:
         self.close()
 
 
-def _mine(token: str) -> dict[str, list[str]]:
+def made_by(token: str) -> dict[str, list[str]]:
     """What one fleet made (run 1's token is a prefix of run 10's: the next character decides)."""
     def owned(name: str) -> bool:
         name = Path(name).name

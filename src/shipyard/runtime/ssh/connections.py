@@ -253,6 +253,12 @@ class HostConnection:
                 self._pulse()
                 await self._sleep_backoff()
                 continue
+            except Exception as e:   # a bug or an asyncssh surprise must not end the retries silently
+                self.last_error = HostUnreachable(self.name, f"cannot connect to {self.name}: "
+                                                  f"{type(e).__name__}: {e}")
+                self._pulse()
+                await self._sleep_backoff()
+                continue
             up_since = loop.time()
             self._conn, self.last_error = conn, None
             self.connects += 1

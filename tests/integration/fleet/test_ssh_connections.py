@@ -46,14 +46,18 @@ async def test_one_shared_connection_per_host_runs_argv_on_every_host(fleet5: Ne
             assert r.stdout == f"{h.name}\n".encode() + "|".join(nasty).encode() + b"|from stdin"
             assert r.stderr == b"err\n"            # the pid line the layer reads first is not in it
 
-        # ten callers at once on one host: channels of the same single connection
+        # fifteen callers at once on one host: channels of the same single connection, at most
+        # sshd's MaxSessions (10) open at once, the others queued rather than refused
         h = fleet5.hosts[0]
         hc = pool.host(target(h))
         assert pool.host(target(h)) is hc
-        busy = [asyncio.create_task(hc.run(["sleep", "1"])) for _ in range(10)]
+        began = time.monotonic()
+        busy = [asyncio.create_task(hc.run(["sleep", "1"])) for _ in range(15)]
         await asyncio.sleep(0.5)
         assert len(h.sshd_sessions()) == 1          # one sshd serving one connection
+        assert len([p for p in h.pids() if _cmd(p) == "sleep 1 "]) == 10
         assert all(r.ok for r in await asyncio.gather(*busy))
+        assert 2 <= time.monotonic() - began < 5
         assert hc.connects == 1 and hc.drops == 0
 
 
@@ -201,6 +205,24 @@ async def test_long_lived_process_streams_both_ways(fleet5: NetnsFleet) -> None:
         result = await sleeper.wait(5)
         assert result.exit_status != 0 or result.exit_signal
         await sleeper.close()
+
+
+async def test_long_lived_process_reports_a_dropped_connection(fleet5: NetnsFleet) -> None:
+    h = fleet5.hosts[1]
+    async with SshConnections(options_for(fleet5)) as pool:
+        hc = pool.host(target(h))
+        proc = await hc.open_process(["cat"])
+        proc.stdin.write(b"x\n")
+        assert await asyncio.wait_for(proc.stdout.readline(), 5) == b"x\n"
+        fleet5.drop_connections(h)
+        with pytest.raises(SshConnectionLost, match="while the process `cat`"):
+            await proc.wait(5)
+        assert proc.connection_lost
+        await proc.close()
+        again = await hc.open_process(["cat"])      # on the new connection
+        again.stdin.write(b"y\n")
+        assert await asyncio.wait_for(again.stdout.readline(), 5) == b"y\n"
+        await again.close()
 
 
 async def test_wrong_identity_is_refused_at_once_without_password_prompt(fleet5: NetnsFleet) -> None:

@@ -170,12 +170,13 @@ class HostConnection:
             pid: int | None = None
             try:
                 async with asyncio.timeout(timeout):
-                    proc = await conn.create_process(wrapped_command(argv), encoding=None)
+                    proc = await self._open(conn, argv)
                     if stdin:
                         proc.stdin.write(stdin)
                     proc.stdin.write_eof()
                     pid = await read_remote_pid(proc)
                     stdout, stderr = await proc.communicate()
+                    await proc.wait_closed()     # sshd frees the session once both sides closed
             except TimeoutError:
                 if proc is not None:
                     proc.close()
@@ -185,11 +186,8 @@ class HostConnection:
                     self.name, f"`{command}` on {self.name} did not finish within {timeout:g}s; its process "
                     "group was killed", "raise the timeout if the command is slow, or look on the host "
                     "for what it waits on") from None
-            except asyncssh.ChannelOpenError as e:
-                if conn.is_closed():
-                    raise lost(self.name, argv) from e
-                raise SshError(self.name, f"{self.name} refused a new SSH session: {e.reason}",
-                               "the host's sshd MaxSessions may be lower than fleet ssh max_sessions") from e
+            except SshError:
+                raise
             except (asyncssh.Error, OSError) as e:
                 raise lost(self.name, argv) from e
             if proc.exit_status is None and proc.exit_signal is None:
@@ -197,6 +195,24 @@ class HostConnection:
             return CommandResult(self.name, tuple(argv), proc.exit_status if proc.exit_signal is None else None,
                                  signal_name(proc), bytes(stdout or b""), bytes(stderr or b""),
                                  loop.time() - began)
+
+    async def _open(self, conn: asyncssh.SSHClientConnection, argv: Sequence[str]
+                    ) -> asyncssh.SSHClientProcess[bytes]:
+        """A session channel running argv. sshd counts a session until it has our close, a
+        moment after we let its slot go: a refusal then is retried briefly, not reported."""
+        delay = 0.01
+        while True:
+            try:
+                return await conn.create_process(wrapped_command(argv), encoding=None)
+            except asyncssh.ChannelOpenError as e:
+                if conn.is_closed():
+                    raise lost(self.name, argv) from e
+                if delay > 0.5:
+                    raise SshError(self.name, f"{self.name} refused a new SSH session: {e.reason}",
+                                   "the host's sshd MaxSessions may be lower than fleet ssh max_sessions, "
+                                   "or another client shares the connection") from e
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def signal(self, pid: int, name: str = "KILL") -> None:
         """Signal a remote process group over a channel of its own (best effort: a host that is
@@ -214,9 +230,11 @@ class HostConnection:
         try:
             conn = await self.wait_connected(wait)
             try:
-                proc = await conn.create_process(wrapped_command(argv), encoding=None)
+                proc = await self._open(conn, argv)
                 async with asyncio.timeout(self.options.connect_timeout):
                     pid = await read_remote_pid(proc)
+            except asyncssh.ChannelOpenError:
+                raise
             except (asyncssh.Error, OSError, TimeoutError) as e:
                 raise lost(self.name, argv, "process") from e
         except BaseException:

@@ -18,7 +18,6 @@ import fcntl
 import ipaddress
 import itertools
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,10 +29,24 @@ from pathlib import Path
 
 import asyncssh
 
-PREFIX = "synh"
+from support.netns_leftovers import (
+    PREFIX,
+    cmdline,
+    ip,
+    ip_batch,
+    kill_pids,
+    leftovers,
+    made_by,
+    remove,
+    running,
+    sweep_stale,
+)
+
+__all__ = ["NetnsFleet", "NetnsHost", "leftovers", "made_by", "netns_hosts", "running", "sweep_stale",
+           "unusable_reason"]
+
 SSHD = "/usr/sbin/sshd"
 USER = "root"
-_NAME = re.compile(rf"^{PREFIX}([0-9a-z]+)-([0-9a-z]+)")
 _LOCK = Path(tempfile.gettempdir()) / f"{PREFIX}.lock"
 _runs = itertools.count()
 
@@ -58,93 +71,6 @@ def unusable_reason() -> str | None:
     if missing:
         return f"namespace test hosts need {' and '.join(missing)} (bridge, veth, unshare, mounts)"
     return None
-
-
-def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = ["ip", *(["-n", netns] if netns else []), *args]
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
-
-
-def _ip_batch(lines: list[str]) -> None:
-    """One `ip` process for many commands: 100 hosts come up without 500 forks."""
-    if lines:
-        subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
-                       capture_output=True, text=True, check=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _kill_pids(pids: list[int], timeout: float = 5.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(running(p) for p in pids):
-        time.sleep(0.02)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds no resources; its parent reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def leftovers(owner_alive: bool | None = None, owner: int | None = None) -> dict[str, list[str]]:
-    """Namespaces, links, temp dirs and processes made by this module (optionally only those
-    of a dead owner, or of one owner pid)."""
-    def wanted(name: str) -> bool:
-        m = _NAME.match(name)
-        if not m:
-            return False
-        pid = int(m.group(1), 36)
-        if owner is not None and pid != owner:
-            return False
-        return owner_alive is None or _pid_alive(pid) == owner_alive
-    netns = [line.split()[0] for line in _ip("netns", "list", check=False).stdout.splitlines() if line.strip()]
-    links = [line.split(":")[1].strip().split("@")[0]
-             for line in _ip("-o", "link", "show", check=False).stdout.splitlines()]
-    tmp = Path(tempfile.gettempdir())
-    dirs = [str(p) for p in tmp.glob(f"{PREFIX}*") if p.is_dir() and wanted(p.name)]
-    procs = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            cmd = _cmdline(int(entry))
-            m = re.search(rf"{re.escape(str(tmp))}/({PREFIX}[0-9a-z]+-[0-9a-z]+)", cmd)
-            if m and wanted(m.group(1)) and running(int(entry)):
-                procs.append(entry)
-    return {"netns": [n for n in netns if wanted(n)], "links": [n for n in links if wanted(n)],
-            "dirs": dirs, "processes": procs}
-
-
-def sweep_stale() -> dict[str, list[str]]:
-    """Remove what runs that died without cleaning up left behind; returns what it removed."""
-    found = leftovers(owner_alive=False)
-    _remove(found)
-    return found
-
-
-def _remove(found: dict[str, list[str]]) -> None:
-    pids = [int(p) for p in found["processes"]]
-    for ns in found["netns"]:
-        pids += [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split()]
-    _kill_pids(pids)
-    _ip_batch([f"netns del {ns}" for ns in found["netns"]])
-    for link in found["links"]:
-        _ip("link", "del", link, check=False)
-    for d in found["dirs"]:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _listening_on_22(pid: int) -> bool:
@@ -195,11 +121,11 @@ class NetnsHost:
         return found
 
     def sshd_listener(self) -> int | None:
-        return next((p for p in self.pids() if "[listener]" in _cmdline(p)), None)
+        return next((p for p in self.pids() if "[listener]" in cmdline(p)), None)
 
     def sshd_sessions(self) -> list[int]:
         """The per-connection sshd monitors: killing one drops that SSH connection."""
-        return [p for p in self.pids() if _cmdline(p).startswith("sshd: ") and "[listener]" not in _cmdline(p)]
+        return [p for p in self.pids() if cmdline(p).startswith("sshd: ") and "[listener]" not in cmdline(p)]
 
 
 class NetnsFleet:
@@ -241,8 +167,8 @@ class NetnsFleet:
                               veth=f"{self.token}v{_b36(i + 1)}", dir=self.dir / f"h{i + 1}")
                 self._write_host_files(h, authorized)
                 self.hosts.append(h)
-            _ip_batch([f"netns add {h.netns}" for h in self.hosts])
-            _ip_batch([line for h in self.hosts for line in (
+            ip_batch([f"netns add {h.netns}" for h in self.hosts])
+            ip_batch([line for h in self.hosts for line in (
                 f"link add {h.veth} type veth peer name eth0 netns {h.netns}",
                 f"link set {h.veth} master {self.bridge} up")])
             for h in self.hosts:
@@ -258,13 +184,13 @@ class NetnsFleet:
     def _make_bridge(self) -> None:
         with open(_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            used = _ip("-4", "-o", "addr", "show").stdout + _ip("-4", "route", "show", "table", "all").stdout
+            used = ip("-4", "-o", "addr", "show").stdout + ip("-4", "route", "show", "table", "all").stdout
             third = next((x for x in range(1 + os.getpid() % 200, 255) if f"10.77.{x}." not in used), None) \
                 or next(x for x in range(1, 255) if f"10.77.{x}." not in used)
             self.subnet = ipaddress.IPv4Network(f"10.77.{third}.0/24")
-            _ip("link", "add", self.bridge, "type", "bridge")
-            _ip("addr", "add", f"10.77.{third}.254/24", "dev", self.bridge)
-            _ip("link", "set", self.bridge, "up")
+            ip("link", "add", self.bridge, "type", "bridge")
+            ip("addr", "add", f"10.77.{third}.254/24", "dev", self.bridge)
+            ip("link", "set", self.bridge, "up")
 
     def _write_host_files(self, h: NetnsHost, authorized: str) -> None:
         home = h.dir / "home"
@@ -338,16 +264,16 @@ class NetnsFleet:
         if h.init_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(h.init_pid, signal.SIGKILL)
-        _kill_pids(pids)
+        kill_pids(pids)
         if h.launcher is not None:
             h.launcher.wait(5)
 
     def cut_network(self, h: NetnsHost) -> None:
         """The host's cable is pulled: packets to and from it vanish, no reset is sent."""
-        _ip("link", "set", h.veth, "down")
+        ip("link", "set", h.veth, "down")
 
     def restore_network(self, h: NetnsHost) -> None:
-        _ip("link", "set", h.veth, "up")
+        ip("link", "set", h.veth, "up")
 
     def stop_sshd(self, h: NetnsHost) -> None:
         """Stop the listener only: open SSH connections keep their own sshd processes."""
@@ -370,7 +296,7 @@ class NetnsFleet:
     def drop_connections(self, h: NetnsHost) -> list[int]:
         """Kill the sshd serving each open connection to the host (the listener stays)."""
         pids = h.sshd_sessions()
-        _kill_pids(pids)
+        kill_pids(pids)
         return pids
 
     def change_host_key(self, h: NetnsHost) -> str:
@@ -389,12 +315,12 @@ class NetnsFleet:
             atexit.unregister(self.close)
         pids = [p for h in self.hosts for p in ([h.init_pid] if h.init_pid else []) + h.pids()]
         pids += [h.launcher.pid for h in self.hosts if h.launcher is not None and h.launcher.poll() is None]
-        _kill_pids(pids)
+        kill_pids(pids)
         for h in self.hosts:
             if h.launcher is not None:
                 with contextlib.suppress(Exception):
                     h.launcher.wait(5)
-        _remove(made_by(self.token))
+        remove(made_by(self.token))
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> NetnsFleet:
@@ -404,17 +330,6 @@ class NetnsFleet:
         self.close()
 
 
-def made_by(token: str) -> dict[str, list[str]]:
-    """What one fleet made (run 1's token is a prefix of run 10's: the next character decides)."""
-    def owned(name: str) -> bool:
-        name = Path(name).name
-        return name == token or (name.startswith(token) and name[len(token)] in "v-")
-    found = leftovers()
-    return {"netns": [n for n in found["netns"] if owned(n)], "links": [n for n in found["links"] if owned(n)],
-            "dirs": [d for d in found["dirs"] if owned(d)],
-            "processes": [p for p in found["processes"] if f"/{token}-" in _cmdline(int(p))]}
-
-
 @contextlib.contextmanager
 def netns_hosts(count: int) -> Iterator[NetnsFleet]:
     """`with netns_hosts(5) as fleet:` N hosts up, everything removed afterwards."""
@@ -422,7 +337,7 @@ def netns_hosts(count: int) -> Iterator[NetnsFleet]:
         yield fleet
 
 
-if __name__ == "__main__":   # timing: python tests/support/netns_hosts.py 100
+if __name__ == "__main__":   # timing: cd tests && ../.venv/bin/python -m support.netns_hosts 100
     import sys
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     began = time.monotonic()

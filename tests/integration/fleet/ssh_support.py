@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shipyard.runtime.ssh.backoff import BackoffPolicy
-from shipyard.runtime.ssh.connections import SshOptions, SshTarget
+from shipyard.runtime.ssh.options import SshOptions, SshTarget
 from support.netns_hosts import NetnsFleet, unusable_reason
 
 QUICK_BACKOFF = BackoffPolicy(initial=0.1, factor=2, cap=1.0, jitter=0.5, stable_after=30)

@@ -59,6 +59,12 @@ async def test_one_shared_connection_per_host_runs_argv_on_every_host(fleet5: Ne
         assert all(r.ok for r in await asyncio.gather(*busy))
         assert 2 <= time.monotonic() - began < 5
         assert hc.connects == 1 and hc.drops == 0
+    # a clean close: every host's sshd ends the session it served
+    deadline = time.monotonic() + 5
+    while any(x.sshd_sessions() for x in fleet5.hosts) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [x.name for x in fleet5.hosts if x.sshd_sessions()] == []
+    assert hc.state == "closed"
 
 
 async def test_unknown_host_key_is_refused_and_nothing_recorded(fleet5: NetnsFleet) -> None:
@@ -74,7 +80,7 @@ async def test_unknown_host_key_is_refused_and_nothing_recorded(fleet5: NetnsFle
     assert h.name in text and h.address in text and "ssh-ed25519" in text and fingerprint(h) in text
     assert "trust_new_hosts" in text
     assert fleet5.known_hosts.read_text() == before and pool.trusted == []
-    assert h.sshd_sessions() == []
+    assert "Accepted publickey" not in (h.dir / "sshd.log").read_text()   # refused before logging in
 
 
 async def test_changed_host_key_is_refused_even_with_trust_new_hosts(fleet5: NetnsFleet) -> None:

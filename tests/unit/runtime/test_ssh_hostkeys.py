@@ -11,9 +11,9 @@ import asyncssh
 import pytest
 
 from shipyard.runtime.ssh.channels import remote_command, wrapped_command
-from shipyard.runtime.ssh.connections import SshOptions, load_identity
 from shipyard.runtime.ssh.errors import HostKeyChanged, HostKeyUnknown, SshIdentityError
 from shipyard.runtime.ssh.hostkeys import HostKeyCheck, read_known_hosts
+from shipyard.runtime.ssh.options import SshOptions, load_identity
 
 
 def key() -> asyncssh.SSHKey:

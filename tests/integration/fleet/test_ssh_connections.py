@@ -52,12 +52,12 @@ async def test_one_shared_connection_per_host_runs_argv_on_every_host(fleet5: Ne
         hc = pool.host(target(h))
         assert pool.host(target(h)) is hc
         began = time.monotonic()
-        busy = [asyncio.create_task(hc.run(["sleep", "1"])) for _ in range(15)]
-        await asyncio.sleep(0.5)
+        busy = [asyncio.create_task(hc.run(["sleep", "0.6"])) for _ in range(15)]
+        await asyncio.sleep(0.3)
         assert len(h.sshd_sessions()) == 1          # one sshd serving one connection
-        assert len([p for p in h.pids() if _cmd(p) == "sleep 1 "]) == 10
+        assert len([p for p in h.pids() if _cmd(p) == "sleep 0.6 "]) == 10
         assert all(r.ok for r in await asyncio.gather(*busy))
-        assert 2 <= time.monotonic() - began < 5
+        assert 1.2 <= time.monotonic() - began < 4
         assert hc.connects == 1 and hc.drops == 0
     # a clean close: every host's sshd ends the session it served
     deadline = time.monotonic() + 5
@@ -145,7 +145,7 @@ async def test_reconnect_backs_off_while_sshd_is_down_then_a_call_gets_through(f
         assert (await hc.run(["true"])).ok
         fleet5.stop_sshd(h)
         fleet5.drop_connections(h)
-        await asyncio.sleep(2.5)                   # refused attempts: 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.4-0.8, ...
+        await asyncio.sleep(1.6)                   # refused attempts: 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.4-0.8, ...
         assert hc.state == "disconnected" and len(hc.delays) >= 4
         for n, d in enumerate(hc.delays):
             top = opts.backoff.ceiling(n)

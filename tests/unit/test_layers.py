@@ -170,6 +170,7 @@ ADAPTERS = {
     "shipyard.runtime.landlock": "shipyard.runtime",
     "shipyard.runtime.health": "shipyard.runtime",
     "shipyard.runtime.ports": "shipyard.runtime",
+    "shipyard.runtime.ssh": "shipyard.runtime",
     "shipyard.router.embedded": "shipyard.router",
     "shipyard.router.embedded_process": "shipyard.router",
     "shipyard.router.embedded_legacy": "shipyard.router",

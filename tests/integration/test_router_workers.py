@@ -16,6 +16,7 @@ import pytest
 from test_router_embedded import paths, router  # noqa: F401 (fixtures)
 from test_router_support import RawClient, free_port, make_table, upstreams
 
+from shipyard.paths import StatePaths
 from shipyard.router.embedded import EmbeddedRouter
 
 pytestmark = pytest.mark.timeout(60)
@@ -171,3 +172,37 @@ async def test_one_to_two_to_one_workers_under_load_fails_no_request(router: Emb
         assert len(load.answers) > grown > 0
         assert router.worker_count(f"127.0.0.1:{port}") == 1
         await router.stop("shop")
+
+
+async def test_a_restarted_daemon_readopts_every_worker_and_holds_their_sockets(
+        paths: StatePaths, router: EmbeddedRouter) -> None:  # noqa: F811
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    async with upstreams("blue") as (blue,):
+        await router.ensure("shop", listen, workers=2)
+        await router.apply(make_table(1, {"blue": [blue]}, {"blue": 100}))
+        pids = _router_pids(router)
+        router._close_sockets("shop")          # as if the daemon that bound them had exited
+        for w in router._extra[listen].values():
+            for s in w.socks:
+                s.close()
+        restarted = EmbeddedRouter(paths)      # asked for no count: it finds 2 workers
+        assert await restarted.ensure("shop", listen) is None
+        assert _router_pids(restarted) == pids and not restarted.exited("shop")
+        await restarted.apply(make_table(2, {"blue": [blue]}, {"blue": 100}))
+        assert (await restarted.stats("shop"))["version"] == 2 and len((await restarted.stats("shop"))["workers"]) == 2
+        first = int(json.loads(restarted.pid_file("shop").read_text())["pid"])
+        (victim,) = pids - {first}
+        os.kill(victim, signal.SIGKILL)
+        router._children[victim].wait(5)
+        assert restarted.exited("shop")
+        clients = [await RawClient.open(port) for _ in range(CLIENTS)]     # none refused: all queued
+        pending = [asyncio.create_task(c.request()) for c in clients]
+        lost = await restarted.ensure("shop", listen)
+        assert lost is not None and lost["pid"] == victim
+        assert all(r.status == 200 for r in await asyncio.wait_for(asyncio.gather(*pending), 10))
+        for c in clients:
+            c.close()
+        assert (await restarted.current("shop")).version == 2   # type: ignore[union-attr]
+        await restarted.stop("shop")
+        assert not _router_pids(restarted)

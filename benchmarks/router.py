@@ -8,6 +8,9 @@ In front of them, one after the other and in alternating rounds (a shared VM dri
   - direct: wrk straight to instance 0 (no hop);
   - embedded: the real router process (`python -m shipyard.router.dataplane.proxy`),
     driven over its control socket with a table, as the daemon does;
+  - embedded-2: `router.workers: 2`, started and given the table by the daemon's own
+    EmbeddedRouter; its CPU per request is summed over both workers, which may use both
+    CPUs (so they share them with wrk and the backends: requests/s is what 2 CPUs give);
   - haproxy: a plain HAProxy `nbthread 1` proxy (keep-alive both sides, round robin);
   - shipyard-haproxy: shipyard's HAProxy data plane (router.kind haproxy: maps, per-request
     log lines) driven through the Router port with the same table.
@@ -64,9 +67,10 @@ GOAL_PER_CORE = 0.8
 GOAL_HAPROXY_COST = 1.05
 """Issue 14: the HAProxy data plane within 5 % of plain HAProxy."""
 TICK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "embedded", "haproxy", "shipyard-haproxy")
+TARGETS = ("direct", "embedded", "embedded-2", "haproxy", "shipyard-haproxy")
 LABELS = {"direct": "direct to one instance (no proxy)",
           "embedded": "embedded router (one process)",
+          "embedded-2": "embedded router, 2 workers (`router.workers: 2`, both CPUs)",
           "haproxy": "plain HAProxy, `nbthread 1`",
           "shipyard-haproxy": "shipyard's HAProxy data plane (`router.kind: haproxy`)"}
 
@@ -78,6 +82,8 @@ class Target:
     name: str
     port: int
     pid: int | None
+    more_pids: tuple[int, ...] = ()
+    """Further processes of the same proxy (router workers): their CPU is added to `pid`'s."""
 
 
 # -- CPU placement and accounting ------------------------------------------------------------
@@ -97,10 +103,27 @@ def pin(pid: int, cpu: int | None) -> None:
             os.sched_setaffinity(int(tid), {cpu})
 
 
+def spread(pid: int, allowed: set[int | None]) -> None:
+    """Every thread of `pid` may run on any of `allowed` (router workers: not the load CPU only,
+    which they would inherit from this process)."""
+    cpus_ = {c for c in allowed if c is not None}
+    if not cpus_:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus_)
+
+
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(utime, stime) of `pid` so far, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks_of(pids: tuple[int, ...]) -> tuple[int, int]:
+    """(utime, stime) summed over `pids`."""
+    ticks = [cpu_ticks(p) for p in pids]
+    return sum(t[0] for t in ticks), sum(t[1] for t in ticks)
 
 
 def cpu_busy() -> dict[int, tuple[int, int]]:
@@ -166,6 +189,35 @@ async def start_embedded(children: Children, workdir: Path, backends: list[int])
     return Target("embedded", port, proc.pid)
 
 
+async def start_embedded_workers(workdir: Path, backends: list[int], workers: int = 2) -> Target:
+    """`router.workers: N` as the daemon runs it: EmbeddedRouter binds a socket per worker, starts
+    them and pushes the table to every one. Stopped by `stop_embedded_workers`."""
+    from shipyard.paths import StatePaths
+    from shipyard.router.embedded import EmbeddedRouter
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="sywk"))    # short: unix socket paths are ~100 bytes at most
+    router = EmbeddedRouter(StatePaths(root).ensure())
+    _EMBEDDED_WORKERS.append((router, root))
+    await router.ensure(SERVICE, f"127.0.0.1:{port}", workers=workers)
+    await router.apply(bench_table(backends))
+    pids = sorted(router.pids(SERVICE) - {os.getpid()})
+    if len(pids) != workers:
+        raise ShipyardError(f"expected {workers} router workers, found {pids}")
+    return Target(f"embedded-{workers}", port, pids[0], tuple(pids[1:]))
+
+
+_EMBEDDED_WORKERS: list[Any] = []
+
+
+async def stop_embedded_workers() -> None:
+    while _EMBEDDED_WORKERS:
+        router, root = _EMBEDDED_WORKERS.pop()
+        try:
+            await router.stop(SERVICE)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 async def start_plain_haproxy(children: Children, workdir: Path, backends: list[int]) -> Target:
     port = free_port()
     proc = await start_haproxy(children, workdir, port, [f"127.0.0.1:{p}" for p in backends], threads=1)
@@ -224,11 +276,11 @@ async def measure(children: Children, workdir: Path, t: Target, seconds: int, wa
     url = f"http://127.0.0.1:{t.port}/"
     if warmup:
         await run_wrk(children, workdir, url, warmup, connections, threads=1)
-    watched = {"proxy": t.pid} if t.pid is not None else {}
-    watched.update({f"backend{i}": p for i, p in enumerate(backend_pids)})
-    before, busy0 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
+    watched = {"proxy": (t.pid, *t.more_pids)} if t.pid is not None else {}
+    watched.update({f"backend{i}": (p,) for i, p in enumerate(backend_pids)})
+    before, busy0 = {k: cpu_ticks_of(p) for k, p in watched.items()}, cpu_busy()
     res = await run_wrk(children, workdir, url, seconds, connections, threads=1, count_non2xx=True)
-    after, busy1 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
+    after, busy1 = {k: cpu_ticks_of(p) for k, p in watched.items()}, cpu_busy()
     busy = {c: round((busy1[c][0] - busy0[c][0]) / max(1, busy1[c][1] - busy0[c][1]), 3) for c in busy1 if c in busy0}
     n = res["requests"] or 1
 
@@ -271,12 +323,17 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         targets: dict[str, Target | None] = {
             "direct": Target("direct", ports[0], None),
             "embedded": await start_embedded(children, workdir, ports),
+            "embedded-2": await start_embedded_workers(workdir, ports),
             "haproxy": await start_plain_haproxy(children, workdir, ports),
             "shipyard-haproxy": await start_shipyard_haproxy(children, workdir, ports),
         }
         for t in targets.values():
             if t is not None and t.pid is not None:
-                pin(t.pid, proxy_cpu)
+                if t.more_pids:
+                    for pid in (t.pid, *t.more_pids):
+                        spread(pid, {proxy_cpu, load_cpu})
+                else:
+                    pin(t.pid, proxy_cpu)
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k, t in targets.items() if t is not None}
         for r in range(args.rounds):
             for name, t in targets.items():
@@ -293,6 +350,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
                         pin(pids[0], load_cpu)
     finally:
         await stop_shipyard_haproxy()
+        await stop_embedded_workers()
         if load_cpu is not None:
             os.sched_setaffinity(0, {proxy_cpu, load_cpu} | os.sched_getaffinity(0))
     figures = {k: summary(v) for k, v in runs.items()}

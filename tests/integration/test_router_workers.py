@@ -18,6 +18,7 @@ from test_router_support import RawClient, free_port, make_table, upstreams
 
 from shipyard.paths import StatePaths
 from shipyard.router.embedded import EmbeddedRouter
+from shipyard.router.embedded_process import ServiceClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,6 +111,10 @@ async def test_switch_under_load_reaches_every_worker_and_stats_count_each_reque
         assert sum(t["status"]["2xx"] for t in stats["tracks"].values()) == len(load.answers)
         per_worker = [w["requests"] for w in stats["workers"]]
         assert len(per_worker) == 2 and min(per_worker) > 0, per_worker   # both workers took connections
+        listen = f"127.0.0.1:{port}"
+        for control in (router._files_of(listen).control, router._extra[listen][1].files.control):
+            own = await ServiceClient(control, "shop").stats()              # each worker's own counts
+            assert own["tracks"]["green"]["requests"] > 0 and own["version"] == 2
         assert sum(stats["tracks"]["green"]["latency"]["counts"]) == stats["tracks"]["green"]["requests"]
         await asyncio.sleep(1.05)           # every second with a request is complete now
         series = await router.series("shop", 0)

@@ -348,6 +348,8 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
                 finally:
                     if name == "direct":
                         pin(pids[0], load_cpu)
+        split = [w["requests"] for w in (await _EMBEDDED_WORKERS[0][0].stats(SERVICE))["workers"]] \
+            if _EMBEDDED_WORKERS else None
     finally:
         await stop_shipyard_haproxy()
         await stop_embedded_workers()
@@ -360,6 +362,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         "targets": figures, "runs": runs, "instances": args.instances, "connections": args.connections,
         "seconds": args.seconds, "rounds": args.rounds, "pinning": {"proxy_cpu": proxy_cpu, "load_cpu": load_cpu},
         "embedded_over_haproxy_per_core": ratio, "goal_per_core": GOAL_PER_CORE,
+        "embedded_2_requests_per_worker": split,
         "goal_met": ratio is not None and ratio >= GOAL_PER_CORE,
         "shipyard_haproxy": None if targets["shipyard-haproxy"] is not None else
         ("skipped: router.kind haproxy is not available on this branch (no shipyard.router.haproxy)"
@@ -405,6 +408,10 @@ def doc_body(res: dict[str, Any]) -> str:
         lines += ["", "Busy share of the two CPUs during the runs (everything on the machine, medians): " + "; ".join(
             f"{name} {f[name]['cpu_busy'].get(pc, 0):.0%} / {f[name]['cpu_busy'].get(lc, 0):.0%}"
             for name in TARGETS if f.get(name)) + f" (proxy CPU {pc} / load CPU {lc})."]
+    split = res.get("embedded_2_requests_per_worker")
+    if split and sum(split):
+        lines += ["", "2 workers: the kernel spread the connections so that the workers relayed "
+                  + " / ".join(f"{n / sum(split):.0%}" for n in split) + " of the requests (all rounds, warm-ups included)."]
     r = res["embedded_over_haproxy_per_core"]
     lines += ["", f"Embedded router per core vs HAProxy `nbthread 1`: **{r}x** (goal >= {res['goal_per_core']}: "
               f"{'met' if res['goal_met'] else 'not met'})."]

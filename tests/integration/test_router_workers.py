@@ -157,8 +157,9 @@ async def test_a_worker_killed_under_load_refuses_nothing_and_is_replaced_alone(
 
 
 async def test_one_to_two_to_one_workers_under_load_fails_no_request(router: EmbeddedRouter) -> None:  # noqa: F811
+    """And a switch while a worker is going reaches it too: it still serves its last clients."""
     port = free_port()
-    async with upstreams("blue") as (blue,):
+    async with upstreams("blue", "green") as (blue, green):
         await router.ensure("shop", f"127.0.0.1:{port}")
         await router.apply(make_table(1, {"blue": [blue]}, {"blue": 100}))
         load = Load(port)
@@ -169,12 +170,26 @@ async def test_one_to_two_to_one_workers_under_load_fails_no_request(router: Emb
         assert (await router.stats("shop"))["limits"]["max_conns_per_instance"] == 64
         await asyncio.sleep(0.8)
         grown = len(load.answers)
-        await router.ensure("shop", f"127.0.0.1:{port}", workers=1)
+        idle = [await RawClient.open(port) for _ in range(CLIENTS)]   # some on each worker, left idle
+        assert [(await c.request()).status for c in idle] == [200] * CLIENTS
+        shrink = asyncio.create_task(router.ensure("shop", f"127.0.0.1:{port}", workers=1))
+        await asyncio.sleep(0.5)        # the departing worker keeps its idle clients for 2 s
+        assert not shrink.done()
+        await router.apply(make_table(2, {"blue": [blue], "green": [green]}, {"green": 100}))
+        applied = time.monotonic()
+        answers = [await c.request() for c in idle]     # on both workers, the departing one too
+        assert [r.json()["name"] for r in answers] == ["green"] * CLIENTS
+        assert any(r.headers.get("connection") == "close" for r in answers)   # its clients are told to move
+        for c in idle:
+            c.close()
+        await shrink
         assert len(_router_pids(router)) == 1
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(0.5)
         await _stop(load, tasks)
         assert load.refused == 0 and not load.failed, load.failed[:5]
         assert len(load.answers) > grown > 0
+        late = [name for sent, name in load.answers if sent > applied]
+        assert late and set(late) == {"green"}
         assert router.worker_count(f"127.0.0.1:{port}") == 1
         await router.stop("shop")
 

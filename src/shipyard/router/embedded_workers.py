@@ -79,6 +79,9 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     socks: list[socket.socket] = field(default_factory=list)
     """The daemon's copies of the sockets this worker accepts on."""
+    retiring: bool = False
+    """Going (fewer workers): it still gets every table while its clients move, and its
+    silence once it has closed its control socket is no failure."""
 
 
 class RouterWorkers:
@@ -147,6 +150,8 @@ class RouterWorkers:
 
     def _worker_exited(self, listen: str) -> bool:
         for w in self._extra.get(listen, {}).values():
+            if w.retiring:
+                continue
             if w.proc is not None:
                 if w.proc.poll() is not None:
                     return True
@@ -171,7 +176,7 @@ class RouterWorkers:
         out: list[T] = []
         for i, got in enumerate(done):
             if isinstance(got, BaseException):
-                if i == 0 or not _gone(workers[i - 1]):
+                if i == 0 or not (workers[i - 1].retiring or _gone(workers[i - 1])):
                     raise got
                 continue
             out.append(got)
@@ -292,7 +297,9 @@ class RouterWorkers:
 
     async def _retire_worker(self, listen: str, wf: WorkerFiles) -> None:
         """Worker 0 takes the worker's sockets over, then the worker finishes its requests and goes."""
-        w = self._extra.get(listen, {}).pop(wf.index, None)
+        w = self._extra.get(listen, {}).get(wf.index)
+        if w is not None:
+            w.retiring = True
         socks = w.socks if w is not None else []
         if not socks and await self._ping(wf.control) is not None:
             socks = await self._adopt_sockets(wf, w.pid if w else 0, listen)
@@ -310,6 +317,7 @@ class RouterWorkers:
             if not await wait_exit(self._children, pid, RETIRE_GRACE + STOP_TIMEOUT):
                 kill(pid)
                 await wait_exit(self._children, pid, 2.0)
+        self._extra.get(listen, {}).pop(wf.index, None)
         with contextlib.suppress(FileNotFoundError):
             wf.pid.unlink()
         log.info("router worker %d on %s is gone; worker 0 accepts on its sockets", wf.index, listen)

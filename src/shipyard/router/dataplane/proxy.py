@@ -362,9 +362,12 @@ async def run(args: argparse.Namespace) -> int:
              or "no service yet", control_path)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (up to %gs)", DRAIN_TIMEOUT)
+    if server.retire_grace:     # a retired worker takes tables until its last client is gone
+        await server.shutdown()
     ctl.close()
     remove_socket(Path(control_path), inode)
-    await server.shutdown()
+    if not server.retire_grace:
+        await server.shutdown()
     log.info("stopped")
     return 0
 

@@ -226,3 +226,35 @@ async def test_a_restarted_daemon_readopts_every_worker_and_holds_their_sockets(
         assert (await restarted.current("shop")).version == 2   # type: ignore[union-attr]
         await restarted.stop("shop")
         assert not _router_pids(restarted)
+
+
+async def test_worker_zero_dead_across_a_daemon_restart_is_restarted_beside_the_live_one(
+        paths: StatePaths, router: EmbeddedRouter) -> None:  # noqa: F811
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    async with upstreams("blue") as (blue,):
+        await router.ensure("shop", listen, workers=2)
+        await router.apply(make_table(1, {"blue": [blue]}, {"blue": 100}))
+        first = int(json.loads(router.pid_file("shop").read_text())["pid"])
+        (other,) = _router_pids(router) - {first}
+        router._close_sockets("shop")          # the daemon exits ...
+        for w in router._extra[listen].values():
+            for s in w.socks:
+                s.close()
+        os.kill(first, signal.SIGKILL)         # ... and worker 0 dies before the next one starts
+        router._children[first].wait(5)
+        restarted = EmbeddedRouter(paths)
+        lost = await restarted.ensure("shop", listen)    # binds worker 0's socket beside worker 1's
+        assert lost is not None and lost["pid"] == first
+        pids = _router_pids(restarted)
+        assert other in pids and first not in pids and len(pids) == 2
+        assert [(await _get_status(port)) for _ in range(CLIENTS)] == [200] * CLIENTS
+        await restarted.stop("shop")
+
+
+async def _get_status(port: int) -> int:
+    c = await RawClient.open(port)
+    try:
+        return (await c.request()).status
+    finally:
+        c.close()

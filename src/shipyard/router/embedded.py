@@ -339,7 +339,8 @@ class EmbeddedRouter(LegacyRouters, RouterWorkers, HeldSockets):
 
     async def _start(self, service: str, listen: str, redirect: str | None) -> None:
         files = self._files_of(listen)
-        fds = [s.fileno() for s in self._listen_sockets(service, listen)] + self._orphan_fds(listen)
+        more = self._workers_listening(listen)
+        fds = [s.fileno() for s in self._listen_sockets(service, listen, more=more)] + self._orphan_fds(listen)
         redirect_fds: list[int] = []
         if redirect:
             try:

@@ -138,6 +138,11 @@ class RouterWorkers:
         """Worker 0 accepts on these too (given at its start after a crash)."""
         return [s.fileno() for group in self._orphans.get(listen, []) for s in group]
 
+    def _workers_listening(self, listen: str) -> bool:
+        """Whether a worker beyond 0 of the address runs (so the port is ours, shared with it)."""
+        files = self._files_of(listen)
+        return any(live_router(w.pid, w.control) for w in (WorkerFiles(files, i) for i in self._indices(files)))
+
     def _fanout_lock(self, listen: str) -> asyncio.Lock:
         return self._fanout.setdefault(listen, asyncio.Lock())
 

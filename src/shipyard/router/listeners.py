@@ -88,16 +88,18 @@ class HeldSockets:
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
         self._no_redirect_handover: set[int] = set()
 
-    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None) -> list[socket.socket]:
+    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None,
+                        more: bool = False) -> list[socket.socket]:
         """The daemon's listening sockets for `listen` (with `redirect`, its redirect listener's),
-        bound now if it holds none for that address."""
+        bound now if it holds none for that address (`more`: other router workers of the address
+        listen there already, so the probe for a foreign holder is skipped)."""
         table = self._redirect_sockets if redirect else self._sockets
         address = redirect or listen
         held = table.get(listen)
         if held is not None and held[0] == address:
             return held[1]
         self._close_listen(listen, redirect=bool(redirect))
-        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen")
+        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen", more=more)
         table[listen] = (address, socks)
         return socks
 

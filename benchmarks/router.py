@@ -52,6 +52,7 @@ from benchtools import (
     wait_port,
     write_doc_section,
 )
+from router_workers import spread, start_embedded_workers, stop_embedded_workers, worker_split
 
 from shipyard.devtools.demo import free_port
 from shipyard.errors import ShipyardError
@@ -101,17 +102,6 @@ def pin(pid: int, cpu: int | None) -> None:
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(tid), {cpu})
-
-
-def spread(pid: int, allowed: set[int | None]) -> None:
-    """Every thread of `pid` may run on any of `allowed` (router workers: not the load CPU only,
-    which they would inherit from this process)."""
-    cpus_ = {c for c in allowed if c is not None}
-    if not cpus_:
-        return
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), cpus_)
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -189,33 +179,10 @@ async def start_embedded(children: Children, workdir: Path, backends: list[int])
     return Target("embedded", port, proc.pid)
 
 
-async def start_embedded_workers(workdir: Path, backends: list[int], workers: int = 2) -> Target:
-    """`router.workers: N` as the daemon runs it: EmbeddedRouter binds a socket per worker, starts
-    them and pushes the table to every one. Stopped by `stop_embedded_workers`."""
-    from shipyard.paths import StatePaths
-    from shipyard.router.embedded import EmbeddedRouter
-    port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="sywk"))    # short: unix socket paths are ~100 bytes at most
-    router = EmbeddedRouter(StatePaths(root).ensure())
-    _EMBEDDED_WORKERS.append((router, root))
-    await router.ensure(SERVICE, f"127.0.0.1:{port}", workers=workers)
-    await router.apply(bench_table(backends))
-    pids = sorted(router.pids(SERVICE) - {os.getpid()})
-    if len(pids) != workers:
-        raise ShipyardError(f"expected {workers} router workers, found {pids}")
-    return Target(f"embedded-{workers}", port, pids[0], tuple(pids[1:]))
-
-
-_EMBEDDED_WORKERS: list[Any] = []
-
-
-async def stop_embedded_workers() -> None:
-    while _EMBEDDED_WORKERS:
-        router, root = _EMBEDDED_WORKERS.pop()
-        try:
-            await router.stop(SERVICE)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+async def start_workers(backends: list[int]) -> Target:
+    """`router.workers: 2` through the daemon's EmbeddedRouter (router_workers.py)."""
+    port, pids = await start_embedded_workers(bench_table(backends), SERVICE)
+    return Target("embedded-2", port, pids[0], tuple(pids[1:]))
 
 
 async def start_plain_haproxy(children: Children, workdir: Path, backends: list[int]) -> Target:
@@ -323,7 +290,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         targets: dict[str, Target | None] = {
             "direct": Target("direct", ports[0], None),
             "embedded": await start_embedded(children, workdir, ports),
-            "embedded-2": await start_embedded_workers(workdir, ports),
+            "embedded-2": await start_workers(ports),
             "haproxy": await start_plain_haproxy(children, workdir, ports),
             "shipyard-haproxy": await start_shipyard_haproxy(children, workdir, ports),
         }
@@ -348,8 +315,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
                 finally:
                     if name == "direct":
                         pin(pids[0], load_cpu)
-        split = [w["requests"] for w in (await _EMBEDDED_WORKERS[0][0].stats(SERVICE))["workers"]] \
-            if _EMBEDDED_WORKERS else None
+        split = await worker_split()
     finally:
         await stop_shipyard_haproxy()
         await stop_embedded_workers()

@@ -8,6 +8,9 @@ In front of them, one after the other and in alternating rounds (a shared VM dri
   - direct: wrk straight to instance 0 (no hop);
   - embedded: the real router process (`python -m shipyard.router.dataplane.proxy`),
     driven over its control socket with a table, as the daemon does;
+  - embedded-2: `router.workers: 2`, started and given the table by the daemon's own
+    EmbeddedRouter; its CPU per request is summed over both workers, which may use both
+    CPUs (so they share them with wrk and the backends: requests/s is what 2 CPUs give);
   - haproxy: a plain HAProxy `nbthread 1` proxy (keep-alive both sides, round robin);
   - shipyard-haproxy: shipyard's HAProxy data plane (router.kind haproxy: maps, per-request
     log lines) driven through the Router port with the same table.
@@ -50,6 +53,7 @@ from benchtools import (
     tools_missing,
     wait_port,
 )
+from router_workers import spread, start_embedded_workers, stop_embedded_workers, worker_split
 
 from shipyard.devtools.demo import free_port
 from shipyard.errors import ShipyardError
@@ -65,9 +69,10 @@ GOAL_PER_CORE = 0.8
 GOAL_HAPROXY_COST = 1.05
 """Issue 14: the HAProxy data plane within 5 % of plain HAProxy."""
 TICK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "embedded", "haproxy", "shipyard-haproxy")
+TARGETS = ("direct", "embedded", "embedded-2", "haproxy", "shipyard-haproxy")
 LABELS = {"direct": "direct to one instance (no proxy)",
           "embedded": "embedded router (one process)",
+          "embedded-2": "embedded router, 2 workers (`router.workers: 2`, both CPUs)",
           "haproxy": "plain HAProxy, `nbthread 1`",
           "shipyard-haproxy": "shipyard's HAProxy data plane (`router.kind: haproxy`)"}
 
@@ -79,6 +84,8 @@ class Target:
     name: str
     port: int
     pid: int | None
+    more_pids: tuple[int, ...] = ()
+    """Further processes of the same proxy (router workers): their CPU is added to `pid`'s."""
 
 
 # -- CPU placement and accounting ------------------------------------------------------------
@@ -102,6 +109,12 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     """(utime, stime) of `pid` so far, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks_of(pids: tuple[int, ...]) -> tuple[int, int]:
+    """(utime, stime) summed over `pids`."""
+    ticks = [cpu_ticks(p) for p in pids]
+    return sum(t[0] for t in ticks), sum(t[1] for t in ticks)
 
 
 def cpu_busy() -> dict[int, tuple[int, int]]:
@@ -167,6 +180,12 @@ async def start_embedded(children: Children, workdir: Path, backends: list[int])
     return Target("embedded", port, proc.pid)
 
 
+async def start_workers(backends: list[int]) -> Target:
+    """`router.workers: 2` through the daemon's EmbeddedRouter (router_workers.py)."""
+    port, pids = await start_embedded_workers(bench_table(backends), SERVICE)
+    return Target("embedded-2", port, pids[0], tuple(pids[1:]))
+
+
 async def start_plain_haproxy(children: Children, workdir: Path, backends: list[int]) -> Target:
     port = free_port()
     proc = await start_haproxy(children, workdir, port, [f"127.0.0.1:{p}" for p in backends], threads=1)
@@ -225,11 +244,11 @@ async def measure(children: Children, workdir: Path, t: Target, seconds: int, wa
     url = f"http://127.0.0.1:{t.port}/"
     if warmup:
         await run_wrk(children, workdir, url, warmup, connections, threads=1)
-    watched = {"proxy": t.pid} if t.pid is not None else {}
-    watched.update({f"backend{i}": p for i, p in enumerate(backend_pids)})
-    before, busy0 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
+    watched = {"proxy": (t.pid, *t.more_pids)} if t.pid is not None else {}
+    watched.update({f"backend{i}": (p,) for i, p in enumerate(backend_pids)})
+    before, busy0 = {k: cpu_ticks_of(p) for k, p in watched.items()}, cpu_busy()
     res = await run_wrk(children, workdir, url, seconds, connections, threads=1, count_non2xx=True)
-    after, busy1 = {k: cpu_ticks(p) for k, p in watched.items()}, cpu_busy()
+    after, busy1 = {k: cpu_ticks_of(p) for k, p in watched.items()}, cpu_busy()
     busy = {c: round((busy1[c][0] - busy0[c][0]) / max(1, busy1[c][1] - busy0[c][1]), 3) for c in busy1 if c in busy0}
     n = res["requests"] or 1
 
@@ -272,12 +291,17 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         targets: dict[str, Target | None] = {
             "direct": Target("direct", ports[0], None),
             "embedded": await start_embedded(children, workdir, ports),
+            "embedded-2": await start_workers(ports),
             "haproxy": await start_plain_haproxy(children, workdir, ports),
             "shipyard-haproxy": await start_shipyard_haproxy(children, workdir, ports),
         }
         for t in targets.values():
             if t is not None and t.pid is not None:
-                pin(t.pid, proxy_cpu)
+                if t.more_pids:
+                    for pid in (t.pid, *t.more_pids):
+                        spread(pid, {proxy_cpu, load_cpu})
+                else:
+                    pin(t.pid, proxy_cpu)
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k, t in targets.items() if t is not None}
         for r in range(args.rounds):
             for name, t in targets.items():
@@ -292,8 +316,10 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
                 finally:
                     if name == "direct":
                         pin(pids[0], load_cpu)
+        split = await worker_split()
     finally:
         await stop_shipyard_haproxy()
+        await stop_embedded_workers()
         if load_cpu is not None:
             os.sched_setaffinity(0, {proxy_cpu, load_cpu} | os.sched_getaffinity(0))
     figures = {k: summary(v) for k, v in runs.items()}
@@ -303,6 +329,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         "targets": figures, "runs": runs, "instances": args.instances, "connections": args.connections,
         "seconds": args.seconds, "rounds": args.rounds, "pinning": {"proxy_cpu": proxy_cpu, "load_cpu": load_cpu},
         "embedded_over_haproxy_per_core": ratio, "goal_per_core": GOAL_PER_CORE,
+        "embedded_2_requests_per_worker": split,
         "goal_met": ratio is not None and ratio >= GOAL_PER_CORE,
         "shipyard_haproxy": None if targets["shipyard-haproxy"] is not None else
         ("skipped: router.kind haproxy is not available on this branch (no shipyard.router.haproxy)"
@@ -348,6 +375,10 @@ def doc_body(res: dict[str, Any]) -> str:
         lines += ["", "Busy share of the two CPUs during the runs (everything on the machine, medians): " + "; ".join(
             f"{name} {f[name]['cpu_busy'].get(pc, 0):.0%} / {f[name]['cpu_busy'].get(lc, 0):.0%}"
             for name in TARGETS if f.get(name)) + f" (proxy CPU {pc} / load CPU {lc})."]
+    split = res.get("embedded_2_requests_per_worker")
+    if split and sum(split):
+        lines += ["", "2 workers: the kernel spread the connections so that the workers relayed "
+                  + " / ".join(f"{n / sum(split):.0%}" for n in split) + " of the requests (all rounds, warm-ups included)."]
     r = res["embedded_over_haproxy_per_core"]
     lines += ["", f"Embedded router per core vs HAProxy `nbthread 1`: **{r}x** (goal >= {res['goal_per_core']}: "
               f"{'met' if res['goal_met'] else 'not met'})."]

@@ -237,7 +237,8 @@ class FakeRouter:
         return service in self.crashes
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = (),
+                     workers: int | None = None) -> dict[str, Any] | None:
         await asyncio.sleep(0)     # a real router start awaits: other tasks run meanwhile (issue 13's race)
         self.ensured.append(service)
         self.domains[service] = tuple(domains)

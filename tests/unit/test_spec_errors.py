@@ -45,7 +45,7 @@ def test_unknown_nested_key() -> None:
                          "preview_checks, auto_promote, scale_down_delay); did you mean auto_promote?")
     assert one(BASE + "router: {kind: embedded, zzz: 1}\n") == (
         "shop.yaml:5 router.zzz: unknown key (expected one of: kind, max_conns_per_instance, queue_size, "
-        "queue_timeout, per_try_timeout)")
+        "queue_timeout, per_try_timeout, workers)")
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -238,6 +238,26 @@ def test_router_limits() -> None:
     assert (r.max_conns_per_instance, r.queue_size, r.queue_timeout, r.per_try_timeout) == (8, 0, 1.5, 0.0)
     d = parse_spec(BASE, "shop.yaml", Path("/tmp")).router
     assert (d.max_conns_per_instance, d.queue_size, d.queue_timeout, d.per_try_timeout) == (64, 4096, 5.0, 0.0)
+
+
+def test_router_workers() -> None:
+    assert parse_spec(BASE, "shop.yaml", Path("/tmp")).router.workers == 1
+    assert parse_spec(BASE + "router: {workers: 64}\n", "shop.yaml", Path("/tmp")).router.workers == 64
+    assert one(BASE + "router: {workers: 0}\n") == "shop.yaml:5 router.workers: must be at least 1, got 0"
+    assert one(BASE + "router: {workers: 65}\n") == "shop.yaml:5 router.workers: must be at most 64, got 65"
+    assert one(BASE + "router: {workers: '2'}\n") == 'shop.yaml:5 router.workers: expected a whole number, got "2"'
+    assert one(BASE + "router: {kind: haproxy, workers: 2}\n") == (
+        "shop.yaml:5 router: workers is the number of embedded router processes, not available with router "
+        "kind haproxy (HAProxy's threads are its own configuration): remove it, or use kind: embedded")
+    assert one(BASE + "router: {workers: 4, max_conns_per_instance: 3}\n") == (
+        "shop.yaml:5 router: max_conns_per_instance 3 is below workers 4: each worker gets "
+        "floor(max_conns_per_instance / workers) requests per instance, so some would get none; raise it "
+        "or lower workers")
+    assert one(BASE + "router: {workers: 4, queue_size: 3}\n").startswith(
+        "shop.yaml:5 router: queue_size 3 is below workers 4")
+    ok = parse_spec(BASE + "router: {workers: 4, max_conns_per_instance: 4, queue_size: 0}\n", "shop.yaml",
+                    Path("/tmp")).router
+    assert (ok.workers, ok.max_conns_per_instance, ok.queue_size) == (4, 4, 0)
 
 
 def test_every_problem_is_reported_at_once_in_line_order() -> None:

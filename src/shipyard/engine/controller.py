@@ -148,13 +148,13 @@ class Controller:
             if kind is Kind.ROLLBACK:   # the panic button never waits for, or fails on, a certificate
                 await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
                                            redirect_http=edge.redirect_of(self.d.paths, spec.service),
-                                           domains=tuple(spec.domains or ()))
+                                           domains=tuple(spec.domains or ()), workers=spec.router.workers)
             else:
                 cert, _warnings = await asyncio.to_thread(edge.check, spec)   # refuses a bad pair (wall time)
                 # may refuse (address in use, no haproxy): nothing recorded
                 await self.d.router.ensure(spec.service, spec.listen, spec.router.kind,
                                            redirect_http=spec.tls.redirect_http if spec.tls else None,
-                                           domains=tuple(spec.domains or ()))
+                                           domains=tuple(spec.domains or ()), workers=spec.router.workers)
                 await serve_certificate(self.ops, spec, cert)
             # re-read: the supervisor may have changed the record while the router started
             svc = self.d.store.get_service(spec.service) or ServiceRecord(spec.service, spec.listen, spec_path)

@@ -2,8 +2,8 @@
 
 The router picks a service by Host (and its certificate by SNI), so an address can carry
 several services only if every one of them names its hosts and no name is claimed twice;
-they must also be served by the same data plane (`router.kind`) and agree on what the
-listener is (TLS or plain, the same plain-HTTP redirect). `clash` is a pure function over
+they must also be served by the same data plane (`router.kind`, as many `router.workers`) and
+agree on what the listener is (TLS or plain, the same plain-HTTP redirect). `clash` is a pure function over
 the specs, checked before a deploy records or starts anything; `served_spec` is which
 stored spec counts for a service (the last one deployed, whose domains the router serves)."""
 
@@ -47,6 +47,11 @@ def clash(spec: Spec, others: Iterable[Spec]) -> ConflictError | None:
             return ConflictError(f"{where}, served by router kind {other.router.kind}; this spec asks for "
                                  f"{spec.router.kind}", "one address is served by one data plane: use the same "
                                                         f"router.kind as {other.service}, or another `listen`")
+        if other.router.workers != spec.router.workers:
+            return ConflictError(f"{where}, served by {other.router.workers} router worker(s); this spec asks "
+                                 f"for {spec.router.workers}", "one address is served by one set of router "
+                                 f"processes: give router.workers: {other.router.workers} as {other.service} "
+                                 "does (or change both), or use another `listen`")
         if (other.tls is None) != (spec.tls is None):
             with_tls, without = (other, spec) if other.tls is not None else (spec, other)
             return ConflictError(f"{where}: {with_tls.service} terminates TLS there and {without.service} does not",

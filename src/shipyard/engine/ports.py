@@ -148,7 +148,8 @@ class Router(Protocol):
     """What the engine needs from a router, whatever data plane is behind it."""
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = (),
+                     workers: int | None = None) -> dict[str, Any] | None:
         """Make sure a data plane serves `service` on `listen` (start or re-adopt it), and, with
         `redirect_http`, a plain-HTTP listener there answering 308 to https (tls.redirect_http).
 
@@ -160,6 +161,9 @@ class Router(Protocol):
         `kind` is the spec's `router.kind` ("embedded", "haproxy"), given when a release is
         deployed; None: the kind that serves the service now (a repair, a daemon restart). A
         router that is one kind only refuses another with a RouterError.
+
+        `workers` is the spec's `router.workers` (embedded router processes on `listen`), given
+        when a release is deployed; None: as many as serve it now.
 
         Returns None, or, when it had to replace a data plane that had died or stopped
         answering, what became of it: {"pid", "exit_code", "signal", "reason"} (exit_code

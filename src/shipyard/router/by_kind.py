@@ -40,7 +40,8 @@ class RouterByKind:
     # -- Router port ------------------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = (),
+                     workers: int | None = None) -> dict[str, Any] | None:
         want = kind or self.kind_of(service)
         if want not in self.routers:
             raise RouterError(f"unknown router kind {want!r} for {service}",
@@ -52,7 +53,9 @@ class RouterByKind:
             self._kinds[service] = want
             self._save()
         # domains only when there are some: a data plane that predates them keeps working for the rest
-        more = {"domains": tuple(domains)} if domains else {}
+        more: dict[str, Any] = {"domains": tuple(domains)} if domains else {}
+        if workers is not None and (workers != 1 or want == "embedded"):    # only embedded has workers
+            more["workers"] = workers
         return await self.routers[want].ensure(service, listen, redirect_http=redirect_http, **more)
 
     def exited(self, service: str) -> bool:

@@ -94,6 +94,52 @@ class RouterControlClient:
             raise
         return [socket.socket(fileno=fd) for fd in fds]
 
+    async def retire(self) -> None:
+        """Shut down as a worker no longer needed: clients are told to reconnect first."""
+        await self._call({"op": "retire"})
+
+    async def set_workers(self, workers: int) -> None:
+        """The address has `workers` router processes now: enforce 1/workers of the limits."""
+        await self._call({"op": "workers", "workers": workers})
+
+    async def drop_listen(self, socks: list[socket.socket]) -> int:
+        """Stop accepting on these listening sockets (another worker does now); how many it did."""
+        return int((await self._call({"op": "drop_listen",
+                                      "inodes": [os.fstat(s.fileno()).st_ino for s in socks]}))["dropped"])
+
+    async def give_listen_sockets(self, socks: list[socket.socket], via: Path) -> None:
+        """Make the router accept on `socks` too (a departing worker's). They travel over the unix
+        socket `via`, bound here for the call: the control connection's reads drop passed fds."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            via.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(str(via))
+            server.listen(1)
+            server.setblocking(False)
+
+            async def give() -> None:
+                conn, _ = await loop.sock_accept(server)
+                with conn:
+                    conn.setblocking(True)
+                    socket.send_fds(conn, [b"\n"], [s.fileno() for s in socks])
+
+            task = asyncio.ensure_future(give())
+            try:
+                await self._call({"op": "take_listen", "from": str(via)})
+            finally:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        except OSError as e:
+            raise RouterError(f"cannot hand listening sockets to the router on {self.sock_path}: "
+                              f"{e.strerror or e}", hint=f"check {via.parent}") from None
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                via.unlink()
+
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         path, op = self.sock_path, request["op"]
         writer: asyncio.StreamWriter | None = None

@@ -51,19 +51,22 @@ from shipyard.router.embedded_process import (
     terminate,
     write_pid,
 )
+from shipyard.router.embedded_workers import RouterWorkers
 from shipyard.router.listeners import HeldSockets, normalize_listen
 from shipyard.router.table import RoutingTable
+from shipyard.router.worker_stats import merge_series, merge_stats
 
 __all__ = ["EmbeddedRouter", "normalize_listen"]
 
 log = logging.getLogger("shipyard.router")
 
 
-class EmbeddedRouter(LegacyRouters, HeldSockets):
+class EmbeddedRouter(LegacyRouters, RouterWorkers, HeldSockets):
     """Implements engine.ports.Router with the embedded data plane."""
 
     def __init__(self, paths: StatePaths, python: str = sys.executable) -> None:
         HeldSockets.__init__(self)
+        self._init_workers()
         self.paths = paths
         self.python = python
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -90,7 +93,10 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
     # -- Router protocol ------------------------------------------------------------
 
     async def ensure(self, service: str, listen: str, kind: str | None = None, *,
-                     redirect_http: str | None = None, domains: Sequence[str] = ()) -> dict[str, Any] | None:
+                     redirect_http: str | None = None, domains: Sequence[str] = (),
+                     workers: int | None = None) -> dict[str, Any] | None:
+        """`workers` (router.workers, given when a release is deployed): processes on the address;
+        None: as many as it was last given (embedded_workers.py)."""
         if kind not in (None, "embedded"):
             raise RouterError(f"this router is the embedded one; {service} asks for router kind {kind!r}")
         want = normalize_listen(listen)
@@ -99,7 +105,17 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
         if before is not None and before != want:    # the spec's `listen` changed
             await self.stop(service)
         async with self._lock(want):
-            return await self._ensure(service, want, redirect, tuple(domains))
+            lost = await self._ensure(service, want, redirect, tuple(domains))
+            n = workers or self.worker_count(want)
+            if service in self._legacy:
+                if n > 1:
+                    raise RouterError(f"{service} is served by a router of one service from before shared "
+                                      f"addresses, which cannot have {n} workers",
+                                      f"deploy {service} with router.workers: 1 once, then again with {n}")
+                return lost
+            if n > 1 or self._extra.get(want) or self.worker_count(want) > 1:
+                lost = await self._ensure_workers(service, want, n, tuple(domains)) or lost
+            return lost
 
     async def _ensure(self, service: str, want: str, redirect: str | None,
                       domains: tuple[str, ...]) -> dict[str, Any] | None:
@@ -152,20 +168,35 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
         return lost
 
     async def apply(self, table: RoutingTable) -> None:
+        """Returns once every worker of the address serves `table` (a worker found dead is
+        skipped: its replacement loads the table worker 0 persisted before answering)."""
+        listen = self._where.get(table.service)
+        if listen is None or not self._extra.get(listen):
+            return await self._apply_one(self._client(table.service), table)
+        async with self._fanout_lock(listen):
+            await self._on_all(table.service, lambda c: self._apply_one(c, table))
+
+    async def _apply_one(self, client: RouterControlClient, table: RoutingTable) -> None:
         try:
-            await self._client(table.service).set_table(table)
+            await client.set_table(table)
         except RouterError as e:
             raise RouterError(f"cannot apply table version {table.version} to the router for "
                               f"{table.service}: {e.message}", e.hint) from None
 
     async def current(self, service: str) -> RoutingTable | None:
-        return await self._client(service).get_table()
+        """The table every worker serves at least: the oldest one served, if they differ."""
+        tables = await self._on_all(service, lambda c: c.get_table())
+        if any(t is None for t in tables):
+            return None
+        return min(tables, key=lambda t: t.version)
 
     async def stats(self, service: str) -> dict[str, Any]:
-        return await self._client(service).stats()
+        got = await self._on_all(service, lambda c: c.stats())
+        return got[0] if len(got) == 1 else merge_stats(got)
 
     async def series(self, service: str, since: float) -> dict[str, Any]:
-        return await self._client(service).series(since)
+        got = await self._on_all(service, lambda c: c.series(since))
+        return got[0] if len(got) == 1 else merge_series(got)
 
     async def stop(self, service: str, *, keep_listen: bool = False) -> None:
         """Stop serving `service`. Another service on its address keeps serving, untouched;
@@ -188,7 +219,11 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
                 if left:
                     with contextlib.suppress(OSError):
                         save_services(files.services, entries)
+            for client in self._worker_clients(listen, None):
+                with contextlib.suppress(RouterError):
+                    await ServiceClient(client.sock_path, None).forget(service)
             if not left:
+                await self._stop_workers(listen)
                 await self._stop_listen(listen, keep_listen)
                 with contextlib.suppress(FileNotFoundError):
                     files.services.unlink()
@@ -202,6 +237,8 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
         listen = self._where.get(service)
         if listen is None:
             return False
+        if self._extra.get(listen) and self._worker_exited(listen):
+            return True
         proc = self._started.get(listen)
         if proc is not None:
             return proc.poll() is not None
@@ -221,6 +258,8 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
             self._files_of(listen).control
         pid = live_router(self.pid_file(service), control)
         pids = {pid} if pid else set()
+        if listen is not None:
+            pids |= self._worker_pids(listen)
         if listen is not None and listen in self._sockets:
             pids.add(os.getpid())   # the daemon holds the listening socket between routers
         return pids
@@ -300,7 +339,8 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
 
     async def _start(self, service: str, listen: str, redirect: str | None) -> None:
         files = self._files_of(listen)
-        fds = [s.fileno() for s in self._listen_sockets(service, listen)]
+        more = self._workers_listening(listen)
+        fds = [s.fileno() for s in self._listen_sockets(service, listen, more=more)] + self._orphan_fds(listen)
         redirect_fds: list[int] = []
         if redirect:
             try:
@@ -310,7 +350,7 @@ class EmbeddedRouter(LegacyRouters, HeldSockets):
                 raise
         else:
             self._close_listen(listen, redirect=True)
-        proc, offset = spawn(self.python, files, fds, redirect, redirect_fds)
+        proc, offset = spawn(self.python, files, fds, redirect, redirect_fds, workers=self.worker_count(listen))
         self._children[proc.pid] = proc
         self._started[listen] = proc
         write_pid(files.pid, proc.pid, listen)

@@ -131,9 +131,12 @@ def ended(proc: subprocess.Popen[bytes] | None, pid_file: Path) -> dict[str, Any
 
 
 def spawn(python: str, files: ListenFiles, fds: list[int], redirect: str | None,
-          redirect_fds: list[int]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the router for `files.listen` on the daemon's sockets; (process, log offset)."""
+          redirect_fds: list[int], workers: int = 1, worker: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the router (`worker` of `workers`) for `files.listen` on the daemon's sockets;
+    (process, log offset)."""
     more = ["--redirect", redirect, "--redirect-fds", ",".join(map(str, redirect_fds))] if redirect else []
+    if workers > 1 or worker:
+        more += ["--workers", str(workers), "--worker", str(worker)]
     argv = [python, "-m", MODULE, "--listen", files.listen, "--listen-fds", ",".join(map(str, fds)), *more,
             "--control", str(files.control), "--services", str(files.services)]
     with open(files.log, "ab") as log:

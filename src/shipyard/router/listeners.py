@@ -49,13 +49,19 @@ def bound(sock: socket.socket) -> tuple[int, str, int] | None:
     return (int(sock.family), str(addr[0]), int(addr[1]))
 
 
-def bind_listen(service: str, listen: str, key: str = "listen") -> list[socket.socket]:
+def bind_listen(service: str, listen: str, key: str = "listen", more: bool = False) -> list[socket.socket]:
     """Bind and listen on every address `listen` resolves to (as asyncio's create_server
-    would), with the router's error message and hint when the address cannot be used."""
+    would), with the router's error message and hint when the address cannot be used.
+    `listen` sockets have SO_REUSEPORT, so that one more set can be bound per router worker
+    (`more`); the first set is bound only once a probe without it could bind the address: a
+    port another process holds is refused as "in use", never shared with it."""
     host, _, port = listen.rpartition(":")
     socks: list[socket.socket] = []
     try:
-        socks = bind(host.strip("[]"), int(port))
+        if key == "listen" and not more:
+            for probe in bind(host.strip("[]"), int(port)):
+                probe.close()
+        socks = bind(host.strip("[]"), int(port), reuse_port=key == "listen")
         for s in socks:
             s.listen(BACKLOG)
     except OSError as e:
@@ -82,16 +88,18 @@ class HeldSockets:
         """Routers (pids) that could not hand their sockets over: asked, and logged, once."""
         self._no_redirect_handover: set[int] = set()
 
-    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None) -> list[socket.socket]:
+    def _listen_sockets(self, service: str, listen: str, redirect: str | None = None,
+                        more: bool = False) -> list[socket.socket]:
         """The daemon's listening sockets for `listen` (with `redirect`, its redirect listener's),
-        bound now if it holds none for that address."""
+        bound now if it holds none for that address (`more`: other router workers of the address
+        listen there already, so the probe for a foreign holder is skipped)."""
         table = self._redirect_sockets if redirect else self._sockets
         address = redirect or listen
         held = table.get(listen)
         if held is not None and held[0] == address:
             return held[1]
         self._close_listen(listen, redirect=bool(redirect))
-        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen")
+        socks = bind_listen(service, address, "tls.redirect_http" if redirect else "listen", more=more)
         table[listen] = (address, socks)
         return socks
 

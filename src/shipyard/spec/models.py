@@ -145,7 +145,12 @@ class DriftSpec(SpecModel):
 class RouterSpec(SpecModel):
     """Which data plane carries the traffic, and how much of it an instance is given at once:
     beyond its limit a request waits in a bounded queue instead of piling onto the instance's
-    accept backlog (HAProxy's per-server maxconn + queue)."""
+    accept backlog (HAProxy's per-server maxconn + queue).
+
+    With `workers: N` the embedded router runs N processes on the address, and every limit
+    here holds for the address in total: each worker enforces floor(max_conns_per_instance / N)
+    and floor(queue_size / N), so the spec refuses a max_conns_per_instance below N and a
+    queue_size between 1 and N - 1 (a worker with no slot, or an accidental "no queue")."""
 
     kind: Literal["embedded", "haproxy"] = "embedded"
     """`embedded`: shipyard's own proxy process. `haproxy`: a real HAProxy 2.6+ (Debian package
@@ -166,6 +171,13 @@ class RouterSpec(SpecModel):
     """An idempotent request whose instance sends no response head within this is sent once
     more to another instance of its track. 0 (default): off, since a slow endpoint would do
     its work twice; set it above the service's slowest normal answer."""
+    workers: Annotated[int, Strict(), Field(ge=1, le=64)] = 1
+    """Embedded router processes on the address, each a full data plane serving every service
+    there from the same persisted tables: one Python process saturates one core, so N of them
+    carry about N times the traffic. The kernel spreads new connections over them
+    (SO_REUSEPORT, one listening socket per worker, all held by the daemon so a killed worker's
+    clients wait in its backlog for its replacement); a connection stays on its worker.
+    Metrics are summed over the workers. Not for haproxy, whose threads are another matter."""
 
     @model_validator(mode="after")
     def _haproxy_limits(self) -> RouterSpec:
@@ -175,6 +187,18 @@ class RouterSpec(SpecModel):
         if self.kind == "haproxy" and self.queue_size != type(self).model_fields["queue_size"].default:
             raise ValueError("queue_size is not available with router kind haproxy (its queue is bounded by "
                              "queue_timeout only): remove it, or use kind: embedded")
+        if self.kind == "haproxy" and self.workers != 1:
+            raise ValueError("workers is the number of embedded router processes, not available with router "
+                             "kind haproxy (HAProxy's threads are its own configuration): remove it, or use "
+                             "kind: embedded")
+        if self.max_conns_per_instance < self.workers:
+            raise ValueError(f"max_conns_per_instance {self.max_conns_per_instance} is below workers "
+                             f"{self.workers}: each worker gets floor(max_conns_per_instance / workers) "
+                             "requests per instance, so some would get none; raise it or lower workers")
+        if 0 < self.queue_size < self.workers:
+            raise ValueError(f"queue_size {self.queue_size} is below workers {self.workers}: each worker "
+                             "queues floor(queue_size / workers), which would be 0 (no queue); give 0 "
+                             "for no queue, or at least workers")
         return self
 
 

@@ -76,6 +76,16 @@ def test_another_router_kind_tls_or_redirect_on_the_address_is_refused() -> None
     assert clash(spec("blog", "[blog.test]", more=tls), [spec("shop", "[shop.test]", more=tls)]) is None
 
 
+def test_services_on_one_address_must_agree_on_router_workers() -> None:
+    e = refusal(spec("blog", "[blog.test]", more="router: {workers: 2}\n"), spec("shop", "[shop.test]"))
+    assert e.message == ("127.0.0.1:8080 is already the listen address of service shop, served by 1 router "
+                         "worker(s); this spec asks for 2")
+    assert "router.workers: 1 as shop does" in (e.hint or "")
+    two = "router: {workers: 2}\n"
+    assert clash(spec("blog", "[blog.test]", more=two), [spec("shop", "[shop.test]", more=two)]) is None
+    assert clash(spec("blog", more=two), [spec("shop", listen="127.0.0.1:8081")]) is None
+
+
 def test_same_address() -> None:
     assert same_address("127.0.0.1:8080", "127.0.0.1:08080")
     assert not same_address("127.0.0.1:8080", "127.0.0.2:8080")

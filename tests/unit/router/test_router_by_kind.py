@@ -94,3 +94,20 @@ async def test_domains_reach_the_kind_that_serves_the_service(tmp_path: Path) ->
     await r.ensure("shop", "127.0.0.1:1")
     await r.ensure("cart", "127.0.0.1:2", "haproxy")       # none given: a plane without them is not asked
     assert seen == [("shop", ("shop.test", "*.shop.test")), ("shop", ())]
+
+
+async def test_workers_reach_the_embedded_router_only(tmp_path: Path) -> None:
+    seen: list[tuple[str, int | None]] = []
+
+    class WorkerPlane(Plane):
+        async def ensure(self, service: str, listen: str, *, redirect_http: str | None = None,
+                         workers: int | None = None) -> dict[str, Any] | None:
+            seen.append((service, workers))
+            return None
+
+    r = RouterByKind({"embedded": WorkerPlane("embedded"), "haproxy": Plane("haproxy")}, tmp_path / "kinds.json")
+    await r.ensure("shop", "127.0.0.1:1", workers=2)
+    await r.ensure("shop", "127.0.0.1:1", workers=1)      # back to one: the embedded router is told so
+    await r.ensure("shop", "127.0.0.1:1")                 # a repair: as many as it has
+    await r.ensure("cart", "127.0.0.1:2", "haproxy", workers=1)    # HAProxy has no workers: not asked
+    assert seen == [("shop", 2), ("shop", 1), ("shop", None)]

@@ -88,9 +88,10 @@ class Listener:
             self.sock.close()
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
     """Sockets bound to every address `host` resolves to (as asyncio's create_server binds), for
-    Listener; raises OSError."""
+    Listener; raises OSError. `reuse_port`: SO_REUSEPORT, so that the daemon can bind one more
+    socket per router worker on the address (the kernel spreads connections over them)."""
     socks: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -98,6 +99,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             s = socket.socket(family, kind, proto)
             socks.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.bind(addr)

@@ -28,6 +28,8 @@ log = logging.getLogger("shipyard.router")
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 _DOMAIN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 SERVICE_OPS = ("set_table", "get_table", "stats", "series")
+RETIRE_GRACE = 2.0
+"""Seconds a retired worker answers with `Connection: close` before it closes idle connections."""
 
 
 class Listening(Protocol):
@@ -36,6 +38,7 @@ class Listening(Protocol):
     listen: str
     redirect: str | None
     planes: dict[str, ServicePlane]
+    retire_grace: float
 
     def add(self, service: str, domains: list[str], table: RoutingTable | None) -> ServicePlane: ...
 
@@ -46,6 +49,10 @@ class Listening(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def listen_fds(self) -> list[int]: ...
+
+    def share(self, workers: int) -> None: ...
+
+    def stop_accepting(self, inodes: set[int]) -> int: ...
 
 
 def load_services(path: Path) -> dict[str, dict[str, Any]]:
@@ -95,16 +102,35 @@ class ListenControl(ControlService):
             if op == "stats" and reply.get("ok"):
                 reply["stats"]["listener"] = self.listener.stats()
             return reply, False
+        if op == "workers":
+            return self._workers(request.get("workers")), False
+        if op == "drop_listen":
+            inodes = request.get("inodes")
+            if not isinstance(inodes, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                       for i in inodes):
+                return _error(f"drop_listen needs inodes, a list of numbers, got {inodes!r}"), False
+            return {"ok": True, "dropped": self.listener.stop_accepting(set(inodes))}, False
         if op == "shutdown":
             return {"ok": True}, True
-        if op == "listen_fds":
-            return _error("listen_fds needs the control socket (the fds travel with the reply)"), False
+        if op == "retire":      # a worker the address no longer needs: its clients move first
+            self.listener.retire_grace = RETIRE_GRACE
+            return {"ok": True}, True
+        if op in ("listen_fds", "take_listen"):
+            return _error(f"{op} needs the control socket (the fds travel apart from the line)"), False
         return _error(f"unknown op {op!r} (expected ping, serve, forget, set_table, get_table, stats, series, "
-                      "listen_fds or shutdown)"), False
+                      "workers, listen_fds, take_listen, drop_listen, retire or shutdown)"), False
+
+    def _workers(self, workers: Any) -> dict[str, Any]:
+        """Enforce 1/`workers` of every limit (the daemon changed the address's worker count)."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
+            return _error(f"workers needs a number of workers 1..64, got {workers!r}")
+        self.listener.share(workers)
+        return {"ok": True, "workers": workers}
 
     def _ping(self) -> dict[str, Any]:
         planes = self.listener.planes
         reply = {"ok": True, "pid": os.getpid(), "listen": self.listener.listen, "redirect": self.listener.redirect,
+                 "workers": getattr(self.listener, "workers", 1),
                  "services": {name: {"domains": list(p.domains), "version": p.table.version}
                               for name, p in sorted(planes.items())}}
         if len(planes) == 1:    # what a router for one service answered before shared addresses

@@ -206,6 +206,11 @@ class ControlService:
                     if isinstance(request, dict) and request.get("op") == "listen_fds":
                         await self._hand_over(writer, redirect=request.get("which") == "redirect")
                         continue
+                    if isinstance(request, dict) and request.get("op") == "take_listen":
+                        response = await self._take_listen(request.get("from"))
+                        writer.write(encode_line(response))
+                        await writer.drain()
+                        continue
                     try:
                         response, shutdown = self.handle(request)
                         settled = getattr(self.plane, "settled", None)
@@ -256,6 +261,45 @@ class ControlService:
         if sent < len(line):
             writer.write(line[sent:])
             await writer.drain()
+
+
+    async def _take_listen(self, path: Any) -> dict[str, Any]:
+        """Fetch listening sockets from the unix socket `path` (the daemon's, SCM_RIGHTS) and accept
+        on them too: a departing worker's, so what waits in its backlog is served here."""
+        accept_on = getattr(self.plane, "accept_on", None)
+        if accept_on is None or not isinstance(path, str) or not os.path.isabs(path):
+            return _error(f"take_listen needs \"from\", the absolute path of a unix socket, got {path!r}")
+        loop = asyncio.get_running_loop()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.setblocking(False)
+        fds: list[int] = []
+        try:
+            async with asyncio.timeout(5.0):
+                await loop.sock_connect(conn, path)
+                while True:
+                    ready = loop.create_future()
+                    loop.add_reader(conn.fileno(), ready.set_result, None)
+                    try:
+                        await ready
+                    finally:
+                        loop.remove_reader(conn.fileno())
+                    try:
+                        data, got, _flags, _addr = socket.recv_fds(conn, 1024, 16, socket.MSG_CMSG_CLOEXEC)
+                    except BlockingIOError:
+                        continue
+                    fds += got
+                    if not data or b"\n" in data:
+                        break
+        except (OSError, TimeoutError) as e:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return _error(f"cannot take listening sockets from {path}: {getattr(e, 'strerror', None) or e}")
+        finally:
+            conn.close()
+        accept_on([socket.socket(fileno=fd) for fd in fds])
+        log.info("accepting on %d more listening socket(s), handed over by the daemon", len(fds))
+        return {"ok": True, "fds": len(fds)}
 
 
 async def claim_socket(path: Path) -> None:

@@ -76,6 +76,10 @@ class ProxyServer:
         self.clock = 0.0
         """Coarse monotonic time (loop.time() as of the last sweep), for deadlines only."""
         self.draining = False
+        self.workers = 1
+        """Router processes on the address (router.workers): each plane enforces its share of the limits."""
+        self.retire_grace = 0.0
+        """Set when the daemon retires this worker (fewer workers): see shutdown."""
         self.servers: list[Listener] = []
         self.listen_socks: list[socket.socket] = []
         """The listening sockets (the daemon's, handed over); each Listener accepts on a dup."""
@@ -114,7 +118,8 @@ class ProxyServer:
             raise ValueError(problem)
         plane = self.planes.get(service)
         if plane is None:
-            plane = ServicePlane(service, self.listen, table, tuple(domains), self.response_timeout, self.redirect)
+            plane = ServicePlane(service, self.listen, table, tuple(domains), self.response_timeout, self.redirect,
+                                 self.workers)
             plane.loop, plane.tries, plane.clock = self.loop, self.tries, self.clock
             self.planes[service] = plane
         else:
@@ -164,6 +169,35 @@ class ProxyServer:
         if self.draining:
             return []
         return [sock.fileno() for sock in self.listen_socks]
+
+    def share(self, workers: int) -> None:
+        """The address now has `workers` router processes: each plane enforces its share."""
+        self.workers = workers
+        for plane in self.planes.values():
+            plane.share(workers)
+
+    def accept_on(self, socks: list[socket.socket]) -> None:
+        """Also accept on `socks` (a departing worker's, handed over by the daemon before it goes)."""
+        assert self.loop is not None
+        for s in socks:
+            self.listen_socks.append(s)
+            self.servers.append(Listener(self.loop, s.dup(), lambda: ClientConnection(self), self._accept_options))
+
+    def stop_accepting(self, inodes: set[int]) -> int:
+        """Stop accepting on the listening sockets with these inodes (a new worker accepts on them
+        now; the daemon keeps its copy, so nothing queued there is lost). How many were."""
+        socks: list[socket.socket] = []
+        servers: list[Listener] = []
+        for s, srv in zip(self.listen_socks, self.servers, strict=True):
+            if os.fstat(s.fileno()).st_ino in inodes:
+                srv.close()
+                s.close()
+            else:
+                socks.append(s)
+                servers.append(srv)
+        dropped = len(self.listen_socks) - len(socks)
+        self.listen_socks, self.servers = socks, servers
+        return dropped
 
     def redirect_fds(self) -> list[int]:
         """The redirect listener's sockets' fds, for a daemon taking its copy back."""
@@ -216,13 +250,24 @@ class ProxyServer:
                 c.check_deadlines(now)
 
     async def shutdown(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest."""
+        """Stop accepting, let in-flight requests finish (up to `timeout`), close the rest.
+        A worker retired (`retire_grace`) first answers each connection's next request with
+        `Connection: close` for that long, so busy keep-alive clients move to another worker
+        without racing a close of their idle connection."""
+        loop = asyncio.get_running_loop()
+        if self.retire_grace:
+            for srv in self.servers + self.redirect_servers:
+                srv.close()
+            end = loop.time() + self.retire_grace
+            while self.clients and loop.time() < end:
+                for c in list(self.clients):
+                    c.draining = True
+                await asyncio.sleep(0.02)
         self.draining = True
         for srv in self.servers + self.redirect_servers:
             srv.close()
         for c in list(self.clients):
             c.drain()
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.clients and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -285,6 +330,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"control socket: {e.message}", file=sys.stderr)
         return 1
     server = ProxyServer(None, args.listen, response_timeout=args.response_timeout, redirect=args.redirect or None)
+    server.workers = args.workers
     try:
         open_planes(server, services_path)
     except TableError as e:
@@ -316,9 +362,12 @@ async def run(args: argparse.Namespace) -> int:
              or "no service yet", control_path)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (up to %gs)", DRAIN_TIMEOUT)
+    if server.retire_grace:     # a retired worker takes tables until its last client is gone
+        await server.shutdown()
     ctl.close()
     remove_socket(Path(control_path), inode)
-    await server.shutdown()
+    if not server.retire_grace:
+        await server.shutdown()
     log.info("stopped")
     return 0
 
@@ -337,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the services served (their domains, their tables' files) are persisted")
     p.add_argument("--service", default="", help="serve this one service on every host (with --table)")
     p.add_argument("--table", default="", help="where --service's table is persisted")
+    p.add_argument("--workers", type=int, default=1,
+                   help="router processes on the address (router.workers): this one enforces 1/N of the limits")
+    p.add_argument("--worker", type=int, default=0, help="which of them this is (0: the first)")
     p.add_argument("--response-timeout", type=float, default=60.0,
                    help="seconds an instance may stay silent before the client gets a 504")
     args = p.parse_args(argv)

@@ -32,8 +32,11 @@ class ServicePlane:
     """The data plane of one service on a listener: routing state, upstream pools, metrics."""
 
     def __init__(self, service: str, listen: str, table: RoutingTable | None, domains: tuple[str, ...] = (),
-                 response_timeout: float = 60.0, redirect: str | None = None) -> None:
+                 response_timeout: float = 60.0, redirect: str | None = None, workers: int = 1) -> None:
         self.service = service
+        self.workers = workers
+        """Router processes sharing the address (router.workers): this one enforces its share of
+        the table's per-instance and queue limits, so they hold for the address in total."""
         self.listen = listen
         self.domains = domains
         """Host names routed here ((): every host, the listener's only service)."""
@@ -81,8 +84,9 @@ class ServicePlane:
                 if st is None:
                     st = self.upstreams[u] = UpstreamState(u, self.pump)
                 states.append(st)
-            routes[name] = TrackRoute(name, states, self._metrics(name), table.max_conns_per_instance,
-                                      table.queue_size, table.queue_timeout)
+            routes[name] = TrackRoute(name, states, self._metrics(name),
+                                      max(1, table.max_conns_per_instance // self.workers),
+                                      table.queue_size // self.workers, table.queue_timeout)
         return RouteState(table, routes)
 
     def pump(self) -> None:
@@ -105,6 +109,16 @@ class ServicePlane:
                         ex.send_to(ups)  # type: ignore[union-attr]
         finally:
             self.pumping = False
+
+    def share(self, workers: int) -> None:
+        """Enforce 1/`workers` of the limits from the next request on (the worker count changed)."""
+        if workers == self.workers:
+            return
+        self.workers = workers
+        if self.has_table:
+            self.swap(self.table)
+        else:
+            self.state = self._compile(self.table)
 
     def check(self, table: RoutingTable) -> None:
         """TableError if `table`'s certificate cannot be served (control_server asks first)."""

@@ -37,7 +37,7 @@ from shipyard.errors import ShipyardError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
-from shipyard.router.haproxy.process import HAProxyProcess
+from shipyard.router.haproxy.process import POOL_ARGS, HAProxyProcess
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "haproxy_variants.json"
@@ -107,6 +107,8 @@ class Variant:
     file_servers: bool = False
     args: tuple[str, ...] = ()
     """Extra arguments of the haproxy command line."""
+    drop_args: tuple[str, ...] = ()
+    """Arguments process.py gives HAProxy that this variant goes without."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -129,15 +131,17 @@ VARIANTS: dict[str, Variant] = {
                                              "del-header ^(x-shipyard-|proxy-|keep-alive$|te$) -m reg"))),
     "routing-before": Variant("... the routing rules as before (token looked up for every request, bucket, "
                               "then track, use_backend guarded)", OLD_ROUTING),
-    "before": Variant("shipyard's configuration before: rfc5424 ring, regex deletions, routing as before",
-                      chain(OLD_RING, OLD_HYGIENE, OLD_ROUTING)),
+    "before": Variant("shipyard's configuration before: rfc5424 ring, regex deletions, routing as before, "
+                      "no `-dMglobal`", chain(OLD_RING, OLD_HYGIENE, OLD_ROUTING), drop_args=POOL_ARGS),
     "no-forwarded": Variant("... without X-Forwarded-For/-Proto/-Host", NO_FORWARDED),
     "no-maxconn": Variant("... without the per-instance `maxconn`",
                           server_args=lambda a: re.sub(r"maxconn \d+ ", "", a)),
     "bufsize-8k": Variant("... `tune.bufsize 8192` (the retry copy halves; request heads over ~7 KB refused)",
                           replace("    master-worker\n", "    master-worker\n    tune.bufsize 8192\n")),
-    "pools-global": Variant("... HAProxy started with `-dMglobal` (a process-wide pool cache)",
-                            args=("-dMglobal",)),
+    "pools-local": Variant("... HAProxy started without `-dMglobal` (each worker's own 512 KB pool cache only)",
+                           drop_args=POOL_ARGS),
+    "bare-pools-local": Variant("bare (below), started without `-dMglobal`: what the pool cache saves without "
+                                "shipyard's rules", BARE, drop_args=POOL_ARGS),
     "reuse-always": Variant("... with `http-reuse always` (plain's)",
                             replace("defaults\n", "defaults\n    http-reuse always\n")),
     "bare": Variant("all of the above removed (master-worker, state file, timeouts remain)", BARE),
@@ -162,9 +166,12 @@ async def start_variant(children: Children, name: str, v: Variant, backends: lis
     root = Path(tempfile.mkdtemp(prefix="syhv"))   # short: unix socket paths are ~100 bytes at most
     files = Files(root)
     binary = None
-    if v.args:   # a wrapper adds the arguments (HAProxyProcess builds the command line itself)
+    if v.args or v.drop_args:   # a wrapper edits the command line HAProxyProcess builds
         binary = str(root / "haproxy")
-        Path(binary).write_text(f"#!/bin/sh\nexec {HAPROXY} {' '.join(v.args)} \"$@\"\n")
+        dropped = "|".join(v.drop_args) or "''"
+        Path(binary).write_text("#!/bin/sh\n"
+                                f"for a do shift; case $a in {dropped}) ;; *) set -- \"$@\" \"$a\";; esac; done\n"
+                                f"exec {HAPROXY} {' '.join(v.args)} \"$@\"\n")
         os.chmod(binary, 0o755)
     proc = HAProxyProcess(files, binary)
     procs.append((proc, root))

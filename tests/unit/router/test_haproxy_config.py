@@ -247,3 +247,18 @@ def test_haproxy_accepts_a_shared_address_with_tls_and_a_redirect(tmp_path: Path
     files.config.write_text(text)
     done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_plain_request_costs_one_map_lookup() -> None:
+    """Per request HAProxy evaluates every rule: without a sticky key the bucket and its track
+    are one rule (one map_int lookup), and the preview token map is read only for a request
+    that carries X-Shipyard-Preview-Token (benchmarks/haproxy_variants.py `routing-before`)."""
+    text = cfg.render([cfg.service_config("127.0.0.1:8080", table(), {})], FILES, "sy1 %b")
+    rules = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("http-request")]
+    lookups = [r for r in rules if "map_" in r]
+    token = next(r for r in lookups if "token.map" in r)
+    assert token.endswith(" if { req.fhdr(x-shipyard-preview-token) -m found }")
+    assert [r for r in lookups if "buckets.map" in r] == [
+        f"http-request set-var(txn.sy_track) rand(10000),map_int({FILES.map_file('shop', 'buckets')}) "
+        "unless { var(txn.sy_track) -m found }"]
+    assert not [r for r in rules if "sy_bucket" in r]

@@ -142,6 +142,8 @@ VARIANTS: dict[str, Variant] = {
                            drop_args=POOL_ARGS),
     "bare-pools-local": Variant("bare (below), started without `-dMglobal`: what the pool cache saves without "
                                 "shipyard's rules", BARE, drop_args=POOL_ARGS),
+    "xff-only": Variant("... X-Forwarded-For only (no X-Forwarded-Proto/-Host set-header)",
+                        drop(r"set-header x-forwarded-")),
     "reuse-always": Variant("... with `http-reuse always` (plain's)",
                             replace("defaults\n", "defaults\n    http-reuse always\n")),
     "bare": Variant("all of the above removed (master-worker, state file, timeouts remain)", BARE),

@@ -247,7 +247,8 @@ def ring_lines(site: str, files: Files) -> list[str]:
     """The log ring of a frontend (`site`: its service, or its shared listen): workers append
     each request's line in memory and the ring's forwarder streams them to the daemon's reader
     (logs.py start_stream). A datagram per request would be dropped whenever the socket's queue
-    of 10 is full, as under load."""
+    of 10 is full, as under load. `format raw`: the line alone, no syslog header per line
+    (logs.py reads none of it)."""
     return [f"ring {ring_name(site)}",
             "    format raw",
             "    maxlen 1200",

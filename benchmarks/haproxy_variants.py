@@ -46,7 +46,7 @@ from shipyard.errors import ShipyardError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.config import Files, Server
 from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
-from shipyard.router.haproxy.process import HAProxyProcess
+from shipyard.router.haproxy.process import POOL_ARGS, HAProxyProcess
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "haproxy_variants.json"
@@ -86,6 +86,24 @@ NO_ROUTING = chain(drop(r"set-var(-fmt)?\(txn\.sy_(tok|track|key|bucket)\)", r"a
                    replace("    option forwardfor\n", f"    option forwardfor\n    default_backend {SERVICE}__blue\n"))
 NO_HYGIENE = drop(r"http-request del-header ")
 NO_FORWARDED = drop(r"option forwardfor", r"set-header x-forwarded-")
+LEAN_ROUTING = chain(
+    lambda t: re.sub(r"(http-request set-var\(txn\.sy_tok\) .*)",
+                     r"\1 if { req.fhdr(x-shipyard-preview-token) -m found }", t),
+    drop(r"set-var\(txn\.sy_bucket\)"),
+    lambda t: re.sub(r"http-request set-var\(txn\.sy_track\) var\(txn\.sy_bucket\),map_int",
+                     "http-request set-var(txn.sy_track) rand(10000),map_int", t),
+    lambda t: re.sub(r"(use_backend \S+) if .*", r"\1", t))
+OLD_RING = replace("    format raw\n", "    format rfc5424\n")
+OLD_HYGIENE = chain(replace("del-header x-shipyard- -m beg", "del-header ^x-shipyard- -m reg"),
+                    replace("del-header proxy- -m beg", "del-header ^proxy- -m reg"))
+OLD_ROUTING = chain(
+    lambda t: re.sub(r"(http-request set-var\(txn\.sy_tok\) \S+) if .*", r"\1", t),
+    lambda t: re.sub(r"http-request set-var\(txn\.sy_track\) rand\(10000\),(map_int\(\S+\)) (unless .*)",
+                     "http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod(10000) if { var(txn.sy_key) -m found }\n"
+                     "    http-request set-var(txn.sy_bucket) rand(10000) unless { var(txn.sy_bucket) -m found }\n"
+                     r"    http-request set-var(txn.sy_track) var(txn.sy_bucket),\1 \2", t),
+    lambda t: re.sub(r"(use_backend \S+)\n", r"\1 if { var(txn.sy_track) -m found }\n", t))
+"""The configuration before the cheaper rules, for the benchmark's table (no sticky key)."""
 BARE = chain(NO_LOG, NO_RETRY_ON, NO_ROUTING, NO_HYGIENE, NO_FORWARDED)
 
 
@@ -96,6 +114,10 @@ class Variant:
     server_args: Callable[[str], str] = same
     """Edits the arguments of `add server` (the pool arguments, for the variant before the fix)."""
     file_servers: bool = False
+    args: tuple[str, ...] = ()
+    """Extra arguments of the haproxy command line."""
+    drop_args: tuple[str, ...] = ()
+    """Arguments process.py gives HAProxy that this variant goes without."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -106,21 +128,31 @@ VARIANTS: dict[str, Variant] = {
     "no-retry-on": Variant("... without `retry-on conn-failure empty-response` (idempotent retry)", NO_RETRY_ON),
     "no-log": Variant("... without the per-request log line (ring, log-format, time stamp)", NO_LOG),
     "no-start-stamp": Variant("... without the microsecond start stamp only", drop(re.escape(START_RULE))),
-    "ring-raw": Variant("... the log ring in `format raw` instead of rfc5424",
-                        replace("    format rfc5424\n", "    format raw\n")),
+    "ring-rfc5424": Variant("... the log ring in `format rfc5424` (a syslog header per line) instead of raw",
+                            OLD_RING),
     "no-routing": Variant("... without the routing rules (preview token, sticky bucket, maps, 503)", NO_ROUTING),
-    "preview-lazy": Variant("... the preview token looked up only for a request with X-Shipyard-Track",
-                            chain(lambda t: re.sub(r"(http-request set-var\(txn\.sy_tok\) .*)",
-                                                   r"\1 if { req.fhdr(x-shipyard-track) -m found }", t),
-                                  lambda t: t.replace(" if sy_preview", " if { req.fhdr(x-shipyard-track) -m found } "
-                                                      "sy_preview"))),
     "no-hygiene": Variant("... without deleting x-shipyard-*, proxy-*, keep-alive, te", NO_HYGIENE),
-    "hygiene-beg": Variant("... deleting x-shipyard-* and proxy-* by prefix (`-m beg`) instead of a regex",
-                           chain(replace("del-header ^x-shipyard- -m reg", "del-header x-shipyard- -m beg"),
-                                 replace("del-header ^proxy- -m reg", "del-header proxy- -m beg"))),
+    "hygiene-reg": Variant("... deleting x-shipyard-* and proxy-* by a regex (`^x-shipyard- -m reg`) instead "
+                           "of by prefix", OLD_HYGIENE),
+    "hygiene-one-reg": Variant("... the four header deletions as one regex",
+                               chain(drop(r"del-header (proxy- -m beg|keep-alive|te)$"),
+                                     replace("del-header x-shipyard- -m beg",
+                                             "del-header ^(x-shipyard-|proxy-|keep-alive$|te$) -m reg"))),
+    "routing-before": Variant("... the routing rules as before (token looked up for every request, bucket, "
+                              "then track, use_backend guarded)", OLD_ROUTING),
+    "before": Variant("shipyard's configuration before: rfc5424 ring, regex deletions, routing as before, "
+                      "no `-dMglobal`", chain(OLD_RING, OLD_HYGIENE, OLD_ROUTING), drop_args=POOL_ARGS),
     "no-forwarded": Variant("... without X-Forwarded-For/-Proto/-Host", NO_FORWARDED),
     "no-maxconn": Variant("... without the per-instance `maxconn`",
                           server_args=lambda a: re.sub(r"maxconn \d+ ", "", a)),
+    "bufsize-8k": Variant("... `tune.bufsize 8192` (the retry copy halves; request heads over ~7 KB refused)",
+                          replace("    master-worker\n", "    master-worker\n    tune.bufsize 8192\n")),
+    "pools-local": Variant("... HAProxy started without `-dMglobal` (each worker's own 512 KB pool cache only)",
+                           drop_args=POOL_ARGS),
+    "bare-pools-local": Variant("bare (below), started without `-dMglobal`: what the pool cache saves without "
+                                "shipyard's rules", BARE, drop_args=POOL_ARGS),
+    "xff-only": Variant("... X-Forwarded-For only (no X-Forwarded-Proto/-Host set-header)",
+                        drop(r"set-header x-forwarded-")),
     "reuse-always": Variant("... with `http-reuse always` (plain's)",
                             replace("defaults\n", "defaults\n    http-reuse always\n")),
     "bare": Variant("all of the above removed (master-worker, state file, timeouts remain)", BARE),
@@ -144,7 +176,15 @@ async def start_variant(children: Children, name: str, v: Variant, backends: lis
     table = bench_table(backends)
     root = Path(tempfile.mkdtemp(prefix="syhv"))   # short: unix socket paths are ~100 bytes at most
     files = Files(root)
-    proc = HAProxyProcess(files)
+    binary = None
+    if v.args or v.drop_args:   # a wrapper edits the command line HAProxyProcess builds
+        binary = str(root / "haproxy")
+        dropped = "|".join(v.drop_args) or "''"
+        Path(binary).write_text("#!/bin/sh\n"
+                                f"for a do shift; case $a in {dropped}) ;; *) set -- \"$@\" \"$a\";; esac; done\n"
+                                f"exec {HAPROXY} {' '.join(v.args)} \"$@\"\n")
+        os.chmod(binary, 0o755)
+    proc = HAProxyProcess(files, binary)
     procs.append((proc, root))
     port = free_port()
     servers = {"blue": tuple(Server(cfg.server_name(u), u.host, u.port) for u in table.tracks["blue"])}

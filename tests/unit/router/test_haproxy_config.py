@@ -54,11 +54,15 @@ def test_the_frontend_computes_the_key_in_the_embedded_routers_order() -> None:
             "%[src]" in lines[order[2]]] == [True, True, True]
     assert "if !{ var(txn.sy_key) -m found }" in lines[order[1]] and "if !{" in lines[order[2]]
     assert lines.index("http-request set-var(txn.sy_t0) date(0,us)") < order[0]
-    assert any(ln.startswith("http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod(10000)") for ln in lines)
-    assert any("rand(10000)" in ln for ln in lines)
-    strip = lines.index("http-request del-header ^x-shipyard- -m reg")
+    by_key = next(i for i, ln in enumerate(lines)
+                  if ln.startswith("http-request set-var(txn.sy_track) var(txn.sy_key),crc32,mod(10000),map_int("))
+    by_rand = next(i for i, ln in enumerate(lines) if "rand(10000),map_int(" in ln)
+    assert max(order) < by_key < by_rand and "if !{ var(txn.sy_key) -m found }" in lines[by_rand]
+    strip = lines.index("http-request del-header x-shipyard- -m beg")
     assert strip > max(order) and strip > next(i for i, ln in enumerate(lines) if "x-shipyard-track" in ln)
-    assert "use_backend shop__%[var(txn.sy_track)] if { var(txn.sy_track) -m found }" in lines
+    # unconditional: a request without a track was answered 503 by the rule before it
+    assert lines.index("use_backend shop__%[var(txn.sy_track)]") > next(
+        i for i, ln in enumerate(lines) if "status 503" in ln and "unless { var(txn.sy_track) -m found }" in ln)
     assert "log ring@sylog-shop local0 info" in lines
     assert "server reader unix@/run/sy/shop.log.sock" in lines and "ring sylog-shop" in lines
     assert 'log-format "sy1 %b"' in lines
@@ -238,8 +242,23 @@ def test_haproxy_accepts_a_shared_address_with_tls_and_a_redirect(tmp_path: Path
     lines = [ln.strip() for ln in text.splitlines()]
     assert (f"bind 127.0.0.1:18443 ssl crt {files.cert_file('cart')} crt {files.cert_file('shop')} "
             "alpn http/1.1 ssl-min-ver TLSv1.2") in lines
-    assert "use_backend shop__%[var(txn.sy_track)] if sy_for_shop { var(txn.sy_track) -m found }" in lines
+    assert "use_backend shop__%[var(txn.sy_track)] if sy_for_shop" in lines
     assert sum(ln.startswith("frontend redirect-") for ln in lines) == 1
     files.config.write_text(text)
     done = subprocess.run([binary, "-c", "-f", str(files.config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_plain_request_costs_one_map_lookup() -> None:
+    """Per request HAProxy evaluates every rule: without a sticky key the bucket and its track
+    are one rule (one map_int lookup), and the preview token map is read only for a request
+    that carries X-Shipyard-Preview-Token (benchmarks/haproxy_variants.py `routing-before`)."""
+    text = cfg.render([cfg.service_config("127.0.0.1:8080", table(), {})], FILES, "sy1 %b")
+    rules = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("http-request")]
+    lookups = [r for r in rules if "map_" in r]
+    token = next(r for r in lookups if "token.map" in r)
+    assert token.endswith(" if { req.fhdr(x-shipyard-preview-token) -m found }")
+    assert [r for r in lookups if "buckets.map" in r] == [
+        f"http-request set-var(txn.sy_track) rand(10000),map_int({FILES.map_file('shop', 'buckets')}) "
+        "unless { var(txn.sy_track) -m found }"]
+    assert not [r for r in rules if "sy_bucket" in r]

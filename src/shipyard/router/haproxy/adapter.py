@@ -7,19 +7,23 @@ ranges, the track/alias names and the preview token (config.py says which map do
 a rotated certificate with `set ssl cert` + `commit ssl cert` (tls.py checks it first).
 A reload happens only when what the configuration holds changes: a service or listen
 address added or removed, its redirect listener, TLS turned on or off, its sticky names, a
-track name beyond blue/green, the per-instance limit or the queue timeout. Every change is also written to the map files, the saved table
-and the server-state file, so a HAProxy restarted after a crash comes back with the last
-state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps,
+track name beyond blue/green, the per-instance limit or the queue timeout. Every change is
+also written to the map files, the saved table and the server-state file, so a HAProxy
+restarted after a crash comes back with the last state, and `apply` re-pushes it anyway. `apply` returns only after reading back the maps,
 the servers and the certificate from HAProxy itself. The daemon holds copies of HAProxy's
 listening sockets and hands them to the HAProxy it restarts (sockets.py), so a crash refuses
-no connection; stats take what is in flight, queued and out of rotation from `show stat`."""
+no connection; stats take what is in flight, queued and out of rotation from `show stat`.
+
+This module decides what changes and when (one change at a time, under a lock) and keeps the
+services, tables and configuration; sync.py sends a table to HAProxy and reads it back;
+readers.py keeps the traffic log readers; process.py runs HAProxy; config.py and sites.py
+write its configuration."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +33,16 @@ from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy import live, sites
 from shipyard.router.haproxy.config import Edge, Files, Server, ServiceConfig
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
+from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
+from shipyard.router.haproxy.readers import Readers
 from shipyard.router.haproxy.saved import Saved
 from shipyard.router.haproxy.sockets import Listeners, offer, take_copies
+from shipyard.router.haproxy.sync import Sync
 from shipyard.router.haproxy.tls import Certificates
-from shipyard.router.table import RoutingTable, Upstream
+from shipyard.router.table import RoutingTable
 
 log = logging.getLogger("shipyard.router.haproxy")
-
-READ_BACK_TRIES = 20
 
 
 def normalize_listen(listen: str) -> str:
@@ -63,14 +67,11 @@ class HAProxyRouter:
         self._services: dict[str, Edge] = self.saved.services()
         """service -> its listen (and redirect) address, as the configuration holds them (persisted)."""
         self._tables: dict[str, RoutingTable] = {s: t for s in self._services if (t := self.saved.table(s))}
-        self._pending: set[tuple[str, str]] = set()
-        """(backend, server) put in maintenance whose deletion HAProxy refused (connections open)."""
-        self._logs: dict[str, TrafficLog] = {}
+        self.readers = Readers(self.proc, self.files)
         """Per site (a service's own frontend, or a shared listen's: sites.py), its log reader."""
-        self._answered_before: dict[str, dict[str, int]] = {}
-        """Per service, HAProxy's response counters when its log reader started (an adopted
-        HAProxy answered requests no reader of ours saw)."""
         self._certs = Certificates()
+        self.sync = Sync(self.proc, self.files, self.saved, self._certs)
+        """The Runtime API commands that make HAProxy serve a table (sync.py)."""
         self._untold: dict[str, dict[str, Any]] = {}
         """Services a replaced HAProxy also served, with what became of it: each one's next
         `ensure` returns it once, so every service records the crash, not only the first."""
@@ -107,21 +108,21 @@ class HAProxyRouter:
                 self.saved.save_services(self._services)
             try:
                 self._render()          # the map files (host maps too) as the services now are
-                await self._start_logs(running)
+                await self.readers.start(self._services, running)
                 if not running:
                     await self._start()
                     for table in list(self._tables.values()):
-                        await self._sync(table)
+                        await self.sync.table(table)
                 else:
                     await self._hold_listeners()
                     if self._shape_text() != self.saved.shape():
-                        await self._dump_state()
+                        await self.sync.dump_state()
                         await self.proc.reload(self._render())
                         self.saved.save_shape(self._shape_text())
                         self.listeners.release(keep=self._addresses())   # an address given up: refused
                         await self._hold_listeners()
                     elif before.get(service) != want:
-                        await self._sync_hosts()     # a change of domains only: the host maps
+                        await self.sync.hosts(self._configs(with_servers=False))     # a change of domains only: the host maps
             except RouterError:
                 if self._services != before:   # never keep a service HAProxy could not take
                     self._services = before
@@ -130,8 +131,8 @@ class HAProxyRouter:
                         self._render()
                 raise
             finally:
-                await self._prune_logs()
-            await self._sweep()
+                await self.readers.prune(self._services)
+            await self.sync.sweep()
             if lost is not None:
                 self._untold.update({s: lost for s in before if s != service})
                 self._untold.pop(service, None)
@@ -171,7 +172,7 @@ class HAProxyRouter:
                 if self._shape_text() != self.saved.shape():
                     await self._reload_for(table)
                     previous = None          # a new worker: send it everything
-                await self._sync(table, previous=previous)
+                await self.sync.table(table, previous=previous)
                 self.saved.save_table(table)     # what HAProxy serves now (written after: a rename costs ms)
             except RouterError as e:
                 if previous is not None:
@@ -186,7 +187,7 @@ class HAProxyRouter:
                 raise RouterError(f"cannot apply table version {table.version} to HAProxy for "
                                   f"{table.service}: {e.message}", e.hint) from None
             self._certs.count(previous, table)
-            await self._sweep()
+            await self.sync.sweep()
 
     async def current(self, service: str) -> RoutingTable | None:
         if service not in self._services or not await self._running():
@@ -199,8 +200,8 @@ class HAProxyRouter:
     async def stats(self, service: str) -> dict[str, Any]:
         """The embedded router's shape: the traffic log's counters, keyed and completed from
         the table (version, each track's release, instances by id with their address, limits)."""
-        await self._log_caught_up(service)
-        doc = self._traffic(service).stats(service)
+        await self.readers.caught_up(service, self._services)
+        doc = self.readers.of(service, self._services).stats(service)
         doc.update(self._listener(service, doc))
         table = self._tables.get(service)
         if table is None:
@@ -236,25 +237,8 @@ class HAProxyRouter:
             return
         live.fill(table, rows, tracks, ups)
 
-    async def _log_caught_up(self, service: str) -> None:
-        """Wait (at most 0.2 s) until the log has counted what HAProxy says it answered: the
-        ring's forwarder streams lines a moment after their responses, and stats read right
-        after a response must include it. (Series count a line at its receipt: never lost.)"""
-        traffic = self._traffic(service)
-        for _ in range(20):
-            try:
-                sent = await self.proc.api.backend_responses(f"{service}__")
-            except RouterError:
-                return
-            tracks = traffic.stats(service)["tracks"]
-            before = self._answered_before.get(service, {})
-            if all(tracks.get(be.split("__", 1)[1], {}).get("requests", 0) >= n - before.get(be, 0)
-                   for be, n in sent.items()):
-                return
-            await asyncio.sleep(0.01)
-
     async def series(self, service: str, since: float) -> dict[str, Any]:
-        return self._traffic(service).series(since, service)
+        return self.readers.of(service, self._services).series(since, service)
 
     async def stop(self, service: str) -> None:
         async with self._lock:
@@ -269,18 +253,16 @@ class HAProxyRouter:
                 await self.proc.stop()
                 self.listeners.release(keep=())
             elif await self._running():
-                await self._dump_state()
+                await self.sync.dump_state()
                 await self.proc.reload(self._render())
                 self.saved.save_shape(self._shape_text())
                 self.listeners.release(keep=self._addresses())
-            await self._prune_logs()
+            await self.readers.prune(self._services)
 
     async def close(self) -> None:
         """Stop reading the traffic logs; HAProxy itself keeps serving (the daemon is going away)."""
         self.listeners.close()
-        for traffic in self._logs.values():
-            await traffic.close()
-        self._logs.clear()
+        await self.readers.close()
 
     # -- syncing one table ---------------------------------------------------------------------
 
@@ -291,154 +273,12 @@ class HAProxyRouter:
         `Connection: close`), so they too meet the new table, only with the old sticky names;
         what the old worker cannot take (a server of a backend it lacks) is left to the new one."""
         try:
-            await self._sync(table, final=False)
+            await self.sync.table(table, final=False)
         except RouterError as e:
             log.info("HAProxy worker before the reload keeps part of the old table: %s", e.message)
-        await self._dump_state()
+        await self.sync.dump_state()
         await self.proc.reload(self._render())
         self.saved.save_shape(self._shape_text())
-
-    async def _sync(self, table: RoutingTable, final: bool = True, previous: RoutingTable | None = None) -> None:
-        """Make HAProxy serve `table`: servers first (new ones in rotation of their own track),
-        then the maps (the bucket map, which moves users, last), then old servers out. `final`:
-        read back and save the state; else a worker about to be replaced by a reload.
-        `previous`: the table HAProxy was last made to serve. Only what differs from it is sent
-        (a rollback: the same servers, one `set map` per changed map, not 9 map commands and a
-        server listing before users move); should the read-back then differ, everything is sent."""
-        api = self.proc.api
-        s = table.service
-        want = await self._servers(table)
-        if previous is not None and previous.tracks == table.tracks:
-            old = cfg.map_entries(previous)
-            for kind, entries in cfg.map_entries(table).items():
-                await self._push_map(s, kind, entries, old[kind])
-            self.saved.maps(s, table)
-            await self._sync_cert(table)     # after the maps: users move first
-            if not final:
-                return
-            if await self._read_back(table, want, tries=1):
-                return                   # servers unchanged: the saved server state still holds
-            log.info("HAProxy for %s differs from table version %d after the change: sending all of it", s,
-                     previous.version)
-        await self._sync_cert(table)
-        live = await self._server_states(s)
-        limits = await self._limits(s) if any(live.values()) else {}
-        for track, servers in want.items():
-            backend = cfg.backend_name(s, track)
-            for srv in servers:
-                state = live.get(backend, {}).get(srv.name)
-                if state is None:
-                    await api.add_server(backend, srv.name, cfg.server_line(srv, table.max_conns_per_instance)
-                                         .split(" ", 2)[2])
-                else:
-                    if limits.get((backend, srv.name), table.max_conns_per_instance) != table.max_conns_per_instance:
-                        await api.change(f"set maxconn server {backend}/{srv.name} {table.max_conns_per_instance}")
-                    if state != "0":
-                        await api.set_state(backend, srv.name, "ready")
-                self._pending.discard((backend, srv.name))
-        for kind, entries in cfg.map_entries(table).items():
-            await self._push_map(s, kind, entries)
-        self.saved.maps(s, table)            # for a restart; after the change (a file rename costs ms)
-        for backend, servers in live.items():
-            track = backend.split("__", 1)[1]
-            keep = {srv.name for srv in want.get(track, ())}
-            for name, state in servers.items():
-                if name not in keep:
-                    if state == "0":
-                        await api.set_state(backend, name, "maint")
-                    if final:
-                        self._pending.add((backend, name))
-        if final:
-            if not await self._read_back(table, want):
-                raise RouterError(f"HAProxy does not serve table version {table.version} after the change "
-                                  f"(maps or servers differ when read back)", f"see {self.proc.log_path}")
-            await self._dump_state()
-
-    async def _sync_cert(self, table: RoutingTable) -> None:
-        """The table's certificate to its file (what a restart loads) and, when the running
-        worker serves another, into it with `set ssl cert` + `commit ssl cert`: new handshakes
-        get it, open connections keep theirs, nothing reloads. A table without TLS has no cert
-        (its bind line has no `ssl`: turning TLS on or off is a configuration change)."""
-        pem = self._certs.of(table)
-        if pem is None:
-            return
-        self.saved.cert(table.service, pem.text)
-        path = self.files.cert_file(table.service)
-        if (await self.proc.api.show_cert(path)).get("SHA1 FingerPrint") != pem.sha1:
-            await self.proc.api.replace_cert(path, pem.text)
-
-    async def _push_map(self, service: str, kind: str, entries: list[tuple[str, str]],
-                        old: list[tuple[str, str]] | None = None) -> None:
-        """Make the map hold `entries`. With `old`, what it holds now: nothing is sent if they are
-        equal, one `set map` (atomic for that entry) if the same distinct keys differ in one value,
-        else the whole map is swapped (prepare, add, commit: atomic for the map)."""
-        path = self.files.map_file(service, kind)
-        if old is not None:
-            if old == entries:
-                return
-            diff = [(k, v) for (k, v), was in zip(entries, old, strict=False) if (k, v) != was]
-            keys = [k for k, _ in entries]
-            if (len(diff) == 1 and keys == [k for k, _ in old] and len(set(keys)) == len(keys)
-                    and not any(c.isspace() for c in "".join(diff[0]))):
-                try:
-                    await self.proc.api.change(f"set map {path} {diff[0][0]} {diff[0][1]}")
-                    return
-                except RouterError as e:     # not the entries we thought: swap the whole map
-                    log.info("%s", e.message)
-        await self.proc.api.replace_map(path, entries)
-
-    async def _read_back(self, table: RoutingTable, want: dict[str, tuple[Server, ...]],
-                         tries: int = READ_BACK_TRIES) -> bool:
-        """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
-        api = self.proc.api
-        expect = {k: sorted(v) for k, v in cfg.map_entries(table).items()}
-        expect_servers = {cfg.backend_name(table.service, t): {srv.name for srv in ss} for t, ss in want.items() if ss}
-        for attempt in range(tries):
-            got = {k: sorted(await api.show_map(self.files.map_file(table.service, k))) for k in cfg.MAP_KINDS}
-            live = await self._server_states(table.service)
-            ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
-            ready = {b: ns for b, ns in ready.items() if ns}
-            pem = self._certs.of(table)
-            cert_ok = pem is None or (await api.show_cert(self.files.cert_file(table.service))
-                                      ).get("SHA1 FingerPrint") == pem.sha1
-            if got == expect and ready == expect_servers and cert_ok:
-                return True
-            if attempt + 1 < tries:
-                await asyncio.sleep(0.01)
-        return False
-
-    async def _limits(self, service: str) -> dict[tuple[str, str], int]:
-        """(backend, server) -> its maxconn now: a table's new per-instance limit is set on the
-        servers it keeps (the configuration's shape leaves servers out, so no reload does it)."""
-        return live.limits(await self.proc.api.stat_rows(f"{service}__"))
-
-    async def _server_states(self, service: str) -> dict[str, dict[str, str]]:
-        """backend -> server -> srv_admin_state ("0": in rotation), for the service's backends."""
-        out: dict[str, dict[str, str]] = {}
-        for row in await self.proc.api.servers_state():
-            be = row.get("be_name", "")
-            if be.startswith(f"{service}__"):
-                out.setdefault(be, {})[row.get("srv_name", "")] = row.get("srv_admin_state", "0")
-        return out
-
-    async def _sweep(self) -> None:
-        """Delete the servers in maintenance whose connections are gone by now."""
-        for backend, name in sorted(self._pending):
-            try:
-                if await self.proc.api.del_server(backend, name):
-                    self._pending.discard((backend, name))
-            except RouterError as e:
-                if "No such server" in e.message or "No such backend" in e.message:
-                    self._pending.discard((backend, name))
-                else:
-                    log.warning("%s", e.message)
-
-    async def _servers(self, table: RoutingTable) -> dict[str, tuple[Server, ...]]:
-        """Per track, its instances as servers (host names resolved: dynamic servers need addresses)."""
-        out: dict[str, tuple[Server, ...]] = {}
-        for track, ups in table.tracks.items():
-            out[track] = tuple([Server(cfg.server_name(u), await _address(u), u.port) for u in ups])
-        return out
 
     # -- configuration and files -------------------------------------------------------------
 
@@ -500,72 +340,9 @@ class HAProxyRouter:
     def _shape_text(self) -> str:
         return sites.render(self._configs(with_servers=False), self.files, LOG_FORMAT, START_RULE)
 
-    async def _sync_hosts(self) -> None:
-        """The shared frontends' host maps to what the services' domains say, swapped atomically."""
-        for site, svcs in sites.group(self._configs(with_servers=False)).items():
-            if svcs[0].domains:
-                for kind, rows in sites.host_entries(svcs).items():
-                    path = self.files.map_file(site, kind)
-                    await self.proc.api.replace_map(path, rows)
-                    if sorted(await self.proc.api.show_map(path)) != sorted(rows):
-                        raise RouterError(f"HAProxy does not serve the host map {path} after the change",
-                                          f"see {self.proc.log_path}")
-
-    async def _dump_state(self) -> None:
-        with contextlib.suppress(RouterError, OSError):
-            self.saved.server_state(await self.proc.api.dump_servers_state())
-
-
     # -- process and metrics --------------------------------------------------------------------
 
     async def _running(self) -> bool:
         if self.proc.master_pid is None and not await self.proc.adopt():
             return False
         return not self.proc.exited() and await self.proc.answering()
-
-    def _site(self, service: str) -> str:
-        edge = self._services[service]
-        return sites.shared_name(edge.listen) if edge.domains else service
-
-    async def _start_logs(self, running: bool) -> None:
-        """A reader per site on its log socket, before HAProxy is told to send there (a shared
-        frontend's reader counts each line under the service its backend names)."""
-        for s, edge in self._services.items():
-            site = self._site(s)
-            if site not in self._logs:
-                traffic = TrafficLog(None if edge.domains else s)
-                await traffic.start_stream(self.files.log_socket(site))
-                self._logs[site] = traffic
-                self._answered_before.pop(s, None)
-            if s not in self._answered_before:
-                self._answered_before[s] = {}
-                if running:
-                    with contextlib.suppress(RouterError):
-                        self._answered_before[s] = await self.proc.api.backend_responses(f"{s}__")
-
-    async def _prune_logs(self) -> None:
-        """Close the readers of sites no service uses any more."""
-        used = {self._site(s) for s in self._services}
-        for site in [k for k in self._logs if k not in used]:
-            await self._logs.pop(site).close()
-        for s in [k for k in self._answered_before if k not in self._services]:
-            del self._answered_before[s]
-
-    def _traffic(self, service: str) -> TrafficLog:
-        traffic = self._logs.get(self._site(service)) if service in self._services else None
-        if traffic is None:
-            raise RouterError(f"HAProxy does not serve {service}", "the daemon calls ensure first")
-        return traffic
-
-
-async def _address(up: Upstream) -> str:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in up.host else socket.AF_INET, up.host)
-        return up.host
-    except OSError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise RouterError(f"cannot resolve {up.host} of instance {up.id}: {e}") from None
-    return str(infos[0][4][0])

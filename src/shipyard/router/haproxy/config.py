@@ -247,9 +247,10 @@ def ring_lines(site: str, files: Files) -> list[str]:
     """The log ring of a frontend (`site`: its service, or its shared listen): workers append
     each request's line in memory and the ring's forwarder streams them to the daemon's reader
     (logs.py start_stream). A datagram per request would be dropped whenever the socket's queue
-    of 10 is full, as under load."""
+    of 10 is full, as under load. `format raw`: the line alone, no syslog header per line
+    (logs.py reads none of it)."""
     return [f"ring {ring_name(site)}",
-            "    format rfc5424",
+            "    format raw",
             "    maxlen 1200",
             f"    size {RING_SIZE}",
             "    timeout connect 1s",
@@ -292,11 +293,14 @@ def track_rules(svc: ServiceConfig, files: Files) -> list[Rule]:
     of its user key (sticky header, cookie, client address), else a random bucket."""
     maps = {k: files.map_file(svc.service, k) for k in MAP_KINDS}
     rules: list[Rule] = [
-        (f"http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})", "", ""),
+        (f"http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})", "if",
+         "{ req.fhdr(x-shipyard-preview-token) -m found }"),
         (f"http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']})", "if",
          "sy_preview"),
     ]
     no_key = "!{ var(txn.sy_key) -m found }"
+    no_track = "{ var(txn.sy_track) -m found }"
+    buckets = f"map_int({maps['buckets']})"
     if svc.sticky_header:
         h = svc.sticky_header.lower()
         rules.append((f"http-request set-var(txn.sy_key) req.fhdr({h},1)", "if", f"{{ req.fhdr({h},1) -m len gt 0 }}"))
@@ -305,21 +309,21 @@ def track_rules(svc: ServiceConfig, files: Files) -> list[Rule]:
         rules.append((f"http-request set-var(txn.sy_key) req.cook({c})", "if", f"{no_key} {{ req.cook({c}) -m len gt 0 }}"))
     if svc.sticky_client_address:
         rules.append(("http-request set-var-fmt(txn.sy_key) \"%[src]\"", "if", no_key))
+    if len(rules) == 2:    # no user key: every request's bucket is random
+        return [*rules, (f"http-request set-var(txn.sy_track) rand({BUCKETS}),{buckets}", "unless", no_track)]
     return [
         *rules,
-        (f"http-request set-var(txn.sy_bucket) var(txn.sy_key),crc32,mod({BUCKETS})", "if",
-         "{ var(txn.sy_key) -m found }"),
-        (f"http-request set-var(txn.sy_bucket) rand({BUCKETS})", "unless", "{ var(txn.sy_bucket) -m found }"),
-        (f"http-request set-var(txn.sy_track) var(txn.sy_bucket),map_int({maps['buckets']})", "unless",
-         "{ var(txn.sy_track) -m found }"),
+        (f"http-request set-var(txn.sy_track) var(txn.sy_key),crc32,mod({BUCKETS}),{buckets}", "if",
+         f"{{ var(txn.sy_key) -m found }} !{no_track}"),
+        (f"http-request set-var(txn.sy_track) rand({BUCKETS}),{buckets}", "if", f"{no_key} !{no_track}"),
     ]
 
 
 def forward_rules(tls: bool) -> list[str]:
     """What every request gets before it is forwarded, whichever service it is for."""
     return [
-        "http-request del-header ^x-shipyard- -m reg",
-        "http-request del-header ^proxy- -m reg",
+        "http-request del-header x-shipyard- -m beg",
+        "http-request del-header proxy- -m beg",
         "http-request del-header keep-alive",
         "http-request del-header te",
         f"http-request set-header x-forwarded-proto {'https' if tls else 'http'}",
@@ -334,7 +338,7 @@ def backend_rules(svc: ServiceConfig) -> list[Rule]:
     return [
         (f"http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
          "release\\n\" hdr x-shipyard-error 1", "unless", "{ var(txn.sy_track) -m found }"),
-        (f"use_backend {s}__%[var(txn.sy_track)]", "if", "{ var(txn.sy_track) -m found }"),
+        (f"use_backend {s}__%[var(txn.sy_track)]", "", ""),   # a request without a track got the 503
     ]
 
 

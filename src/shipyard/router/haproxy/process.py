@@ -25,6 +25,13 @@ from shipyard.router.haproxy.runtime_api import RuntimeApi
 
 HAPROXY = "/usr/sbin/haproxy"
 START_TIMEOUT = 10.0
+POOL_ARGS = ("-dMglobal",)
+"""A process-wide cache of freed buffers (HAProxy 2.6's `-dM global`, management.txt). Each
+request kept for a retry (`retry-on empty-response`) holds one more 16 KB buffer, and 64
+requests in flight then overflow the worker's 512 KB local cache: every buffer went back to
+malloc and came out again (benchmarks/haproxy_variants.py `pools-global`: ~1.5 µs of the ~17
+µs a request costs, nothing without the retry copy). Kept across reloads (the master
+re-executes itself with the same arguments)."""
 STOP_TIMEOUT = 10.0
 LOG_TAIL = 2000
 
@@ -121,7 +128,7 @@ class HAProxyProcess:
         await self.check(text)
         with contextlib.suppress(FileNotFoundError):
             self.files.admin_socket.unlink()
-        argv = [binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config),
+        argv = [binary, "-W", *POOL_ARGS, "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config),
                 *(["-x", str(sockets_from)] if sockets_from else [])]
         with open(self.log_path, "ab") as log:
             offset = log.tell()

@@ -40,8 +40,8 @@ from shipyard.router.embedded_process import (
     START_TIMEOUT,
     ListenFiles,
     ServiceClient,
+    answering,
     ended,
-    kill,
     link,
     live_router,
     read_pid,
@@ -354,33 +354,21 @@ class EmbeddedRouter(LegacyRouters, RouterWorkers, HeldSockets):
         self._children[proc.pid] = proc
         self._started[listen] = proc
         write_pid(files.pid, proc.pid, listen)
-        client = RouterControlClient(files.control, timeout=1.0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while True:
-            code = proc.poll()
-            if code is not None or loop.time() > deadline:
-                if code is None:
-                    kill(proc.pid)
-                    proc.wait()
-                self._children.pop(proc.pid, None)
-                self._started.pop(listen, None)
-                self._serving.pop(listen, None)
-                self._close_listen(listen)   # no router will accept: refuse, rather than queue forever
-                self._close_listen(listen, redirect=True)
-                with contextlib.suppress(FileNotFoundError):
-                    files.pid.unlink()
-                if code is not None:
-                    raise start_error(service, listen, code, files.log, offset)
-                raise RouterError(f"the router for {service} did not answer on its control socket within "
-                                  f"{START_TIMEOUT:g}s", hint=f"see {files.log}")
-            try:
-                if (await client.ping()).get("pid") == proc.pid:
-                    self._serving[listen] = proc.pid
-                    return
-            except RouterError:
-                pass
-            await asyncio.sleep(0.05)
+        started, code = await answering(proc, files.control)
+        if started:
+            self._serving[listen] = proc.pid
+            return
+        self._children.pop(proc.pid, None)
+        self._started.pop(listen, None)
+        self._serving.pop(listen, None)
+        self._close_listen(listen)   # no router will accept: refuse, rather than queue forever
+        self._close_listen(listen, redirect=True)
+        with contextlib.suppress(FileNotFoundError):
+            files.pid.unlink()
+        if code is not None:
+            raise start_error(service, listen, code, files.log, offset)
+        raise RouterError(f"the router for {service} did not answer on its control socket within "
+                          f"{START_TIMEOUT:g}s", hint=f"see {files.log}")
 
     async def _stop_listen(self, listen: str, keep_listen: bool) -> None:
         files = self._files_of(listen)

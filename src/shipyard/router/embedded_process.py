@@ -193,6 +193,29 @@ async def shut_down(children: dict[int, subprocess.Popen[bytes]], client: Router
             await wait_exit(children, pid, 2.0)
 
 
+async def answering(proc: subprocess.Popen[bytes], control: Path) -> tuple[bool, int | None]:
+    """Wait for a router just spawned to answer its control socket as itself: (True, None); or
+    (False, exit code) when it ended first, (False, None) when START_TIMEOUT passed (it is
+    killed then), so the caller can undo what it set up for it and say why."""
+    client = RouterControlClient(control, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return False, code
+        if loop.time() > deadline:
+            kill(proc.pid)
+            proc.wait()
+            return False, None
+        try:
+            if (await client.ping()).get("pid") == proc.pid:
+                return True, None
+        except RouterError:
+            pass
+        await asyncio.sleep(0.05)
+
+
 def start_error(what: str, listen: str, code: int, log_path: Path, offset: int) -> RouterError:
     """Turn the router's last words into a message that says what to do."""
     try:

@@ -37,6 +37,7 @@ from shipyard.router.embedded_process import (
     STOP_TIMEOUT,
     ListenFiles,
     ServiceClient,
+    answering,
     ended,
     kill,
     live_router,
@@ -268,34 +269,21 @@ class RouterWorkers:
         proc, offset = spawn(self.python, wf, fds, None, [], workers=n, worker=wf.index)
         self._children[proc.pid] = proc
         write_pid(wf.pid, proc.pid, listen)
-        client = RouterControlClient(wf.control, timeout=1.0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while True:
-            code = proc.poll()
-            if code is not None or loop.time() > deadline:
-                if code is None:
-                    kill(proc.pid)
-                    proc.wait()
-                self._children.pop(proc.pid, None)
-                with contextlib.suppress(FileNotFoundError):
-                    wf.pid.unlink()
-                if orphan is not None:
-                    self._orphans.setdefault(listen, []).append(orphan)     # worker 0 still accepts there
-                else:
-                    for s in socks:
-                        s.close()
-                self._extra.get(listen, {}).pop(wf.index, None)
-                if code is not None:
-                    raise start_error(f"{service} (worker {wf.index})", listen, code, wf.log, offset)
-                raise RouterError(f"router worker {wf.index} for {service} did not answer on its control "
-                                  f"socket within {START_TIMEOUT:g}s", hint=f"see {wf.log}")
-            try:
-                if (await client.ping()).get("pid") == proc.pid:
-                    break
-            except RouterError:
-                pass
-            await asyncio.sleep(0.05)
+        started, code = await answering(proc, wf.control)
+        if not started:
+            self._children.pop(proc.pid, None)
+            with contextlib.suppress(FileNotFoundError):
+                wf.pid.unlink()
+            if orphan is not None:
+                self._orphans.setdefault(listen, []).append(orphan)     # worker 0 still accepts there
+            else:
+                for s in socks:
+                    s.close()
+            self._extra.get(listen, {}).pop(wf.index, None)
+            if code is not None:
+                raise start_error(f"{service} (worker {wf.index})", listen, code, wf.log, offset)
+            raise RouterError(f"router worker {wf.index} for {service} did not answer on its control "
+                              f"socket within {START_TIMEOUT:g}s", hint=f"see {wf.log}")
         self._extra.setdefault(listen, {})[wf.index] = Worker(wf, proc.pid, proc, socks)
         if orphan is not None:      # the new worker accepts there now: worker 0 may stop
             await RouterControlClient(self._files_of(listen).control).drop_listen(orphan)

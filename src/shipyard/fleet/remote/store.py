@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from shipyard.drift.baseline import BaselineStore
 from shipyard.drift.content import scan_tree
 from shipyard.errors import ShipyardError
+from shipyard.fsutil import write_atomic
 from shipyard.images.manifest import parse_manifest
 from shipyard.images.objects import ObjectStore
 from shipyard.images.trees import TreeStore
@@ -63,21 +64,6 @@ def disk_errors(what: str, where: Path) -> Iterator[None]:
                           "another host; nothing half-written was kept") from None
         raise OpError(IO_ERROR, f"cannot {what}: {exc.strerror or exc}",
                       hint=f"check {where} on the host") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class HostStore:
@@ -152,7 +138,7 @@ class HostStore:
         with disk_errors(f"materialise image {image_id[:12]}", self.root):
             self.manifests.mkdir(parents=True, exist_ok=True)
             if not (self.manifests / f"{image_id}.json").is_file():
-                _write_atomic(self.manifests / f"{image_id}.json", data)
+                write_atomic(self.manifests / f"{image_id}.json", data, mode=0o444, durable=True)
             try:
                 tree = self.trees.materialize(image_id, manifest)
             except ShipyardError as exc:

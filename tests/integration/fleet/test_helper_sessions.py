@@ -72,6 +72,9 @@ async def test_the_helper_travels_once_and_a_new_controller_sends_nothing(hosts:
         for h in hosts.hosts:
             installed = h.dir / "home" / bundle.remote_path(sha)
             assert installed.read_bytes() == data and installed.stat().st_mode & 0o777 == 0o444
+            unpacked = h.dir / "home" / bundle.unpacked_path(sha)   # what runs: compiled once, on the host
+            assert list((unpacked / "shipyard" / "fleet" / "remote" / "__pycache__").glob("helper.*.pyc"))
+            assert unpacked.stat().st_mode & 0o777 == 0o555
         facts = await asyncio.gather(*(c.hello() for c in hellos))
         assert sorted(f["host"]["hostname"] for f in facts) == sorted(h.name for h in hosts.hosts)
         await close_all(first)

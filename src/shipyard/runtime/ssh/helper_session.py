@@ -24,7 +24,7 @@ PROBE_SCRIPT = (
     # Runs under whatever python3 the host has (even an old one): no f-strings, no -I.
     "import os, sys\n"
     "sys.stdout.write('%d.%d %d\\n' % (sys.version_info[0], sys.version_info[1],"
-    " os.path.isfile(os.path.expanduser('~/' + sys.argv[1]))))\n"
+    " os.path.isfile(os.path.expanduser('~/' + sys.argv[1] + '/__main__.py'))))\n"
 )
 STDERR_KEPT = 8192
 """The tail of the helper's stderr kept to explain a helper that died."""
@@ -35,7 +35,7 @@ class HelperUnavailable(SshError):
 
 
 def probe_argv(sha: str, python: str = "python3") -> list[str]:
-    return [python, "-E", "-s", "-c", PROBE_SCRIPT, bundle.remote_path(sha)]
+    return [python, "-E", "-s", "-c", PROBE_SCRIPT, bundle.unpacked_path(sha)]
 
 
 def parse_probe(host: str, python: str, result: CommandResult) -> bool:

@@ -94,6 +94,39 @@ async def test_a_host_without_the_python_asked_for_is_refused_clearly(pool: SshC
     assert session.bytes_sent == 0
 
 
+async def test_a_bundle_corrupted_on_the_way_is_refused_and_nothing_is_installed(pool: SshConnections,
+                                                                                 hosts: NetnsFleet) -> None:
+    sha, data = bundle.build()
+    bad = data[:500] + bytes([data[500] ^ 1]) + data[501:]
+    session = HelperSession(pool.host(targets(hosts)[0]), helper=(sha, bad))
+    with pytest.raises(HelperUnavailable, match="installing the shipyard helper on h1 failed: .*corrupted"):
+        await session.client()
+    helper_dir = hosts.hosts[0].dir / "home" / bundle.HELPER_DIR
+    assert not helper_dir.exists() or list(helper_dir.iterdir()) == []
+    good = HelperSession(pool.host(targets(hosts)[0]))   # the real bundle then installs and runs
+    assert (await (await good.client()).hello())["bundle_sha256"] == sha
+    await good.close()
+
+
+async def test_a_dead_host_fails_alone_while_the_others_get_the_image(hosts: NetnsFleet, tmp_path: Path) -> None:
+    images = ImageStore(tmp_path / "images")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "app.py").write_text(APP)
+    (ctx / "version.txt").write_text("v1\n")
+    image = await images.build(BuildInput("web", ctx, run_command=["python3", "app.py"]))
+    hosts.kill_host(hosts.hosts[4])
+    hosts.cut_network(hosts.hosts[4])
+    async with SshConnections(options_for(hosts, reconnect_wait=1.5, connect_timeout=1)) as pool:
+        sessions = sessions_for(pool, hosts)
+        try:
+            out = await ship_everywhere({s.name: s.client for s in sessions}, images, image.id, max_transfers=2)
+        finally:
+            await close_all(sessions)
+    assert sorted(out.shipped) == ["h1", "h2", "h3", "h4"] and list(out.failed) == ["h5"]
+    assert "h5" in str(out.failed["h5"]) and out.failed["h5"].hint
+
+
 async def test_an_image_ships_to_all_hosts_bounded_and_only_missing_objects_travel(
         pool: SshConnections, hosts: NetnsFleet, tmp_path: Path) -> None:
     images = ImageStore(tmp_path / "images")

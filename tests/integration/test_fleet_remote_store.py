@@ -229,6 +229,29 @@ async def test_install_script_puts_the_bundle_under_home_verified(root: Path) ->
     assert await proc.wait() == 0
 
 
+async def test_two_installs_at_once_both_succeed_and_leave_one_compiled_read_only_copy(root: Path) -> None:
+    sha, data = bundle.build()
+    home = root / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    async def install() -> int:
+        proc = await asyncio.create_subprocess_exec(*bundle.install_argv(sha, PYTHON), env=env, cwd=home,
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        await proc.communicate(data)
+        return proc.returncode   # type: ignore[return-value]
+
+    assert await asyncio.gather(install(), install(), install()) == [0, 0, 0]
+    helper_dir = home / bundle.HELPER_DIR
+    assert sorted(p.name for p in helper_dir.iterdir()) == [sha, f"{sha}.pyz"]
+    unpacked = home / bundle.unpacked_path(sha)
+    assert stat.S_IMODE(unpacked.stat().st_mode) == 0o555
+    compiled = list(unpacked.rglob("*.pyc"))
+    assert len(compiled) >= len(bundle.VERBATIM) and all(stat.S_IMODE(p.stat().st_mode) == 0o444 for p in compiled)
+    check = await asyncio.create_subprocess_exec(*bundle.check_argv(sha), env=env, cwd=home)
+    assert await check.wait() == 0
+
+
 OLD_PYTHON = next((p for p in ("/root/.pyenv/versions/3.10.13/bin/python", "/usr/bin/python3.10",
                                "/usr/bin/python3.9") if os.access(p, os.X_OK)), None)
 

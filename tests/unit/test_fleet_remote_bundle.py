@@ -25,7 +25,8 @@ def test_the_bundle_is_deterministic_and_named_by_its_hash() -> None:
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
     assert bundle.remote_path(sha) == f".shipyard/helper/{sha}.pyz"
-    assert bundle.launch_argv(sha, "/srv/sy") == ["python3", "-I", f".shipyard/helper/{sha}.pyz", "--root", "/srv/sy"]
+    assert bundle.unpacked_path(sha) == f".shipyard/helper/{sha}"
+    assert bundle.launch_argv(sha, "/srv/sy") == ["python3", "-I", f".shipyard/helper/{sha}", "--root", "/srv/sy"]
 
 
 def _bundled() -> dict[str, str]:

@@ -17,9 +17,9 @@ from typing import Any
 
 from shipyard.drift.report import DriftFinding
 from shipyard.errors import RuntimeFailure
+from shipyard.launching import instance_environment, resolve_program, substitute
 from shipyard.procfs import proc_bytes, read_proc_stat
 from shipyard.rollout.records import Instance, LaunchSpec
-from shipyard.runtime.command import instance_environment, resolve_program, substitute
 
 SECRET_LOOKING = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$",
                             re.IGNORECASE)

@@ -17,8 +17,8 @@ from typing import Literal
 import httpx
 
 from shipyard.httpcheck import CHECK_TIMEOUT, run_checks
+from shipyard.launching import log_tail
 from shipyard.rollout.records import Instance, ProbeResult
-from shipyard.runtime.command import log_tail
 from shipyard.spec.strategy import PreviewCheck
 
 __all__ = ["HealthTracker", "HttpHealthProbe", "ProbeResult", "probe", "wait_healthy"]

@@ -16,15 +16,15 @@ import time
 from datetime import UTC, datetime
 
 from shipyard.errors import RuntimeFailure
-from shipyard.procfs import ProcStat, process_start_time, read_proc_stat  # noqa: F401 - re-exported
-from shipyard.rollout.records import Instance, LaunchSpec
-from shipyard.runtime.command import (  # noqa: F401 - log_tail re-exported
+from shipyard.launching import (  # noqa: F401 - log_tail re-exported
     BASE_ENV_KEYS,
     instance_environment,
     log_tail,
     resolve_program,
     substitute,
 )
+from shipyard.procfs import ProcStat, process_start_time, read_proc_stat  # noqa: F401 - re-exported
+from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.ports import PortAllocator, default_allocator
 from shipyard.runtime.sandbox import Enforcement, choose_enforcement, sandbox_for
 

@@ -115,6 +115,11 @@ class HelperClient:
         self._task: asyncio.Task[None] | None = None
         self._gone: HelperGone | None = None
 
+    @property
+    def gone(self) -> bool:
+        """The channel ended or went out of step: every call fails; open a new helper."""
+        return self._gone is not None
+
     # transport -----------------------------------------------------------------------------
     async def _read_replies(self) -> None:
         why, hint = "the helper closed the channel", None

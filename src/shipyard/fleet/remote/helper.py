@@ -97,7 +97,9 @@ class Helper:
 
     def hello(self) -> dict[str, Any]:
         try:
-            with open(self.bundle, "rb") as f:
+            # an unpacked install is hashed through the zipapp it was made from, kept beside it
+            path = self.bundle + ".pyz" if os.path.isdir(self.bundle) else self.bundle
+            with open(path, "rb") as f:
                 bundle_sha: str | None = hashlib.sha256(f.read()).hexdigest()
         except OSError:
             bundle_sha = None

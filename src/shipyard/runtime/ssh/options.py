@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from shipyard.runtime.ssh.backoff import BackoffPolicy
 from shipyard.runtime.ssh.errors import SshIdentityError
+from shipyard.spec.fleet import FleetSpec, SshSpec
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,23 @@ def load_identity(options: SshOptions) -> list[asyncssh.SSHKey] | None:
     raise SshIdentityError("*", f"the SSH identity {path} of fleet.ssh.identity {problem}",
                            "point fleet.ssh.identity at an unencrypted private key readable by the daemon "
                            "(a deploy key, e.g. ssh-keygen -t ed25519 -N '' -f ~/.ssh/shipyard_deploy)")
+
+
+def _spec_path(value: str, base_dir: Path) -> Path:
+    """A path as the spec file means it: ~/... is the daemon user's home, a relative one is
+    relative to the spec file's directory (not to wherever the daemon was started)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def options_from_spec(ssh: SshSpec, base_dir: Path, **tuning: Any) -> SshOptions:
+    """The spec's `fleet.ssh` section as SshOptions; `tuning` overrides transport defaults
+    (timeouts, keepalive, backoff) that the spec does not expose."""
+    return SshOptions(user=ssh.user, identity=_spec_path(ssh.identity, base_dir),
+                      known_hosts=_spec_path(ssh.known_hosts, base_dir), port=ssh.port,
+                      trust_new_hosts=ssh.trust_new_hosts, **tuning)
+
+
+def targets_from_spec(fleet: FleetSpec) -> list[SshTarget]:
+    """Every inventory host as an SshTarget (the port is always the ssh section's)."""
+    return [SshTarget(h.name, h.address) for h in fleet.hosts or []]

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from shipyard.runtime.command import log_tail
+from shipyard.launching import log_tail
 from shipyard.server.api.common import Api, route
 from shipyard.server.params import int_param
 

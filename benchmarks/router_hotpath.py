@@ -68,8 +68,10 @@ def plane() -> tuple[ClientConnection, MemoryTransport, list[MemoryTransport]]:
     server = ProxyServer("bench", "127.0.0.1:8080", table)
     loop = asyncio.new_event_loop()
     server.loop, server.clock, server.tries = loop, loop.time(), TryWatch(loop)
+    bench = server.planes["bench"]
+    bench.loop, bench.clock, bench.tries = server.loop, server.clock, server.tries
     upstream_transports = []
-    for state in server.upstreams.values():
+    for state in bench.upstreams.values():
         for _ in range(2):
             conn = UpstreamConnection(state)
             t = MemoryTransport()

@@ -189,7 +189,7 @@ class Exchange(OverloadSteps):
     async def _connect(self, ups: UpstreamState) -> None:
         self.reserved = None  # ups.connect() owns the count from here on
         try:
-            conn = await ups.connect()
+            conn = await ups.connect(self.client.outbox)
         except (OSError, TimeoutError) as e:
             self._connect_failed(ups, e)
             return
@@ -222,14 +222,11 @@ class Exchange(OverloadSteps):
         client = self.client
         if client.write_paused:
             conn.pause_reading()
-        t = conn.transport
-        assert t is not None
-        if self.attempt is not FIRST and self.replay:
-            t.writelines([self.head, *self.replay])
-        elif self.pending:
-            t.writelines([self.head, *self.pending])
-        else:
-            t.write(self.head)
+        conn.send(self.head)
+        body = self.replay if self.attempt is not FIRST and self.replay else self.pending
+        if body:
+            for data in body:
+                conn.send(data)
         if self.pending is not None:
             self.pending = None
             self.pending_size = 0
@@ -260,7 +257,7 @@ class Exchange(OverloadSteps):
                 self.replay.append(data)
         conn = self.conn
         if conn is not None:
-            conn.transport.write(data)  # type: ignore[union-attr]
+            conn.send(data)
             return
         if self.pending is None:
             self.pending = [data]
@@ -340,14 +337,13 @@ class Exchange(OverloadSteps):
             self.wbuf += (b"%x\r\n" % len(data), data, b"\r\n")
 
     def flush(self) -> None:
-        """Send what the last upstream read produced in one write (one syscall, one packet).
-        Over TLS, joined first: the SSL transport makes one record (one encryption) per buffer."""
+        """Hand what the last upstream read produced to the client connection, which sends it
+        with the rest of this loop iteration's writes (one syscall, one packet; outbox.py)."""
         buf = self.wbuf
         if buf:
-            if len(buf) > 1 and self.client.proto == b"https":
-                self.client.transport.write(b"".join(buf))  # type: ignore[union-attr]
-            else:
-                self.client.transport.writelines(buf)  # type: ignore[union-attr]
+            send = self.client.send
+            for data in buf:
+                send(data)
             buf.clear()
 
     def response_complete(self, keep_alive: bool) -> None:
@@ -360,10 +356,12 @@ class Exchange(OverloadSteps):
         if self.resp_mode == M_CHUNK:
             buf.append(b"0\r\n\r\n")
         if buf:  # flush(), inline: this runs once per request
-            if len(buf) == 2 and len(buf[1]) <= SMALL_BODY:  # a head and a small body: one write(), not writev()
-                self.client.transport.write(buf[0] + buf[1])  # type: ignore[union-attr]
+            if len(buf) == 2 and len(buf[1]) <= SMALL_BODY:  # a head and a small body: one buffer, one write()
+                self.client.send(buf[0] + buf[1])
             else:
-                self.client.transport.writelines(buf)  # type: ignore[union-attr]
+                send = self.client.send
+                for data in buf:
+                    send(data)
             buf.clear()
         if conn is not None:
             if keep_alive and self.req_done and not conn.closed:
@@ -461,7 +459,7 @@ class Exchange(OverloadSteps):
         self.close_after = close
         conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
         self.wbuf.clear()
-        client.transport.write(error_response(status, message, extra + conn_header, not self.is_head))  # type: ignore
+        client.send(error_response(status, message, extra + conn_header, not self.is_head))
         self.status = status
         self._finish_response()
 

@@ -1,0 +1,100 @@
+"""Small writes held until the end of the event-loop iteration, then sent one after another.
+
+Written at once, each response (and each request relayed to an instance) went out between
+the callbacks of the other connections, microseconds apart: a peer (the load balancer in
+front, an instance) that had just gone back to sleep was woken by the kernel for every one,
+and the wakeups were the largest part of the router's kernel time (issue 14's profile).
+Held here, the writes of one iteration leave in one burst, so a peer is woken once per
+burst; they still leave before the loop waits for I/O again (one `call_soon` per iteration,
+not per write), so no latency is added.
+
+A connection's held bytes keep their order with everything else it writes (every write of
+the connection goes through `send`), are sent before a graceful close, and are dropped by
+an abort, as a transport's own buffer is. Past OUT_LIMIT bytes a connection writes at once,
+so a streamed body stays under the transport's flow control (pause_writing) as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+OUT_LIMIT = 64 * 1024
+"""Bytes a connection may hold for the end of the iteration; beyond, it writes now."""
+
+
+class Outbox:
+    """The connections holding writes in this iteration of one event loop."""
+
+    __slots__ = ("loop", "held")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.held: list[Sender] = []
+
+    def flush(self) -> None:
+        """Send what every connection holds (run by the loop once per iteration that held any).
+        Sender.flush_out, inline: this runs for every response."""
+        held, self.held = self.held, []
+        for s in held:
+            out = s.out
+            if out is not None:
+                s.out = None
+                if not s.closed:
+                    if len(out) == 1:
+                        s.transport.write(out[0])  # type: ignore[union-attr]
+                    elif s.tls:
+                        s.transport.write(b"".join(out))  # type: ignore[union-attr]
+                    else:
+                        s.transport.writelines(out)  # type: ignore[union-attr]
+
+
+class Sender:
+    """The writing side of a connection (client.ClientConnection, upstream.UpstreamConnection):
+    `send` instead of transport.write. The subclass sets `transport`, `outbox` and `closed`."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    outbox: Outbox | None
+    closed: bool
+    out: list[bytes] | None
+    out_size: int
+    tls: bool
+
+    def send(self, data: bytes) -> None:
+        """Write `data` at the end of this loop iteration (now, without an outbox or when much
+        is held already)."""
+        out = self.out
+        if out is None:
+            box = self.outbox
+            if box is None or len(data) > OUT_LIMIT:
+                self.transport.write(data)  # type: ignore[union-attr]
+                return
+            self.out = [data]
+            self.out_size = len(data)
+            held = box.held
+            if not held:
+                box.loop.call_soon(box.flush)
+            held.append(self)
+            return
+        out.append(data)
+        self.out_size += len(data)
+        if self.out_size > OUT_LIMIT:
+            self.flush_out()
+
+    def flush_out(self) -> None:
+        """Write what is held now (before a close, or at the end of the iteration)."""
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        if self.closed:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])  # type: ignore[union-attr]
+        elif self.tls:  # the SSL transport makes one record (one encryption) per buffer
+            self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        else:
+            self.transport.writelines(out)  # type: ignore[union-attr]
+
+    def drop_out(self) -> None:
+        """Forget what is held (the connection is aborted: its state is unknown)."""
+        self.out = None

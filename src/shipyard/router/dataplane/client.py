@@ -329,8 +329,11 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
+        """Cut the connection; what this iteration wrote before the cut still goes first (it was
+        meant to leave before, e.g. a pipelined answer ahead of a request that cannot be completed)."""
+        if not self.closed:
+            self.flush_out()
         self.closed = True
-        self.out = None
         self.transport.abort()  # type: ignore[union-attr]
 
     def _unknown_host(self, host: str | None, head: bool) -> None:

@@ -9,9 +9,11 @@ burst; they still leave before the loop waits for I/O again (one `call_soon` per
 not per write), so no latency is added.
 
 A connection's held bytes keep their order with everything else it writes (every write of
-the connection goes through `send`), are sent before a graceful close, and are dropped by
-an abort, as a transport's own buffer is. Past OUT_LIMIT bytes a connection writes at once,
-so a streamed body stays under the transport's flow control (pause_writing) as before."""
+the connection goes through `send`) and are sent before it closes. A client connection sends
+them before an abort too (they would have been in the kernel already); an instance's
+connection drops them (an aborted request is better not sent at all). Past OUT_LIMIT bytes
+a connection writes at once, so a streamed body stays under the transport's flow control
+(pause_writing) as before."""
 
 from __future__ import annotations
 
@@ -96,5 +98,5 @@ class Sender:
             self.transport.writelines(out)  # type: ignore[union-attr]
 
     def drop_out(self) -> None:
-        """Forget what is held (the connection is aborted: its state is unknown)."""
+        """Forget what is held (an instance's connection is aborted: its state is unknown)."""
         self.out = None

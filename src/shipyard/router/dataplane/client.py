@@ -64,7 +64,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         """X-Forwarded-Proto: https on a TLS listener."""
         self.tls = False
         self.outbox = front.outbox
-        self.out: list[bytes] | None = None
+        self.out: bytes | list[bytes] | None = None
         self.out_size = 0
         self.url = b""
         self.hdrs: list[tuple[bytes, bytes]] = []

@@ -41,8 +41,8 @@ class Outbox:
             if out is not None:
                 s.out = None
                 if not s.closed:
-                    if len(out) == 1:
-                        s.transport.write(out[0])  # type: ignore[union-attr]
+                    if type(out) is bytes:
+                        s.transport.write(out)  # type: ignore[union-attr]
                     elif s.tls:
                         s.transport.write(b"".join(out))  # type: ignore[union-attr]
                     else:
@@ -51,14 +51,17 @@ class Outbox:
 
 class Sender:
     """The writing side of a connection (client.ClientConnection, upstream.UpstreamConnection):
-    `send` instead of transport.write. The subclass sets `transport`, `outbox` and `closed`."""
+    `send` instead of transport.write. The subclass sets `transport`, `outbox` and `closed`,
+    and `out` to None."""
 
     __slots__ = ()
     transport: asyncio.Transport | None
     outbox: Outbox | None
     closed: bool
-    out: list[bytes] | None
+    out: bytes | list[bytes] | None
+    """What is held: one buffer as it is (the common case: no list to make), several in a list."""
     out_size: int
+    """Bytes held, once there are several buffers."""
     tls: bool
 
     def send(self, data: bytes) -> None:
@@ -70,14 +73,16 @@ class Sender:
             if box is None or len(data) > OUT_LIMIT:
                 self.transport.write(data)  # type: ignore[union-attr]
                 return
-            self.out = [data]
-            self.out_size = len(data)
+            self.out = data
             held = box.held
             if not held:
                 box.loop.call_soon(box.flush)
             held.append(self)
             return
-        out.append(data)
+        if type(out) is bytes:
+            self.out_size = len(out)
+            out = self.out = [out]
+        out.append(data)  # type: ignore[union-attr]
         self.out_size += len(data)
         if self.out_size > OUT_LIMIT:
             self.flush_out()
@@ -90,8 +95,8 @@ class Sender:
         self.out = None
         if self.closed:
             return
-        if len(out) == 1:
-            self.transport.write(out[0])  # type: ignore[union-attr]
+        if type(out) is bytes:
+            self.transport.write(out)  # type: ignore[union-attr]
         elif self.tls:  # the SSL transport makes one record (one encryption) per buffer
             self.transport.write(b"".join(out))  # type: ignore[union-attr]
         else:

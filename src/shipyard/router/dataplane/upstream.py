@@ -89,7 +89,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
         self.state = state
         self.transport: asyncio.Transport | None = None
         self.outbox = outbox
-        self.out: list[bytes] | None = None
+        self.out: bytes | list[bytes] | None = None
         self.out_size = 0
         self.tls = False
         self.parser = HttpResponseParser(self)

@@ -21,6 +21,7 @@ from shipyard.router.dataplane.framing import Refused, error_response, rewrite_r
 from shipyard.router.dataplane.hosts import HostMap, body_length, not_found, request_host, shown
 from shipyard.router.dataplane.lifecycle import Plane
 from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.outbox import Outbox, Sender
 from shipyard.router.table import user_bucket
 
 log = logging.getLogger("shipyard.router")
@@ -43,12 +44,14 @@ class Server(Protocol):
     client_idle_timeout: float
     hosts: HostMap[Plane]
     unrouted: TrackMetrics
+    outbox: Outbox | None
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parses requests, runs their exchanges in order, keeps alive."""
+class ClientConnection(Sender, asyncio.Protocol):
+    """One client connection: parses requests, runs their exchanges in order, keeps alive.
+    Everything it writes goes through `send` (outbox.py)."""
 
-    __slots__ = ("front", "server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
+    __slots__ = ("outbox", "out", "out_size", "tls", "front", "server", "transport", "parser", "peer", "url", "hdrs", "head_size", "in_head", "waiting", "active",
                  "queue", "reading", "paused", "chunk", "head_base", "write_paused", "write_paused_at", "deadline",
                  "draining", "closed", "bucket", "refusal", "proto", "unrouted")
 
@@ -61,6 +64,10 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.proto = b"http"
         """X-Forwarded-Proto: https on a TLS listener."""
+        self.tls = False
+        self.outbox = front.outbox
+        self.out: bytes | list[bytes] | None = None
+        self.out_size = 0
         self.url = b""
         self.hdrs: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -97,7 +104,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
-        self.proto = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
+        self.tls = transport.get_extra_info("ssl_object") is not None
+        self.proto = b"https" if self.tls else b"http"
         server = self.front
         server.clients.add(self)
         self.in_head = self.waiting = True
@@ -145,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.out = None
         self.front.clients.discard(self)
         ex = self.active
         if ex is not None:
@@ -269,7 +278,7 @@ class ClientConnection(asyncio.Protocol):
         server = self.front
         q = self.queue
         if not q and self.refusal is not None:
-            self.transport.write(self.refusal)  # type: ignore[union-attr]
+            self.send(self.refusal)
             self.close()
             return
         if q:
@@ -321,11 +330,17 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close once what is written (held ones included) has gone out."""
         if not self.closed:
+            self.flush_out()
             self.closed = True
             self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
+        """Cut the connection; what this iteration wrote before the cut still goes first (it was
+        meant to leave before, e.g. a pipelined answer ahead of a request that cannot be completed)."""
+        if not self.closed:
+            self.flush_out()
         self.closed = True
         self.transport.abort()  # type: ignore[union-attr]
 
@@ -375,5 +390,5 @@ class ClientConnection(asyncio.Protocol):
             else:  # the request in progress itself cannot be completed
                 self.abort()
             return
-        self.transport.write(response)  # type: ignore
+        self.send(response)
         self.close()

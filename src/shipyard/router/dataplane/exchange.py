@@ -9,41 +9,28 @@ fresh connection (the instance closed it while idle, so it processed nothing).
 It never buffers a whole body: flow control pauses whichever side is ahead.
 An instance takes at most max_conns_per_instance exchanges at once (its "slot" is held
 from the pick to the end of the response); the steps overload adds (waiting for a slot,
-a per-try retry) are in overload.py.
-
-(Over 400 lines on purpose: it is one state machine, and its transitions are easier to
-check when they are read in one place; its states live in lifecycle.py, the header
-rules in framing.py.)"""
+a per-try retry) are in overload.py, the response side (the client's head and framing,
+the instance lost before answering) in response.py; its states live in lifecycle.py, the
+header rules in framing.py."""
 
 from __future__ import annotations
 
 import asyncio
 from time import perf_counter
 
-from shipyard.router.dataplane.framing import (
-    NEVER_HOP,
-    R_CHUNKED,
-    R_LENGTH,
-    STATUS_LINES,
-    error_response,
-    status_line,
-    without_fields,
-)
+from shipyard.router.dataplane.framing import error_response
 from shipyard.router.dataplane.lifecycle import (
     ANSWERED,
     FINISHED,
     FIRST,
-    IDEMPOTENT,
-    INTERIM,
-    MOVED,
     REPLAY_LIMIT,
-    REPLAYED,
     STREAMING,
     WAITING,
     Downstream,
 )
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.overload import OverloadSteps
+from shipyard.router.dataplane.response import M_NONE, ResponseRelay
 from shipyard.router.dataplane.routes import FULL, RouteState, TrackRoute
 from shipyard.router.dataplane.upstream import UpstreamConnection, UpstreamState
 from shipyard.router.dataplane.waiting import WaitingQueue
@@ -56,13 +43,9 @@ P_REFUSED = 8  # a later request was refused: nothing more is read, the answers 
 
 BUFFER_LIMIT = 256 * 1024
 """Request body buffered while no instance connection is ready; beyond it the client waits."""
-SMALL_BODY = 4096
-"""A response whose head and body came in one read is sent as one buffer up to this body size
-(copying it costs less than the kernel's writev of two); a larger one is sent as it is."""
-# How the response body is framed towards the client.
-M_NONE, M_RAW, M_CHUNK = 0, 1, 2
 
-class Exchange(OverloadSteps):
+
+class Exchange(OverloadSteps, ResponseRelay):
     """One request and its response: picks the instance, relays both bodies, retries what
     is safe to retry, and records the outcome. Driven by callbacks from both connections."""
 
@@ -189,7 +172,7 @@ class Exchange(OverloadSteps):
     async def _connect(self, ups: UpstreamState) -> None:
         self.reserved = None  # ups.connect() owns the count from here on
         try:
-            conn = await ups.connect()
+            conn = await ups.connect(self.client.outbox)
         except (OSError, TimeoutError) as e:
             self._connect_failed(ups, e)
             return
@@ -222,14 +205,11 @@ class Exchange(OverloadSteps):
         client = self.client
         if client.write_paused:
             conn.pause_reading()
-        t = conn.transport
-        assert t is not None
-        if self.attempt is not FIRST and self.replay:
-            t.writelines([self.head, *self.replay])
-        elif self.pending:
-            t.writelines([self.head, *self.pending])
-        else:
-            t.write(self.head)
+        conn.send(self.head)
+        body = self.replay if self.attempt is not FIRST and self.replay else self.pending
+        if body:
+            for data in body:
+                conn.send(data)
         if self.pending is not None:
             self.pending = None
             self.pending_size = 0
@@ -260,7 +240,7 @@ class Exchange(OverloadSteps):
                 self.replay.append(data)
         conn = self.conn
         if conn is not None:
-            conn.transport.write(data)  # type: ignore[union-attr]
+            conn.send(data)
             return
         if self.pending is None:
             self.pending = [data]
@@ -282,148 +262,6 @@ class Exchange(OverloadSteps):
             self.deadline = server.clock + server.response_timeout
             if server.state.per_try_timeout > 0:  # off by default: no call
                 self._watch_try(self.conn)
-
-    # -- response side (called by the upstream connection) ---------------------------
-
-    def response_head(self, status: int, reason: bytes, lines: list[bytes], framing: int,
-                      drop: set[bytes] | None) -> None:
-        if self.phase >= ANSWERED:
-            return
-        if status < 200:
-            if status == 101:
-                self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
-                               "switched protocols, which shipyard does not proxy")
-                return
-            self.phase = INTERIM
-            if self.http10:
-                return
-        line = STATUS_LINES.get((status, reason))
-        lines[0] = status_line(status, reason) if line is None else line
-        if drop:  # never the framing: the client must read the body the way it was counted
-            lines = without_fields(lines, 1, drop - NEVER_HOP)
-        if self.phase is INTERIM:
-            lines.append(b"\r\n")
-            self.wbuf.append(b"".join(lines))
-            return
-        client = self.client
-        close = self.close_after or not self.keep_alive or client.draining
-        if self.is_head or status == 204 or status == 304:
-            mode = M_NONE
-        elif framing != R_LENGTH:  # chunked, or no length at all (the body ends with the close)
-            chunked_up = framing & R_CHUNKED
-            self.until_close = not chunked_up
-            if self.http10:  # no chunked encoding for HTTP/1.0: the end of the body is the close
-                mode = M_RAW
-                close = True
-            else:
-                mode = M_CHUNK
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            mode = M_RAW
-        if close:
-            lines.append(b"Connection: close\r\n\r\n")
-            self.close_after = True
-        elif self.http10:
-            lines.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            lines.append(b"\r\n")
-        self.resp_mode = mode
-        self.status = status
-        self.phase = STREAMING
-        self.wbuf.append(b"".join(lines))
-
-    def response_body(self, data: bytes) -> None:
-        mode = self.resp_mode
-        if mode == M_RAW:
-            self.wbuf.append(data)
-        elif mode == M_CHUNK:
-            self.wbuf += (b"%x\r\n" % len(data), data, b"\r\n")
-
-    def flush(self) -> None:
-        """Send what the last upstream read produced in one write (one syscall, one packet).
-        Over TLS, joined first: the SSL transport makes one record (one encryption) per buffer."""
-        buf = self.wbuf
-        if buf:
-            if len(buf) > 1 and self.client.proto == b"https":
-                self.client.transport.write(b"".join(buf))  # type: ignore[union-attr]
-            else:
-                self.client.transport.writelines(buf)  # type: ignore[union-attr]
-            buf.clear()
-
-    def response_complete(self, keep_alive: bool) -> None:
-        if self.phase is INTERIM:
-            self.phase = WAITING
-            return
-        conn = self.conn
-        self.conn = None
-        buf = self.wbuf
-        if self.resp_mode == M_CHUNK:
-            buf.append(b"0\r\n\r\n")
-        if buf:  # flush(), inline: this runs once per request
-            if len(buf) == 2 and len(buf[1]) <= SMALL_BODY:  # a head and a small body: one write(), not writev()
-                self.client.transport.write(buf[0] + buf[1])  # type: ignore[union-attr]
-            else:
-                self.client.transport.writelines(buf)  # type: ignore[union-attr]
-            buf.clear()
-        if conn is not None:
-            if keep_alive and self.req_done and not conn.closed:
-                self.ups.release(conn, self.client.server.clock)  # type: ignore[union-attr]
-            else:
-                conn.ex = None
-                conn.close()
-        self._finish_response()
-
-    def upstream_lost(self, conn: UpstreamConnection) -> None:
-        if self.conn is conn:
-            self.conn = None
-        if self.phase >= ANSWERED:
-            return
-        if self.phase is STREAMING:
-            if self.until_close:  # the close is the end of this body
-                if self.resp_mode == M_CHUNK:
-                    self.wbuf.append(b"0\r\n\r\n")
-                self.flush()
-                self._finish_response()
-            else:
-                self._broken()
-            return
-        svc = self.client.server.service
-        if conn.answered:
-            self.fail(502, f"instance {self._ups_id()} of service {svc} sent an incomplete response")
-        elif self.reused and self.attempt is FIRST and self.replay_size <= REPLAY_LIMIT:
-            # The instance closed an idle pooled connection as we wrote to it: nothing was
-            # processed, so the request is replayed once on a fresh connection.
-            self.attempt = REPLAYED
-            self.wbuf.clear()
-            self._open(self.ups)  # type: ignore[arg-type]
-        elif (self.attempt is not MOVED and self.req_done and self.replay_size <= REPLAY_LIMIT
-              and self.head.split(b" ", 1)[0] in IDEMPOTENT):
-            # The instance went away with the request in flight (killed, crashed): nothing
-            # was answered, and an idempotent request may safely run again, so it goes to
-            # another instance of the track, as HAProxy's `retry-on empty-response` does.
-            # (Also after a replay on the same instance: a dying instance may still accept
-            # the fresh connection and then drop it.)
-            self.attempt = MOVED
-            self.last_error = "an instance closed the connection without answering"
-            if self.tried is None:
-                self.tried = [self.ups]  # type: ignore[list-item]
-            else:
-                self.tried.append(self.ups)  # type: ignore[arg-type]
-            self.wbuf.clear()
-            self._dispatch()
-        else:
-            self.fail(502, f"instance {self._ups_id()} of service {svc} closed the connection without answering")
-
-    def upstream_invalid(self, conn: UpstreamConnection, error: Exception) -> None:
-        if self.conn is conn:
-            self.conn = None
-        if self.phase >= ANSWERED:
-            return
-        if self.phase is STREAMING:
-            self._broken()
-        else:
-            self.fail(502, f"instance {self._ups_id()} of service {self.client.server.service} "
-                           f"sent an invalid HTTP response ({error})")
 
     def upstream_pause(self, paused: bool) -> None:
         client = self.client
@@ -461,7 +299,7 @@ class Exchange(OverloadSteps):
         self.close_after = close
         conn_header = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if self.http10 else b""
         self.wbuf.clear()
-        client.transport.write(error_response(status, message, extra + conn_header, not self.is_head))  # type: ignore
+        client.send(error_response(status, message, extra + conn_header, not self.is_head))
         self.status = status
         self._finish_response()
 

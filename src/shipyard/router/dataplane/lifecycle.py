@@ -79,8 +79,13 @@ class Downstream(Protocol):
     paused: int
     write_paused: bool
     draining: bool
+    outbox: Any
+    """The listener's outbox.Outbox (Any: this module stays free of the connections' modules)."""
 
     def peer_bucket(self) -> int: ...
+
+    def send(self, data: bytes) -> None:
+        """Write to the client at the end of this loop iteration (outbox.py)."""
 
     def pause(self, why: int) -> None: ...
 

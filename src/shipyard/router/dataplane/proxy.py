@@ -41,6 +41,7 @@ from shipyard.router.dataplane.control_hosts import ListenControl, load_services
 from shipyard.router.dataplane.control_server import claim_socket, load_table, remove_socket, serve_control
 from shipyard.router.dataplane.hosts import HostMap, host_name
 from shipyard.router.dataplane.metrics import TrackMetrics
+from shipyard.router.dataplane.outbox import Outbox
 from shipyard.router.dataplane.redirect import RedirectConnection
 from shipyard.router.dataplane.service_plane import ServicePlane
 from shipyard.router.dataplane.tls import HANDSHAKE_TIMEOUT, SniFront
@@ -88,6 +89,8 @@ class ProxyServer:
         self.sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tries: TryWatch = None  # type: ignore[assignment]  # made by start(), with the loop
+        self.outbox: Outbox | None = None
+        """Writes held to the end of the loop iteration (outbox.py); made by start(), with the loop."""
         if service is not None:
             self.add(service, domains, table)
 
@@ -216,6 +219,7 @@ class ProxyServer:
         self.loop = loop = asyncio.get_running_loop()
         self.clock = loop.time()
         self.tries = TryWatch(loop)
+        self.outbox = Outbox(loop)
         for plane in self.planes.values():
             plane.loop, plane.tries, plane.clock = loop, self.tries, self.clock
         # not loop.create_server: uvloop's accepts one connection per loop iteration (acceptor.py)

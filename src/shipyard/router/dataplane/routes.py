@@ -11,7 +11,7 @@ from random import random as _random
 from typing import Protocol
 
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.upstream import UpstreamState
+from shipyard.router.dataplane.upstream import UNPROVEN_LIMIT, UpstreamState
 from shipyard.router.dataplane.waiting import WaitingQueue
 from shipyard.router.table import (
     BUCKETS,
@@ -74,14 +74,15 @@ class TrackRoute:
             u = ups[(start + k) % n]
             if tried is not None and u in tried:
                 continue
-            if u.metrics.ejected:
+            m = u.metrics
+            if m.ejected:
                 if not u.soft:
                     continue
                 if panic is None:
                     panic = self._in_rotation() < PANIC_THRESHOLD * n
                 if not panic:
                     continue
-            if not u.can_take(limit):
+            if not (m.inflight < limit and (u.idle or u.unproven < UNPROVEN_LIMIT)):  # u.can_take, inline
                 busy = True
                 continue
             self.rr = (start + k + 1) % n

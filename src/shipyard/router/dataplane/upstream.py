@@ -32,6 +32,7 @@ from shipyard.router.dataplane.framing import (
     connection_tokens,
 )
 from shipyard.router.dataplane.metrics import UpstreamMetrics
+from shipyard.router.dataplane.outbox import Outbox, Sender
 from shipyard.router.table import Upstream
 
 log = logging.getLogger("shipyard.router")
@@ -77,15 +78,20 @@ class ResponseSink(Protocol):
     def upstream_pause(self, paused: bool) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to an instance; carries one exchange at a time."""
+class UpstreamConnection(Sender, asyncio.Protocol):
+    """One HTTP/1.1 connection to an instance; carries one exchange at a time. The exchange
+    writes to it with `send` (outbox.py)."""
 
-    __slots__ = ("state", "transport", "parser", "ex", "reason", "lines", "framing", "drop", "seen", "answered",
+    __slots__ = ("outbox", "out", "out_size", "tls", "state", "transport", "parser", "ex", "reason", "lines", "framing", "drop", "seen", "answered",
                  "head_done", "head_keep", "read_paused", "idle_since", "closed", "unproven")
 
-    def __init__(self, state: UpstreamState) -> None:
+    def __init__(self, state: UpstreamState, outbox: Outbox | None = None) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
+        self.outbox = outbox
+        self.out: bytes | list[bytes] | None = None
+        self.out_size = 0
+        self.tls = False
         self.parser = HttpResponseParser(self)
         self.ex: ResponseSink | None = None
         self.reason = b""
@@ -151,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.out = None
         self.proven()
         ex = self.ex
         if ex is None:
@@ -229,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close now, dropping anything unsent: the connection's state is unknown."""
         self.closed = True
+        self.out = None
         self.proven()
         if self.transport is not None:
             self.transport.abort()
@@ -304,15 +312,15 @@ class UpstreamState:
                     c.close()
             self.idle = keep
 
-    async def connect(self) -> UpstreamConnection:
-        """A fresh connection; raises OSError or TimeoutError (the caller ejects). The caller
+    async def connect(self, outbox: Outbox | None = None) -> UpstreamConnection:
+        """A fresh connection (writing through `outbox`); raises OSError or TimeoutError (the caller ejects). The caller
         counted it in `unproven` already, when it decided to connect (before this coroutine
         ran: requests of one loop iteration must see each other's connects)."""
         loop = asyncio.get_running_loop()
         host, port = self.upstream.host, self.upstream.port
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self, outbox), host, port)
         except BaseException:
             self.unproven -= 1
             raise

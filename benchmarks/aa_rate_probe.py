@@ -10,6 +10,7 @@ Three parts, each short (the machine is shared):
   measured, and HAProxy's per-server connects vs reuses. --weight 95 makes the canary the busy
   track; --warm RPS sends that many extra requests/s straight to the canary's instances.
 - `direct`: no router: two identical instances, one at 10 requests/s and one at 190, then swapped.
+Each part writes its JSON to results/aa_rate_probe.<part>.json.
 Run: .venv/bin/python benchmarks/aa_rate_probe.py recorded|live|direct [--router haproxy]"""
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import canary_detection as cd
 import numpy as np
+from benchtools import run_bounded
 from canarytools import RingRecorder, UserLoad
 
 from shipyard.client import AsyncApiClient
@@ -174,16 +175,14 @@ async def direct(api: AsyncApiClient, state: Path, args: argparse.Namespace) -> 
     return {"direct": runs}
 
 
-async def on_daemon(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="aa-probe-") as d:
-        state = Path(d)
-        daemon = DaemonProcess(state).start()
-        api = AsyncApiClient(daemon.paths, timeout=180)
-        try:
-            return await (live_aa(api, daemon, state, args) if args.part == "live" else direct(api, state, args))
-        finally:
-            await api.aclose()
-            daemon.stop()
+async def on_daemon(args: argparse.Namespace, state: Path) -> dict[str, Any]:
+    daemon = DaemonProcess(state).start()
+    api = AsyncApiClient(daemon.paths, timeout=180)
+    try:
+        return await (live_aa(api, daemon, state, args) if args.part == "live" else direct(api, state, args))
+    finally:
+        await api.aclose()
+        daemon.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--seconds", type=float, default=45.0)
     args = p.parse_args(argv)
-    res = recorded() if args.part == "recorded" else asyncio.run(on_daemon(args))
+    if args.part == "recorded":
+        res: dict[str, Any] | int = recorded()
+    else:
+        res = run_bounded("aaprobe", lambda state, _children: on_daemon(args, state))
+    if isinstance(res, int):
+        return res
+    res["command"] = " ".join(sys.argv)
+    tag = args.part if args.part != "live" else f"live.{args.router}.w{args.weight}" + (f".warm{args.warm:g}" if args.warm else "")
+    out = RESULTS / f"aa_rate_probe.{tag}.json"
+    out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=1))
+    print(f"JSON: {out}", file=sys.stderr)
     return 0
 
 

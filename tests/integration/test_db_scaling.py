@@ -29,7 +29,7 @@ async def live_url() -> AsyncIterator[str]:
         async with await connect(url) as conn:
             await conn.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, "
                                "balance numeric, note text)")
-            await conn.execute("INSERT INTO accounts SELECT i, 'owner-' || (i * 7919 %% 100003), i / 100.0, "
+            await conn.execute("INSERT INTO accounts SELECT i, 'owner-' || md5(i::text), i / 100.0, "
                                "'account ' || i FROM generate_series(1, %s) i", (ROWS,))
             await conn.execute("ANALYZE accounts")
         yield url

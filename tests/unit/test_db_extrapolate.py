@@ -58,6 +58,13 @@ def test_the_estimate_is_never_below_what_was_measured() -> None:
     assert fit.seconds >= 0.51
 
 
+def test_a_fit_that_needs_a_negative_fixed_cost_scales_the_larger_sample_instead() -> None:
+    # 10x the time for 4x the rows: the straight line through both would cross zero above n = 0
+    fit = extrapolate(25_000, 0.009, 100_000, 0.094, 1_000_000, LINEAR)
+    assert fit.fixed == 0.0
+    assert fit.seconds == pytest.approx(0.94)
+
+
 def test_a_target_within_the_sample_was_measured() -> None:
     fit = extrapolate(1_000, 0.1, 4_000, 0.4, 3_000, LINEAR)
     assert (fit.model, fit.seconds) == (CONSTANT, 0.4)

@@ -41,7 +41,8 @@ def _g(model: str, n: float) -> float:
 def extrapolate(n1: int, t1: float, n2: int, t2: float, target: float, model: str) -> Fit:
     """Fit t = a + b * g(n) through (n1, t1) and (n2, t2), n1 < n2, and evaluate it at
     `target`. Bounds: never below the larger measured time (a table does not get faster as
-    it grows); a time that did not grow by NOISE_FLOOR is taken as constant; a target no
+    it grows); a fixed cost is never negative (a fit that needs one scales the larger sample
+    through the origin instead: the small sample's time is mostly noise then); a time that did not grow by NOISE_FLOOR is taken as constant; a target no
     bigger than n2 was measured, not estimated, and gets t2."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: one of {', '.join(MODELS)}")
@@ -57,6 +58,8 @@ def extrapolate(n1: int, t1: float, n2: int, t2: float, target: float, model: st
     g1, g2 = _g(model, n1), _g(model, n2)
     slope = (t2 - t1) / (g2 - g1)
     fixed = t1 - slope * g1
+    if fixed < 0:               # grew faster than the model between the samples: noise, not a negative cost
+        fixed, slope = 0.0, t2 / g2
     return Fit(model, round(max(measured, fixed + slope * _g(model, target)), 4), round(fixed, 4))
 
 

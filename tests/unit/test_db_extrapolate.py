@@ -133,3 +133,14 @@ def test_a_full_copy_report_says_measured() -> None:
     assert report.basis == "measured on the full copy"
     assert all(e["basis"] == "measured on the full copy" for e in report.estimates)
     assert report.statements[0].locks_held_live == 0.05 and report.ok
+
+
+def test_a_statement_without_a_second_measurement_is_not_passed_off_as_production() -> None:
+    scripts = [parse_script("CREATE INDEX i ON t (a);\n", "0001.sql")]
+    sizing = Sizing(EXTRAPOLATED, {"t": TableSize(1_000_000, 0)}, small=25_000, large=100_000)
+    report = _report(0.100, 0.098)
+    scale_report(report, None, scripts, sizing, {}, {"t": 100_000}, {})     # the small run gave nothing
+    writes = next(e for e in report.estimates if e["kind"] == "write")
+    assert writes["seconds"] == 0.098
+    assert writes["basis"].startswith("the copy's probe only: 0001.sql:1 not estimated")
+    assert report.statements[0].locks_held_live is None

@@ -151,27 +151,33 @@ def scale_report(large: CheckReport, small: CheckReport | None, scripts: list[Sc
 
 
 def _estimate_stalls(report: CheckReport, sizing: Sizing) -> None:
+    """Per probe: the longest live-size lock-holding time of the statements whose lock conflicts
+    with its queries, with that statement's basis; else the copy's own probe figure, saying so."""
     for probe in report.probes:
         wanted = PROBE_MODES[probe.kind]
         holders = [o for o in report.statements
-                   if o.locks_held_live is not None
-                   and any(locks.conflicts(m, wanted) for m in o.locks.get(probe.table, []))]
-        worst = max(holders, key=lambda o: o.locks_held_live or 0.0, default=None)
-        if worst is not None and "extrapolated" in worst.locks_held_basis:
+                   if any(locks.conflicts(m, wanted) for m in o.locks.get(probe.table, []))]
+        unknown = next((o for o in holders if o.locks_held_live is None), None)
+        worst = max((o for o in holders if o.locks_held_live is not None),
+                    key=lambda o: o.locks_held_live or 0.0, default=None)
+        if sizing.mode == SCHEMA_ONLY:
+            seconds, basis = probe.longest_stall, report.basis
+        elif unknown is not None:
+            seconds, basis = probe.longest_stall, (f"the copy's probe only: {unknown.location} "
+                                                   f"{unknown.locks_held_basis or 'not estimated'}")
+        elif worst is not None and "extrapolated" in worst.locks_held_basis:
             seconds, basis = max(worst.locks_held_live or 0.0, probe.longest_stall), worst.locks_held_basis
+        elif worst is not None or sizing.mode == FULL:
+            seconds, basis = probe.longest_stall, "measured on the full copy"
         else:
-            seconds, basis = probe.longest_stall, (
-                "measured on the full copy" if sizing.mode == FULL or worst is not None
-                else f"measured on the {sizing.large:,}-row sample (no statement holds a lock on it that grows "
-                     "with the table)" if sizing.mode == EXTRAPOLATED else report.basis)
-        estimate = {"table": probe.table, "kind": probe.kind, "seconds": round(seconds, 4), "basis": basis,
-                    "by": worst.location if worst else None, "measured_on_copy": probe.longest_stall}
-        report.estimates.append(estimate)
-        if "extrapolated" in basis and seconds > report.max_stall:
+            seconds, basis = probe.longest_stall, "measured on the copy (no statement's lock conflicts with these queries)"
+        report.estimates.append({"table": probe.table, "kind": probe.kind, "seconds": round(seconds, 4),
+                                 "basis": basis, "by": worst.location if worst else None,
+                                 "measured_on_copy": probe.longest_stall})
+        if worst is not None and "extrapolated" in basis and seconds > report.max_stall:
             verb = "reads" if probe.kind == "read" else "writes"
             report.reasons.append(f"{probe.table}: {verb} would be blocked about {seconds:.2f} s by "
-                                  f"{worst.location if worst else '?'} {worst.statement if worst else ''} "
-                                  f"({basis}; max_stall {report.max_stall:g} s)")
+                                  f"{worst.location} {worst.statement} ({basis}; max_stall {report.max_stall:g} s)")
             report.ok = False
 
 

@@ -45,7 +45,8 @@ async def _writer(url: str, stop: asyncio.Event, latencies: list[tuple[float, fl
 
 
 async def _stall_on_live_table(url: str) -> float:
-    """The longest write that overlapped CREATE INDEX on the live table, under WRITERS writers."""
+    """The longest write that overlapped CREATE INDEX on the live table, under WRITERS writers
+    (each counted up to the build's end)."""
     stop, latencies = asyncio.Event(), []
     tasks = [asyncio.create_task(_writer(url, stop, latencies)) for _ in range(WRITERS)]
     try:
@@ -58,7 +59,7 @@ async def _stall_on_live_table(url: str) -> float:
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    return max(lat for start, lat in latencies if start <= t1 and start + lat >= t0)
+    return max(min(lat, t1 - start) for start, lat in latencies if t0 <= start <= t1)
 
 
 async def test_a_big_tables_index_stall_is_extrapolated_and_near_the_real_one(live_url: str) -> None:
@@ -73,7 +74,12 @@ async def test_a_big_tables_index_stall_is_extrapolated_and_near_the_real_one(li
     assert "extrapolated from" in summary(check) and f"{ROWS:,} rows" in summary(check)
     assert writes["seconds"] > writes["measured_on_copy"]
 
-    real = await _stall_on_live_table(live_url)
+    runs = []
+    for _ in range(2):                  # the mean of two builds: one on a shared 2-core machine is noisy
+        runs.append(await _stall_on_live_table(live_url))
+        async with await connect(live_url) as conn:
+            await conn.execute("DROP INDEX accounts_owner_idx")
+    real = sum(runs) / len(runs)
     ratio = writes["seconds"] / real
     print(f"rehearsal {writes['seconds']:.3f} s ({writes['basis']}; copy {writes['measured_on_copy']:.3f} s); live {real:.3f} s")
     assert 0.5 <= ratio <= 2.0, (f"rehearsal said {writes['seconds']:.3f} s ({writes['basis']}), "

@@ -203,7 +203,7 @@ def print_check(doc: dict[str, Any]) -> None:
     if reh is None:
         say("nothing to rehearse")
     else:
-        t = Table("STATEMENT", "TIME", "LOCKS", "HELD", "HELD AT LIVE SIZE", "WAITED", "REWROTE")
+        t = Table("STATEMENT", "TIME ON COPY", "LOCKS", "HELD ON COPY", "HELD AT LIVE SIZE", "WAITED", "REWROTE")
         for s in reh["check"]["statements"]:
             locks = ", ".join(f"{tbl}: {mode}" for tbl, mode in _locks(s))
             t.add_row(*(text(v) for v in (

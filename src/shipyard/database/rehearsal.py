@@ -42,7 +42,7 @@ def summary(check: CheckReport) -> str:
     """One line a human reads in the rollout's events: did it pass, what did it rewrite, how long
     would queries wait - and whether that figure was measured on a full copy or extrapolated."""
     rewrote = sorted({t for s in check.statements for t in s.rewritten})
-    parts = [f"{len(check.statements)} statement(s) in {sum(s.duration for s in check.statements):.3f}s",
+    parts = [f"{len(check.statements)} statement(s) in {sum(s.duration for s in check.statements):.3f}s on the copy",
              f"rewrote {', '.join(rewrote)}" if rewrote else "no table rewritten"]
     worst = max(check.estimates, key=lambda e: e["seconds"], default=None)
     if worst is not None:

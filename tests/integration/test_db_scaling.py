@@ -84,3 +84,21 @@ async def test_a_big_tables_index_stall_is_extrapolated_and_near_the_real_one(li
     print(f"rehearsal {writes['seconds']:.3f} s ({writes['basis']}; copy {writes['measured_on_copy']:.3f} s); live {real:.3f} s")
     assert 0.5 <= ratio <= 2.0, (f"rehearsal said {writes['seconds']:.3f} s ({writes['basis']}), "
                                  f"writers on the live table waited {real:.3f} s")
+
+
+async def test_a_small_table_is_copied_whole_and_its_stall_said_measured() -> None:
+    async with throwaway_db("sy_scale") as url:
+        async with await connect(url) as conn:
+            await conn.execute("CREATE TABLE small (id int PRIMARY KEY, v text)")
+            await conn.execute("INSERT INTO small SELECT i, md5(i::text) FROM generate_series(1, 5000) i")
+            await conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+            await conn.execute("INSERT INTO other SELECT generate_series(1, 3000)")
+            await conn.execute("ANALYZE")
+        scripts = [parse_script("CREATE INDEX small_v ON small (v);\n", "0001.sql")]
+        async with rehearsal_copy(url, scripts, sample_rows=1000, lock_timeout=5.0, max_stall=30.0) as (scratch, check):
+            # the touched table whole, an untouched one only sample_rows
+            assert scratch.rows_copied == {"small": 5000, "other": 1000}
+    assert check.basis == "measured on the full copy"
+    assert {e["basis"] for e in check.estimates} == {"measured on the full copy"}
+    assert "measured on the full copy" in summary(check)
+    assert check.statements[0].locks_held_live == check.statements[0].locks_held

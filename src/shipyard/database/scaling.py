@@ -31,6 +31,9 @@ on the same server's disk, whose free space SQL cannot see."""
 SMALL_SAMPLE_SHARE = 4
 """The small sample is this fraction of the large one: far enough apart to see the growth."""
 
+WHOLE = 2**62
+"""The row limit of a table copied whole (its size was an estimate: no limit really)."""
+
 FULL = "full"
 EXTRAPOLATED = "extrapolated"
 SCHEMA_ONLY = "schema-only"
@@ -210,6 +213,14 @@ async def settle(conn: psycopg.AsyncConnection, tables: list[tuple[str | None, s
     return sizes
 
 
+def _copy_text(sizing: Sizing, sample_rows: int) -> str:
+    if sizing.mode == SCHEMA_ONLY:
+        return "schema only"
+    touched = "each touched table whole" if sizing.mode == FULL else \
+        f"large sample: up to {sizing.large:,} rows of each touched table"
+    return f"{touched}, {sample_rows:,} rows of the others"
+
+
 def _ratio(sizing: Sizing, copied: dict[str, int]) -> float:
     """Copied / live rows of the biggest touched table that was sampled (1.0: copied whole)."""
     sampled = [(t, s) for t, s in sizing.live.items() if s.rows > copied.get(t, 0) > 0]
@@ -232,14 +243,18 @@ async def rehearsal_copy(url: str, scripts: list[Script], *, sample_rows: int, l
     small_check: CheckReport | None = None
     rows_small: dict[str, int] = {}
     if sizing.mode == EXTRAPOLATED:
-        async with ScratchDatabase.copy_of(url, sample_rows=sizing.small) as small:
-            log(f"scratch copy {small.name} ready (small sample: up to {sizing.small:,} rows per table)")
+        async with ScratchDatabase.copy_of(url, sample_rows=sample_rows,
+                                           table_rows=dict.fromkeys(live, sizing.small)) as small:
+            log(f"scratch copy {small.name} ready (small sample: up to {sizing.small:,} rows of each touched "
+                f"table, {sample_rows:,} of the others)")
             async with await connect(small.url) as conn:
                 await settle(conn, touched_tables(scripts), _ratio(sizing, small.rows_copied))
             rows_small = dict(small.rows_copied)
             small_check = await observe_apply(small.url, scripts, lock_timeout=lock_timeout, max_stall=max_stall)
-    async with ScratchDatabase.copy_of(url, sample_rows=sizing.large) as scratch:
-        log(f"scratch copy {scratch.name} ready (up to {sizing.large:,} rows per table; {sizing.mode})")
+    async with ScratchDatabase.copy_of(url, sample_rows=sample_rows,
+                                       table_rows=dict.fromkeys(live, WHOLE if sizing.mode == FULL
+                                                                else sizing.large)) as scratch:
+        log(f"scratch copy {scratch.name} ready ({_copy_text(sizing, sample_rows)})")
         async with await connect(scratch.url) as conn:
             sample_bytes = await settle(conn, touched_tables(scripts), _ratio(sizing, scratch.rows_copied))
         check = await observe_apply(scratch.url, scripts, lock_timeout=lock_timeout, max_stall=max_stall)

@@ -208,7 +208,9 @@ async def settle(conn: psycopg.AsyncConnection, tables: list[tuple[str | None, s
     sizes = await table_sizes(conn, tables)
     for schema, name in tables:
         ident = sql.Identifier(*([schema] if schema else []), name)
-        if display_name(schema or "public", name) in sizes:
+        row = await (await conn.execute("SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                                        (ident.as_string(conn),))).fetchone()
+        if row is not None and row[0] == "r":
             await conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
     return sizes
 

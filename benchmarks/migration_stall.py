@@ -32,7 +32,9 @@ from migrationtools import (
     end_state,
     fill_table,
     latency_summary,
+    rehearsed_stall,
     slowest,
+    stall_in_window,
     timeline,
 )
 
@@ -155,9 +157,13 @@ async def one_run(args: argparse.Namespace, dbs: Databases, kind: str,
         findings = await lint(url, migrations, assume_lock_timeout=kind == "shipyard")
         load = AppWorkload(url, args.rows, clients=args.clients, pause=args.pause_ms / 1000)
         waits = WaitSampler(url)
+        rehearsal = None
         try:
             await load.start()
             await waits.start()
+            if kind == "naive":         # as a deploy would: `db check` of the index file, under the load
+                print(f"[{kind}] rehearsing {migrations[0].label} ...", flush=True)
+                rehearsal = await rehearsed_stall(url, migrations[0].script, args.lock_timeout)
             await asyncio.sleep(args.warmup)
             print(f"[{kind}] migrating under {args.clients} clients ...", flush=True)
             cpu0, t0 = cpu_times(), time.monotonic()
@@ -195,7 +201,16 @@ async def one_run(args: argparse.Namespace, dbs: Databases, kind: str,
         "achieved_qps": round(len(queries) / (load.stopped - load.started), 1),
         "slowest": slowest(queries, t0), "timeline": timeline(queries, t0),
         "end_state": state,
+        "rehearsal": None if rehearsal is None else _compare(rehearsal, queries, applied["windows"][0]),
     }
+
+
+def _compare(rehearsal: dict[str, Any], queries: list[Any], window: tuple[str, float, float]) -> dict[str, Any]:
+    """The rehearsal's reported stall of the index file against the writes it really stalled."""
+    real = stall_in_window(queries, window[1], window[2])
+    ratio = round(rehearsal["seconds"] / real, 2) if real else None
+    return {**rehearsal, "file": window[0], "real_s": None if real is None else round(real, 4), "ratio": ratio,
+            "within_2x": ratio is not None and 0.5 <= ratio <= 2.0}
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -218,8 +233,10 @@ def summarize(args: argparse.Namespace, runs: dict[str, dict[str, Any]], pg: str
         "naive_rules": sorted({f["rule"] for f in naive["lint"]}),
         "naive_flagged": naive_flagged, "shipyard_lint_clean": ship_clean,
         "goal_met": goal, "stall_ratio": round(naive_max / ship_max, 1) if ship_max else None,
+        "rehearsal_within_2x": bool(naive["rehearsal"] and naive["rehearsal"]["within_2x"]),
         "runs": runs,
-        "ok": goal and naive_flagged and ship_clean and naive["end_state"]["complete"]
+        "ok": goal and naive_flagged and ship_clean and naive["end_state"]["complete"] and naive["rehearsal"]
+        and naive["rehearsal"]["within_2x"]
         and ship["end_state"]["complete"],
     }
 
@@ -270,6 +287,11 @@ def markdown(res: dict[str, Any]) -> str:
         ("CPU time busy during the migration", f"{naive['cpu_during_migration']['busy']:.0%}",
          f"{ship['cpu_during_migration']['busy']:.0%}", ""),
     ]
+    reh = naive.get("rehearsal") or {}
+    if reh:
+        rows.append((f"`db check` (default settings) vs real stall of writes, `{reh['file']}`",
+                     f"reported {_ms(reh['seconds'] * 1000)} ({reh['basis']}) vs measured "
+                     f"{_ms((reh['real_s'] or 0) * 1000)}: ratio {reh['ratio']}", "", "within 2x"))
     verdict = "**met**" if res["goal_met"] else "**not met**"
     ratio = f"{res['stall_ratio']:,.0f}x" if res["stall_ratio"] else "-"
     return "\n".join([
@@ -342,6 +364,9 @@ async def run(args: argparse.Namespace, dbs: Databases, work: Path) -> dict[str,
         print(f"[{kind}] migration {runs[kind]['migration_s']:.2f} s; "
               f"max latency {_ms(r['latency_ms']['max'])}, "
               f"errors {r['errors']}, queries {r['queries']:,}", flush=True)
+        if reh := runs[kind]["rehearsal"]:
+            print(f"[{kind}] {reh['file']}: rehearsal reported {reh['seconds']:.3f} s ({reh['basis']}); "
+                  f"writes on the real table stalled {reh['real_s']} s; ratio {reh['ratio']}", flush=True)
     return summarize(args, runs, str(pg))
 
 

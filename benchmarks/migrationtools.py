@@ -19,6 +19,10 @@ import psycopg
 from psycopg import sql
 
 from shipyard.database.connect import connect, with_database
+from shipyard.database.rehearsal import summary
+from shipyard.database.scaling import rehearsal_copy
+from shipyard.database.statements import Script
+from shipyard.spec.models import DatabaseCheckSpec
 
 # -- databases -------------------------------------------------------------------------------
 
@@ -269,3 +273,26 @@ def timeline(queries: list[Query], origin: float, step: float = 0.5) -> list[dic
     return [{"t_s": round(k * step, 3), "queries": len(v),
              "max_ms": round(max(q.latency for q in v) * 1000, 1), "errors": sum(1 for q in v if q.error)}
             for k, v in sorted(bins.items())]
+
+
+# -- the rehearsal's figure against the real one ------------------------------------------------
+
+async def rehearsed_stall(url: str, script: Script, lock_timeout: float) -> dict[str, Any]:
+    """What `db check` (default settings) reports as the stall of the table's writes."""
+    messages: list[str] = []
+    t0 = time.monotonic()
+    async with rehearsal_copy(url, [script], sample_rows=DatabaseCheckSpec().sample_rows,
+                              lock_timeout=lock_timeout, max_stall=3600.0, log=messages.append) as (_s, check):
+        pass
+    writes = next(e for e in check.estimates if e["kind"] == "write")
+    return {"seconds": writes["seconds"], "basis": writes["basis"], "measured_on_copy": writes["measured_on_copy"],
+            "summary": summary(check), "rehearsal_s": round(time.monotonic() - t0, 2), "log": messages}
+
+
+def stall_in_window(queries: list[Query], start: float, end: float, kind: str = "update") -> float | None:
+    """How long the file held up a `kind` query: the longest of those that began while it ran,
+    each counted up to the file's end (a query still waiting then waits on the next file, which
+    took the lock before it in the naive run: that part is the next file's stall)."""
+    inside = [min(q.latency, end - q.start) for q in queries
+              if q.kind == kind and start <= q.start <= end and q.error is None]
+    return max(inside, default=None)

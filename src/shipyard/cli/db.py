@@ -203,17 +203,26 @@ def print_check(doc: dict[str, Any]) -> None:
     if reh is None:
         say("nothing to rehearse")
     else:
-        t = Table("STATEMENT", "TIME", "LOCKS", "HELD", "WAITED", "REWROTE")
+        t = Table("STATEMENT", "TIME ON COPY", "LOCKS", "HELD ON COPY", "HELD AT LIVE SIZE", "WAITED", "REWROTE")
         for s in reh["check"]["statements"]:
             locks = ", ".join(f"{tbl}: {mode}" for tbl, mode in _locks(s))
             t.add_row(*(text(v) for v in (
                 f"{Path(s['source']).name}:{s['line']} {s['statement'][:60]}", f"{s['duration']:.3f}s",
-                locks or "-", f"{s.get('locks_held', 0.0):.3f}s", f"{s.get('lock_wait', 0.0):.3f}s",
+                locks or "-", f"{s.get('locks_held', 0.0):.3f}s",
+                "-" if s.get("locks_held_live") is None else f"{s['locks_held_live']:.3f}s",
+                f"{s.get('lock_wait', 0.0):.3f}s",
                 ", ".join(s.get("rewritten") or []) or "-")))
         out.print(t)
+        estimates = {(e["table"], e["kind"]): e for e in reh["check"].get("estimates", [])}
         for p in reh["check"].get("probes", []):
-            say("  probe {table} {kind}: longest stall {stall:.3f}s, {count} queries", table=p["table"],
-                kind=p["kind"], stall=p["longest_stall"], count=p["count"])
+            e = estimates.get((p["table"], p["kind"]))
+            if e is None:
+                say("  probe {table} {kind}: longest stall {stall:.3f}s, {count} queries", table=p["table"],
+                    kind=p["kind"], stall=p["longest_stall"], count=p["count"])
+            else:
+                say("  {table} {kind}s: stall {stall:.3f}s ({basis}); the copy's probe: {probe:.3f}s, {count} "
+                    "queries", table=p["table"], kind=p["kind"], stall=e["seconds"], basis=e["basis"],
+                    probe=p["longest_stall"], count=p["count"])
         for r in (reh.get("compat") or {}).get("results", []):
             mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
             say(f"  {{role}} release {{image}}: {mark} {{detail}}", role=r["role"], image=r["image_id"][:12],

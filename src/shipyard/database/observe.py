@@ -64,6 +64,10 @@ class StatementObservation:
     locks_held: float = 0.0
     """Seconds from its start until its transaction ended and its locks were let go."""
     rewritten: list[str] = field(default_factory=list)
+    locks_held_live: float | None = None
+    """locks_held carried to the live table's size (see scaling.py); None: not estimated."""
+    locks_held_basis: str = ""
+    """Where locks_held_live comes from: measured on the full copy, or extrapolated from which sizes."""
     error: str | None = None
     sqlstate: str | None = None
 
@@ -86,6 +90,10 @@ class CheckReport:
     duration: float
     unprobed: list[str] = field(default_factory=list)
     """Touched tables left without probes (over MAX_PROBED_TABLES)."""
+    basis: str = "measured on the scratch copy"
+    """What the stall figures are: measured on the full copy, or extrapolated (scaling.py)."""
+    estimates: list[dict[str, Any]] = field(default_factory=list)
+    """Per probed table and kind: the stall the live table would see and why (scaling.py)."""
 
     @property
     def failed_statement(self) -> StatementObservation | None:
@@ -96,7 +104,7 @@ class CheckReport:
                 "max_stall": self.max_stall, "duration": self.duration,
                 "statements": [s.to_dict() for s in self.statements],
                 "probes": [p.to_dict() for p in self.probes],
-                "unprobed": self.unprobed}
+                "unprobed": self.unprobed, "basis": self.basis, "estimates": self.estimates}
 
 
 @dataclass

@@ -14,8 +14,8 @@ from shipyard.images.store import ImageStore
 from shipyard.spec import DatabaseSpec
 
 from .compat import Checker, CompatReport, Launcher, ReleaseUnderTest, compat_gate
-from .observe import CheckReport, observe_apply
-from .scratch import ScratchDatabase
+from .observe import CheckReport
+from .scaling import rehearsal_copy
 from .statements import Script
 
 
@@ -39,13 +39,20 @@ class Rehearsal:
 
 
 def summary(check: CheckReport) -> str:
-    """One line a human reads in the rollout's events: did it pass, what did it rewrite, how long did queries wait."""
+    """One line a human reads in the rollout's events: did it pass, what did it rewrite, how long
+    would queries wait - and whether that figure was measured on a full copy or extrapolated."""
     rewrote = sorted({t for s in check.statements for t in s.rewritten})
-    worst = max(check.probes, key=lambda p: p.longest_stall, default=None)
-    parts = [f"{len(check.statements)} statement(s) in {sum(s.duration for s in check.statements):.3f}s",
+    parts = [f"{len(check.statements)} statement(s) in {sum(s.duration for s in check.statements):.3f}s on the copy",
              f"rewrote {', '.join(rewrote)}" if rewrote else "no table rewritten"]
+    worst = max(check.estimates, key=lambda e: e["seconds"], default=None)
     if worst is not None:
-        parts.append(f"longest probe stall {worst.longest_stall * 1000:.0f} ms ({worst.table} {worst.kind}s)")
+        parts.append(f"longest stall {worst['seconds'] * 1000:.0f} ms ({worst['table']} {worst['kind']}s; "
+                     f"{worst['basis']})")
+    else:
+        probe = max(check.probes, key=lambda p: p.longest_stall, default=None)
+        if probe is not None:
+            parts.append(f"longest probe stall {probe.longest_stall * 1000:.0f} ms ({probe.table} {probe.kind}s; "
+                         f"{check.basis})")
     head = "rehearsal on the scratch copy: " + ", ".join(parts)
     return head if check.ok else head + "; FAILED: " + "; ".join(check.reasons)
 
@@ -54,9 +61,8 @@ async def rehearse(db: DatabaseSpec, scripts: list[Script], releases: list[Relea
                    images: ImageStore, runtime: Launcher, checker: Checker, workdir: Path, env_source: Mapping[str, str],
                    log: Callable[[str], None] = lambda _m: None) -> Rehearsal:
     max_stall = db.check.max_stall if db.check.max_stall is not None else db.lock_timeout
-    async with ScratchDatabase.copy_of(db.url, sample_rows=db.check.sample_rows) as scratch:
-        log(f"scratch copy {scratch.name} ready (up to {db.check.sample_rows} rows per table)")
-        check = await observe_apply(scratch.url, scripts, lock_timeout=db.lock_timeout, max_stall=max_stall)
+    async with rehearsal_copy(db.url, scripts, sample_rows=db.check.sample_rows, lock_timeout=db.lock_timeout,
+                              max_stall=max_stall, log=log) as (scratch, check):
         log(summary(check))
         compat = None
         if releases and not check.failed_statement:

@@ -14,7 +14,7 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +52,16 @@ class ScratchDatabase:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def copy_of(cls, target_url: str, *, sample_rows: int = 1000) -> AsyncIterator[ScratchDatabase]:
-        """`async with ScratchDatabase.copy_of(url) as scratch:` - dropped on any exit."""
+    async def copy_of(cls, target_url: str, *, sample_rows: int = 1000,
+                      table_rows: Mapping[str, int] | None = None) -> AsyncIterator[ScratchDatabase]:
+        """`async with ScratchDatabase.copy_of(url) as scratch:` - dropped on any exit.
+        `table_rows`: rows for the tables it names (as display_name), instead of sample_rows."""
         await drop_stale_scratch(target_url)
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         created: list[int] = []             # the server version, once CREATE DATABASE may have happened
         try:
             try:
-                scratch = await cls._make(target_url, name, sample_rows, created)
+                scratch = await cls._make(target_url, name, sample_rows, dict(table_rows or {}), created)
             except psycopg.Error as e:
                 hint = ("the user in database.url needs the CREATEDB privilege on that server"
                         if isinstance(e, psycopg.errors.InsufficientPrivilege)
@@ -72,7 +74,8 @@ class ScratchDatabase:
                 await _drop_surely(target_url, name, created[0])
 
     @classmethod
-    async def _make(cls, target_url: str, name: str, sample_rows: int, created: list[int]) -> ScratchDatabase:
+    async def _make(cls, target_url: str, name: str, sample_rows: int, table_rows: dict[str, int],
+                    created: list[int]) -> ScratchDatabase:
         async with await connect(target_url) as admin:
             version = await server_version(admin)
             options = await _creation_options(admin)
@@ -84,8 +87,8 @@ class ScratchDatabase:
                 sql.Literal(f"shipyard check scratch copy host={socket.gethostname()} pid={os.getpid()}")))
         scratch = cls(name=name, url=with_database(target_url, name), source_url=target_url)
         await _copy_schema(target_url, scratch.url, major_of(version))
-        if sample_rows > 0:
-            await _copy_sample(scratch, sample_rows)
+        if sample_rows > 0 or any(table_rows.values()):
+            await _copy_sample(scratch, sample_rows, table_rows)
         return scratch
 
 
@@ -225,8 +228,8 @@ def display_name(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
-async def _copy_sample(scratch: ScratchDatabase, limit: int) -> None:
-    """Up to `limit` rows per table, streamed with COPY. Foreign keys are not checked for
+async def _copy_sample(scratch: ScratchDatabase, limit: int, table_rows: dict[str, int]) -> None:
+    """Up to `limit` rows per table (`table_rows` for the tables it names), streamed with COPY. Foreign keys are not checked for
     the sample (session_replication_role = replica): a child's rows need not find their
     parent among the parent's sampled rows."""
     async with await connect(scratch.source_url) as src, await connect(scratch.url) as dst:
@@ -238,8 +241,11 @@ async def _copy_sample(scratch: ScratchDatabase, limit: int) -> None:
         tables: list[tuple[str, str, list[str]]] = await (await src.execute(TABLES_SQL)).fetchall()
         for schema, name, columns in tables:
             table = display_name(schema, name)
+            rows = table_rows.get(table, limit)
+            if rows <= 0:
+                continue
             try:
-                scratch.rows_copied[table] = await _copy_table(src, dst, schema, name, columns, limit)
+                scratch.rows_copied[table] = await _copy_table(src, dst, schema, name, columns, rows)
             except psycopg.Error as e:
                 scratch.sample_skipped[table] = " ".join(str(e).split())
                 await _recover(src)

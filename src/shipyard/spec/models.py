@@ -96,7 +96,9 @@ class DatabaseCheckSpec(SpecModel):
     enabled: Bool = True
     """false: deploy skips the rehearsal (lint still runs)."""
     sample_rows: Annotated[int, Strict(), Field(ge=0, le=10_000_000)] = 1000
-    """Rows copied per table into the scratch database (0: schema only)."""
+    """Rows per table of the rehearsal's copy (0: schema only). A touched table up to
+    max(sample_rows, 100,000) rows (256 MiB in all) is copied whole and its stalls measured;
+    a bigger one is rehearsed on two samples and its stalls extrapolated to its live size."""
     max_stall: PositiveDuration | None = None
     """Longest an application query may wait on a migration lock; default: database.lock_timeout."""
     requests: list[PreviewCheck] | None = None

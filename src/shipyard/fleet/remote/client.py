@@ -300,6 +300,11 @@ class HelperClient:
         result, _ = await self.call("host.files", {"paths": paths})
         return result["files"]
 
+    async def free_port(self, address: str, avoid: list[int]) -> int:
+        """A port free on the host's ``address`` now, none of ``avoid`` (handed out recently)."""
+        result, _ = await self.call("host.free_port", {"address": address, "avoid": avoid})
+        return int(result["port"])
+
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})
         return result

@@ -142,9 +142,10 @@ class HelperClient:
                     continue
                 if not fut.done():
                     fut.set_result((header, data))
-        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
+        except Exception as exc:   # incl. asyncssh's ConnectionLost/DisconnectError (not OSErrors)
             why = str(exc) or type(exc).__name__
-        self._fail_all(HelperGone(why, hint))
+        finally:   # whatever ends the reader (even a cancel) fails the calls waiting on it
+            self._fail_all(HelperGone(why, hint))
 
     def _fail_all(self, exc: HelperGone) -> None:
         self._gone = exc

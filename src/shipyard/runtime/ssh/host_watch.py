@@ -61,6 +61,10 @@ class HostWatch:
             w.state = state
         return w
 
+    def answered(self) -> None:
+        """The host just answered another call (a start, a stop): it is reachable."""
+        self.unreachable_since, self.last_error = None, None
+
     def wake(self) -> None:
         self._wake.set()
         if self._task is None:
@@ -89,7 +93,7 @@ class HostWatch:
                 if self.unreachable_since is None:
                     self.unreachable_since = time.monotonic()
                 return
-            self.unreachable_since, self.last_error = None, None
+            self.answered()
             self.polls += 1
             for key, state in zip(keys, states, strict=True):
                 w = self.watched[key]

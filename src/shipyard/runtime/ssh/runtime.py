@@ -104,6 +104,7 @@ class SshRuntime:
             client = await session.client()
             yield client
             ok = True
+            h.watch.answered()
         except HelperError as exc:
             ok = not client_gone(exc)
             raise RuntimeFailure(f"cannot {what} on {h.conn.name}: {exc.message}", hint=exc.hint) from None

@@ -51,6 +51,7 @@ class HostWatch:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def watch(self, key: Key, instance_id: str, state: ProcessState | None = None) -> Watched:
         w = self.watched.get(key)
@@ -67,7 +68,7 @@ class HostWatch:
 
     def wake(self) -> None:
         self._wake.set()
-        if self._task is None:
+        if self._task is None and not self._closed:
             with contextlib.suppress(RuntimeError):   # no running loop: the next async call starts it
                 self._task = asyncio.get_running_loop().create_task(self._run(), name=f"watch:{self.session.name}")
 
@@ -123,6 +124,7 @@ class HostWatch:
             del self.watched[key]
 
     async def close(self) -> None:
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import RuntimeFailure
+from shipyard.fleet.remote.client import HelperClient
 from shipyard.rollout.records import Instance
 from shipyard.runtime.health import wait_healthy
 from support.netns_hosts import NetnsFleet
@@ -111,3 +112,24 @@ async def test_stop_on_an_unreachable_host_is_a_clear_error_and_works_once_it_is
     await rt.stop(inst, timeout=5)
     assert not rt.is_alive(inst) and await side.pid_gone(inst.pid)
     assert rt.unreachable_since(side.address) is None
+
+
+async def test_back_to_back_starts_never_get_the_same_port_on_a_host(
+        side: SshSide, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[int]] = []
+    real = HelperClient.free_port
+
+    async def spy(self: HelperClient, address: str, avoid: list[int]) -> int:
+        asked.append(list(avoid))
+        return await real(self, address, avoid)
+
+    monkeypatch.setattr(HelperClient, "free_port", spy)
+    tree = tmp / "tree"
+    tree.mkdir()
+    (tree / "sleep.py").write_text("import time; time.sleep(60)\n")
+    first = await side.start(await side.launch(tree, ["python3", "sleep.py"], name="a-1"))
+    second = await side.start(await side.launch(tree, ["python3", "sleep.py"], name="a-2"))
+    assert first.port != second.port
+    assert asked == [[], [first.port]]   # the host is told which ports it handed out just now
+    await asyncio.gather(side.runtime.stop(first, 1), side.runtime.stop(second, 1))
+    assert not side.runtime.is_alive(first) and not side.runtime.is_alive(second)

@@ -1,7 +1,9 @@
 """SshRuntime where only SSH can fail: an instance outlives its SSH connection and is
 re-adopted by the same runtime and by a new controller; a host that stops answering keeps
 its instances' last seen state (the engine decides when it is lost) and refuses a stop with
-a clear RuntimeFailure instead of hanging. The port's other promises: test_runtime_port.py."""
+a clear RuntimeFailure instead of hanging; a tree tampered with on the host is replaced before
+the next start; ports are never handed out twice in a row. The port's other promises:
+test_runtime_port.py."""
 
 from __future__ import annotations
 
@@ -133,3 +135,26 @@ async def test_back_to_back_starts_never_get_the_same_port_on_a_host(
     assert asked == [[], [first.port]]   # the host is told which ports it handed out just now
     await asyncio.gather(side.runtime.stop(first, 1), side.runtime.stop(second, 1))
     assert not side.runtime.is_alive(first) and not side.runtime.is_alive(second)
+
+
+async def test_a_tampered_tree_on_the_host_is_replaced_before_an_instance_starts_from_it(
+        side: SshSide, tmp: Path) -> None:
+    tree = tmp / "tree"
+    tree.mkdir()
+    (tree / "app.py").write_text("import time; print(open('version.txt').read(), flush=True); time.sleep(60)\n")
+    (tree / "version.txt").write_text("v1")
+    first = await side.start(await side.launch(tree, ["python3", "app.py"], name="t-1"))
+    [host_tree] = side.local_path("/root/.shipyard/images/trees/").glob("*")
+    version = host_tree / "version.txt"
+    version.chmod(0o644)
+    version.write_text("v1-edited-on-the-host")   # someone "fixed" Prod-Server-05 by hand
+    second = await side.start(await side.launch(tree, ["python3", "app.py"], name="t-2"))
+    await until(lambda: (side.local_path(second.log_path).read_text().count("v1") > 0), 10)
+    log = side.local_path(second.log_path).read_text()
+    assert "v1\n" in log and "edited" not in log
+    fresh = host_tree / "version.txt"
+    assert fresh.read_text() == "v1" and not fresh.stat().st_mode & 0o222   # made afresh, read-only
+    quarantined = [p for p in side.local_path("/root/.shipyard/images/").rglob("version.txt")
+                   if "edited" in p.read_text()]
+    assert quarantined, "the tampered tree is kept aside as evidence"
+    await asyncio.gather(side.runtime.stop(first, 1), side.runtime.stop(second, 1))

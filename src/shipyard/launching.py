@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from shipyard.errors import RuntimeFailure
@@ -22,9 +23,13 @@ def substitute(value: str, variables: dict[str, str]) -> str:
     return value
 
 
-def instance_environment(launch: LaunchSpec, variables: dict[str, str]) -> dict[str, str]:
-    """A small known environment: the daemon's own variables (and secrets) do not leak in."""
-    env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+def instance_environment(launch: LaunchSpec, variables: dict[str, str],
+                         base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A small known environment: the daemon's own variables (and secrets) do not leak in.
+    `base` stands for the daemon's BASE_ENV_KEYS when the instance runs elsewhere (a host
+    over SSH, whose PATH is not the controller's)."""
+    source = os.environ if base is None else base
+    env = {k: source[k] for k in BASE_ENV_KEYS if k in source}
     env.setdefault("PATH", os.defpath)
     env.update({k: substitute(v, variables) for k, v in launch.env.items()})
     env.update(variables)

@@ -227,3 +227,17 @@ async def test_a_host_s_instances_are_stopped_together_in_one_grace_period(spawn
     assert [s.how for s in states] == ["SIGKILL after 1s grace"] * 3 + ["SIGTERM", "not running"]
     assert [s.exit_code for s in states[:4]] == [-signal.SIGKILL] * 3 + [-signal.SIGTERM]
     assert not any(s.stuck for s in states) and not any(alive(s.pid, s.start_time) for s in started)
+
+
+async def test_free_port_is_bindable_and_never_one_the_controller_asks_to_avoid(spawn: Any) -> None:
+    client, _ = await spawn()
+    first = await client.free_port("127.0.0.1", [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", first))   # free indeed
+    avoid = [first]
+    for _ in range(20):
+        port = await client.free_port("127.0.0.1", avoid)
+        assert port not in avoid
+        avoid.append(port)
+    with pytest.raises(HelperError, match="cannot bind a TCP port on 192.0.2.1"):
+        await client.free_port("192.0.2.1", [])   # TEST-NET: no address of this machine

@@ -35,3 +35,20 @@ def test_port_allocator_forgets_after_the_window(monkeypatch: pytest.MonkeyPatch
     stuck.allocate()
     with pytest.raises(ports_mod.RuntimeFailure, match="could not find a free TCP port"):
         stuck.allocate()
+
+
+def test_ports_chosen_by_a_host_share_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote host picks its own ports (host.free_port); the allocator remembers them per
+    host so the next pick there avoids them, and a local allocation of that number too."""
+    alloc = PortAllocator()
+    alloc.note("10.0.0.5", 41000)
+    alloc.note("10.0.0.5", 41002)
+    alloc.note("10.0.0.6", 41001)
+    assert alloc.recent("10.0.0.5") == [41000, 41002] and alloc.recent("10.0.0.6") == [41001]
+    offered = iter([41000, 41003])
+    monkeypatch.setattr(ports_mod, "_free_port", lambda host: next(offered))
+    assert alloc.allocate("10.0.0.5") == 41003
+    assert PortAllocator(recent_seconds=0.0).recent("10.0.0.5") == []
+    gone = PortAllocator(recent_seconds=0.0)
+    gone.note("10.0.0.5", 41000)
+    assert gone.recent("10.0.0.5") == []   # the window is over

@@ -131,23 +131,25 @@ async def wait_healthy(
     is_alive: Callable[[Instance], bool],
     exit_code: Callable[[Instance], int | None] | None = None,
     log_lines: int = 20,
+    log_tail: Callable[[Instance, int], str] | None = None,
 ) -> tuple[bool, str]:
     """Probe every `interval` s until `healthy_threshold` successes in a row: (True, "").
     (False, why) when `deadline_s` passes or the process exits first; `why` is meant for
-    the user: the last probe, or the exit code and the end of the instance log."""
+    the user: the last probe, or the exit code and the end of the instance log (read by
+    `log_tail` when given: the log of an instance on another host is not a local file)."""
     tracker = HealthTracker(healthy_threshold, 1)
     began = time.monotonic()
     deadline = began + deadline_s
     next_probe = began
     while True:
         if not is_alive(inst):
-            return False, _exited(inst, exit_code, log_lines)
+            return False, _exited(inst, exit_code, log_lines, log_tail)
         probe_timeout = min(timeout, max(deadline - time.monotonic(), 0.05))
         last = await probe(inst.host, inst.port, path, probe_timeout)
         if tracker.observe(last.ok) == "healthy":
             return True, ""
         if not last.ok and not is_alive(inst):
-            return False, _exited(inst, exit_code, log_lines)
+            return False, _exited(inst, exit_code, log_lines, log_tail)
         now = time.monotonic()
         if now >= deadline:
             detail = last.describe(path)
@@ -158,7 +160,8 @@ async def wait_healthy(
         await asyncio.sleep(min(next_probe, deadline) - now)
 
 
-def _exited(inst: Instance, exit_code: Callable[[Instance], int | None] | None, log_lines: int) -> str:
+def _exited(inst: Instance, exit_code: Callable[[Instance], int | None] | None, log_lines: int,
+            tail_of: Callable[[Instance, int], str] | None = None) -> str:
     code = exit_code(inst) if exit_code else None
     if code is None:
         how = "process exited"
@@ -166,7 +169,7 @@ def _exited(inst: Instance, exit_code: Callable[[Instance], int | None] | None, 
         how = f"process was killed by {_signal_name(-code)}"
     else:
         how = f"process exited (code {code})"
-    tail = log_tail(inst.log_path, log_lines)
+    tail = tail_of(inst, log_lines) if tail_of else log_tail(inst.log_path, log_lines)
     logs = "\n".join("  " + line for line in tail.splitlines()) if tail else "  (log is empty)"
     return f"{how} before becoming healthy; last log lines:\n{logs}"
 

@@ -155,6 +155,10 @@ class LocalRuntime:
         self._reap()
         return self._exit_codes.get((instance.pid, instance.start_time))
 
+    def log_tail(self, instance: Instance, lines: int = 20) -> str:
+        """The last `lines` lines of the instance's log (as SshRuntime.log_tail, for health checks)."""
+        return log_tail(instance.log_path, lines)
+
     async def stop(self, instance: Instance, timeout: float) -> None:
         stat = read_proc_stat(instance.pid)
         if stat is not None and stat.start_time != instance.start_time:

@@ -38,6 +38,15 @@ class PortAllocator:
             "/proc/sys/net/ipv4/ip_local_port_range",
         )
 
+    def recent(self, host: str) -> list[int]:
+        """Ports handed out on `host` within the window (for a host that picks its own ports)."""
+        self._forget_older_than(time.monotonic() - self.recent_seconds)
+        return sorted(port for h, port in self._recent if h == host)
+
+    def note(self, host: str, port: int) -> None:
+        """Remember `port` as handed out on `host` now (chosen elsewhere, e.g. by a remote helper)."""
+        self._recent[(host, port)] = time.monotonic()
+
     def _forget_older_than(self, cutoff: float) -> None:
         for key in [k for k, t in self._recent.items() if t < cutoff]:
             del self._recent[key]

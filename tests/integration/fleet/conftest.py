@@ -18,3 +18,12 @@ def fleet5() -> Iterator[NetnsFleet]:
         yield fleet
     left = made_by(fleet.token)
     assert left == {"netns": [], "links": [], "dirs": [], "processes": []}, f"the test hosts left {left}"
+
+
+@pytest.fixture
+def fleet1() -> Iterator[NetnsFleet]:
+    need_namespaces()
+    with NetnsFleet(1) as fleet:
+        yield fleet
+    left = made_by(fleet.token)
+    assert left == {"netns": [], "links": [], "dirs": [], "processes": []}, f"the test host left {left}"

@@ -1,18 +1,14 @@
-"""SSH options and targets for the namespace hosts: quick failure detection and a short
-backoff, so drops and reconnects fit in a test's seconds."""
+"""SSH options and targets for the namespace hosts (support/ssh_options.py), and the skip
+for machines that cannot make namespaces."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import pytest
 
-from shipyard.runtime.ssh.backoff import BackoffPolicy
-from shipyard.runtime.ssh.options import SshOptions, SshTarget
-from support.netns_hosts import NetnsFleet, unusable_reason
+from support.netns_hosts import unusable_reason
+from support.ssh_options import QUICK_BACKOFF, options_for, targets
 
-QUICK_BACKOFF = BackoffPolicy(initial=0.1, factor=2, cap=1.0, jitter=0.5, stable_after=30)
+__all__ = ["QUICK_BACKOFF", "need_namespaces", "options_for", "targets"]
 
 
 def need_namespaces() -> None:
@@ -20,14 +16,3 @@ def need_namespaces() -> None:
     reason = unusable_reason()
     if reason:
         pytest.skip(reason)
-
-
-def options_for(fleet: NetnsFleet, **changes: Any) -> SshOptions:
-    base = SshOptions(user=fleet.user, identity=fleet.client_key, known_hosts=fleet.known_hosts,
-                      connect_timeout=5, keepalive_interval=0.3, keepalive_count_max=2, reconnect_wait=10,
-                      backoff=QUICK_BACKOFF)
-    return dataclasses.replace(base, **changes)
-
-
-def targets(fleet: NetnsFleet) -> list[SshTarget]:
-    return [SshTarget(h.name, h.address) for h in fleet.hosts]

@@ -142,9 +142,10 @@ class HelperClient:
                     continue
                 if not fut.done():
                     fut.set_result((header, data))
-        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
+        except Exception as exc:   # incl. asyncssh's ConnectionLost/DisconnectError (not OSErrors)
             why = str(exc) or type(exc).__name__
-        self._fail_all(HelperGone(why, hint))
+        finally:   # whatever ends the reader (even a cancel) fails the calls waiting on it
+            self._fail_all(HelperGone(why, hint))
 
     def _fail_all(self, exc: HelperGone) -> None:
         self._gone = exc
@@ -299,6 +300,11 @@ class HelperClient:
         not a regular file | unreadable}."""
         result, _ = await self.call("host.files", {"paths": paths})
         return result["files"]
+
+    async def free_port(self, address: str, avoid: list[int]) -> int:
+        """A port free on the host's ``address`` now, none of ``avoid`` (handed out recently)."""
+        result, _ = await self.call("host.free_port", {"address": address, "avoid": avoid})
+        return int(result["port"])
 
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})

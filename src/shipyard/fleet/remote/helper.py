@@ -93,6 +93,7 @@ class Helper:
             "process.inspect": lambda a, b: self.instances.inspect(a),
             "host.listeners": lambda a, b: host.listeners(a),
             "host.files": lambda a, b: host.files(a),
+            "host.free_port": lambda a, b: host.free_port(a),
         }
 
     def hello(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from shipyard.drift.listeners import listening_sockets, socket_owners
 from shipyard.images.manifest import hash_file
 
-from .protocol import BAD_REQUEST, OpError, require
+from .protocol import BAD_REQUEST, IO_ERROR, OpError, require
+
+PORT_ATTEMPTS = 64
 
 
 def _meminfo() -> dict[str, int]:
@@ -86,3 +89,25 @@ def files(args: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             out[path] = {"type": "unreadable", "reason": exc.strerror or str(exc)}
     return {"files": out}
+
+
+def free_port(args: dict[str, Any]) -> dict[str, Any]:
+    """A TCP port free now on ``address`` (the kernel's pick for port 0) and not among ``avoid``:
+    the controller names the ports it handed out recently on this host, so two instances
+    started back to back never race for one (runtime/ports.py's rule, kept by the controller
+    because a helper lives only as long as its channel)."""
+    address = require(args, "address", str)
+    avoid = set(require(args, "avoid", list, []))
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for _ in range(PORT_ATTEMPTS):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((address, 0))
+                port = int(sock.getsockname()[1])
+        except OSError as exc:
+            raise OpError(BAD_REQUEST, f"cannot bind a TCP port on {address}: {exc.strerror or exc}",
+                          hint="the instance address must be one of this host's own addresses") from None
+        if port not in avoid:
+            return {"port": port}
+    raise OpError(IO_ERROR, f"no free TCP port on {address} after {PORT_ATTEMPTS} attempts",
+                  hint="the host's ephemeral port range may be exhausted (ss -tan | wc -l)")

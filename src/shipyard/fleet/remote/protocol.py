@@ -21,6 +21,7 @@ Operations (args -> result; HelperClient has a method for each):
   process.inspect  pid, start_time, values_for[] -> state, argv, env (other values withheld)
   host.listeners   ports[]? -> listeners[{address, port, pids}]
   host.files       paths[] -> per path: type, sha256, size, mode
+  host.free_port   address, avoid[]? -> port (free on address now, not one of avoid)
 """
 
 from __future__ import annotations

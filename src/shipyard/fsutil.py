@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = False) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o600, durable: bool = False) -> None:
     """`path` holds `data` afterwards, or (on any error, re-raised as it came) what it held
-    before. The temp file is created with `mode` (0o600 for a secret is never readable by
-    others, not even for a moment), in the same directory (a rename within one file system),
+    before. `mode` is set exactly (not filtered by the umask), so the default is owner-only,
+    as every file in the state directory is (tests/integration/test_api_hostile.py checks it);
+    a file others must read says so. The temp file is created 0o600 (a secret is never
+    readable by others, not even for a moment), in the same directory (a rename within one file system),
     under a name unique to this process and call. `durable`: the data and then the rename are
     fsynced, so a crash also leaves the old or the new contents; without it a crash may leave an
     empty file, which is cheaper for files rewritten often and rebuilt at start."""

@@ -20,9 +20,9 @@ def mode_of(path: Path) -> int:
 def test_replaces_the_contents_with_the_mode_asked_for(tmp_path: Path, durable: bool) -> None:
     target = tmp_path / "deep" / "state.json"          # missing parents are made
     write_atomic(target, "first", durable=durable)
-    assert (target.read_text(), mode_of(target)) == ("first", 0o644)
-    write_atomic(target, b"\x00second" * 10000, mode=0o600, durable=durable)
-    assert target.read_bytes() == b"\x00second" * 10000 and mode_of(target) == 0o600
+    assert (target.read_text(), mode_of(target)) == ("first", 0o600)      # owner-only unless asked
+    write_atomic(target, b"\x00second" * 10000, mode=0o644, durable=durable)
+    assert target.read_bytes() == b"\x00second" * 10000 and mode_of(target) == 0o644
     assert os.listdir(target.parent) == ["state.json"]
 
 

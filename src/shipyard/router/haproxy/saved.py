@@ -98,7 +98,7 @@ class Saved:
         atomic_write(self.files.state_file, text)
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     try:
         write_atomic(path, text, mode)
     except OSError as e:

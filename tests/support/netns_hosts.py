@@ -47,7 +47,7 @@ __all__ = ["NetnsFleet", "NetnsHost", "leftovers", "made_by", "netns_hosts", "ru
 
 SSHD = "/usr/sbin/sshd"
 USER = "root"
-_LOCK = Path(tempfile.gettempdir()) / f"{PREFIX}.lock"
+_LOCK_DIR = tempfile.gettempdir()     # flocked itself while a run picks its subnet: no lock file is left
 _runs = itertools.count()
 
 
@@ -182,7 +182,8 @@ class NetnsFleet:
         return self
 
     def _make_bridge(self) -> None:
-        with open(_LOCK, "a") as lock:
+        lock = os.open(_LOCK_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             used = ip("-4", "-o", "addr", "show").stdout + ip("-4", "route", "show", "table", "all").stdout
             third = next((x for x in range(1 + os.getpid() % 200, 255) if f"10.77.{x}." not in used), None) \
@@ -191,6 +192,8 @@ class NetnsFleet:
             ip("link", "add", self.bridge, "type", "bridge")
             ip("addr", "add", f"10.77.{third}.254/24", "dev", self.bridge)
             ip("link", "set", self.bridge, "up")
+        finally:
+            os.close(lock)                # releases the flock
 
     def _write_host_files(self, h: NetnsHost, authorized: str) -> None:
         home = h.dir / "home"

@@ -29,8 +29,11 @@ from shipyard.paths import StatePaths
 from shipyard.router.by_kind import RouterByKind
 from shipyard.router.embedded import EmbeddedRouter
 from shipyard.router.haproxy.adapter import HAProxyRouter
+from shipyard.runtime.by_host import ByHostRuntime
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.fleet import SshFleet
+from shipyard.runtime.ssh.runtime import SshRuntime
 from shipyard.server.api import HostPolicy, create_app
 from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
 from shipyard.server.listen_policy import check_listen
@@ -111,7 +114,9 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     setup_logging(paths.daemon_log)
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
-    deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
+    images = ImageStore(paths.images)
+    fleet = SshFleet(SshRuntime(None, images))   # fleet hosts are added as fleet specs are met
+    deps = Deps(store=store, images=images, runtime=ByHostRuntime(LocalRuntime(), fleet.runtime), fleet=fleet,
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
                 query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)
@@ -140,6 +145,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
         with contextlib.suppress(FileNotFoundError):
             paths.api.unlink()
         await controller.close()
+        await fleet.close()
         await notifications.close()
         store.close()
         sock.close()

@@ -185,7 +185,6 @@ class FakeRuntime:
         return b.answers.get(path, (200, f"ok from {proc.inst.image_id}"))
 
 
-@dataclass
 class FakeFleet:
     """The Fleet port in memory: `use` remembers each service's host addresses; `silence`
     makes a host unreachable since a (monotonic) moment, `answer` makes it answer again."""
@@ -209,6 +208,7 @@ class FakeFleet:
         self.silent.pop(address, None)
 
 
+@dataclass
 class Traffic:
     """Synthetic load on one track: requests per second, error rate, latency."""
 

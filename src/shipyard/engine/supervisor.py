@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from shipyard.engine import edge, listen_sharing
+from shipyard.engine import edge, fleet_slots, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.lost_hosts import LostHosts
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.records import Instance, ProbeResult, ServiceRecord, SlotState
 from shipyard.spec import Spec
@@ -49,6 +50,7 @@ class Supervisor:
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.lost_hosts = LostHosts(deps, ops)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
@@ -101,7 +103,12 @@ class Supervisor:
                 self._retire(svc.name, slot_name)
                 continue
             spec = spec_from_doc(slot.spec, svc.spec_path)
-            changed |= await self._watch_slot(spec, slot_name, slot.image_id, slot.replicas or spec.replicas)
+            replicas = slot.replicas or spec.replicas
+            if spec.fleet is not None:      # its hosts reachable (after a restart too), the silent ones lost
+                await self.d.fleet.use(svc.name, spec.fleet, spec.base_dir)
+                changed |= self.lost_hosts.check(svc.name, spec)
+                replicas = fleet_slots.target(spec, self.ops.lost, slot.replicas)
+            changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)
         if changed:
             async with self.ops.lock(svc.name):
                 fresh = self.d.store.get_service(svc.name)

@@ -227,8 +227,8 @@ class BatchSpec(SpecModel):
 
 
 class FleetSpec(SpecModel):
-    """The `fleet:` section: run the service on several hosts over SSH. NOT AVAILABLE YET: a spec
-    with this section is validated, then refused until the runtime over SSH exists.
+    """The `fleet:` section: run the service on several hosts over SSH (the engine places,
+    batches and replaces instances: engine/fleet_slots.py, engine/lost_hosts.py).
 
     `hosts_file` is read when the spec file is loaded and its hosts are kept in `hosts` (so a
     stored spec does not depend on the file later); `hosts_file` then says where they came from."""

@@ -18,7 +18,7 @@ from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.fleet.batches import Done, Outcome, StartBatch, Stop, Wait, decide, plan_batches
 from shipyard.fleet.placement import HostState, PlacementError, PlacementHost, changes, place
-from shipyard.rollout.records import Instance
+from shipyard.rollout.records import Instance, ServiceRecord
 from shipyard.spec import Spec
 from shipyard.spec.fleet import FleetSpec, PlacementSpec
 
@@ -222,3 +222,13 @@ async def scale_fleet(ops: SlotOps, spec: Spec, slot: str, image_id: str, want: 
         return why
     await ops.mark_healthy(service, kept + started, rollout_id)
     return None
+
+
+async def use_fleets(d: Deps, svc: ServiceRecord, spec_of: Callable[[dict[str, Any], str], Spec]) -> None:
+    """Make the runtime reach the hosts of every fleet slot of `svc` (before a restarted
+    daemon asks whether their instances still run: a host it cannot reach yet would answer no)."""
+    for slot in svc.slots.values():
+        if slot.spec and slot.spec.get("fleet"):
+            spec = spec_of(slot.spec, svc.spec_path)
+            if spec.fleet is not None:
+                await d.fleet.use(svc.name, spec.fleet, spec.base_dir)

@@ -13,6 +13,9 @@ from shipyard.engine.deps import Deps
 from shipyard.spec import Spec
 from shipyard.spec.durations import format_duration
 
+ON_HOST = ("starting", "healthy", "unhealthy", "stopping")
+"""Statuses of an instance that may still run on its host (a stop sent to a silent host fails)."""
+
 
 class LostHosts:
     def __init__(self, deps: Deps, ops: SlotOps) -> None:
@@ -38,7 +41,8 @@ class LostHosts:
         for h in fleet.hosts or []:
             if h.address not in self.ops.lost:
                 continue
-            gone = [i for i, st in self.d.store.instances(service) if i.host == h.address]
+            gone = [i for i, st in self.d.store.instances(service, live_only=False)
+                    if i.host == h.address and st in ON_HOST]
             for inst in gone:
                 self.d.store.set_instance_status(inst.id, "lost")
             changed |= bool(gone)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from shipyard.client import AsyncApiClient
+from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
 from support.netns_hosts import NetnsFleet
@@ -130,3 +131,29 @@ async def test_a_host_killed_under_load_is_lost_and_its_instance_replaced_elsewh
     assert [v for v in traffic.versions(since=after)] == ["1"]
     audit = (await api.get("/v1/audit?service=shop"))["audit"]
     assert any(a["action"] == "host.lost" for a in audit)
+
+
+async def test_a_restarted_daemon_readopts_the_instances_on_the_hosts(
+        fleet5: NetnsFleet, api: AsyncApiClient, daemon: DaemonProcess, make_spec: SpecMaker, listen: str) -> None:
+    assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1})))["phase"] == "succeeded"
+    before = {i["id"]: (i["host"], i["pid"]) for i in await live_instances(api)}
+    assert len(before) == 5
+    async with Traffic(f"http://{listen}", clients=4, pause=0.01) as traffic:
+        daemon.stop()
+        daemon.start()
+        again = AsyncApiClient(daemon.paths, timeout=120)
+        try:
+            await asyncio.sleep(2.0)            # supervisor ticks and status polls of every host
+            after = {i["id"]: (i["host"], i["pid"]) for i in await live_instances(again)}
+            kinds = [e["kind"] for e in (await again.get("/v1/services/shop/events"))["events"]]
+        finally:
+            await again.aclose()
+    assert after == before
+    assert kinds.count("instance.adopted") == 5 and "instance.lost" not in kinds and "instance.died" not in kinds
+    assert traffic.failures() == [] and set(traffic.versions()) == {"1"}
+    assert shop_processes(fleet5) == dict.fromkeys(sorted(h.address for h in fleet5.hosts), 1)
+
+
+async def live_instances(api: AsyncApiClient) -> list[dict[str, Any]]:
+    status = await api.get("/v1/services/shop")
+    return [i for i in status["slots"][status["live_slot"]]["instances"] if i["status"] == "healthy"]

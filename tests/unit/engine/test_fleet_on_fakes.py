@@ -10,7 +10,7 @@ from pathlib import Path
 
 from shipyard.engine.controller import Controller
 from shipyard.rollout.model import Phase
-from support.fake_world import SPEC_HEAD, World, drive
+from support.fake_world import CANARY, SPEC_HEAD, World, drive
 
 ADDRESSES = [f"10.9.0.{n}" for n in range(1, 6)]
 FLEET = """\
@@ -21,17 +21,19 @@ fleet:
   placement: {placement}
   batch: {{max_parallel: 2}}
   lost_after: 10s
+"""
+BLUE_GREEN = """\
 strategy:
-  blue_green: {{auto_promote: true, scale_down_delay: 10m}}
+  blue_green: {auto_promote: true, scale_down_delay: 10m}
 """
 
 
-def fleet_spec(root: Path, placement: str = "{per_host: 1}") -> Path:
+def fleet_spec(root: Path, placement: str = "{per_host: 1}", strategy: str = BLUE_GREEN) -> Path:
     (root / "app").mkdir(parents=True, exist_ok=True)
     hosts = "\n".join(f"    - {{name: web-{n}, address: {a}}}" for n, a in enumerate(ADDRESSES, 1))
     head = SPEC_HEAD.replace("replicas: {replicas}\n", "").replace("[app, --port,", "[app, --host, '${{HOST}}', --port,")
     path = root / "shop.yaml"
-    path.write_text(head.format() + FLEET.format(hosts=hosts, placement=placement))
+    path.write_text(head.format() + FLEET.format(hosts=hosts, placement=placement) + strategy)
     return path
 
 
@@ -105,5 +107,26 @@ def test_a_silent_host_is_lost_and_its_instance_replaced_elsewhere(world: World,
         table = world.router.tables["shop"]
         assert silent not in {u.host for u in table.tracks[svc.active_slot]}
         assert any(e.kind == "instance.replaced" for e in world.store.events("shop"))
+
+    drive(world, body)
+
+
+def test_a_canary_on_a_fleet_starts_on_few_hosts_and_ends_on_all(world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path, strategy=CANARY)
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        r = await c.deploy(str(spec), image_id="v2")
+        for _ in range(200):
+            svc = world.store.get_service("shop")
+            assert svc is not None
+            if svc.canary_slot is not None:
+                break
+            await world.clock.sleep(0.25)
+        assert svc.canary_slot is not None
+        assert len([i for i in world.runtime.live("shop") if i.image_id == "v2"]) == 1   # 10% of 5, rounded up
+        r = await c.wait(r.id, timeout=3600)
+        assert r.phase is Phase.SUCCEEDED, r.reason
+        assert sorted(i.host for i in world.runtime.live("shop") if i.image_id == "v2") == ADDRESSES
 
     drive(world, body)

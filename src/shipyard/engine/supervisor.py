@@ -232,8 +232,12 @@ class Supervisor:
         """Background work the tick must not wait for, kept referenced until done. Work the
         store refused is dropped (the store logged why; the next tick sees what is left)."""
         async def run() -> None:
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await work
+            except StoreUnavailable:
+                pass
+            except ShipyardError as e:      # e.g. a stop sent to a silent fleet host: the next tick sees what is left
+                log.warning("background work failed: %s", e.message)
         t = asyncio.create_task(run())
         self._background.add(t)
         t.add_done_callback(self._background.discard)

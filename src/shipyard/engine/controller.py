@@ -62,10 +62,7 @@ class Controller:
     async def start(self) -> None:
         """Re-adopt what survived the last daemon, then resume unfinished rollouts."""
         for svc in self.d.store.list_services():
-            try:
-                await fleet_slots.use_fleets(self.d, svc, spec_from_doc)   # their hosts first: or "gone"
-            except ShipyardError as e:
-                self.ops.event(svc.name, "fleet.error", f"cannot reach the hosts of {svc.name}: {e.message}")
+            await fleet_slots.use_fleets(self.d, svc, spec_from_doc, self.ops.event)   # their hosts first, or "gone"
             for inst, _status in self.d.store.instances(svc.name):
                 if self.d.runtime.is_alive(inst):
                     self.ops.event(svc.name, "instance.adopted", f"re-adopted instance {inst.id} (pid {inst.pid})",

@@ -224,11 +224,16 @@ async def scale_fleet(ops: SlotOps, spec: Spec, slot: str, image_id: str, want: 
     return None
 
 
-async def use_fleets(d: Deps, svc: ServiceRecord, spec_of: Callable[[dict[str, Any], str], Spec]) -> None:
+async def use_fleets(d: Deps, svc: ServiceRecord, spec_of: Callable[[dict[str, Any], str], Spec],
+                     event: Callable[..., None]) -> None:
     """Make the runtime reach the hosts of every fleet slot of `svc` (before a restarted
-    daemon asks whether their instances still run: a host it cannot reach yet would answer no)."""
+    daemon asks whether their instances still run: a host it cannot reach yet would answer
+    no). A failure is an event; the supervisor tries again and tells again if it changes."""
     for slot in svc.slots.values():
         if slot.spec and slot.spec.get("fleet"):
             spec = spec_of(slot.spec, svc.spec_path)
             if spec.fleet is not None:
-                await d.fleet.use(svc.name, spec.fleet, spec.base_dir)
+                try:
+                    await d.fleet.use(svc.name, spec.fleet, spec.base_dir)
+                except ShipyardError as e:
+                    event(svc.name, "fleet.error", f"cannot reach the hosts of {svc.name}: {e.message}")

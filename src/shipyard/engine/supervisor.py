@@ -51,6 +51,8 @@ class Supervisor:
         self._router_checked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.lost_hosts = LostHosts(deps, ops)
+        self._unreachable: dict[str, str] = {}
+        """Per fleet service, why its hosts cannot be reached (told once)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
@@ -105,7 +107,8 @@ class Supervisor:
             spec = spec_from_doc(slot.spec, svc.spec_path)
             replicas = slot.replicas or spec.replicas
             if spec.fleet is not None:      # its hosts reachable (after a restart too), the silent ones lost
-                await self.d.fleet.use(svc.name, spec.fleet, spec.base_dir)
+                if not await self._reach(svc.name, spec):
+                    continue
                 changed |= self.lost_hosts.check(svc.name, spec)
                 replicas = fleet_slots.target(spec, self.ops.lost, slot.replicas)
             changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)
@@ -114,6 +117,20 @@ class Supervisor:
                 fresh = self.d.store.get_service(svc.name)
                 if fresh is not None:
                     await self.ops.push_table(fresh)
+
+    async def _reach(self, service: str, spec: Spec) -> bool:
+        """Fleet.use for the slot's hosts; when it fails, the slot is not watched (its instances
+        would look dead from here) and the reason is told once, not every tick."""
+        assert spec.fleet is not None
+        try:
+            await self.d.fleet.use(service, spec.fleet, spec.base_dir)
+        except ShipyardError as e:
+            if self._unreachable.get(service) != e.message:
+                self._unreachable[service] = e.message
+                self.ops.event(service, "fleet.error", f"cannot reach the hosts of {service}: {e.message}")
+            return False
+        self._unreachable.pop(service, None)
+        return True
 
     async def _check_router(self, svc: ServiceRecord) -> None:
         """Under the service's lock, from a fresh record: a service removed or unregistered

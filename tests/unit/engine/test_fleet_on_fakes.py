@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shipyard.engine.controller import Controller
+from shipyard.errors import RuntimeFailure
 from shipyard.rollout.model import Phase
 from support.fake_world import CANARY, SPEC_HEAD, World, drive
 
@@ -128,5 +129,23 @@ def test_a_canary_on_a_fleet_starts_on_few_hosts_and_ends_on_all(world: World, t
         r = await c.wait(r.id, timeout=3600)
         assert r.phase is Phase.SUCCEEDED, r.reason
         assert sorted(i.host for i in world.runtime.live("shop") if i.image_id == "v2") == ADDRESSES
+
+    drive(world, body)
+
+
+def test_hosts_that_cannot_be_reached_are_told_once_and_their_instances_left_alone(
+        world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+
+        async def refuse(*args: object) -> None:
+            raise RuntimeFailure("the SSH identity id_test does not exist", hint="point fleet.ssh.identity at a key")
+        world.fleet.use = refuse  # type: ignore[method-assign]
+        await world.clock.sleep(5)
+        errors = [e for e in world.store.events("shop") if e.kind == "fleet.error"]
+        assert len(errors) == 1 and "id_test" in errors[0].message
+        assert sorted(i.host for i, st in world.store.instances("shop") if st == "healthy") == ADDRESSES
 
     drive(world, body)

@@ -5,9 +5,11 @@ them, one connection per host)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from shipyard.runtime.ssh.connections import SshConnections
+from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.runtime.ssh.options import SshOptions, options_from_spec, targets_from_spec
 from shipyard.runtime.ssh.runtime import SshRuntime
 from shipyard.spec.fleet import FleetSpec
@@ -16,8 +18,11 @@ from shipyard.spec.fleet import FleetSpec
 class SshFleet:
     """Implements shipyard.engine.ports.Fleet for an SshRuntime."""
 
-    def __init__(self, runtime: SshRuntime, **tuning: object) -> None:
+    def __init__(self, runtime: SshRuntime, on_trust: Callable[[TrustedKey], None] | None = None,
+                 **tuning: object) -> None:
         self.runtime = runtime
+        self._on_trust = on_trust
+        """Told of every host key first trusted under trust_new_hosts (the daemon audits it)."""
         self._tuning = tuning
         """Transport settings the spec does not expose (timeouts, keepalive), for every pool."""
         self._pools: dict[SshOptions, SshConnections] = {}
@@ -31,7 +36,7 @@ class SshFleet:
             return
         pool = self._pools.get(options)
         if pool is None:
-            pool = self._pools[options] = SshConnections(options)   # reads the identity: may raise
+            pool = self._pools[options] = SshConnections(options, on_trust=self._on_trust)   # reads the identity: may raise
         self.runtime.add_targets(pool, targets)
         self._used[service] = key
 

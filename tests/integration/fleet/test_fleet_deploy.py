@@ -146,9 +146,14 @@ async def test_a_restarted_daemon_readopts_the_instances_on_the_hosts(
             await asyncio.sleep(2.0)            # supervisor ticks and status polls of every host
             after = {i["id"]: (i["host"], i["pid"]) for i in await live_instances(again)}
             kinds = [e["kind"] for e in (await again.get("/v1/services/shop/events"))["events"]]
+            logs = (await again.get("/v1/services/shop/logs?lines=20"))["logs"]
         finally:
             await again.aclose()
     assert after == before
+    assert len(logs) == 5
+    for entry in logs:                  # `shipyard logs`: each log read on its instance's host
+        host = before[entry["instance"]][0]
+        assert f"listening on http://{host}:" in entry["log"], entry
     assert kinds.count("instance.adopted") == 5 and "instance.lost" not in kinds and "instance.died" not in kinds
     assert traffic.failures() == [] and set(traffic.versions()) == {"1"}
     assert shop_processes(fleet5) == dict.fromkeys(sorted(h.address for h in fleet5.hosts), 1)

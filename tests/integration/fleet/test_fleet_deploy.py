@@ -133,6 +133,49 @@ async def test_a_host_killed_under_load_is_lost_and_its_instance_replaced_elsewh
     assert any(a["action"] == "host.lost" for a in audit)
 
 
+async def test_a_lost_host_that_answers_again_has_its_old_instance_stopped(
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+    """Its cable pulled, the host's instance keeps running there unseen; once it answers again
+    that old instance is stopped (host.back), not re-adopted: it was replaced elsewhere."""
+    placement = {"total": 5, "max_per_host": 2}
+    spec = make_spec("v1", "v1-fleet-total", **{"replicas": None, "run.command": COMMAND,
+                                                "fleet": fleet_section(fleet5, placement, lost_after="5s")})
+    assert (await deploy(api, spec))["phase"] == "succeeded"
+    victim = fleet5.hosts[1]
+    [old] = [i for i in await live_instances(api) if i["host"] == victim.address]
+    fleet5.cut_network(victim)
+    try:
+        await until(api, lambda ev, hosts: any(e["kind"] == "host.lost" for e in ev)
+                    and len(hosts) == 5 and victim.address not in hosts, 60)
+        assert shop_processes(fleet5)[victim.address] == 1          # silent, not dead: it still runs there
+    finally:
+        fleet5.restore_network(victim)
+    back_in = await until(api, lambda ev, hosts: any(e["kind"] == "host.back" for e in ev), 60)
+    deadline = time.monotonic() + 15
+    while shop_processes(fleet5)[victim.address] and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    print(f"host answered again -> host.back in {back_in:.1f}s")
+    assert shop_processes(fleet5)[victim.address] == 0
+    events = (await api.get("/v1/services/shop/events"))["events"]
+    [back] = [e for e in events if e["kind"] == "host.back"]
+    assert back["data"]["instances"] == [old["id"]]
+    assert any(e["kind"] == "instance.stopped" and e["data"]["instance"] == old["id"] for e in events)
+    assert victim.address not in await live_hosts(api) and len(await live_hosts(api)) == 5
+    audit = (await api.get("/v1/audit?service=shop"))["audit"]
+    assert any(a["action"] == "host.back" for a in audit)
+
+
+async def until(api: AsyncApiClient, done: Any, timeout: float) -> float:
+    """Seconds until done(events, live hosts) holds (fails after `timeout`)."""
+    began = time.monotonic()
+    while True:
+        events = (await api.get("/v1/services/shop/events"))["events"]
+        if done(events, await live_hosts(api)):
+            return time.monotonic() - began
+        assert time.monotonic() - began < timeout, [e["kind"] for e in events][-20:]
+        await asyncio.sleep(0.2)
+
+
 async def test_a_restarted_daemon_readopts_the_instances_on_the_hosts(
         fleet5: NetnsFleet, api: AsyncApiClient, daemon: DaemonProcess, make_spec: SpecMaker, listen: str) -> None:
     assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1})))["phase"] == "succeeded"

@@ -112,6 +112,34 @@ def test_a_silent_host_is_lost_and_its_instance_replaced_elsewhere(world: World,
     drive(world, body)
 
 
+def test_a_lost_host_that_answers_again_has_its_old_instance_stopped_not_readopted(
+        world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path, "{total: 5, max_per_host: 2}")
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        silent = ADDRESSES[1]
+        [old] = [i for i in world.runtime.live("shop") if i.host == silent]
+        world.fleet.silence(silent, world.clock.monotonic())
+        await world.clock.sleep(15)
+        assert world.store.instance(old.id) == (old, "lost")
+        assert world.runtime.is_alive(old) and old.id not in world.runtime.stopped   # a silent host: no stop sent
+        world.fleet.answer(silent)
+        await world.clock.sleep(2)
+        assert old.id in world.runtime.stopped and not world.runtime.is_alive(old)
+        assert world.store.instance(old.id) == (old, "stopped")
+        [back] = [e for e in world.store.events("shop") if e.kind == "host.back"]
+        assert back.data["host"] == "web-2" and back.data["instances"] == [old.id]
+        assert any(e.kind == "instance.stopped" and e.data["instance"] == old.id for e in world.store.events("shop"))
+        assert [a for a in world.store.audit.entries("shop") if a.action == "host.back"]
+        routed = sorted(i.host for i, st in world.store.instances("shop") if st == "healthy")
+        assert len(routed) == 5 and silent not in routed       # not re-adopted, nothing new placed there
+        await world.clock.sleep(5)
+        assert len([e for e in world.store.events("shop") if e.kind == "host.back"]) == 1
+
+    drive(world, body)
+
+
 def test_a_canary_on_a_fleet_starts_on_few_hosts_and_ends_on_all(world: World, tmp_path: Path) -> None:
     spec = fleet_spec(tmp_path, strategy=CANARY)
 

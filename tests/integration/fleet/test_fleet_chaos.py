@@ -108,7 +108,10 @@ async def test_controller_killed_mid_batch_and_restarted(
         await asyncio.sleep(0.3)
         r = (await api.post("/v1/deploy", {"spec_path": str(spec_for(make_spec, fleet5, "v2"))}))["rollout"]
         await first_batch(api, r["id"])
-        daemon.stop(signal.SIGKILL)                        # mid-batch: instances starting on the hosts
+        deadline = time.monotonic() + 20
+        while max(shop_processes(fleet5).values()) < 2:    # a v2 process appears on a host: kill now,
+            assert time.monotonic() < deadline             # likely before its start is recorded
+        daemon.stop(signal.SIGKILL)
         daemon.start()
         again = AsyncApiClient(daemon.paths, timeout=120)
         try:
@@ -117,9 +120,12 @@ async def test_controller_killed_mid_batch_and_restarted(
             await asyncio.sleep(0.5)
             running = await settled_fleet(again, fleet5)
             hosts = await live_hosts(again)
+            events = (await again.get("/v1/services/shop/events"))["events"]
         finally:
             await again.aclose()
-    print(f"controller killed mid-batch: rollout {final['phase']} after the restart ({final.get('reason')})")
+    swept = [i for e in events if e["kind"] == "instance.unrecorded_stopped" for i in e["data"]["instances"]]
+    print(f"controller killed mid-batch: rollout {final['phase']} after the restart ({final.get('reason')}); "
+          f"{len(swept)} unrecorded instance(s) stopped on the hosts")
     assert traffic.failures() == [], traffic.failures()[:5]
     want = "2" if final["phase"] == "succeeded" else "1"
     assert set(traffic.versions(since=t_end)) == {want}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shipyard.engine import fleet_sweep
+from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.controller import Controller
 from shipyard.errors import RuntimeFailure
 from shipyard.rollout.model import Phase
@@ -136,6 +138,22 @@ def test_a_lost_host_that_answers_again_has_its_old_instance_stopped_not_readopt
         assert len(routed) == 5 and silent not in routed       # not re-adopted, nothing new placed there
         await world.clock.sleep(5)
         assert len([e for e in world.store.events("shop") if e.kind == "host.back"]) == 1
+
+    drive(world, body)
+
+
+def test_a_restarted_controller_stops_instances_no_record_holds(world: World, tmp_path: Path) -> None:
+    """What a controller killed between a start on a host and its record left there."""
+    spec = fleet_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        [recorded] = [i.id for i in world.runtime.live("shop") if i.host == ADDRESSES[0]]
+        world.fleet.running[ADDRESSES[0]] = [recorded, "shop-green-0rphan", "shopfront-blue-abc"]
+        await fleet_sweep.stop_unrecorded(c.d, c.ops, world.store.list_services(), spec_from_doc)
+        assert world.fleet.running[ADDRESSES[0]] == [recorded, "shopfront-blue-abc"]   # another service's: left
+        [told] = [e for e in world.store.events("shop") if e.kind == "instance.unrecorded_stopped"]
+        assert told.data == {"address": ADDRESSES[0], "instances": ["shop-green-0rphan"]}
 
     drive(world, body)
 

@@ -15,6 +15,16 @@ class SlotState:
     LIVE = "live"          # receives the traffic
     WARM = "warm"          # stopped serving, kept up until retire_at so rollback is a switch
     CANARY = "canary"      # takes `weight` percent of users beside the live slot
+    BASELINE = "baseline"  # the stable release, started with the canary: takes as many users as it
+
+
+BASELINE_SLOT = "baseline"
+"""The slot of a canary's baseline (strategy.canary.baseline): a fresh copy of the stable
+release, as old and as loaded per instance as the canary, so the judge compares like with like."""
+
+BASELINE_MAX_WEIGHT = 50.0
+"""Above this canary weight there are not enough users left for an equal baseline: the baseline
+takes none and the canary is judged against stable."""
 
 
 @dataclass
@@ -56,6 +66,12 @@ class ServiceRecord:
     @property
     def canary_slot(self) -> str | None:
         return next((k for k, v in self.slots.items() if v.state == SlotState.CANARY), None)
+
+    @property
+    def baseline(self) -> Slot | None:
+        """The baseline slot while it runs for a canary, else None."""
+        s = self.slots.get(BASELINE_SLOT)
+        return s if s is not None and s.state == SlotState.BASELINE else None
 
 
 @dataclass(frozen=True)

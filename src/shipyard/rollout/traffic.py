@@ -9,7 +9,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from shipyard.rollout.records import Instance, ServiceRecord
+from shipyard.rollout.records import BASELINE_MAX_WEIGHT, BASELINE_SLOT, Instance, ServiceRecord
 from shipyard.router.table import RoutingTable, TableTls, Upstream
 from shipyard.spec import RouterSpec
 
@@ -34,6 +34,9 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
     takes its weight of the users, from the lowest buckets up (so raising it only adds
     users), and `X-Shipyard-Track: canary|stable` reach the two sides (for requests that
     carry `preview_token` in X-Shipyard-Preview-Token; without a token, for nobody). `limits`
+    A baseline slot (the stable release started with the canary) takes the next buckets,
+    as many as the canary, while the canary's weight is at most 50 % (its track is named
+    `baseline`, so `X-Shipyard-Track: baseline` reaches it).
     (the live release's `router` section) bounds the requests in flight per instance and
     their queue; None: the defaults. `tls`: the certificate the listener serves (None: plain HTTP)."""
     healthy: dict[str, list[Upstream]] = {}
@@ -58,6 +61,11 @@ def build_table(svc: ServiceRecord, instances: Iterable[tuple[Instance, str]], v
         weights = {canary: share, live: round(100.0 - share, 2)} if share < 100 else {canary: 100.0}
         order = (canary, live) if share < 100 else (canary,)
         aliases["canary"] = canary
+        if svc.baseline is not None and BASELINE_SLOT in tracks and 0 < share <= BASELINE_MAX_WEIGHT:
+            weights = {canary: share, BASELINE_SLOT: share}
+            if share < BASELINE_MAX_WEIGHT:
+                weights[live] = round(100.0 - 2 * share, 2)
+            order = tuple(weights)
     releases = {slot: s.image_id for slot in tracks if (s := svc.slots.get(slot)) is not None and s.image_id}
     r = limits or RouterSpec()
     return RoutingTable(svc.name, version, tracks, weights, sticky_header, sticky_cookie,

@@ -90,9 +90,9 @@ def test_only_what_the_configuration_holds_is_its_shape() -> None:
                               {"blue": (Server("x", "1.2.3.4", 5),)}).shape == base.shape
     assert cfg.service_config("127.0.0.1:1", table(sticky_header="X-U"), {}).shape != base.shape
     assert cfg.service_config("127.0.0.1:1", table(max_conns_per_instance=5), {}).shape != base.shape
-    assert base.tracks == ("blue", "green")
+    assert base.tracks == ("blue", "green", "baseline")
     other = RoutingTable("shop", 1, {"a": ()}, {"a": 100})
-    assert cfg.service_config("127.0.0.1:1", other, {}).tracks == ("blue", "green", "a")
+    assert cfg.service_config("127.0.0.1:1", other, {}).tracks == ("blue", "green", "baseline", "a")
 
 
 def test_names_haproxy_cannot_take_are_refused_with_the_field() -> None:

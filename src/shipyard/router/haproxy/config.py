@@ -35,8 +35,9 @@ from pathlib import Path
 from shipyard.errors import RouterError
 from shipyard.router.table import BUCKETS, RoutingTable, Upstream
 
-SLOTS = ("blue", "green")
-"""Tracks every service has a backend for (the daemon's slots), so a new slot needs no reload."""
+SLOTS = ("blue", "green", "baseline")
+"""Tracks every service has a backend for (the daemon's slots, a canary's baseline too), so a new
+slot needs no reload."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _TRACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")

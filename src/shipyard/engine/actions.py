@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from shipyard.engine import baseline as baseline_slot
 from shipyard.engine import edge, fleet_slots
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
@@ -240,24 +241,30 @@ class SlotOps:
             await self.push_table(svc)
 
     async def set_canary_weight(self, spec: Spec, slot: str, weight: float, instances: int,
-                                rollout_id: str | None) -> str | None:
-        """Scale the canary slot to `instances`, then give it `weight` percent of the users in
-        one table swap. Returns None when done, else why not."""
+                                rollout_id: str | None, baseline: bool = False) -> str | None:
+        """Scale the canary slot (and with `baseline` the baseline slot) to `instances`, then give
+        it `weight` percent of the users (the baseline as many) in one table swap. Returns None
+        when done, else why not."""
         async with self.lock(spec.service):
             svc = self.d.store.get_service(spec.service)
             assert svc is not None
             image_id = svc.slots[slot].image_id
         if image_id is None:
             return f"slot {slot} holds no release"
-        why = await self.scale(spec, slot, image_id, instances, rollout_id)
-        if why is not None:
-            return why
+        scaling = [self.scale(spec, slot, image_id, instances, rollout_id)]
+        if baseline:
+            scaling.append(baseline_slot.scale(self, spec, instances, rollout_id))
+        whys = [w for w in await asyncio.gather(*scaling) if w is not None]
+        if whys:
+            return "; ".join(whys)
         async with self.lock(spec.service):
             svc = self.d.store.get_service(spec.service)
             assert svc is not None
             s = svc.slots[slot]
             before = s.weight if s.state == SlotState.CANARY else 0.0
             svc.slots[slot] = Slot(SlotState.CANARY, image_id, s.spec or spec.to_stored_dict(), None, weight, instances)
+            if baseline:
+                baseline_slot.take_users(svc, instances)
             seconds = await self.push_table(svc)
         self.event(spec.service, "canary.weight",
                    f"canary slot {slot} takes {weight:g}% of users (was {before:g}%, {instances} instance"
@@ -275,6 +282,7 @@ class SlotOps:
                 return
             s = svc.slots[slot]
             svc.slots[slot] = Slot(SlotState.STARTING, s.image_id, s.spec, None)
+            baseline_slot.withdraw(svc)         # in the same swap
             self.d.store.put_service(svc)
             seconds = await self.push_table(svc)
         self.event(service, "canary.withdrawn", f"canary slot {slot} takes no users (was {s.weight:g}%): every user "
@@ -320,7 +328,7 @@ class SlotOps:
         torn down. Its instances leave the table before they are signalled."""
         async with self.lock(service):
             svc = self.d.store.get_service(service)
-            if svc is None or svc.active_slot == slot:
+            if svc is None or svc.active_slot == slot or slot not in svc.slots:
                 return
             spec_doc = svc.slots[slot].spec
             svc.slots[slot] = Slot()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shipyard.building import build_input
+from shipyard.engine import baseline as baseline_slot
 from shipyard.engine import edge
 from shipyard.engine.actions import SlotOps
 from shipyard.engine.deps import Deps
@@ -246,8 +247,8 @@ class RolloutDriver:
 
     async def _observe(self, r: Rollout, spec: Spec, a: Action, judge: CanaryJudge | None) -> Observation:
         match a:
-            case SetCanaryWeight(slot=slot, weight=weight, instances=count):
-                why = await self.ops.set_canary_weight(spec, slot, weight, count, r.id)
+            case SetCanaryWeight(slot=slot, weight=weight, instances=count, baseline=with_baseline):
+                why = await self.ops.set_canary_weight(spec, slot, weight, count, r.id, with_baseline)
                 return WeightSet(weight) if why is None else SlotFailed(slot, why)
             case WaitUntil(at=at):
                 # the loop's timer and the wall clock can disagree by a few ms: a Tick that came early
@@ -262,8 +263,11 @@ class RolloutDriver:
                 return await self._build(r, spec)
             case MigrateDatabase(image_id=image_id):
                 return await self.gate.migrate(r, spec, image_id)
-            case StartSlot(slot=slot, image_id=image_id, instances=count):
-                why = await self.ops.start_slot(spec, slot, image_id, r.id, count)
+            case StartSlot(slot=slot, image_id=image_id, instances=count, baseline_image=stable):
+                starts = [self.ops.start_slot(spec, slot, image_id, r.id, count)]
+                if stable is not None:          # started together: the same process age
+                    starts.append(baseline_slot.start(self.ops, spec, stable, count or spec.instance_count, r.id))
+                why = "; ".join(w for w in await asyncio.gather(*starts) if w is not None) or None
                 return SlotHealthy(slot) if why is None else SlotFailed(slot, why)
             case RunPreview(slot=slot):
                 why = await run_preview_checks(spec, slot, lambda m: self.ops.event(r.service, "preview", m, r.id),

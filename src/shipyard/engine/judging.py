@@ -24,8 +24,9 @@ from shipyard.analysis.context import QueryContext
 from shipyard.engine.deps import Deps
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.errors import StoreUnavailable
-from shipyard.rollout.canary import JUDGED
+from shipyard.rollout.canary import JUDGED, has_baseline
 from shipyard.rollout.model import AnalysisVerdict, Observation, Rollout
+from shipyard.rollout.records import BASELINE_MAX_WEIGHT, BASELINE_SLOT
 from shipyard.spec import Spec
 
 
@@ -39,7 +40,10 @@ class CanaryJudge:
         self.rollout_id = r.id
         self.service = r.service
         self.canary, self.stable = r.target_slot, r.previous_slot
+        self.baseline = has_baseline(r, spec)
         doc = deps.store.get_analysis(r.id) or {}
+        self.reference: str = doc.get("reference") or self.reference_for(r.weight)
+        """The track the canary's seconds are compared with: the baseline while it takes users."""
         self.state = SequentialState.from_dict(doc["state"]) if doc.get("state") else None
         self.since = int(doc.get("since") or math.floor(deps.clock.now()) - 1)   # judged seconds are > since
         self.fed = int(doc.get("fed") or self.since)
@@ -58,7 +62,7 @@ class CanaryJudge:
         upto = self.feed.complete_upto(self.service)
         start = self.since if window_from is None else window_from
         canary = self.feed.seconds(self.service, self.canary, start, upto)
-        stable = self.feed.seconds(self.service, self.stable, start, upto)
+        stable = self.feed.seconds(self.service, self.reference, start, upto)
         new = [(c, s) for c, s in zip(canary, stable, strict=True) if c.t > self.fed]
         verdicts, self.state = evaluate(self.analysis, Window.of(canary), Window.of(stable), self.state, new,
                                         final=final, provided=self.provided)
@@ -70,8 +74,13 @@ class CanaryJudge:
 
     def to_dict(self) -> dict[str, Any]:
         return {"since": self.since, "fed": self.fed, "canary": self.canary, "stable": self.stable,
+                "reference": self.reference,
                 "state": self.state.to_dict() if self.state else None,
                 "verdicts": [v.to_dict() for v in self.verdicts], "status": overall(self.verdicts)}
+
+    def reference_for(self, weight: float) -> str:
+        """The baseline while it takes as many users as the canary (weight <= 50 %), else stable."""
+        return BASELINE_SLOT if self.baseline and weight <= BASELINE_MAX_WEIGHT else self.stable
 
     async def query_prometheus(self) -> None:
         """Run every prometheus metric's query once; their verdicts wait for the next tick."""
@@ -95,6 +104,7 @@ class CanaryJudge:
             r = current()
             if r.phase not in JUDGED:
                 continue
+            self.reference = self.reference_for(r.weight)
             if self.queried:
                 self.canary_release, self.stable_release = r.image_id, r.previous_image_id
                 await self.query_prometheus()
@@ -111,8 +121,10 @@ class CanaryJudge:
             if self.d.clock.now() > until + 5:        # the router stopped reporting: judge what we have
                 break
             await self._fresh_seconds()
+        r = self.d.store.get_rollout(self.rollout_id)
+        if r is not None:
+            self.reference = self.reference_for(r.weight)
         if self.queried:
-            r = self.d.store.get_rollout(self.rollout_id)
             if r is not None:
                 self.canary_release, self.stable_release = r.image_id, r.previous_image_id
             await self.query_prometheus()

@@ -28,7 +28,7 @@ from shipyard.spec import Spec
 log = logging.getLogger("shipyard.supervisor")
 
 TICK = 0.25
-WATCHED = (SlotState.LIVE, SlotState.WARM, SlotState.CANARY)
+WATCHED = (SlotState.LIVE, SlotState.WARM, SlotState.CANARY, SlotState.BASELINE)
 """Slots whose instances are kept up by the supervisor (a starting slot is its rollout's job)."""
 ROUTER_CHECK_EVERY = 1.0
 """The full check (ping, table version) of each router; a router that exited is seen every TICK."""

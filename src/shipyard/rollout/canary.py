@@ -41,6 +41,7 @@ from shipyard.rollout.model import (
     WeightSet,
     WithdrawCanary,
 )
+from shipyard.rollout.records import BASELINE_SLOT
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, CanarySpec, PauseStep, SetWeightStep
 
@@ -60,8 +61,20 @@ def first_instances(spec: Spec) -> int:
     return c.canary_instances(first, spec.instance_count)
 
 
+def has_baseline(r: Rollout, spec: Spec) -> bool:
+    """A baseline runs beside the canary: asked for, and there is a stable release to copy."""
+    return _canary(spec).baseline and r.previous_slot is not None and r.previous_image_id is not None
+
+
+def _teardowns(r: Rollout, spec: Spec, slot: str | None) -> list[Action]:
+    """Tear down `slot` (if any) and the baseline, which never outlives its canary."""
+    out: list[Action] = [TearDown(slot)] if slot else []
+    return [*out, TearDown(BASELINE_SLOT)] if has_baseline(r, spec) else out
+
+
 def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
     c = _canary(spec)
+    b = has_baseline(r, spec)
     match r.phase:
         case Phase.BUILDING:
             return [BuildImage()]
@@ -70,18 +83,20 @@ def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
             return [MigrateDatabase(r.image_id)]
         case Phase.STARTING:
             assert r.image_id is not None
-            return [StartSlot(r.target_slot, r.image_id, first_instances(spec))]
+            return [StartSlot(r.target_slot, r.image_id, first_instances(spec),
+                              r.previous_image_id if b else None)]
         case Phase.PROGRESSING:
             step = c.steps[r.step_index]
             assert isinstance(step, SetWeightStep)
-            return [SetCanaryWeight(r.target_slot, step.set_weight, c.canary_instances(step.set_weight, spec.instance_count))]
+            return [SetCanaryWeight(r.target_slot, step.set_weight,
+                                    c.canary_instances(step.set_weight, spec.instance_count), b)]
         case Phase.PAUSED:
             return [WaitUntil(r.resume_at)] if r.hold == "timer" and r.resume_at is not None else []
         case Phase.ANALYZING:
             assert r.resume_at is not None
             return [RunAnalysis(r.target_slot, r.resume_at)]
         case Phase.PROMOTING:
-            return [SetCanaryWeight(r.target_slot, 100.0, spec.instance_count)]
+            return [SetCanaryWeight(r.target_slot, 100.0, spec.instance_count)]   # the baseline takes none
         case Phase.SWITCHING:
             return [SwitchTraffic(r.target_slot)]
         case Phase.WITHDRAWING:
@@ -97,13 +112,13 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
         if isinstance(obs, CanaryWithdrawn) and obs.slot == r.target_slot:
             why = f"{r.reason} (taking users off the canary failed: {obs.error})" if obs.error else r.reason
             ended = r.enter(Phase(r.ending or Phase.FAILED), now, why)
-            return replace(ended, ending=""), [TearDown(r.target_slot)]
+            return replace(ended, ending=""), _teardowns(r, spec, r.target_slot)
         return r, []
     match obs:
         case AbortRequested(reason=reason) if r.phase is not Phase.SWITCHING:
-            return _end(r, Phase.ABORTED, reason, now)
+            return _end(r, spec, Phase.ABORTED, reason, now)
         case AnalysisVerdict(status="failed", summary=summary) if r.phase in JUDGED:
-            return _end(r, Phase.FAILED, f"analysis failed: {summary}", now)
+            return _end(r, spec, Phase.FAILED, f"analysis failed: {summary}", now)
         case FullPromoteRequested() if r.phase in JUDGED:
             return _go(r.enter(Phase.PROMOTING, now), spec)
         case PauseRequested(reason=reason) if r.phase in (Phase.PROGRESSING, Phase.ANALYZING) or (
@@ -129,7 +144,7 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
                     Phase.PROMOTING, now), spec)
             return enter_step(r, spec, 0, now)
         case Phase.STARTING | Phase.PROGRESSING | Phase.PROMOTING, SlotFailed(reason=reason):
-            return _end(r, Phase.FAILED, reason, now)
+            return _end(r, spec, Phase.FAILED, reason, now)
 
         case Phase.PROGRESSING, WeightSet(weight=w):
             return enter_step(replace(r, weight=w), spec, r.step_index + 1, now)
@@ -153,9 +168,9 @@ def step(r: Rollout, spec: Spec, obs: Observation, now: float) -> tuple[Rollout,
             return _go(replace(r, weight=100.0).enter(Phase.SWITCHING, now), spec)
         case Phase.SWITCHING, Switched(slot=slot) if slot == r.target_slot:
             done = r.enter(Phase.SUCCEEDED, now)
-            return done, ([TearDown(r.previous_slot)] if r.previous_slot and r.previous_slot != slot else [])
+            return done, _teardowns(r, spec, r.previous_slot if r.previous_slot and r.previous_slot != slot else None)
         case Phase.SWITCHING, SwitchFailed(reason=reason):
-            return _end(r, Phase.FAILED, reason, now)
+            return _end(r, spec, Phase.FAILED, reason, now)
     return r, []
 
 
@@ -189,7 +204,7 @@ def _hold(r: Rollout, hold: str, reason: str, resume_at: float | None, now: floa
     return replace(paused, hold=hold, paused_reason=reason, resume_at=resume_at, updated_at=now)
 
 
-def _end(r: Rollout, phase: Phase, reason: str, now: float) -> tuple[Rollout, list[Action]]:
+def _end(r: Rollout, spec: Spec, phase: Phase, reason: str, now: float) -> tuple[Rollout, list[Action]]:
     """Every user back on stable in one swap, then the canary stops. A canary that may take
     users is withdrawn first, in a phase of its own (a restart withdraws it again): only once
     the swap is done is the rollout stored as ended, so nobody who reads "failed" or
@@ -200,4 +215,4 @@ def _end(r: Rollout, phase: Phase, reason: str, now: float) -> tuple[Rollout, li
         return withdrawing, [WithdrawCanary(r.target_slot)]
     started = r.phase not in (Phase.BUILDING, Phase.MIGRATING)
     ended = replace(r.enter(phase, now, reason), weight=0.0, hold="", paused_reason="", resume_at=None)
-    return ended, ([TearDown(r.target_slot)] if started else [])
+    return ended, (_teardowns(r, spec, r.target_slot) if started else [])

@@ -220,6 +220,9 @@ class StartSlot:
     slot: str
     image_id: str
     instances: int | None = None       # None: the spec's replicas
+    baseline_image: str | None = None
+    """Canary with a baseline: start as many instances of this (stable) image in the baseline
+    slot beside it, healthy together."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,7 @@ class SetCanaryWeight:
     slot: str
     weight: float
     instances: int
+    baseline: bool = False             # scale the baseline slot to `instances` too, same table swap
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,9 @@ class CanarySpec(SpecModel):
     """Canary instances: "auto" (default) scales with the weight, at least one; or a fixed count."""
     steps: Annotated[list[CanaryStep], Field(min_length=1)]
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    baseline: bool = False
+    """Judge the canary against a baseline: fresh instances of the stable release, started with
+    the canary and taking as many users, so age and per-instance load do not tell them apart."""
 
     def canary_instances(self, weight: float, replicas: int) -> int:
         """How many canary instances carry `weight` percent of a service of `replicas`."""

@@ -31,7 +31,7 @@ def release_findings(svc: ServiceRecord, instances: list[tuple[Instance, str]], 
     """``instances``: the service's records (any status); ``gone``: ids of recorded live
     instances whose process is not running (from the process scan)."""
     now = time.time() if now is None else now
-    moving = {SlotState.STARTING, SlotState.CANARY} if in_rollout else set()
+    moving = {SlotState.STARTING, SlotState.CANARY, SlotState.BASELINE} if in_rollout else set()
     live = [(i, s) for i, s in instances if s in LIVE_STATUSES]
     findings: list[DriftFinding] = []
 

@@ -293,7 +293,7 @@ class Controller:
         async with self.ops.lock(service):
             svc.active_slot = None
             self.d.store.put_service(svc)
-        for slot in ("blue", "green"):
+        for slot in ("blue", "green", "baseline"):
             await self.ops.teardown(service, slot, None, "service removed")
         self.d.store.remove_drift_report(service)
         async with self.ops.lock(service):       # the supervisor ensures routers under it, from a fresh record

@@ -37,7 +37,7 @@ async def service_view(controller: Controller, name: str) -> dict[str, Any]:
     split, split_source = await _split(controller, name, status)
     rollout = _rollout_to_show(controller, name)
     tracks = []
-    for slot in SLOTS:
+    for slot in (*SLOTS, *(["baseline"] if "baseline" in status["slots"] else [])):
         s = status["slots"][slot]
         tracks.append({
             "slot": slot, "state": s["state"], "role": _role(slot, s["state"], status["live_slot"]),
@@ -63,7 +63,7 @@ def series_view(controller: Controller, service: str, since: int, now: float) ->
     upto = reads.series_upto(service) or int(now) - 1
     after = max(int(since), upto - KEEP_SECONDS)
     tracks: dict[str, list[dict[str, Any]]] = {}
-    for slot in SLOTS:
+    for slot in (*SLOTS, "baseline"):
         seconds = reads.series(service, slot, after, upto)
         if any(s.requests for s in seconds) or since > 0:
             tracks[slot] = [point(s) for s in seconds]
@@ -86,7 +86,7 @@ def _finite(ms: float | None) -> float | None:
 def _role(slot: str, state: str, live: str | None) -> str:
     if slot == live:
         return "stable"
-    return {"canary": "canary", "warm": "warm", "starting": "starting"}.get(state, "idle")
+    return {"canary": "canary", "baseline": "baseline", "warm": "warm", "starting": "starting"}.get(state, "idle")
 
 
 async def _split(controller: Controller, name: str, status: dict[str, Any]) -> tuple[dict[str, float], str]:
@@ -96,7 +96,7 @@ async def _split(controller: Controller, name: str, status: dict[str, Any]) -> t
     except ShipyardError:
         table = None
     if table is not None:
-        return {t: float(w) for t, w in table.weights.items() if t in SLOTS}, "router"
+        return {t: float(w) for t, w in table.weights.items() if t in (*SLOTS, "baseline")}, "router"
     live = status["live_slot"]
     canary = {slot: float(s["weight"]) for slot, s in status["slots"].items() if s["state"] == "canary"}
     if live is None:

@@ -8,18 +8,17 @@ always rebuilt from one consistent view."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 from shipyard.engine import baseline as baseline_slot
 from shipyard.engine import edge, fleet_slots
 from shipyard.engine.deps import Deps
+from shipyard.engine.stored_spec import spec_from_doc
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.machines import first_release_abandoned
 from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
@@ -377,9 +376,6 @@ class SlotOps:
                                       "served (finished after the daemon restarted)")
 
 
-_parsed: dict[tuple[str, str], Spec] = {}
-
-
 def sticky_of(svc: ServiceRecord) -> tuple[str | None, str | None, bool]:
     """How users are recognised: the canary's spec says; without a canary, the live release's
     (it does not change where traffic goes then, but it keeps the table's sticky names the same
@@ -400,16 +396,3 @@ def router_limits_of(svc: ServiceRecord) -> RouterSpec | None:
     return spec_from_doc(slot.spec, svc.spec_path).router if slot is not None and slot.spec else None
 
 
-def spec_from_doc(doc: dict[str, Any], spec_path: str = "") -> Spec:
-    """A spec as stored with a slot or a rollout (to_stored_dict: it names its own base dir, so
-    its relative paths resolve where the spec file was). `spec_path` (the service's spec file)
-    anchors documents stored before they did. Validation costs about a millisecond and the
-    supervisor asks every tick, so equal documents are parsed once."""
-    key = (json.dumps(doc, sort_keys=True), spec_path)
-    spec = _parsed.get(key)
-    if spec is None:
-        if len(_parsed) > 64:
-            _parsed.clear()
-        base = Path(spec_path).parent if spec_path else Path("/")
-        spec = _parsed[key] = Spec.from_json_dict(doc, base)
-    return spec

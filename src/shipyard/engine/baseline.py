@@ -7,19 +7,27 @@ It runs the stable release's own spec (its command and env), not the canary's.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from shipyard.engine.deps import Deps
+from shipyard.engine.stored_spec import spec_from_doc
 from shipyard.rollout.records import BASELINE_SLOT, ServiceRecord, Slot, SlotState
 from shipyard.spec import Spec
 
-if TYPE_CHECKING:
-    from shipyard.engine.actions import SlotOps
+
+class SlotOps(Protocol):
+    """What of engine/actions.SlotOps the baseline needs (a Protocol: actions imports this module)."""
+
+    d: Deps
+
+    async def start_slot(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None,
+                         count: int | None = None) -> str | None: ...
+    async def scale(self, spec: Spec, slot: str, image_id: str, want: int | None,
+                    rollout_id: str | None) -> str | None: ...
 
 
 def stable_spec(ops: SlotOps, spec: Spec) -> Spec:
     """The spec of the release serving now (the canary's spec when none is recorded)."""
-    from shipyard.engine.actions import spec_from_doc
-
     svc = ops.d.store.get_service(spec.service)
     live = svc.live if svc is not None else None
     return spec_from_doc(live.spec, svc.spec_path) if svc is not None and live and live.spec else spec
@@ -37,8 +45,6 @@ async def scale(ops: SlotOps, spec: Spec, count: int, rollout_id: str | None) ->
     s = svc.slots.get(BASELINE_SLOT) if svc is not None else None
     if s is None or s.image_id is None or s.spec is None:
         return "baseline: the slot holds no release (it was torn down); the rollout cannot judge fairly"
-    from shipyard.engine.actions import spec_from_doc
-
     why = await ops.scale(spec_from_doc(s.spec, svc.spec_path if svc else ""), BASELINE_SLOT, s.image_id, count,
                           rollout_id)
     return None if why is None else f"baseline: {why}"

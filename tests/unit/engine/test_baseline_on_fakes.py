@@ -98,3 +98,32 @@ def test_a_bad_canary_with_a_baseline_is_withdrawn_with_it_in_one_swap(world: Wo
         assert world.store.get_analysis(r.id)["reference"] == "baseline"
 
     drive(world, body)
+
+
+def test_a_dead_baseline_instance_is_replaced_while_the_canary_holds(world: World, tmp_path: Path) -> None:
+    steps = STEPS.format(baseline="true").replace("      - analysis: {duration: 10s}\n      - set_weight: 50\n",
+                                                 "      - pause: {}\n      - set_weight: 50\n")
+    spec = write_spec(tmp_path, steps, replicas=4)
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=3600)).phase is Phase.SUCCEEDED
+        r = await c.deploy(str(spec), image_id="v2")
+        for _ in range(400):
+            await world.clock.sleep(0.25)
+            got = world.store.get_rollout(r.id)
+            if got is not None and got.phase is Phase.PAUSED:
+                break
+        [victim] = world.runtime.live("shop", "baseline")
+        world.runtime.kill(victim.id)
+        for _ in range(60):
+            await world.clock.sleep(0.25)
+            ids = {u.id for u in world.router.tables["shop"].tracks.get("baseline", ())}
+            if ids and victim.id not in ids:
+                break
+        [fresh] = world.runtime.live("shop", "baseline")
+        assert fresh.id != victim.id and fresh.image_id == "v1"
+        t = world.router.tables["shop"]
+        assert {u.id for u in t.tracks["baseline"]} == {fresh.id}
+        assert t.weights == {"green": 10.0, "baseline": 10.0, "blue": 80.0}
+
+    drive(world, body)

@@ -96,9 +96,9 @@ class Controller:
 
     async def _finish_interrupted_teardowns(self) -> None:
         """A rollout is stored as ended before its last side effect: tearing down its canary
-        or new slot (failed, aborted) or the old stable (canary succeeded), or keeping the
-        slot that stopped serving warm until its retire_at (blue-green). A daemon killed in
-        between left that slot up for good. With no rollout in progress such a slot belongs
+        or new slot and its baseline (failed, aborted) or the old stable and the baseline
+        (canary succeeded), or keeping the slot that stopped serving warm until its
+        retire_at (blue-green). A daemon killed in between left that slot up for good. With no rollout in progress such a slot belongs
         to nobody (a warm one without retire_at, to the last rollout): finish the job."""
         for svc in self.d.store.list_services():
             if self.d.store.active_rollouts(svc.name):
@@ -109,7 +109,8 @@ class Controller:
                 if s.state == SlotState.WARM and s.retire_at is None and last and last.strategy != "canary" and doc:
                     bg = spec_from_doc(doc, svc.spec_path).strategy.blue_green     # the delay the driver's KeepWarm uses
                     await self.ops.keep_warm(svc.name, slot, bg.scale_down_delay if bg else 0.0, last.id)
-                elif slot != svc.active_slot and (s.state in (SlotState.CANARY, SlotState.STARTING) or (
+                elif slot != svc.active_slot and (s.state in (SlotState.CANARY, SlotState.BASELINE,
+                                                              SlotState.STARTING) or (
                         s.state == SlotState.WARM and s.retire_at is None)):
                     await self.ops.teardown(svc.name, slot, None, "its rollout had ended before the daemon restarted")
 

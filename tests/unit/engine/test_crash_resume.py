@@ -56,6 +56,9 @@ def as_is(w: World) -> None:
     pass
 
 
+CANARY_BASELINE = CANARY.replace("  canary:\n", "  canary:\n    baseline: true\n", 1)
+assert CANARY_BASELINE != CANARY
+
 SCENARIOS: dict[str, tuple[str, int, Callable[[World], None], list[Step], str]] = {
     "blue-green first release": (BLUE_GREEN, 2, as_is, [deploy("v1")], "succeeded"),
     "blue-green second release": (BLUE_GREEN, 2, as_is, [deploy("v1"), deploy("v2")], "succeeded"),
@@ -66,6 +69,10 @@ SCENARIOS: dict[str, tuple[str, int, Callable[[World], None], list[Step], str]] 
     "canary first release never healthy": (CANARY, 4, first_never_healthy, [deploy("v1")], "failed"),
     "canary walking its steps": (CANARY, 4, as_is, [deploy("v1"), deploy("v2")], "succeeded"),
     "canary failing its analysis": (CANARY, 4, failing_canary, [deploy("v1"), deploy("v2")], "failed"),
+    "canary with a baseline walking its steps": (CANARY_BASELINE, 4, as_is, [deploy("v1"), deploy("v2")],
+                                                 "succeeded"),
+    "canary with a baseline failing its analysis": (CANARY_BASELINE, 4, failing_canary,
+                                                    [deploy("v1"), deploy("v2")], "failed"),
 }
 
 

@@ -41,7 +41,7 @@ from shipyard.rollout.model import (
     WeightSet,
     WithdrawCanary,
 )
-from shipyard.rollout.records import BASELINE_SLOT
+from shipyard.rollout.records import BASELINE_MAX_WEIGHT, BASELINE_SLOT
 from shipyard.spec import Spec
 from shipyard.spec.strategy import AnalysisStep, CanarySpec, PauseStep, SetWeightStep
 
@@ -88,8 +88,8 @@ def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
         case Phase.PROGRESSING:
             step = c.steps[r.step_index]
             assert isinstance(step, SetWeightStep)
-            return [SetCanaryWeight(r.target_slot, step.set_weight,
-                                    c.canary_instances(step.set_weight, spec.instance_count), b)]
+            return [SetCanaryWeight(r.target_slot, step.set_weight, c.canary_instances(
+                step.set_weight, spec.instance_count), b and step.set_weight <= BASELINE_MAX_WEIGHT)]
         case Phase.PAUSED:
             return [WaitUntil(r.resume_at)] if r.hold == "timer" and r.resume_at is not None else []
         case Phase.ANALYZING:

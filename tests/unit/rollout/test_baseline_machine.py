@@ -58,7 +58,7 @@ def test_the_baseline_starts_with_the_canary_scales_with_it_and_goes_after_promo
     assert acts == [SetCanaryWeight("green", 25, 1, baseline=True)]
     assert canary.entry_actions(r, s) == acts
     r, acts = canary.step(r, s, WeightSet(25), 2)
-    assert acts == [SetCanaryWeight("green", 75, 3, baseline=True)]   # same count; takes no users above 50 %
+    assert acts == [SetCanaryWeight("green", 75, 3)]    # above 50 % the baseline takes no users: not scaled
     r, acts = canary.step(r, s, WeightSet(75), 3)
     assert (r.phase, acts) == (Phase.PROMOTING, [SetCanaryWeight("green", 100.0, 4)])
     r, acts = canary.step(r, s, WeightSet(100), 4)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from test_canary_e2e import deploy, wait_for
+from test_metrics_export import scrape
 from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
@@ -56,6 +57,10 @@ async def at_twenty_percent(api: AsyncApiClient, make_spec: SpecMaker, listen: s
     got = answered_by_track(await answered_by(listen), ids)
     assert abs(got["canary"] - 200) < 60 and abs(got["baseline"] - 200) < 60, got     # ~20 % each of 1000
     assert got["canary"] + got["baseline"] + got["stable"] == len(USERS)
+    weights = (await scrape(daemon)).select("shipyard_track_weight_percent", service="shop", track="baseline")
+    assert list(weights.values()) == [20.0], weights                  # /metrics: track="baseline"
+    served = (await scrape(daemon)).select("shipyard_upstream_requests_total", service="shop", track="baseline")
+    assert {dict(k)["instance"] for k, v in served.items() if v > 0} == ids, served
     if worker is not None:
         assert haproxy_worker_pid(daemon.paths.root) == worker      # the baseline backend needed no reload
     return r, ids

@@ -84,3 +84,11 @@ def test_a_canary_user_stays_on_the_canary_as_the_weight_rises(a: float, b: floa
     for u in users:
         if before.track_at(user_bucket(u)) == "green":
             assert after.track_at(user_bucket(u)) == "green"
+
+
+def test_metrics_report_the_split_the_table_serves() -> None:
+    from shipyard.server.metrics.traffic import track_weights
+
+    for w in (10.0, 50.0, 75.0):
+        table = build_table(service(w), HEALTHY, version=1)
+        assert {t: v for t, v in track_weights(service(w)).items() if v > 0} == table.weights

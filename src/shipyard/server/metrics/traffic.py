@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from shipyard.rollout.records import ServiceRecord
+from shipyard.rollout.records import BASELINE_MAX_WEIGHT, BASELINE_SLOT, ServiceRecord
 
 TRACK_LABELS = ["service", "track", "release"]
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -120,6 +120,9 @@ def track_weights(svc: ServiceRecord) -> dict[str, float]:
     out = {live: round(100.0 - share, 2)}
     if canary:
         out[canary] = share
+        if svc.baseline is not None and 0 < share <= BASELINE_MAX_WEIGHT:    # as many users as the canary
+            out[BASELINE_SLOT] = share
+            out[live] = round(100.0 - 2 * share, 2)
     return out
 
 

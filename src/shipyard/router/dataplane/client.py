@@ -33,7 +33,7 @@ MAX_UNROUTED_BODY = 64 * 1024
 
 
 class Server(Protocol):
-    """What a client connection needs from the listener (proxy.ProxyServer): a Protocol, so
+    """What a client connection needs from the listener (proxy_server.ProxyServer): a Protocol, so
     that proxy -> client is the only import between the two."""
 
     listen: str

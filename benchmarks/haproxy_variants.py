@@ -45,7 +45,8 @@ from shipyard.devtools.demo import free_port
 from shipyard.errors import ShipyardError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.files import Files
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.logs import TrafficLog
 from shipyard.router.haproxy.maps import map_entries, map_text
 from shipyard.router.haproxy.process import POOL_ARGS, HAProxyProcess
 from shipyard.router.haproxy.services import Server, server_name, service_config

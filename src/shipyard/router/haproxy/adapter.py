@@ -32,7 +32,7 @@ from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
 from shipyard.router.haproxy import live, sites
 from shipyard.router.haproxy.files import Files
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.readers import Readers
 from shipyard.router.haproxy.saved import Saved

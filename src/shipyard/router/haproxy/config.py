@@ -26,12 +26,12 @@ from shipyard.router.haproxy.rules import (
 from shipyard.router.haproxy.services import Server, ServiceConfig, backend_name
 
 _TRACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-"""What the traffic log (logs.py) reads back out of `<service>__<track>`: a slot-like name."""
+"""What the traffic log (log_lines.py) reads back out of `<service>__<track>`: a slot-like name."""
 
 
 def render(services: Sequence[ServiceConfig], files: Files, log_format: str, start_rule: str = "") -> str:
     """The whole haproxy.cfg. `log_format` and `start_rule` (a first http-request rule that
-    stamps the request's arrival) are the traffic log's (logs.py). RouterError naming the
+    stamps the request's arrival) are the traffic log's (log_lines.py). RouterError naming the
     field for a name HAProxy cannot take."""
     out = [
         "# written by shipyard: traffic changes go through the Runtime API, not this file",

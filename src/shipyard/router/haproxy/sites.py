@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy.files import Files
-from shipyard.router.haproxy.logs import SHARED_SITE
+from shipyard.router.haproxy.log_lines import SHARED_SITE
 from shipyard.router.haproxy.rules import (
     PREVIEW_ACL,
     backend_rules,

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
+from shipyard.drift.fleet import FleetInputs
+from shipyard.drift.report import DriftReport, Mode
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import (
     AuditEntry,
@@ -29,7 +31,7 @@ from shipyard.rollout.records import (
 from shipyard.router.table import RoutingTable
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
-__all__ = ["AuditTrail", "Clock", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "Router", "Runtime",
+__all__ = ["AuditTrail", "Clock", "FleetDriftScan", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "Router", "Runtime",
            "Store", "SystemClock"]
 
 
@@ -289,3 +291,12 @@ class NoHealthProbe:
                          extra_headers: Mapping[str, str] | None = None,
                          log: Callable[[str], None] | None = None) -> str | None:
         return f"cannot check {label}: no health probe is wired" if checks else None
+
+
+class FleetDriftScan(Protocol):
+    """Drift of one service across fleet hosts: every host's trees, instance processes,
+    listeners on the service ports and managed files, each host asked in one round trip;
+    every finding names its host (and path). A host that cannot be asked is an ``unknown``
+    finding, never a clean host. The SSH adapter: runtime/ssh/drift_scan.py."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport: ...

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import shipyard
 
-from . import host
+from . import drift_probe, host
 from .instances import Instances
 from .protocol import (
     BAD_REQUEST,
@@ -94,6 +94,7 @@ class Helper:
             "host.listeners": lambda a, b: host.listeners(a),
             "host.files": lambda a, b: host.files(a),
             "host.free_port": lambda a, b: host.free_port(a),
+            "drift.scan": lambda a, b: drift_probe.scan(self.store, self.instances, a),
         }
 
     def hello(self) -> dict[str, Any]:

@@ -208,6 +208,14 @@ def test_a_part_the_host_failed_is_unknown_the_rest_still_judged() -> None:
     assert kinds(report) == [("content", "h2", "-", "managed_file"), ("unknown", "h2", "-", "-")]
 
 
+def test_an_answer_not_shaped_as_drift_scan_is_unknown_for_that_host_only() -> None:
+    a = clean_answer(H1)
+    a["trees"][IMAGE]["surprise"] = 1
+    report = fleet_report(inputs(), "metadata", answers(h1=a))
+    assert kinds(report) == [("unknown", "h1", "-", "unreachable")]
+    assert "its answer could not be read (TypeError" in report.findings[0].detail
+
+
 def test_the_probe_reports_argv_env_cwd_and_user_of_a_real_process(tmp_path: Path) -> None:
     root = tmp_path / "state"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path,

@@ -257,7 +257,12 @@ def fleet_report(inputs: FleetInputs, mode: Mode, answers: Mapping[str, dict[str
         if isinstance(answer, str):
             per_host.extend(unreachable(inputs, host, answer))
             continue
-        verdict = judge_host(inputs, host, answer)
+        try:
+            verdict = judge_host(inputs, host, answer)
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:   # an answer not shaped as drift.scan's
+            per_host.extend(unreachable(inputs, host, f"its answer could not be read ({type(exc).__name__}: "
+                                        f"{str(exc)[:200]}); is its helper of another shipyard version?"))
+            continue
         per_host.extend(verdict.findings)
         gone |= verdict.gone
         report.instances_scanned += verdict.instances

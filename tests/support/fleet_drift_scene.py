@@ -85,6 +85,13 @@ class Scene:
             started = await asyncio.gather(*(on(h, n) for h in self.fleet.hosts))
             self.instances.extend((i, "healthy") for i in started)
 
+    async def relaunch(self, inst: Instance, instance_id: str) -> LaunchSpec:
+        """The LaunchSpec of a successor of ``inst`` on the same host (what a heal starts)."""
+        host = next(h for h in self.fleet.hosts if h.address == inst.host)
+        return LaunchSpec(instance_id=instance_id, service=SERVICE, slot=inst.slot, image_id=inst.image_id,
+                          tree=self.tmp / "tree", command=self.command(host), env=self.launch_env,
+                          instance_dir=self.tmp / "instances", host=inst.host)
+
     def command(self, host: NetnsHost) -> list[str]:
         return ["python3", "app.py", host.address, "${PORT}"]
 

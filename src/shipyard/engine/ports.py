@@ -300,3 +300,8 @@ class FleetDriftScan(Protocol):
     finding, never a clean host. The SSH adapter: runtime/ssh/drift_scan.py."""
 
     async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport: ...
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        """Move the tampered tree of ``image_id`` on host ``address`` aside, so the successor the
+        heal starts there gets a fresh one (RuntimeFailure when the host cannot be reached)."""
+        ...

@@ -164,3 +164,41 @@ async def _until_found(scene: Scene, found: object, tries: int = 20) -> DriftRep
         report = await scene.scan("metadata")
     return report
 
+
+
+async def test_heal_replaces_the_drifted_instances_on_that_host_from_a_fresh_tree(scene: Scene) -> None:
+    """What the heal does with a fleet finding, by hand: a change hidden from the metadata pass
+    by a forged baseline, found by the full pass, is quarantined on its host (kept aside as
+    evidence), successors start there from a tree made afresh from the
+    host's object store, the drifted instances stop, and both passes are clean again."""
+    h3 = scene.host(2)
+    assert (await scene.scan("metadata")).clean   # writes the baseline the tamperer then forges
+    app = scene.tree_file(h3, "app.py")
+    app.chmod(0o644)
+    app.write_text(app.read_text().replace("200", "500"))
+    app.chmod(0o444)
+    doc = json.loads(scene.baseline(h3).read_text())
+    doc["files"]["app.py"] = stat_key(os.lstat(app))
+    scene.baseline(h3).write_text(json.dumps(doc))
+    assert (await scene.scan("metadata")).clean   # hidden from the metadata pass
+    report = await scene.scan("full")
+    drifted = sorted({f.instance_id for f in report.findings if f.kind == "content" and f.host == h3.name})
+    assert drifted == sorted(i.id for i, _ in scene.instances if i.host == h3.address)
+    [image_id] = {f.evidence["image_id"] for f in report.findings}
+    moved = await scene.scanner.quarantine(h3.address, image_id)
+    assert moved is not None and "tampered" in moved
+
+    old = {i.id: i for i, _ in scene.instances}
+    successors = []
+    for iid in drifted:
+        launch = await scene.relaunch(old[iid], f"{iid}1")
+        successors.append(await scene.runtime.start(launch))
+    for iid in drifted:
+        await scene.runtime.stop(old[iid], timeout=5)
+    scene.instances = [(i, s) for i, s in scene.instances if i.id not in drifted] + \
+        [(i, "healthy") for i in successors]
+    assert "500" not in app.read_text() and not app.stat().st_mode & 0o222   # afresh, read-only
+    assert "500" in scene.local(h3, moved + "/app.py").read_text()            # the evidence is kept
+    for mode in ("metadata", "full"):
+        after = await scene.scan(mode)   # type: ignore[arg-type]
+        assert after.clean, [f.detail for f in after.findings]

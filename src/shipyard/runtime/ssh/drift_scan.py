@@ -18,7 +18,7 @@ from typing import Any
 from shipyard.drift.fleet import FleetHost, FleetInputs, host_request
 from shipyard.drift.hosts import fleet_report
 from shipyard.drift.report import DriftReport, Mode
-from shipyard.errors import ShipyardError
+from shipyard.errors import RuntimeFailure, ShipyardError
 from shipyard.fleet.remote import bundle
 from shipyard.runtime.ssh.connections import HostConnection, SshConnections
 from shipyard.runtime.ssh.helper_session import HelperSession
@@ -83,6 +83,28 @@ class SshDriftScan:
 
         answers = dict(await asyncio.gather(*(one(h) for h in inputs.hosts)))
         return fleet_report(inputs, mode, answers, seconds=round(time.perf_counter() - began, 6))
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        """Move the host's tree of ``image_id`` aside (kept as evidence; running instances keep
+        their cwd), so the next instance started there gets a fresh tree from the object store:
+        the heal of a content finding, whichever pass found it. Returns where it went (None:
+        there was no tree)."""
+        entry = self._hosts.get(address)
+        if entry is None:
+            raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {address}: not a host of this fleet",
+                                 hint="list the host under fleet.hosts (by this address) in the spec")
+        conn, session = entry
+        try:
+            await conn.wait_connected(self._connect_wait)
+            client = await session.client()
+            return await asyncio.wait_for(client.quarantine(image_id), self._timeouts["metadata"])
+        except TimeoutError:
+            await session.close()
+            raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {conn.name}: no answer within "
+                                 f"{self._timeouts['metadata']:g}s", hint="check the host; heal it later") from None
+        except ShipyardError as exc:
+            raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {conn.name}: {exc.message}",
+                                 hint=exc.hint) from None
 
     async def close(self) -> None:
         """End the scan helpers (the SSH connections belong to their pool)."""

@@ -6,6 +6,7 @@ machine's /proc (a real child process)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import subprocess
 import sys
@@ -13,14 +14,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shipyard.drift.fleet import FleetHost, FleetInputs, ManagedFile, RemoteLaunch, host_request
 from shipyard.drift.hosts import fleet_report
+from shipyard.engine import ports
 from shipyard.fleet.remote import drift_probe
 from shipyard.fleet.remote.instances import Instances
 from shipyard.fleet.remote.store import HostStore
 from shipyard.launching import REMOTE_BASE_ENV
 from shipyard.procfs import process_start_time
 from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
+from support.fake_fleet_drift import FakeFleetDriftScan
 
 IMAGE = "a" * 64
 ROOT = "/root/.shipyard"
@@ -214,6 +220,21 @@ def test_an_answer_not_shaped_as_drift_scan_is_unknown_for_that_host_only() -> N
     report = fleet_report(inputs(), "metadata", answers(h1=a))
     assert kinds(report) == [("unknown", "h1", "-", "unreachable")]
     assert "its answer could not be read (TypeError" in report.findings[0].detail
+
+
+@pytest.mark.parametrize("impl", [SshDriftScan, FakeFleetDriftScan])
+def test_the_adapter_and_the_fake_are_the_port(impl: type) -> None:
+    for name in ("scan", "quarantine"):
+        want, got = getattr(ports.FleetDriftScan, name), getattr(impl, name)
+        assert inspect.iscoroutinefunction(got) and inspect.iscoroutinefunction(want)
+        assert list(inspect.signature(got).parameters) == list(inspect.signature(want).parameters)
+
+
+async def test_the_fake_judges_scripted_answers_with_the_real_judges() -> None:
+    fake = FakeFleetDriftScan(answers())
+    assert (await fake.scan(inputs(), "full")).clean and fake.scans == [("shop", "full")]
+    fake.answers.pop("h2")
+    assert kinds(await fake.scan(inputs())) == [("unknown", "h2", "-", "unreachable")]
 
 
 def test_the_probe_reports_argv_env_cwd_and_user_of_a_real_process(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ import pytest
 
 from shipyard.drift.baseline import RACY_SECONDS, stat_key
 from shipyard.drift.report import DriftReport
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
 from support.fleet_drift_scene import EDGE_CONFIG, Scene
 from support.netns_hosts import NetnsFleet
+from support.ssh_options import targets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,12 +146,15 @@ async def test_an_edited_haproxy_config_on_a_host_is_named_with_its_path(scene: 
 
 async def test_a_host_that_does_not_answer_is_unknown_never_clean(scene: Scene) -> None:
     h1 = scene.host(0)
-    scene.scanner._connect_wait = 1.0
+    scanner = SshDriftScan(scene.pool, targets(scene.fleet), connect_wait=1.0, metadata_timeout=5.0)
     scene.fleet.cut_network(h1)
+    began = time.monotonic()
     try:
-        report = await scene.scan("metadata")
+        report = await scanner.scan(scene.inputs(), "metadata")
     finally:
         scene.fleet.restore_network(h1)
+        await scanner.close()
+    assert time.monotonic() - began < 8, "a silent host holds the scan up only as long as allowed"
     [f] = report.findings
     assert (f.kind, f.host, f.evidence["change"]) == ("unknown", h1.name, "unreachable")
     assert sorted(f.evidence["instances"]) == sorted(i.id for i, _ in scene.instances if i.host == h1.address)

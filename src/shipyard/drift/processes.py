@@ -19,7 +19,7 @@ from shipyard.drift.report import DriftFinding
 from shipyard.errors import RuntimeFailure
 from shipyard.launching import instance_environment, remote_command, resolve_program, substitute
 from shipyard.procfs import proc_bytes, read_proc_stat
-from shipyard.rollout.records import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec, host_command
 
 SECRET_LOOKING = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$",
                             re.IGNORECASE)
@@ -54,7 +54,7 @@ def expected_process(instance: Instance, command: list[str], env: Mapping[str, s
                         image_id=instance.image_id, tree=tree, command=list(command), env=dict(env),
                         instance_dir=Path(instance.data_dir).parent, host=instance.host)
     variables = {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir}
-    argv = [substitute(a, variables) for a in command]
+    argv = [substitute(a, variables) for a in host_command(command, instance.host)]   # as the engine's launch_spec
     full_env = instance_environment(launch, variables)
     if argv:
         try:
@@ -69,8 +69,8 @@ def expected_remote_process(instance: Instance, command: list[str], env: Mapping
     """What SshRuntime starts ``instance`` with on its host (``tree``: the host's path of the
     image tree, its cwd; ``uid``: the helper's user, who starts it)."""
     launch = LaunchSpec(instance_id=instance.id, service=instance.service, slot=instance.slot,
-                        image_id=instance.image_id, tree=Path(tree), command=list(command), env=dict(env),
-                        instance_dir=Path(instance.data_dir).parent, host=instance.host)
+                        image_id=instance.image_id, tree=Path(tree), command=host_command(command, instance.host),
+                        env=dict(env), instance_dir=Path(instance.data_dir).parent, host=instance.host)
     argv, full_env = remote_command(launch, {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir})
     return ExpectedProcess(argv, full_env, frozenset(secret_names), cwd=tree, uid=uid)
 

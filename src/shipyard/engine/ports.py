@@ -35,7 +35,7 @@ from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
 __all__ = ["AuditTrail", "Clock", "Fleet", "FleetDriftScan", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery",
-           "NoFleet", "Router", "Runtime", "Store", "SystemClock"]
+           "NoFleet", "NoFleetDriftScan", "Router", "Runtime", "Store", "SystemClock"]
 
 
 class AuditTrail(Protocol):
@@ -339,3 +339,15 @@ class FleetDriftScan(Protocol):
         heal starts there gets a fresh one (RuntimeFailure when the host cannot be reached)."""
         ...
 
+
+class NoFleetDriftScan:
+    """The default of `Deps.fleet_drift`: nothing reaches the hosts, so a fleet service's scan
+    fails with a reason instead of reporting hosts it never asked as clean."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport:
+        raise RuntimeFailure(f"cannot scan {inputs.service.name} for drift on its hosts: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {address}: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")

@@ -32,6 +32,7 @@ from shipyard.router.haproxy.adapter import HAProxyRouter
 from shipyard.runtime.by_host import ByHostRuntime
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
 from shipyard.runtime.ssh.fleet import SshFleet
 from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.runtime.ssh.runtime import SshRuntime
@@ -124,8 +125,10 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     images = ImageStore(paths.images)
-    fleet = SshFleet(SshRuntime(None, images), on_trust=lambda key: audit_trusted_key(store, key))
+    scanner = SshDriftScan(None)      # fleet drift scans, on the hosts' connections that SshFleet opens
+    fleet = SshFleet(SshRuntime(None, images), on_trust=lambda key: audit_trusted_key(store, key), drift=scanner)
     deps = Deps(store=store, images=images, runtime=ByHostRuntime(LocalRuntime(), fleet.runtime), fleet=fleet,
+                fleet_drift=scanner,
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
                 query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)

@@ -37,21 +37,36 @@ class HostTiming:
 
 
 class SshDriftScan:
-    def __init__(self, connections: SshConnections, targets: Iterable[SshTarget], *, root: str | None = None,
-                 python: str = "python3", helper: tuple[str, bytes] | None = None, connect_wait: float = 5.0,
-                 metadata_timeout: float = 30.0, full_timeout: float = 600.0,
+    def __init__(self, connections: SshConnections | None, targets: Iterable[SshTarget] = (), *,
+                 root: str | None = None, python: str = "python3", helper: tuple[str, bytes] | None = None,
+                 connect_wait: float = 5.0, metadata_timeout: float = 30.0, full_timeout: float = 600.0,
                  concurrency: int = CONCURRENCY) -> None:
-        helper = helper or bundle.build()
+        self._helper = helper or bundle.build()
+        self._root, self._python = root, python
         self._hosts: dict[str, tuple[HostConnection, HelperSession]] = {}
-        for t in targets:
-            conn = connections.host(t)
-            self._hosts[t.address] = (conn, HelperSession(conn, root=root, python=python, helper=helper,
-                                                          timeout=max(metadata_timeout, connect_wait)))
         self._connect_wait = connect_wait
         self._timeouts = {"metadata": metadata_timeout, "full": full_timeout}
         self._concurrency = concurrency
         self.last_timings: dict[str, HostTiming] = {}
         """Per host name, of the last scan (what the benchmark reports)."""
+        if targets:
+            assert connections is not None, "targets need the connections that reach them"
+            self.add_targets(connections, targets)
+
+    def add_targets(self, connections: SshConnections, targets: Iterable[SshTarget]) -> None:
+        """Scan ``targets`` through ``connections`` from now on (a fleet spec the engine has just
+        met, as SshRuntime.add_targets). A host reached the same way keeps its scan helper; one
+        now reached through another connection gets a new one (the old helper is ended)."""
+        for t in targets:
+            conn = connections.host(t)
+            known = self._hosts.get(t.address)
+            if known is not None and known[0] is conn:
+                continue
+            self._hosts[t.address] = (conn, HelperSession(
+                conn, root=self._root, python=self._python, helper=self._helper,
+                timeout=max(self._timeouts["metadata"], self._connect_wait)))
+            if known is not None:
+                asyncio.get_running_loop().create_task(known[1].close())
 
     async def _ask(self, host: FleetHost, args: dict[str, Any], mode: Mode) -> dict[str, Any] | str:
         entry = self._hosts.get(host.address)

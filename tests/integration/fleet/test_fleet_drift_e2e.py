@@ -1,0 +1,88 @@
+"""Fleet drift through the real daemon and CLI: the shop on five namespace hosts (one instance
+each, the embedded router here as the edge), a file of the image tree edited on host 3 by
+someone with a shell there; `shipyard drift` (metadata and --full) exits 2 naming host 3 and
+the file's path on it, `shipyard drift --fix` under user traffic quarantines that host's
+tree, starts the successor there from a fresh copy and routes it before the drifted one
+leaves: 0 failed requests, and the fleet scans clean again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_fleet_deploy import on_fleet, shop_processes
+
+from shipyard.client import AsyncApiClient
+from shipyard.devtools.loadgen import Traffic
+from support import SpecMaker, deploy
+from support.netns_hosts import NetnsFleet
+
+pytestmark = pytest.mark.timeout(240)
+
+PATCHED = '[{"id": 1, "name": "patched on host 3", "price": 1}]'
+
+
+def sy(*args: str, state: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The CLI, wide enough that a host path is never folded across lines."""
+    env = {**os.environ, "SHIPYARD_HOME": str(state), "COLUMNS": "400"}
+    return subprocess.run([sys.executable, "-m", "shipyard", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+async def test_a_file_tampered_on_host_3_is_found_there_and_healed_by_replacement_under_load(
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str, state_dir: Path) -> None:
+    assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1})))["phase"] == "succeeded"
+    clean = await asyncio.to_thread(sy, "drift", "shop", "--full", state=state_dir)
+    assert clean.returncode == 0 and "clean" in clean.stdout, clean
+
+    status = await api.get("/v1/services/shop")
+    live = status["slots"][status["live_slot"]]
+    image = live["image"]
+    victim = fleet5.hosts[2]
+    [drifted] = [i["id"] for i in live["instances"] if i["host"] == victim.address]
+    on_host = f"/root/.shipyard/images/trees/{image}/shop/catalog.json"
+    target = victim.dir / "home" / on_host.removeprefix("/root/")
+    pristine = target.read_text()
+    os.chmod(target, 0o644)
+    target.write_text(PATCHED)                 # the operator's "quick fix" on one host
+
+    for flags in ((), ("--full",)):
+        found = await asyncio.to_thread(sy, "drift", "shop", *flags, state=state_dir)
+        assert found.returncode == 2, found
+        assert f"{victim.name}:{on_host}" in found.stdout, found.stdout
+        assert drifted in found.stdout and "shop/catalog.json" in found.stdout
+    report = (await api.get("/v1/services/shop/drift"))["report"]
+    content = [f for f in report["findings"] if f["kind"] == "content"]
+    assert {(f["host"], f["instance_id"]) for f in content} == {(victim.name, drifted)}, report["findings"]
+    assert {f["evidence"]["change"] for f in content} == {"content", "mode"}      # new bytes, and the chmod
+    assert all(f["host"] == victim.name for f in report["findings"]), report["findings"]
+
+    async with Traffic(f"http://{listen}", clients=8, pause=0.005, path="/products") as traffic:
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        fixed = await asyncio.to_thread(sy, "drift", "shop", "--fix", state=state_dir)
+        healed_in = time.monotonic() - began
+        await asyncio.sleep(0.5)
+    assert fixed.returncode == 0, fixed
+    assert f"healed {drifted} ->" in fixed.stdout and f"quarantined the tampered tree of {victim.address}:" \
+        in fixed.stdout, fixed.stdout
+    assert traffic.failures() == [], traffic.failures()[:5]
+    assert len(traffic.samples) > 100
+
+    status = await api.get("/v1/services/shop")
+    instances = status["slots"][status["live_slot"]]["instances"]
+    healthy = {i["id"]: i["host"] for i in instances if i["status"] == "healthy"}
+    assert drifted not in healthy and sorted(healthy.values()) == sorted(h.address for h in fleet5.hosts)
+    assert target.read_text() == pristine      # the successor's tree there is a fresh copy
+    assert shop_processes(fleet5) == dict.fromkeys(sorted(h.address for h in fleet5.hosts), 1)
+    again = await asyncio.to_thread(sy, "drift", "shop", "--full", state=state_dir)
+    assert again.returncode == 0 and "clean" in again.stdout, again
+    events = [e["kind"] for e in (await api.get("/v1/services/shop/events"))["events"]]
+    assert "drift.quarantined" in events and "drift.healed" in events
+    print(f"drift --fix on a fleet: {drifted} on {victim.name} replaced in {healed_in:.1f}s; "
+          f"{len(traffic.failures())} of {len(traffic.samples)} requests failed")

@@ -19,6 +19,9 @@ from shipyard.drift.unmanaged import ARGV_LIMIT, TRANSIENT_STATUSES, _instance_s
 from shipyard.rollout.records import Instance
 
 NOTE_PATHS = 5
+UNRECORDED = "shipyard has no record of this instance"
+"""Why an instance process of the service is a stray when no record names it (the engine
+drops one recorded by the time the scan ends: it was being started meanwhile)."""
 PATHS_IN_EVIDENCE = 50
 
 
@@ -165,7 +168,7 @@ def _strays(inputs: FleetInputs, host: FleetHost, part: Any, verdict: HostVerdic
         if owner != service:
             continue
         if rec is None:
-            why = "shipyard has no record of this instance"
+            why = UNRECORDED
         elif rec[0].host != host.address:
             why = f"the instance is recorded on {rec[0].host}, not on this host"
         elif rec[1] in LIVE_STATUSES:

@@ -10,8 +10,9 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from shipyard.drift.fleet import FleetHost, FleetInputs, RemoteLaunch
+from shipyard.drift.hosts import UNRECORDED
 from shipyard.drift.release import LIVE_STATUSES
-from shipyard.drift.report import DriftReport, Mode
+from shipyard.drift.report import DriftFinding, DriftReport, Mode
 from shipyard.engine import fleet_slots
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
@@ -62,7 +63,23 @@ async def scan(d: Deps, launch_env: Any, svc: ServiceRecord, specs: dict[str, Sp
     reachable first, as before a start."""
     assert spec.fleet is not None
     await d.fleet.use(svc.name, spec.fleet, spec.base_dir)
-    return await d.fleet_drift.scan(fleet_inputs(d, launch_env, svc, specs), mode)
+    report = await d.fleet_drift.scan(fleet_inputs(d, launch_env, svc, specs), mode)
+    report.findings = [f for f in report.findings if not started_meanwhile(d, f)]
+    return report
+
+
+def started_meanwhile(d: Deps, f: DriftFinding) -> bool:
+    """An "unrecorded instance" the hosts saw that is recorded now, on that host with that
+    process: it was being started while the scan ran (over SSH, the record follows the start by
+    a round trip), so it is not a stranger."""
+    if f.kind != "unmanaged" or f.evidence.get("change") != "instance" or not f.instance_id:
+        return False
+    if f.evidence.get("reason") != UNRECORDED:
+        return False
+    now = d.store.instance(f.instance_id)
+    if now is None or now[1] not in LIVE_STATUSES or now[0].host != f.evidence.get("host_address"):
+        return False
+    return now[0].pid == f.evidence.get("process_group") or now[0].pid in (f.evidence.get("pids") or [])
 
 
 def tampered_trees(report: DriftReport) -> set[tuple[str, str]]:

@@ -86,3 +86,43 @@ async def test_a_file_tampered_on_host_3_is_found_there_and_healed_by_replacemen
     assert "drift.quarantined" in events and "drift.healed" in events
     print(f"drift --fix on a fleet: {drifted} on {victim.name} replaced in {healed_in:.1f}s; "
           f"{len(traffic.failures())} of {len(traffic.samples)} requests failed")
+
+
+async def test_with_drift_heal_the_daemon_replaces_a_tampered_instance_on_its_host_by_itself(
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str, state_dir: Path) -> None:
+    drift = {"interval": "1s", "full_interval": "1h", "heal": True}
+    assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1}, drift=drift)))["phase"] \
+        == "succeeded"
+    status = await api.get("/v1/services/shop")
+    live = status["slots"][status["live_slot"]]
+    victim = fleet5.hosts[4]
+    [drifted] = [i["id"] for i in live["instances"] if i["host"] == victim.address]
+    target = victim.dir / "home" / ".shipyard" / "images" / "trees" / live["image"] / "shop" / "catalog.json"
+    pristine = target.read_text()
+    async with Traffic(f"http://{listen}", clients=8, pause=0.005, path="/products") as traffic:
+        await asyncio.sleep(0.5)
+        os.chmod(target, 0o644)
+        target.write_text(PATCHED)
+        tampered = time.monotonic()
+        healthy: dict[str, str] = {}
+        report: dict = {}
+        while time.monotonic() < tampered + 60:
+            status = await api.get("/v1/services/shop")
+            healthy = {i["id"]: i["host"] for i in status["slots"][status["live_slot"]]["instances"]
+                       if i["status"] == "healthy"}
+            report = (await api.get("/v1/services/shop/drift"))["report"] or {}
+            if drifted not in healthy and len(healthy) == 5 and report.get("clean"):
+                break
+            await asyncio.sleep(0.2)
+        healed_in = time.monotonic() - tampered
+        await asyncio.sleep(0.5)
+    assert drifted not in healthy and sorted(healthy.values()) == sorted(h.address for h in fleet5.hosts), healthy
+    assert report.get("clean"), report
+    assert target.read_text() == pristine
+    assert traffic.failures() == [], traffic.failures()[:5]
+    events = [e for e in (await api.get("/v1/services/shop/events"))["events"]]
+    found = [e for e in events if e["kind"] == "drift.found"]
+    assert found and all("h5: image" in e["message"] for e in found), [e["message"] for e in found]   # no false drift
+    assert [e["data"]["instance"] for e in events if e["kind"] == "drift.healed"] == [drifted]
+    print(f"drift.heal on a fleet: {drifted} on {victim.name} replaced {healed_in:.1f}s after the edit; "
+          f"{len(traffic.failures())} of {len(traffic.samples)} requests failed")

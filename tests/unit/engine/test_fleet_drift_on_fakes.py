@@ -168,6 +168,32 @@ def test_process_drift_is_replaced_and_a_stranger_on_a_port_only_reported(world:
     drive(world, scanner, body)
 
 
+def test_an_instance_started_while_the_hosts_were_scanned_is_not_a_stray(world: World, tmp_path: Path) -> None:
+    """Over SSH the record follows the start by a round trip: a scan that began before it may
+    see the process first. Recorded by the time the scan ends (on that host, that pid), it is
+    not reported; one still unrecorded is."""
+    scanner = FakeFleetDriftScan(simulate=True)
+
+    async def body(c: Controller) -> None:
+        await deployed(world, c, fleet_spec(tmp_path))
+        one = next(i for i, st in world.store.instances("shop") if st == "healthy" and i.host == ADDRESSES[1])
+        newcomer = replace(one, id="shop-blue-00aa01", pid=55_001, start_time=7)
+        stranger = replace(one, id="shop-blue-00bb02", pid=55_002, start_time=8)
+
+        def starting(inputs: Any, answer: dict[str, Any]) -> None:
+            for i in (newcomer, stranger):
+                answer["instance_processes"]["processes"].append(
+                    {"pid": i.pid, "pgrp": i.pid, "start_time": i.start_time, "instance_id": i.id,
+                     "slot": i.slot, "data_dir": i.data_dir})
+            world.store.put_instance(newcomer, "starting")      # its start returns while the scan runs
+        scanner.edits = {"web-2": starting}
+
+        report = await c.drift.scan("shop")
+        assert [(f.kind, f.host, f.instance_id) for f in report.findings] == [("unmanaged", "web-2", stranger.id)]
+
+    drive(world, scanner, body)
+
+
 def test_a_host_that_cannot_be_asked_is_unknown_and_nothing_is_healed(world: World, tmp_path: Path) -> None:
     scanner = FakeFleetDriftScan({"web-4": "no answer within 30s (metadata scan)"}, simulate=True)
 

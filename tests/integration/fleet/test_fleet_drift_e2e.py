@@ -20,7 +20,8 @@ from test_fleet_deploy import on_fleet, shop_processes
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
-from support.netns_hosts import NetnsFleet
+from support.netns_hosts import NetnsFleet, NetnsHost
+from support.netns_leftovers import cmdline
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -126,3 +127,55 @@ async def test_with_drift_heal_the_daemon_replaces_a_tampered_instance_on_its_ho
     assert [e["data"]["instance"] for e in events if e["kind"] == "drift.healed"] == [drifted]
     print(f"drift.heal on a fleet: {drifted} on {victim.name} replaced {healed_in:.1f}s after the edit; "
           f"{len(traffic.failures())} of {len(traffic.samples)} requests failed")
+
+
+def on_host_detached(host: NetnsHost, argv: list[str], env: dict[str, str]) -> None:
+    """A process left running on the host by hand (inside its namespaces; it dies with the host)."""
+    subprocess.run(["nsenter", "-t", str(host.init_pid), "-a", "setsid", "-f", "env", "-i",
+                    *(f"{k}={v}" for k, v in env.items()), *argv], check=True, timeout=10,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def running_on(host: NetnsHost, marker: str) -> list[int]:
+    return [p for p in host.pids() if marker in cmdline(p)]
+
+
+async def test_strangers_on_a_host_are_reported_there_and_never_killed_by_a_fix(
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, state_dir: Path) -> None:
+    """On host 2, by hand: a web server on the instance's port (another address) and a process
+    claiming an instance id shipyard never recorded. Both are unmanaged drift on h2; --fix
+    replaces nothing and kills neither (they are not shipyard's)."""
+    assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1})))["phase"] == "succeeded"
+    status = await api.get("/v1/services/shop")
+    live = status["slots"][status["live_slot"]]["instances"]
+    h2 = fleet5.hosts[1]
+    inst = next(i for i in live if i["host"] == h2.address)
+    before = sorted(i["id"] for i in live)
+    stray_id = "shop-blue-fe0001"
+    data_dir = str(Path(inst["data_dir"]).parent.parent / stray_id / "data")
+    on_host_detached(h2, ["python3", "-m", "http.server", "--bind", "127.0.0.1", str(inst["port"])],
+                     {"PATH": "/usr/bin:/bin"})
+    on_host_detached(h2, ["python3", "-c", "import time; time.sleep(600)  # stray-by-hand"],
+                     {"PATH": "/usr/bin:/bin", "SHIPYARD_INSTANCE_ID": stray_id, "SHIPYARD_SLOT": "blue",
+                      "SHIPYARD_DATA_DIR": data_dir})
+    deadline = time.monotonic() + 10
+    while not (running_on(h2, "http.server") and running_on(h2, "stray-by-hand")):
+        assert time.monotonic() < deadline, "the strangers did not start on h2"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)                    # the web server binds
+
+    found = await asyncio.to_thread(sy, "drift", "shop", state=state_dir)
+    assert found.returncode == 2, found
+    report = (await api.get("/v1/services/shop/drift"))["report"]
+    got = sorted((f["kind"], f.get("host"), f["evidence"].get("change")) for f in report["findings"])
+    assert got == [("unmanaged", h2.name, "instance"), ("unmanaged", h2.name, "listener")], report["findings"]
+    assert stray_id in found.stdout and "no record" in found.stdout and h2.name in found.stdout
+
+    fixed = await asyncio.to_thread(sy, "drift", "shop", "--fix", state=state_dir)
+    assert fixed.returncode == 2, fixed                 # still drift: a human decides about strangers
+    doc = (await api.get("/v1/services/shop/drift"))["report"]
+    assert sorted(f["evidence"].get("change") for f in doc["findings"]) == ["instance", "listener"]
+    status = await api.get("/v1/services/shop")
+    assert sorted(i["id"] for i in status["slots"][status["live_slot"]]["instances"]
+                  if i["status"] == "healthy") == before
+    assert running_on(h2, "http.server") and running_on(h2, "stray-by-hand")

@@ -6,7 +6,7 @@ lets placement choose where the successor goes, with the drifted instance counte
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from shipyard.drift.fleet import FleetHost, FleetInputs, RemoteLaunch
@@ -18,6 +18,9 @@ from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
 from shipyard.rollout.records import Instance, ServiceRecord
 from shipyard.spec import Spec
+
+LaunchEnv = Callable[[Spec, Mapping[str, str]], dict[str, str]]
+"""SlotOps.launch_env: the environment an instance of a spec starts with, from its image's."""
 
 
 def secret_names(spec: Spec) -> set[str]:
@@ -34,7 +37,7 @@ def hosts_of(specs: Iterable[Spec]) -> list[FleetHost]:
     return list(seen.values())
 
 
-def fleet_inputs(d: Deps, launch_env: Any, svc: ServiceRecord, specs: dict[str, Spec]) -> FleetInputs:
+def fleet_inputs(d: Deps, launch_env: LaunchEnv, svc: ServiceRecord, specs: dict[str, Spec]) -> FleetInputs:
     """``specs`` by slot name; ``launch_env(spec, image_env)`` is what an instance starts with
     (SlotOps.launch_env). An instance whose launch cannot be told (its image is gone, a secret
     is unset in the daemon) is checked for being alive only."""
@@ -57,7 +60,7 @@ def fleet_inputs(d: Deps, launch_env: Any, svc: ServiceRecord, specs: dict[str, 
                        in_rollout=bool(d.store.active_rollouts(svc.name)))
 
 
-async def scan(d: Deps, launch_env: Any, svc: ServiceRecord, specs: dict[str, Spec], spec: Spec,
+async def scan(d: Deps, launch_env: LaunchEnv, svc: ServiceRecord, specs: dict[str, Spec], spec: Spec,
                mode: Mode) -> DriftReport:
     """One scan of every host; ``spec`` (the live slot's) names the hosts the Fleet port makes
     reachable first, as before a start."""

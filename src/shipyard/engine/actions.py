@@ -36,11 +36,11 @@ class SlotOps:
         self.d = deps
         self._router_version: dict[str, int] = {}
         self.events_dropped = 0
+        """Events the store refused since the last one it took (told in the log when it takes one again)."""
         self.lost: set[str] = set()
         """Addresses of fleet hosts declared lost (engine/lost_hosts.py): they get nothing new."""
         self._placing: dict[tuple[str, str], list[str]] = {}
         """Per (service, slot), hosts that an instance is being started on and not yet recorded."""
-        """Events the store refused since the last one it took (told in the log when it takes one again)."""
 
     def preview_token(self, service: str) -> str:
         """The secret that lets a request choose its track (preview checks send it)."""

@@ -110,6 +110,7 @@ class Supervisor:
                 if not await self._reach(svc.name, spec):
                     continue
                 changed |= self.lost_hosts.check(svc.name, spec)
+                await self.lost_hosts.back(svc.name, spec)
                 replicas = fleet_slots.target(spec, self.ops.lost, slot.replicas)
             changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)
         if changed:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,17 @@ class SshRuntime:
         if chunk.offset > 0 and kept:
             kept = kept[1:]         # the first line read may be cut
         return "\n".join(kept[-lines:])
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """Stop every instance running on the host whose id `recorded` does not know (started
+        by a controller that died before recording it); returns their ids."""
+        what = f"look for unrecorded instances on {address}"
+        h = self._host(address, what)
+        async with self._client(h, what) as client:
+            strays = [p for p in await client.running() if not recorded(p["instance_id"])]
+            if strays:
+                await client.stop_many([(p["pid"], p["start_time"]) for p in strays], max(0.0, timeout))
+        return [p["instance_id"] for p in strays]
 
     def unreachable_since(self, address: str) -> float | None:
         """time.monotonic() since which `address` has not answered status polls (None: it answers)."""

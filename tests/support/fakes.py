@@ -12,6 +12,8 @@ no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
   the image is broken; the supervisor's one-shot `check`; and `run_checks` (preview
   checks), real HTTP requests over httpx's MockTransport (no socket) routed by the fake
   router's current table to a fake instance.
+- FakeFleet: the Fleet port: records which hosts each service was set up on; a test says
+  since when a host is silent (`silence`), on the fake clock.
 - FakeClock (virtual_time.py): the Clock, on a loop whose time is virtual."""
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from shipyard.httpcheck import run_checks
 from shipyard.images import BuildInput, Image
 from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
 from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER, RoutingTable
+from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck
 from support.memory_store import InMemoryStore
 from support.virtual_time import FakeClock, VirtualTimeLoop, run
 
-__all__ = ["FakeClock", "FakeHealthProbe", "FakeImages", "FakeRouter", "FakeRuntime",
+__all__ = ["FakeClock", "FakeFleet", "FakeHealthProbe", "FakeImages", "FakeRouter", "FakeRuntime",
            "InMemoryStore", "VirtualTimeLoop", "run"]
 
 
@@ -180,6 +183,36 @@ class FakeRuntime:
             return 503, "no instance"
         b = self.of(proc.inst.image_id)
         return b.answers.get(path, (200, f"ok from {proc.inst.image_id}"))
+
+
+class FakeFleet:
+    """The Fleet port in memory: `use` remembers each service's host addresses; `silence`
+    makes a host unreachable since a (monotonic) moment, `answer` makes it answer again."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, list[str]] = {}
+        self.uses = 0
+        self.silent: dict[str, float] = {}
+        self.running: dict[str, list[str]] = {}
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        self.uses += 1
+        self.hosts[service] = [h.address for h in fleet.hosts or []]
+
+    def unreachable_since(self, address: str) -> float | None:
+        return self.silent.get(address)
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """`running[address]`: instance ids a test put there; the unrecorded ones are stopped."""
+        stray = [i for i in self.running.get(address, []) if not recorded(i)]
+        self.running[address] = [i for i in self.running.get(address, []) if i not in stray]
+        return stray
+
+    def silence(self, address: str, since: float) -> None:
+        self.silent[address] = since
+
+    def answer(self, address: str) -> None:
+        self.silent.pop(address, None)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import yaml
 
 from shipyard.errors import SpecError
 from shipyard.spec import Spec, SpecInvalid, json_schema, parse_spec
-from shipyard.spec import load as spec_load
 from shipyard.spec.fleet import FleetSpec, share_of
 
 BASE = """\
@@ -29,8 +28,6 @@ fleet:
     - {name: web-3, address: web-3.example.test, labels: {zone: a}}
 """
 SSH = "  ssh: {user: deploy, identity: ~/.ssh/id_ed25519}\n"
-REFUSAL = ("fleet: running on several hosts is not available yet (the runtime over SSH is still being "
-           "built); remove the fleet section to run on this machine")
 
 
 def problems(text: str, base_dir: Path = Path("/tmp")) -> list[str]:
@@ -45,23 +42,18 @@ def one(text: str, base_dir: Path = Path("/tmp")) -> str:
     return found[0]
 
 
-@pytest.fixture
-def fleet_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As it will be once the runtime over SSH exists: the refusal removed."""
-    monkeypatch.setattr(spec_load, "_refuse_fleet_for_now", lambda *args: None)
+# -- loading ---------------------------------------------------------------------------------------
 
-
-# -- the refusal ----------------------------------------------------------------------------------
-
-def test_a_valid_fleet_is_refused_at_its_line_after_validation() -> None:
+def test_the_example_fleet_loads_as_written() -> None:
     example = Path("/work/shared/shipyard.example.yaml").read_text()
     block = re.search(r"^# fleet:.*?(?=^\n)", example, re.S | re.M)
     assert block is not None
     fleet = "\n".join(line[2:] for line in block.group(0).splitlines())
-    assert one(BASE + fleet + "\n") == f"shop.yaml:5 {REFUSAL}"
+    spec = parse_spec(BASE + fleet + "\n", "shop.yaml", Path("/tmp"))
+    assert spec.fleet is not None and spec.fleet.hosts
 
 
-def test_section_errors_come_before_the_refusal() -> None:
+def test_section_errors_are_reported_at_their_lines() -> None:
     found = problems(BASE + HOSTS.replace("web-3,", "web_3,") + SSH + "  lost_after: 1s\n")
     assert found == [
         'shop.yaml:9 fleet.hosts[2].name: "web_3" is not a host name: 1-63 of a-z, 0-9 and inner dashes '
@@ -71,12 +63,10 @@ def test_section_errors_come_before_the_refusal() -> None:
     ]
 
 
-def test_json_data_with_a_fleet_is_refused_too(fleet_allowed: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = parse_spec(BASE + HOSTS + SSH, "shop.yaml", Path("/tmp")).to_json_dict()
-    monkeypatch.undo()
-    with pytest.raises(SpecInvalid) as info:
-        Spec.from_json_dict(doc, "/tmp")
-    assert info.value.problems == [f"<json>: {REFUSAL}"]
+def test_json_data_with_a_fleet_round_trips() -> None:
+    spec = parse_spec(BASE + HOSTS + SSH, "shop.yaml", Path("/tmp"))
+    again = Spec.from_json_dict(spec.to_json_dict(), "/tmp")
+    assert again.fleet == spec.fleet
 
 
 def test_no_fleet_leaves_the_stored_spec_as_before() -> None:
@@ -84,9 +74,9 @@ def test_no_fleet_leaves_the_stored_spec_as_before() -> None:
     assert spec.fleet is None and "fleet" not in spec.to_json_dict()
 
 
-# -- the section as a value (refusal lifted) --------------------------------------------------------
+# -- the section as a value --------------------------------------------------------
 
-def test_defaults_and_round_trip(fleet_allowed: None) -> None:
+def test_defaults_and_round_trip() -> None:
     spec = parse_spec(BASE + HOSTS + SSH, "shop.yaml", Path("/tmp"))
     fleet = spec.fleet
     assert fleet is not None
@@ -100,7 +90,7 @@ def test_defaults_and_round_trip(fleet_allowed: None) -> None:
     assert parse_spec(yaml.safe_dump(doc), "shop.yaml", Path("/tmp")) == spec
 
 
-def test_hosts_file_is_read_relative_to_the_spec_and_kept_in_the_spec(tmp_path: Path, fleet_allowed: None) -> None:
+def test_hosts_file_is_read_relative_to_the_spec_and_kept_in_the_spec(tmp_path: Path) -> None:
     (tmp_path / "inv").mkdir()
     (tmp_path / "inv" / "hosts.yaml").write_text(
         "- {name: web-1, address: 10.77.1.1, labels: {zone: 1, rack: r7}}\n"
@@ -114,14 +104,14 @@ def test_hosts_file_is_read_relative_to_the_spec_and_kept_in_the_spec(tmp_path: 
     assert Spec.from_json_dict(spec.to_json_dict(), tmp_path, source="shop.yaml") == spec
 
 
-def test_inline_label_numbers_keep_their_text(fleet_allowed: None) -> None:
+def test_inline_label_numbers_keep_their_text() -> None:
     text = BASE + "fleet:\n  hosts: [{name: a, address: 10.0.0.1, labels: {zone: 1, ssd: true, v: 1.10}}]\n" + SSH
     fleet = parse_spec(text, "shop.yaml", Path("/tmp")).fleet
     assert fleet is not None and fleet.hosts is not None
     assert fleet.hosts[0].labels == {"zone": "1", "ssd": "true", "v": "1.10"}
 
 
-def test_placement_total_with_cap_and_spread(fleet_allowed: None) -> None:
+def test_placement_total_with_cap_and_spread() -> None:
     text = BASE + HOSTS + SSH + "  placement: {total: 6, spread: zone, max_per_host: 2}\n" \
         "  batch: {max_parallel: 2, min_healthy: 5}\n"
     fleet = parse_spec(text, "shop.yaml", Path("/tmp")).fleet
@@ -235,7 +225,7 @@ def test_one_host(host: str, message: str) -> None:
     assert one(BASE + f"fleet:\n  hosts:\n    - {host}\n" + SSH) == f"shop.yaml:7 fleet.hosts[0]{message}"
 
 
-def test_addresses_that_are_fine(fleet_allowed: None) -> None:
+def test_addresses_that_are_fine() -> None:
     hosts = "[{name: a, address: 10.0.0.1}, {name: b, address: 'fd00::1'}, {name: c, address: host-c}, " \
             "{name: d, address: d.example.test.}]"
     spec = parse_spec(BASE + f"fleet:\n  hosts: {hosts}\n" + SSH, "shop.yaml", Path("/tmp"))
@@ -327,7 +317,7 @@ def test_min_healthy_count_above_the_target() -> None:
                          "asks for: lower it, or write a percentage")
 
 
-def test_lost_after_needs_a_duration_of_at_least_5s(fleet_allowed: None) -> None:
+def test_lost_after_needs_a_duration_of_at_least_5s() -> None:
     assert one(BASE + HOSTS + SSH + "  lost_after: 4s\n") == (
         "shop.yaml:11 fleet.lost_after: 4s is too short: at least 5s, or a host would be lost (and its "
         "instances replaced) on one slow answer")
@@ -356,11 +346,12 @@ def test_share_of(share: int | str, target: int, count: int) -> None:
 
 # -- schema -----------------------------------------------------------------------------------------
 
-def test_json_schema_describes_the_fleet_and_says_it_is_refused() -> None:
+def test_json_schema_describes_the_fleet() -> None:
     schema = json_schema()
     assert "fleet" in schema["properties"]
     fleet = schema["$defs"]["FleetSpec"]
-    assert "NOT AVAILABLE YET" in fleet["description"]
+    assert "several hosts over SSH" in fleet["description"] and "replicas" in fleet["description"]
+    assert "NOT AVAILABLE" not in fleet["description"]      # the engine runs it now (issue 15)
     assert set(fleet["properties"]) == {"hosts", "hosts_file", "ssh", "placement", "batch", "lost_after"}
     assert "password" not in schema["$defs"]["SshSpec"]["properties"]
     for name in ("FleetSpec", "HostSpec", "SshSpec", "PlacementSpec", "BatchSpec"):

@@ -14,8 +14,12 @@ from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
 from shipyard.engine.ports import (
     Clock,
+    Fleet,
+    FleetDriftScan,
     HealthProbe,
     MetricQuery,
+    NoFleet,
+    NoFleetDriftScan,
     NoHealthProbe,
     Router,
     Runtime,
@@ -46,6 +50,10 @@ class Deps:
     paths: StatePaths
     health: HealthProbe = field(default_factory=NoHealthProbe)
     """Readiness and HTTP checks of instances (the daemon wires runtime.health.HttpHealthProbe)."""
+    fleet: Fleet = field(default_factory=NoFleet)
+    """The hosts of fleet specs (the daemon wires runtime.ssh.fleet.SshFleet); the default refuses them."""
+    fleet_drift: FleetDriftScan = field(default_factory=NoFleetDriftScan)
+    """Drift scans of fleet services on their hosts (the daemon wires runtime.ssh.drift_scan.SshDriftScan)."""
     clock: Clock = field(default_factory=SystemClock)
     """Every rollout timer and deadline; a fake clock makes a long canary instant in tests."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

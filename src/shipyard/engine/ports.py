@@ -12,10 +12,14 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
+from shipyard.drift.fleet import FleetInputs
+from shipyard.drift.report import DriftReport, Mode
+from shipyard.errors import RuntimeFailure
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import (
     AuditEntry,
@@ -27,10 +31,11 @@ from shipyard.rollout.records import (
     ServiceRecord,
 )
 from shipyard.router.table import RoutingTable
+from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
-__all__ = ["AuditTrail", "Clock", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "Router", "Runtime",
-           "Store", "SystemClock"]
+__all__ = ["AuditTrail", "Clock", "Fleet", "FleetDriftScan", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery",
+           "NoFleet", "NoFleetDriftScan", "Router", "Runtime", "Store", "SystemClock"]
 
 
 class AuditTrail(Protocol):
@@ -142,6 +147,44 @@ class Runtime(Protocol):
     def exit_code(self, instance: Instance) -> int | None:
         """How it ended, when known (None while running or when not ours to know)."""
         ...
+
+
+class Fleet(Protocol):
+    """The hosts a fleet spec runs on: the runtime learns to reach them before the engine
+    starts an instance there, and tells how long a host has been silent, so the engine
+    (not the transport) decides when it is lost."""
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        """Make the runtime able to start, watch and stop instances on every host of `fleet`
+        (its ssh section's paths are relative to `base_dir`). Idempotent and cheap when
+        nothing changed: the supervisor asks every tick. A ShipyardError when it cannot."""
+        ...
+
+    def unreachable_since(self, address: str) -> float | None:
+        """Clock.monotonic() since which the host at `address` has not answered (None: it
+        answers, or it is not known yet)."""
+        ...
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """Stop the instances running on the host at `address` whose id `recorded` does not
+        know (a controller killed between a start and its record); returns their ids."""
+        ...
+
+
+class NoFleet:
+    """The default of `Deps.fleet`: a single-machine engine. A fleet spec is refused with a
+    reason instead of silently running on this machine."""
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        raise RuntimeFailure(f"cannot run {service} on its fleet: this engine has no runtime for hosts over SSH",
+                             hint="run the daemon with `shipyard serve` (it wires the SSH runtime), or remove "
+                             "the fleet section to run on this machine")
+
+    def unreachable_since(self, address: str) -> float | None:
+        return None
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        return []
 
 
 class Router(Protocol):
@@ -289,3 +332,30 @@ class NoHealthProbe:
                          extra_headers: Mapping[str, str] | None = None,
                          log: Callable[[str], None] | None = None) -> str | None:
         return f"cannot check {label}: no health probe is wired" if checks else None
+
+
+class FleetDriftScan(Protocol):
+    """Drift of one service across fleet hosts: every host's trees, instance processes,
+    listeners on the service ports and managed files, each host asked in one round trip;
+    every finding names its host (and path). A host that cannot be asked is an ``unknown``
+    finding, never a clean host. The SSH adapter: runtime/ssh/drift_scan.py."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport: ...
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        """Move the tampered tree of ``image_id`` on host ``address`` aside, so the successor the
+        heal starts there gets a fresh one (RuntimeFailure when the host cannot be reached)."""
+        ...
+
+
+class NoFleetDriftScan:
+    """The default of `Deps.fleet_drift`: nothing reaches the hosts, so a fleet service's scan
+    fails with a reason instead of reporting hosts it never asked as clean."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport:
+        raise RuntimeFailure(f"cannot scan {inputs.service.name} for drift on its hosts: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {address}: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")

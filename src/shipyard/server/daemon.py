@@ -29,8 +29,13 @@ from shipyard.paths import StatePaths
 from shipyard.router.by_kind import RouterByKind
 from shipyard.router.embedded import EmbeddedRouter
 from shipyard.router.haproxy.adapter import HAProxyRouter
+from shipyard.runtime.by_host import ByHostRuntime
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
+from shipyard.runtime.ssh.fleet import SshFleet
+from shipyard.runtime.ssh.hostkeys import TrustedKey
+from shipyard.runtime.ssh.runtime import SshRuntime
 from shipyard.server.api import HostPolicy, create_app
 from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
 from shipyard.server.listen_policy import check_listen
@@ -102,6 +107,14 @@ def routers(paths: StatePaths) -> RouterByKind:
                         paths.routers / "kinds.json")
 
 
+def audit_trusted_key(store: SqliteStore, key: TrustedKey) -> None:
+    """fleet.ssh.trust_new_hosts wrote a first-seen host key to known_hosts: that is a decision to audit."""
+    store.audit.record("host.key_trusted", actor="shipyard-daemon",
+                       why=f"first contact with {key.host} ({key.address}:{key.port}) under trust_new_hosts",
+                       evidence={"host": key.host, "address": key.address, "key_type": key.key_type,
+                                 "fingerprint": key.fingerprint, "known_hosts": key.known_hosts})
+
+
 async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple[str, ...] = (),
                 insecure_listen: bool = False) -> None:
     check_listen(listen, insecure_listen)
@@ -111,7 +124,11 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     setup_logging(paths.daemon_log)
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
-    deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
+    images = ImageStore(paths.images)
+    scanner = SshDriftScan(None)      # fleet drift scans, on the hosts' connections that SshFleet opens
+    fleet = SshFleet(SshRuntime(None, images), on_trust=lambda key: audit_trusted_key(store, key), drift=scanner)
+    deps = Deps(store=store, images=images, runtime=ByHostRuntime(LocalRuntime(), fleet.runtime), fleet=fleet,
+                fleet_drift=scanner,
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
                 query_metric=prometheus.judge, preview_secret=token)
     notifications = Dispatcher(store, deps.env)
@@ -140,6 +157,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
         with contextlib.suppress(FileNotFoundError):
             paths.api.unlink()
         await controller.close()
+        await fleet.close()
         await notifications.close()
         store.close()
         sock.close()

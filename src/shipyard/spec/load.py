@@ -243,20 +243,7 @@ def validate_data(data: Any, source: str, base_dir: Path, root: yaml.Node | None
         _raise(problems + _problem_lines(exc, source, root))
     if problems:
         _raise(problems)
-    _refuse_fleet_for_now(spec, source, root)
     return spec._located(source, base_dir)
-
-
-def _refuse_fleet_for_now(spec: Spec, source: str, root: yaml.Node | None) -> None:
-    """The one place that keeps a (valid) fleet section out until the runtime over SSH exists
-    (issue 15): delete this function and its call when it does."""
-    if spec.fleet is None:
-        return
-    line = _locate(root, ("fleet",))[0]
-    where = f"{source}:{line}" if line is not None else f"{source}:"
-    raise SpecInvalid([f"{where} fleet: running on several hosts is not available yet (the runtime over SSH "
-                       "is still being built); remove the fleet section to run on this machine"],
-                      "the section is valid as written: keep a copy of it for when fleets are available")
 
 
 def _inline_inventory(data: dict[str, Any], root: yaml.Node, source: str, base_dir: Path,

@@ -265,6 +265,11 @@ class HelperClient:
                                     {"processes": [{"pid": p, "start_time": s} for p, s in processes]})
         return [ProcessState.from_dict(d) for d in result["processes"]]
 
+    async def running(self) -> list[dict[str, Any]]:
+        """Every instance started on the host that still runs: instance_id, pid, start_time."""
+        result, _ = await self.call("process.running", {})
+        return list(result["processes"])
+
     async def stop_many(self, processes: list[tuple[int, int]], timeout: float = 10.0) -> list[ProcessState]:
         """All stopped at once (one grace period in all); those ``stuck`` after SIGKILL are flagged."""
         result, _ = await self.call("process.stop", {
@@ -305,6 +310,11 @@ class HelperClient:
         """A port free on the host's ``address`` now, none of ``avoid`` (handed out recently)."""
         result, _ = await self.call("host.free_port", {"address": address, "avoid": avoid})
         return int(result["port"])
+
+    async def drift_scan(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One host's drift facts in one round trip (fleet/remote/drift_probe.py)."""
+        result, _ = await self.call("drift.scan", args)
+        return result
 
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import shipyard
 
-from . import host
+from . import drift_probe, host
 from .instances import Instances
 from .protocol import (
     BAD_REQUEST,
@@ -88,12 +88,14 @@ class Helper:
             "trees.remove": lambda a, b: self.store.remove(a),
             "process.start": lambda a, b: self.instances.start(a),
             "process.status": lambda a, b: self.instances.status(a),
+            "process.running": lambda a, b: self.instances.running(a),
             "process.stop": lambda a, b: self.instances.stop(a),
             "process.logs": lambda a, b: self.instances.logs(a),
             "process.inspect": lambda a, b: self.instances.inspect(a),
             "host.listeners": lambda a, b: host.listeners(a),
             "host.files": lambda a, b: host.files(a),
             "host.free_port": lambda a, b: host.free_port(a),
+            "drift.scan": lambda a, b: drift_probe.scan(self.store, self.instances, a),
         }
 
     def hello(self) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RuntimeFailure, ShipyardError
@@ -34,7 +36,7 @@ from shipyard.fleet.remote import bundle
 from shipyard.fleet.remote.client import HelperClient, HelperError, ProcessState
 from shipyard.fleet.remote.transfer import ship_image
 from shipyard.images.store import ImageStore
-from shipyard.launching import instance_environment, substitute
+from shipyard.launching import REMOTE_BASE_ENV, remote_command
 from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.ports import PortAllocator
 from shipyard.runtime.ssh.connections import HostConnection, SshConnections
@@ -43,9 +45,10 @@ from shipyard.runtime.ssh.helper_session import HelperSession
 from shipyard.runtime.ssh.host_watch import HostWatch
 from shipyard.runtime.ssh.options import SshTarget
 
-REMOTE_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-"""What stands for the daemon's own PATH/LANG on a host (run.env may set others)."""
+__all__ = ["REMOTE_BASE_ENV", "SshRuntime"]
 IDLE_SESSIONS = 4
+LOG_BYTES_PER_LINE = 512
+"""How much of a log's end is fetched per line asked for (long lines are cut at the start)."""
 
 
 @dataclass
@@ -61,7 +64,7 @@ class SshRuntime:
 
     `targets` are the inventory's hosts; a LaunchSpec's `host` is one of their addresses."""
 
-    def __init__(self, connections: SshConnections, images: ImageStore, targets: Iterable[SshTarget], *,
+    def __init__(self, connections: SshConnections | None, images: ImageStore, targets: Iterable[SshTarget] = (), *,
                  root: str | None = None, python: str = "python3", poll_interval: float = 0.5,
                  connect_wait: float = 5.0, call_timeout: float = 60.0,
                  helper: tuple[str, bytes] | None = None, ports: PortAllocator | None = None) -> None:
@@ -72,12 +75,30 @@ class SshRuntime:
         self._connect_wait = connect_wait
         self._call_timeout = call_timeout
         self._ports = ports or PortAllocator()
+        self._poll_interval = poll_interval
         self._hosts: dict[str, _Host] = {}
+        if targets:
+            assert connections is not None, "targets need the connections that reach them"
+            self.add_targets(connections, targets)
+
+    def add_targets(self, connections: SshConnections, targets: Iterable[SshTarget]) -> None:
+        """Reach `targets` through `connections` from now on (a fleet spec the engine has just
+        met). A host already known through the same connection is kept as it is, with its
+        watch; one now reached differently (another pool, port or name) is watched afresh."""
         for t in targets:
             conn = connections.host(t)
-            watch = HostWatch(self._session(conn), interval=poll_interval,
-                              call_timeout=min(call_timeout, max(connect_wait, 1.0)))
+            known = self._hosts.get(t.address)
+            if known is not None and known.conn is conn:
+                continue
+            watch = HostWatch(self._session(conn), interval=self._poll_interval,
+                              call_timeout=min(self._call_timeout, max(self._connect_wait, 1.0)))
             self._hosts[t.address] = _Host(conn, watch)
+            if known is not None:
+                asyncio.get_running_loop().create_task(known.watch.close())
+
+    def knows(self, address: str) -> bool:
+        """True when `address` is a host this runtime reaches (LaunchSpec.host / Instance.host)."""
+        return address in self._hosts
 
     def _session(self, conn: HostConnection) -> HelperSession:
         return HelperSession(conn, root=self._root, python=self._python, helper=self._helper,
@@ -134,10 +155,7 @@ class SshRuntime:
             self._ports.note(launch.host, port)
             data_dir = f"{h.hello['instances_root']}/{launch.instance_id}/data"
             variables = {"PORT": str(port), "SHIPYARD_DATA_DIR": data_dir}
-            argv = [substitute(arg, variables) for arg in launch.command]
-            if "/" in argv[0] and not argv[0].startswith("/"):
-                argv[0] = f"{tree}/{argv[0]}"   # relative to the image tree, as on one machine
-            env = instance_environment(launch, variables, base=REMOTE_BASE_ENV)
+            argv, env = remote_command(dataclasses.replace(launch, tree=Path(tree)), variables)
             started = await client.start(launch.instance_id, argv, env, tree)
         key = (started.pid, started.start_time)
         h.watch.watch(key, launch.instance_id, ProcessState(*key, "running"))
@@ -201,6 +219,30 @@ class SshRuntime:
         if w is None or lines <= 0:
             return ""
         return "\n".join(w.tail.splitlines()[-lines:])
+
+    async def read_log(self, instance: Instance, lines: int = 100) -> str:
+        """The last `lines` lines of the instance's log, read on its host (`shipyard logs`)."""
+        h = self._host(instance.host, f"read the log of {instance.id}")
+        if lines <= 0:
+            return ""
+        async with self._client(h, f"read the log of {instance.id}") as client:
+            chunk = await client.logs(instance.id, tail=LOG_BYTES_PER_LINE * lines, limit=LOG_BYTES_PER_LINE * lines)
+        text = bytes(chunk.data).decode("utf-8", "replace")
+        kept = text.splitlines()
+        if chunk.offset > 0 and kept:
+            kept = kept[1:]         # the first line read may be cut
+        return "\n".join(kept[-lines:])
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """Stop every instance running on the host whose id `recorded` does not know (started
+        by a controller that died before recording it); returns their ids."""
+        what = f"look for unrecorded instances on {address}"
+        h = self._host(address, what)
+        async with self._client(h, what) as client:
+            strays = [p for p in await client.running() if not recorded(p["instance_id"])]
+            if strays:
+                await client.stop_many([(p["pid"], p["start_time"]) for p in strays], max(0.0, timeout))
+        return [p["instance_id"] for p in strays]
 
     def unreachable_since(self, address: str) -> float | None:
         """time.monotonic() since which `address` has not answered status polls (None: it answers)."""

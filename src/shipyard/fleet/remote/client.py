@@ -306,6 +306,12 @@ class HelperClient:
         result, _ = await self.call("host.free_port", {"address": address, "avoid": avoid})
         return int(result["port"])
 
+    async def facts(self) -> dict[str, Any]:
+        """helper_version, bundle_sha256, python, root and ``host`` (hostname, boot_id, cpu_count,
+        load, disk {path, total, free} under the helper root, memory {total, available})."""
+        result, _ = await self.call("host.facts")
+        return result
+
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})
         return result

@@ -22,6 +22,7 @@ Operations (args -> result; HelperClient has a method for each):
   host.listeners   ports[]? -> listeners[{address, port, pids}]
   host.files       paths[] -> per path: type, sha256, size, mode
   host.free_port   address, avoid[]? -> port (free on address now, not one of avoid)
+  host.facts                 -> helper_version, bundle_sha256, python, root, host facts (as hello)
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
+from shipyard.fleet.host_status import FAIL, CheckStep, HostCheck, HostReport
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import (
     AuditEntry,
@@ -27,10 +29,12 @@ from shipyard.rollout.records import (
     ServiceRecord,
 )
 from shipyard.router.table import RoutingTable
+from shipyard.spec import Spec
+from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
-__all__ = ["AuditTrail", "Clock", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "Router", "Runtime",
-           "Store", "SystemClock"]
+__all__ = ["AuditTrail", "Clock", "HealthProbe", "HostReports", "Instance", "LaunchSpec", "MetricQuery", "Router",
+           "Runtime", "Store", "SystemClock"]
 
 
 class AuditTrail(Protocol):
@@ -289,3 +293,35 @@ class NoHealthProbe:
                          extra_headers: Mapping[str, str] | None = None,
                          log: Callable[[str], None] | None = None) -> str | None:
         return f"cannot check {label}: no health probe is wired" if checks else None
+
+
+class HostReports(Protocol):
+    """What `shipyard hosts` asks of a fleet's hosts: how each is now, and whether each could
+    run a service. Every host is asked at once (bounded); one that fails is reported with
+    the reason and never fails the others. Never raises for a host's fault."""
+
+    async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
+        """Every inventory host: reachable (and its helper's facts) or the reason it is not.
+        `base_dir` anchors the ssh section's relative paths (the spec file's directory)."""
+        ...
+
+    async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
+        """Can each host of `spec.fleet` run the service: SSH and host key, python3, helper
+        install, disk for `image_id`, the listen port free (`own_pids`: per host address, the
+        pids of the service's own instances, whose listeners do not count), and `image_id`
+        shipped and verified there (None: no image yet, that step is skipped)."""
+        ...
+
+
+class NoHostReports:
+    """The default of `Deps.host_reports`: nothing concrete is wired, so asking says so
+    instead of the engine reaching for SSH itself."""
+
+    async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
+        return [HostReport(h.name, h.address, False, "no host reporter is wired into this engine")
+                for h in fleet.hosts or []]
+
+    async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
+        fleet = spec.fleet
+        return [HostCheck(h.name, h.address, [CheckStep("ssh", FAIL, "no host reporter is wired into this engine")])
+                for h in (fleet.hosts or [] if fleet else [])]

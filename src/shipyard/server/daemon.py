@@ -31,6 +31,7 @@ from shipyard.router.embedded import EmbeddedRouter
 from shipyard.router.haproxy.adapter import HAProxyRouter
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.host_report import SshHostReports
 from shipyard.server.api import HostPolicy, create_app
 from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
 from shipyard.server.listen_policy import check_listen
@@ -111,9 +112,10 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     setup_logging(paths.daemon_log)
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
-    deps = Deps(store=store, images=ImageStore(paths.images), runtime=LocalRuntime(),
+    images = ImageStore(paths.images)
+    deps = Deps(store=store, images=images, runtime=LocalRuntime(),
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
-                query_metric=prometheus.judge, preview_secret=token)
+                query_metric=prometheus.judge, host_reports=SshHostReports(images), preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

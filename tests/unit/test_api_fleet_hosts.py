@@ -1,0 +1,99 @@
+"""GET /v1/hosts and POST /v1/hosts/check on the fake world: hosts of every fleet service,
+one row per address with the services naming it and the instances the store has there;
+a check of one service's hosts; every refusal (no token, unknown, invalid or local service)
+with a status and a message that says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.hosts_api import HostsWorld
+
+WEB = (("web-1", "10.9.0.1"), ("web-2", "10.9.0.2"))
+
+
+@pytest.fixture
+def hw(tmp_path: Path) -> HostsWorld:
+    w = HostsWorld(tmp_path)
+    w.add_service("shop", 18080, WEB)
+    w.add_service("cart", 18081, (("cart-1", "10.9.0.2"), ("cart-2", "10.9.0.3")))
+    w.add_service("local", 18082, None)
+    w.add_instance("shop", "shop-blue-1", "10.9.0.1", 101)
+    w.add_instance("cart", "cart-blue-1", "10.9.0.2", 202)
+    w.add_instance("local", "local-blue-1", "127.0.0.1", 303)
+    return w
+
+
+def test_every_fleet_host_once_with_its_services_and_instances(hw: HostsWorld) -> None:
+    hw.reports.down["cart-2"] = "no SSH connection to cart-2 (10.9.0.3:22): connection refused"
+    resp = hw.request("GET", "/v1/hosts")
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["services"] == ["cart", "shop"]          # the local service has no hosts
+    rows = {h["address"]: h for h in doc["hosts"]}
+    assert list(rows) == ["10.9.0.2", "10.9.0.3", "10.9.0.1"]   # one row per address, first seen first
+    shared = rows["10.9.0.2"]
+    assert shared["name"] == "cart-1" and shared["services"] == ["cart", "shop"]
+    assert shared["state"] == "up" and shared["facts"]["host"]["cpu_count"] == 2
+    assert [i["id"] for i in shared["instances"]] == ["cart-blue-1"]
+    assert [i["id"] for i in rows["10.9.0.1"]["instances"]] == ["shop-blue-1"]
+    down = rows["10.9.0.3"]
+    assert down["state"] == "unreachable" and down["reachable"] is False and down["facts"] is None
+    assert down["error"] == "no SSH connection to cart-2 (10.9.0.3:22): connection refused"
+    assert down["hint"] == "start its sshd"
+    # each address asked once, with the ssh section of the first service naming it
+    asked = sorted(name for names, _base in hw.reports.reported for name in names)
+    assert asked == ["cart-1", "cart-2", "web-1"]
+    assert {base for _names, base in hw.reports.reported} == {hw.root.resolve()}
+
+
+def test_no_fleet_service_no_hosts(tmp_path: Path) -> None:
+    w = HostsWorld(tmp_path)
+    w.add_service("local", 18082, None)
+    assert w.request("GET", "/v1/hosts").json() == {"services": [], "hosts": []}
+    assert w.reports.reported == []
+
+
+def test_check_reports_each_host_and_the_first_failed_step(hw: HostsWorld) -> None:
+    hw.reports.failing["web-2"] = ("disk", "3.0 MiB free under /root/.shipyard, the image needs 1.0 MiB + 64 MiB")
+    resp = hw.request("POST", "/v1/hosts/check", {"service": "shop"})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["service"] == "shop" and doc["image_id"] == "a" * 64 and doc["ok"] is False
+    web1, web2 = doc["hosts"]
+    assert web1["ok"] is True and web1["reason"] is None
+    assert [s["name"] for s in web1["steps"]] == ["ssh", "python", "helper", "disk", "ports", "image"]
+    assert web2["ok"] is False
+    assert web2["reason"] == "disk: 3.0 MiB free under /root/.shipyard, the image needs 1.0 MiB + 64 MiB"
+    # the service's own instances, per host address, so their listeners are not counted as foreign
+    assert hw.reports.checked == [("shop", "a" * 64, {"10.9.0.1": {101}, "10.9.0.2": set()})]
+    entry = hw.controller.queries.audit.entries("shop")[-1]
+    assert entry.action == "hosts.check" and "via token" in entry.actor
+
+
+def test_check_ok_when_every_host_passes(hw: HostsWorld) -> None:
+    doc = hw.request("POST", "/v1/hosts/check", {"service": "cart"}).json()
+    assert doc["ok"] is True and [h["name"] for h in doc["hosts"]] == ["cart-1", "cart-2"]
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({}, 400, "hosts check needs service"),
+    ({"service": 3}, 400, "hosts check needs service"),
+    ({"service": "Not A Name"}, 400, "is not a valid service name"),
+    ({"service": "nope"}, 404, "no service named 'nope'"),
+    ({"service": "local"}, 400, "runs on this machine (its spec has no fleet section)"),
+])
+def test_check_refusals_say_what_is_wrong(hw: HostsWorld, body: dict[str, object], status: int,
+                                          words: str) -> None:
+    resp = hw.request("POST", "/v1/hosts/check", body)
+    assert resp.status_code == status, resp.text
+    assert words in resp.json()["error"] and resp.json()["hint"]
+    assert hw.reports.checked == []
+
+
+def test_without_the_token_nothing_is_asked(hw: HostsWorld) -> None:
+    assert hw.request("GET", "/v1/hosts", token="wrong").status_code == 401
+    assert hw.request("POST", "/v1/hosts/check", {"service": "shop"}, token="wrong").status_code == 401
+    assert hw.reports.reported == [] and hw.reports.checked == []

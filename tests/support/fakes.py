@@ -406,6 +406,8 @@ class FakeHostReports:
     def __init__(self) -> None:
         self.down: dict[str, str] = {}
         self.failing: dict[str, tuple[str, str]] = {}
+        self.trusted: dict[str, dict[str, Any]] = {}
+        """Per host name: a key trusted on first contact (as SshHostReports reports it)."""
         self.reported: list[tuple[list[str], Path]] = []
         """(host names, base_dir) of every report call."""
         self.checked: list[tuple[str, str | None, dict[str, set[int]]]] = []
@@ -415,7 +417,8 @@ class FakeHostReports:
         hosts = fleet.hosts or []
         self.reported.append(([h.name for h in hosts], base_dir))
         return [HostReport(h.name, h.address, False, self.down[h.name], "start its sshd", seconds=0.01)
-                if h.name in self.down else HostReport(h.name, h.address, True, facts=FAKE_FACTS, seconds=0.01)
+                if h.name in self.down else HostReport(h.name, h.address, True, facts=FAKE_FACTS, seconds=0.01,
+                                                       trusted=self.trusted.get(h.name))
                 for h in hosts]
 
     async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
@@ -430,5 +433,5 @@ class FakeHostReports:
                     break
                 step, why = self.failing.get(h.name, ("", ""))
                 steps.append(CheckStep(name, FAIL, why, "fix it") if name == step else CheckStep(name, OK, "fine"))
-            out.append(HostCheck(h.name, h.address, steps, 0.01))
+            out.append(HostCheck(h.name, h.address, steps, 0.01, self.trusted.get(h.name)))
         return out

@@ -97,3 +97,16 @@ def test_without_the_token_nothing_is_asked(hw: HostsWorld) -> None:
     assert hw.request("GET", "/v1/hosts", token="wrong").status_code == 401
     assert hw.request("POST", "/v1/hosts/check", {"service": "shop"}, token="wrong").status_code == 401
     assert hw.reports.reported == [] and hw.reports.checked == []
+
+
+def test_a_host_key_trusted_on_first_contact_is_audited_with_who_asked(hw: HostsWorld) -> None:
+    key = {"host": "web-1", "address": "10.9.0.1", "port": 22, "key_type": "ssh-ed25519",
+           "fingerprint": "SHA256:abc", "known_hosts": "/k/known_hosts", "at": 1.0}
+    hw.reports.trusted["web-1"] = key
+    assert hw.request("GET", "/v1/hosts").json()["hosts"][2]["trusted"] == key
+    hw.request("POST", "/v1/hosts/check", {"service": "shop"})
+    trusted = [e for e in hw.controller.queries.audit.entries("shop") if e.action == "host.key_trusted"]
+    assert len(trusted) == 2 and all("via token" in e.actor for e in trusted)
+    assert trusted[0].why == ("first contact with web-1 (10.9.0.1:22) under fleet.ssh.trust_new_hosts: "
+                              "ssh-ed25519 key SHA256:abc added to /k/known_hosts")
+    assert trusted[0].evidence["fingerprint"] == "SHA256:abc"

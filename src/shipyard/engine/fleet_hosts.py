@@ -56,8 +56,9 @@ class FleetHosts:
                 out.append((svc.name, spec))
         return out
 
-    async def hosts(self) -> dict[str, Any]:
-        """{"services": fleet services, "hosts": one entry per address, in inventory order}."""
+    async def hosts(self, actor: str) -> dict[str, Any]:
+        """{"services": fleet services, "hosts": one entry per address, in inventory order}.
+        `actor` (who asked) goes into the audit entry of a host key trusted on first contact."""
         services = self._fleet_services()
         by_address: dict[str, _Host] = {}
         for name, spec in services:
@@ -78,6 +79,7 @@ class FleetHosts:
         out = []
         for key, entry in by_address.items():
             report = reports.get(key) or HostReport(entry.name, entry.address, False, "the host was not asked")
+            self._audit_trust(report.trusted, entry.services[0], actor)
             out.append(report.to_dict() | {"services": entry.services, "instances": on_host.get(key, [])})
         return {"services": [name for name, _ in services], "hosts": out}
 
@@ -93,7 +95,16 @@ class FleetHosts:
                  "image_id": inst.image_id, "port": inst.port})
         return out
 
-    async def check(self, service: str) -> dict[str, Any]:
+    def _audit_trust(self, trusted: dict[str, Any] | None, service: str, actor: str) -> None:
+        if trusted is None:
+            return
+        self._d.store.audit.record(
+            "host.key_trusted", actor=actor, service=service, evidence=trusted,
+            why=f"first contact with {trusted['host']} ({trusted['address']}:{trusted['port']}) under "
+                f"fleet.ssh.trust_new_hosts: {trusted['key_type']} key {trusted['fingerprint']} added to "
+                f"{trusted['known_hosts']}")
+
+    async def check(self, service: str, actor: str) -> dict[str, Any]:
         """{"service", "image_id", "ok", "hosts": [HostCheck.to_dict()]}."""
         svc = self._d.store.get_service(service)
         if svc is None:
@@ -110,6 +121,8 @@ class FleetHosts:
             own.setdefault(canonical_address(inst.host), set()).add(inst.pid)
         pids = {h.address: own.get(canonical_address(h.address), set()) for h in spec.fleet.hosts or []}
         checks = await self._d.host_reports.check(spec, image_id, pids)
+        for c in checks:
+            self._audit_trust(c.trusted, service, actor)
         return {"service": service, "image_id": image_id, "ok": all(c.ok for c in checks),
                 "hosts": [c.to_dict() for c in checks]}
 

@@ -37,15 +37,15 @@ run: {{command: [python3, app.py, --port, "${{PORT}}"]}}
 fleet:
   hosts:
 {hosts}
-  ssh: {{user: {user}, identity: {identity}, known_hosts: {known_hosts}}}
+  ssh: {{user: {user}, identity: {identity}, known_hosts: {known_hosts}, trust_new_hosts: {trust}}}
 """
 OLD_PYTHON = "#!/bin/sh\n# answers the helper's probe as a Python 3.8 would\necho '3.8 0'\n"
 
 
-def spec_for(fleet: NetnsFleet, root: Path) -> Spec:
+def spec_for(fleet: NetnsFleet, root: Path, trust: bool = False) -> Spec:
     hosts = "\n".join(f"    - {{name: {h.name}, address: {h.address}}}" for h in fleet.hosts)
     return parse_spec(SPEC.format(port=PORT, hosts=hosts, user=fleet.user, identity=fleet.client_key,
-                                  known_hosts=fleet.known_hosts), "shop.yaml", root)
+                                  known_hosts=fleet.known_hosts, trust=str(trust).lower()), "shop.yaml", root)
 
 
 @pytest.fixture
@@ -170,3 +170,17 @@ async def test_hosts_check_names_the_step_each_bad_host_fails(hosts: NetnsFleet,
     assert steps[port_taken.name]["image"].status == OK
     print(f"check of 5 hosts: {seconds:.2f}s; " + "; ".join(f"{c.name}: {c.reason}" for c in checks))
     assert seconds < 30, f"the check of 5 hosts took {seconds:.1f}s"
+
+
+async def test_a_first_contact_under_trust_new_hosts_is_reported_for_the_audit(fleet1: NetnsFleet, tmp: Path) -> None:
+    host = fleet1.hosts[0]
+    fleet1.known_hosts.write_text("")
+    spec = spec_for(fleet1, tmp, trust=True)
+    assert spec.fleet is not None
+    [first] = await reports(ImageStore(tmp / "images")).report(spec.fleet, tmp)
+    assert first.state == "up" and first.trusted is not None, first
+    assert first.trusted["host"] == host.name and first.trusted["address"] == host.address
+    assert first.trusted["fingerprint"].startswith("SHA256:") and first.trusted["known_hosts"] == str(fleet1.known_hosts)
+    assert host.public_key_line().split()[1] in fleet1.known_hosts.read_text()
+    [again] = await reports(ImageStore(tmp / "images")).report(spec.fleet, tmp)
+    assert again.state == "up" and again.trusted is None      # known now: nothing new to audit

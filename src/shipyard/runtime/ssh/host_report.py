@@ -16,6 +16,7 @@ host, a port an instance could bind, and the image itself shipped and verified t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -153,8 +154,10 @@ class SshHostReports:
                 await session.close()
         except (ShipyardError, TimeoutError) as e:
             message, hint = _words(e, f"{target.name} did not answer within {self._call_timeout:g}s")
-            return HostReport(target.name, target.address, reachable, message, hint, seconds=time.monotonic() - t0)
-        return HostReport(target.name, target.address, True, facts=facts, seconds=time.monotonic() - t0)
+            return HostReport(target.name, target.address, reachable, message, hint, seconds=time.monotonic() - t0,
+                              trusted=_trusted(conns, target))
+        return HostReport(target.name, target.address, True, facts=facts, seconds=time.monotonic() - t0,
+                          trusted=_trusted(conns, target))
 
     async def _check_one(self, conns: SshConnections | None, broken: ShipyardError | None, target: SshTarget,
                          spec: Spec, image_id: str | None, own: set[int]) -> HostCheck:
@@ -189,7 +192,7 @@ class SshHostReports:
         finally:
             if session is not None:
                 await session.close()
-        return HostCheck(target.name, target.address, steps, time.monotonic() - t0)
+        return HostCheck(target.name, target.address, steps, time.monotonic() - t0, _trusted(conns, target))
 
     async def _python_step(self, hc: HostConnection, target: SshTarget) -> CheckStep:
         result = await hc.run(probe_argv(self.helper[0], self._python), timeout=self._call_timeout)
@@ -244,6 +247,12 @@ async def _step(name: str, work: Awaitable[Any]) -> Any:
     except (ShipyardError, TimeoutError) as e:
         message, hint = _words(e, f"no answer within the call timeout ({name})")
         raise _Failed(CheckStep(name, FAIL, message, hint)) from None
+
+
+def _trusted(conns: SshConnections | None, target: SshTarget) -> dict[str, Any] | None:
+    """The key trusted on first contact with this host during the call, for the audit log."""
+    fact = next((t for t in (conns.trusted if conns else []) if t.host == target.name), None)
+    return dataclasses.asdict(fact) if fact is not None else None
 
 
 def _words(e: BaseException, timeout_text: str) -> tuple[str, str | None]:

@@ -16,7 +16,7 @@ from shipyard.spec import SERVICE_NAME_PATTERN, is_service_name
 
 @route("/v1/hosts")
 async def hosts_list(api: Api, request: Request) -> Any:
-    return await api.store.hosts.hosts()
+    return await api.store.hosts.hosts(api.actor(request))
 
 
 @route("/v1/hosts/check", ["POST"])
@@ -30,5 +30,5 @@ async def hosts_check(api: Api, request: Request) -> Any:
                         f"service names match {SERVICE_NAME_PATTERN} (lowercase letters, digits, dashes)")
     api.store.status(service)                    # 404 for an unknown service, before any audit entry
     # audited: a check installs the helper and ships the image to hosts that lack them
-    return await api.audited(request, "hosts.check", service, lambda: api.store.hosts.check(service),
+    return await api.audited(request, "hosts.check", service, lambda: api.store.hosts.check(service, api.actor(request)),
                              "hosts check (SSH, python3, helper, disk, ports, image on every host)")

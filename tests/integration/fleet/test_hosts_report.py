@@ -1,7 +1,7 @@
 """`shipyard hosts` and `hosts check` on five namespace hosts with real sshd: facts read on
 the hosts themselves (their own hostname from their uts namespace, the kernel's boot id,
 disk under the helper root), a host whose sshd is stopped shown unreachable with the reason,
-and a check that passes a good host (its image shipped and verified there) and fails, each at
+one whose python3 is too old shown as "no helper" with what to install, and a check that passes a good host (its image shipped and verified there) and fails, each at
 its own step: no sshd, a python3 too old for the helper, a disk too small for the image, the
 service's port held by a process that is not shipyard's."""
 
@@ -77,18 +77,29 @@ def in_host(h: NetnsHost, *argv: str) -> None:
     subprocess.run(["nsenter", "-t", str(h.init_pid), "-a", *argv], check=True, capture_output=True, timeout=10)
 
 
+def give_old_python(h: NetnsHost) -> None:
+    """A python3 that answers like a 3.8, first on sshd's PATH on that host only."""
+    fake_bin = h.dir / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(OLD_PYTHON)
+    (fake_bin / "python3").chmod(0o755)
+    in_host(h, "mount", "--bind", str(fake_bin), "/usr/local/bin")
+    assert shutil.which("python3", path="/usr/local/bin") is None, "a host's mount reached this machine"
+
+
 async def test_hosts_report_facts_and_an_unreachable_host(hosts: NetnsFleet, images: tuple[ImageStore, str],
                                                           tmp: Path) -> None:
     store, _ = images
-    down = hosts.hosts[1]
+    down, old = hosts.hosts[1], hosts.hosts[2]
     hosts.stop_sshd(down)
+    give_old_python(old)
     t0 = time.monotonic()
     got = await reports(store).report(spec_for(hosts, tmp).fleet, tmp)   # type: ignore[arg-type]
     seconds = time.monotonic() - t0
     assert [r.name for r in got] == [h.name for h in hosts.hosts]
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for r, h in zip(got, hosts.hosts, strict=True):
-        if h is down:
+        if h in (down, old):
             continue
         assert r.state == "up" and r.reachable and r.error is None, r
         facts = r.facts
@@ -107,6 +118,10 @@ async def test_hosts_report_facts_and_an_unreachable_host(hosts: NetnsFleet, ima
     assert lost.error.endswith("connection refused (nothing listens on that port: is sshd running?)")
     assert lost.hint == "check that the host is up and sshd listens there"
     print(f"report of 5 hosts: {seconds:.2f}s")
+    no_helper = got[2]
+    assert no_helper.state == "no helper" and no_helper.reachable and no_helper.facts is None
+    assert no_helper.error == f"the shipyard helper needs Python 3.11 or later, {old.name}'s python3 is 3.8"
+    assert no_helper.hint == "install python3 >= 3.11 on the host"
     assert seconds < 5, f"a stopped sshd held the report up for {seconds:.1f}s"
 
 
@@ -115,14 +130,9 @@ async def test_hosts_check_names_the_step_each_bad_host_fails(hosts: NetnsFleet,
     store, image_id = images
     good, no_sshd, old_python, small_disk, port_taken = hosts.hosts
     hosts.stop_sshd(no_sshd)
-    fake_bin = old_python.dir / "fake-bin"
-    fake_bin.mkdir()
-    (fake_bin / "python3").write_text(OLD_PYTHON)
-    (fake_bin / "python3").chmod(0o755)
-    in_host(old_python, "mount", "--bind", str(fake_bin), "/usr/local/bin")   # first on sshd's PATH
+    give_old_python(old_python)
     (small_disk.dir / "home" / ".shipyard").mkdir()
     in_host(small_disk, "mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", "/root/.shipyard")
-    assert shutil.which("python3", path="/usr/local/bin") is None, "a host's mount reached this machine"
     listener = subprocess.Popen(
         ["nsenter", "-t", str(port_taken.init_pid), "-a", "python3", "-c",
          "import socket, sys, time; s = socket.create_server((sys.argv[1], int(sys.argv[2]))); "

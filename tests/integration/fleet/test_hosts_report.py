@@ -39,6 +39,8 @@ fleet:
 {hosts}
   ssh: {{user: {user}, identity: {identity}, known_hosts: {known_hosts}, trust_new_hosts: {trust}}}
 """
+CONNECT_WAIT = 15.0
+"""Generous: on a loaded 2-core machine an SSH handshake can take seconds."""
 OLD_PYTHON = "#!/bin/sh\n# answers the helper's probe as a Python 3.8 would\necho '3.8 0'\n"
 
 
@@ -69,7 +71,7 @@ async def images(tmp: Path) -> AsyncIterator[tuple[ImageStore, str]]:
 
 
 def reports(store: ImageStore) -> SshHostReports:
-    return SshHostReports(store, connect_wait=5.0, backoff=QUICK_BACKOFF)
+    return SshHostReports(store, connect_wait=CONNECT_WAIT, backoff=QUICK_BACKOFF)
 
 
 def in_host(h: NetnsHost, *argv: str) -> None:
@@ -117,12 +119,14 @@ async def test_hosts_report_facts_and_an_unreachable_host(hosts: NetnsFleet, ima
                                                             f"({down.address}:22): ")
     assert lost.error.endswith("connection refused (nothing listens on that port: is sshd running?)")
     assert lost.hint == "check that the host is up and sshd listens there"
-    print(f"report of 5 hosts: {seconds:.2f}s")
+    print(f"report of 5 hosts: {seconds:.2f}s (the stopped one {lost.seconds:.2f}s)")
     no_helper = got[2]
     assert no_helper.state == "no helper" and no_helper.reachable and no_helper.facts is None
     assert no_helper.error == f"the shipyard helper needs Python 3.11 or later, {old.name}'s python3 is 3.8"
     assert no_helper.hint == "install python3 >= 3.11 on the host"
-    assert seconds < 5, f"a stopped sshd held the report up for {seconds:.1f}s"
+    # a refused connect is final for a report: not waited out until connect_wait, nor retried
+    assert lost.seconds < CONNECT_WAIT / 3, f"a stopped sshd held its row up for {lost.seconds:.1f}s"
+    assert seconds < 60
 
 
 async def test_hosts_check_names_the_step_each_bad_host_fails(hosts: NetnsFleet, images: tuple[ImageStore, str],
@@ -179,7 +183,8 @@ async def test_hosts_check_names_the_step_each_bad_host_fails(hosts: NetnsFleet,
                                    f"{port_taken.address}:{PORT} by pid ")
     assert steps[port_taken.name]["image"].status == OK
     print(f"check of 5 hosts: {seconds:.2f}s; " + "; ".join(f"{c.name}: {c.reason}" for c in checks))
-    assert seconds < 30, f"the check of 5 hosts took {seconds:.1f}s"
+    assert steps[no_sshd.name]["ssh"].status == FAIL and by[no_sshd.name].seconds < CONNECT_WAIT / 3
+    assert seconds < 60, f"the check of 5 hosts took {seconds:.1f}s"
 
 
 async def test_a_first_contact_under_trust_new_hosts_is_reported_for_the_audit(fleet1: NetnsFleet, tmp: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -44,6 +45,8 @@ from shipyard.runtime.ssh.helper_session import HelperSession, parse_probe, prob
 from shipyard.runtime.ssh.options import SshTarget, options_from_spec, targets_from_spec
 from shipyard.spec import Spec
 from shipyard.spec.fleet import FleetSpec
+
+log = logging.getLogger("shipyard.hosts")
 
 DISK_MARGIN = 64 << 20
 """Free space kept beyond the image: instance logs, data dirs, the helper's own files."""
@@ -76,8 +79,7 @@ class SshHostReports:
 
     @property
     def helper(self) -> tuple[str, bytes]:
-        if self._helper is None:   # built on first use: a daemon without fleets never pays for it
-            self._helper = bundle.build()
+        assert self._helper is not None, "_connections builds it first"
         return self._helper
 
     # the port ---------------------------------------------------------------------------------
@@ -99,6 +101,8 @@ class SshHostReports:
                            ) -> AsyncIterator[tuple[SshConnections | None, ShipyardError | None]]:
         """The fleet's connections, or why none can be made (an identity that cannot be read
         fails every host of that fleet alike, with the same reason)."""
+        if self._helper is None:   # built on first use (~0.1 s, off the loop): a daemon without fleets never pays
+            self._helper = await asyncio.to_thread(bundle.build)
         tuning = {"connect_timeout": min(10.0, self._connect_wait), "reconnect_wait": self._connect_wait}
         try:
             conns = SshConnections(options_from_spec(fleet.ssh, base_dir, **(tuning | self._tuning)))
@@ -152,7 +156,7 @@ class SshHostReports:
                 facts = await asyncio.wait_for(client.facts(), self._call_timeout)
             finally:
                 await session.close()
-        except (ShipyardError, TimeoutError) as e:
+        except Exception as e:   # one host's failure, whatever it is, is that host's row only
             message, hint = _words(e, f"{target.name} did not answer within {self._call_timeout:g}s")
             return HostReport(target.name, target.address, reachable, message, hint, seconds=time.monotonic() - t0,
                               trusted=_trusted(conns, target))
@@ -244,7 +248,7 @@ async def _step(name: str, work: Awaitable[Any]) -> Any:
     """`work`'s result, or _Failed carrying its failure as step `name`."""
     try:
         return await work
-    except (ShipyardError, TimeoutError) as e:
+    except Exception as e:   # one host's failure, whatever it is, is that host's result only
         message, hint = _words(e, f"no answer within the call timeout ({name})")
         raise _Failed(CheckStep(name, FAIL, message, hint)) from None
 
@@ -258,7 +262,10 @@ def _trusted(conns: SshConnections | None, target: SshTarget) -> dict[str, Any] 
 def _words(e: BaseException, timeout_text: str) -> tuple[str, str | None]:
     if isinstance(e, ShipyardError):
         return e.message, e.hint
-    return timeout_text, "the host may be overloaded; try again"
+    if isinstance(e, TimeoutError):
+        return timeout_text, "the host may be overloaded; try again"
+    log.exception("asking a host failed unexpectedly", exc_info=e)
+    return f"{type(e).__name__}: {e}", "unexpected (an SSH surprise or a shipyard bug): see the daemon's log"
 
 
 __all__ = ["DISK_MARGIN", "SshHostReports"]

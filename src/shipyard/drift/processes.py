@@ -50,7 +50,7 @@ def expected_process(instance: Instance, command: list[str], env: Mapping[str, s
                         image_id=instance.image_id, tree=tree, command=list(command), env=dict(env),
                         instance_dir=Path(instance.data_dir).parent, host=instance.host)
     variables = {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir}
-    argv = [substitute(a, variables) for a in command]
+    argv = [substitute(a, variables | {"HOST": instance.host}) for a in command]   # as the engine's launch_spec
     full_env = instance_environment(launch, variables)
     if argv:
         try:

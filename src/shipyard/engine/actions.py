@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from shipyard.engine import edge
+from shipyard.engine import edge, fleet_slots
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.machines import first_release_abandoned
@@ -36,6 +36,10 @@ class SlotOps:
         self.d = deps
         self._router_version: dict[str, int] = {}
         self.events_dropped = 0
+        self.lost: set[str] = set()
+        """Addresses of fleet hosts declared lost (engine/lost_hosts.py): they get nothing new."""
+        self._placing: dict[tuple[str, str], list[str]] = {}
+        """Per (service, slot), hosts that an instance is being started on and not yet recorded."""
         """Events the store refused since the last one it took (told in the log when it takes one again)."""
 
     def preview_token(self, service: str) -> str:
@@ -106,23 +110,36 @@ class SlotOps:
         """What an instance of `spec` starts with; also what drift detection expects to find."""
         return release_env(spec, image_env, self.d.env)
 
-    async def launch_spec(self, spec: Spec, slot: str, image_id: str) -> LaunchSpec:
+    async def launch_spec(self, spec: Spec, slot: str, image_id: str, host: str = "127.0.0.1") -> LaunchSpec:
         image = self.d.images.get(image_id)
         # re-hashing a whole tree is CPU work: keep the event loop (and the API) responsive
         tree = await asyncio.to_thread(self.d.images.verified_tree, image_id)   # refuses a tampered image
         env = self.launch_env(spec, image.env)
         iid = f"{spec.service}-{slot}-{secrets.token_hex(3)}"
+        command = [a.replace("${HOST}", host) for a in image.command]   # argv only: run.env.HOST stays
         return LaunchSpec(instance_id=iid, service=spec.service, slot=slot, image_id=image_id, tree=tree,
-                          command=list(image.command), env=env, instance_dir=self.d.paths.instance_dir(iid))
+                          command=command, env=env, instance_dir=self.d.paths.instance_dir(iid), host=host)
 
-    async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None) -> Instance:
-        launch = await self.launch_spec(spec, slot, image_id)
-        inst = await self.d.runtime.start(launch)
+    async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None,
+                             host: str | None = None) -> Instance:
+        """Start one instance; on a fleet, on `host` or (None) where placement has room."""
+        if spec.fleet is not None:
+            await self.d.fleet.use(spec.service, spec.fleet, spec.base_dir)
+        placing = self._placing.setdefault((spec.service, slot), [])
+        if host is None and spec.fleet is not None:
+            running = [i for i, st in self.d.store.instances(spec.service, slot) if st in ("starting", "healthy")]
+            host = fleet_slots.host_for_one(spec, self.lost, running, placing)
+        placing.append(host or "127.0.0.1")
         try:
-            self.d.store.put_instance(inst, "starting")
-        except StoreUnavailable:    # an instance nobody recorded would run for good: stop it
-            await self.d.runtime.stop(inst, spec.run.stop_timeout)
-            raise
+            launch = await self.launch_spec(spec, slot, image_id, host or "127.0.0.1")
+            inst = await self.d.runtime.start(launch)
+            try:
+                self.d.store.put_instance(inst, "starting")
+            except StoreUnavailable:    # an instance nobody recorded would run for good: stop it
+                await self.d.runtime.stop(inst, spec.run.stop_timeout)
+                raise
+        finally:
+            placing.remove(host or "127.0.0.1")
         self.event(spec.service, "instance.started", f"instance {inst.id} started (pid {inst.pid}, port {inst.port})",
                    rollout_id, instance=inst.id, slot=slot)
         return inst
@@ -150,7 +167,7 @@ class SlotOps:
         Returns None when healthy, else the reason it failed. Idempotent: instances of
         the same image already running there (a resumed rollout) are kept."""
         service = spec.service
-        want = spec.replicas if count is None else count
+        want = (None if spec.fleet is not None else spec.replicas) if count is None else count
         async with self.lock(service):
             svc = self.d.store.get_service(service)
             assert svc is not None
@@ -165,10 +182,15 @@ class SlotOps:
             self.d.store.put_service(svc)
         return await self.scale(spec, slot, image_id, want, rollout_id)
 
-    async def scale(self, spec: Spec, slot: str, image_id: str, want: int, rollout_id: str | None) -> str | None:
+    async def scale(self, spec: Spec, slot: str, image_id: str, want: int | None,
+                    rollout_id: str | None) -> str | None:
         """Make `slot` run exactly `want` healthy instances of `image_id`: keep those that
         run it, stop the rest and any surplus, start what is missing, wait for health.
-        Returns None when done, else why not."""
+        On a fleet, placement says how many and where (`want`: None, or fewer for a canary)
+        and new ones start in batches (fleet_slots.py). Returns None when done, else why not."""
+        if spec.fleet is not None:
+            return await fleet_slots.scale_fleet(self, spec, slot, image_id, want, rollout_id)
+        assert want is not None
         service = spec.service
         keep: list[Instance] = []
         for inst, status in self.d.store.instances(service, slot):
@@ -176,13 +198,7 @@ class SlotOps:
                     and len(keep) < want):
                 keep.append(inst)
             else:
-                self.d.store.set_instance_status(inst.id, "stopping")
-                async with self.lock(service):
-                    svc = self.d.store.get_service(service)
-                    assert svc is not None
-                    await self.push_table(svc)
-                await self.stop_instance(inst, spec.run.stop_timeout, "not part of the release in this slot",
-                                         rollout_id)
+                await self.retire(inst, spec.run.stop_timeout, "not part of the release in this slot", rollout_id)
         try:
             started = [await self.start_instance(spec, slot, image_id, rollout_id)
                        for _ in range(want - len(keep))]
@@ -194,8 +210,27 @@ class SlotOps:
         failures = [f"{i.id}: {why}" for i, (ok, why) in zip(keep + started, results, strict=True) if not ok]
         if failures:
             return f"slot {slot} did not become healthy: " + "; ".join(failures)
+        await self.mark_healthy(service, keep + started, rollout_id)
+        return None
+
+    async def retire(self, inst: Instance, stop_timeout: float, reason: str, rollout_id: str | None) -> None:
+        """Out of the table first, then stopped; one on a lost host is only marked lost (its
+        host does not answer, and it is never repaired in place)."""
+        if inst.host in self.lost:
+            self.d.store.set_instance_status(inst.id, "lost")
+        else:
+            self.d.store.set_instance_status(inst.id, "stopping")
+        async with self.lock(inst.service):
+            svc = self.d.store.get_service(inst.service)
+            assert svc is not None
+            await self.push_table(svc)
+        if inst.host not in self.lost:
+            await self.stop_instance(inst, stop_timeout, reason, rollout_id)
+
+    async def mark_healthy(self, service: str, insts: list[Instance], rollout_id: str | None) -> None:
+        """Record `insts` as healthy and push the table that routes them (their slot's track)."""
         async with self.lock(service):
-            for i in keep + started:
+            for i in insts:
                 if self.d.store.instance(i.id) != (i, "healthy"):
                     self.d.store.set_instance_status(i.id, "healthy")
                     self.event(service, "instance.healthy", f"instance {i.id} is healthy", rollout_id,
@@ -203,7 +238,6 @@ class SlotOps:
             svc = self.d.store.get_service(service)
             assert svc is not None
             await self.push_table(svc)
-        return None
 
     async def set_canary_weight(self, spec: Spec, slot: str, weight: float, instances: int,
                                 rollout_id: str | None) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
-from shipyard.engine import edge, listen_sharing
+from shipyard.engine import edge, fleet_slots, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
@@ -62,6 +62,7 @@ class Controller:
     async def start(self) -> None:
         """Re-adopt what survived the last daemon, then resume unfinished rollouts."""
         for svc in self.d.store.list_services():
+            await fleet_slots.use_fleets(self.d, svc, spec_from_doc, self.ops.event)   # their hosts first, or "gone"
             for inst, _status in self.d.store.instances(svc.name):
                 if self.d.runtime.is_alive(inst):
                     self.ops.event(svc.name, "instance.adopted", f"re-adopted instance {inst.id} (pid {inst.pid})",

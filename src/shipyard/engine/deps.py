@@ -14,9 +14,11 @@ from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
 from shipyard.engine.ports import (
     Clock,
+    Fleet,
     HealthProbe,
     HostReports,
     MetricQuery,
+    NoFleet,
     NoHealthProbe,
     NoHostReports,
     Router,
@@ -48,6 +50,8 @@ class Deps:
     paths: StatePaths
     health: HealthProbe = field(default_factory=NoHealthProbe)
     """Readiness and HTTP checks of instances (the daemon wires runtime.health.HttpHealthProbe)."""
+    fleet: Fleet = field(default_factory=NoFleet)
+    """The hosts of fleet specs (the daemon wires runtime.ssh.fleet.SshFleet); the default refuses them."""
     clock: Clock = field(default_factory=SystemClock)
     """Every rollout timer and deadline; a fake clock makes a long canary instant in tests."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

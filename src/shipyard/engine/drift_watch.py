@@ -151,6 +151,8 @@ class DriftWatcher:
         spec = self._spec(svc)
         if spec is None or not any(s.state != SlotState.IDLE for s in svc.slots.values()):
             return
+        if spec.fleet is not None:
+            return      # its instances run on the hosts: this machine's /proc says nothing of them (no false heals)
         now = self.d.clock.monotonic()
         full_due = self._next.setdefault((svc.name, "full"), now + spec.drift.full_interval)
         meta_due = self._next.setdefault((svc.name, "metadata"), now + min(spec.drift.interval, 5.0))

@@ -15,6 +15,7 @@ from typing import Any
 
 from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.host_keys import asked_by
 from shipyard.errors import NotFoundError, SpecError
 from shipyard.fleet.host_status import HostReport
 from shipyard.rollout.records import ServiceRecord
@@ -58,7 +59,8 @@ class FleetHosts:
 
     async def hosts(self, actor: str) -> dict[str, Any]:
         """{"services": fleet services, "hosts": one entry per address, in inventory order}.
-        `actor` (who asked) goes into the audit entry of a host key trusted on first contact."""
+        `actor` (who asked) goes into the audit entry of a host key trusted on first contact
+        (engine/host_keys.py)."""
         services = self._fleet_services()
         by_address: dict[str, _Host] = {}
         for name, spec in services:
@@ -73,19 +75,21 @@ class FleetHosts:
         groups: dict[int, tuple[Spec, list[HostSpec]]] = {}
         for entry in by_address.values():
             groups.setdefault(id(entry.spec), (entry.spec, []))[1].extend(entry.hosts)
-        results = await asyncio.gather(*(self._report(spec, hosts) for spec, hosts in groups.values()))
+        first = {id(e.spec): e.services[0] for e in by_address.values()}
+        results = await asyncio.gather(*(self._report(spec, hosts, actor, first[key])
+                                         for key, (spec, hosts) in groups.items()))
         reports = {canonical_address(r.address): r for batch in results for r in batch}
         on_host = self._instances_by_address()
         out = []
         for key, entry in by_address.items():
             report = reports.get(key) or HostReport(entry.name, entry.address, False, "the host was not asked")
-            self._audit_trust(report.trusted, entry.services[0], actor)
             out.append(report.to_dict() | {"services": entry.services, "instances": on_host.get(key, [])})
         return {"services": [name for name, _ in services], "hosts": out}
 
-    async def _report(self, spec: Spec, hosts: list[HostSpec]) -> list[HostReport]:
+    async def _report(self, spec: Spec, hosts: list[HostSpec], actor: str, service: str) -> list[HostReport]:
         assert spec.fleet is not None
-        return await self._d.host_reports.report(spec.fleet.model_copy(update={"hosts": hosts}), spec.base_dir)
+        with asked_by(actor, service):   # a key trusted on first contact is audited as this request's
+            return await self._d.host_reports.report(spec.fleet.model_copy(update={"hosts": hosts}), spec.base_dir)
 
     def _instances_by_address(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -94,15 +98,6 @@ class FleetHosts:
                 {"id": inst.id, "service": inst.service, "slot": inst.slot, "status": status,
                  "image_id": inst.image_id, "port": inst.port})
         return out
-
-    def _audit_trust(self, trusted: dict[str, Any] | None, service: str, actor: str) -> None:
-        if trusted is None:
-            return
-        self._d.store.audit.record(
-            "host.key_trusted", actor=actor, service=service, evidence=trusted,
-            why=f"first contact with {trusted['host']} ({trusted['address']}:{trusted['port']}) under "
-                f"fleet.ssh.trust_new_hosts: {trusted['key_type']} key {trusted['fingerprint']} added to "
-                f"{trusted['known_hosts']}")
 
     async def check(self, service: str, actor: str) -> dict[str, Any]:
         """{"service", "image_id", "ok", "hosts": [HostCheck.to_dict()]}."""
@@ -120,9 +115,8 @@ class FleetHosts:
         for inst, _status in self._d.store.instances(service):
             own.setdefault(canonical_address(inst.host), set()).add(inst.pid)
         pids = {h.address: own.get(canonical_address(h.address), set()) for h in spec.fleet.hosts or []}
-        checks = await self._d.host_reports.check(spec, image_id, pids)
-        for c in checks:
-            self._audit_trust(c.trusted, service, actor)
+        with asked_by(actor, service):
+            checks = await self._d.host_reports.check(spec, image_id, pids)
         return {"service": service, "image_id": image_id, "ok": all(c.ok for c in checks),
                 "hosts": [c.to_dict() for c in checks]}
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
+from shipyard.errors import RuntimeFailure
 from shipyard.fleet.host_status import FAIL, CheckStep, HostCheck, HostReport
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import (
@@ -33,8 +34,8 @@ from shipyard.spec import Spec
 from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
-__all__ = ["AuditTrail", "Clock", "HealthProbe", "HostReports", "Instance", "LaunchSpec", "MetricQuery", "Router",
-           "Runtime", "Store", "SystemClock"]
+__all__ = ["AuditTrail", "Clock", "Fleet", "HealthProbe", "HostReports", "Instance", "LaunchSpec", "MetricQuery",
+           "NoFleet", "Router", "Runtime", "Store", "SystemClock"]
 
 
 class AuditTrail(Protocol):
@@ -146,6 +147,36 @@ class Runtime(Protocol):
     def exit_code(self, instance: Instance) -> int | None:
         """How it ended, when known (None while running or when not ours to know)."""
         ...
+
+
+class Fleet(Protocol):
+    """The hosts a fleet spec runs on: the runtime learns to reach them before the engine
+    starts an instance there, and tells how long a host has been silent, so the engine
+    (not the transport) decides when it is lost."""
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        """Make the runtime able to start, watch and stop instances on every host of `fleet`
+        (its ssh section's paths are relative to `base_dir`). Idempotent and cheap when
+        nothing changed: the supervisor asks every tick. A ShipyardError when it cannot."""
+        ...
+
+    def unreachable_since(self, address: str) -> float | None:
+        """Clock.monotonic() since which the host at `address` has not answered (None: it
+        answers, or it is not known yet)."""
+        ...
+
+
+class NoFleet:
+    """The default of `Deps.fleet`: a single-machine engine. A fleet spec is refused with a
+    reason instead of silently running on this machine."""
+
+    async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
+        raise RuntimeFailure(f"cannot run {service} on its fleet: this engine has no runtime for hosts over SSH",
+                             hint="run the daemon with `shipyard serve` (it wires the SSH runtime), or remove "
+                             "the fleet section to run on this machine")
+
+    def unreachable_since(self, address: str) -> float | None:
+        return None
 
 
 class Router(Protocol):

@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from shipyard.engine import edge, listen_sharing
+from shipyard.engine import edge, fleet_slots, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.lost_hosts import LostHosts
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.records import Instance, ProbeResult, ServiceRecord, SlotState
 from shipyard.spec import Spec
@@ -49,6 +50,9 @@ class Supervisor:
         self._retiring: set[tuple[str, str]] = set()
         self._router_checked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.lost_hosts = LostHosts(deps, ops)
+        self._unreachable: dict[str, str] = {}
+        """Per fleet service, why its hosts cannot be reached (told once)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
@@ -101,12 +105,32 @@ class Supervisor:
                 self._retire(svc.name, slot_name)
                 continue
             spec = spec_from_doc(slot.spec, svc.spec_path)
-            changed |= await self._watch_slot(spec, slot_name, slot.image_id, slot.replicas or spec.replicas)
+            replicas = slot.replicas or spec.replicas
+            if spec.fleet is not None:      # its hosts reachable (after a restart too), the silent ones lost
+                if not await self._reach(svc.name, spec):
+                    continue
+                changed |= self.lost_hosts.check(svc.name, spec)
+                replicas = fleet_slots.target(spec, self.ops.lost, slot.replicas)
+            changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)
         if changed:
             async with self.ops.lock(svc.name):
                 fresh = self.d.store.get_service(svc.name)
                 if fresh is not None:
                     await self.ops.push_table(fresh)
+
+    async def _reach(self, service: str, spec: Spec) -> bool:
+        """Fleet.use for the slot's hosts; when it fails, the slot is not watched (its instances
+        would look dead from here) and the reason is told once, not every tick."""
+        assert spec.fleet is not None
+        try:
+            await self.d.fleet.use(service, spec.fleet, spec.base_dir)
+        except ShipyardError as e:
+            if self._unreachable.get(service) != e.message:
+                self._unreachable[service] = e.message
+                self.ops.event(service, "fleet.error", f"cannot reach the hosts of {service}: {e.message}")
+            return False
+        self._unreachable.pop(service, None)
+        return True
 
     async def _check_router(self, svc: ServiceRecord) -> None:
         """Under the service's lock, from a fresh record: a service removed or unregistered
@@ -225,8 +249,12 @@ class Supervisor:
         """Background work the tick must not wait for, kept referenced until done. Work the
         store refused is dropped (the store logged why; the next tick sees what is left)."""
         async def run() -> None:
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await work
+            except StoreUnavailable:
+                pass
+            except ShipyardError as e:      # e.g. a stop sent to a silent fleet host: the next tick sees what is left
+                log.warning("background work failed: %s", e.message)
         t = asyncio.create_task(run())
         self._background.add(t)
         t.add_done_callback(self._background.discard)

@@ -31,9 +31,6 @@ class HostReport:
     cpu_count, load [1, 5, 15 min], disk {path, total, free}, memory {total, available}}."""
     seconds: float = 0.0
     """How long reaching and asking the host took."""
-    trusted: dict[str, Any] | None = None
-    """A first-seen host key written to known_hosts under trust_new_hosts (host, address, port,
-    key_type, fingerprint, known_hosts, at): the engine puts it in the audit log."""
 
     @property
     def state(self) -> str:
@@ -64,8 +61,6 @@ class HostCheck:
     address: str
     steps: list[CheckStep] = field(default_factory=list)
     seconds: float = 0.0
-    trusted: dict[str, Any] | None = None
-    """As HostReport.trusted."""
 
     @property
     def ok(self) -> bool:
@@ -79,7 +74,7 @@ class HostCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "ok": self.ok, "reason": self.reason,
-                "steps": [asdict(s) for s in self.steps], "seconds": self.seconds, "trusted": self.trusted}
+                "steps": [asdict(s) for s in self.steps], "seconds": self.seconds}
 
 
 def bytes_text(n: int | None) -> str:

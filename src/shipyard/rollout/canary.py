@@ -57,7 +57,7 @@ def first_instances(spec: Spec) -> int:
     """Canary instances to start with: enough for the first weight it will take."""
     c = _canary(spec)
     first = next((s.set_weight for s in c.steps if isinstance(s, SetWeightStep) and s.set_weight > 0), 0.0)
-    return c.canary_instances(first, spec.replicas)
+    return c.canary_instances(first, spec.instance_count)
 
 
 def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
@@ -74,14 +74,14 @@ def entry_actions(r: Rollout, spec: Spec) -> list[Action]:
         case Phase.PROGRESSING:
             step = c.steps[r.step_index]
             assert isinstance(step, SetWeightStep)
-            return [SetCanaryWeight(r.target_slot, step.set_weight, c.canary_instances(step.set_weight, spec.replicas))]
+            return [SetCanaryWeight(r.target_slot, step.set_weight, c.canary_instances(step.set_weight, spec.instance_count))]
         case Phase.PAUSED:
             return [WaitUntil(r.resume_at)] if r.hold == "timer" and r.resume_at is not None else []
         case Phase.ANALYZING:
             assert r.resume_at is not None
             return [RunAnalysis(r.target_slot, r.resume_at)]
         case Phase.PROMOTING:
-            return [SetCanaryWeight(r.target_slot, 100.0, spec.replicas)]
+            return [SetCanaryWeight(r.target_slot, 100.0, spec.instance_count)]
         case Phase.SWITCHING:
             return [SwitchTraffic(r.target_slot)]
         case Phase.WITHDRAWING:

@@ -20,6 +20,7 @@ import uvicorn
 from shipyard.analysis.providers import prometheus
 from shipyard.engine.controller import Controller
 from shipyard.engine.deps import Deps
+from shipyard.engine.host_keys import KeyTrustAudit
 from shipyard.engine.ports import SystemClock
 from shipyard.errors import ShipyardError
 from shipyard.fsutil import write_atomic
@@ -29,9 +30,12 @@ from shipyard.paths import StatePaths
 from shipyard.router.by_kind import RouterByKind
 from shipyard.router.embedded import EmbeddedRouter
 from shipyard.router.haproxy.adapter import HAProxyRouter
+from shipyard.runtime.by_host import ByHostRuntime
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.fleet import SshFleet
 from shipyard.runtime.ssh.host_report import SshHostReports
+from shipyard.runtime.ssh.runtime import SshRuntime
 from shipyard.server.api import HostPolicy, create_app
 from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
 from shipyard.server.listen_policy import check_listen
@@ -113,9 +117,12 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     images = ImageStore(paths.images)
-    deps = Deps(store=store, images=images, runtime=LocalRuntime(),
+    trust = KeyTrustAudit(store.audit)   # host.key_trusted, for the runtime's connections and the reports' alike
+    fleet = SshFleet(SshRuntime(None, images), on_trust=trust)
+    deps = Deps(store=store, images=images, runtime=ByHostRuntime(LocalRuntime(), fleet.runtime), fleet=fleet,
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
-                query_metric=prometheus.judge, host_reports=SshHostReports(images), preview_secret=token)
+                query_metric=prometheus.judge, host_reports=SshHostReports(images, on_trust=trust),
+                preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)
@@ -142,6 +149,7 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
         with contextlib.suppress(FileNotFoundError):
             paths.api.unlink()
         await controller.close()
+        await fleet.close()
         await notifications.close()
         store.close()
         sock.close()

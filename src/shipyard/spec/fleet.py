@@ -227,8 +227,9 @@ class BatchSpec(SpecModel):
 
 
 class FleetSpec(SpecModel):
-    """The `fleet:` section: run the service on several hosts over SSH. NOT AVAILABLE YET: a spec
-    with this section is validated, then refused until the runtime over SSH exists.
+    """The `fleet:` section: run the service on several hosts over SSH. `placement` says where
+    instances go (it replaces replicas), `batch` how a release starts across the hosts, and
+    `lost_after` when a silent host's instances are replaced on the others.
 
     `hosts_file` is read when the spec file is loaded and its hosts are kept in `hosts` (so a
     stored spec does not depend on the file later); `hosts_file` then says where they came from."""

@@ -317,6 +317,14 @@ class Spec(SpecModel):
         return self._base_dir
 
     @property
+    def instance_count(self) -> int:
+        """How many instances a release runs: `replicas` on one machine; on a fleet, placement's
+        target on every host of the inventory (the engine lowers it while hosts are lost)."""
+        if self.fleet is not None and self.fleet.hosts is not None:
+            return self.fleet.target(len(self.fleet.hosts))
+        return self.replicas
+
+    @property
     def listen_host(self) -> str:
         return split_listen(self.listen)[0]
 

@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from shipyard.fleet.host_status import FAIL, OK, SKIP, bytes_text
 from shipyard.images.build import BuildInput
 from shipyard.images.store import ImageStore
 from shipyard.runtime.ssh.host_report import SshHostReports
+from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.spec import Spec, parse_spec
 from support.netns_hosts import NetnsFleet, NetnsHost
 
@@ -70,8 +71,8 @@ async def images(tmp: Path) -> AsyncIterator[tuple[ImageStore, str]]:
     yield store, image.id
 
 
-def reports(store: ImageStore) -> SshHostReports:
-    return SshHostReports(store, connect_wait=CONNECT_WAIT, backoff=QUICK_BACKOFF)
+def reports(store: ImageStore, on_trust: Callable[[TrustedKey], None] | None = None) -> SshHostReports:
+    return SshHostReports(store, connect_wait=CONNECT_WAIT, backoff=QUICK_BACKOFF, on_trust=on_trust)
 
 
 def in_host(h: NetnsHost, *argv: str) -> None:
@@ -187,15 +188,16 @@ async def test_hosts_check_names_the_step_each_bad_host_fails(hosts: NetnsFleet,
     assert seconds < 60, f"the check of 5 hosts took {seconds:.1f}s"
 
 
-async def test_a_first_contact_under_trust_new_hosts_is_reported_for_the_audit(fleet1: NetnsFleet, tmp: Path) -> None:
+async def test_a_first_contact_under_trust_new_hosts_is_told_for_the_audit(fleet1: NetnsFleet, tmp: Path) -> None:
     host = fleet1.hosts[0]
     fleet1.known_hosts.write_text("")
     spec = spec_for(fleet1, tmp, trust=True)
     assert spec.fleet is not None
-    [first] = await reports(ImageStore(tmp / "images")).report(spec.fleet, tmp)
-    assert first.state == "up" and first.trusted is not None, first
-    assert first.trusted["host"] == host.name and first.trusted["address"] == host.address
-    assert first.trusted["fingerprint"].startswith("SHA256:") and first.trusted["known_hosts"] == str(fleet1.known_hosts)
+    told: list[TrustedKey] = []
+    [first] = await reports(ImageStore(tmp / "images"), on_trust=told.append).report(spec.fleet, tmp)
+    assert first.state == "up" and len(told) == 1, (first, told)
+    assert told[0].host == host.name and told[0].address == host.address
+    assert told[0].fingerprint.startswith("SHA256:") and told[0].known_hosts == str(fleet1.known_hosts)
     assert host.public_key_line().split()[1] in fleet1.known_hosts.read_text()
-    [again] = await reports(ImageStore(tmp / "images")).report(spec.fleet, tmp)
-    assert again.state == "up" and again.trusted is None      # known now: nothing new to audit
+    [again] = await reports(ImageStore(tmp / "images"), on_trust=told.append).report(spec.fleet, tmp)
+    assert again.state == "up" and len(told) == 1      # known now: nothing new to audit

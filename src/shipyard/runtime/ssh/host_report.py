@@ -16,7 +16,6 @@ host, a port an instance could bind, and the image itself shipped and verified t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -42,6 +41,7 @@ from shipyard.images.store import ImageStore
 from shipyard.runtime.ssh.connections import HostConnection, SshConnections
 from shipyard.runtime.ssh.errors import HostUnreachable
 from shipyard.runtime.ssh.helper_session import HelperSession, parse_probe, probe_argv
+from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.runtime.ssh.options import SshTarget, options_from_spec, targets_from_spec
 from shipyard.spec import Spec
 from shipyard.spec.fleet import FleetSpec
@@ -65,8 +65,11 @@ class SshHostReports:
 
     def __init__(self, images: ImageStore, *, root: str | None = None, python: str = "python3",
                  helper: tuple[str, bytes] | None = None, max_parallel: int = 32, connect_wait: float = 10.0,
-                 call_timeout: float = 60.0, disk_margin: int = DISK_MARGIN, **tuning: Any) -> None:
+                 call_timeout: float = 60.0, disk_margin: int = DISK_MARGIN,
+                 on_trust: Callable[[TrustedKey], None] | None = None, **tuning: Any) -> None:
         self._images = images
+        self._on_trust = on_trust
+        """Told of every host key first trusted under trust_new_hosts (the daemon's KeyTrustAudit)."""
         self._root = root
         self._python = python
         self._helper = helper
@@ -105,7 +108,8 @@ class SshHostReports:
             self._helper = await asyncio.to_thread(bundle.build)
         tuning = {"connect_timeout": min(10.0, self._connect_wait), "reconnect_wait": self._connect_wait}
         try:
-            conns = SshConnections(options_from_spec(fleet.ssh, base_dir, **(tuning | self._tuning)))
+            conns = SshConnections(options_from_spec(fleet.ssh, base_dir, **(tuning | self._tuning)),
+                                   on_trust=self._on_trust)
         except ShipyardError as e:
             yield None, e
             return
@@ -158,10 +162,8 @@ class SshHostReports:
                 await session.close()
         except Exception as e:   # one host's failure, whatever it is, is that host's row only
             message, hint = _words(e, f"{target.name} did not answer within {self._call_timeout:g}s")
-            return HostReport(target.name, target.address, reachable, message, hint, seconds=time.monotonic() - t0,
-                              trusted=_trusted(conns, target))
-        return HostReport(target.name, target.address, True, facts=facts, seconds=time.monotonic() - t0,
-                          trusted=_trusted(conns, target))
+            return HostReport(target.name, target.address, reachable, message, hint, seconds=time.monotonic() - t0)
+        return HostReport(target.name, target.address, True, facts=facts, seconds=time.monotonic() - t0)
 
     async def _check_one(self, conns: SshConnections | None, broken: ShipyardError | None, target: SshTarget,
                          spec: Spec, image_id: str | None, own: set[int]) -> HostCheck:
@@ -196,7 +198,7 @@ class SshHostReports:
         finally:
             if session is not None:
                 await session.close()
-        return HostCheck(target.name, target.address, steps, time.monotonic() - t0, _trusted(conns, target))
+        return HostCheck(target.name, target.address, steps, time.monotonic() - t0)
 
     async def _python_step(self, hc: HostConnection, target: SshTarget) -> CheckStep:
         result = await hc.run(probe_argv(self.helper[0], self._python), timeout=self._call_timeout)
@@ -251,12 +253,6 @@ async def _step(name: str, work: Awaitable[Any]) -> Any:
     except Exception as e:   # one host's failure, whatever it is, is that host's result only
         message, hint = _words(e, f"no answer within the call timeout ({name})")
         raise _Failed(CheckStep(name, FAIL, message, hint)) from None
-
-
-def _trusted(conns: SshConnections | None, target: SshTarget) -> dict[str, Any] | None:
-    """The key trusted on first contact with this host during the call, for the audit log."""
-    fact = next((t for t in (conns.trusted if conns else []) if t.host == target.name), None)
-    return dataclasses.asdict(fact) if fact is not None else None
 
 
 def _words(e: BaseException, timeout_text: str) -> tuple[str, str | None]:

@@ -61,7 +61,7 @@ class SshRuntime:
 
     `targets` are the inventory's hosts; a LaunchSpec's `host` is one of their addresses."""
 
-    def __init__(self, connections: SshConnections, images: ImageStore, targets: Iterable[SshTarget], *,
+    def __init__(self, connections: SshConnections | None, images: ImageStore, targets: Iterable[SshTarget] = (), *,
                  root: str | None = None, python: str = "python3", poll_interval: float = 0.5,
                  connect_wait: float = 5.0, call_timeout: float = 60.0,
                  helper: tuple[str, bytes] | None = None, ports: PortAllocator | None = None) -> None:
@@ -72,12 +72,30 @@ class SshRuntime:
         self._connect_wait = connect_wait
         self._call_timeout = call_timeout
         self._ports = ports or PortAllocator()
+        self._poll_interval = poll_interval
         self._hosts: dict[str, _Host] = {}
+        if targets:
+            assert connections is not None, "targets need the connections that reach them"
+            self.add_targets(connections, targets)
+
+    def add_targets(self, connections: SshConnections, targets: Iterable[SshTarget]) -> None:
+        """Reach `targets` through `connections` from now on (a fleet spec the engine has just
+        met). A host already known through the same connection is kept as it is, with its
+        watch; one now reached differently (another pool, port or name) is watched afresh."""
         for t in targets:
             conn = connections.host(t)
-            watch = HostWatch(self._session(conn), interval=poll_interval,
-                              call_timeout=min(call_timeout, max(connect_wait, 1.0)))
+            known = self._hosts.get(t.address)
+            if known is not None and known.conn is conn:
+                continue
+            watch = HostWatch(self._session(conn), interval=self._poll_interval,
+                              call_timeout=min(self._call_timeout, max(self._connect_wait, 1.0)))
             self._hosts[t.address] = _Host(conn, watch)
+            if known is not None:
+                asyncio.get_running_loop().create_task(known.watch.close())
+
+    def knows(self, address: str) -> bool:
+        """True when `address` is a host this runtime reaches (LaunchSpec.host / Instance.host)."""
+        return address in self._hosts
 
     def _session(self, conn: HostConnection) -> HelperSession:
         return HelperSession(conn, root=self._root, python=self._python, helper=self._helper,

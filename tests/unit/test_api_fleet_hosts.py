@@ -118,3 +118,26 @@ def test_a_key_trusted_by_background_work_is_audited_as_the_daemon(hw: HostsWorl
     entry = hw.controller.queries.audit.entries()[-1]
     assert (entry.action, entry.actor, entry.service) == ("host.key_trusted", "shipyard-daemon", None)
     assert entry.evidence["port"] == 2222 and "10.9.0.2:2222" in entry.why
+
+
+def test_drain_undrain_remove_over_the_api_audited_and_shown(hw: HostsWorld) -> None:
+    resp = hw.request("POST", "/v1/hosts/web-1/drain")
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert (doc["name"], doc["address"], doc["state"], doc["services"]) == ("web-1", "10.9.0.1", "draining", ["shop"])
+    assert [i["id"] for i in doc["instances"]] == ["shop-blue-1"]
+    rows = {h["name"]: h for h in hw.request("GET", "/v1/hosts").json()["hosts"]}
+    assert rows["web-1"]["state"] == "draining" and rows["cart-1"]["state"] == "up"
+    assert hw.request("GET", "/v1/hosts/10.9.0.1").json()["state"] == "draining"     # by address too
+    refused = hw.request("POST", "/v1/hosts/web-1/remove")
+    assert refused.status_code == 409 and "still runs 1 instance(s) (shop-blue-1)" in refused.json()["error"]
+    assert refused.json()["hint"] == "drain it first: shipyard hosts drain web-1; then remove it"
+    removed = hw.request("POST", "/v1/hosts/cart-2/remove").json()
+    assert removed["state"] == "removed" and "remove it from fleet.hosts" in removed["message"]
+    assert hw.request("POST", "/v1/hosts/web-1/undrain").json()["state"] == "up"
+    assert hw.request("POST", "/v1/hosts/nope/drain").status_code == 404
+    assert hw.request("POST", "/v1/hosts/web-1/drain", token="wrong").status_code == 401
+    actions = [(e.action, e.evidence.get("host")) for e in hw.controller.queries.audit.entries()
+               if e.action.startswith("hosts.") and e.action != "hosts.check"]
+    # the refused remove changed nothing: no entry (as for every request refused before a consequence)
+    assert actions == [("hosts.drain", "web-1"), ("hosts.remove", "cart-2"), ("hosts.undrain", "web-1")]

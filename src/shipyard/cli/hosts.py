@@ -17,7 +17,8 @@ from shipyard.fleet.host_status import bytes_text
 hosts_app = typer.Typer(name="hosts", invoke_without_command=True, no_args_is_help=False,
                         help="Fleet hosts: how each is now, and whether each can run a service.")
 
-STATE_STYLE = {"up": "green", "unreachable": "red", "no helper": "yellow"}
+STATE_STYLE = {"up": "green", "unreachable": "red", "no helper": "yellow", "draining": "yellow", "lost": "red",
+               "removed": "dim"}
 CHECK_TIMEOUT = 1800.0
 """A check ships the image to every host that lacks it: a large image to many hosts takes a while."""
 

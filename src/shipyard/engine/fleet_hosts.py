@@ -10,6 +10,7 @@ spec of its newest rollout (a first deploy in progress, or one that failed)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,9 @@ class _Host:
 class FleetHosts:
     def __init__(self, deps: Deps) -> None:
         self._d = deps
+        self.state_of: Callable[[str], str | None] = lambda _address: None
+        """The engine's word on a host (draining, removed, lost: engine/host_states.py), which
+        wins over what the report saw; the controller sets it."""
 
     def running_spec(self, svc: ServiceRecord) -> tuple[Spec | None, str | None]:
         """(spec, image id) the service runs, or its newest rollout's before anything is live."""
@@ -49,7 +53,7 @@ class FleetHosts:
                 return spec_from_doc(doc, svc.spec_path), r.image_id
         return None, None
 
-    def _fleet_services(self) -> list[tuple[str, Spec]]:
+    def fleet_services(self) -> list[tuple[str, Spec]]:
         out = []
         for svc in sorted(self._d.store.list_services(), key=lambda s: s.name):
             spec, _ = self.running_spec(svc)
@@ -61,7 +65,7 @@ class FleetHosts:
         """{"services": fleet services, "hosts": one entry per address, in inventory order}.
         `actor` (who asked) goes into the audit entry of a host key trusted on first contact
         (engine/host_keys.py)."""
-        services = self._fleet_services()
+        services = self.fleet_services()
         by_address: dict[str, _Host] = {}
         for name, spec in services:
             assert spec.fleet is not None
@@ -83,7 +87,9 @@ class FleetHosts:
         out = []
         for key, entry in by_address.items():
             report = reports.get(key) or HostReport(entry.name, entry.address, False, "the host was not asked")
-            out.append(report.to_dict() | {"services": entry.services, "instances": on_host.get(key, [])})
+            row = report.to_dict() | {"services": entry.services, "instances": on_host.get(key, [])}
+            row["state"] = self.state_of(entry.address) or row["state"]
+            out.append(row)
         return {"services": [name for name, _ in services], "hosts": out}
 
     async def _report(self, spec: Spec, hosts: list[HostSpec], actor: str, service: str) -> list[HostReport]:

@@ -102,3 +102,26 @@ def test_check_json_and_exit_code(hw: HostsWorld) -> None:
 def test_check_errors_are_one_message_and_exit_1(hw: HostsWorld, service: str, words: str) -> None:
     code, output = run("hosts", "check", service)
     assert code == 1 and "error:" in output and words in output and "Traceback" not in output
+
+
+def test_drain_remove_undrain_from_the_cli(hw: HostsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard.cli import hosts_state
+    monkeypatch.setattr(hosts_state, "client", lambda state_dir, timeout=600.0: hw.api())
+    monkeypatch.setattr(hosts_state, "POLL", 0.05)
+    code, output = run("hosts", "drain", "web-1", "--no-wait")
+    assert code == 0 and "web-1 (10.9.0.1): draining, 2 instance(s) on it" in output, output
+    # nothing moves them here (no supervisor runs): the wait ends at its timeout, exit 1, with what to do
+    code, output = run("hosts", "drain", "web-1", "--timeout", "0.2")
+    assert code == 1 and "web-1: 2 instance(s) still to move" in output, output
+    assert "host web-1 still runs 2 instance(s) after 0.2s" in output and "host.drain_failed" in output
+    code, output = run("hosts", "remove", "web-1")
+    assert code == 1 and "drain it first: shipyard hosts drain web-1" in output, output
+    code, output = run("hosts", "remove", "web-2")
+    assert code == 0 and "web-2 (10.9.0.2): removed" in output and "remove it from fleet.hosts" in output, output
+    assert row(run("hosts")[1], "web-2")[2] == "removed"
+    code, output = run("hosts", "undrain", "web-2")
+    assert code == 0 and "web-2 (10.9.0.2): up" in output, output
+    code, output = run("hosts", "drain", "[b]x[/b]", "--no-wait")
+    assert code == 1 and '"[b]x[/b]" is not a fleet host name or address' in output, output
+    code, output = run("hosts", "undrain", "web-9")
+    assert code == 1 and "no fleet host named 'web-9'" in output, output

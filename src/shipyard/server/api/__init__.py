@@ -36,6 +36,7 @@ ENDPOINTS = [
     rollouts.retry, rollouts.rollback, rollouts.rollout, services.events, services.logs, images.images,
     system.shutdown, rollouts.plan, history.audit, drift.drift_last, drift.drift_scan, system.metrics,
     checklist.checklist_one, checklist.checklist_all, fleet_hosts.hosts_list, fleet_hosts.hosts_check,
+    fleet_hosts.host_state, fleet_hosts.host_drain, fleet_hosts.host_undrain, fleet_hosts.host_remove,
 ]
 
 

@@ -32,3 +32,35 @@ async def hosts_check(api: Api, request: Request) -> Any:
     # audited: a check installs the helper and ships the image to hosts that lack them
     return await api.audited(request, "hosts.check", service, lambda: api.store.hosts.check(service, api.actor(request)),
                              "hosts check (SSH, python3, helper, disk, ports, image on every host)")
+
+
+@route("/v1/hosts/{host}")
+async def host_state(api: Api, request: Request) -> Any:
+    """One host's state and the instances the store has on it (no SSH: what `hosts drain` polls)."""
+    return api.controller.host_states.show(request.path_params["host"])
+
+
+async def _held(api: Api, request: Request, verb: str, why: str) -> Any:
+    host = request.path_params["host"]
+    shown = api.controller.host_states.show(host)        # 404 for an unknown host, before any audit entry
+    call = getattr(api.controller.host_states, verb)
+
+    async def run() -> Any:
+        return call(host)
+    return await api.audited(request, f"hosts.{verb}", None, run, f"hosts {verb} {shown['name']}: {why}",
+                             host=shown["name"], address=shown["address"], services=shown["services"])
+
+
+@route("/v1/hosts/{host}/drain", ["POST"])
+async def host_drain(api: Api, request: Request) -> Any:
+    return await _held(api, request, "drain", "nothing new on it; its instances moved to other hosts")
+
+
+@route("/v1/hosts/{host}/undrain", ["POST"])
+async def host_undrain(api: Api, request: Request) -> Any:
+    return await _held(api, request, "undrain", "it takes instances again")
+
+
+@route("/v1/hosts/{host}/remove", ["POST"])
+async def host_remove(api: Api, request: Request) -> Any:
+    return await _held(api, request, "remove", "empty; it takes nothing though the spec may still list it")

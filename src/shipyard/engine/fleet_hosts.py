@@ -92,6 +92,30 @@ class FleetHosts:
             out.append(row)
         return {"services": [name for name, _ in services], "hosts": out}
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Every fleet host once, cheaply (the store and the Fleet port's status cache, no SSH:
+        /metrics and the dashboard read it on every scrape / poll): name, address, services,
+        state (draining | removed | lost from the engine, else unreachable while the runtime
+        hears nothing from it, else up), seconds silent, instances per service (routable or
+        starting, as the store has them)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for name, spec in self.fleet_services():
+            assert spec.fleet is not None
+            for h in spec.fleet.hosts or []:
+                row = rows.setdefault(canonical_address(h.address), {
+                    "name": h.name, "address": h.address, "services": [], "instances": {}})
+                row["services"].append(name)
+        now = self._d.clock.monotonic()
+        for row in rows.values():
+            since = self._d.fleet.unreachable_since(row["address"])
+            row["silent_seconds"] = None if since is None else max(0.0, now - since)
+            row["state"] = self.state_of(row["address"]) or ("unreachable" if since is not None else "up")
+        for inst, status in self._d.store.instances():
+            row = rows.get(canonical_address(inst.host))
+            if row is not None and status in ("starting", "healthy"):
+                row["instances"][inst.service] = row["instances"].get(inst.service, 0) + 1
+        return list(rows.values())
+
     async def _report(self, spec: Spec, hosts: list[HostSpec], actor: str, service: str) -> list[HostReport]:
         assert spec.fleet is not None
         with asked_by(actor, service):   # a key trusted on first contact is audited as this request's

@@ -198,6 +198,7 @@ class FakeFleet:
         self.hosts: dict[str, list[str]] = {}
         self.uses = 0
         self.silent: dict[str, float] = {}
+        self.running: dict[str, list[str]] = {}
 
     async def use(self, service: str, fleet: FleetSpec, base_dir: Path) -> None:
         self.uses += 1
@@ -205,6 +206,12 @@ class FakeFleet:
 
     def unreachable_since(self, address: str) -> float | None:
         return self.silent.get(address)
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """`running[address]`: instance ids a test put there; the unrecorded ones are stopped."""
+        stray = [i for i in self.running.get(address, []) if not recorded(i)]
+        self.running[address] = [i for i in self.running.get(address, []) if i not in stray]
+        return stray
 
     def silence(self, address: str, since: float) -> None:
         self.silent[address] = since

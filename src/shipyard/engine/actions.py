@@ -36,6 +36,7 @@ class SlotOps:
         self.d = deps
         self._router_version: dict[str, int] = {}
         self.events_dropped = 0
+        """Events the store refused since the last one it took (told in the log when it takes one again)."""
         self.lost: set[str] = set()
         """Addresses of fleet hosts declared lost (engine/lost_hosts.py): they get nothing new."""
         self.held: dict[str, str] = {}
@@ -43,7 +44,6 @@ class SlotOps:
         persisted in the store): they get nothing new either, and what runs there is moved."""
         self._placing: dict[tuple[str, str], list[str]] = {}
         """Per (service, slot), hosts that an instance is being started on and not yet recorded."""
-        """Events the store refused since the last one it took (told in the log when it takes one again)."""
 
     def unusable(self) -> set[str]:
         """Fleet host addresses that take no new instance: lost, draining or removed."""

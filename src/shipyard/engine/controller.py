@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shipyard.building import build_input
-from shipyard.engine import edge, fleet_slots, listen_sharing
+from shipyard.engine import edge, fleet_slots, fleet_sweep, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
@@ -83,6 +83,7 @@ class Controller:
                     await self.ops.push_table(svc)
             except ShipyardError as e:
                 self.ops.event(svc.name, "router.error", f"router for {svc.name} not ready: {e.message}")
+        await fleet_sweep.stop_unrecorded(self.d, self.ops, self.d.store.list_services(), spec_from_doc)
         await self._finish_interrupted_teardowns()
         await self.ops.forget_abandoned_first_releases()
         for r in self.d.store.active_rollouts():

@@ -3,13 +3,18 @@
 Its instances leave the edge at once (status "lost": not routable, not counted as running)
 and the supervisor replaces them on the remaining hosts as placement says; the host gets
 nothing new and is never repaired in place (it comes back through a new deploy or a daemon
-restart, as a fresh host). How long a host has been silent is the Fleet port's to say
+restart, as a fresh host). A lost host that answers again still runs the instances it had:
+they are stopped then (`host.back`), never re-adopted. How long a host has been silent is the Fleet port's to say
 (the SSH runtime's status polls); deciding that silence means lost is made here, once."""
 
 from __future__ import annotations
 
+import asyncio
+
 from shipyard.engine.actions import SlotOps
 from shipyard.engine.deps import Deps
+from shipyard.errors import ShipyardError
+from shipyard.rollout.records import Instance
 from shipyard.spec import Spec
 from shipyard.spec.durations import format_duration
 
@@ -56,3 +61,36 @@ class LostHosts:
                            "the remaining hosts; it gets nothing new and is never repaired in place",
                            host=h.name, address=h.address, instances=[i.id for i in gone])
         return changed
+
+    async def back(self, service: str, spec: Spec) -> None:
+        """Stop `service`'s instances on lost hosts that answer again. They are not re-adopted
+        (a lost host is never repaired in place: they were replaced elsewhere); a stop that
+        fails leaves the instance lost, and the next tick tries again."""
+        fleet = spec.fleet
+        if fleet is None:
+            return
+        for h in fleet.hosts or []:
+            if h.address not in self.ops.lost or self.d.fleet.unreachable_since(h.address) is not None:
+                continue
+            old = [i for i, st in self.d.store.instances(service, live_only=False)
+                   if i.host == h.address and st == "lost"]
+            if not old:
+                continue
+            self.ops.event(service, "host.back",
+                           f"lost host {h.name} ({h.address}) answers again: its {len(old)} old instance(s) of "
+                           f"{service} are stopped, not re-adopted (they were replaced elsewhere); it stays out of "
+                           "placement", host=h.name, address=h.address, instances=[i.id for i in old])
+            results = await asyncio.gather(*(self._stop(i, spec.run.stop_timeout) for i in old))
+            failed = [f"{i.id}: {why}" for i, why in zip(old, results, strict=True) if why]
+            if failed:
+                self.ops.event(service, "host.back_stop_failed",
+                               f"could not stop old instance(s) on {h.name} ({h.address}), trying again: "
+                               + "; ".join(failed), host=h.name, address=h.address)
+
+    async def _stop(self, inst: Instance, timeout: float) -> str | None:
+        try:
+            await self.ops.stop_instance(inst, timeout, f"its host {inst.host} was lost and answers again")
+        except ShipyardError as e:
+            self.d.store.set_instance_status(inst.id, "lost")
+            return e.message
+        return None

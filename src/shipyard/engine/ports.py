@@ -169,6 +169,11 @@ class Fleet(Protocol):
         answers, or it is not known yet)."""
         ...
 
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """Stop the instances running on the host at `address` whose id `recorded` does not
+        know (a controller killed between a start and its record); returns their ids."""
+        ...
+
 
 class NoFleet:
     """The default of `Deps.fleet`: a single-machine engine. A fleet spec is refused with a
@@ -181,6 +186,9 @@ class NoFleet:
 
     def unreachable_since(self, address: str) -> float | None:
         return None
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        return []
 
 
 class Router(Protocol):

@@ -224,6 +224,18 @@ class Queries:
             "tls": edge.status(edge.served(self._d.paths, service)),
         }
 
+    async def host_log(self, inst: Instance, lines: int) -> str | None:
+        """The end of the log of an instance on a fleet host, read there (None: it runs on this
+        machine, whose log file the caller reads). A host that cannot be asked says why instead."""
+        read = getattr(self._d.runtime, "read_log", None)
+        if read is None:
+            return None
+        try:
+            text: str | None = await read(inst, lines)
+        except ShipyardError as e:
+            return f"(the log of {inst.id} cannot be read on {inst.host}: {e.message})"
+        return text
+
     def enforcement(self) -> dict[str, str] | None:
         """What keeps instances from writing into their image trees (None: the runtime cannot say)."""
         mode = getattr(self._d.runtime, "enforcement", None)

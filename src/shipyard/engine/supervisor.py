@@ -112,6 +112,7 @@ class Supervisor:
                 if not await self._reach(svc.name, spec):
                     continue
                 changed |= self.lost_hosts.check(svc.name, spec)
+                await self.lost_hosts.back(svc.name, spec)
                 replicas = fleet_slots.target(spec, self.ops.unusable(), slot.replicas)
                 changed |= self.drains.check(spec, slot_name, slot.image_id, replicas)
             changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)

@@ -45,5 +45,10 @@ class ByHostRuntime:
     def log_tail(self, instance: Instance, lines: int = 20) -> str:
         return str(self._for(instance.host).log_tail(instance, lines))
 
+    async def read_log(self, instance: Instance, lines: int = 100) -> str | None:
+        """The end of the log of an instance on a fleet host, fetched from there; None for one
+        on this machine (its log file is read where it is)."""
+        return await self.ssh.read_log(instance, lines) if self.ssh.knows(instance.host) else None
+
     async def close(self) -> None:
         await self.ssh.close()

@@ -44,6 +44,7 @@ DAEMON_EVENTS = {
     "drift.quarantined": "drift.quarantine",
     "router.restarted": "router.restart",
     "host.lost": "host.lost",
+    "host.back": "host.back",
 }
 """Events (outside a rollout) that are decisions of the daemon itself, and their action
 names. A new kind of self-initiated change (e.g. a heal) is recorded by adding its event here."""

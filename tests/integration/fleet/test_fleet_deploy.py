@@ -3,7 +3,8 @@ the instances started over SSH, the embedded router on this machine as the edge,
 traffic through it. v1 with one instance per host, v2 blue-green in batches of two (three
 batches), the switch and a rollback with 0 failed requests, a broken v3 that stops at its
 first batch with nothing of it left on the hosts; and a host killed under load: lost after
-fleet.lost_after, its instance off the edge and replaced on another host."""
+fleet.lost_after, its instance off the edge and replaced on another host. The blue-green case
+runs with either edge (ROUTER_KINDS): the embedded router or HAProxy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_router_support import ROUTER_KINDS
 
 from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
@@ -20,6 +22,7 @@ from shipyard.devtools.loadgen import Traffic
 from support import SpecMaker, deploy
 from support.netns_hosts import NetnsFleet
 from support.netns_leftovers import cmdline
+from support.routers import haproxy_worker_pid
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,11 +37,25 @@ def fleet_section(fleet: NetnsFleet, placement: dict[str, int], lost_after: str 
             "placement": placement, "batch": {"max_parallel": 2}, "lost_after": lost_after}
 
 
-def on_fleet(make_spec: SpecMaker, fleet: NetnsFleet, version: str, placement: dict[str, int],
+def on_fleet(make_spec: SpecMaker, fleet: NetnsFleet, version: str, placement: dict[str, Any],
              **changes: Any) -> Path:
-    return make_spec(version, f"{version}-fleet{'-broken' if 'build.files' in changes else ''}",
+    placement = dict(placement)
+    kind = placement.pop("router.kind", "embedded")
+    return make_spec(version, f"{version}-fleet{'-broken' if 'build.files' in changes else ''}-{kind}",
                      **{"replicas": None, "run.command": COMMAND, "fleet": fleet_section(fleet, placement),
-                        "health.start_timeout": "20s"} | changes)
+                        "health.start_timeout": "20s", "router.kind": kind} | changes)
+
+
+async def haproxy_server_addresses(daemon: DaemonProcess) -> list[str]:
+    """The addresses of the shop servers the daemon's HAProxy holds (not in maintenance), asked
+    on its Runtime API socket: `show servers state`."""
+    [sock] = list(daemon.paths.root.rglob("admin.sock"))
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(b"show servers state\n")
+    reply = (await reader.read()).decode()
+    writer.close()
+    rows = [line.split() for line in reply.splitlines()[1:] if line and not line.startswith("#")]
+    return [r[4] for r in rows if "shop" in r[1] and int(r[6]) & 1 == 0]     # srv_admin_state: bit 1 = maint
 
 
 def shop_processes(fleet: NetnsFleet) -> dict[str, int]:
@@ -55,14 +72,21 @@ async def live_hosts(api: AsyncApiClient) -> list[str]:
     return sorted(i["host"] for i in status["slots"][status["live_slot"]]["instances"] if i["status"] == "healthy")
 
 
+@pytest.mark.parametrize("kind", ROUTER_KINDS)
 async def test_blue_green_in_batches_rollback_and_a_broken_release_across_five_hosts(
-        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+        fleet5: NetnsFleet, api: AsyncApiClient, daemon: DaemonProcess, make_spec: SpecMaker, listen: str,
+        kind: str) -> None:
+    """On both edges; on HAProxy its servers are the hosts' addresses and every traffic change
+    (the switch, the rollback) is Runtime API commands: its worker is never replaced."""
     addresses = sorted(h.address for h in fleet5.hosts)
-    per_host = {"per_host": 1}
+    per_host = {"per_host": 1, "router.kind": kind}
     v1 = await deploy(api, on_fleet(make_spec, fleet5, "v1", per_host))
     assert v1["phase"] == "succeeded", v1
     assert await live_hosts(api) == addresses
     assert shop_processes(fleet5) == dict.fromkeys(addresses, 1)
+    worker = haproxy_worker_pid(daemon.paths.root) if kind == "haproxy" else None
+    if worker is not None:
+        assert sorted(await haproxy_server_addresses(daemon)) == addresses
 
     async with Traffic(f"http://{listen}", clients=8, pause=0.005) as traffic:
         await asyncio.sleep(0.5)
@@ -76,6 +100,8 @@ async def test_blue_green_in_batches_rollback_and_a_broken_release_across_five_h
         await asyncio.sleep(0.3)
         assert traffic.settled_at("2", t_v2) is not None
         assert shop_processes(fleet5) == dict.fromkeys(addresses, 2)      # v1 warm beside v2
+        if worker is not None:     # both slots' servers: 2 per host
+            assert sorted(await haproxy_server_addresses(daemon)) == sorted(addresses * 2)
 
         t_rb = time.monotonic()
         rb = (await api.post("/v1/services/shop/rollback"))["rollout"]
@@ -97,6 +123,8 @@ async def test_blue_green_in_batches_rollback_and_a_broken_release_across_five_h
     assert len(traffic.samples) > 300
     assert shop_processes(fleet5) == dict.fromkeys(addresses, 1)          # only v1: nothing of v3 (or v2) left
     assert await live_hosts(api) == addresses
+    if worker is not None:
+        assert haproxy_worker_pid(daemon.paths.root) == worker
 
 
 async def test_a_host_killed_under_load_is_lost_and_its_instance_replaced_elsewhere(
@@ -133,6 +161,49 @@ async def test_a_host_killed_under_load_is_lost_and_its_instance_replaced_elsewh
     assert any(a["action"] == "host.lost" for a in audit)
 
 
+async def test_a_lost_host_that_answers_again_has_its_old_instance_stopped(
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+    """Its cable pulled, the host's instance keeps running there unseen; once it answers again
+    that old instance is stopped (host.back), not re-adopted: it was replaced elsewhere."""
+    placement = {"total": 5, "max_per_host": 2}
+    spec = make_spec("v1", "v1-fleet-total", **{"replicas": None, "run.command": COMMAND,
+                                                "fleet": fleet_section(fleet5, placement, lost_after="5s")})
+    assert (await deploy(api, spec))["phase"] == "succeeded"
+    victim = fleet5.hosts[1]
+    [old] = [i for i in await live_instances(api) if i["host"] == victim.address]
+    fleet5.cut_network(victim)
+    try:
+        await until(api, lambda ev, hosts: any(e["kind"] == "host.lost" for e in ev)
+                    and len(hosts) == 5 and victim.address not in hosts, 60)
+        assert shop_processes(fleet5)[victim.address] == 1          # silent, not dead: it still runs there
+    finally:
+        fleet5.restore_network(victim)
+    back_in = await until(api, lambda ev, hosts: any(e["kind"] == "host.back" for e in ev), 60)
+    deadline = time.monotonic() + 15
+    while shop_processes(fleet5)[victim.address] and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    print(f"host answered again -> host.back in {back_in:.1f}s")
+    assert shop_processes(fleet5)[victim.address] == 0
+    events = (await api.get("/v1/services/shop/events"))["events"]
+    [back] = [e for e in events if e["kind"] == "host.back"]
+    assert back["data"]["instances"] == [old["id"]]
+    assert any(e["kind"] == "instance.stopped" and e["data"]["instance"] == old["id"] for e in events)
+    assert victim.address not in await live_hosts(api) and len(await live_hosts(api)) == 5
+    audit = (await api.get("/v1/audit?service=shop"))["audit"]
+    assert any(a["action"] == "host.back" for a in audit)
+
+
+async def until(api: AsyncApiClient, done: Any, timeout: float) -> float:
+    """Seconds until done(events, live hosts) holds (fails after `timeout`)."""
+    began = time.monotonic()
+    while True:
+        events = (await api.get("/v1/services/shop/events"))["events"]
+        if done(events, await live_hosts(api)):
+            return time.monotonic() - began
+        assert time.monotonic() - began < timeout, [e["kind"] for e in events][-20:]
+        await asyncio.sleep(0.2)
+
+
 async def test_a_restarted_daemon_readopts_the_instances_on_the_hosts(
         fleet5: NetnsFleet, api: AsyncApiClient, daemon: DaemonProcess, make_spec: SpecMaker, listen: str) -> None:
     assert (await deploy(api, on_fleet(make_spec, fleet5, "v1", {"per_host": 1})))["phase"] == "succeeded"
@@ -146,9 +217,14 @@ async def test_a_restarted_daemon_readopts_the_instances_on_the_hosts(
             await asyncio.sleep(2.0)            # supervisor ticks and status polls of every host
             after = {i["id"]: (i["host"], i["pid"]) for i in await live_instances(again)}
             kinds = [e["kind"] for e in (await again.get("/v1/services/shop/events"))["events"]]
+            logs = (await again.get("/v1/services/shop/logs?lines=20"))["logs"]
         finally:
             await again.aclose()
     assert after == before
+    assert len(logs) == 5
+    for entry in logs:                  # `shipyard logs`: each log read on its instance's host
+        host = before[entry["instance"]][0]
+        assert f"listening on http://{host}:" in entry["log"], entry
     assert kinds.count("instance.adopted") == 5 and "instance.lost" not in kinds and "instance.died" not in kinds
     assert traffic.failures() == [] and set(traffic.versions()) == {"1"}
     assert shop_processes(fleet5) == dict.fromkeys(sorted(h.address for h in fleet5.hosts), 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shipyard.engine import fleet_sweep
+from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.controller import Controller
 from shipyard.errors import RuntimeFailure
 from shipyard.rollout.model import Phase
@@ -108,6 +110,50 @@ def test_a_silent_host_is_lost_and_its_instance_replaced_elsewhere(world: World,
         table = world.router.tables["shop"]
         assert silent not in {u.host for u in table.tracks[svc.active_slot]}
         assert any(e.kind == "instance.replaced" for e in world.store.events("shop"))
+
+    drive(world, body)
+
+
+def test_a_lost_host_that_answers_again_has_its_old_instance_stopped_not_readopted(
+        world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path, "{total: 5, max_per_host: 2}")
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        silent = ADDRESSES[1]
+        [old] = [i for i in world.runtime.live("shop") if i.host == silent]
+        world.fleet.silence(silent, world.clock.monotonic())
+        await world.clock.sleep(15)
+        assert world.store.instance(old.id) == (old, "lost")
+        assert world.runtime.is_alive(old) and old.id not in world.runtime.stopped   # a silent host: no stop sent
+        world.fleet.answer(silent)
+        await world.clock.sleep(2)
+        assert old.id in world.runtime.stopped and not world.runtime.is_alive(old)
+        assert world.store.instance(old.id) == (old, "stopped")
+        [back] = [e for e in world.store.events("shop") if e.kind == "host.back"]
+        assert back.data["host"] == "web-2" and back.data["instances"] == [old.id]
+        assert any(e.kind == "instance.stopped" and e.data["instance"] == old.id for e in world.store.events("shop"))
+        assert [a for a in world.store.audit.entries("shop") if a.action == "host.back"]
+        routed = sorted(i.host for i, st in world.store.instances("shop") if st == "healthy")
+        assert len(routed) == 5 and silent not in routed       # not re-adopted, nothing new placed there
+        await world.clock.sleep(5)
+        assert len([e for e in world.store.events("shop") if e.kind == "host.back"]) == 1
+
+    drive(world, body)
+
+
+def test_a_restarted_controller_stops_instances_no_record_holds(world: World, tmp_path: Path) -> None:
+    """What a controller killed between a start on a host and its record left there."""
+    spec = fleet_spec(tmp_path)
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        [recorded] = [i.id for i in world.runtime.live("shop") if i.host == ADDRESSES[0]]
+        world.fleet.running[ADDRESSES[0]] = [recorded, "shop-green-0rphan", "shopfront-blue-abc"]
+        await fleet_sweep.stop_unrecorded(c.d, c.ops, world.store.list_services(), spec_from_doc)
+        assert world.fleet.running[ADDRESSES[0]] == [recorded, "shopfront-blue-abc"]   # another service's: left
+        [told] = [e for e in world.store.events("shop") if e.kind == "instance.unrecorded_stopped"]
+        assert told.data == {"address": ADDRESSES[0], "instances": ["shop-green-0rphan"]}
 
     drive(world, body)
 

@@ -265,6 +265,11 @@ class HelperClient:
                                     {"processes": [{"pid": p, "start_time": s} for p, s in processes]})
         return [ProcessState.from_dict(d) for d in result["processes"]]
 
+    async def running(self) -> list[dict[str, Any]]:
+        """Every instance started on the host that still runs: instance_id, pid, start_time."""
+        result, _ = await self.call("process.running", {})
+        return list(result["processes"])
+
     async def stop_many(self, processes: list[tuple[int, int]], timeout: float = 10.0) -> list[ProcessState]:
         """All stopped at once (one grace period in all); those ``stuck`` after SIGKILL are flagged."""
         result, _ = await self.call("process.stop", {

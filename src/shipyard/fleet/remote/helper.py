@@ -88,6 +88,7 @@ class Helper:
             "trees.remove": lambda a, b: self.store.remove(a),
             "process.start": lambda a, b: self.instances.start(a),
             "process.status": lambda a, b: self.instances.status(a),
+            "process.running": lambda a, b: self.instances.running(a),
             "process.stop": lambda a, b: self.instances.stop(a),
             "process.logs": lambda a, b: self.instances.logs(a),
             "process.inspect": lambda a, b: self.instances.inspect(a),

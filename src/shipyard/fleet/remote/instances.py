@@ -1,8 +1,10 @@
 """Instances on the host: started detached through a supervisor (supervisor.py), known by
 (pid, start time) as on one machine (procfs.py), stopped as a process group, their logs read.
 
-Layout under the helper's state root: ``instances/<instance id>/{log,data/}`` and
-``exits/<pid>-<start time>.json`` (written by the supervisor when the instance exits).
+Layout under the helper's state root: ``instances/<instance id>/{log,data/,process.json}``
+(process.json: its pid and start time, so a controller that died before recording a start
+can still find it: `running`) and ``exits/<pid>-<start time>.json`` (written by the
+supervisor when the instance exits).
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class Instances:
         if not answer.get("ok"):
             raise OpError(START_FAILED, f"cannot start {instance_dir.name}: {answer.get('error')}",
                           hint="check that the command is an executable for this host")
+        with disk_errors(f"record {instance_dir.name}", instance_dir.parent):
+            (instance_dir / "process.json").write_text(
+                json.dumps({"pid": answer["pid"], "start_time": answer["start_time"]}))
         return {"pid": answer["pid"], "start_time": answer["start_time"], "log": str(log),
                 "instance_dir": str(instance_dir), "data_dir": str(instance_dir / "data")}
 
@@ -133,6 +138,19 @@ class Instances:
         if code is not None:
             return {"pid": pid, "start_time": start_time, "state": "exited", "exit_code": code}
         return {"pid": pid, "start_time": start_time, "state": "exiting" if ours else "gone", "exit_code": None}
+
+    def running(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Every instance started here that still runs: id, pid, start time."""
+        found = []
+        for record in sorted(self.root.glob("*/process.json")) if self.root.is_dir() else []:
+            try:
+                doc = json.loads(record.read_bytes())
+                pid, start_time = int(doc["pid"]), int(doc["start_time"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if self.state(pid, start_time)["state"] == "running":
+                found.append({"instance_id": record.parent.name, "pid": pid, "start_time": start_time})
+        return {"processes": found}
 
     def status(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"processes": [self.state(*p) for p in _identities(args)]}

@@ -40,6 +40,9 @@ class SshFleet:
         self.runtime.add_targets(pool, targets)
         self._used[service] = key
 
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        return await self.runtime.stop_unrecorded(address, recorded, timeout)
+
     def unreachable_since(self, address: str) -> float | None:
         return self.runtime.unreachable_since(address) if self.runtime.knows(address) else None
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ from shipyard.runtime.ssh.options import SshTarget
 REMOTE_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 """What stands for the daemon's own PATH/LANG on a host (run.env may set others)."""
 IDLE_SESSIONS = 4
+LOG_BYTES_PER_LINE = 512
+"""How much of a log's end is fetched per line asked for (long lines are cut at the start)."""
 
 
 @dataclass
@@ -219,6 +221,30 @@ class SshRuntime:
         if w is None or lines <= 0:
             return ""
         return "\n".join(w.tail.splitlines()[-lines:])
+
+    async def read_log(self, instance: Instance, lines: int = 100) -> str:
+        """The last `lines` lines of the instance's log, read on its host (`shipyard logs`)."""
+        h = self._host(instance.host, f"read the log of {instance.id}")
+        if lines <= 0:
+            return ""
+        async with self._client(h, f"read the log of {instance.id}") as client:
+            chunk = await client.logs(instance.id, tail=LOG_BYTES_PER_LINE * lines, limit=LOG_BYTES_PER_LINE * lines)
+        text = bytes(chunk.data).decode("utf-8", "replace")
+        kept = text.splitlines()
+        if chunk.offset > 0 and kept:
+            kept = kept[1:]         # the first line read may be cut
+        return "\n".join(kept[-lines:])
+
+    async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
+        """Stop every instance running on the host whose id `recorded` does not know (started
+        by a controller that died before recording it); returns their ids."""
+        what = f"look for unrecorded instances on {address}"
+        h = self._host(address, what)
+        async with self._client(h, what) as client:
+            strays = [p for p in await client.running() if not recorded(p["instance_id"])]
+            if strays:
+                await client.stop_many([(p["pid"], p["start_time"]) for p in strays], max(0.0, timeout))
+        return [p["instance_id"] for p in strays]
 
     def unreachable_since(self, address: str) -> float | None:
         """time.monotonic() since which `address` has not answered status polls (None: it answers)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -44,10 +45,9 @@ async def logs(api: Api, request: Request) -> Any:
     lines = min(int_param(request, "lines", 100), MAX_LOG_LINES)
     api.controller.queries.status(name)
     only = request.query_params.get("instance")
-    out = []
-    for inst, status in api.store.instances(name, live_only=not request.query_params.get("all")):
-        if only and inst.id != only:
-            continue
-        out.append({"instance": inst.id, "slot": inst.slot, "status": status,
-                    "log": log_tail(inst.log_path, lines)})
-    return {"logs": out}
+    chosen = [(inst, status) for inst, status in api.store.instances(name, live_only=not request.query_params.get("all"))
+              if not only or inst.id == only]
+    remote = await asyncio.gather(*(api.controller.queries.host_log(inst, lines) for inst, _ in chosen))
+    return {"logs": [{"instance": inst.id, "slot": inst.slot, "status": status,
+                      "log": log_tail(inst.log_path, lines) if text is None else text}
+                     for (inst, status), text in zip(chosen, remote, strict=True)]}

@@ -98,3 +98,22 @@ def test_remove_refuses_while_anything_runs_then_holds_the_host_out(world: World
         assert "host.draining" in kinds and "host.drained" in kinds and "host.removed" in kinds
 
     drive(world, body)
+
+
+def test_a_replacement_that_cannot_start_leaves_the_old_instance_serving(world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path, "{total: 5, max_per_host: 2}")
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        [old] = on(world, DRAINED)
+        world.runtime.refuse_start = "no room for another process"
+        c.host_states.drain("web-3")
+        await world.clock.sleep(3)
+        [failed, *_] = [e for e in world.store.events("shop") if e.kind == "host.drain_failed"]
+        assert "no room for another process" in failed.message and "keep serving" in failed.message
+        assert on(world, DRAINED) == [old] and DRAINED in routed(world) and len(routed(world)) == 5
+        world.runtime.refuse_start = None                       # tried again after RETRY_AFTER (5 s)
+        await until_empty(c, world, DRAINED, seconds=30)
+        assert DRAINED not in routed(world) and len(routed(world)) == 5
+
+    drive(world, body)

@@ -17,10 +17,12 @@ from shipyard.engine.ports import (
     Fleet,
     FleetDriftScan,
     HealthProbe,
+    HostReports,
     MetricQuery,
     NoFleet,
     NoFleetDriftScan,
     NoHealthProbe,
+    NoHostReports,
     Router,
     Runtime,
     Store,
@@ -64,6 +66,9 @@ class Deps:
     router_restarts: dict[str, int] = field(default_factory=dict)
     """Per service, how often its router was found dead and restarted since this daemon
     started (/metrics exports it as a counter; a daemon restart resets it, as Prometheus expects)."""
+    host_reports: HostReports = field(default_factory=NoHostReports)
+    """Asks fleet hosts how they are and whether they can run a service (`shipyard hosts`;
+    the daemon wires runtime.ssh.host_report.SshHostReports)."""
     preview_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     """What preview tokens are derived from (the daemon passes its API token, so they survive a
     restart); random by default, so an unwired Deps never yields a guessable token."""

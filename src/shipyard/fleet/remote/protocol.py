@@ -25,6 +25,7 @@ Operations (args -> result; HelperClient has a method for each):
   drift.scan       mode, images[], processes[{instance_id, pid, start_time, values_for}], ports[], files[]
                    -> trees, processes (+ cwd, uid, user), listeners (owners: pid, pgrp, uid, argv),
                    files, instance_processes, uid, user: one host's drift facts in one round trip
+  host.facts                 -> helper_version, bundle_sha256, python, root, host facts (as hello)
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ import psycopg
 import pytest
 
 from shipyard.database import locks
-from shipyard.database.connect import connect, server_version
+from shipyard.database.connect import connect, major_of, server_version
 from shipyard.database.findings import Finding
 from shipyard.database.lint import Catalog, lint_scripts, load_catalog
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry
 from shipyard.database.statements import parse_script
 
 URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -452,3 +453,35 @@ async def test_create_index_concurrently_on_a_partitioned_table_is_refused(
         await conn.execute(sql)
     await conn.execute(f.fix.split("\n")[1])                                   # the fix's first step works
     assert await _one(conn, "SELECT count(*) FROM pg_class WHERE relname = 'p_k'") == 1
+
+
+# -- the DDL table's own claims: every row with an example, run on this PostgreSQL ---------------------
+
+ROWS = [(getattr(k, "name", None) or k.__name__, e) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()]
+        if e.example is not None]
+
+
+@pytest.mark.parametrize(("name", "entry"), ROWS, ids=[f"{n}:{e.example.sql}" for n, e in ROWS  # type: ignore[union-attr]
+                                                      ])
+async def test_the_ddl_table_row_holds_on_postgresql(db: tuple[psycopg.AsyncConnection, str], name: str,
+                                                     entry: Entry) -> None:
+    """The lock pg_locks shows is the row's lock for this server's major, the table's file is
+    replaced exactly when the row says rewrite, and it is read exactly when it says rewrite or scan."""
+    conn, schema = db
+    example = entry.example
+    assert example is not None
+    major = major_of(await server_version(conn))
+    if entry.since > major:
+        pytest.skip(f"{entry.form} needs PostgreSQL >= {entry.since}, this server is {major}")
+    for stmt in example.prepare:
+        await conn.execute(stmt)
+    claim = Claim(None, example.sql, example.table, outside_transaction=example.outside_transaction,
+                  others=dict(example.others))
+    seen = (await observe_outside_transaction(conn, schema, claim) if example.outside_transaction
+            else await observe_in_transaction(conn, claim))
+    assert seen.locks.get(example.table) == entry.lock_for(major), (name, seen.locks)
+    for other, mode in example.others:
+        assert seen.locks.get(other) == mode, (name, other, seen.locks)
+    assert seen.rewrite == (entry.effect == "rewrite"), (name, seen)
+    if seen.scans is not None and name != "TruncateStmt":     # TRUNCATE counts one scan, see _check
+        assert (seen.scans >= 1) == (entry.effect in ("rewrite", "scan")), (name, seen.scans)

@@ -1,0 +1,106 @@
+"""The DDL table is complete for the installed pglast, consistent with the rules, used by the
+linter for its lock levels and its "unknown-statement", and the docs are printed from it."""
+
+from __future__ import annotations
+
+import pytest
+from pglast import ast, enums
+
+from shipyard.database import locks
+from shipyard.database.lint import RULES, lint_scripts
+from shipyard.database.rules import doc
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry
+from shipyard.database.statements import parse_script
+
+TOPIC_FREE = {"missing-lock-timeout", "unknown-statement", "unknown-ignore"}
+"""Rules about every statement, not about one form."""
+
+
+def _entries() -> list[Entry]:
+    return list({id(e): e for e in [*STATEMENTS.values(), *ALTER_TABLE.values()]}.values())
+
+
+def test_every_alter_table_subcommand_of_the_installed_pglast_is_in_the_table() -> None:
+    assert [m.name for m in enums.AlterTableType if m not in ALTER_TABLE] == []
+
+
+def test_every_statement_node_of_the_installed_pglast_is_in_the_table() -> None:
+    nodes = [getattr(ast, n) for n in dir(ast) if n.endswith("Stmt") and isinstance(getattr(ast, n), type)]
+    assert len(nodes) > 100
+    assert [n.__name__ for n in nodes if n not in STATEMENTS] == []
+
+
+def test_rules_named_by_the_table_exist_and_every_topic_rule_judges_a_row() -> None:
+    named = {r for e in _entries() for r in e.rules}
+    assert named - set(RULES) == set()
+    assert set(RULES) - named - TOPIC_FREE == set()
+
+
+@pytest.mark.parametrize("entry", [e for e in _entries() if e.judged], ids=lambda e: e.form)
+def test_a_judged_row_that_breaks_or_blocks_has_a_rule_that_says_so(entry: Entry) -> None:
+    topical = [r for r in entry.rules if r not in TOPIC_FREE]
+    if entry.breaks:
+        assert topical, f"{entry.form}: the table says it breaks the running release, no rule flags it"
+    if entry.effect != "none" and entry.lock is not None and locks.blocks_writes(entry.lock):
+        assert topical, f"{entry.form}: {entry.effect} under {entry.lock}, no rule flags it"
+
+
+def test_versions_of_a_lock() -> None:
+    attach = ALTER_TABLE[enums.AlterTableType.AT_AttachPartition]
+    assert attach.lock_for(11) == "ACCESS EXCLUSIVE" and attach.lock_for(12) == attach.lock_for(17) == \
+        "SHARE UPDATE EXCLUSIVE"
+    assert ALTER_TABLE[enums.AlterTableType.AT_DetachPartition].lock_for(15, "concurrent") == "SHARE UPDATE EXCLUSIVE"
+    with pytest.raises(ValueError):
+        Entry("x", "SHARED")
+
+
+EXAMPLES = [(k, e) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()] if e.example is not None]
+
+
+@pytest.mark.parametrize(("key", "entry"), EXAMPLES, ids=[getattr(k, "name", None) or k.__name__ for k, _ in EXAMPLES])
+def test_the_linter_takes_its_lock_levels_from_the_table(key: object, entry: Entry) -> None:
+    """What missing-lock-timeout says the example waits for is the table's lock (the table's
+    example is checked against pg_locks by the claims test)."""
+    assert entry.example is not None
+    scripts = [parse_script(";\n".join(entry.example.prepare) + ";", "0001.sql")] if entry.example.prepare else []
+    body = ("-- shipyard:no-transaction\n" if entry.example.outside_transaction else "") + entry.example.sql + ";"
+    scripts.append(parse_script(body, "0002.sql"))
+    found = [f for f in lint_scripts(scripts, 15) if f.source == "0002.sql"]
+    assert "unknown-statement" not in [f.rule for f in found]
+    waits = [f for f in found if f.rule == "missing-lock-timeout"]
+    lock = entry.lock_for(15)
+    if lock is not None and (locks.blocks_reads(lock) or locks.blocks_writes(lock)):
+        assert [f.lock for f in waits] == [lock]
+    else:
+        assert waits == []
+
+
+@pytest.mark.parametrize("sql", ["ALTER TABLE t SET (user_catalog_table = true)",
+                                 "ALTER TABLE t ALTER COLUMN id DROP IDENTITY", "ALTER TABLE t ENABLE ROW LEVEL SECURITY"])
+def test_a_row_marked_not_judged_is_unknown_and_says_what_the_table_knows(sql: str) -> None:
+    found = {f.rule: f for f in lint_scripts([parse_script(sql, "0001.sql")], 15, assume_lock_timeout=True)}
+    if "unknown-statement" in found:
+        assert "the DDL table says only" in found["unknown-statement"].message
+        assert found["unknown-statement"].lock == "ACCESS EXCLUSIVE"
+    else:
+        assert sql.startswith("ALTER TABLE t SET (")           # judged: a storage parameter
+
+
+def test_the_checked_in_doc_is_the_generated_one() -> None:
+    assert doc.DOC.read_text() == doc.render(), "run: python -m shipyard.database.rules.doc --write"
+
+
+def test_the_doc_lists_every_row_and_every_rule() -> None:
+    text = doc.render()
+    for member in enums.AlterTableType:
+        assert f"`{member.name}`" in text
+    for node in STATEMENTS:
+        assert f"`{node.__name__}`" in text
+    for rule in RULES:
+        assert f"### {rule}\n" in text
+
+
+def test_a_rule_without_prose_stops_the_doc() -> None:
+    prose = doc.PROSE.read_text()
+    with pytest.raises(ValueError, match="cluster"):
+        doc.render(prose.replace("### cluster\n", "### clustr\n"))

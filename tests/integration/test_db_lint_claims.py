@@ -485,3 +485,87 @@ async def test_the_ddl_table_row_holds_on_postgresql(db: tuple[psycopg.AsyncConn
     assert seen.rewrite == (entry.effect == "rewrite"), (name, seen)
     if seen.scans is not None and name != "TruncateStmt":     # TRUNCATE counts one scan, see _check
         assert (seen.scans >= 1) == (entry.effect in ("rewrite", "scan")), (name, seen.scans)
+
+
+# -- type changes: the table's file and its index's file, as the finding says ----------------------------
+
+@dataclass(frozen=True)
+class TypeChange:
+    sql: str
+    index: str
+    effect: str | None
+    """The finding's effect (None: no alter-column-type error)."""
+    table_rewritten: bool
+    index_rebuilt: bool
+    before: tuple[str, ...] = ()
+    prepare: tuple[str, ...] = ()
+
+
+TS_INDEX = ("CREATE INDEX t_ts_idx ON t (ts)",)
+TYPE_CHANGES = [
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING name::text", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING CAST(name AS text)", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE varchar(40) USING name::varchar(40)", "t_name_idx", None, False,
+               False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING lower(name)", "t_name_idx", "rewrite", True, True),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_idx", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'UTC'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz USING ts::timestamptz", "t_ts_idx", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'Etc/UTC'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_idx", "rewrite", True, True,
+               before=("SET LOCAL TimeZone = 'Europe/Berlin'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN id TYPE bigint", "t_pkey", "rewrite", True, True),
+]
+
+
+async def _files_in_transaction(conn: psycopg.AsyncConnection, change: TypeChange) -> tuple[bool, bool]:
+    """(table file replaced, index file replaced). By name: an index PostgreSQL keeps gets a new
+    oid over the same relfilenode, a rebuilt one a new relfilenode."""
+    node = "SELECT relfilenode FROM pg_class WHERE oid = to_regclass(%s)"
+    table, index = "t", change.index
+    await conn.execute("BEGIN")
+    try:
+        for stmt in change.before:
+            await conn.execute(stmt)
+        before = (await _one(conn, node, table), await _one(conn, node, index))
+        await conn.execute(change.sql)
+        after = (await _one(conn, node, table), await _one(conn, node, index))
+    finally:
+        await conn.execute("ROLLBACK")
+    return before[0] != after[0], before[1] != after[1]
+
+
+@pytest.mark.parametrize("change", TYPE_CHANGES, ids=[" ".join((*c.before, c.sql)) for c in TYPE_CHANGES])
+async def test_a_type_change_rewrites_and_rebuilds_what_the_finding_says(db: tuple[psycopg.AsyncConnection, str],
+                                                                          change: TypeChange) -> None:
+    conn, _ = db
+    for stmt in change.prepare:
+        await conn.execute(stmt)
+    claim = Claim(None, change.sql, "t", before=change.before)
+    found = [f for f in await _lint(conn, claim, await load_catalog(conn), True) if f.rule == "alter-column-type"]
+    assert [f.effect for f in found if f.severity == "error"] == ([change.effect] if change.effect else []), found
+    if change.effect == "scan":
+        assert change.index in found[0].message and "CREATE INDEX CONCURRENTLY" in found[0].fix
+    assert await _files_in_transaction(conn, change) == (change.table_rewritten, change.index_rebuilt)
+
+
+async def test_a_type_change_on_an_empty_table_is_cheap(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    """Judged cheap from the live catalog (its file is empty), and it is: PostgreSQL writes a new
+    file of no row. Rows inserted by an earlier statement of the scripts make it a rewrite again."""
+    conn, schema = db
+    sql = "ALTER TABLE e ALTER COLUMN id TYPE bigint"
+    catalog = await load_catalog(conn)
+    assert catalog.tables[(schema, "e")].bytes == 0
+    assert [f for f in await _lint(conn, Claim(None, sql, "e"), catalog, True) if f.severity == "error"] == []
+    filled = await _lint(conn, Claim(None, sql, "e", before=("INSERT INTO e SELECT generate_series(1, 10)",)),
+                         catalog, True)
+    assert [f.rule for f in filled if f.severity == "error"] == ["alter-column-type"]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute(sql)
+        assert await _one(conn, "SELECT pg_relation_size('e')") == 0
+        assert await _one(conn, "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND granted "
+                                "AND relation = 'e'::regclass AND mode = 'AccessExclusiveLock'") == 1
+    finally:
+        await conn.execute("ROLLBACK")

@@ -529,3 +529,44 @@ def test_lock_table_names_the_mode_it_holds() -> None:
     f = only("lock-table", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE", catalog=CATALOG)
     assert f.lock == "ACCESS EXCLUSIVE" and "every query" in f.message
     assert only("lock-table", "LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE").lock == "SHARE ROW EXCLUSIVE"
+
+
+# -- type changes judged with the live catalog: USING casts, empty tables, indexes rebuilt ----------------
+
+def _with(table: Table, **changes: object) -> Catalog:
+    import dataclasses
+    return Catalog.of([dataclasses.replace(table, **changes)], indexes=CATALOG.indexes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("using", ["", " USING name::text", " USING CAST(name AS text)", " USING (name)::text"])
+def test_a_cast_of_the_column_to_the_new_type_is_no_using_at_all(using: str) -> None:
+    assert "alter-column-type" not in rules(f"ALTER TABLE t ALTER COLUMN name TYPE text{using}", catalog=CATALOG)
+
+
+def test_a_using_that_casts_to_another_type_or_computes_is_a_rewrite() -> None:
+    for sql in ("ALTER TABLE t ALTER COLUMN name TYPE text USING name::varchar(5)",
+                "ALTER TABLE t ALTER COLUMN name TYPE text USING lower(name)"):
+        assert only("alter-column-type", sql, catalog=CATALOG).effect == "rewrite"
+
+
+def test_a_type_change_on_a_table_with_an_empty_file_is_not_flagged_unless_the_scripts_filled_it() -> None:
+    [t] = [CATALOG.tables[("public", "t")]]
+    empty = _with(t, bytes=0, rows=0)
+    sql = "ALTER TABLE t ALTER COLUMN id TYPE bigint"
+    assert rules(sql, catalog=empty) == []
+    assert only("alter-column-type", "INSERT INTO t (id) VALUES (1)", sql, catalog=empty).effect == "rewrite"
+    assert only("alter-column-type", sql, catalog=_with(t, bytes=8192)).effect == "rewrite"
+
+
+def test_timestamptz_under_utc_names_the_indexes_it_rebuilds() -> None:
+    t = CATALOG.tables[("public", "t")]
+    indexed = _with(t, column_indexes={"ts": ("t_ts_idx",)},
+                    index_defs={"t_ts_idx": "CREATE INDEX t_ts_idx ON public.t USING btree (ts)"})
+    sql = "SET LOCAL TimeZone = 'UTC';\nALTER TABLE t ALTER COLUMN ts TYPE timestamptz"
+    f = only("alter-column-type", sql, catalog=indexed)
+    assert (f.effect, f.severity, f.lock) == ("scan", "error", "ACCESS EXCLUSIVE") and "t_ts_idx" in f.message
+    assert "CREATE INDEX CONCURRENTLY t_ts_idx ON public.t USING btree (ts);" in f.fix
+    assert "alter-column-type" not in rules(sql, catalog=CATALOG)                   # no index on ts
+    assert "alter-column-type" not in rules("DROP INDEX t_ts_idx", sql, catalog=indexed)   # dropped first
+    scripted = only("alter-column-type", "CREATE INDEX t_ts2 ON t (ts)", sql, catalog=CATALOG)
+    assert "t_ts2" in scripted.message

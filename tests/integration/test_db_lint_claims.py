@@ -17,7 +17,7 @@ import pytest
 from shipyard.database import locks
 from shipyard.database.connect import connect, major_of, server_version
 from shipyard.database.lint import lint_scripts, load_catalog
-from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry, Example
 from shipyard.database.statements import parse_script
 from support.lint_claims import (
     URL,
@@ -89,6 +89,8 @@ FLAGGED = [
     Claim("set-logged", "ALTER TABLE u SET LOGGED", "u"),
     Claim("set-logged", "ALTER TABLE t SET UNLOGGED", "t"),
     Claim("drop-default-not-null", "ALTER TABLE d ALTER COLUMN status DROP DEFAULT", "d"),
+    Claim("table-rewrite", "ALTER TABLE t SET ACCESS METHOD heap2", "t",
+          before=("CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler",)),
 ]
 
 SAFE = [
@@ -130,6 +132,8 @@ SAFE = [
     Claim(None, "DELETE FROM child WHERE ctid = ANY (ARRAY(SELECT ctid FROM child LIMIT 5000))", "child",
           lock="ROW EXCLUSIVE", scan=True),
     Claim(None, "CREATE INDEX p_k ON ONLY p (k)", "p", lock=SHARE),
+    Claim(None, "ALTER TABLE t SET ACCESS METHOD heap", "t", lock=AE),          # the live table's already
+    Claim(None, "ALTER TABLE t SET TABLESPACE pg_default", "t", lock=AE),
 ]
 
 
@@ -214,6 +218,10 @@ async def test_load_catalog_reads_types_checks_rows_and_indexes(db: tuple[psycop
     assert str(t.columns["name"].type) == "varchar(20)" and t.columns["id"].not_null
     assert str(t.columns["ts"].type) == "timestamp(3)" and str(t.columns["price"].type) == "numeric(10,2)"
     assert t.rows == 200 and [c.name for c in t.checks] == ["t_email_nn"]
+    assert (t.access_method, t.tablespace) == ("heap", "pg_default") and t.bytes and t.bytes > 0
+    assert t.column_indexes["name"] == ("t_name_idx",) and t.column_indexes["id"] == ("t_pkey",)
+    assert t.index_defs["t_name_idx"].startswith("CREATE INDEX t_name_idx ON ")
+    assert catalog.tables[(schema, "e")].bytes == 0
     assert catalog.indexes[(schema, "t_name_idx")] == (schema, "t")
     assert catalog.tables[(schema, "p")].partitioned
     assert catalog.search_path == (schema,)
@@ -311,34 +319,33 @@ async def test_create_index_concurrently_on_a_partitioned_table_is_refused(
 
 # -- the DDL table's own claims: every row with an example, run on this PostgreSQL ---------------------
 
-ROWS = [(getattr(k, "name", None) or k.__name__, e) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()]
-        if e.example is not None]
+ROWS = [(getattr(k, "name", None) or k.__name__, e, x) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()]
+        for x in e.examples]
 
 
-@pytest.mark.parametrize(("name", "entry"), ROWS, ids=[f"{n}:{e.example.sql}" for n, e in ROWS  # type: ignore[union-attr]
-                                                      ])
+@pytest.mark.parametrize(("name", "entry", "example"), ROWS, ids=[f"{n}:{x.sql}" for n, _, x in ROWS])
 async def test_the_ddl_table_row_holds_on_postgresql(db: tuple[psycopg.AsyncConnection, str], name: str,
-                                                     entry: Entry) -> None:
-    """The lock pg_locks shows is the row's lock for this server's major, the table's file is
-    replaced exactly when the row says rewrite, and it is read exactly when it says rewrite or scan."""
+                                                     entry: Entry, example: Example) -> None:
+    """The lock pg_locks shows is the row's (or its variant's) lock for this server's major, the
+    table's file is replaced exactly when the example's effect is rewrite, and the table is read
+    exactly when it is rewrite or scan."""
     conn, schema = db
-    example = entry.example
-    assert example is not None
     major = major_of(await server_version(conn))
     if entry.since > major:
         pytest.skip(f"{entry.form} needs PostgreSQL >= {entry.since}, this server is {major}")
     for stmt in example.prepare:
         await conn.execute(stmt)
     claim = Claim(None, example.sql, example.table, outside_transaction=example.outside_transaction,
-                  others=dict(example.others))
+                  others=dict(example.others), before=example.before)
     seen = (await observe_outside_transaction(conn, schema, claim) if example.outside_transaction
             else await observe_in_transaction(conn, claim))
-    assert seen.locks.get(example.table) == entry.lock_for(major), (name, seen.locks)
+    assert seen.locks.get(example.table) == entry.lock_for(major, example.variant), (name, seen.locks)
     for other, mode in example.others:
         assert seen.locks.get(other) == mode, (name, other, seen.locks)
-    assert seen.rewrite == (entry.effect == "rewrite"), (name, seen)
+    effect = entry.effect_of(example)
+    assert seen.rewrite == (effect == "rewrite"), (name, seen)
     if seen.scans is not None and name != "TruncateStmt":     # TRUNCATE counts one scan, see _check
-        assert (seen.scans >= 1) == (entry.effect in ("rewrite", "scan")), (name, seen.scans)
+        assert (seen.scans >= 1) == (effect in ("rewrite", "scan")), (name, seen.scans)
 
 
 # -- type changes: the table's file and its index's file, as the finding says ----------------------------
@@ -369,6 +376,9 @@ TYPE_CHANGES = [
                before=("SET LOCAL TimeZone = 'Etc/UTC'",), prepare=TS_INDEX),
     TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_idx", "rewrite", True, True,
                before=("SET LOCAL TimeZone = 'Europe/Berlin'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_key", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'UTC'",),
+               prepare=("UPDATE t SET ts = ts + id * interval '1 second'", "ALTER TABLE t ADD UNIQUE (ts)")),
     TypeChange("ALTER TABLE t ALTER COLUMN id TYPE bigint", "t_pkey", "rewrite", True, True),
 ]
 
@@ -399,8 +409,9 @@ async def test_a_type_change_rewrites_and_rebuilds_what_the_finding_says(db: tup
     claim = Claim(None, change.sql, "t", before=change.before)
     found = [f for f in await lint_claim(conn, claim, await load_catalog(conn), True) if f.rule == "alter-column-type"]
     assert [f.effect for f in found if f.severity == "error"] == ([change.effect] if change.effect else []), found
-    if change.effect == "scan":
-        assert change.index in found[0].message and "CREATE INDEX CONCURRENTLY" in found[0].fix
+    if change.effect == "scan":                 # a constraint's index cannot be dropped first
+        assert change.index in found[0].message
+        assert ("backs a constraint" if change.index.endswith("_key") else "CREATE INDEX CONCURRENTLY") in found[0].fix
     assert await _files_in_transaction(conn, change) == (change.table_rewritten, change.index_rebuilt)
 
 

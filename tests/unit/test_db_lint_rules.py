@@ -570,3 +570,13 @@ def test_timestamptz_under_utc_names_the_indexes_it_rebuilds() -> None:
     assert "alter-column-type" not in rules("DROP INDEX t_ts_idx", sql, catalog=indexed)   # dropped first
     scripted = only("alter-column-type", "CREATE INDEX t_ts2 ON t (ts)", sql, catalog=CATALOG)
     assert "t_ts2" in scripted.message
+
+
+def test_table_rewrite_is_quiet_where_the_live_table_already_is() -> None:
+    t = CATALOG.tables[("public", "t")]
+    live = _with(t, access_method="heap", tablespace="pg_default")
+    assert "table-rewrite" not in rules("ALTER TABLE t SET ACCESS METHOD heap", catalog=live)
+    assert "table-rewrite" not in rules("ALTER TABLE t SET TABLESPACE pg_default", catalog=live)
+    f = only("table-rewrite", "ALTER TABLE t SET TABLESPACE fast", catalog=live)
+    assert (f.lock, f.effect, f.severity) == ("ACCESS EXCLUSIVE", "rewrite", "error") and "pg_repack" in f.fix
+    assert rules("ALTER TABLE t SET ACCESS METHOD heap") == ["table-rewrite"]               # no catalog: unknown

@@ -9,7 +9,7 @@ from pglast import ast, enums
 from shipyard.database import locks
 from shipyard.database.lint import RULES, lint_scripts
 from shipyard.database.rules import doc
-from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry, Example
 from shipyard.database.statements import parse_script
 
 TOPIC_FREE = {"missing-lock-timeout", "unknown-statement", "unknown-ignore"}
@@ -54,25 +54,32 @@ def test_versions_of_a_lock() -> None:
         Entry("x", "SHARED")
 
 
-EXAMPLES = [(k, e) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()] if e.example is not None]
+EXAMPLES = [(getattr(k, "name", None) or k.__name__, e, x) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()]
+            for x in e.examples]
 
 
-@pytest.mark.parametrize(("key", "entry"), EXAMPLES, ids=[getattr(k, "name", None) or k.__name__ for k, _ in EXAMPLES])
-def test_the_linter_takes_its_lock_levels_from_the_table(key: object, entry: Entry) -> None:
+@pytest.mark.parametrize(("name", "entry", "example"), EXAMPLES, ids=[f"{n}:{x.sql}" for n, _, x in EXAMPLES])
+def test_the_linter_takes_its_lock_levels_from_the_table(name: str, entry: Entry, example: Example) -> None:
     """What missing-lock-timeout says the example waits for is the table's lock (the table's
-    example is checked against pg_locks by the claims test)."""
-    assert entry.example is not None
-    scripts = [parse_script(";\n".join(entry.example.prepare) + ";", "0001.sql")] if entry.example.prepare else []
-    body = ("-- shipyard:no-transaction\n" if entry.example.outside_transaction else "") + entry.example.sql + ";"
+    examples are checked against pg_locks by the claims test)."""
+    scripts = [parse_script(";\n".join(example.prepare) + ";", "0001.sql")] if example.prepare else []
+    body = ("-- shipyard:no-transaction\n" if example.outside_transaction else "") + ";\n".join(
+        [*example.before, example.sql]) + ";"
     scripts.append(parse_script(body, "0002.sql"))
-    found = [f for f in lint_scripts(scripts, 15) if f.source == "0002.sql"]
+    last = scripts[-1].statements[-1].line
+    found = [f for f in lint_scripts(scripts, 15) if f.source == "0002.sql" and f.line == last]
     assert "unknown-statement" not in [f.rule for f in found]
     waits = [f for f in found if f.rule == "missing-lock-timeout"]
-    lock = entry.lock_for(15)
+    lock = entry.lock_for(15, example.variant)
     if lock is not None and (locks.blocks_reads(lock) or locks.blocks_writes(lock)):
         assert [f.lock for f in waits] == [lock]
     else:
         assert waits == []
+
+
+def test_an_example_of_a_variant_the_row_does_not_have_is_refused() -> None:
+    with pytest.raises(ValueError, match="variant"):
+        Entry("x", "SHARE", example=Example("SELECT 1", variant="nope"))
 
 
 @pytest.mark.parametrize("sql", ["ALTER TABLE t SET (user_catalog_table = true)",

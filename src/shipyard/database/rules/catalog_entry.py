@@ -28,6 +28,12 @@ class Example:
     outside_transaction: bool = False
     others: tuple[tuple[str, str], ...] = ()
     """(table, lock) the example also takes on other tables."""
+    variant: str | None = None
+    """The row's variant the example is (its lock is the variant's); None: the plain form."""
+    effect: Effect | None = None
+    """The example's effect when it is not the row's (a form that `when` describes)."""
+    before: tuple[str, ...] = ()
+    """Run first in the example's transaction (rolled back with it)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,23 @@ class Entry:
     variants: Mapping[str, str] = field(default_factory=dict)
     """Lock of a variant of the form the linter tells apart (e.g. 'concurrent'), by name."""
     example: Example | None = None
+    more: tuple[Example, ...] = ()
+    """Examples of the variants and of the other forms `when` describes."""
 
     def __post_init__(self) -> None:
         for mode in [self.lock, *self.variants.values(), *(m for _, m in self.older)]:
             if mode is not None and mode not in MODES:
                 raise ValueError(f"{self.form}: not a lock mode: {mode!r}")
+        for example in self.examples:
+            if example.variant is not None and example.variant not in self.variants:
+                raise ValueError(f"{self.form}: the example's variant {example.variant!r} is not one of the row's")
+
+    @property
+    def examples(self) -> tuple[Example, ...]:
+        return ((self.example,) if self.example else ()) + self.more
+
+    def effect_of(self, example: Example) -> Effect:
+        return example.effect or self.effect
 
     def lock_for(self, pg_major: int, variant: str | None = None) -> str | None:
         """The lock this form (or its variant) takes on a server of that major."""

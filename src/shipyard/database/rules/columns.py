@@ -244,14 +244,22 @@ def _concurrently(definition: str | None, index: str, table: str) -> str:
 
 
 def _rebuilt_index_fix(table: str, column: str, new: ColumnType, indexes: dict[str, str | None]) -> str:
-    names = ", ".join(ident(i) for i in indexes)
-    return (f"-- the type change itself is catalog-only under UTC; build the index(es) {names} without the lock,\n"
-            "-- each CONCURRENTLY statement in a file of its own (no transaction):\n"
-            + "".join(f"DROP INDEX CONCURRENTLY {ident(i)};\n" for i in indexes)
-            + f"SET LOCAL TimeZone = 'UTC';\nALTER TABLE {table} ALTER COLUMN {ident(column)} TYPE {new};\n"
-            + "".join(_concurrently(d, i, table) + "\n" for i, d in indexes.items())
-            + "-- (queries that need the index run without it in between; a new column kept in sync and indexed "
-              "concurrently avoids even that)")
+    plain = {i: d for i, d in indexes.items() if d is not None}
+    held = [i for i, d in indexes.items() if d is None]
+    names = ", ".join(ident(i) for i in plain)
+    fix = ""
+    if plain:
+        fix = (f"-- the type change itself is catalog-only under UTC; build {names} without the lock,\n"
+               "-- each CONCURRENTLY statement in a file of its own (no transaction):\n"
+               + "".join(f"DROP INDEX CONCURRENTLY {ident(i)};\n" for i in plain)
+               + f"SET LOCAL TimeZone = 'UTC';\nALTER TABLE {table} ALTER COLUMN {ident(column)} TYPE {new};\n"
+               + "".join(_concurrently(d, i, table) + "\n" for i, d in plain.items())
+               + "-- (queries that need the index run without it in between)\n")
+    if held:
+        fix += (f"-- {', '.join(ident(i) for i in held)} backs a constraint (or is not known): DROP INDEX cannot "
+                "take it away first; rehearse the change (`shipyard db check`) to see how long the rebuild holds "
+                "the lock, or move to a new column (expand/contract)\n")
+    return fix + ("-- a new column kept in sync and indexed CONCURRENTLY avoids the lock altogether")
 
 
 def _type_change_fix(table: str, relname: str, column: str, old: ColumnType | None, new: ColumnType,

@@ -6,6 +6,7 @@ rewrites the table and that no topic rule covers are judged here too (`table-rew
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from pglast import ast
 
@@ -13,6 +14,7 @@ from shipyard.database.findings import Finding
 from shipyard.database.locks import ACCESS_EXCLUSIVE
 from shipyard.database.rules.base import Context, RuleInfo, altered_table, check, rows_note, table_name
 from shipyard.database.rules.catalog import ALTER_TABLE, unjudged_part
+from shipyard.database.rules.schema import ATT, Table
 from shipyard.database.statements import Statement
 
 
@@ -49,6 +51,15 @@ def unknown_statement(stmt: Statement, ctx: Context) -> Iterator[Finding]:
                       "-- then say why it is safe:\n-- shipyard:ignore unknown-statement <reason>", lock=entry.lock if entry is not None else None)
 
 
+def _already_there(cmd: Any, table: Table | None) -> bool:
+    """SET ACCESS METHOD / SET TABLESPACE to what the live table has already: PostgreSQL copies nothing."""
+    if table is None or not cmd.name:
+        return False
+    if cmd.subtype == ATT.AT_SetAccessMethod:
+        return cmd.name == table.access_method
+    return cmd.subtype == ATT.AT_SetTableSpace and cmd.name == table.tablespace
+
+
 @check(RuleInfo("table-rewrite", "an ALTER TABLE sub-command whose every form rewrites the table (SET TABLESPACE, "
                 "SET ACCESS METHOD, SET EXPRESSION) under ACCESS EXCLUSIVE", ACCESS_EXCLUSIVE, "rewrite"))
 def table_rewrite(stmt: Statement, ctx: Context) -> Iterator[Finding]:
@@ -58,7 +69,8 @@ def table_rewrite(stmt: Statement, ctx: Context) -> Iterator[Finding]:
     table = table_name(rv)
     for cmd in stmt.node.cmds or ():
         entry = ALTER_TABLE.get(getattr(cmd, "subtype", None))
-        if entry is None or "table-rewrite" not in entry.rules:
+        if entry is None or "table-rewrite" not in entry.rules or _already_there(cmd, ctx.schema.catalog_table(
+                ctx.key(rv))):
             continue
         yield ctx.finding(stmt, "table-rewrite",
                           f"{entry.form} rewrites every row of {table}{rows_note(ctx, ctx.key(rv))} under "

@@ -51,6 +51,11 @@ class Table:
     """column -> the indexes that depend on it (key or expression), which a type change rebuilds."""
     index_defs: Mapping[str, str] = field(default_factory=dict)
     """index -> its CREATE INDEX statement (pg_get_indexdef)."""
+    constraint_indexes: frozenset[str] = frozenset()
+    """Indexes that back a PRIMARY KEY / UNIQUE / EXCLUDE constraint (DROP INDEX cannot remove them)."""
+    access_method: str | None = None
+    tablespace: str | None = None
+    """Where its files are (the database's default tablespace when it names none)."""
 
     @property
     def key(self) -> TableKey:
@@ -219,8 +224,9 @@ class SchemaModel:
         return table is not None and table.bytes == 0 and key not in self.written
 
     def index_def(self, key: TableKey, index: str) -> str | None:
+        """Its CREATE INDEX statement; None when unknown or when it backs a constraint."""
         table = self.catalog_table(key)
-        return table.index_defs.get(index) if table else None
+        return table.index_defs.get(index) if table and index not in table.constraint_indexes else None
 
     def indexes_on(self, key: TableKey, column: str) -> list[str]:
         """Names of the indexes on the table that a change of the column's type rebuilds."""

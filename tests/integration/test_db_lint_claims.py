@@ -222,6 +222,7 @@ async def test_load_catalog_reads_types_checks_rows_and_indexes(db: tuple[psycop
     assert t.column_indexes["name"] == ("t_name_idx",) and t.column_indexes["id"] == ("t_pkey",)
     assert t.index_defs["t_name_idx"].startswith("CREATE INDEX t_name_idx ON ")
     assert catalog.tables[(schema, "e")].bytes == 0
+    assert catalog.tables[(schema, "p")].bytes is None and catalog.tables[(schema, "p1")].bytes
     assert catalog.indexes[(schema, "t_name_idx")] == (schema, "t")
     assert catalog.tables[(schema, "p")].partitioned
     assert catalog.search_path == (schema,)
@@ -422,14 +423,21 @@ async def test_a_type_change_on_an_empty_table_is_cheap(db: tuple[psycopg.AsyncC
     sql = "ALTER TABLE e ALTER COLUMN id TYPE bigint"
     catalog = await load_catalog(conn)
     assert catalog.tables[(schema, "e")].bytes == 0
+    assert catalog.tables[(schema, "p")].bytes is None and catalog.tables[(schema, "p1")].bytes
     assert [f for f in await lint_claim(conn, Claim(None, sql, "e"), catalog, True) if f.severity == "error"] == []
     filled = await lint_claim(conn, Claim(None, sql, "e", before=("INSERT INTO e SELECT generate_series(1, 10)",)),
                          catalog, True)
     assert [f.rule for f in filled if f.severity == "error"] == ["alter-column-type"]
+    parent = "ALTER TABLE p ALTER COLUMN id TYPE bigint"          # p stores nothing, its partition p1 does
+    assert [f.rule for f in await lint_claim(conn, Claim(None, parent, "p"), catalog, True)
+            if f.severity == "error"] == ["alter-column-type"]
     await conn.execute("BEGIN")
     try:
         await conn.execute(sql)
         assert await scalar(conn, "SELECT pg_relation_size('e')") == 0
+        p1_file = await scalar(conn, "SELECT relfilenode FROM pg_class WHERE oid = 'p1'::regclass")
+        await conn.execute(parent)
+        assert await scalar(conn, "SELECT relfilenode FROM pg_class WHERE oid = 'p1'::regclass") != p1_file
         assert await scalar(conn, "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND granted "
                                 "AND relation = 'e'::regclass AND mode = 'AccessExclusiveLock'") == 1
     finally:

@@ -107,7 +107,8 @@ def _judge(stmt: Statement, ctx: Context) -> list[Finding]:
 
 
 _TABLES = """
-SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relkind = 'p', pg_relation_size(c.oid), am.amname,
+SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relkind = 'p',
+       CASE WHEN c.relkind = 'r' AND NOT c.relhassubclass THEN pg_relation_size(c.oid) END, am.amname,
        coalesce(ts.spcname, dts.spcname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_am am ON am.oid = c.relam
@@ -175,7 +176,8 @@ async def load_catalog(conn: psycopg.AsyncConnection) -> Catalog:
             constraint_indexes.setdefault(relid, set()).add(index)
     tables = [Table(schema=nsp, name=rel, columns=columns.get(oid, {}),
                     rows=None if reltuples is None or reltuples < 0 else int(reltuples),
-                    checks=tuple(checks.get(oid, ())), partitioned=bool(partitioned), bytes=int(size),
+                    checks=tuple(checks.get(oid, ())), partitioned=bool(partitioned),
+                    bytes=None if size is None else int(size),
                     column_indexes=indexed.get(oid, {}), index_defs=index_defs.get(oid, {}),
                     access_method=am, tablespace=space,
                     constraint_indexes=frozenset(constraint_indexes.get(oid, ())))

@@ -46,7 +46,8 @@ class Table:
     checks: tuple[CheckConstraint, ...] = ()
     partitioned: bool = False
     bytes: int | None = None
-    """pg_relation_size() of its main fork when the catalog was read: 0 means no row is stored."""
+    """pg_relation_size() of its main fork when the catalog was read: 0 means no row is stored.
+    None for a partitioned table or one with inheritance children (their rows are elsewhere)."""
     column_indexes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """column -> the indexes that depend on it (key or expression), which a type change rebuilds."""
     index_defs: Mapping[str, str] = field(default_factory=dict)

@@ -111,3 +111,11 @@ def test_a_rule_without_prose_stops_the_doc() -> None:
     prose = doc.PROSE.read_text()
     with pytest.raises(ValueError, match="cluster"):
         doc.render(prose.replace("### cluster\n", "### clustr\n"))
+
+
+@pytest.mark.parametrize("rule", [r for r, i in RULES.items() if i.lock in locks.MODES])
+def test_a_rules_own_lock_is_the_lock_of_a_row_it_judges(rule: str) -> None:
+    """A rule's findings carry its RuleInfo lock; it must be what the table says of a form the
+    rule judges (the plain form or a variant), so the two cannot drift apart."""
+    rows = [e for e in _entries() if rule in e.rules]
+    assert any(RULES[rule].lock in {e.lock, *e.variants.values()} for e in rows), (rule, [e.form for e in rows])

@@ -442,3 +442,25 @@ async def test_a_type_change_on_an_empty_table_is_cheap(db: tuple[psycopg.AsyncC
                                 "AND relation = 'e'::regclass AND mode = 'AccessExclusiveLock'") == 1
     finally:
         await conn.execute("ROLLBACK")
+
+
+async def test_a_form_newer_than_this_server_is_flagged_and_refused(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    """The table's version of each form, against this server: every row (or variant) newer than
+    it is flagged by needs-newer-postgresql and refused by PostgreSQL; the others are not flagged."""
+    conn, _ = db
+    major = major_of(await server_version(conn))
+    forms = {17: "ALTER TABLE t ALTER COLUMN note SET EXPRESSION AS ('x')",
+             15: "MERGE INTO e USING o ON e.id = o.id WHEN MATCHED THEN DELETE",
+             14: "ALTER TABLE t ALTER COLUMN note SET COMPRESSION pglz"}
+    catalog = await load_catalog(conn)
+    for need, sql in forms.items():
+        flagged = [f for f in await lint_claim(conn, Claim(None, sql, "t"), catalog, True)
+                   if f.rule == "needs-newer-postgresql"]
+        assert bool(flagged) == (major < need), (sql, flagged)
+        if major < need:
+            await conn.execute("BEGIN")
+            try:
+                with pytest.raises(psycopg.errors.SyntaxError):
+                    await conn.execute(sql)
+            finally:
+                await conn.execute("ROLLBACK")

@@ -100,11 +100,13 @@ CASES = [
     ("enum-value-used-in-same-transaction", "ALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')",
      "-- shipyard:no-transaction\nALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')"),
     ("unknown-statement", "DO $$ BEGIN PERFORM 1; END $$", "SELECT 1"),
+    ("needs-newer-postgresql", "ALTER TABLE t ALTER COLUMN note SET COMPRESSION lz4",
+     "ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL"),
     ("table-rewrite", "ALTER TABLE t SET TABLESPACE fast", "CREATE TABLE new_t (id int); ALTER TABLE new_t SET TABLESPACE fast"),
     ("unknown-ignore", "-- shipyard:ignore no-such-rule because\nSELECT 1",
      "-- shipyard:ignore set-not-null checked by hand\nSELECT 1"),
 ]
-VERSION_OF = {"add-column-default-rewrite": 10}
+VERSION_OF = {"add-column-default-rewrite": 10, "needs-newer-postgresql": 13}
 
 
 def test_every_rule_has_a_case_and_a_doc_section() -> None:
@@ -580,3 +582,15 @@ def test_table_rewrite_is_quiet_where_the_live_table_already_is() -> None:
     f = only("table-rewrite", "ALTER TABLE t SET TABLESPACE fast", catalog=live)
     assert (f.lock, f.effect, f.severity) == ("ACCESS EXCLUSIVE", "rewrite", "error") and "pg_repack" in f.fix
     assert rules("ALTER TABLE t SET ACCESS METHOD heap") == ["table-rewrite"]               # no catalog: unknown
+
+
+@pytest.mark.parametrize(("sql", "need"), [
+    ("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", 14), ("ALTER TABLE t SET ACCESS METHOD heap", 15),
+    ("ALTER TABLE t ALTER COLUMN note SET COMPRESSION pglz", 14),
+    ("MERGE INTO t USING o ON t.id = o.id WHEN MATCHED THEN DELETE", 15),
+    ("ALTER TABLE t ALTER COLUMN twice SET EXPRESSION AS (id * 3)", 17)])
+def test_a_form_newer_than_the_server_is_flagged_from_the_tables_version(sql: str, need: int) -> None:
+    f = only("needs-newer-postgresql", sql, pg=need - 1)
+    assert f.severity == "error" and f"PostgreSQL {need} or later" in f.message
+    assert "needs-newer-postgresql" not in rules(sql, pg=need)
+    assert "needs-newer-postgresql" not in rules("ALTER TABLE p DETACH PARTITION p1", pg=12)

@@ -60,6 +60,8 @@ class Entry:
     """(major, lock): the lock on servers older than that major."""
     variants: Mapping[str, str] = field(default_factory=dict)
     """Lock of a variant of the form the linter tells apart (e.g. 'concurrent'), by name."""
+    variants_since: Mapping[str, int] = field(default_factory=dict)
+    """First PostgreSQL major that has the variant, for those newer than the form."""
     example: Example | None = None
     more: tuple[Example, ...] = ()
     """Examples of the variants and of the other forms `when` describes."""
@@ -78,6 +80,10 @@ class Entry:
 
     def effect_of(self, example: Example) -> Effect:
         return example.effect or self.effect
+
+    def needs(self, variant: str | None = None) -> int:
+        """The oldest PostgreSQL major that runs this form (0: every one)."""
+        return max(self.since, self.variants_since.get(variant, 0) if variant else 0)
 
     def lock_for(self, pg_major: int, variant: str | None = None) -> str | None:
         """The lock this form (or its variant) takes on a server of that major."""

@@ -33,7 +33,8 @@ STATEMENTS: dict[type, Entry] = {
     ast.DeleteStmt: Entry("DELETE", ROW_EXCLUSIVE, "scan",
                           when="without WHERE every row is locked until commit", safe=BATCHES,
                           rules=("whole-table-write",), example=Example("DELETE FROM child", "child")),
-    ast.MergeStmt: not_judged("MERGE", "ROW EXCLUSIVE; which rows it writes is not modelled", ROW_EXCLUSIVE),
+    ast.MergeStmt: Entry("MERGE", ROW_EXCLUSIVE, since=15, when="ROW EXCLUSIVE; which rows it writes is not "
+                         "modelled", judged=False),
     ast.VariableSetStmt: Entry("SET / RESET", None, when="lock_timeout and TimeZone are followed"),
     ast.VariableShowStmt: Entry("SHOW", None),
     ast.TransactionStmt: Entry("BEGIN / COMMIT / ROLLBACK / SAVEPOINT", None,
@@ -87,8 +88,8 @@ STATEMENTS: dict[type, Entry] = {
                            example=Example("CLUSTER t USING t_name_idx")),
     ast.ReindexStmt: Entry("REINDEX", SHARE, "scan", when="REINDEX INDEX: SHARE on its table (ACCESS EXCLUSIVE on "
                            "the index); CONCURRENTLY (PostgreSQL >= 12): SHARE UPDATE EXCLUSIVE",
-                           safe="REINDEX ... CONCURRENTLY", rules=("reindex-non-concurrent",),
-                           variants={"concurrent": SUE}, example=Example("REINDEX TABLE t"),
+                           safe="REINDEX ... CONCURRENTLY", rules=("reindex-non-concurrent", "needs-newer-postgresql"),
+                           variants={"concurrent": SUE}, variants_since={"concurrent": 12}, example=Example("REINDEX TABLE t"),
                            more=(Example("REINDEX INDEX t_name_idx"),
                                  Example("REINDEX TABLE CONCURRENTLY t", variant="concurrent",
                                          outside_transaction=True))),

@@ -13,7 +13,8 @@ from pglast import ast
 from shipyard.database.findings import Finding
 from shipyard.database.locks import ACCESS_EXCLUSIVE
 from shipyard.database.rules.base import Context, RuleInfo, altered_table, check, rows_note, table_name
-from shipyard.database.rules.catalog import ALTER_TABLE, unjudged_part
+from shipyard.database.rules.catalog import ALTER_TABLE, statement_entry, unjudged_part
+from shipyard.database.rules.locking import command_variant
 from shipyard.database.rules.schema import ATT, Table
 from shipyard.database.statements import Statement
 
@@ -76,3 +77,34 @@ def table_rewrite(stmt: Statement, ctx: Context) -> Iterator[Finding]:
                           f"{entry.form} rewrites every row of {table}{rows_note(ctx, ctx.key(rv))} under "
                           f"{entry.lock_for(ctx.pg_major)}: every query on it waits until the copy is done",
                           f"-- {entry.safe}", table=table, lock=entry.lock_for(ctx.pg_major))
+
+
+def _forms_needing(node: Any) -> Iterator[tuple[str, int]]:
+    """(form, oldest major that has it) for the statement and each ALTER TABLE sub-command."""
+    entry = statement_entry(node)
+    if entry is None:
+        return
+    variant = None
+    if isinstance(node, ast.ReindexStmt) and any(getattr(p, "defname", "") == "concurrently"
+                                                 for p in node.params or ()):
+        variant = "concurrent"
+    yield entry.form + (" CONCURRENTLY" if variant else ""), entry.needs(variant)
+    if isinstance(node, ast.AlterTableStmt):
+        for cmd in node.cmds or ():
+            sub = ALTER_TABLE.get(getattr(cmd, "subtype", None))
+            if sub is not None:
+                variant = command_variant(cmd)
+                yield sub.form + (f" ({variant})" if variant else ""), sub.needs(variant)
+
+
+@check(RuleInfo("needs-newer-postgresql", "a form the server's PostgreSQL does not have yet (DETACH PARTITION ... "
+                "CONCURRENTLY or SET COMPRESSION before 14, SET ACCESS METHOD or MERGE before 15, SET EXPRESSION "
+                "before 17, ...): the migration fails there", None, "none"))
+def needs_newer_postgresql(stmt: Statement, ctx: Context) -> Iterator[Finding]:
+    for form, need in _forms_needing(stmt.node):
+        if ctx.pg_major < need:
+            yield ctx.finding(stmt, "needs-newer-postgresql",
+                              f"{form} needs PostgreSQL {need} or later; the server is PostgreSQL {ctx.pg_major}, "
+                              "where this statement fails and the migration with it",
+                              f"-- upgrade the server to PostgreSQL >= {need} first, or write the change in a form "
+                              f"PostgreSQL {ctx.pg_major} has (docs/database-rules.md lists each form's version)")

@@ -44,6 +44,19 @@ class _Resolved:
     key: TableKey | None
 
 
+def command_variant(cmd: Any) -> str | None:
+    """Which variant of its DDL-table row an ALTER TABLE sub-command is (None: the plain form)."""
+    sub = cmd.subtype
+    if sub in (ATT.AT_SetRelOptions, ATT.AT_ResetRelOptions) and all(
+            _LIGHT_RELOPTIONS.match(d.defname) or d.defnamespace == "toast" for d in cmd.def_ or ()):
+        return "light"
+    if sub == ATT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
+        return "concurrent"
+    if sub == ATT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) and cmd.def_.contype == CON.CONSTR_FOREIGN:
+        return "foreign"
+    return None
+
+
 def _command_locks(cmd: Any, ctx: Context) -> Iterator[tuple[Any, str]]:
     """(referenced table or None for the altered table itself, mode) for one ALTER TABLE sub-command,
     the modes as the DDL table gives them for the server's version."""
@@ -52,15 +65,7 @@ def _command_locks(cmd: Any, ctx: Context) -> Iterator[tuple[Any, str]]:
     if entry is None or entry.lock is None:
         yield None, ACCESS_EXCLUSIVE          # what PostgreSQL takes for anything it does not lower
         return
-    variant = None
-    if sub in (ATT.AT_SetRelOptions, ATT.AT_ResetRelOptions) and all(
-            _LIGHT_RELOPTIONS.match(d.defname) or d.defnamespace == "toast" for d in cmd.def_ or ()):
-        variant = "light"
-    elif sub == ATT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
-        variant = "concurrent"
-    elif sub == ATT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
-            and cmd.def_.contype == CON.CONSTR_FOREIGN:
-        variant = "foreign"
+    variant = command_variant(cmd)
     yield None, entry.lock_for(ctx.pg_major, variant)
     if variant == "foreign":
         yield cmd.def_.pktable, entry.lock_for(ctx.pg_major, variant)

@@ -8,6 +8,7 @@ replicas' replay lag is read, and the backfill waits (bounded) while it is above
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     target text NOT NULL,
     key_column text NOT NULL,
     last_key text,
+    stop_key text,
     rows_done bigint NOT NULL DEFAULT 0,
     batches integer NOT NULL DEFAULT 0,
     done boolean NOT NULL DEFAULT false,
@@ -136,7 +138,7 @@ async def _resolve(conn: psycopg.AsyncConnection, b: Backfill) -> Target:
     return Target(table=table, key=key, key_type=str(col[0]))
 
 
-def _where(t: Target, b: Backfill, last: str | None, upper: str | None = None) -> sql.Composed:
+def _where(t: Target, b: Backfill, last: str | None, upper: str | None) -> sql.Composed:
     """Keys as literals, never parameters: the user's SET / WHERE may hold a '%' (LIKE 'a%')."""
     key = sql.Identifier(t.key)
     parts: list[sql.Composable] = []
@@ -148,9 +150,19 @@ def _where(t: Target, b: Backfill, last: str | None, upper: str | None = None) -
     return sql.SQL(" AND ").join(parts)
 
 
-async def _estimate(conn: psycopg.AsyncConnection, t: Target, b: Backfill, last: str | None) -> int:
-    """The planner's estimate of the rows still to do (no scan of a big table for a progress bar)."""
-    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(t.table, _where(t, b, last))
+async def _estimate(conn: psycopg.AsyncConnection, t: Target, b: Backfill, last: str | None, stop: str) -> int:
+    """The planner's estimate of the rows still to do (no scan of a big table for a progress bar).
+    A table never analyzed has no statistics to estimate from: ANALYZE (a sample; it blocks no
+    reads or writes) gives it some first."""
+    cur = await conn.execute("SELECT last_analyze IS NULL AND last_autoanalyze IS NULL FROM pg_stat_user_tables "
+                             "WHERE relid = to_regclass(%s)", (t.table.as_string(conn),))
+    never = await cur.fetchone()
+    if never and never[0]:
+        with contextlib.suppress(psycopg.Error):         # only the estimate is worse without it
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('lock_timeout', '1s', true)")
+                await conn.execute(sql.SQL("ANALYZE {}").format(t.table))
+    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(t.table, _where(t, b, last, stop))
     cur = await conn.execute(query)
     row = await cur.fetchone()
     plan = row[0] if row else None
@@ -165,15 +177,16 @@ async def _one_batch(conn: psycopg.AsyncConnection, version: str, t: Target, b: 
     async with conn.transaction():
         for setting, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", b.statement_timeout)):
             await conn.execute("SELECT set_config(%s, %s, true)", (setting, f"{max(1, round(seconds * 1000))}ms"))
-        cur = await conn.execute(f"SELECT last_key FROM {TABLE} WHERE version = %s FOR UPDATE", (version,))
+        cur = await conn.execute(f"SELECT last_key, stop_key FROM {TABLE} WHERE version = %s FOR UPDATE", (version,))
         row = await cur.fetchone()
-        last = row[0] if row else None
+        assert row is not None
+        last, stop = row
         find = sql.SQL("SELECT (array_agg(k::text ORDER BY k DESC))[1], count(*) FROM (SELECT {key} AS k FROM {table} WHERE {where} "
                        "ORDER BY {key} LIMIT {n}) AS batch").format(
-            key=sql.Identifier(t.key), table=t.table, where=_where(t, b, last), n=sql.Literal(b.batch_size))
+            key=sql.Identifier(t.key), table=t.table, where=_where(t, b, last, stop), n=sql.Literal(b.batch_size))
         cur = await conn.execute(find)
         bound, found = (await cur.fetchone()) or (None, 0)
-        if not found:
+        if not found or stop is None:
             await conn.execute(f"UPDATE {TABLE} SET done = true, updated_at = now() WHERE version = %s", (version,))
             await record(conn, True)
             return -1, last
@@ -198,18 +211,26 @@ async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: st
     b = backfill
     t = await _resolve(conn, b)
     await conn.execute(DDL)
-    await conn.execute(f"INSERT INTO {TABLE} (version, target, key_column) VALUES (%s, %s, %s) "
-                       "ON CONFLICT (version) DO NOTHING", (version, b.table_text, t.key))
-    cur = await conn.execute(f"SELECT last_key, rows_done, batches, done FROM {TABLE} WHERE version = %s", (version,))
+    # the largest key now is where it stops, kept across a resume: rows inserted from here on are
+    # written by the application (in the new form), and a busy table still has an end
+    cur = await conn.execute(sql.SQL("SELECT {key}::text AS stop_key FROM {table} ORDER BY {key} DESC LIMIT 1").format(
+        key=sql.Identifier(t.key), table=t.table))
+    top = await cur.fetchone()
+    await conn.execute(f"INSERT INTO {TABLE} (version, target, key_column, stop_key) VALUES (%s, %s, %s, %s) "
+                       "ON CONFLICT (version) DO NOTHING", (version, b.table_text, t.key, top[0] if top else None))
+    cur = await conn.execute(f"SELECT last_key, rows_done, batches, done, stop_key FROM {TABLE} WHERE version = %s",
+                             (version,))
     row = await cur.fetchone()
     assert row is not None
     p = Progress(rows_done=int(row[1]), batches=int(row[2]), last_key=row[0])
     if row[3]:
         await record(conn, True)          # done but not recorded (a crash between the two cannot happen; a hand edit)
         return p
-    p.estimated_total = p.rows_done + await _estimate(conn, t, b, p.last_key)
+    if row[4] is not None:
+        p.estimated_total = p.rows_done + await _estimate(conn, t, b, p.last_key, row[4])
     resumed = f", resuming after {t.key} {p.last_key} ({p.rows_done} rows already done)" if p.last_key else ""
-    log(f"{label}: backfill {b.table_text} in batches of {b.batch_size} on {t.key}, ~{p.estimated_total} rows{resumed}")
+    log(f"{label}: backfill {b.table_text} in batches of {b.batch_size} on {t.key} up to {row[4]}, "
+        f"~{p.estimated_total} rows{resumed}")
     t0, last_report, attempt = time.monotonic(), 0.0, 0
     while True:
         p.lag_waits += await wait_for_replicas(conn, b.max_lag, max_wait=max_lag_wait, read_lag=read_lag, log=log,

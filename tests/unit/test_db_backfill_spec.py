@@ -10,8 +10,10 @@ import pytest
 
 from shipyard.database.backfill import ReplicaLagging, wait_for_replicas
 from shipyard.database.backfill_spec import BackfillInvalid, parse_backfill
+from shipyard.database.lint import lint_scripts
 from shipyard.database.plan import phase_of
 from shipyard.database.sources import MigrationSourceError, from_directory
+from shipyard.database.statements import parse_script
 
 
 def test_defaults_and_every_field() -> None:
@@ -120,3 +122,17 @@ async def test_a_replica_that_never_catches_up_stops_the_backfill_in_bounded_tim
                                 sleep=t.sleep, clock=t.clock)
     assert t.now == pytest.approx(5.0) and "above max_lag 1s" in e.value.message
     assert "resumes where it stopped" in (e.value.hint or "")
+
+
+@pytest.mark.parametrize("update", [
+    "UPDATE orders SET status = 'open'",
+    "UPDATE app.orders SET n = n + 1, note = concat('a: ', note)",
+])
+def test_lint_of_a_whole_table_update_offers_the_declared_backfill_filled_in(update: str) -> None:
+    found = [f for f in lint_scripts([parse_script(update + ";", "0007_fill.sql")], 15)
+             if f.rule == "whole-table-write"]
+    assert len(found) == 1 and found[0].severity == "error"
+    fix = found[0].fix
+    assert "NNNN_name.backfill.yaml" in fix
+    declaration = "\n".join(line for line in fix.splitlines() if not line.startswith("--"))
+    assert parse_backfill(declaration, "suggested").statement == update     # the fix is a valid declaration

@@ -16,6 +16,7 @@ from shipyard.spec.durations import parse_duration
 from .connect import DatabaseError
 
 SUFFIX = ".backfill.yaml"
+DEFAULT_BATCH = 1000
 FIELDS = ("table", "set", "where", "key", "batch_size", "pause", "max_lag", "statement_timeout")
 EXAMPLE = ("table: orders\nset: status = 'open'\nwhere: status IS NULL\n"
            "batch_size: 1000   # rows per transaction\npause: 100ms      # between batches")
@@ -42,7 +43,7 @@ class Backfill:
     where: str | None
     key: str | None
     """The column batches are cut on; None: the table's one-column primary key."""
-    batch_size: int = 1000
+    batch_size: int = DEFAULT_BATCH
     pause: float = 0.1
     max_lag: float = 10.0
     statement_timeout: float = 30.0
@@ -131,7 +132,7 @@ def parse_backfill(text: str, source: str) -> Backfill:
         if name in decl and (not isinstance(decl[name], str) or not decl[name].strip()):
             problems.append(f"{lines[name]} {name}: must be non-empty text")
             decl.pop(name)
-    size = decl.get("batch_size", 1000)
+    size = decl.get("batch_size", DEFAULT_BATCH)
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1_000_000:
         problems.append(f"{lines.get('batch_size', source)} batch_size: must be a whole number of rows "
                         f"from 1 to 1000000, got {size!r}")

@@ -1,6 +1,7 @@
 """Declared backfills on the real PostgreSQL: 100k rows in batches while four writers insert and
 update (their longest wait measured, against a one-statement UPDATE as the control), and a
-runner killed with SIGKILL half-way that resumes and updates every row exactly once."""
+runner killed with SIGKILL half-way that resumes and updates every row exactly once; a batch
+that cannot get its lock, and a SET that PostgreSQL refuses."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from shipyard.database import ledger
-from shipyard.database.apply import apply_migrations
+from shipyard.database.apply import MigrationFailed, apply_migrations
 from shipyard.database.sources import from_directory
 from support.pg import query, throwaway_db
 
@@ -106,7 +107,7 @@ async def test_100k_rows_in_batches_while_four_writers_write(tmp_path: Path) -> 
 RUNNER = """
 import asyncio, sys
 from pathlib import Path
-from shipyard.database.apply import apply_migrations
+from shipyard.database.apply import MigrationFailed, apply_migrations
 from shipyard.database.sources import from_directory
 ms = from_directory(Path(sys.argv[2]))
 asyncio.run(apply_migrations(sys.argv[1], ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0))
@@ -151,3 +152,40 @@ async def test_killed_mid_way_resumes_and_updates_each_row_once(tmp_path: Path) 
         assert any(f"resuming after id {recorded_rows}" in m for m in log), log
         assert await query(url, "SELECT n, label, count(*) FROM items GROUP BY n, label") == [(1, "done", rows)]
         assert await query(url, "SELECT rows_done, done FROM shipyard_backfills") == [(rows, True)]
+
+
+async def test_a_batch_that_cannot_lock_stops_with_the_done_part_kept_then_resumes(tmp_path: Path) -> None:
+    rows = 5_000
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, rows, "table: items\nset: n = n + 1\nbatch_size: 1000\npause: 0s\n")
+        await apply_migrations(url, from_directory(directory)[:1], phases={"0001": "expand"}, lock_timeout=1.0,
+                               retries=0)
+        async with await psycopg.AsyncConnection.connect(url) as holder:       # a long transaction of the app
+            await holder.execute("UPDATE items SET w = 1 WHERE id = 3500")
+            ms = from_directory(directory)[1:]
+            t0 = time.monotonic()
+            with pytest.raises(MigrationFailed) as e:
+                await apply_migrations(url, ms, phases={"0002": "expand"}, lock_timeout=0.2, retries=1,
+                                       sleep=lambda _s: asyncio.sleep(0))
+            took = time.monotonic() - t0
+            await holder.rollback()
+        assert "after 3000 rows" in e.value.message
+        assert "lock timeout" in e.value.message and "[55P03]" in e.value.message
+        assert "3 batch(es) before it are committed and recorded (last id 3000)" in (e.value.hint or "")
+        assert took < 5                                          # two tries of 0.2 s, not a wait for the holder
+        assert await query(url, "SELECT n, count(*) FROM items GROUP BY n ORDER BY n") == [(0, 2000), (1, 3000)]
+        await apply_migrations(url, ms, phases={"0002": "expand"}, lock_timeout=1.0, retries=0)
+        assert await query(url, "SELECT n, count(*) FROM items GROUP BY n") == [(1, rows)]
+
+
+async def test_a_mistake_in_the_set_changes_nothing(tmp_path: Path) -> None:
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, 100, "table: items\nset: nosuch = 1\n")
+        ms = from_directory(directory)
+        with pytest.raises(MigrationFailed) as e:
+            await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0)
+        assert 'column "nosuch" of relation "items" does not exist' in e.value.message
+        assert "1 migration(s) before it were applied" in (e.value.hint or "")
+        assert await query(url, "SELECT count(*) FROM items WHERE n <> 0") == [(0,)]
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert "0002" not in await ledger.read(conn)

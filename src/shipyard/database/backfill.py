@@ -217,7 +217,9 @@ async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: st
         key=sql.Identifier(t.key), table=t.table))
     top = await cur.fetchone()
     await conn.execute(f"INSERT INTO {TABLE} (version, target, key_column, stop_key) VALUES (%s, %s, %s, %s) "
-                       "ON CONFLICT (version) DO NOTHING", (version, b.table_text, t.key, top[0] if top else None))
+                       "ON CONFLICT (version) DO UPDATE SET target = EXCLUDED.target, key_column = EXCLUDED.key_column, "
+                       f"stop_key = EXCLUDED.stop_key WHERE {TABLE}.batches = 0",      # nothing done yet: start afresh
+                       (version, b.table_text, t.key, top[0] if top else None))
     cur = await conn.execute(f"SELECT last_key, rows_done, batches, done, stop_key FROM {TABLE} WHERE version = %s",
                              (version,))
     row = await cur.fetchone()

@@ -19,6 +19,7 @@ import pytest
 
 from shipyard.database import ledger
 from shipyard.database.apply import MigrationFailed, apply_migrations
+from shipyard.database.backfill import Progress
 from shipyard.database.sources import from_directory
 from support.pg import query, throwaway_db
 
@@ -36,11 +37,18 @@ def migrations_dir(tmp: Path, rows: int, backfill: str) -> Path:
     return tmp
 
 
-async def apply_dir(url: str, directory: Path, log: list[str] | None = None) -> object:
+async def apply_dir(url: str, directory: Path, log: list[str] | None = None,
+                    reports: list[dict[str, object]] | None = None) -> object:
     """The backfill (0002) alone: 0001 is applied already (a deploy's plan would skip it the same way)."""
     ms = from_directory(directory)[1:]
+    out = log if log is not None else []
+
+    def progress(line: str, p: Progress) -> None:
+        out.append(line)
+        if reports is not None:
+            reports.append(p.to_dict())
     return await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=2,
-                                  log=(log.append if log is not None else lambda _m: None))
+                                  log=out.append, progress=progress)
 
 
 async def writers(url: str, stop: asyncio.Event, waits: list[float], top_id: int, n: int = 4) -> None:
@@ -83,8 +91,9 @@ async def test_100k_rows_in_batches_while_four_writers_write(tmp_path: Path) -> 
         await apply_migrations(url, from_directory(directory)[:1], phases={"0001": "expand"}, lock_timeout=1.0,
                                retries=0)
         log: list[str] = []
+        reports: list[dict[str, object]] = []
         t0 = time.monotonic()
-        waits = await with_writers(url, apply_dir(url, directory, log), rows)
+        waits = await with_writers(url, apply_dir(url, directory, log, reports), rows)
         took = time.monotonic() - t0
         print(f"backfill of {rows} rows took {took:.1f}s; {len(waits)} writer statements, "
               f"longest {max(waits) * 1000:.0f} ms, p99 {sorted(waits)[int(len(waits) * .99)] * 1000:.1f} ms")
@@ -94,7 +103,12 @@ async def test_100k_rows_in_batches_while_four_writers_write(tmp_path: Path) -> 
         assert await query(url, "SELECT max(n) FROM items") == [(1,)]
         done = await query(url, "SELECT rows_done, batches, done FROM shipyard_backfills WHERE version = '0002'")
         assert done[0][0] >= rows and done[0][1] >= 100 and done[0][2] is True
-        assert any("backfill items in batches of 1000" in m for m in log) and any(": done" in m for m in log)
+        assert "backfill items in batches of 1000 on id" in log[0] and log[-2].endswith(": done")
+        assert len(reports) >= 3 and reports[0]["rows_done"] == 0
+        assert 0.8 * rows <= reports[0]["estimated_total"] <= 1.2 * rows   # type: ignore[operator]
+        done_counts = [r["rows_done"] for r in reports]
+        assert done_counts == sorted(done_counts) and done_counts[-1] >= rows
+        assert reports[-1]["rows_per_second"] > 0 and reports[-1]["batches"] >= 100  # type: ignore[operator]
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             assert (await ledger.read(conn))["0002"].status == "applied"
 
@@ -108,6 +122,7 @@ RUNNER = """
 import asyncio, sys
 from pathlib import Path
 from shipyard.database.apply import MigrationFailed, apply_migrations
+from shipyard.database.backfill import Progress
 from shipyard.database.sources import from_directory
 ms = from_directory(Path(sys.argv[2]))
 asyncio.run(apply_migrations(sys.argv[1], ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0))

@@ -35,6 +35,8 @@ DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
 )"""
 RETRYABLE = ("55P03", "57014")        # lock_timeout, statement_timeout: the batch rolled back, try again
 LagReader = Callable[[psycopg.AsyncConnection], Awaitable[float | None]]
+Report = Callable[[str, "Progress"], None]
+"""Progress of a backfill: the line to show and the figures (the deploy makes an event of both)."""
 
 
 class BackfillFailed(DatabaseError):
@@ -91,6 +93,11 @@ class Progress:
     @property
     def rate(self) -> float:
         return self.rows_done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows_done": self.rows_done, "estimated_total": max(self.estimated_total, self.rows_done),
+                "batches": self.batches, "seconds": round(self.seconds, 3), "rows_per_second": round(self.rate, 1),
+                "lag_waits": round(self.lag_waits, 3), "last_key": self.last_key}
 
     def line(self, label: str) -> str:
         total = max(self.estimated_total, self.rows_done)
@@ -203,12 +210,14 @@ async def _one_batch(conn: psycopg.AsyncConnection, version: str, t: Target, b: 
 async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: str, backfill: Backfill,
                        lock_timeout: float, retries: int, backoff: Callable[[int], float],
                        record: Callable[[psycopg.AsyncConnection, bool], Awaitable[None]],
-                       log: Callable[[str], None] = lambda _m: None,
+                       log: Callable[[str], None] = lambda _m: None, progress: Report | None = None,
                        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, read_lag: LagReader = replica_lag,
                        max_lag_wait: float = 300.0, report_every: float = 2.0) -> Progress:
     """Run (or resume) the backfill to the end on `conn` (autocommit, holding the migration lock).
-    `record(conn, done)` writes the ledger row inside each batch's transaction."""
+    `record(conn, done)` writes the ledger row inside each batch's transaction; `progress` gets the
+    start, a report every `report_every` seconds and the end (without it they go to `log`)."""
     b = backfill
+    report = progress or (lambda line, _p: log(line))
     t = await _resolve(conn, b)
     await conn.execute(DDL)
     # the largest key now is where it stops, kept across a resume: rows inserted from here on are
@@ -231,8 +240,8 @@ async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: st
     if row[4] is not None:
         p.estimated_total = p.rows_done + await _estimate(conn, t, b, p.last_key, row[4])
     resumed = f", resuming after {t.key} {p.last_key} ({p.rows_done} rows already done)" if p.last_key else ""
-    log(f"{label}: backfill {b.table_text} in batches of {b.batch_size} on {t.key} up to {row[4]}, "
-        f"~{p.estimated_total} rows{resumed}")
+    report(f"{label}: backfill {b.table_text} in batches of {b.batch_size} on {t.key} up to {row[4]}, "
+           f"~{p.estimated_total} rows{resumed}", p)
     t0, last_report, attempt = time.monotonic(), 0.0, 0
     while True:
         p.lag_waits += await wait_for_replicas(conn, b.max_lag, max_wait=max_lag_wait, read_lag=read_lag, log=log,
@@ -256,11 +265,11 @@ async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: st
         attempt = 0
         p.seconds = time.monotonic() - t0
         if rows < 0:
-            log(p.line(label) + ": done")
+            report(p.line(label) + ": done", p)
             return p
         p.rows_done, p.batches, p.last_key = p.rows_done + rows, p.batches + 1, last
         if p.seconds - last_report >= report_every:
             last_report = p.seconds
-            log(p.line(label))
+            report(p.line(label), p)
         if b.pause > 0:
             await sleep(b.pause)

@@ -19,7 +19,7 @@ import pytest
 
 from shipyard.database import ledger
 from shipyard.database.apply import MigrationFailed, apply_migrations
-from shipyard.database.backfill import Progress
+from shipyard.database.backfill import Progress, replica_lag
 from shipyard.database.sources import from_directory
 from support.pg import query, throwaway_db
 
@@ -122,7 +122,7 @@ RUNNER = """
 import asyncio, sys
 from pathlib import Path
 from shipyard.database.apply import MigrationFailed, apply_migrations
-from shipyard.database.backfill import Progress
+from shipyard.database.backfill import Progress, replica_lag
 from shipyard.database.sources import from_directory
 ms = from_directory(Path(sys.argv[2]))
 asyncio.run(apply_migrations(sys.argv[1], ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0))
@@ -204,3 +204,25 @@ async def test_a_mistake_in_the_set_changes_nothing(tmp_path: Path) -> None:
         assert await query(url, "SELECT count(*) FROM items WHERE n <> 0") == [(0,)]
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             assert "0002" not in await ledger.read(conn)
+
+
+@pytest.mark.parametrize("column, values", [
+    ("code text NOT NULL UNIQUE", "'k' || (g * 7919 % 3001)::text || ' ä%'"),   # text: collation order, a '%'
+    ("code uuid NOT NULL UNIQUE", "gen_random_uuid()"),                          # no max(uuid) in PostgreSQL
+])
+async def test_keys_other_than_integers(tmp_path: Path, column: str, values: str) -> None:
+    async with throwaway_db("sybackfill") as url:
+        (tmp_path / "0001_t.sql").write_text(
+            f"CREATE TABLE t (id serial PRIMARY KEY, {column}, n int NOT NULL DEFAULT 0);\n"
+            f"INSERT INTO t (code) SELECT {values} FROM generate_series(1, 3000) g;\n")
+        (tmp_path / "0002_fill.backfill.yaml").write_text("table: t\nset: n = n + 1\nkey: code\nbatch_size: 400\n"
+                                                           "pause: 0s\nwhere: code::text NOT LIKE 'zz%'\n")
+        ms = from_directory(tmp_path)
+        await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0)
+        assert await query(url, "SELECT n, count(*) FROM t GROUP BY n") == [(1, 3000)]
+        assert await query(url, "SELECT batches FROM shipyard_backfills") == [(8,)]
+
+
+async def test_no_replica_here_reads_as_none() -> None:
+    async with throwaway_db("sybackfill") as url, await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        assert await replica_lag(c) is None

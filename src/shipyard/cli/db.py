@@ -162,6 +162,9 @@ def status(file: Path = typer.Argument(..., help="The spec file."), as_json: boo
             state = "held (contract)"
         elif m in plan.expand:
             state = "pending (expand)"
+        if (progress := plan.backfills.get(m.version)) and m in plan.expand:
+            state = (f"backfill: {progress['rows_done']} rows done, {progress['key']} up to {progress['last_key']} "
+                     f"of {progress['stop_key']}")
         t.add_row(*(text(v) for v in (m.version, m.name, state, plan.phases[m.version],
                                       row.applied_at.strftime("%Y-%m-%d %H:%M") if row else "-")))
     out.print(t)

@@ -47,6 +47,17 @@ class ReplicaLagging(BackfillFailed):
     """The replicas stayed behind by more than max_lag for longer than the backfill may wait."""
 
 
+async def read_progress(conn: psycopg.AsyncConnection) -> dict[str, dict[str, Any]]:
+    """version -> how far each backfill got (for `db status` and the plan); {} before the first one."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return {}
+    cur = await conn.execute(f"SELECT version, key_column, last_key, stop_key, rows_done, batches, done FROM {TABLE}")
+    return {r[0]: {"key": r[1], "last_key": r[2], "stop_key": r[3], "rows_done": int(r[4]), "batches": int(r[5]),
+                   "done": bool(r[6])} for r in await cur.fetchall()}
+
+
 async def replica_lag(conn: psycopg.AsyncConnection) -> float | None:
     """Seconds the most lagging replica is behind in replay (pg_stat_replication on the primary);
     None when no replica is attached. A caught-up idle replica shows a NULL replay_lag: 0."""

@@ -246,6 +246,11 @@ async def test_cli_lint_refuses_a_bad_declaration_and_status_shows_progress(
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{bad}/0001_fill.backfill.yaml:2 not valid SQL" in r.stderr
     assert f"{bad}/0001_fill.backfill.yaml:3 batch_size:" in r.stderr
+    one = await asyncio.to_thread(sy, "db", "lint", str(bad / "0001_fill.backfill.yaml"), state=state_dir)
+    assert one.returncode == 2 and f"{bad}/0001_fill.backfill.yaml:2 not valid SQL" in one.stderr, one.stderr
+    (bad / "0001_fill.backfill.yaml").write_text("table: items\nset: n = n + 1\n")
+    ok = await asyncio.to_thread(sy, "db", "lint", str(bad / "0001_fill.backfill.yaml"), state=state_dir)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
 
     async with throwaway_db("sybackfill") as url:
         directory = migrations_dir(tmp_path / "m", 5_000, "table: items\nset: n = n + 1\nbatch_size: 1000\n"

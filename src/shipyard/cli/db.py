@@ -19,7 +19,7 @@ DEFAULT_PG = 15
 
 
 def _is_spec(path: Path) -> bool:
-    return path.is_file() and path.suffix in (".yaml", ".yml")
+    return path.is_file() and path.suffix in (".yaml", ".yml") and not path.name.endswith(".backfill.yaml")
 
 
 def _scripts_of(path: Path) -> list[Any]:
@@ -29,6 +29,10 @@ def _scripts_of(path: Path) -> list[Any]:
         return [m.script for m in from_directory(path)]
     if not path.is_file():
         raise SpecError(f"{path} does not exist", "give a spec file, a migrations directory or a .sql file")
+    if path.name.endswith(".backfill.yaml"):          # a declared backfill: checked, nothing to judge
+        from shipyard.database.backfill_spec import parse_backfill
+        parse_backfill(path.read_text(encoding="utf-8"), str(path))
+        return []
     return [parse_script(path.read_text(encoding="utf-8"), str(path))]
 
 

@@ -267,3 +267,23 @@ async def test_cli_lint_refuses_a_bad_declaration_and_status_shows_progress(
         r = await asyncio.to_thread(sy, "db", "status", str(spec), state=state_dir)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "backfill: 2000 rows done, id up to 2000 of 5000" in " ".join(r.stdout.split()), r.stdout
+
+
+async def test_comments_in_set_or_where_cannot_widen_a_batch(tmp_path: Path) -> None:
+    """A trailing `-- comment` in the SET must not swallow the batch's key range (a whole-table UPDATE per batch)."""
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, 3_000, "table: items\nset: n = n + 1 -- count it\n"
+                                                    "where: n >= 0 -- all\nbatch_size: 1000\npause: 0s\n")
+        ms = from_directory(directory)
+        await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0)
+        assert await query(url, "SELECT n, count(*) FROM items GROUP BY n") == [(1, 3000)]
+        assert await query(url, "SELECT batches FROM shipyard_backfills") == [(3,)]
+
+
+async def test_an_empty_table_is_done_at_once(tmp_path: Path) -> None:
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, 1, "table: items\nset: n = n + 1\n")
+        (directory / "0001_items.sql").write_text(SCHEMA.format(rows=1) + "DELETE FROM items;\n")
+        ms = from_directory(directory)
+        await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0)
+        assert await query(url, "SELECT rows_done, batches, done FROM shipyard_backfills") == [(0, 0, True)]

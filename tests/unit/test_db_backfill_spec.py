@@ -136,3 +136,8 @@ def test_lint_of_a_whole_table_update_offers_the_declared_backfill_filled_in(upd
     assert "NNNN_name.backfill.yaml" in fix
     declaration = "\n".join(line for line in fix.splitlines() if not line.startswith("--"))
     assert parse_backfill(declaration, "suggested").statement == update     # the fix is a valid declaration
+
+
+def test_a_where_inside_set_is_refused() -> None:
+    with pytest.raises(BackfillInvalid, match=r"f:2 set: holds a WHERE"):
+        parse_backfill("table: t\nset: n = 1 WHERE true\n", "f")

@@ -164,7 +164,8 @@ def _where(t: Target, b: Backfill, last: str | None, upper: str | None) -> sql.C
         if value is not None:
             parts.append(sql.SQL("{} {} CAST({} AS {})").format(key, sql.SQL(op), sql.Literal(value),
                                                                  sql.SQL(t.key_type)))
-    parts.append(sql.SQL("({})").format(sql.SQL(b.where or "true")))
+    # the user's text on lines of its own: a trailing `-- comment` in it ends at the newline
+    parts.append(sql.SQL("(\n{}\n)").format(sql.SQL(b.where or "true")))
     return sql.SQL(" AND ").join(parts)
 
 
@@ -199,16 +200,18 @@ async def _one_batch(conn: psycopg.AsyncConnection, version: str, t: Target, b: 
         row = await cur.fetchone()
         assert row is not None
         last, stop = row
-        find = sql.SQL("SELECT (array_agg(k::text ORDER BY k DESC))[1], count(*) FROM (SELECT {key} AS k FROM {table} WHERE {where} "
-                       "ORDER BY {key} LIMIT {n}) AS batch").format(
-            key=sql.Identifier(t.key), table=t.table, where=_where(t, b, last, stop), n=sql.Literal(b.batch_size))
-        cur = await conn.execute(find)
-        bound, found = (await cur.fetchone()) or (None, 0)
-        if not found or stop is None:
+        bound, found = None, 0
+        if stop is not None:                # None: the table was empty when the backfill started
+            find = sql.SQL("SELECT (array_agg(k::text ORDER BY k DESC))[1], count(*) FROM (SELECT {key} AS k "
+                           "FROM {table} WHERE {where} ORDER BY {key} LIMIT {n}) AS batch").format(
+                key=sql.Identifier(t.key), table=t.table, where=_where(t, b, last, stop), n=sql.Literal(b.batch_size))
+            cur = await conn.execute(find)
+            bound, found = (await cur.fetchone()) or (None, 0)
+        if not found:
             await conn.execute(f"UPDATE {TABLE} SET done = true, updated_at = now() WHERE version = %s", (version,))
             await record(conn, True)
             return -1, last
-        update = sql.SQL("UPDATE {table} SET {sets} WHERE {where}").format(
+        update = sql.SQL("UPDATE {table} SET\n{sets}\nWHERE {where}").format(
             table=t.table, sets=sql.SQL(b.set), where=_where(t, b, last, bound))
         cur = await conn.execute(update)
         rows = max(cur.rowcount, 0)

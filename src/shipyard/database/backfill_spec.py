@@ -90,6 +90,9 @@ def _check_sql(decl: dict[str, Any], lines: dict[str, str], problems: list[str])
         problems.append(f"{lines['set']} set/where must be one plain SET list and condition "
                         "(no ';', FROM, RETURNING or WITH)")
         return None
+    if where is None and stmt.whereClause is not None:
+        problems.append(f"{lines['set']} set: holds a WHERE; give the condition as where:")
+        return None
     rv = stmt.relation
     if rv.alias is not None:
         problems.append(f"{lines['table']} table: give a table name, optionally schema-qualified (app.orders)")

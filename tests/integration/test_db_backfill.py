@@ -232,6 +232,17 @@ async def test_keys_other_than_integers(tmp_path: Path, column: str, values: str
         assert await query(url, "SELECT batches FROM shipyard_backfills") == [(8,)]
 
 
+async def test_a_key_without_an_index_is_warned_about(tmp_path: Path) -> None:
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, 1_000, "table: items\nset: n = n + 1\nkey: w\nbatch_size: 300\n")
+        ms = from_directory(directory)
+        log: list[str] = []
+        await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0,
+                               log=log.append)
+        assert any("no index of items starts with w" in m for m in log), log
+        assert await query(url, "SELECT n, count(*) FROM items GROUP BY n") == [(1, 1000)]   # w = 0 everywhere
+
+
 async def test_no_replica_here_reads_as_none() -> None:
     async with throwaway_db("sybackfill") as url, await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         assert await replica_lag(c) is None

@@ -124,6 +124,8 @@ class Target:
     table: sql.Composable
     key: str
     key_type: str
+    indexed: bool = True
+    """An index starts with the key: without one every batch scans and sorts the table."""
 
 
 async def _resolve(conn: psycopg.AsyncConnection, b: Backfill) -> Target:
@@ -153,7 +155,10 @@ async def _resolve(conn: psycopg.AsyncConnection, b: Backfill) -> Target:
     if not col[1]:
         raise BackfillFailed(f"{b.source}: key column {b.table_text}.{key} may be NULL: rows with a NULL key "
                              "would never be backfilled", "cut batches on a NOT NULL column (the primary key)")
-    return Target(table=table, key=key, key_type=str(col[0]))
+    cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                             "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND a.attname = %s)", (oid, key))
+    indexed = await cur.fetchone()
+    return Target(table=table, key=key, key_type=str(col[0]), indexed=bool(indexed and indexed[0]))
 
 
 def _where(t: Target, b: Backfill, last: str | None, upper: str | None) -> sql.Composed:
@@ -233,6 +238,9 @@ async def run_backfill(conn: psycopg.AsyncConnection, *, version: str, label: st
     b = backfill
     report = progress or (lambda line, _p: log(line))
     t = await _resolve(conn, b)
+    if not t.indexed:
+        log(f"{label}: warning: no index of {b.table_text} starts with {t.key}: every batch scans the whole table "
+            f"to find its {b.batch_size} rows; cut batches on an indexed column (key:) for a big table")
     await conn.execute(DDL)
     # the largest key now is where it stops, kept across a resume: rows inserted from here on are
     # written by the application (in the new form), and a busy table still has an end

@@ -20,7 +20,7 @@ from test_cli import sy
 
 from shipyard.database import ledger
 from shipyard.database.apply import MigrationFailed, apply_migrations
-from shipyard.database.backfill import Progress, replica_lag
+from shipyard.database.backfill import Progress, ReplicaLagging, replica_lag, run_backfill
 from shipyard.database.plan import plan_migrations
 from shipyard.database.sources import from_directory
 from support import SpecMaker
@@ -126,7 +126,7 @@ RUNNER = """
 import asyncio, sys
 from pathlib import Path
 from shipyard.database.apply import MigrationFailed, apply_migrations
-from shipyard.database.backfill import Progress, replica_lag
+from shipyard.database.backfill import Progress, ReplicaLagging, replica_lag, run_backfill
 from shipyard.database.plan import plan_migrations
 from shipyard.database.sources import from_directory
 ms = from_directory(Path(sys.argv[2]))
@@ -298,3 +298,37 @@ async def test_an_empty_table_is_done_at_once(tmp_path: Path) -> None:
         ms = from_directory(directory)
         await apply_migrations(url, ms, phases={m.version: "expand" for m in ms}, lock_timeout=1.0, retries=0)
         assert await query(url, "SELECT rows_done, batches, done FROM shipyard_backfills") == [(0, 0, True)]
+
+
+async def test_the_lag_throttle_is_consulted_before_batches(tmp_path: Path) -> None:
+    """No replica here: a fake lag reader stands in for pg_stat_replication, the rest is real."""
+    async with throwaway_db("sybackfill") as url:
+        directory = migrations_dir(tmp_path, 2_000, "table: items\nset: n = n + 1\nbatch_size: 1000\nmax_lag: 1s\n")
+        ms = from_directory(directory)
+        await apply_migrations(url, ms[:1], phases={"0001": "expand"}, lock_timeout=1.0, retries=0)
+        lags = [5.0, 5.0, 0.5, None]
+        calls: list[float | None] = []
+
+        async def read_lag(_conn: object) -> float | None:
+            calls.append(lags.pop(0) if len(lags) > 1 else lags[0])
+            return calls[-1]
+
+        async def record(_c: object, _done: bool) -> None:
+            return None
+        log: list[str] = []
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            p = await run_backfill(conn, version="0002", label="0002_count", backfill=ms[1].backfill,  # type: ignore[arg-type]
+                                   lock_timeout=1.0, retries=0, backoff=lambda _a: 0.0, record=record,
+                                   log=log.append, read_lag=read_lag, max_lag_wait=30)
+            assert p.rows_done == 2000 and p.lag_waits > 0
+            assert calls[:3] == [5.0, 5.0, 0.5] and len(calls) == 5        # before each of 3 batch transactions
+            assert any("replication lag 5.0s is above max_lag 1s" in m for m in log), log
+
+            async def behind(_conn: object) -> float:
+                return 60.0
+            await conn.execute("UPDATE shipyard_backfills SET done = false, last_key = NULL, batches = 0")
+            with pytest.raises(ReplicaLagging, match="above max_lag 1s"):
+                await run_backfill(conn, version="0002", label="0002_count", backfill=ms[1].backfill,  # type: ignore[arg-type]
+                                   lock_timeout=1.0, retries=0, backoff=lambda _a: 0.0, record=record,
+                                   read_lag=behind, max_lag_wait=0.5)
+        assert await query(url, "SELECT n, count(*) FROM items GROUP BY n") == [(1, 2000)]   # nothing more done

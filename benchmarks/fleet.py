@@ -203,13 +203,15 @@ def main() -> int:
     finally:
         kill_everything_under(state)
         shutil.rmtree(state, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    suffix = "" if args.router == "embedded" else f".{args.router}"
+    out = RESULTS.with_name(f"fleet{suffix}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
     body = table(res)
     print(body)
-    print(f"\nJSON: {RESULTS}", file=sys.stderr)
+    print(f"\nJSON: {out}", file=sys.stderr)
     if args.doc:
-        write_doc_section(DOC, "fleet", body)
+        write_doc_section(DOC, f"fleet{suffix.replace('.', '-')}", body)
     return 0
 
 

@@ -44,6 +44,9 @@ class SshFleet:
         if self.drift is not None:
             self.drift.add_targets(pool, targets)
         self._used[service] = key
+        # the handshakes (max_connects at once) before the first batch, not inside its starts'
+        # connect wait: 100 hosts under load took longer than that for the last in line
+        await pool.connect_all(targets, timeout=options.connect_timeout)
 
     async def stop_unrecorded(self, address: str, recorded: Callable[[str], bool], timeout: float) -> list[str]:
         return await self.runtime.stop_unrecorded(address, recorded, timeout)

@@ -32,7 +32,7 @@ from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.demo import free_port
 from shipyard.histogram import BOUNDS_MS
-from shipyard.router.haproxy import logs
+from shipyard.router.haproxy import log_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAT_FIELDS = ("stot", "connect", "reuse")
@@ -106,7 +106,7 @@ async def live_aa(api: AsyncApiClient, daemon: DaemonProcess, state: Path, args:
         feed = rec.log.feed
 
         def tap(data: bytes, now: float) -> None:
-            r = logs.parse(data)
+            r = log_lines.parse(data)
             if r is not None:
                 lines.append((now, r.backend, r.server, r.ms))
             feed(data, now)

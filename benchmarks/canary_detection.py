@@ -52,7 +52,7 @@ from shipyard.client import AsyncApiClient
 from shipyard.devtools.daemonproc import DaemonProcess
 from shipyard.devtools.demo import example_dir, free_port
 from shipyard.errors import ShipyardError
-from shipyard.router.haproxy.config import Files as HAProxyFiles
+from shipyard.router.haproxy.files import Files as HAProxyFiles
 from shipyard.spec.strategy import AnalysisSpec
 
 HERE = Path(__file__).resolve().parent

@@ -26,7 +26,8 @@ from typing import Any
 from benchtools import HAPROXY, Children, kill_everything_under, machine, run_wrk, wait_port
 
 from shipyard.errors import ShipyardError
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.logs import TrafficLog
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "haproxy_logs.json"

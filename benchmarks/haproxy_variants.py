@@ -44,9 +44,12 @@ from router import DOC, TICK, bench_table, cpu_ticks, cpus, pin, start_backend, 
 from shipyard.devtools.demo import free_port
 from shipyard.errors import ShipyardError
 from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy.config import Files, Server
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.logs import TrafficLog
+from shipyard.router.haproxy.maps import map_entries, map_text
 from shipyard.router.haproxy.process import POOL_ARGS, HAProxyProcess
+from shipyard.router.haproxy.services import Server, server_name, service_config
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "haproxy_variants.json"
@@ -187,12 +190,12 @@ async def start_variant(children: Children, name: str, v: Variant, backends: lis
     proc = HAProxyProcess(files, binary)
     procs.append((proc, root))
     port = free_port()
-    servers = {"blue": tuple(Server(cfg.server_name(u), u.host, u.port) for u in table.tracks["blue"])}
-    svc = cfg.service_config(f"127.0.0.1:{port}", table, servers if v.file_servers else {})
+    servers = {"blue": tuple(Server(server_name(u), u.host, u.port) for u in table.tracks["blue"])}
+    svc = service_config(f"127.0.0.1:{port}", table, servers if v.file_servers else {})
     text = v.edit(cfg.render([svc], files, LOG_FORMAT, START_RULE))
     files.maps.mkdir(parents=True, exist_ok=True)
-    for kind, rows in cfg.map_entries(table).items():
-        files.map_file(SERVICE, kind).write_text(cfg.map_text(rows))
+    for kind, rows in map_entries(table).items():
+        files.map_file(SERVICE, kind).write_text(map_text(rows))
     traffic = TrafficLog(SERVICE)
     await traffic.start_stream(files.log_socket(SERVICE))
     logs.append(traffic)

@@ -58,29 +58,18 @@ NAIVE = {
 }
 
 
-def shipyard_set(batch: int) -> dict[str, str]:
+def shipyard_set(batch: int, rows: int) -> dict[str, str]:
     """The naive set as the linter's `fix` texts rewrite it. The backfill is the fix's batch
-    statement in a DO block that commits after each batch (so its row locks last one batch)
-    and stops when a batch updates no row: one statement for the runner, no client loop."""
+    statement written out once per batch (plus one that finds nothing left) in a no-transaction
+    file, so each batch commits on its own and its row locks last one batch. Plain statements,
+    not a DO loop: the linter judges each of them (a DO block is `unknown-statement`)."""
+    update = (f"UPDATE accounts SET token = random()\n"
+              f"  WHERE ctid = ANY (ARRAY(SELECT ctid FROM accounts WHERE token IS NULL LIMIT {batch}));\n")
     return {
         "0001_owner_index.sql": "CREATE INDEX CONCURRENTLY accounts_owner_idx ON accounts (owner);\n",
         "0002_add_token.sql": ("ALTER TABLE accounts ADD COLUMN token double precision;\n"
                                "ALTER TABLE accounts ALTER COLUMN token SET DEFAULT random();\n"),
-        "0003_backfill_token.sql": f"""-- shipyard:no-transaction
-DO $$
-DECLARE
-    updated bigint;
-BEGIN
-    LOOP
-        UPDATE accounts SET token = random()
-          WHERE ctid = ANY (ARRAY(SELECT ctid FROM accounts WHERE token IS NULL LIMIT {batch}));
-        GET DIAGNOSTICS updated = ROW_COUNT;
-        COMMIT;
-        EXIT WHEN updated = 0;
-    END LOOP;
-END
-$$;
-""",
+        "0003_backfill_token.sql": "-- shipyard:no-transaction\n" + update * (-(-rows // batch) + 1),
         "0004_balance_check.sql": ("ALTER TABLE accounts ADD CONSTRAINT accounts_balance_not_null "
                                    "CHECK (balance IS NOT NULL) NOT VALID;\n"),
         "0005_validate_balance_check.sql": ("ALTER TABLE accounts VALIDATE CONSTRAINT "
@@ -219,7 +208,7 @@ def summarize(args: argparse.Namespace, runs: dict[str, dict[str, Any]], pg: str
     naive, ship = runs["naive"], runs["shipyard"]
     naive_rules = {f["file"]: f["rule"] for f in naive["lint"] if f["rule"] in NAIVE_RULES.values()}
     naive_flagged = all(naive_rules.get(file) == rule for file, rule in NAIVE_RULES.items())
-    ship_clean = not any(f["blocking"] for f in ship["lint"])
+    ship_clean = ship["lint"] == []          # not even a warning
     ship_max = ship["all"]["latency_ms"]["max"] or 0.0
     naive_max = naive["all"]["latency_ms"]["max"] or 0.0
     goal = ship_max <= args.lock_timeout * 1000 and ship["all"]["errors"] == 0
@@ -313,8 +302,8 @@ def markdown(res: dict[str, Any]) -> str:
         + ", ".join(f"`{r}`" for r in res["naive_rules"]) + ".",
         f"- **shipyard**: the linter's rewrites, applied by `apply_migrations` (lock_timeout {lt:g} s, "
         f"{o['retries']} retries): `CREATE INDEX CONCURRENTLY` in a file of its own; `ADD COLUMN` without "
-        f"default + `SET DEFAULT random()`; a no-transaction backfill (a DO block that updates "
-        f"{o['batch']:,} rows still NULL at a time and commits after each batch); "
+        f"default + `SET DEFAULT random()`; a no-transaction backfill (the batch UPDATE of "
+        f"{o['batch']:,} rows still NULL written out once per batch, each committing on its own); "
         "`CHECK (balance IS NOT NULL) NOT VALID`; `VALIDATE` in the next file; then `SET NOT NULL` "
         "and `DROP` of the check. Lint (with the runner's "
         f"lock_timeout): {'clean' if res['shipyard_lint_clean'] else '**not clean**'}.",
@@ -356,7 +345,7 @@ async def run(args: argparse.Namespace, dbs: Databases, work: Path) -> dict[str,
     finally:
         await conn.close()
     sets = {"naive": write_set(work / "naive", NAIVE),
-            "shipyard": write_set(work / "shipyard", shipyard_set(args.batch))}
+            "shipyard": write_set(work / "shipyard", shipyard_set(args.batch, args.rows))}
     runs = {}
     for kind, migrations in sets.items():
         runs[kind] = await one_run(args, dbs, kind, migrations)

@@ -21,7 +21,7 @@ from typing import Any
 
 from shipyard.router.dataplane.client import ClientConnection
 from shipyard.router.dataplane.outbox import Outbox
-from shipyard.router.dataplane.proxy import ProxyServer
+from shipyard.router.dataplane.proxy_server import ProxyServer
 from shipyard.router.dataplane.tries import TryWatch
 from shipyard.router.dataplane.upstream import UpstreamConnection
 from shipyard.router.table import RoutingTable, Upstream

@@ -43,6 +43,20 @@ def instance_environment(launch: LaunchSpec, variables: dict[str, str],
     return env
 
 
+REMOTE_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+"""What stands for the daemon's own PATH/LANG on a fleet host (run.env may set others)."""
+
+
+def remote_command(launch: LaunchSpec, variables: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of an instance on a fleet host (``launch.tree`` is the host's
+    path): a command with '/' is relative to the tree, a bare name is left to the host's
+    PATH. SshRuntime starts with it, the fleet drift scan compares with it."""
+    argv = [substitute(arg, variables) for arg in launch.command]
+    if argv and "/" in argv[0] and not argv[0].startswith("/"):
+        argv[0] = f"{launch.tree}/{argv[0]}"
+    return argv, instance_environment(launch, variables, base=REMOTE_BASE_ENV)
+
+
 def resolve_program(program: str, tree: Path, path_value: str) -> str:
     """Absolute path of command[0]: relative paths are inside the image, bare names on PATH."""
     if "/" in program:

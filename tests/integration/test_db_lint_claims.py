@@ -8,64 +8,32 @@ another session while a blocker makes them wait for their lock."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 import pytest
 
 from shipyard.database import locks
-from shipyard.database.connect import connect, server_version
-from shipyard.database.findings import Finding
-from shipyard.database.lint import Catalog, lint_scripts, load_catalog
+from shipyard.database.connect import connect, major_of, server_version
+from shipyard.database.lint import lint_scripts, load_catalog
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS, Entry, Example
 from shipyard.database.statements import parse_script
-
-URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-SETUP = """
-CREATE TABLE o (id int PRIMARY KEY);
-INSERT INTO o SELECT generate_series(1, 50);
-CREATE TABLE t (id int PRIMARY KEY, name varchar(20), note text, price numeric(10,2), ts timestamp(3),
-                addr cidr, code char(5), o_id int, email text, bits varbit(8), at time(2),
-                CONSTRAINT t_email_nn CHECK (email IS NOT NULL));
-INSERT INTO t SELECT g, 'n' || g, 'note', g, now(), '10.0.0.0/8', 'ab', 1 + g % 50, 'e' || g, B'101', '12:00'
-  FROM generate_series(1, 200) g;
-CREATE INDEX t_name_idx ON t (name);
-CREATE TABLE child (id int, o_id int REFERENCES o (id));
-INSERT INTO child SELECT g, g FROM generate_series(1, 50) g;
-CREATE TABLE e (id int);
-CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
-CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
-INSERT INTO p SELECT g, g FROM generate_series(0, 99) g;
-CREATE UNLOGGED TABLE u (id int);
-INSERT INTO u SELECT generate_series(1, 50);
-CREATE TABLE d (id int, status text NOT NULL DEFAULT 'new');
-INSERT INTO d SELECT generate_series(1, 50);
-CREATE TYPE mood AS ENUM ('sad', 'ok');
-ANALYZE o, t, child, e, p, u, d;
-"""
+from support.lint_claims import (
+    URL,
+    Claim,
+    claims_schema,
+    lint_claim,
+    observe_in_transaction,
+    observe_outside_transaction,
+    scalar,
+)
 
 
-@dataclass(frozen=True)
-class Claim:
-    rule: str | None
-    """The rule that must flag `sql`; None for a safe rewrite no rule may flag."""
-    sql: str
-    table: str
-    """The table whose lock, file and scans are observed."""
-    prepare: tuple[str, ...] = ()
-    """Committed before (and linted as an earlier migration)."""
-    before: tuple[str, ...] = ()
-    """Run first in the same transaction (and linted in the same file)."""
-    lock: str | None = None
-    rewrite: bool = False
-    scan: bool = False
-    """Expectations for safe rewrites (for flagged statements they come from the finding)."""
-    others: dict[str, str] = field(default_factory=dict)
-    """Other tables and the lock the statement must take on them."""
-    outside_transaction: bool = False
+@pytest.fixture
+async def db() -> AsyncIterator[tuple[psycopg.AsyncConnection, str]]:
+    async with claims_schema() as pair:
+        yield pair
 
 
 AE, SRE, SUE, SHARE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE"
@@ -121,6 +89,8 @@ FLAGGED = [
     Claim("set-logged", "ALTER TABLE u SET LOGGED", "u"),
     Claim("set-logged", "ALTER TABLE t SET UNLOGGED", "t"),
     Claim("drop-default-not-null", "ALTER TABLE d ALTER COLUMN status DROP DEFAULT", "d"),
+    Claim("table-rewrite", "ALTER TABLE t SET ACCESS METHOD heap2", "t",
+          before=("CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler",)),
 ]
 
 SAFE = [
@@ -162,121 +132,10 @@ SAFE = [
     Claim(None, "DELETE FROM child WHERE ctid = ANY (ARRAY(SELECT ctid FROM child LIMIT 5000))", "child",
           lock="ROW EXCLUSIVE", scan=True),
     Claim(None, "CREATE INDEX p_k ON ONLY p (k)", "p", lock=SHARE),
+    Claim(None, "ALTER TABLE t SET ACCESS METHOD heap", "t", lock=AE),          # the live table's already
+    Claim(None, "ALTER TABLE t SET TABLESPACE pg_default", "t", lock=AE),
 ]
 
-
-@dataclass
-class Observed:
-    locks: dict[str, str]
-    """table -> strongest mode the statement's session held (or waited for) on it."""
-    rewrite: bool
-    scans: int | None
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[tuple[psycopg.AsyncConnection, str]]:
-    schema = f"lint_{uuid.uuid4().hex[:12]}"
-    conn = await connect(URL)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        await conn.execute(f"SET search_path = {schema}")
-        await conn.execute(SETUP)
-        yield conn, schema
-    finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
-
-
-async def _one(conn: psycopg.AsyncConnection, sql: str, *args: object) -> object:
-    cur = await conn.execute(sql, args or None)
-    row = await cur.fetchone()
-    return row[0] if row else None
-
-
-async def _oids(conn: psycopg.AsyncConnection, tables: list[str]) -> dict[str, int]:
-    return {name: int(await _one(conn, "SELECT %s::regclass::oid", name)) for name in tables}  # type: ignore[arg-type]
-
-
-async def _file(conn: psycopg.AsyncConnection, oid: int) -> tuple[object, object]:
-    """(relfilenode, rows) of a relation by oid; rows only counted for a table that still exists."""
-    node = await _one(conn, "SELECT relfilenode FROM pg_class WHERE oid = %s::oid", oid)
-    rows = await _one(conn, f"SELECT count(*) FROM {await _one(conn, 'SELECT %s::oid::regclass::text', oid)}") \
-        if node is not None else None
-    return node, rows
-
-
-def _rewritten(before: tuple[object, object], after: tuple[object, object]) -> bool:
-    """A new file holding the same rows (TRUNCATE makes a new, empty one: not a rewrite)."""
-    return after[0] is not None and after[0] != before[0] and after[1] == before[1]
-
-
-async def _held(conn: psycopg.AsyncConnection, pid: int, oids: dict[str, int], granted: bool) -> dict[str, str]:
-    cur = await conn.execute("SELECT relation, mode FROM pg_locks WHERE pid = %s AND locktype = 'relation' "
-                             "AND granted = %s", (pid, granted))
-    by_oid: dict[int, list[str]] = {}
-    for relation, mode in await cur.fetchall():
-        by_oid.setdefault(int(relation), []).append(locks.from_pg_locks(mode))
-    return {name: locks.strongest(by_oid[oid]) or "" for name, oid in oids.items() if oid in by_oid}
-
-
-async def observe_in_transaction(conn: psycopg.AsyncConnection, claim: Claim) -> Observed:
-    tables = [claim.table, *claim.others]
-    oids = await _oids(conn, tables)
-    seq_sql = "SELECT sum(seq_scan) FROM pg_stat_xact_user_tables WHERE relid = %s::oid"
-    await conn.execute("BEGIN")
-    try:
-        for stmt in claim.before:
-            await conn.execute(stmt)
-        before = await _file(conn, oids[claim.table])
-        scans_before = await _one(conn, seq_sql, oids[claim.table])
-        await conn.execute(claim.sql)
-        scans_after = await _one(conn, seq_sql, oids[claim.table])
-        scans = None if scans_after is None else int(scans_after) - int(scans_before or 0)  # type: ignore[arg-type]
-        held = await _held(conn, conn.info.backend_pid, oids, granted=True)
-        after = await _file(conn, oids[claim.table])
-    finally:
-        await conn.execute("ROLLBACK")
-    return Observed(held, _rewritten(before, after), scans)
-
-
-async def observe_outside_transaction(conn: psycopg.AsyncConnection, schema: str, claim: Claim) -> Observed:
-    """Statements PostgreSQL refuses in a transaction: a blocker holds SHARE UPDATE EXCLUSIVE, the
-    weakest mode that every DDL lock conflicts with (it lets the name lookup's ACCESS SHARE
-    through), so the statement queues for its real lock and pg_locks shows the mode it asks for."""
-    oids = await _oids(conn, [claim.table])
-    before = await _file(conn, oids[claim.table])
-    blocker = await connect(URL, autocommit=False)
-    runner = await connect(URL)
-    try:
-        await blocker.execute(f"SET search_path = {schema}")
-        await blocker.execute(f"LOCK TABLE {claim.table} IN SHARE UPDATE EXCLUSIVE MODE")
-        await runner.execute(f"SET search_path = {schema}")
-        pid = runner.info.backend_pid
-        task = asyncio.create_task(runner.execute(claim.sql))
-        waiting: dict[str, str] = {}
-        for _ in range(500):
-            waiting = await _held(conn, pid, oids, granted=False)
-            if waiting or task.done():
-                break
-            await asyncio.sleep(0.01)
-        await blocker.rollback()
-        await asyncio.wait_for(task, 30)
-    finally:
-        await blocker.close()
-        await runner.close()
-    return Observed(waiting, _rewritten(before, await _file(conn, oids[claim.table])), None)
-
-
-async def _lint(conn: psycopg.AsyncConnection, claim: Claim, catalog: Catalog, assume: bool) -> list[Finding]:
-    scripts = [parse_script(";\n".join(claim.prepare), "0001_prepare.sql")] if claim.prepare else []
-    body = ";\n".join([*claim.before, claim.sql]) + ";"
-    if claim.outside_transaction:
-        body = "-- shipyard:no-transaction\n" + body
-    scripts.append(parse_script(body, "0002_claim.sql"))
-    version = await server_version(conn)
-    last = scripts[-1].statements[-1].line
-    return [f for f in lint_scripts(scripts, version, assume_lock_timeout=assume, catalog=catalog)
-            if f.source == "0002_claim.sql" and f.line == last]
 
 
 async def _check(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
@@ -284,7 +143,7 @@ async def _check(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
     catalog = await load_catalog(conn)
     for stmt in claim.prepare:
         await conn.execute(stmt)
-    findings = await _lint(conn, claim, catalog, assume=True)
+    findings = await lint_claim(conn, claim, catalog, assume=True)
     if claim.rule is None:
         assert [f for f in findings if f.severity == "error"] == [], findings
         lock, rewrite, scan = claim.lock, claim.rewrite, claim.scan
@@ -308,7 +167,7 @@ async def _check(db: tuple[psycopg.AsyncConnection, str], claim: Claim) -> None:
     if claim.rule == "validate-in-same-transaction":
         return          # VALIDATE itself waits for nothing: the lock was taken by the add before it
     # missing-lock-timeout claims the same lock, on the table it names
-    timeout = [f for f in await _lint(conn, claim, catalog, assume=False) if f.rule == "missing-lock-timeout"]
+    timeout = [f for f in await lint_claim(conn, claim, catalog, assume=False) if f.rule == "missing-lock-timeout"]
     blocking = lock is not None and (locks.blocks_reads(lock) or locks.blocks_writes(lock))
     assert bool(timeout) == blocking, (claim.sql, timeout)
     if timeout:
@@ -331,7 +190,7 @@ async def test_not_null_column_without_default_fails_on_a_table_with_rows(
         db: tuple[psycopg.AsyncConnection, str]) -> None:
     conn, _ = db
     sql = "ALTER TABLE t ADD COLUMN flag boolean NOT NULL"
-    [finding] = [f for f in await _lint(conn, Claim(None, sql, "t"), await load_catalog(conn), True)
+    [finding] = [f for f in await lint_claim(conn, Claim(None, sql, "t"), await load_catalog(conn), True)
                  if f.rule == "add-column-not-null-no-default"]
     assert finding.breaks_old_release
     with pytest.raises(psycopg.errors.NotNullViolation):
@@ -359,6 +218,11 @@ async def test_load_catalog_reads_types_checks_rows_and_indexes(db: tuple[psycop
     assert str(t.columns["name"].type) == "varchar(20)" and t.columns["id"].not_null
     assert str(t.columns["ts"].type) == "timestamp(3)" and str(t.columns["price"].type) == "numeric(10,2)"
     assert t.rows == 200 and [c.name for c in t.checks] == ["t_email_nn"]
+    assert (t.access_method, t.tablespace) == ("heap", "pg_default") and t.bytes and t.bytes > 0
+    assert t.column_indexes["name"] == ("t_name_idx",) and t.column_indexes["id"] == ("t_pkey",)
+    assert t.index_defs["t_name_idx"].startswith("CREATE INDEX t_name_idx ON ")
+    assert catalog.tables[(schema, "e")].bytes == 0
+    assert catalog.tables[(schema, "p")].bytes is None and catalog.tables[(schema, "p1")].bytes
     assert catalog.indexes[(schema, "t_name_idx")] == (schema, "t")
     assert catalog.tables[(schema, "p")].partitioned
     assert catalog.search_path == (schema,)
@@ -382,7 +246,7 @@ async def _probe(schema: str, sql: str) -> BaseException | None:
 async def test_a_whole_table_update_blocks_the_running_releases_writes_to_any_row(
         db: tuple[psycopg.AsyncConnection, str]) -> None:
     conn, schema = db
-    found = await _lint(conn, Claim(None, "UPDATE t SET note = 'x'", "t"), await load_catalog(conn), True)
+    found = await lint_claim(conn, Claim(None, "UPDATE t SET note = 'x'", "t"), await load_catalog(conn), True)
     assert [f.rule for f in found] == ["whole-table-write"]
     await conn.execute("BEGIN")
     try:
@@ -411,7 +275,7 @@ async def test_dropping_a_not_null_columns_default_breaks_inserts_that_leave_it_
         db: tuple[psycopg.AsyncConnection, str]) -> None:
     conn, _ = db
     sql = "ALTER TABLE d ALTER COLUMN status DROP DEFAULT"
-    [f] = [f for f in await _lint(conn, Claim(None, sql, "d"), await load_catalog(conn), True)
+    [f] = [f for f in await lint_claim(conn, Claim(None, sql, "d"), await load_catalog(conn), True)
            if f.rule == "drop-default-not-null"]
     assert f.breaks_old_release and f.severity == "error"
     await conn.execute("BEGIN")
@@ -451,4 +315,152 @@ async def test_create_index_concurrently_on_a_partitioned_table_is_refused(
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         await conn.execute(sql)
     await conn.execute(f.fix.split("\n")[1])                                   # the fix's first step works
-    assert await _one(conn, "SELECT count(*) FROM pg_class WHERE relname = 'p_k'") == 1
+    assert await scalar(conn, "SELECT count(*) FROM pg_class WHERE relname = 'p_k'") == 1
+
+
+# -- the DDL table's own claims: every row with an example, run on this PostgreSQL ---------------------
+
+ROWS = [(getattr(k, "name", None) or k.__name__, e, x) for k, e in [*STATEMENTS.items(), *ALTER_TABLE.items()]
+        for x in e.examples]
+
+
+@pytest.mark.parametrize(("name", "entry", "example"), ROWS, ids=[f"{n}:{x.sql}" for n, _, x in ROWS])
+async def test_the_ddl_table_row_holds_on_postgresql(db: tuple[psycopg.AsyncConnection, str], name: str,
+                                                     entry: Entry, example: Example) -> None:
+    """The lock pg_locks shows is the row's (or its variant's) lock for this server's major, the
+    table's file is replaced exactly when the example's effect is rewrite, and the table is read
+    exactly when it is rewrite or scan."""
+    conn, schema = db
+    major = major_of(await server_version(conn))
+    if entry.since > major:
+        pytest.skip(f"{entry.form} needs PostgreSQL >= {entry.since}, this server is {major}")
+    for stmt in example.prepare:
+        await conn.execute(stmt)
+    claim = Claim(None, example.sql, example.table, outside_transaction=example.outside_transaction,
+                  others=dict(example.others), before=example.before)
+    seen = (await observe_outside_transaction(conn, schema, claim) if example.outside_transaction
+            else await observe_in_transaction(conn, claim))
+    assert seen.locks.get(example.table) == entry.lock_for(major, example.variant), (name, seen.locks)
+    for other, mode in example.others:
+        assert seen.locks.get(other) == mode, (name, other, seen.locks)
+    effect = entry.effect_of(example)
+    assert seen.rewrite == (effect == "rewrite"), (name, seen)
+    if seen.scans is not None and name != "TruncateStmt":     # TRUNCATE counts one scan, see _check
+        assert (seen.scans >= 1) == (effect in ("rewrite", "scan")), (name, seen.scans)
+
+
+# -- type changes: the table's file and its index's file, as the finding says ----------------------------
+
+@dataclass(frozen=True)
+class TypeChange:
+    sql: str
+    index: str
+    effect: str | None
+    """The finding's effect (None: no alter-column-type error)."""
+    table_rewritten: bool
+    index_rebuilt: bool
+    before: tuple[str, ...] = ()
+    prepare: tuple[str, ...] = ()
+
+
+TS_INDEX = ("CREATE INDEX t_ts_idx ON t (ts)",)
+TYPE_CHANGES = [
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING name::text", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING CAST(name AS text)", "t_name_idx", None, False, False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE varchar(40) USING name::varchar(40)", "t_name_idx", None, False,
+               False),
+    TypeChange("ALTER TABLE t ALTER COLUMN name TYPE text USING lower(name)", "t_name_idx", "rewrite", True, True),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_idx", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'UTC'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz USING ts::timestamptz", "t_ts_idx", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'Etc/UTC'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_idx", "rewrite", True, True,
+               before=("SET LOCAL TimeZone = 'Europe/Berlin'",), prepare=TS_INDEX),
+    TypeChange("ALTER TABLE t ALTER COLUMN ts TYPE timestamptz", "t_ts_key", "scan", False, True,
+               before=("SET LOCAL TimeZone = 'UTC'",),
+               prepare=("UPDATE t SET ts = ts + id * interval '1 second'", "ALTER TABLE t ADD UNIQUE (ts)")),
+    TypeChange("ALTER TABLE t ALTER COLUMN id TYPE bigint", "t_pkey", "rewrite", True, True),
+]
+
+
+async def _files_in_transaction(conn: psycopg.AsyncConnection, change: TypeChange) -> tuple[bool, bool]:
+    """(table file replaced, index file replaced). By name: an index PostgreSQL keeps gets a new
+    oid over the same relfilenode, a rebuilt one a new relfilenode."""
+    node = "SELECT relfilenode FROM pg_class WHERE oid = to_regclass(%s)"
+    table, index = "t", change.index
+    await conn.execute("BEGIN")
+    try:
+        for stmt in change.before:
+            await conn.execute(stmt)
+        before = (await scalar(conn, node, table), await scalar(conn, node, index))
+        await conn.execute(change.sql)
+        after = (await scalar(conn, node, table), await scalar(conn, node, index))
+    finally:
+        await conn.execute("ROLLBACK")
+    return before[0] != after[0], before[1] != after[1]
+
+
+@pytest.mark.parametrize("change", TYPE_CHANGES, ids=[" ".join((*c.before, c.sql)) for c in TYPE_CHANGES])
+async def test_a_type_change_rewrites_and_rebuilds_what_the_finding_says(db: tuple[psycopg.AsyncConnection, str],
+                                                                          change: TypeChange) -> None:
+    conn, _ = db
+    for stmt in change.prepare:
+        await conn.execute(stmt)
+    claim = Claim(None, change.sql, "t", before=change.before)
+    found = [f for f in await lint_claim(conn, claim, await load_catalog(conn), True) if f.rule == "alter-column-type"]
+    assert [f.effect for f in found if f.severity == "error"] == ([change.effect] if change.effect else []), found
+    if change.effect == "scan":                 # a constraint's index cannot be dropped first
+        assert change.index in found[0].message
+        assert ("backs a constraint" if change.index.endswith("_key") else "CREATE INDEX CONCURRENTLY") in found[0].fix
+    assert await _files_in_transaction(conn, change) == (change.table_rewritten, change.index_rebuilt)
+
+
+async def test_a_type_change_on_an_empty_table_is_cheap(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    """Judged cheap from the live catalog (its file is empty), and it is: PostgreSQL writes a new
+    file of no row. Rows inserted by an earlier statement of the scripts make it a rewrite again."""
+    conn, schema = db
+    sql = "ALTER TABLE e ALTER COLUMN id TYPE bigint"
+    catalog = await load_catalog(conn)
+    assert catalog.tables[(schema, "e")].bytes == 0
+    assert catalog.tables[(schema, "p")].bytes is None and catalog.tables[(schema, "p1")].bytes
+    assert [f for f in await lint_claim(conn, Claim(None, sql, "e"), catalog, True) if f.severity == "error"] == []
+    filled = await lint_claim(conn, Claim(None, sql, "e", before=("INSERT INTO e SELECT generate_series(1, 10)",)),
+                         catalog, True)
+    assert [f.rule for f in filled if f.severity == "error"] == ["alter-column-type"]
+    parent = "ALTER TABLE p ALTER COLUMN id TYPE bigint"          # p stores nothing, its partition p1 does
+    assert [f.rule for f in await lint_claim(conn, Claim(None, parent, "p"), catalog, True)
+            if f.severity == "error"] == ["alter-column-type"]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute(sql)
+        assert await scalar(conn, "SELECT pg_relation_size('e')") == 0
+        p1_file = await scalar(conn, "SELECT relfilenode FROM pg_class WHERE oid = 'p1'::regclass")
+        await conn.execute(parent)
+        assert await scalar(conn, "SELECT relfilenode FROM pg_class WHERE oid = 'p1'::regclass") != p1_file
+        assert await scalar(conn, "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND granted "
+                                "AND relation = 'e'::regclass AND mode = 'AccessExclusiveLock'") == 1
+    finally:
+        await conn.execute("ROLLBACK")
+
+
+async def test_a_form_newer_than_this_server_is_flagged_and_refused(db: tuple[psycopg.AsyncConnection, str]) -> None:
+    """The table's version of each form, against this server: every row (or variant) newer than
+    it is flagged by needs-newer-postgresql and refused by PostgreSQL; the others are not flagged."""
+    conn, _ = db
+    major = major_of(await server_version(conn))
+    forms = {17: "ALTER TABLE t ALTER COLUMN note SET EXPRESSION AS ('x')",
+             15: "MERGE INTO e USING o ON e.id = o.id WHEN MATCHED THEN DELETE",
+             14: "ALTER TABLE t ALTER COLUMN note SET COMPRESSION pglz"}
+    catalog = await load_catalog(conn)
+    for need, sql in forms.items():
+        flagged = [f for f in await lint_claim(conn, Claim(None, sql, "t"), catalog, True)
+                   if f.rule == "needs-newer-postgresql"]
+        assert bool(flagged) == (major < need), (sql, flagged)
+        if major < need:
+            await conn.execute("BEGIN")
+            try:
+                with pytest.raises(psycopg.errors.SyntaxError):
+                    await conn.execute(sql)
+            finally:
+                await conn.execute("ROLLBACK")

@@ -18,7 +18,8 @@ import pytest
 from test_router_support import free_port, short_tmpdir, upstreams
 
 from shipyard.histogram import bucket_of, merge, upper_ms
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE, TrafficLog
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.logs import TrafficLog
 
 pytestmark = pytest.mark.timeout(60)
 HAPROXY = "/usr/sbin/haproxy"

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from test_router_support import HAProxyHandle, RawClient, make_table, running_haproxy, upstreams
 
-from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy.services import server_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,6 +59,6 @@ async def test_requests_in_flight_and_queued_are_counted(haproxy: HAProxyHandle)
 async def test_an_instance_out_of_rotation_is_ejected(haproxy: HAProxyHandle) -> None:
     async with upstreams("blue-a", "blue-b") as (a, b):
         await haproxy.set(make_table(1, {"blue": [a, b]}, {"blue": 100}))
-        await haproxy.router.proc.api.set_state("shop__blue", cfg.server_name(b.upstream), "maint")
+        await haproxy.router.proc.api.set_state("shop__blue", server_name(b.upstream), "maint")
         ups = (await haproxy.stats())["upstreams"]
         assert (ups[a.upstream.id]["ejected"], ups[b.upstream.id]["ejected"]) == (False, True), ups

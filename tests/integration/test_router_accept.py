@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from shipyard.router.dataplane.proxy import ProxyServer
+from shipyard.router.dataplane.proxy_server import ProxyServer
 from shipyard.router.table import RoutingTable
 
 uvloop = pytest.importorskip("uvloop")

@@ -277,6 +277,8 @@ def run(plane: Plane, examples: int) -> None:
     @given(case())
     def prop(c: Case) -> None:
         check(plane, c)
+        if stats["cases"] % 2000 == 0:   # a long run that is cut short still says how far it got
+            print(f"\nrequest-path fuzz: {stats} after {time.monotonic() - t0:.0f}s", flush=True)
 
     prop()
     fds, rss = after(plane, fds0, rss0)

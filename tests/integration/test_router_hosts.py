@@ -231,3 +231,55 @@ async def test_an_unknown_host_keeps_its_keep_alive_connection_and_is_counted_on
         listener = (await router.stats("blog"))["listener"]
         assert listener["listen"] == f"127.0.0.1:{port}" and listener["services"] == ["blog", "shop"]
         assert listener["unknown_host"]["status"]["4xx"] == base + 6
+
+
+async def test_a_pipelined_unknown_host_between_known_ones_gets_its_404_in_order(kind: str) -> None:
+    """Five requests written at once on one keep-alive connection, the second and fourth for
+    unknown hosts (one with a body), the first still in progress at its instance when the
+    others arrive: each known one gets its own service's answer, each unknown one its 404, in
+    the order sent, and the connection then serves a known host again. When the 404's turn comes
+    before its body is in, the embedded router waits for the body and serves on, HAProxy answers
+    at once and closes. Nothing of the unknown hosts' requests reaches an instance, and the
+    listener counts them, on both routers."""
+    async with two_services(kind) as (router, port, (blue, _green, blog)):
+        base = await unknown_hosts(router, 0, timeout=0)
+        c = await RawClient.open(port)
+        try:
+            c.send("GET", "/sleep?s=0.3&n=1", {"Host": "shop.test"})
+            c.send("POST", "/?n=2", {"Host": "nope.test"}, b"dropped body " * 40)
+            c.send("GET", "/?n=3", {"Host": "blog.test"})
+            c.send("GET", "/?n=4", {"Host": "xshop.test"})
+            c.send("GET", "/?n=5", {"Host": "www.shop.test"})
+            got = [await asyncio.wait_for(c.read_response(), 10) for _ in range(5)]
+            assert [r.status for r in got] == [200, 404, 200, 404, 200], [(r.status, r.body[:80]) for r in got]
+            assert [served_by(r) for r in got[::2]] == ["shop-blue", "blog", "shop-blue"]
+            assert [r.json()["path"] for r in got[::2]] == ["/sleep?s=0.3&n=1", "/?n=3", "/?n=5"]
+            assert b"nope.test" in got[1].body and b"xshop.test" in got[3].body
+            for r in got[1::2]:
+                assert "close" not in r.headers.get("connection", "").lower(), r.headers
+            r = await asyncio.wait_for(c.request("GET", "/?n=6", {"Host": "blog.test"}), 10)
+            assert (r.status, served_by(r), r.json()["path"]) == (200, "blog", "/?n=6")
+            # its turn comes while its body is still on the way: the embedded router answers once
+            # the body is in and serves on; HAProxy answers at once and closes (docs/spec.md)
+            c.send("GET", "/sleep?s=0.2&n=7", {"Host": "blog.test"})
+            c.writer.write(b"PUT /?n=8 HTTP/1.1\r\nHost: nope.test\r\nContent-Length: 2000\r\n\r\n" + b"a" * 900)
+            r = await asyncio.wait_for(c.read_response(), 10)
+            assert (r.status, r.json()["path"]) == (200, "/sleep?s=0.2&n=7")
+            if kind == "embedded":
+                await asyncio.sleep(0.2)
+                c.writer.write(b"b" * 1100)
+                c.send("GET", "/?n=9", {"Host": "shop.test"})
+            r = await asyncio.wait_for(c.read_response(), 10)
+            assert r.status == 404 and b"nope.test" in r.body, (r.status, r.body)
+            if kind == "embedded":
+                assert "close" not in r.headers.get("connection", "").lower(), r.headers
+                r = await asyncio.wait_for(c.read_response(), 10)
+                assert (r.status, served_by(r), r.json()["path"]) == (200, "shop-blue", "/?n=9")
+                assert not await c.closed_by_peer(0.3)
+            else:
+                assert r.headers.get("connection") == "close" and await c.closed_by_peer()
+        finally:
+            c.close()
+        assert [s.path for s in blue.seen] == ["/sleep?s=0.3&n=1", "/?n=5", *(["/?n=9"] if kind == "embedded" else [])]
+        assert [s.path for s in blog.seen] == ["/?n=3", "/?n=6", "/sleep?s=0.2&n=7"]
+        assert await unknown_hosts(router, base + 3) == base + 3

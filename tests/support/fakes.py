@@ -14,6 +14,8 @@ no processes, no sockets, no waiting (time is virtual: see virtual_time.py).
   router's current table to a fake instance.
 - FakeFleet: the Fleet port: records which hosts each service was set up on; a test says
   since when a host is silent (`silence`), on the fake clock.
+- FakeHostReports: the HostReports port from a table of host states (up, down with a
+  reason, a failing check step), recording every fleet and spec it was asked about.
 - FakeClock (virtual_time.py): the Clock, on a loop whose time is virtual."""
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ from typing import Any
 import httpx
 
 from shipyard.errors import RouterError, RuntimeFailure
+from shipyard.fleet.host_status import CHECK_STEPS, FAIL, OK, CheckStep, HostCheck, HostReport
 from shipyard.histogram import bucket_of
 from shipyard.httpcheck import run_checks
 from shipyard.images import BuildInput, Image
 from shipyard.rollout.records import Instance, LaunchSpec, ProbeResult
 from shipyard.router.table import PREVIEW_TOKEN_HEADER, TRACK_HEADER, RoutingTable
-from shipyard.spec.fleet import FleetSpec
+from shipyard.runtime.ssh.hostkeys import TrustedKey
+from shipyard.spec import Spec
+from shipyard.spec.fleet import FleetSpec, HostSpec
 from shipyard.spec.strategy import PreviewCheck
 from support.memory_store import InMemoryStore
 from support.virtual_time import FakeClock, VirtualTimeLoop, run
 
-__all__ = ["FakeClock", "FakeFleet", "FakeHealthProbe", "FakeImages", "FakeRouter", "FakeRuntime",
+__all__ = ["FakeClock", "FakeFleet", "FakeHealthProbe", "FakeHostReports", "FakeImages", "FakeRouter", "FakeRuntime",
            "InMemoryStore", "VirtualTimeLoop", "run"]
 
 
@@ -419,3 +424,55 @@ class FakeHealthProbe:
             return httpx.Response(503, text="no upstream for this track")
         status, body = self.runtime.respond(upstreams[0].host, upstreams[0].port, request.url.path)
         return httpx.Response(status, text=body)
+
+
+FAKE_FACTS = {"helper_version": "0.0-fake", "bundle_sha256": "f" * 64, "python": "3.11.2", "root": "/root/.shipyard",
+              "host": {"hostname": "fake", "boot_id": "boot-1", "cpu_count": 2, "load": [0.25, 0.5, 0.75],
+                       "disk": {"path": "/root/.shipyard", "total": 10 << 30, "free": 4 << 30},
+                       "memory": {"total": 2 << 30, "available": 1 << 30}}}
+
+
+class FakeHostReports:
+    """HostReports from a table: a host named in `down` is unreachable with that reason, one in
+    `failing` fails that check step ((step, reason)); every other host is up with FAKE_FACTS."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, str] = {}
+        self.failing: dict[str, tuple[str, str]] = {}
+        self.trusted: dict[str, TrustedKey] = {}
+        """Per host name: a key this fake "trusts on first contact" on every call, told to `on_trust`
+        (the daemon's KeyTrustAudit) as SshHostReports tells it."""
+        self.on_trust: Callable[[TrustedKey], None] | None = None
+        self.reported: list[tuple[list[str], Path]] = []
+        """(host names, base_dir) of every report call."""
+        self.checked: list[tuple[str, str | None, dict[str, set[int]]]] = []
+        """(service, image id, own pids) of every check call."""
+
+    async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
+        hosts = fleet.hosts or []
+        self.reported.append(([h.name for h in hosts], base_dir))
+        self._trust(hosts)
+        return [HostReport(h.name, h.address, False, self.down[h.name], "start its sshd", seconds=0.01)
+                if h.name in self.down else HostReport(h.name, h.address, True, facts=FAKE_FACTS, seconds=0.01)
+                for h in hosts]
+
+    async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
+        self.checked.append((spec.service, image_id, dict(own_pids)))
+        assert spec.fleet is not None
+        self._trust(spec.fleet.hosts or [])
+        out = []
+        for h in spec.fleet.hosts or []:
+            steps = []
+            for name in CHECK_STEPS:
+                if h.name in self.down:
+                    steps.append(CheckStep(name, FAIL, self.down[h.name], "start its sshd"))
+                    break
+                step, why = self.failing.get(h.name, ("", ""))
+                steps.append(CheckStep(name, FAIL, why, "fix it") if name == step else CheckStep(name, OK, "fine"))
+            out.append(HostCheck(h.name, h.address, steps, 0.01))
+        return out
+
+    def _trust(self, hosts: Sequence[HostSpec]) -> None:
+        for h in hosts:
+            if h.name in self.trusted and self.on_trust is not None:
+                self.on_trust(self.trusted[h.name])

@@ -55,6 +55,7 @@ class _Data:
     analysis: dict[str, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     drift: dict[str, tuple[str, float | None]] = field(default_factory=dict)     # service -> (json, full_at)
+    host_states: dict[str, str] = field(default_factory=dict)     # address -> draining | removed
     db: sqlite3.Connection = field(default_factory=lambda: sqlite3.connect(":memory:"))
     audit_log: AuditLog | None = None
 
@@ -282,6 +283,18 @@ class InMemoryStore:
     def remove_drift_report(self, service: str) -> None:
         self._writable()
         self._d.drift.pop(service, None)
+
+    # -- fleet hosts held out of placement ------------------------------------------------
+
+    def put_host_state(self, address: str, state: str | None) -> None:
+        self._writable()
+        if state is None:
+            self._d.host_states.pop(address, None)
+        else:
+            self._d.host_states[address] = state
+
+    def host_states(self) -> dict[str, str]:
+        return dict(sorted(self._d.host_states.items()))
 
 
 def _event_copy(e: Event) -> Event:

@@ -100,10 +100,13 @@ CASES = [
     ("enum-value-used-in-same-transaction", "ALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')",
      "-- shipyard:no-transaction\nALTER TYPE mood ADD VALUE 'meh'; INSERT INTO t (note) VALUES ('meh')"),
     ("unknown-statement", "DO $$ BEGIN PERFORM 1; END $$", "SELECT 1"),
+    ("needs-newer-postgresql", "ALTER TABLE t ALTER COLUMN note SET COMPRESSION lz4",
+     "ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL"),
+    ("table-rewrite", "ALTER TABLE t SET TABLESPACE fast", "CREATE TABLE new_t (id int); ALTER TABLE new_t SET TABLESPACE fast"),
     ("unknown-ignore", "-- shipyard:ignore no-such-rule because\nSELECT 1",
      "-- shipyard:ignore set-not-null checked by hand\nSELECT 1"),
 ]
-VERSION_OF = {"add-column-default-rewrite": 10}
+VERSION_OF = {"add-column-default-rewrite": 10, "needs-newer-postgresql": 13}
 
 
 def test_every_rule_has_a_case_and_a_doc_section() -> None:
@@ -483,9 +486,11 @@ def test_lock_names_and_strongest() -> None:
 
 # -- statement kinds without a rule, and the rules for rows, locks and persistence -------------------------
 
-@pytest.mark.parametrize("sql", ["DO $$ BEGIN PERFORM 1; END $$", "ALTER TABLE t REPLICA IDENTITY FULL",
-                                 "ALTER TABLE t SET TABLESPACE pg_default", "CREATE PUBLICATION pub FOR TABLE t",
-                                 "ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL"])
+@pytest.mark.parametrize("sql", ["DO $$ BEGIN PERFORM 1; END $$", "ALTER TABLE t OWNER TO someone",
+                                 "ALTER TABLE t ENABLE ROW LEVEL SECURITY", "CREATE PUBLICATION pub FOR TABLE t",
+                                 "ALTER TABLE t ALTER COLUMN id DROP IDENTITY",
+                                 "MERGE INTO t USING o ON t.id = o.id WHEN MATCHED THEN UPDATE SET note = 'x'",
+                                 "ALTER TABLE t SET SCHEMA archive", "ALTER VIEW v ALTER COLUMN c SET DEFAULT 1"])
 def test_a_statement_no_rule_models_is_unknown_not_clean(sql: str) -> None:
     f = only("unknown-statement", sql, catalog=CATALOG)
     assert f.severity == "warning" and f.message.startswith("unknown: not judged")
@@ -526,3 +531,66 @@ def test_lock_table_names_the_mode_it_holds() -> None:
     f = only("lock-table", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE", catalog=CATALOG)
     assert f.lock == "ACCESS EXCLUSIVE" and "every query" in f.message
     assert only("lock-table", "LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE").lock == "SHARE ROW EXCLUSIVE"
+
+
+# -- type changes judged with the live catalog: USING casts, empty tables, indexes rebuilt ----------------
+
+def _with(table: Table, **changes: object) -> Catalog:
+    import dataclasses
+    return Catalog.of([dataclasses.replace(table, **changes)], indexes=CATALOG.indexes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("using", ["", " USING name::text", " USING CAST(name AS text)", " USING (name)::text"])
+def test_a_cast_of_the_column_to_the_new_type_is_no_using_at_all(using: str) -> None:
+    assert "alter-column-type" not in rules(f"ALTER TABLE t ALTER COLUMN name TYPE text{using}", catalog=CATALOG)
+
+
+def test_a_using_that_casts_to_another_type_or_computes_is_a_rewrite() -> None:
+    for sql in ("ALTER TABLE t ALTER COLUMN name TYPE text USING name::varchar(5)",
+                "ALTER TABLE t ALTER COLUMN name TYPE text USING lower(name)"):
+        assert only("alter-column-type", sql, catalog=CATALOG).effect == "rewrite"
+
+
+def test_a_type_change_on_a_table_with_an_empty_file_is_not_flagged_unless_the_scripts_filled_it() -> None:
+    [t] = [CATALOG.tables[("public", "t")]]
+    empty = _with(t, bytes=0, rows=0)
+    sql = "ALTER TABLE t ALTER COLUMN id TYPE bigint"
+    assert rules(sql, catalog=empty) == []
+    assert only("alter-column-type", "INSERT INTO t (id) VALUES (1)", sql, catalog=empty).effect == "rewrite"
+    assert only("alter-column-type", sql, catalog=_with(t, bytes=8192)).effect == "rewrite"
+
+
+def test_timestamptz_under_utc_names_the_indexes_it_rebuilds() -> None:
+    t = CATALOG.tables[("public", "t")]
+    indexed = _with(t, column_indexes={"ts": ("t_ts_idx",)},
+                    index_defs={"t_ts_idx": "CREATE INDEX t_ts_idx ON public.t USING btree (ts)"})
+    sql = "SET LOCAL TimeZone = 'UTC';\nALTER TABLE t ALTER COLUMN ts TYPE timestamptz"
+    f = only("alter-column-type", sql, catalog=indexed)
+    assert (f.effect, f.severity, f.lock) == ("scan", "error", "ACCESS EXCLUSIVE") and "t_ts_idx" in f.message
+    assert "CREATE INDEX CONCURRENTLY t_ts_idx ON public.t USING btree (ts);" in f.fix
+    assert "alter-column-type" not in rules(sql, catalog=CATALOG)                   # no index on ts
+    assert "alter-column-type" not in rules("DROP INDEX t_ts_idx", sql, catalog=indexed)   # dropped first
+    scripted = only("alter-column-type", "CREATE INDEX t_ts2 ON t (ts)", sql, catalog=CATALOG)
+    assert "t_ts2" in scripted.message
+
+
+def test_table_rewrite_is_quiet_where_the_live_table_already_is() -> None:
+    t = CATALOG.tables[("public", "t")]
+    live = _with(t, access_method="heap", tablespace="pg_default")
+    assert "table-rewrite" not in rules("ALTER TABLE t SET ACCESS METHOD heap", catalog=live)
+    assert "table-rewrite" not in rules("ALTER TABLE t SET TABLESPACE pg_default", catalog=live)
+    f = only("table-rewrite", "ALTER TABLE t SET TABLESPACE fast", catalog=live)
+    assert (f.lock, f.effect, f.severity) == ("ACCESS EXCLUSIVE", "rewrite", "error") and "pg_repack" in f.fix
+    assert rules("ALTER TABLE t SET ACCESS METHOD heap") == ["table-rewrite"]               # no catalog: unknown
+
+
+@pytest.mark.parametrize(("sql", "need"), [
+    ("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", 14), ("ALTER TABLE t SET ACCESS METHOD heap", 15),
+    ("ALTER TABLE t ALTER COLUMN note SET COMPRESSION pglz", 14),
+    ("MERGE INTO t USING o ON t.id = o.id WHEN MATCHED THEN DELETE", 15),
+    ("ALTER TABLE t ALTER COLUMN twice SET EXPRESSION AS (id * 3)", 17)])
+def test_a_form_newer_than_the_server_is_flagged_from_the_tables_version(sql: str, need: int) -> None:
+    f = only("needs-newer-postgresql", sql, pg=need - 1)
+    assert f.severity == "error" and f"PostgreSQL {need} or later" in f.message
+    assert "needs-newer-postgresql" not in rules(sql, pg=need)
+    assert "needs-newer-postgresql" not in rules("ALTER TABLE p DETACH PARTITION p1", pg=12)

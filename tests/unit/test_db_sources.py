@@ -103,3 +103,12 @@ def test_a_do_block_that_commits_runs_outside_a_transaction() -> None:
                 "LIMIT 5000)); EXIT WHEN NOT FOUND; COMMIT; END LOOP; END $$;")
     assert not parse_script(backfill, "b.sql").transactional
     assert parse_script("DO $$ BEGIN UPDATE t SET c = 0; END $$;", "c.sql").transactional
+
+
+def test_non_ascii_text_keeps_every_statement_whole() -> None:
+    """pglast counts characters: cutting the bytes at its offsets lost a statement's tail (its alias)."""
+    text = "INSERT INTO t (label) SELECT 'café ä' FROM generate_series(1, 3) g;\n-- shipyard:ignore x fine ü\nSELECT 'ää' AS y;"
+    s = parse_script(text, "f.sql")
+    assert [(st.sql, st.line) for st in s.statements] == [
+        ("INSERT INTO t (label) SELECT 'café ä' FROM generate_series(1, 3) g", 1), ("SELECT 'ää' AS y", 3)]
+    assert s.statements[1].ignores == {"x": "fine ü"}

@@ -241,3 +241,15 @@ async def test_the_client_sends_and_reads_framed_messages_with_a_default_stream_
     assert data is not None
     reader.feed_data(protocol.encode_header({**reply, "size": len(data)}) + data)
     assert await call == shas
+
+
+def test_host_facts_are_the_hellos_facts_asked_again(tmp_path: Path) -> None:
+    rc, replies = _serve(tmp_path, [(_req(1, "hello"), None), (_req(2, "host.facts"), None)])
+    assert rc == 0 and all(h["ok"] for h, _ in replies)
+    hello, facts = replies[0][0]["result"], replies[1][0]["result"]
+    assert set(facts) == {"helper_version", "bundle_sha256", "python", "root", "host"}
+    assert {k: hello[k] for k in facts if k != "host"} == {k: v for k, v in facts.items() if k != "host"}
+    host = facts["host"]
+    assert host["disk"]["path"] == str(tmp_path) and 0 < host["disk"]["free"] <= host["disk"]["total"]
+    assert len(host["load"]) == 3 and host["cpu_count"] >= 1 and host["boot_id"]
+    assert host["memory"]["total"] > 0

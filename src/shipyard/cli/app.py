@@ -8,7 +8,7 @@ from enum import StrEnum
 
 import typer
 
-from shipyard.cli import changes, checklist, db, drift, local, services
+from shipyard.cli import changes, checklist, db, drift, hosts, hosts_state, local, services  # noqa: F401 (hosts_state: its commands join hosts_app)
 from shipyard.cli.common import StateDir, print_error
 from shipyard.errors import ShipyardError
 
@@ -52,6 +52,7 @@ app.command()(demo)
 app.add_typer(local.image_app, name="image")
 app.add_typer(db.db_app, name="db")
 app.add_typer(changes.changes_app)     # plan, apply, history
+app.add_typer(hosts.hosts_app)         # hosts, hosts check; hosts drain / undrain / remove (hosts_state)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ DEFAULT_PG = 15
 
 
 def _is_spec(path: Path) -> bool:
-    return path.is_file() and path.suffix in (".yaml", ".yml")
+    return path.is_file() and path.suffix in (".yaml", ".yml") and not path.name.endswith(".backfill.yaml")
 
 
 def _scripts_of(path: Path) -> list[Any]:
@@ -29,6 +29,10 @@ def _scripts_of(path: Path) -> list[Any]:
         return [m.script for m in from_directory(path)]
     if not path.is_file():
         raise SpecError(f"{path} does not exist", "give a spec file, a migrations directory or a .sql file")
+    if path.name.endswith(".backfill.yaml"):          # a declared backfill: checked, nothing to judge
+        from shipyard.database.backfill_spec import parse_backfill
+        parse_backfill(path.read_text(encoding="utf-8"), str(path))
+        return []
     return [parse_script(path.read_text(encoding="utf-8"), str(path))]
 
 
@@ -162,6 +166,9 @@ def status(file: Path = typer.Argument(..., help="The spec file."), as_json: boo
             state = "held (contract)"
         elif m in plan.expand:
             state = "pending (expand)"
+        if (progress := plan.backfills.get(m.version)) and m in plan.expand:
+            state = (f"backfill: {progress['rows_done']} rows done, {progress['key']} up to {progress['last_key']} "
+                     f"of {progress['stop_key']}")
         t.add_row(*(text(v) for v in (m.version, m.name, state, plan.phases[m.version],
                                       row.applied_at.strftime("%Y-%m-%d %H:%M") if row else "-")))
     out.print(t)

@@ -53,6 +53,8 @@ def _print(doc: dict[str, Any]) -> None:
     if "heal" in doc:
         _report(doc["before"], doc.get("enforcement"))
         h = doc["heal"]
+        for what in h.get("quarantined", []):
+            say("  [green]quarantined[/] the tampered tree of {what} (kept aside as evidence)", what=what)
         for r in h["replaced"]:
             say("  [green]healed[/] {drifted} -> {successor} (fresh instance from the pristine image)",
                 drifted=r["drifted"], successor=r["successor"])
@@ -76,10 +78,25 @@ def _report(r: dict[str, Any], enforcement: dict[str, Any] | None) -> None:
     if enforcement:
         say("  enforcement: {mode} ({reason})", mode=enforcement["mode"], reason=enforcement["reason"])
     if r["findings"]:
-        t = Table("KIND", "INSTANCE", "WHAT", show_lines=False)
+        fleet = any(f.get("host") for f in r["findings"])     # a fleet service: say on which host, and where
+        t = Table("KIND", *(("HOST",) if fleet else ()), "INSTANCE", "WHAT", show_lines=False)
         for f in r["findings"]:
             kind = text("unknown", "yellow") if f["kind"] == "unknown" else text(f["kind"])
-            t.add_row(kind, text(f.get("instance_id") or "-"), text(f["detail"]))
+            host = (text(f.get("host") or "-"),) if fleet else ()
+            t.add_row(kind, *host, text(f.get("instance_id") or "-"), text(_what(f)))
         out.print(t)
     for note in r.get("notes", []):
         say("  [dim]{note}[/]", note=note)
+
+
+HOST_PATHS_SHOWN = 3
+
+
+def _what(f: dict[str, Any]) -> str:
+    """The finding's detail; on a fleet host, the changed files' paths on that host below it."""
+    where = (f.get("evidence") or {}).get("host_paths") or []
+    if not f.get("host") or not where:
+        return str(f["detail"])
+    more = len(f.get("paths") or where) - HOST_PATHS_SHOWN
+    lines = [f"{f['host']}:{p}" for p in where[:HOST_PATHS_SHOWN]] + ([f"(+{more} more)"] if more > 0 else [])
+    return "\n".join([str(f["detail"]), *lines])

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from . import ledger
+from .backfill import BackfillFailed, Report, run_backfill
 from .connect import DatabaseError, connect, redact
 from .execute import StatementFailed, StatementHooks, run_script
 from .sources import Migration
@@ -49,9 +50,10 @@ def backoff(attempt: int) -> float:
 async def apply_migrations(url: str, migrations: list[Migration], *, phases: dict[str, str], lock_timeout: float,
                            retries: int, resume: dict[str, int] | None = None, service: str | None = None,
                            release: str | None = None, note: str | None = None,
-                           log: Callable[[str], None] = lambda _m: None,
+                           log: Callable[[str], None] = lambda _m: None, progress: Report | None = None,
                            sleep: Callable[[float], Any] = asyncio.sleep) -> ApplyResult:
-    """Apply `migrations` in order; raises MigrationFailed (with the count applied) on the first that fails."""
+    """Apply `migrations` in order; raises MigrationFailed (with the count applied) on the first that fails.
+    `progress` gets a declared backfill's progress (see backfill.run_backfill)."""
     conn = await connect(url)
     result = ApplyResult()
     try:
@@ -64,7 +66,7 @@ async def apply_migrations(url: str, migrations: list[Migration], *, phases: dic
                 start = (resume or {}).get(m.version, 0)
                 t0 = time.monotonic()
                 attempt = 0
-                while True:
+                while m.backfill is None:
                     try:
                         await _apply_one(conn, m, start, phase=phases.get(m.version, "expand"),
                                          lock_timeout=lock_timeout, service=service, release=release, note=note)
@@ -86,6 +88,10 @@ async def apply_migrations(url: str, migrations: list[Migration], *, phases: dic
                             f"{len(result.applied)} migration(s) before it were applied"
                             + (f"; {done} of its statements are applied and recorded, the next run resumes there"
                                if done else "; nothing of it was applied")) from None
+                if m.backfill is not None:
+                    await _backfill(conn, m, phase=phases.get(m.version, "expand"), lock_timeout=lock_timeout,
+                                    retries=retries, service=service, release=release, note=note, log=log,
+                                    progress=progress, sleep=sleep, done_before=len(result.applied))
                 result.applied.append(m.version)
                 result.seconds[m.version] = round(time.monotonic() - t0, 3)
                 log(f"{m.label}: applied in {result.seconds[m.version]:.3f}s")
@@ -97,6 +103,31 @@ async def apply_migrations(url: str, migrations: list[Migration], *, phases: dic
     finally:
         await conn.close()
     return result
+
+
+async def _backfill(conn: psycopg.AsyncConnection, m: Migration, *, phase: str, lock_timeout: float, retries: int,
+                    service: str | None, release: str | None, note: str | None, log: Callable[[str], None],
+                    progress: Report | None, sleep: Callable[[float], Any], done_before: int) -> None:
+    """A declared backfill: its ledger row advances inside every batch's transaction (partial, 0 of 1)
+    and says applied in the transaction that finds nothing left."""
+    assert m.backfill is not None
+    t0 = time.monotonic()
+
+    async def record(c: psycopg.AsyncConnection, done: bool) -> None:
+        nonlocal t0
+        now = time.monotonic()
+        await ledger.record(c, version=m.version, name=m.name, checksum=m.checksum, phase=phase,
+                            applied=1 if done else 0, total=1, duration_ms=int((now - t0) * 1000),
+                            service=service, release=release, note=note)
+        t0 = now
+
+    try:
+        await run_backfill(conn, version=m.version, label=m.label, backfill=m.backfill, lock_timeout=lock_timeout,
+                           retries=retries, backoff=backoff, record=record, log=log, progress=progress,
+                           sleep=sleep)
+    except BackfillFailed as e:
+        raise MigrationFailed(f"migration {m.label} failed: {e.message}",
+                              f"{done_before} migration(s) before it were applied; {e.hint}") from None
 
 
 async def _recorded(conn: psycopg.AsyncConnection, m: Migration, fallback: int) -> int:

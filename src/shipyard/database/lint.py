@@ -107,8 +107,13 @@ def _judge(stmt: Statement, ctx: Context) -> list[Finding]:
 
 
 _TABLES = """
-SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relkind = 'p'
+SELECT c.oid, n.nspname, c.relname, c.reltuples, c.relkind = 'p',
+       CASE WHEN c.relkind = 'r' AND NOT c.relhassubclass THEN pg_relation_size(c.oid) END, am.amname,
+       coalesce(ts.spcname, dts.spcname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_am am ON am.oid = c.relam
+LEFT JOIN pg_tablespace ts ON ts.oid = c.reltablespace
+LEFT JOIN pg_database d ON d.datname = current_database() LEFT JOIN pg_tablespace dts ON dts.oid = d.dattablespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 """
 _COLUMNS = """
@@ -129,6 +134,18 @@ JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.reln
 JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE tn.nspname <> 'information_schema' AND tn.nspname !~ '^pg_'
 """
+_INDEXED_COLUMNS = """
+SELECT DISTINCT i.indrelid, a.attname, ic.relname, pg_get_indexdef(i.indexrelid),
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0 AND (
+    a.attnum = ANY (i.indkey::int2[])
+    OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+               AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
+WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2, 3
+"""
 _FUNCTIONS = """
 SELECT n.nspname, p.proname, max(p.provolatile::text)
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace GROUP BY 1, 2
@@ -148,10 +165,23 @@ async def load_catalog(conn: psycopg.AsyncConnection) -> Catalog:
     checks: dict[int, list[CheckConstraint]] = {}
     for relid, name, expression, validated in await _rows(conn, _CHECKS):
         checks.setdefault(relid, []).append(CheckConstraint(name, expression or "", bool(validated)))
+    indexed: dict[int, dict[str, tuple[str, ...]]] = {}
+    index_defs: dict[int, dict[str, str]] = {}
+    constraint_indexes: dict[int, set[str]] = {}
+    for relid, column, index, definition, of_constraint in await _rows(conn, _INDEXED_COLUMNS):
+        by_column = indexed.setdefault(relid, {})
+        by_column[column] = (*by_column.get(column, ()), index)
+        index_defs.setdefault(relid, {})[index] = definition
+        if of_constraint:
+            constraint_indexes.setdefault(relid, set()).add(index)
     tables = [Table(schema=nsp, name=rel, columns=columns.get(oid, {}),
                     rows=None if reltuples is None or reltuples < 0 else int(reltuples),
-                    checks=tuple(checks.get(oid, ())), partitioned=bool(partitioned))
-              for oid, nsp, rel, reltuples, partitioned in await _rows(conn, _TABLES)]
+                    checks=tuple(checks.get(oid, ())), partitioned=bool(partitioned),
+                    bytes=None if size is None else int(size),
+                    column_indexes=indexed.get(oid, {}), index_defs=index_defs.get(oid, {}),
+                    access_method=am, tablespace=space,
+                    constraint_indexes=frozenset(constraint_indexes.get(oid, ())))
+              for oid, nsp, rel, reltuples, partitioned, size, am, space in await _rows(conn, _TABLES)]
     indexes: dict[TableKey, TableKey] = {(nsp, idx): (tnsp, tbl)
                                          for nsp, idx, tnsp, tbl in await _rows(conn, _INDEXES)}
     functions: dict[str, str] = {}

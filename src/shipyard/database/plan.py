@@ -15,6 +15,7 @@ import psycopg
 from shipyard.spec import DatabaseSpec
 
 from . import ledger
+from .backfill import read_progress
 from .connect import major_of, server_version
 from .findings import Finding
 from .lint import lint_scripts, load_catalog
@@ -77,6 +78,8 @@ class MigrationPlan:
     """Applied migrations whose file differs from what was applied."""
     adopted_alembic: str | None = None
     """Alembic revision found in the database without shipyard records (migrated before shipyard)."""
+    backfills: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """version -> progress of the pending declared backfills that have started."""
 
     @property
     def expand(self) -> list[Migration]:
@@ -118,7 +121,8 @@ class MigrationPlan:
             "pg_version": self.pg_version,
             "applied": [r.to_dict() for r in self.applied.values()],
             "pending": [{"version": m.version, "name": m.name, "source": m.source, "phase": self.phases[m.version],
-                         "resume_at_statement": self.resume_from(m)} for m in self.pending],
+                         "resume_at_statement": self.resume_from(m), "backfill": self.backfills.get(m.version)}
+                        for m in self.pending],
             "expand": [m.version for m in self.expand],
             "held": [m.version for m in self.held],
             "findings": [f.to_dict() for f in self.findings],
@@ -154,5 +158,7 @@ async def plan_migrations(conn: psycopg.AsyncConnection, migrations: list[Migrat
     # contract one that no marker names would otherwise read as expand
     phases = {m.version: applied[m.version].phase if m.version in done and m.version in applied
               else phase_of(m, findings) for m in migrations}
+    started = await read_progress(conn) if any(m.backfill for m in pending) else {}
     return MigrationPlan(migrations=migrations, applied=applied, pending=pending, findings=findings, phases=phases,
-                         pg_version=version, changed=changed, adopted_alembic=adopted)
+                         pg_version=version, changed=changed, adopted_alembic=adopted,
+                         backfills={m.version: started[m.version] for m in pending if m.version in started})

@@ -12,10 +12,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backfill_spec import SUFFIX, Backfill, parse_backfill
 from .connect import DatabaseError
 from .statements import Script, parse_script
 
 SQL_NAME = re.compile(r"^(\d+)_([A-Za-z0-9][A-Za-z0-9_.-]*)\.sql$")
+BACKFILL_NAME = re.compile(r"^(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)\.backfill\.yaml$")
 ALEMBIC_STEP = re.compile(r"^-- Running upgrade\s+(\S*)\s*->\s*(\S+)\s*$", re.MULTILINE)
 
 
@@ -34,6 +36,8 @@ class Migration:
     """Path shown in messages (file:line)."""
     text: str
     script: Script
+    """No statements for a backfill: it is not one script but many batches (database/backfill.py)."""
+    backfill: Backfill | None = None
 
     @property
     def checksum(self) -> str:
@@ -44,19 +48,24 @@ class Migration:
         return f"{self.version}_{self.name}"
 
 
+def _name_of(path: Path) -> re.Match[str] | None:
+    return (BACKFILL_NAME if path.name.endswith(SUFFIX) else SQL_NAME).match(path.name)
+
+
 def from_directory(directory: Path) -> list[Migration]:
-    """NNNN_name.sql files in numeric order; other files (README...) are not migrations."""
+    """NNNN_name.sql files and NNNN_name.backfill.yaml declared backfills, in one numeric order;
+    other files (README...) are not migrations."""
     if not directory.is_dir():
         raise MigrationSourceError(f"migrations directory {directory} does not exist",
                                    "create it, or fix database.migrations in the spec")
     found: dict[int, Path] = {}
     for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql":
+        if path.suffix != ".sql" and not path.name.endswith(SUFFIX):
             continue
-        m = SQL_NAME.match(path.name)
+        m = _name_of(path)
         if not m:
-            raise MigrationSourceError(f"{path}: a migration file is named NNNN_name.sql (e.g. 0003_add_sku.sql)",
-                                       "rename it so its order is explicit")
+            raise MigrationSourceError(f"{path}: a migration file is named NNNN_name.sql (e.g. 0003_add_sku.sql) "
+                                       f"or NNNN_name{SUFFIX}", "rename it so its order is explicit")
         number = int(m.group(1))
         if number in found:
             raise MigrationSourceError(f"{path} and {found[number]} have the same version {m.group(1)}",
@@ -64,12 +73,17 @@ def from_directory(directory: Path) -> list[Migration]:
         found[number] = path
     result = []
     for _, path in sorted(found.items()):
-        m = SQL_NAME.match(path.name)
+        m = _name_of(path)
         assert m is not None
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise MigrationSourceError(f"cannot read {path}: {e}", "check the file") from None
+        if path.name.endswith(SUFFIX):
+            result.append(Migration(version=m.group(1), name=m.group(2), source=str(path), text=text,
+                                    script=Script(source=str(path), statements=(), transactional=True),
+                                    backfill=parse_backfill(text, str(path))))
+            continue
         result.append(Migration(version=m.group(1), name=m.group(2), source=str(path), text=text,
                                 script=parse_script(text, str(path))))
     return result

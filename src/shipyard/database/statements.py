@@ -111,13 +111,13 @@ def transaction_kind(node: Any) -> str | None:
     return None
 
 
-def _line_at(text_bytes: bytes, offset: int, first_line: int) -> int:
-    return first_line + text_bytes.count(b"\n", 0, offset)
+def _line_at(text: str, offset: int, first_line: int) -> int:
+    return first_line + text.count("\n", 0, offset)
 
 
 def parse_script(text: str, source: str, first_line: int = 1) -> Script:
-    """Raises MigrationSyntaxError with file:line and the parser's message."""
-    raw = text.encode()
+    """Raises MigrationSyntaxError with file:line and the parser's message. pglast's offsets
+    (statements, tokens, errors) count characters, so the text is cut as str, never as bytes."""
     try:
         stmts = parse_sql(text)
         tokens = parser.scan(text)
@@ -127,7 +127,7 @@ def parse_script(text: str, source: str, first_line: int = 1) -> Script:
         raise MigrationSyntaxError(f"{source}:{line}: {e.args[0]}",
                                    "fix the SQL; nothing of this migration was applied") from None
 
-    comments = [(t.start, raw[t.start:t.end + 1].decode(errors="replace"))
+    comments = [(t.start, text[t.start:t.end + 1])
                 for t in tokens if t.name in ("SQL_COMMENT", "C_COMMENT")]
     no_tx_mark = any(NO_TRANSACTION_MARK in c for _, c in comments)
     contract = any(CONTRACT_MARK in c for _, c in comments)
@@ -135,7 +135,7 @@ def parse_script(text: str, source: str, first_line: int = 1) -> Script:
     spans: list[tuple[int, int, Any]] = []
     for s in stmts:
         start = s.stmt_location or 0
-        end = start + s.stmt_len if s.stmt_len else len(raw)
+        end = start + s.stmt_len if s.stmt_len else len(text)
         # stmt_location may include leading whitespace/comments on some statements: skip to the first token
         first = next((t.start for t in tokens if start <= t.start < end and t.name not in ("SQL_COMMENT", "C_COMMENT")),
                      start)
@@ -157,8 +157,8 @@ def parse_script(text: str, source: str, first_line: int = 1) -> Script:
         tx = transaction_kind(node)
         if tx == "begin":
             in_block = True
-        sql = raw[first:end].decode(errors="replace").strip().rstrip(";").strip()
-        result.append(Statement(sql=sql, line=_line_at(raw, first, first_line), node=node, ignores=ignores,
+        sql = text[first:end].strip().rstrip(";").strip()
+        result.append(Statement(sql=sql, line=_line_at(text, first, first_line), node=node, ignores=ignores,
                                 in_transaction=transactional or in_block or tx == "end", index=i))
         if tx == "end":
             in_block = False

@@ -17,9 +17,9 @@ from typing import Any
 
 from shipyard.drift.report import DriftFinding
 from shipyard.errors import RuntimeFailure
-from shipyard.launching import instance_environment, resolve_program, substitute
+from shipyard.launching import instance_environment, remote_command, resolve_program, substitute
 from shipyard.procfs import proc_bytes, read_proc_stat
-from shipyard.rollout.records import Instance, LaunchSpec
+from shipyard.rollout.records import Instance, LaunchSpec, host_command
 
 SECRET_LOOKING = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$",
                             re.IGNORECASE)
@@ -36,6 +36,10 @@ class ExpectedProcess:
     argv: list[str]
     env: dict[str, str]
     secret_names: frozenset[str] = field(default_factory=frozenset)
+    cwd: str | None = None
+    """The image tree it runs in, when checked (fleet hosts report it; None: not compared)."""
+    uid: int | None = None
+    """The user it runs as, when checked (the helper's on a fleet host)."""
 
     def is_secret(self, name: str) -> bool:
         return name in self.secret_names or bool(SECRET_LOOKING.search(name))
@@ -50,7 +54,7 @@ def expected_process(instance: Instance, command: list[str], env: Mapping[str, s
                         image_id=instance.image_id, tree=tree, command=list(command), env=dict(env),
                         instance_dir=Path(instance.data_dir).parent, host=instance.host)
     variables = {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir}
-    argv = [substitute(a, variables | {"HOST": instance.host}) for a in command]   # as the engine's launch_spec
+    argv = [substitute(a, variables) for a in host_command(command, instance.host)]   # as the engine's launch_spec
     full_env = instance_environment(launch, variables)
     if argv:
         try:
@@ -60,10 +64,23 @@ def expected_process(instance: Instance, command: list[str], env: Mapping[str, s
     return ExpectedProcess(argv, full_env, frozenset(secret_names))
 
 
+def expected_remote_process(instance: Instance, command: list[str], env: Mapping[str, str], tree: str,
+                            uid: int | None = None, secret_names: Iterable[str] = ()) -> ExpectedProcess:
+    """What SshRuntime starts ``instance`` with on its host (``tree``: the host's path of the
+    image tree, its cwd; ``uid``: the helper's user, who starts it)."""
+    launch = LaunchSpec(instance_id=instance.id, service=instance.service, slot=instance.slot,
+                        image_id=instance.image_id, tree=Path(tree), command=host_command(command, instance.host),
+                        env=dict(env), instance_dir=Path(instance.data_dir).parent, host=instance.host)
+    argv, full_env = remote_command(launch, {"PORT": str(instance.port), "SHIPYARD_DATA_DIR": instance.data_dir})
+    return ExpectedProcess(argv, full_env, frozenset(secret_names), cwd=tree, uid=uid)
+
+
 @dataclass(frozen=True)
 class LiveProcess:
     argv: list[str]
     env: dict[str, str]
+    cwd: str | None = None
+    uid: int | None = None
 
 
 class ProcessGone(Exception):
@@ -160,6 +177,10 @@ def compare(expected: ExpectedProcess, live: LiveProcess) -> dict[str, Any]:
             changed[name] = {"expected": _clip(want), "actual": _clip(got)}
     if changed:
         diff["env_changed"] = changed
+    if expected.cwd is not None and live.cwd is not None and live.cwd != expected.cwd:
+        diff["cwd"] = {"expected": _clip(expected.cwd), "actual": _clip(live.cwd)}
+    if expected.uid is not None and live.uid is not None and live.uid != expected.uid:
+        diff["uid"] = {"expected": expected.uid, "actual": live.uid}
     if extra and not wrapped:
         diff["env_extra"] = extra
     if diff and wrapped:
@@ -185,8 +206,11 @@ def process_findings(instance: Instance, expected: ExpectedProcess | None) -> li
     if expected is None:
         return []
     diff = compare(expected, live)
-    if not diff:
-        return []
+    return drift_finding(instance, diff) if diff else []
+
+
+def describe_diff(diff: dict[str, Any]) -> list[str]:
+    """The differences of ``compare`` in words, for a finding's detail."""
     parts = []
     if "argv" in diff:
         parts.append("argv differs")
@@ -196,8 +220,17 @@ def process_findings(instance: Instance, expected: ExpectedProcess | None) -> li
         parts.append("env has extra " + ", ".join(diff["env_extra"]))
     if "env_changed" in diff:
         parts.append("env values differ for " + ", ".join(diff["env_changed"]))
-    return [DriftFinding("process", instance.id, instance.service, "process drift: " + "; ".join(parts), [],
-                         {**ident, "change": "drift", **diff})]
+    if "cwd" in diff:
+        parts.append(f"runs in {diff['cwd']['actual']}, not in its image tree")
+    if "uid" in diff:
+        parts.append(f"runs as uid {diff['uid']['actual']}, not {diff['uid']['expected']}")
+    return parts
+
+
+def drift_finding(instance: Instance, diff: dict[str, Any]) -> list[DriftFinding]:
+    ident = {"pid": instance.pid, "start_time": instance.start_time}
+    return [DriftFinding("process", instance.id, instance.service,
+                         "process drift: " + "; ".join(describe_diff(diff)), [], {**ident, "change": "drift", **diff})]
 
 
 def environ_of(pid: int) -> dict[str, str] | None:

@@ -27,9 +27,11 @@ class DriftFinding:
     detail: str
     paths: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    """The fleet host (by inventory name) it was found on; None on one machine."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "instance_id": self.instance_id,
             "service": self.service,
@@ -37,11 +39,14 @@ class DriftFinding:
             "paths": list(self.paths),
             "evidence": self.evidence,
         }
+        if self.host is not None:
+            out["host"] = self.host
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DriftFinding:
         return cls(d["kind"], d.get("instance_id"), d["service"], d["detail"], list(d.get("paths") or []),
-                   dict(d.get("evidence") or {}))
+                   dict(d.get("evidence") or {}), d.get("host"))
 
 
 @dataclass

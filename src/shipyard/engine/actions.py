@@ -21,7 +21,7 @@ from shipyard.engine.deps import Deps
 from shipyard.engine.stored_spec import spec_from_doc
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.machines import first_release_abandoned
-from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState
+from shipyard.rollout.records import Instance, LaunchSpec, ServiceRecord, Slot, SlotState, host_command
 from shipyard.rollout.traffic import build_table, preview_token
 from shipyard.runtime.environment import release_env
 from shipyard.spec import RouterSpec, Spec
@@ -39,8 +39,15 @@ class SlotOps:
         """Events the store refused since the last one it took (told in the log when it takes one again)."""
         self.lost: set[str] = set()
         """Addresses of fleet hosts declared lost (engine/lost_hosts.py): they get nothing new."""
+        self.held: dict[str, str] = {}
+        """Addresses of fleet hosts an operator is draining or removed (engine/host_states.py,
+        persisted in the store): they get nothing new either, and what runs there is moved."""
         self._placing: dict[tuple[str, str], list[str]] = {}
         """Per (service, slot), hosts that an instance is being started on and not yet recorded."""
+
+    def unusable(self) -> set[str]:
+        """Fleet host addresses that take no new instance: lost, draining or removed."""
+        return self.lost | set(self.held)
 
     def preview_token(self, service: str) -> str:
         """The secret that lets a request choose its track (preview checks send it)."""
@@ -116,7 +123,7 @@ class SlotOps:
         tree = await asyncio.to_thread(self.d.images.verified_tree, image_id)   # refuses a tampered image
         env = self.launch_env(spec, image.env)
         iid = f"{spec.service}-{slot}-{secrets.token_hex(3)}"
-        command = [a.replace("${HOST}", host) for a in image.command]   # argv only: run.env.HOST stays
+        command = host_command(image.command, host)   # argv only: run.env.HOST stays
         return LaunchSpec(instance_id=iid, service=spec.service, slot=slot, image_id=image_id, tree=tree,
                           command=command, env=env, instance_dir=self.d.paths.instance_dir(iid), host=host)
 
@@ -128,7 +135,7 @@ class SlotOps:
         placing = self._placing.setdefault((spec.service, slot), [])
         if host is None and spec.fleet is not None:
             running = [i for i, st in self.d.store.instances(spec.service, slot) if st in ("starting", "healthy")]
-            host = fleet_slots.host_for_one(spec, self.lost, running, placing)
+            host = fleet_slots.host_for_one(spec, self.unusable(), running, placing)
         placing.append(host or "127.0.0.1")
         try:
             launch = await self.launch_spec(spec, slot, image_id, host or "127.0.0.1")

@@ -16,6 +16,7 @@ from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.drift_watch import DriftWatcher
 from shipyard.engine.driver import RolloutDriver
+from shipyard.engine.host_states import HostStates
 from shipyard.engine.metrics_feed import MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.queries import Queries
@@ -53,6 +54,8 @@ class Controller:
         self.driver = RolloutDriver(deps, self.ops, self.feed, self.gate)
         self.queries = Queries(deps, self.feed)           # what server/ reads; it never reaches into `d`
         self.queries.driving = self._driving
+        self.host_states = HostStates(deps, self.ops, self.queries.hosts)   # hosts drain / undrain / remove
+        self.queries.hosts.state_of = self.host_states.state_of
         self._drivers: dict[str, asyncio.Task[None]] = {}       # rollout id -> task
         self._commands: dict[str, asyncio.Queue[Observation]] = {}   # rollout id -> user commands
         self._begin_locks: dict[str, asyncio.Lock] = {}         # service -> held while a rollout begins
@@ -61,6 +64,7 @@ class Controller:
 
     async def start(self) -> None:
         """Re-adopt what survived the last daemon, then resume unfinished rollouts."""
+        self.host_states.load()      # drained / removed hosts take nothing, from the first placement on
         for svc in self.d.store.list_services():
             await fleet_slots.use_fleets(self.d, svc, spec_from_doc, self.ops.event)   # their hosts first, or "gone"
             for inst, _status in self.d.store.instances(svc.name):

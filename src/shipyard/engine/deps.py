@@ -15,10 +15,14 @@ from shipyard.analysis.verdict import Verdict
 from shipyard.engine.ports import (
     Clock,
     Fleet,
+    FleetDriftScan,
     HealthProbe,
+    HostReports,
     MetricQuery,
     NoFleet,
+    NoFleetDriftScan,
     NoHealthProbe,
+    NoHostReports,
     Router,
     Runtime,
     Store,
@@ -50,6 +54,8 @@ class Deps:
     """Readiness and HTTP checks of instances (the daemon wires runtime.health.HttpHealthProbe)."""
     fleet: Fleet = field(default_factory=NoFleet)
     """The hosts of fleet specs (the daemon wires runtime.ssh.fleet.SshFleet); the default refuses them."""
+    fleet_drift: FleetDriftScan = field(default_factory=NoFleetDriftScan)
+    """Drift scans of fleet services on their hosts (the daemon wires runtime.ssh.drift_scan.SshDriftScan)."""
     clock: Clock = field(default_factory=SystemClock)
     """Every rollout timer and deadline; a fake clock makes a long canary instant in tests."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -60,6 +66,9 @@ class Deps:
     router_restarts: dict[str, int] = field(default_factory=dict)
     """Per service, how often its router was found dead and restarted since this daemon
     started (/metrics exports it as a counter; a daemon restart resets it, as Prometheus expects)."""
+    host_reports: HostReports = field(default_factory=NoHostReports)
+    """Asks fleet hosts how they are and whether they can run a service (`shipyard hosts`;
+    the daemon wires runtime.ssh.host_report.SshHostReports)."""
     preview_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     """What preview tokens are derived from (the daemon passes its API token, so they survive a
     restart); random by default, so an unwired Deps never yields a guessable token."""

@@ -2,7 +2,8 @@
 metadata pass) and `drift.full_interval` (a full re-hash), the last report is kept in the
 store, a change of verdict goes to the event log, and with `drift.heal: true` drifted
 instances are replaced - at most once per instance per interval, backing off when a heal
-does not take."""
+does not take. A fleet service is scanned on its hosts (engine/fleet_drift.py), the same
+report kept the same way."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from shipyard.drift import DriftReport, ServiceInputs, expected_process, scan_service
 from shipyard.drift.release import LIVE_STATUSES
 from shipyard.drift.report import Mode
+from shipyard.engine import fleet_drift
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.engine.healing import Healer, HealResult, heal_targets
@@ -72,9 +74,8 @@ class DriftWatcher:
                 env = self.ops.launch_env(spec, image.env)
             except ShipyardError:
                 continue          # checked for being alive only; a missing secret is not drift of the instance
-            secrets = set(spec.run.secret_env) | ({spec.database.url_env} if spec.database else set())
             expected[inst.id] = expected_process(inst, image.command, env, self.d.images.tree_path(inst.image_id),
-                                                 secrets)
+                                                 fleet_drift.secret_names(spec))
         return ServiceInputs(service=svc, instances=records, expected=expected, known_pids=self.d.router.pids(svc.name),
                              instances_root=self.d.paths.instances,
                              in_rollout=bool(self.d.store.active_rollouts(svc.name)))
@@ -83,8 +84,14 @@ class DriftWatcher:
         svc = self.d.store.get_service(service)
         if svc is None:
             raise NotFoundError(f"no service {service}", "shipyard status lists the services")
+        spec = self._spec(svc)
         async with self._locks.setdefault(service, asyncio.Lock()):
-            report = await scan_service(self._inputs(svc), self.d.images, mode)
+            if spec is not None and spec.fleet is not None:     # its instances run on the hosts: ask them
+                specs = {name: spec_from_doc(slot.spec, svc.spec_path) for name, slot in svc.slots.items()
+                         if slot.spec}
+                report = await fleet_drift.scan(self.d, self.ops.launch_env, svc, specs, spec, mode)
+            else:
+                report = await scan_service(self._inputs(svc), self.d.images, mode)
         previous = self.d.store.get_drift_report(service)
         self.d.store.put_drift_report(service, report.to_dict())
         self._announce(report, previous)
@@ -151,8 +158,6 @@ class DriftWatcher:
         spec = self._spec(svc)
         if spec is None or not any(s.state != SlotState.IDLE for s in svc.slots.values()):
             return
-        if spec.fleet is not None:
-            return      # its instances run on the hosts: this machine's /proc says nothing of them (no false heals)
         now = self.d.clock.monotonic()
         full_due = self._next.setdefault((svc.name, "full"), now + spec.drift.full_interval)
         meta_due = self._next.setdefault((svc.name, "metadata"), now + min(spec.drift.interval, 5.0))

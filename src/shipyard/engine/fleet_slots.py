@@ -29,6 +29,7 @@ class SlotOps(Protocol):
     d: Deps
     lost: set[str]
 
+    def unusable(self) -> set[str]: ...
     def event(self, service: str, kind: str, message: str, rollout_id: str | None = None, **data: Any) -> None: ...
     async def start_instance(self, spec: Spec, slot: str, image_id: str, rollout_id: str | None = None,
                              host: str | None = None) -> Instance: ...
@@ -193,7 +194,7 @@ async def scale_fleet(ops: SlotOps, spec: Spec, slot: str, image_id: str, want: 
         fits = inst.image_id == image_id and status in ("healthy", "starting") and d.runtime.is_alive(inst)
         (candidates if fits else stale).append(inst)
     try:
-        arranged = arrange(spec, ops.lost, candidates, want=want)
+        arranged = arrange(spec, ops.unusable(), candidates, want=want)
     except PlacementError as e:
         return f"cannot place slot {slot}: {e.message} ({e.hint})"
     for inst in stale + arranged.drop:

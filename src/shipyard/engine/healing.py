@@ -1,7 +1,9 @@
 """Heal by replacement, never by patching: a drifted instance is succeeded by a fresh one
 started from the pristine image (its tree re-materialised from the object store when the
 old one was tampered with), which takes traffic before the drifted one drains and stops.
-Nothing here edits a running instance or a file of an image tree."""
+On a fleet the tampered tree is the one on the finding's host (quarantined there) and
+placement chooses the successor's host. Nothing here edits a running instance or a file of
+an image tree."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.drift import DriftReport
+from shipyard.engine import fleet_drift
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
 from shipyard.errors import ShipyardError
@@ -69,6 +72,22 @@ class Healer:
             return result
         records = {i.id: (i, st) for i, st in self.d.store.instances(service)}
         aside: list[Path] = []
+        on_hosts = fleet_drift.tampered_trees(report)
+        tampered -= {image_id for _, image_id in on_hosts}   # trees on fleet hosts, not this machine's
+        for address, image_id in sorted(on_hosts):
+            try:
+                moved = await self.d.fleet_drift.quarantine(address, image_id)
+            except ShipyardError as e:      # a successor there would run from the tampered tree: not yet
+                self.ops.event(service, "drift.heal_failed", f"could not quarantine the tampered tree of image "
+                               f"{image_id[:12]} on {address}: {e.message}", image=image_id, host=address)
+                unsafe = {iid for iid, (i, _) in records.items() if i.host == address and i.image_id == image_id}
+                result.failed.extend(sorted(replace & unsafe))
+                replace -= unsafe
+                continue
+            result.quarantined.append(f"{address}:{image_id}")
+            self.ops.event(service, "drift.quarantined", f"tampered tree of image {image_id[:12]} on {address} moved "
+                           f"aside{f' to {moved}' if moved else ''} (kept as evidence); instances start there from "
+                           "a fresh copy", image=image_id, host=address, moved_to=moved)
         for image_id in sorted(tampered):
             moved = self.d.images.quarantine_tree(image_id)
             if moved is not None:
@@ -104,7 +123,9 @@ class Healer:
         spec = spec_from_doc(slot.spec, svc.spec_path)
         ev = self.ops.event
         try:
-            new = await self.ops.start_instance(spec, slot_name, slot.image_id)
+            host = None if spec.fleet is None else fleet_drift.successor_host(
+                spec, self.ops.lost, self.d.store.instances(service, slot_name), drifted)
+            new = await self.ops.start_instance(spec, slot_name, slot.image_id, host=host)
         except ShipyardError as e:
             ev(service, "drift.heal_failed", f"could not start a successor for {drifted.id}: {e.message}",
                instance=drifted.id)

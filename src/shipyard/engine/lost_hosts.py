@@ -28,6 +28,8 @@ class LostHosts:
         self.ops = ops
         self._told: set[tuple[str, str]] = set()
         """(service, address) whose loss was recorded for that service."""
+        self._back: dict[tuple[str, str], str] = {}
+        """(service, address) whose return was recorded, with the last stop failure told ("": none)."""
 
     def check(self, service: str, spec: Spec) -> bool:
         """Declare the silent hosts of `spec`'s fleet lost and take `service`'s instances on
@@ -76,16 +78,20 @@ class LostHosts:
                    if i.host == h.address and st == "lost"]
             if not old:
                 continue
-            self.ops.event(service, "host.back",
-                           f"lost host {h.name} ({h.address}) answers again: its {len(old)} old instance(s) of "
-                           f"{service} are stopped, not re-adopted (they were replaced elsewhere); it stays out of "
-                           "placement", host=h.name, address=h.address, instances=[i.id for i in old])
+            told = self._back.get((service, h.address))
+            if told is None:
+                self._back[(service, h.address)] = ""
+                self.ops.event(service, "host.back",
+                               f"lost host {h.name} ({h.address}) answers again: its {len(old)} old instance(s) of "
+                               f"{service} are stopped, not re-adopted (they were replaced elsewhere); it stays out "
+                               "of placement", host=h.name, address=h.address, instances=[i.id for i in old])
             results = await asyncio.gather(*(self._stop(i, spec.run.stop_timeout) for i in old))
-            failed = [f"{i.id}: {why}" for i, why in zip(old, results, strict=True) if why]
-            if failed:
+            failed = "; ".join(f"{i.id}: {why}" for i, why in zip(old, results, strict=True) if why)
+            if failed and failed != told:          # told once per reason, not every tick
                 self.ops.event(service, "host.back_stop_failed",
-                               f"could not stop old instance(s) on {h.name} ({h.address}), trying again: "
-                               + "; ".join(failed), host=h.name, address=h.address)
+                               f"could not stop old instance(s) on {h.name} ({h.address}), trying again: {failed}",
+                               host=h.name, address=h.address)
+            self._back[(service, h.address)] = failed
 
     async def _stop(self, inst: Instance, timeout: float) -> str | None:
         try:

@@ -140,7 +140,8 @@ class DatabaseGate:
         result = await apply_migrations(
             db.url, plan.expand, phases=plan.phases, lock_timeout=db.lock_timeout, retries=db.retries,
             resume={m.version: plan.resume_from(m) for m in plan.expand}, service=spec.service, release=image_id,
-            note=r.allow_unsafe or None, log=lambda m: ev(r.service, "database.migrate", m, r.id))
+            note=r.allow_unsafe or None, log=lambda m: ev(r.service, "database.migrate", m, r.id),
+            progress=lambda line, p: ev(r.service, "database.backfill", line, r.id, progress=p.to_dict()))
         ev(r.service, "database.applied", f"applied {', '.join(result.applied)}", r.id, result=result.to_dict())
         held = f"; held back (contract): {', '.join(m.version for m in plan.held)}" if plan.held else ""
         return Migrated(f"applied {', '.join(result.applied)}{held}")
@@ -196,7 +197,8 @@ class DatabaseGate:
             db.url, plan.pending, phases=plan.phases, lock_timeout=db.lock_timeout, retries=db.retries,
             resume={m.version: plan.resume_from(m) for m in plan.pending}, service=service,
             release=svc.live.image_id, note=allow_unsafe or None,
-            log=lambda m: self.ops.event(service, "database.migrate", m))
+            log=lambda m: self.ops.event(service, "database.migrate", m),
+            progress=lambda line, p: self.ops.event(service, "database.backfill", line, progress=p.to_dict()))
         self.ops.event(service, "database.contracted", f"contract: applied {', '.join(result.applied)}",
                        result=result.to_dict())
         return {"applied": result.applied, "seconds": result.seconds, "retries": result.retries,

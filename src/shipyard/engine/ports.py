@@ -17,7 +17,10 @@ from typing import Any, Protocol
 
 from shipyard.analysis.context import QueryContext
 from shipyard.analysis.verdict import Verdict
+from shipyard.drift.fleet import FleetInputs
+from shipyard.drift.report import DriftReport, Mode
 from shipyard.errors import RuntimeFailure
+from shipyard.fleet.host_status import FAIL, CheckStep, HostCheck, HostReport
 from shipyard.rollout.model import Rollout
 from shipyard.rollout.records import (
     AuditEntry,
@@ -29,11 +32,12 @@ from shipyard.rollout.records import (
     ServiceRecord,
 )
 from shipyard.router.table import RoutingTable
+from shipyard.spec import Spec
 from shipyard.spec.fleet import FleetSpec
 from shipyard.spec.strategy import PreviewCheck, PrometheusMetric
 
-__all__ = ["AuditTrail", "Clock", "Fleet", "HealthProbe", "Instance", "LaunchSpec", "MetricQuery", "NoFleet",
-           "Router", "Runtime", "Store", "SystemClock"]
+__all__ = ["AuditTrail", "Clock", "Fleet", "FleetDriftScan", "HealthProbe", "HostReports", "Instance", "LaunchSpec",
+           "MetricQuery", "NoFleet", "NoFleetDriftScan", "NoHostReports", "Router", "Runtime", "Store", "SystemClock"]
 
 
 class AuditTrail(Protocol):
@@ -125,6 +129,10 @@ class Store(Protocol):
     def put_drift_report(self, service: str, report: dict[str, Any]) -> None: ...
     def get_drift_report(self, service: str) -> dict[str, Any] | None: ...
     def remove_drift_report(self, service: str) -> None: ...
+
+    # fleet hosts held out of placement: address -> "draining" | "removed" (None puts it back)
+    def put_host_state(self, address: str, state: str | None) -> None: ...
+    def host_states(self) -> dict[str, str]: ...
 
 
 class Runtime(Protocol):
@@ -330,3 +338,62 @@ class NoHealthProbe:
                          extra_headers: Mapping[str, str] | None = None,
                          log: Callable[[str], None] | None = None) -> str | None:
         return f"cannot check {label}: no health probe is wired" if checks else None
+
+
+class FleetDriftScan(Protocol):
+    """Drift of one service across fleet hosts: every host's trees, instance processes,
+    listeners on the service ports and managed files, each host asked in one round trip;
+    every finding names its host (and path). A host that cannot be asked is an ``unknown``
+    finding, never a clean host. The SSH adapter: runtime/ssh/drift_scan.py."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport: ...
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        """Move the tampered tree of ``image_id`` on host ``address`` aside, so the successor the
+        heal starts there gets a fresh one (RuntimeFailure when the host cannot be reached)."""
+        ...
+
+
+class NoFleetDriftScan:
+    """The default of `Deps.fleet_drift`: nothing reaches the hosts, so a fleet service's scan
+    fails with a reason instead of reporting hosts it never asked as clean."""
+
+    async def scan(self, inputs: FleetInputs, mode: Mode = "metadata") -> DriftReport:
+        raise RuntimeFailure(f"cannot scan {inputs.service.name} for drift on its hosts: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")
+
+    async def quarantine(self, address: str, image_id: str) -> str | None:
+        raise RuntimeFailure(f"cannot quarantine image {image_id[:12]} on {address}: this engine has no fleet "
+                             "drift scanner", hint="run the daemon with `shipyard serve` (it wires the SSH scanner)")
+
+
+class HostReports(Protocol):
+    """What `shipyard hosts` asks of a fleet's hosts: how each is now, and whether each could
+    run a service. Every host is asked at once (bounded); one that fails is reported with
+    the reason and never fails the others. Never raises for a host's fault."""
+
+    async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
+        """Every inventory host: reachable (and its helper's facts) or the reason it is not.
+        `base_dir` anchors the ssh section's relative paths (the spec file's directory)."""
+        ...
+
+    async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
+        """Can each host of `spec.fleet` run the service: SSH and host key, python3, helper
+        install, disk for `image_id`, the listen port free (`own_pids`: per host address, the
+        pids of the service's own instances, whose listeners do not count), and `image_id`
+        shipped and verified there (None: no image yet, that step is skipped)."""
+        ...
+
+
+class NoHostReports:
+    """The default of `Deps.host_reports`: nothing concrete is wired, so asking says so
+    instead of the engine reaching for SSH itself."""
+
+    async def report(self, fleet: FleetSpec, base_dir: Path) -> list[HostReport]:
+        return [HostReport(h.name, h.address, False, "no host reporter is wired into this engine")
+                for h in fleet.hosts or []]
+
+    async def check(self, spec: Spec, image_id: str | None, own_pids: Mapping[str, set[int]]) -> list[HostCheck]:
+        fleet = spec.fleet
+        return [HostCheck(h.name, h.address, [CheckStep("ssh", FAIL, "no host reporter is wired into this engine")])
+                for h in (fleet.hosts or [] if fleet else [])]

@@ -31,6 +31,7 @@ from shipyard.checklist import (
 from shipyard.engine import edge
 from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.fleet_hosts import FleetHosts
 from shipyard.engine.metrics_feed import KEEP_SECONDS, MetricsFeed
 from shipyard.engine.migrating import DatabaseGate
 from shipyard.engine.ports import AuditTrail
@@ -194,6 +195,8 @@ class Queries:
     def __init__(self, deps: Deps, feed: MetricsFeed) -> None:
         self._d = deps
         self._feed = feed
+        self.hosts = FleetHosts(deps)
+        """`shipyard hosts` and `hosts check`: fleet hosts as they are now (engine/fleet_hosts.py)."""
         self.driving: Callable[[str], tuple[bool, str | None]] = lambda rollout_id: (False, None)
         """(is a driver of this daemon running the rollout, why it is held at its step if it is);
         the controller sets it, so `status` tells a held rollout from an orphan."""

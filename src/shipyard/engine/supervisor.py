@@ -20,6 +20,7 @@ from typing import Any
 from shipyard.engine import edge, fleet_slots, listen_sharing
 from shipyard.engine.actions import SlotOps, spec_from_doc
 from shipyard.engine.deps import Deps
+from shipyard.engine.host_drain import DrainMoves
 from shipyard.engine.lost_hosts import LostHosts
 from shipyard.errors import ShipyardError, StoreUnavailable
 from shipyard.rollout.records import Instance, ProbeResult, ServiceRecord, SlotState
@@ -51,6 +52,7 @@ class Supervisor:
         self._router_checked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.lost_hosts = LostHosts(deps, ops)
+        self.drains = DrainMoves(deps, ops)
         self._unreachable: dict[str, str] = {}
         """Per fleet service, why its hosts cannot be reached (told once)."""
 
@@ -58,7 +60,7 @@ class Supervisor:
         self._task = asyncio.create_task(self._loop(), name="supervisor")
 
     async def stop(self) -> None:
-        tasks = [t for ts in self._replacing.values() for t in ts] + list(self._background)
+        tasks = [t for ts in self._replacing.values() for t in ts] + list(self._background) + self.drains.tasks()
         tasks += [t for ts in self._probes.values() for t in ts]
         if self._task:
             tasks.append(self._task)
@@ -111,7 +113,8 @@ class Supervisor:
                     continue
                 changed |= self.lost_hosts.check(svc.name, spec)
                 await self.lost_hosts.back(svc.name, spec)
-                replicas = fleet_slots.target(spec, self.ops.lost, slot.replicas)
+                replicas = fleet_slots.target(spec, self.ops.unusable(), slot.replicas)
+                changed |= self.drains.check(spec, slot_name, slot.image_id, replicas)
             changed |= await self._watch_slot(spec, slot_name, slot.image_id, replicas)
         if changed:
             async with self.ops.lock(svc.name):

@@ -121,10 +121,17 @@ class LaunchSpec:
     slot: str
     image_id: str
     tree: Path                   # read-only, already verified image tree (cwd of the process)
-    command: list[str]           # may contain ${PORT} and ${SHIPYARD_DATA_DIR}
+    command: list[str]           # host_command(image command, host): may contain ${PORT} and ${SHIPYARD_DATA_DIR}
     env: dict[str, str]          # image env + run env + secret env, already merged
     instance_dir: Path           # holds `log` and `data/`
     host: str = "127.0.0.1"
+
+
+def host_command(command: list[str], host: str) -> list[str]:
+    """run.command with ``${HOST}`` as the address of the host the instance runs on (argv only:
+    run.env's HOST stays). The engine's launch_spec makes a LaunchSpec's command with it and
+    drift's expectations (one machine and fleet hosts) do the same, so they cannot disagree."""
+    return [a.replace("${HOST}", host) for a in command]
 
 
 @dataclass(frozen=True)

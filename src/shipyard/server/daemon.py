@@ -20,6 +20,7 @@ import uvicorn
 from shipyard.analysis.providers import prometheus
 from shipyard.engine.controller import Controller
 from shipyard.engine.deps import Deps
+from shipyard.engine.host_keys import KeyTrustAudit
 from shipyard.engine.ports import SystemClock
 from shipyard.errors import ShipyardError
 from shipyard.fsutil import write_atomic
@@ -32,8 +33,9 @@ from shipyard.router.haproxy.adapter import HAProxyRouter
 from shipyard.runtime.by_host import ByHostRuntime
 from shipyard.runtime.health import HttpHealthProbe
 from shipyard.runtime.local import LocalRuntime
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
 from shipyard.runtime.ssh.fleet import SshFleet
-from shipyard.runtime.ssh.hostkeys import TrustedKey
+from shipyard.runtime.ssh.host_report import SshHostReports
 from shipyard.runtime.ssh.runtime import SshRuntime
 from shipyard.server.api import HostPolicy, create_app
 from shipyard.server.daemon_log import QuietStreamHandler, ResilientFileHandler
@@ -106,14 +108,6 @@ def routers(paths: StatePaths) -> RouterByKind:
                         paths.routers / "kinds.json")
 
 
-def audit_trusted_key(store: SqliteStore, key: TrustedKey) -> None:
-    """fleet.ssh.trust_new_hosts wrote a first-seen host key to known_hosts: that is a decision to audit."""
-    store.audit.record("host.key_trusted", actor="shipyard-daemon",
-                       why=f"first contact with {key.host} ({key.address}:{key.port}) under trust_new_hosts",
-                       evidence={"host": key.host, "address": key.address, "key_type": key.key_type,
-                                 "fingerprint": key.fingerprint, "known_hosts": key.known_hosts})
-
-
 async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple[str, ...] = (),
                 insecure_listen: bool = False) -> None:
     check_listen(listen, insecure_listen)
@@ -124,10 +118,14 @@ async def serve(paths: StatePaths, listen: str = "127.0.0.1:0", api_hosts: tuple
     token = ensure_token(paths)
     store = SqliteStore(paths.db)
     images = ImageStore(paths.images)
-    fleet = SshFleet(SshRuntime(None, images), on_trust=lambda key: audit_trusted_key(store, key))
+    scanner = SshDriftScan(None)      # fleet drift scans, on the hosts' connections that SshFleet opens
+    trust = KeyTrustAudit(store.audit)   # host.key_trusted, for the runtime's connections and the reports' alike
+    fleet = SshFleet(SshRuntime(None, images), on_trust=trust, drift=scanner)
     deps = Deps(store=store, images=images, runtime=ByHostRuntime(LocalRuntime(), fleet.runtime), fleet=fleet,
+                fleet_drift=scanner,
                 router=routers(paths), paths=paths, health=HttpHealthProbe(), clock=SystemClock(),
-                query_metric=prometheus.judge, preview_secret=token)
+                query_metric=prometheus.judge, host_reports=SshHostReports(images, on_trust=trust),
+                preview_secret=token)
     notifications = Dispatcher(store, deps.env)
     deps.on_event = notifications.offer
     controller = Controller(deps)

@@ -111,7 +111,7 @@ class DatabaseSpec(SpecModel):
 
     url: Annotated[str, regex_check(r"postgres(ql)?://\S+", "PostgreSQL URL (postgresql://host:port/db)")]
     migrations: Text | None = None
-    """Directory of NNNN_name.sql files, relative to the spec file."""
+    """Directory of NNNN_name.sql files and NNNN_name.backfill.yaml declared backfills, relative to the spec file."""
     alembic: Text | None = None
     """Path of alembic.ini, relative to the spec file."""
     target: Text | None = None

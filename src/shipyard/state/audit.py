@@ -45,6 +45,7 @@ DAEMON_EVENTS = {
     "router.restarted": "router.restart",
     "host.lost": "host.lost",
     "host.back": "host.back",
+    "instance.unrecorded_stopped": "instance.stop_unrecorded",
 }
 """Events (outside a rollout) that are decisions of the daemon itself, and their action
 names. A new kind of self-initiated change (e.g. a heal) is recorded by adding its event here."""

@@ -27,6 +27,7 @@ from shipyard.rollout.records import Event, Instance, ServiceRecord, Slot
 from shipyard.state.audit import AuditLog
 from shipyard.state.drift_reports import DriftReports
 from shipyard.state.faults import BUSY_TIMEOUT_MS, FaultLog, GuardedConnection, translate
+from shipyard.state.host_states import HostStates
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -81,6 +82,7 @@ class SqliteStore:
         self.db.executescript(SCHEMA)
         self.audit = AuditLog(self.db)
         self._drift = DriftReports(self.db)
+        self._host_states = HostStates(self.db)
         self._end_duplicate_rollouts()
         self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")   # from now on a foreign lock fails in ms
         self._locks: dict[str, asyncio.Lock] = {}
@@ -321,6 +323,14 @@ class SqliteStore:
 
     def remove_drift_report(self, service: str) -> None:
         self._drift.remove(service)
+
+    # -- fleet hosts held out of placement ---------------------------------------------
+
+    def put_host_state(self, address: str, state: str | None) -> None:
+        self._host_states.put(address, state)
+
+    def host_states(self) -> dict[str, str]:
+        return self._host_states.all()
 
 
 def _event(r: sqlite3.Row) -> Event:

@@ -72,8 +72,10 @@ def assert_outcome(final: dict[str, Any], running: dict[str, int], addresses: li
         assert running == dict.fromkeys(addresses, 1), running          # nothing of v2 left
 
 
+@pytest.mark.parametrize("fault", ["sessions_killed", "link_down_3s"])
 async def test_ssh_connections_of_a_host_dropped_mid_rollout(
-        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str) -> None:
+        fleet5: NetnsFleet, api: AsyncApiClient, make_spec: SpecMaker, listen: str, fault: str) -> None:
+    """Its sshd sessions killed (twice: the reconnection too), or its link down for 3 s."""
     addresses = sorted(h.address for h in fleet5.hosts)
     v1 = (await api.post("/v1/deploy", {"spec_path": str(spec_for(make_spec, fleet5, "v1"))}))["rollout"]
     assert (await api.wait_rollout(v1["id"], 120))["phase"] == "succeeded"
@@ -82,13 +84,21 @@ async def test_ssh_connections_of_a_host_dropped_mid_rollout(
         await asyncio.sleep(0.3)
         r = (await api.post("/v1/deploy", {"spec_path": str(spec_for(make_spec, fleet5, "v2"))}))["rollout"]
         await first_batch(api, r["id"])
-        dropped = fleet5.drop_connections(victim)
-        await asyncio.sleep(0.5)
-        dropped += fleet5.drop_connections(victim)        # its reconnection too
+        if fault == "sessions_killed":
+            dropped = fleet5.drop_connections(victim)
+            await asyncio.sleep(0.5)
+            dropped += fleet5.drop_connections(victim)        # its reconnection too
+        else:
+            fleet5.cut_network(victim)
+            try:
+                await asyncio.sleep(3.0)
+            finally:
+                fleet5.restore_network(victim)
+            dropped = ["link down 3 s"]
         final = await api.wait_rollout(r["id"], 120)
         t_end = time.monotonic()
         await asyncio.sleep(0.5)
-    print(f"dropped {len(dropped)} sshd session(s) of {victim.address}; rollout {final['phase']}: "
+    print(f"{fault} on {victim.address} ({dropped}); rollout {final['phase']}: "
           f"{final.get('reason')}")
     assert dropped, "no SSH session to drop: the fault did not happen"
     assert final["phase"] in ("succeeded", "failed", "rolled_back", "aborted"), final

@@ -13,6 +13,7 @@ from shipyard.engine.actions import spec_from_doc
 from shipyard.engine.controller import Controller
 from shipyard.errors import RuntimeFailure
 from shipyard.rollout.model import Phase
+from shipyard.rollout.records import Instance
 from support.fake_world import CANARY, SPEC_HEAD, World, drive
 
 ADDRESSES = [f"10.9.0.{n}" for n in range(1, 6)]
@@ -138,6 +139,32 @@ def test_a_lost_host_that_answers_again_has_its_old_instance_stopped_not_readopt
         assert len(routed) == 5 and silent not in routed       # not re-adopted, nothing new placed there
         await world.clock.sleep(5)
         assert len([e for e in world.store.events("shop") if e.kind == "host.back"]) == 1
+
+    drive(world, body)
+
+
+def test_a_stop_that_fails_on_a_returned_host_is_tried_again_and_told_once(world: World, tmp_path: Path) -> None:
+    spec = fleet_spec(tmp_path, "{total: 5, max_per_host: 2}")
+
+    async def body(c: Controller) -> None:
+        assert (await c.wait((await c.deploy(str(spec), image_id="v1")).id, timeout=600)).phase is Phase.SUCCEEDED
+        silent = ADDRESSES[3]
+        [old] = [i for i in world.runtime.live("shop") if i.host == silent]
+        world.fleet.silence(silent, world.clock.monotonic())
+        await world.clock.sleep(15)
+        stop, refusals = world.runtime.stop, [3]
+
+        async def flaky(inst: Instance, timeout: float) -> None:
+            if refusals[0] > 0:
+                refusals[0] -= 1
+                raise RuntimeFailure(f"cannot stop {inst.id}: the helper on web-4 did not answer")
+            await stop(inst, timeout)
+        world.runtime.stop = flaky  # type: ignore[method-assign]
+        world.fleet.answer(silent)
+        await world.clock.sleep(10)
+        kinds = [e.kind for e in world.store.events("shop")]
+        assert kinds.count("host.back") == 1 and kinds.count("host.back_stop_failed") == 1, kinds
+        assert world.store.instance(old.id) == (old, "stopped") and not world.runtime.is_alive(old)
 
     drive(world, body)
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from shipyard.router.dataplane.control_hosts import ListenControl, load_services
-from shipyard.router.dataplane.proxy import ProxyServer, open_planes
+from shipyard.router.dataplane.proxy import open_planes
+from shipyard.router.dataplane.proxy_server import ProxyServer
 from shipyard.router.table import RoutingTable, Upstream
 
 

@@ -11,7 +11,9 @@ import pytest
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy import sites
-from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.maps import MAP_KINDS, bucket_entries, map_text, token_entries, track_entries
+from shipyard.router.haproxy.services import Edge, Server, ServiceConfig, server_name, service_config
 from shipyard.router.table import RoutingTable, TableTls, Upstream
 from support.certs import TestCA
 
@@ -27,25 +29,25 @@ def table(**kw: object) -> RoutingTable:
 
 def test_maps_are_the_tables_bucket_ranges_names_and_token() -> None:
     t = table()
-    assert cfg.bucket_entries(t) == [("0:2999", "green"), ("3000:9999", "blue")]
-    assert cfg.track_entries(t) == [("blue", "blue"), ("green", "green"), ("canary", "green")]
-    assert cfg.token_entries(t) == [("token", "tok-1")]
-    assert cfg.token_entries(RoutingTable("shop")) == []
-    assert cfg.bucket_entries(RoutingTable("shop")) == []  # no live track: no bucket matches (503)
-    assert cfg.map_text(cfg.bucket_entries(t)) == "0:2999 green\n3000:9999 blue\n"
+    assert bucket_entries(t) == [("0:2999", "green"), ("3000:9999", "blue")]
+    assert track_entries(t) == [("blue", "blue"), ("green", "green"), ("canary", "green")]
+    assert token_entries(t) == [("token", "tok-1")]
+    assert token_entries(RoutingTable("shop")) == []
+    assert bucket_entries(RoutingTable("shop")) == []  # no live track: no bucket matches (503)
+    assert map_text(bucket_entries(t)) == "0:2999 green\n3000:9999 blue\n"
 
 
 def test_every_bucket_range_of_a_table_agrees_with_track_at() -> None:
     t = RoutingTable("shop", 1, {"a": (), "b": (), "c": ()}, {"a": 0.01, "b": 49.99, "c": 50},
                      bucket_order=("b", "a"))
-    for key, track in cfg.bucket_entries(t):
+    for key, track in bucket_entries(t):
         first, last = map(int, key.split(":"))
         assert {t.track_at(b) for b in (first, last)} == {track}
-    assert sum(int(k.split(":")[1]) - int(k.split(":")[0]) + 1 for k, _ in cfg.bucket_entries(t)) == 10_000
+    assert sum(int(k.split(":")[1]) - int(k.split(":")[0]) + 1 for k, _ in bucket_entries(t)) == 10_000
 
 
 def test_the_frontend_computes_the_key_in_the_embedded_routers_order() -> None:
-    text = cfg.render([cfg.service_config("127.0.0.1:8080", table(sticky_header="X-User", sticky_cookie="uid",
+    text = cfg.render([service_config("127.0.0.1:8080", table(sticky_header="X-User", sticky_cookie="uid",
                                                                   sticky_client_address=True), {})],
                       FILES, "sy1 %b", "http-request set-var(txn.sy_t0) date(0,us)")
     lines = [ln.strip() for ln in text.splitlines()]
@@ -71,7 +73,7 @@ def test_the_frontend_computes_the_key_in_the_embedded_routers_order() -> None:
 def test_backends_per_track_with_limits_retries_and_state_file() -> None:
     t = table(max_conns_per_instance=7, queue_timeout=2.5)
     servers = {"blue": (Server("b1-x", "127.0.0.1", 9001),), "green": (Server("g1-x", "::1", 9002),)}
-    text = cfg.render([cfg.service_config("[::1]:8080", t, servers)], FILES, "sy1")
+    text = cfg.render([service_config("[::1]:8080", t, servers)], FILES, "sy1")
     assert "bind ipv6@::1:8080" in text
     assert "backend shop__blue" in text and "backend shop__green" in text
     assert "server b1-x 127.0.0.1:9001 maxconn 7" in text and "server g1-x [::1]:9002 maxconn 7" in text
@@ -85,14 +87,14 @@ def test_backends_per_track_with_limits_retries_and_state_file() -> None:
 def test_only_what_the_configuration_holds_is_its_shape() -> None:
     """Weights, instances, aliases and the token change through the Runtime API; sticky names,
     limits and new track names are the configuration's (a reload)."""
-    base = cfg.service_config("127.0.0.1:1", table(), {})
-    assert cfg.service_config("127.0.0.1:1", table(weights={"blue": 0, "green": 100}),
+    base = service_config("127.0.0.1:1", table(), {})
+    assert service_config("127.0.0.1:1", table(weights={"blue": 0, "green": 100}),
                               {"blue": (Server("x", "1.2.3.4", 5),)}).shape == base.shape
-    assert cfg.service_config("127.0.0.1:1", table(sticky_header="X-U"), {}).shape != base.shape
-    assert cfg.service_config("127.0.0.1:1", table(max_conns_per_instance=5), {}).shape != base.shape
+    assert service_config("127.0.0.1:1", table(sticky_header="X-U"), {}).shape != base.shape
+    assert service_config("127.0.0.1:1", table(max_conns_per_instance=5), {}).shape != base.shape
     assert base.tracks == ("blue", "green", "baseline")
     other = RoutingTable("shop", 1, {"a": ()}, {"a": 100})
-    assert cfg.service_config("127.0.0.1:1", other, {}).tracks == ("blue", "green", "baseline", "a")
+    assert service_config("127.0.0.1:1", other, {}).tracks == ("blue", "green", "baseline", "a")
 
 
 def test_names_haproxy_cannot_take_are_refused_with_the_field() -> None:
@@ -107,9 +109,9 @@ def test_names_haproxy_cannot_take_are_refused_with_the_field() -> None:
 
 
 def test_server_names_are_stable_unique_and_safe() -> None:
-    a = cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
-    assert a == cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
-    assert a != cfg.server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 81))
+    a = server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
+    assert a == server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 80))
+    assert a != server_name(Upstream("shop-blue-1 (x)", "10.0.0.1", 81))
     assert all(ch.isalnum() or ch in "_.-" for ch in a)
 
 
@@ -121,11 +123,11 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
         pytest.skip("haproxy is not installed")
     files = Files(tmp_path)
     files.maps.mkdir()
-    svcs = [cfg.service_config("127.0.0.1:18081", table(sticky_header="X-U", sticky_cookie="c"),
+    svcs = [service_config("127.0.0.1:18081", table(sticky_header="X-U", sticky_cookie="c"),
                                {"blue": (Server("b", "127.0.0.1", 9001),)}),
             ServiceConfig("cart", "127.0.0.1:18082", tls=True, redirect_http="127.0.0.1:18083")]
     for s in ("shop", "cart"):
-        for kind in cfg.MAP_KINDS:
+        for kind in MAP_KINDS:
             files.map_file(s, kind).write_text("")
     files.cert_file("cart").parent.mkdir()
     ca = TestCA(tmp_path / "ca")
@@ -138,8 +140,8 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
 
 def test_a_table_with_tls_binds_its_certificate_and_tells_instances_https() -> None:
     tls = TableTls("/state/tls/a.pem", "/state/tls/a.key", "a" * 64)
-    on = cfg.service_config("127.0.0.1:8443", table(tls=tls), {})
-    off = cfg.service_config("127.0.0.1:8443", table(), {})
+    on = service_config("127.0.0.1:8443", table(tls=tls), {})
+    off = service_config("127.0.0.1:8443", table(), {})
     lines = [ln.strip() for ln in cfg.render([on], FILES, "sy1 %b").splitlines()]
     assert "bind 127.0.0.1:8443 ssl crt /run/sy/tls/shop.pem alpn http/1.1 ssl-min-ver TLSv1.2" in lines
     assert "http-request set-header x-forwarded-proto https" in lines
@@ -147,7 +149,7 @@ def test_a_table_with_tls_binds_its_certificate_and_tells_instances_https() -> N
     assert "bind 127.0.0.1:8443" in plain and "http-request set-header x-forwarded-proto http" in plain
     assert on.shape != off.shape                      # turning TLS on or off is a reload
     # a rotation changes the certificate's content, never the file HAProxy knows it by: no reload
-    rotated = cfg.service_config("127.0.0.1:8443", table(tls=TableTls("/state/tls/b.pem", "/state/tls/b.key",
+    rotated = service_config("127.0.0.1:8443", table(tls=TableTls("/state/tls/b.pem", "/state/tls/b.key",
                                                                       "b" * 64)), {})
     assert rotated.shape == on.shape
 
@@ -177,17 +179,17 @@ def test_the_redirect_accepts_the_hosts_the_embedded_redirect_accepts() -> None:
 
 
 def test_an_edge_record_reads_the_plain_listen_of_an_earlier_router() -> None:
-    assert cfg.Edge.from_json("127.0.0.1:8080") == cfg.Edge("127.0.0.1:8080")
-    edge = cfg.Edge("127.0.0.1:8443", "127.0.0.1:8080")
-    assert cfg.Edge.from_json(edge.to_json()) == edge
+    assert Edge.from_json("127.0.0.1:8080") == Edge("127.0.0.1:8080")
+    edge = Edge("127.0.0.1:8443", "127.0.0.1:8080")
+    assert Edge.from_json(edge.to_json()) == edge
     with pytest.raises(ValueError):
-        cfg.Edge.from_json({"redirect_http": "x"})
+        Edge.from_json({"redirect_http": "x"})
 
 
 # -- several services on one address (sites.py) ------------------------------------------------
 
 def test_a_service_alone_without_domains_is_rendered_as_before_domains_existed() -> None:
-    svcs = [cfg.service_config("127.0.0.1:8080", table(sticky_header="X-U"), {"blue": (Server("b", "127.0.0.1", 9),)}),
+    svcs = [service_config("127.0.0.1:8080", table(sticky_header="X-U"), {"blue": (Server("b", "127.0.0.1", 9),)}),
             ServiceConfig("cart", "127.0.0.1:8081")]
     assert sites.render(svcs, FILES, "sy1 %b", "x") == cfg.render(svcs, FILES, "sy1 %b", "x")
 
@@ -228,13 +230,13 @@ def test_haproxy_accepts_a_shared_address_with_tls_and_a_redirect(tmp_path: Path
     files.maps.mkdir()
     files.cert_file("x").parent.mkdir()
     ca = TestCA(tmp_path / "ca")
-    svcs = [cfg.service_config("127.0.0.1:18443", replace(table(sticky_cookie="uid"), service=s,
+    svcs = [service_config("127.0.0.1:18443", replace(table(sticky_cookie="uid"), service=s,
                                                           tls=TableTls("/a.pem", "/a.key", "a" * 64)), {},
                                "127.0.0.1:18080", (f"{s}.test",)) for s in ("shop", "cart")]
     for svc in svcs:
         pair = ca.issue(svc.service, (f"{svc.service}.test",))
         files.cert_file(svc.service).write_text(pair.cert.read_text() + pair.key.read_text())
-        for kind in cfg.MAP_KINDS:
+        for kind in MAP_KINDS:
             files.map_file(svc.service, kind).write_text("")
     for kind in sites.HOST_MAP_KINDS:
         files.map_file("listen-127.0.0.1-18443", kind).write_text("")
@@ -253,7 +255,7 @@ def test_a_plain_request_costs_one_map_lookup() -> None:
     """Per request HAProxy evaluates every rule: without a sticky key the bucket and its track
     are one rule (one map_int lookup), and the preview token map is read only for a request
     that carries X-Shipyard-Preview-Token (benchmarks/haproxy_variants.py `routing-before`)."""
-    text = cfg.render([cfg.service_config("127.0.0.1:8080", table(), {})], FILES, "sy1 %b")
+    text = cfg.render([service_config("127.0.0.1:8080", table(), {})], FILES, "sy1 %b")
     rules = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("http-request")]
     lookups = [r for r in rules if "map_" in r]
     token = next(r for r in lookups if "token.map" in r)

@@ -16,7 +16,8 @@ import pytest
 from shipyard.errors import RouterError
 from shipyard.histogram import bucket_of
 from shipyard.router.dataplane.metrics import SERIES_SECONDS, TrackMetrics
-from shipyard.router.haproxy.logs import LOG_FORMAT, MAX_TRACKS, TrafficLog, parse, split_backend
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, parse, split_backend
+from shipyard.router.haproxy.logs import MAX_TRACKS, TrafficLog
 
 # Captured from /usr/sbin/haproxy 2.6.12 on 2026-12-03 (frontend with START_RULE and LOG_FORMAT).
 H5424 = b"<134>1 2026-12-03T13:47:37.639872+00:00 - haproxy 16096 - - "

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from shipyard.router.dataplane.ejection import REFUSED, SILENT, TIMEOUT
 from shipyard.router.dataplane.metrics import TrackMetrics
 from shipyard.router.dataplane.routes import FULL, TrackRoute
-from shipyard.router.dataplane.upstream import REFUSED, SILENT, TIMEOUT, UNPROVEN_LIMIT, UpstreamState
+from shipyard.router.dataplane.upstream import UNPROVEN_LIMIT, UpstreamState
 from shipyard.router.dataplane.waiting import WaitingQueue
 from shipyard.router.table import RoutingTable, TableError, Upstream
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from shipyard.errors import RouterError
+from shipyard.router.dataplane.ejection import describe_connect_error
 from shipyard.router.dataplane.metrics import TrackMetrics
-from shipyard.router.dataplane.proxy import parse_listen
+from shipyard.router.dataplane.proxy_server import parse_listen
 from shipyard.router.dataplane.routes import TrackRoute
-from shipyard.router.dataplane.upstream import UpstreamState, describe_connect_error
+from shipyard.router.dataplane.upstream import UpstreamState
 from shipyard.router.embedded import normalize_listen
 from shipyard.router.table import Upstream
 

@@ -3,6 +3,7 @@ under ACCESS EXCLUSIVE (every query on it waits until the copy is done)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,11 +188,11 @@ def alter_column_type(stmt: Statement, ctx: Context) -> Iterator[Finding]:
         col = ctx.schema.column(key, cmd.name)
         old = col.type if col else None
         using = cmd.def_.raw_default
-        plain_using = using is None or (isinstance(using, ast.ColumnRef) and isinstance(using.fields[-1], ast.String)
-                                        and using.fields[-1].sval == cmd.name)
         fix = _type_change_fix(table, rv.relname, cmd.name, old, new, ctx)
         where = f"{table}.{name}{rows_note(ctx, key)}"
-        if not plain_using:
+        if ctx.schema.empty(key):
+            continue                    # a rewrite of no row: milliseconds, whatever the types
+        if not _plain_using(using, cmd.name, new):
             yield ctx.finding(stmt, "alter-column-type", f"changing the type of {where} with USING {_sql(using)} "
                               "computes every row anew: a full table rewrite under ACCESS EXCLUSIVE", fix, table=table)
         elif old is None:
@@ -210,11 +211,55 @@ def alter_column_type(stmt: Statement, ctx: Context) -> Iterator[Finding]:
             continue
         elif timezone_dependent(old, new) and ctx.pg_major >= 12 \
                 and ctx.settings.get("timezone", "").lower() in UTC_ZONES:
-            continue
+            indexes = ctx.schema.indexes_on(key, cmd.name)
+            if indexes:
+                yield ctx.finding(stmt, "alter-column-type",
+                                  f"changing {where} from {old} to {new} under TimeZone UTC keeps the table's rows, "
+                                  f"but rebuilds {', '.join(ident(i) for i in indexes)} under ACCESS EXCLUSIVE "
+                                  "(the new type's operator class differs): every query waits for the index build",
+                                  _rebuilt_index_fix(table, cmd.name, new,
+                                                     {i: ctx.schema.index_def(key, i) for i in indexes}),
+                                  table=table, effect="scan")
         else:
             yield ctx.finding(stmt, "alter-column-type",
                               f"changing {where} from {old} to {new} rewrites every row under ACCESS EXCLUSIVE",
                               fix, table=table)
+
+
+def _plain_using(using: Any, column: str, new: ColumnType) -> bool:
+    """No USING, the column itself, or the column cast to the new type (col::new, CAST(col AS new)):
+    all are the implicit conversion, which PostgreSQL skips when it is binary-coercible."""
+    if isinstance(using, ast.TypeCast):
+        if ColumnType.from_type_name(using.typeName) != new:
+            return False
+        using = using.arg
+    return using is None or (isinstance(using, ast.ColumnRef) and isinstance(using.fields[-1], ast.String)
+                             and using.fields[-1].sval == column)
+
+
+def _concurrently(definition: str | None, index: str, table: str) -> str:
+    if definition is None:
+        return f"CREATE INDEX CONCURRENTLY {ident(index)} ON {table} (<its columns>);"
+    return re.sub(r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX CONCURRENTLY ", definition) + ";"
+
+
+def _rebuilt_index_fix(table: str, column: str, new: ColumnType, indexes: dict[str, str | None]) -> str:
+    plain = {i: d for i, d in indexes.items() if d is not None}
+    held = [i for i, d in indexes.items() if d is None]
+    names = ", ".join(ident(i) for i in plain)
+    fix = ""
+    if plain:
+        fix = (f"-- the type change itself is catalog-only under UTC; build {names} without the lock,\n"
+               "-- each CONCURRENTLY statement in a file of its own (no transaction):\n"
+               + "".join(f"DROP INDEX CONCURRENTLY {ident(i)};\n" for i in plain)
+               + f"SET LOCAL TimeZone = 'UTC';\nALTER TABLE {table} ALTER COLUMN {ident(column)} TYPE {new};\n"
+               + "".join(_concurrently(d, i, table) + "\n" for i, d in plain.items())
+               + "-- (queries that need the index run without it in between)\n")
+    if held:
+        fix += (f"-- {', '.join(ident(i) for i in held)} backs a constraint (or is not known): DROP INDEX cannot "
+                "take it away first; rehearse the change (`shipyard db check`) to see how long the rebuild holds "
+                "the lock, or move to a new column (expand/contract)\n")
+    return fix + ("-- a new column kept in sync and indexed CONCURRENTLY avoids the lock altogether")
 
 
 def _type_change_fix(table: str, relname: str, column: str, old: ColumnType | None, new: ColumnType,

@@ -4,11 +4,14 @@ ends, and the running release queues behind them (or loses its data)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import yaml
 from pglast import ast, enums
 from pglast.stream import RawStream
 
+from shipyard.database.backfill_spec import DEFAULT_BATCH
 from shipyard.database.findings import Finding
 from shipyard.database.locks import (
     ACCESS_EXCLUSIVE,
@@ -44,6 +47,31 @@ def truncate(stmt: Statement, ctx: Context) -> Iterator[Finding]:
                           table=table)
 
 
+def _yaml_text(text: str) -> str:
+    """`text` as a YAML value: plain when it reads back the same, else double-quoted."""
+    try:
+        plain = yaml.safe_load(f"v: {text}") == {"v": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
+
+
+def backfill_form(table: str, sets: str) -> str:
+    """The statement as a declared backfill (database/backfill_spec.py), filled in."""
+    return (f"-- declare it as a backfill: shipyard runs it in batches of {DEFAULT_BATCH} rows, each its own short\n"
+            "-- transaction, resumable after a crash, throttled by replication lag. Remove this UPDATE and add\n"
+            "-- a file NNNN_name.backfill.yaml next to this one (numbered to run where the UPDATE was):\n"
+            f"table: {_yaml_text(table)}\n"
+            f"set: {_yaml_text(sets)}\n"
+            "# where: <only the rows to change>   (optional)\n"
+            f"batch_size: {DEFAULT_BATCH}\n"
+            "pause: 100ms\n"
+            "-- or by hand, in a file marked -- shipyard:no-transaction, each batch skipping rows already done:\n"
+            f"-- UPDATE {table} SET {sets}\n"
+            f"--   WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE <not yet done> LIMIT {BATCH}));"
+            "   -- repeat until 0 rows")
+
+
 @check(RuleInfo("whole-table-write", "UPDATE or DELETE without WHERE on an existing table locks every row until "
                 "the migration commits: the running release's writes to any of them wait", ROW_EXCLUSIVE, "scan"))
 def whole_table_write(stmt: Statement, ctx: Context) -> Iterator[Finding]:
@@ -59,11 +87,12 @@ def whole_table_write(stmt: Statement, ctx: Context) -> Iterator[Finding]:
     if isinstance(node, ast.UpdateStmt):
         sets = ", ".join(f"{ident(t.name)} = {RawStream()(t.val)}" if isinstance(t, ast.ResTarget) and t.name
                          and not isinstance(t.val, ast.MultiAssignRef) else "..." for t in node.targetList or ())
-        fix = (f"-- in batches, each in its own transaction (a file marked -- shipyard:no-transaction, or a\n"
-               f"-- backfill the application runs), each batch skipping rows already done:\n"
-               f"UPDATE {table} SET {sets}\n"
-               f"  WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE <not yet done> LIMIT {BATCH}));"
-               f"   -- repeat until 0 rows")
+        fix = backfill_form(table, sets) if "..." not in sets and not node.fromClause else (
+            f"-- in batches, each in its own transaction (a file marked -- shipyard:no-transaction),\n"
+            f"-- each batch skipping rows already done:\n"
+            f"UPDATE {table} SET {sets}\n"
+            f"  WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE <not yet done> LIMIT {BATCH}));"
+            f"   -- repeat until 0 rows")
     else:
         fix = (f"-- in batches, each in its own transaction:\n"
                f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} LIMIT {BATCH}));"

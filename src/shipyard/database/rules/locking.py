@@ -16,23 +16,17 @@ from pglast import ast, enums
 from shipyard.database.findings import Finding
 from shipyard.database.locks import (
     ACCESS_EXCLUSIVE,
-    SHARE,
-    SHARE_ROW_EXCLUSIVE,
-    SHARE_UPDATE_EXCLUSIVE,
     blocks_reads,
     blocks_writes,
     from_lock_statement,
     strongest,
 )
 from shipyard.database.rules.base import Context, RuleInfo, check, table_name
+from shipyard.database.rules.catalog import ALTER_TABLE, STATEMENTS
 from shipyard.database.rules.schema import ATT, CON, TableKey, qualified
 from shipyard.database.statements import Statement
 
 OBJ = enums.ObjectType
-_SUE_COMMANDS = frozenset({ATT.AT_SetStatistics, ATT.AT_SetOptions, ATT.AT_ResetOptions, ATT.AT_ClusterOn,
-                           ATT.AT_DropCluster, ATT.AT_ValidateConstraint, ATT.AT_AttachPartition})
-_SRE_COMMANDS = frozenset({ATT.AT_EnableTrig, ATT.AT_EnableAlwaysTrig, ATT.AT_EnableReplicaTrig, ATT.AT_DisableTrig,
-                           ATT.AT_EnableTrigAll, ATT.AT_DisableTrigAll, ATT.AT_EnableTrigUser, ATT.AT_DisableTrigUser})
 _LIGHT_RELOPTIONS = re.compile(r"^(fillfactor|parallel_workers|autovacuum_.*|toast_tuple_target)$")
 
 
@@ -50,28 +44,41 @@ class _Resolved:
     key: TableKey | None
 
 
-def _command_locks(cmd: Any, ctx: Context) -> Iterator[tuple[Any, str]]:
-    """(referenced table or None for the altered table itself, mode) for one ALTER TABLE sub-command."""
+def command_variant(cmd: Any) -> str | None:
+    """Which variant of its DDL-table row an ALTER TABLE sub-command is (None: the plain form)."""
     sub = cmd.subtype
-    if sub in _SUE_COMMANDS:
-        yield None, ACCESS_EXCLUSIVE if sub == ATT.AT_AttachPartition and ctx.pg_major < 12 else SHARE_UPDATE_EXCLUSIVE
-    elif sub in _SRE_COMMANDS:
-        yield None, SHARE_ROW_EXCLUSIVE
-    elif sub in (ATT.AT_SetRelOptions, ATT.AT_ResetRelOptions) and all(
+    if sub in (ATT.AT_SetRelOptions, ATT.AT_ResetRelOptions) and all(
             _LIGHT_RELOPTIONS.match(d.defname) or d.defnamespace == "toast" for d in cmd.def_ or ()):
-        yield None, SHARE_UPDATE_EXCLUSIVE
-    elif sub == ATT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
-        yield None, SHARE_UPDATE_EXCLUSIVE
-    elif sub == ATT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
-            and cmd.def_.contype == CON.CONSTR_FOREIGN:
-        yield None, SHARE_ROW_EXCLUSIVE
-        yield cmd.def_.pktable, SHARE_ROW_EXCLUSIVE
-    else:
-        yield None, ACCESS_EXCLUSIVE
-        if sub == ATT.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
-            for con in cmd.def_.constraints or ():
-                if isinstance(con, ast.Constraint) and con.contype == CON.CONSTR_FOREIGN:
-                    yield con.pktable, SHARE_ROW_EXCLUSIVE
+        return "light"
+    if sub == ATT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
+        return "concurrent"
+    if sub == ATT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) and cmd.def_.contype == CON.CONSTR_FOREIGN:
+        return "foreign"
+    return None
+
+
+def _command_locks(cmd: Any, ctx: Context) -> Iterator[tuple[Any, str]]:
+    """(referenced table or None for the altered table itself, mode) for one ALTER TABLE sub-command,
+    the modes as the DDL table gives them for the server's version."""
+    sub = cmd.subtype
+    entry = ALTER_TABLE.get(sub)
+    if entry is None or entry.lock is None:
+        yield None, ACCESS_EXCLUSIVE          # what PostgreSQL takes for anything it does not lower
+        return
+    variant = command_variant(cmd)
+    yield None, entry.lock_for(ctx.pg_major, variant)
+    if variant == "foreign":
+        yield cmd.def_.pktable, entry.lock_for(ctx.pg_major, variant)
+    if sub == ATT.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
+        for con in cmd.def_.constraints or ():
+            if isinstance(con, ast.Constraint) and con.contype == CON.CONSTR_FOREIGN:
+                yield con.pktable, entry.lock_for(ctx.pg_major, "references")
+
+
+def _mode(node: Any, ctx: Context, variant: str | None = None) -> str:
+    mode = STATEMENTS[type(node)].lock_for(ctx.pg_major, variant)
+    assert mode is not None, type(node).__name__
+    return mode
 
 
 def _relations_locked(stmt: Statement, ctx: Context) -> Iterator[tuple[Any, str]]:
@@ -84,50 +91,49 @@ def _relations_locked(stmt: Statement, ctx: Context) -> Iterator[tuple[Any, str]
                     yield other if other is not None else node.relation, mode
     elif isinstance(node, ast.RenameStmt) and node.relation is not None and (
             node.renameType == OBJ.OBJECT_TABLE or node.relationType == OBJ.OBJECT_TABLE):
-        yield node.relation, ACCESS_EXCLUSIVE
+        yield node.relation, _mode(node, ctx)
     elif isinstance(node, ast.IndexStmt):
-        yield node.relation, SHARE_UPDATE_EXCLUSIVE if node.concurrent else SHARE
+        yield node.relation, _mode(node, ctx, "concurrent" if node.concurrent else None)
     elif isinstance(node, ast.DropStmt) and node.removeType == OBJ.OBJECT_TABLE:
         for names in node.objects or ():
-            yield qualified(names), ACCESS_EXCLUSIVE
+            yield qualified(names), _mode(node, ctx)
     elif isinstance(node, ast.DropStmt) and node.removeType == OBJ.OBJECT_INDEX:
         for names in node.objects or ():
             table = ctx.schema.index_table(ctx.schema.resolve_index(*qualified(names)))
-            yield _Resolved(table), SHARE_UPDATE_EXCLUSIVE if node.concurrent else ACCESS_EXCLUSIVE
+            yield _Resolved(table), _mode(node, ctx, "index_concurrent" if node.concurrent else None)
     elif isinstance(node, ast.TruncateStmt):
         for rv in node.relations or ():
-            yield rv, ACCESS_EXCLUSIVE
+            yield rv, _mode(node, ctx)
     elif isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd and any(
             getattr(o, "defname", "") == "full" for o in node.options or ()):
         rels = [r.relation for r in node.rels or () if getattr(r, "relation", None) is not None]
         for rv in rels or [_Resolved(None)]:
-            yield rv, ACCESS_EXCLUSIVE
+            yield rv, _mode(node, ctx, "full")
     elif isinstance(node, ast.ClusterStmt):
-        yield (node.relation if node.relation is not None else _Resolved(None)), ACCESS_EXCLUSIVE
+        yield (node.relation if node.relation is not None else _Resolved(None)), _mode(node, ctx)
     elif isinstance(node, ast.ReindexStmt) and node.relation is not None and not any(
             getattr(p, "defname", "") == "concurrently" for p in node.params or ()):
         if node.kind == enums.ReindexObjectType.REINDEX_OBJECT_TABLE:
-            yield node.relation, SHARE
+            yield node.relation, _mode(node, ctx)
         elif node.kind == enums.ReindexObjectType.REINDEX_OBJECT_INDEX:
             rv = node.relation
-            yield _Resolved(ctx.schema.index_table(ctx.schema.resolve_index(rv.schemaname, rv.relname))), SHARE
-    elif isinstance(node, ast.CreateTrigStmt):
-        yield node.relation, SHARE_ROW_EXCLUSIVE
-    elif isinstance(node, ast.RuleStmt):
-        yield node.relation, ACCESS_EXCLUSIVE
+            yield _Resolved(ctx.schema.index_table(ctx.schema.resolve_index(rv.schemaname, rv.relname))), \
+                _mode(node, ctx)
+    elif isinstance(node, (ast.CreateTrigStmt, ast.RuleStmt)):
+        yield node.relation, _mode(node, ctx)
     elif isinstance(node, (ast.CreatePolicyStmt, ast.AlterPolicyStmt)):
-        yield node.table, ACCESS_EXCLUSIVE
+        yield node.table, _mode(node, ctx)
     elif isinstance(node, ast.LockStmt):
         for rv in node.relations or ():
             yield rv, from_lock_statement(node.mode)
     elif isinstance(node, ast.CreateStmt):
         if node.partbound is not None and node.inhRelations:
-            yield node.inhRelations[0], ACCESS_EXCLUSIVE
+            yield node.inhRelations[0], _mode(node, ctx, "partition_of")
         for elt in node.tableElts or ():
             cons = elt.constraints or () if isinstance(elt, ast.ColumnDef) else [elt]
             for con in cons:
                 if isinstance(con, ast.Constraint) and con.contype == CON.CONSTR_FOREIGN:
-                    yield con.pktable, SHARE_ROW_EXCLUSIVE
+                    yield con.pktable, _mode(node, ctx, "references")
 
 
 def table_locks(stmt: Statement, ctx: Context) -> list[TableLock]:

@@ -45,6 +45,18 @@ class Table:
     """The planner's row estimate (pg_class.reltuples); None when the table was never analyzed."""
     checks: tuple[CheckConstraint, ...] = ()
     partitioned: bool = False
+    bytes: int | None = None
+    """pg_relation_size() of its main fork when the catalog was read: 0 means no row is stored.
+    None for a partitioned table or one with inheritance children (their rows are elsewhere)."""
+    column_indexes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """column -> the indexes that depend on it (key or expression), which a type change rebuilds."""
+    index_defs: Mapping[str, str] = field(default_factory=dict)
+    """index -> its CREATE INDEX statement (pg_get_indexdef)."""
+    constraint_indexes: frozenset[str] = frozenset()
+    """Indexes that back a PRIMARY KEY / UNIQUE / EXCLUDE constraint (DROP INDEX cannot remove them)."""
+    access_method: str | None = None
+    tablespace: str | None = None
+    """Where its files are (the database's default tablespace when it names none)."""
 
     @property
     def key(self) -> TableKey:
@@ -134,6 +146,10 @@ class SchemaModel:
         self.functions: dict[str, str] = {}
         self.renamed_from: dict[TableKey, TableKey] = {}
         self.enum_values: dict[str, tuple[str, int]] = {}
+        self.written: set[TableKey] = set()
+        """Tables the scripts insert rows into (no longer known to be empty)."""
+        self.index_columns: dict[TableKey, frozenset[str]] = {}
+        """Indexes the scripts create -> the plain columns they index."""
         """Enum labels added by ALTER TYPE ... ADD VALUE: label -> (type, transaction that added it)."""
 
     # -- questions the rules ask ------------------------------------------------------------------
@@ -202,6 +218,26 @@ class SchemaModel:
         table = self.catalog_table(key)
         return table.rows if table else None
 
+    def empty(self, key: TableKey) -> bool:
+        """An existing table that stores no row (its file was empty when the catalog was read and
+        the scripts wrote nothing into it): rewriting it copies nothing."""
+        table = self.catalog_table(key)
+        return table is not None and table.bytes == 0 and key not in self.written
+
+    def index_def(self, key: TableKey, index: str) -> str | None:
+        """Its CREATE INDEX statement; None when unknown or when it backs a constraint."""
+        table = self.catalog_table(key)
+        return table.index_defs.get(index) if table and index not in table.constraint_indexes else None
+
+    def indexes_on(self, key: TableKey, column: str) -> list[str]:
+        """Names of the indexes on the table that a change of the column's type rebuilds."""
+        table = self.catalog_table(key)
+        found = [name for name in (table.column_indexes.get(column, ()) if table else ())
+                 if self.indexes.get((table.schema, name), key) is not None]
+        found += [ikey[1] for ikey, cols in self.index_columns.items()
+                  if column in cols and self.indexes.get(ikey) == key]
+        return found
+
     def partitioned(self, key: TableKey) -> bool:
         table = self.catalog_table(key)
         return bool(table and table.partitioned)
@@ -225,6 +261,12 @@ class SchemaModel:
         elif isinstance(node, ast.IndexStmt) and node.idxname:
             table = self.resolve(node.relation)
             self.indexes[(table[0], node.idxname)] = table
+            self.index_columns[(table[0], node.idxname)] = frozenset(
+                p.name for p in node.indexParams or () if isinstance(p, ast.IndexElem) and p.name)
+        elif isinstance(node, (ast.InsertStmt, ast.MergeStmt)) and node.relation is not None:
+            self.written.add(self.resolve(node.relation))
+        elif isinstance(node, ast.CopyStmt) and node.is_from and node.relation is not None:
+            self.written.add(self.resolve(node.relation))
         elif isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
             self.enum_values[node.newVal] = (".".join(n.sval for n in node.typeName), tx)
         elif isinstance(node, ast.CreateFunctionStmt):

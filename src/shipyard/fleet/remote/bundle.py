@@ -40,6 +40,7 @@ VERBATIM = (
     "drift/listeners.py",
     "drift/report.py",
     "fleet/remote/__init__.py",
+    "fleet/remote/drift_probe.py",
     "fleet/remote/helper.py",
     "fleet/remote/host.py",
     "fleet/remote/instances.py",

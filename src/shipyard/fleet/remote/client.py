@@ -311,6 +311,17 @@ class HelperClient:
         result, _ = await self.call("host.free_port", {"address": address, "avoid": avoid})
         return int(result["port"])
 
+    async def drift_scan(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One host's drift facts in one round trip (fleet/remote/drift_probe.py)."""
+        result, _ = await self.call("drift.scan", args)
+        return result
+
+    async def facts(self) -> dict[str, Any]:
+        """helper_version, bundle_sha256, python, root and ``host`` (hostname, boot_id, cpu_count,
+        load, disk {path, total, free} under the helper root, memory {total, available})."""
+        result, _ = await self.call("host.facts")
+        return result
+
     async def listeners(self, ports: list[int] | None = None) -> dict[str, Any]:
         result, _ = await self.call("host.listeners", {} if ports is None else {"ports": ports})
         return result

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import shipyard
 
-from . import host
+from . import drift_probe, host
 from .instances import Instances
 from .protocol import (
     BAD_REQUEST,
@@ -95,7 +95,14 @@ class Helper:
             "host.listeners": lambda a, b: host.listeners(a),
             "host.files": lambda a, b: host.files(a),
             "host.free_port": lambda a, b: host.free_port(a),
+            "drift.scan": lambda a, b: drift_probe.scan(self.store, self.instances, a),
+            "host.facts": lambda a, b: self.facts(),
         }
+
+    def facts(self) -> dict[str, Any]:
+        """What `shipyard hosts` shows, asked afresh on a helper that is already open."""
+        hello = self.hello()
+        return {k: hello[k] for k in ("helper_version", "bundle_sha256", "python", "root", "host")}
 
     def hello(self) -> dict[str, Any]:
         try:

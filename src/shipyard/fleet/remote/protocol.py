@@ -22,6 +22,10 @@ Operations (args -> result; HelperClient has a method for each):
   host.listeners   ports[]? -> listeners[{address, port, pids}]
   host.files       paths[] -> per path: type, sha256, size, mode
   host.free_port   address, avoid[]? -> port (free on address now, not one of avoid)
+  drift.scan       mode, images[], processes[{instance_id, pid, start_time, values_for}], ports[], files[]
+                   -> trees, processes (+ cwd, uid, user), listeners (owners: pid, pgrp, uid, argv),
+                   files, instance_processes, uid, user: one host's drift facts in one round trip
+  host.facts                 -> helper_version, bundle_sha256, python, root, host facts (as hello)
 """
 
 from __future__ import annotations

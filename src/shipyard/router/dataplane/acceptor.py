@@ -5,7 +5,7 @@ iteration of the router takes milliseconds, so a burst of new clients (wrk's 1,0
 reconnecting) waited in the kernel's accept queue, first request already sent, for up to
 2 s: the router answered each request within a second of reading it, yet clients timed out.
 HAProxy accepts up to tune.maxaccept connections per wakeup; so does this listener. It
-keeps the two things proxy.py uses of an asyncio server: `sockets` and `close()`."""
+keeps the two things proxy_server.py uses of an asyncio server: `sockets` and `close()`."""
 
 from __future__ import annotations
 

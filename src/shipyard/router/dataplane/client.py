@@ -16,6 +16,7 @@ from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from shipyard.router.dataplane.answer import Answer
 from shipyard.router.dataplane.exchange import P_BUFFER, P_PIPELINE, P_REFUSED, P_UPSTREAM, Exchange
 from shipyard.router.dataplane.framing import Refused, error_response, rewrite_request
 from shipyard.router.dataplane.hosts import HostMap, body_length, not_found, request_host, shown
@@ -33,8 +34,7 @@ MAX_UNROUTED_BODY = 64 * 1024
 
 
 class Server(Protocol):
-    """What a client connection needs from the listener (proxy.ProxyServer): a Protocol, so
-    that proxy -> client is the only import between the two."""
+    """What a client needs from its listener (proxy_server.ProxyServer); only that one imports the other."""
 
     listen: str
     clients: set[ClientConnection]
@@ -79,10 +79,10 @@ class ClientConnection(Sender, asyncio.Protocol):
         """The parser is inside a request head (its bytes count towards MAX_HEAD)."""
         self.waiting = False
         """No request is in progress and the head timeout runs for the next one."""
-        self.active: Exchange | None = None
+        self.active: Exchange | Answer | None = None
         """The exchange whose response is being produced; others wait in `queue` (pipelining)."""
-        self.queue: deque[tuple[Exchange, Plane]] | None = None
-        self.reading: Exchange | None = None
+        self.queue: deque[tuple[Exchange | Answer, Plane]] | None = None
+        self.reading: Exchange | Answer | None = None
         """The exchange whose request body is being read (differs from `active` when pipelining)."""
         self.paused = 0
         self.write_paused = False
@@ -95,8 +95,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         """The answer to a pipelined request refused while an earlier one is still in progress:
         sent (then the connection closes) once the requests before it are answered."""
         self.unrouted: bytes | None = None
-        """The 404 of an unknown host's request whose connection stays open: sent once its body
-        (if any) has been read, so the next request's head starts where the parser expects."""
+        """An unknown host's 404 (nothing in progress before it) sent once its body has been read."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -141,8 +140,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         except HttpParserError as e:
             self._reject(400, f"bad request ({e})")
             return
-        # Counted whether or not an exchange is in progress: a head pipelined behind a slow
-        # request is held to the same limit (the parser buffers a head until it is complete).
+        # Counted behind a request in progress too: the parser buffers a head until it is complete.
         if self.in_head and self.head_size > MAX_HEAD:
             self._reject(431, f"request head larger than {MAX_HEAD // 1024} KiB")
 
@@ -237,10 +235,14 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.server = plane
             ex.start()
         else:
-            if self.queue is None:
-                self.queue = deque()
-            self.queue.append((ex, plane))
-            self.pause(P_PIPELINE)
+            self._enqueue(ex, plane)
+
+    def _enqueue(self, ex: Exchange | Answer, plane: Plane) -> None:
+        """`ex` waits for the requests before it; no more is read meanwhile (P_PIPELINE)."""
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append((ex, plane))
+        self.pause(P_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         ex = self.reading
@@ -266,7 +268,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             b = self.bucket = user_bucket(self.peer) if self.peer else -1
         return b
 
-    def exchange_done(self, ex: Exchange) -> None:
+    def exchange_done(self, ex: Exchange | Answer) -> None:
         if ex is not self.active:
             return
         self.active = None
@@ -337,8 +339,8 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
-        """Cut the connection; what this iteration wrote before the cut still goes first (it was
-        meant to leave before, e.g. a pipelined answer ahead of a request that cannot be completed)."""
+        """Cut the connection; what this iteration wrote before still goes first (it was meant to:
+        a pipelined answer ahead of a request that cannot be completed)."""
         if not self.closed:
             self.flush_out()
         self.closed = True
@@ -347,8 +349,9 @@ class ClientConnection(Sender, asyncio.Protocol):
     def _unknown_host(self, host: str | None, head: bool, keep_alive: bool, hdrs: list[tuple[bytes, bytes]]) -> None:
         """No service here names the request's host: 404, counted as the listener's, in no
         service's tracks. The connection stays open when the request allows it (HTTP/1.1
-        keep-alive, nothing in progress before it, a body of known length up to
-        MAX_UNROUTED_BODY, read and dropped first); otherwise it closes, as for a refused request."""
+        keep-alive, a body of known length up to MAX_UNROUTED_BODY, read and dropped first): the
+        404 goes out in turn, after the answers to requests pipelined before it (an Answer in the
+        queue); otherwise it closes, as for a refused request."""
         m = self.front.unrouted
         m.requests += 1
         m.observe(404, 0.0)
@@ -358,10 +361,13 @@ class ClientConnection(Sender, asyncio.Protocol):
         else:
             why = f"no service on {self.front.listen} answers for host {shown(host)}"
         length = body_length(hdrs) if keep_alive else None
-        if (length is not None and length <= MAX_UNROUTED_BODY and self.active is None and self.refusal is None
-                and not self.closed and not self.draining):
-            self.unrouted = not_found(why, head, keep_alive=True)
-            self.waiting = False
+        if length is not None and length <= MAX_UNROUTED_BODY and not self.closed and not self.draining:
+            if self.active is None:
+                self.unrouted = not_found(why, head, keep_alive=True)
+                self.waiting = False
+            else:
+                self.reading = answer = Answer(self, not_found(why, head, keep_alive=True))
+                self._enqueue(answer, self.server)
             return
         self._reject(404, why, not_found(why, head))
 
@@ -370,7 +376,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         response, self.unrouted = self.unrouted, None
         if self.closed:
             return
-        self.transport.write(response)  # type: ignore[union-attr]
+        self.send(response)   # behind anything held for this connection (outbox.py)
         if self.draining:
             self.close()
             return

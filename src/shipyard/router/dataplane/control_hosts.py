@@ -33,7 +33,7 @@ RETIRE_GRACE = 2.0
 
 
 class Listening(Protocol):
-    """What the control service needs from the listener (proxy.ProxyServer)."""
+    """What the control service needs from the listener (proxy_server.ProxyServer)."""
 
     listen: str
     redirect: str | None

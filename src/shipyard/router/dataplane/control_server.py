@@ -35,7 +35,7 @@ from shipyard.router.wire import error_reply as _error
 log = logging.getLogger("shipyard.router")
 
 class DataPlane(Protocol):
-    """What the control service needs from the proxy (proxy.ProxyServer)."""
+    """What the control service needs from the proxy (proxy_server.ProxyServer)."""
 
     service: str
     listen: str

@@ -1,7 +1,7 @@
 """An exchange's lifecycle as data, and what it needs from the two sides it connects.
 
 The states replace a dozen booleans whose combinations had to be read off the
-code; the Protocols let client.py and proxy.py hand themselves to an Exchange
+code; the Protocols let client.py and proxy_server.py hand themselves to an Exchange
 without exchange.py importing either of them (no import cycle in the data plane)."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ FIRST, REPLAYED, MOVED = Attempt.FIRST, Attempt.REPLAYED, Attempt.MOVED
 
 
 class Plane(Protocol):
-    """What an exchange needs from the proxy server (proxy.ProxyServer)."""
+    """What an exchange needs from the proxy server (proxy_server.ProxyServer)."""
 
     service: str
     state: RouteState

@@ -1,5 +1,5 @@
 """One service's part of a router: its routing table compiled for the hot path, its instance
-pools, its per-track metrics and its certificate. The listener (proxy.py) owns the sockets and
+pools, its per-track metrics and its certificate. The listener (proxy_server.py) owns the sockets and
 client connections, and picks a plane per request by host (hosts.py); everything a table
 swap, a metric or a certificate touches is here, so one service's swap, rollback or removal
 never reaches another's requests on the same address.

@@ -93,7 +93,7 @@ class TlsTerminator:
 class SniFront:
     """The one context the listener's servers are given: its SNI callback moves each handshake
     onto the context `choose(server_name)` names (the service the name routes to; for no or an
-    unknown name, the listener's default service, see proxy.py)."""
+    unknown name, the listener's default service, see proxy_server.py)."""
 
     def __init__(self, choose: Callable[[str | None], ssl.SSLContext | None]) -> None:
         self.choose = choose

@@ -1,27 +1,20 @@
-"""Connections from the data plane to instances: keep-alive pools, ejection, probing.
+"""Connections from the data plane to instances, and their keep-alive pools.
 
 Reusing connections is most of the router's speed; it is also the source of the
 classic restart race (the instance closes an idle connection just as a request is
-written to it), which the exchange handles by retrying on a fresh connection. An
-instance that refuses connections is ejected from round-robin and probed in the
-background, so one dead instance costs one failed connect, not one per request.
-
-A connect that times out, or a request left without an answer for per_try_timeout, is
-weaker evidence: an instance whose accept backlog overflowed under load looks the same
-for a moment. Such an ejection is "soft": its track may refuse it (panic threshold) and
-route to the instance anyway, and a silent instance is re-admitted only once it answers
-an HTTP request again (a stopped process still completes TCP handshakes into its backlog)."""
+written to it), which the exchange handles by retrying on a fresh connection. Ejecting an
+instance that fails, probing it and taking it back is ejection.py's (UpstreamState inherits it)."""
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
+from shipyard.router.dataplane.ejection import CONNECT_TIMEOUT, SILENT, Ejection
 from shipyard.router.dataplane.framing import (
     H_CONN,
     H_LEN,
@@ -37,8 +30,6 @@ from shipyard.router.table import Upstream
 
 log = logging.getLogger("shipyard.router")
 
-CONNECT_TIMEOUT = 2.0
-PROBE_INTERVAL = 1.0
 MAX_IDLE_PER_UPSTREAM = 1024
 IDLE_POOL_TIMEOUT = 60.0
 """Close pooled connections unused for this long; instances usually close theirs sooner."""
@@ -47,11 +38,6 @@ UNPROVEN_LIMIT = 4
 instance's accept backlog, so a burst of clients ramps connections up instead of overflowing
 a small backlog (half of 8, the smallest backlogs seen in practice: the rest is left to health
 checks and other clients)."""
-PROBE_REQUEST = b"OPTIONS * HTTP/1.1\r\nHost: shipyard-probe\r\nConnection: close\r\n\r\n"
-"""Sent to an instance ejected for silence: any answer (even an error, even a close) shows it runs."""
-
-# Why an instance is out of rotation ("" while it is in).
-REFUSED, TIMEOUT, SILENT = "refused", "timeout", "silent"
 
 
 class ResponseSink(Protocol):
@@ -242,7 +228,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             self.transport.abort()
 
 
-class UpstreamState:
+class UpstreamState(Ejection):
     """Everything the data plane knows about one instance, across table versions."""
 
     __slots__ = ("upstream", "id", "metrics", "idle", "retired", "probe", "last_error", "unproven", "ejected_for",
@@ -261,15 +247,6 @@ class UpstreamState:
         self.ejected_for = ""
         self.wake = wake
         """Called when the instance is back in rotation: requests queued for it may go now."""
-
-    @property
-    def ejected(self) -> bool:
-        return self.metrics.ejected
-
-    @property
-    def soft(self) -> bool:
-        """Ejected on weak evidence (a timeout, a silence): its track may still route here."""
-        return self.ejected_for in (TIMEOUT, SILENT)
 
     def can_take(self, limit: int) -> bool:
         """Whether one more request may go here now: below the in-flight limit, and either a
@@ -332,73 +309,6 @@ class UpstreamState:
             self._readmit()
         return conn
 
-    def connect_failed(self, error: BaseException, may_eject: bool = True) -> str:
-        """Count the failure, eject the instance, start probing; returns a short reason. A
-        timeout ejects only when `may_eject` (its track keeps enough instances); a refusal always."""
-        reason = describe_connect_error(error)
-        self.last_error = reason
-        self.metrics.connect_failures += 1
-        if isinstance(error, TimeoutError):
-            if may_eject:
-                self._eject(TIMEOUT, reason)
-        else:
-            self._eject(REFUSED, reason)
-        return reason
-
-    def went_silent(self, timeout: float, may_eject: bool) -> str:
-        """A request got no response head within per_try_timeout; returns a short reason."""
-        reason = f"no response within per_try_timeout {timeout:g}s"
-        self.last_error = reason
-        self.metrics.silent += 1
-        if may_eject:
-            self._eject(SILENT, reason)
-        return reason
-
-    def _eject(self, why: str, reason: str) -> None:
-        if self.metrics.ejected:
-            if why == REFUSED:
-                self.ejected_for = REFUSED  # harder evidence wins: the panic threshold no longer applies
-            return
-        self.metrics.ejected = True
-        self.ejected_for = why
-        log.warning("ejected %s (%s:%d): %s", self.id, self.upstream.host, self.upstream.port, reason)
-        for c in self.idle:
-            c.close()
-        self.idle.clear()
-        if not self.retired:
-            self.probe = asyncio.get_running_loop().create_task(self._probe())
-
-    async def _probe(self) -> None:
-        """Re-admit the instance as soon as a plain TCP connect succeeds again (after a silence:
-        as soon as it answers an HTTP request)."""
-        while self.metrics.ejected and not self.retired:
-            await asyncio.sleep(PROBE_INTERVAL)
-            if await self._alive(self.ejected_for == SILENT) and self.metrics.ejected:
-                self._readmit()
-        self.probe = None
-
-    async def _alive(self, answer: bool) -> bool:
-        host, port = self.upstream.host, self.upstream.port
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(host, port)
-                try:
-                    if answer:
-                        writer.write(PROBE_REQUEST)
-                        await reader.read(1)  # bytes or EOF: either way the process runs
-                finally:
-                    writer.transport.abort()
-        except (OSError, TimeoutError):
-            return False
-        return True
-
-    def _readmit(self) -> None:
-        self.metrics.ejected = False
-        self.ejected_for = ""
-        log.warning("re-admitted %s (%s:%d)", self.id, self.upstream.host, self.upstream.port)
-        if self.wake is not None:
-            self.wake()
-
     def retire(self) -> None:
         """No table routes here any more: close idle connections now, busy ones when done."""
         self.retired = True
@@ -409,12 +319,3 @@ class UpstreamState:
             self.probe.cancel()
             self.probe = None
 
-
-def describe_connect_error(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return f"connect timed out after {CONNECT_TIMEOUT:g}s"
-    if isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED:
-        return "connection refused"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return str(error) or type(error).__name__

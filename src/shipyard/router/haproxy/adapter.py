@@ -3,7 +3,7 @@
 Traffic changes only through the Runtime API: `add server` / `enable server` for new
 instances, `set server ... state maint` then `del server` for old ones (deleted once their
 connections are gone: retried at every later change), and atomic map swaps for the bucket
-ranges, the track/alias names and the preview token (config.py says which map does what);
+ranges, the track/alias names and the preview token (maps.py says which map does what);
 a rotated certificate with `set ssl cert` + `commit ssl cert` (tls.py checks it first).
 A reload happens only when what the configuration holds changes: a service or listen
 address added or removed, its redirect listener, TLS turned on or off, its sticky names, a
@@ -16,7 +16,7 @@ no connection; stats take what is in flight, queued and out of rotation from `sh
 
 This module decides what changes and when (one change at a time, under a lock) and keeps the
 services, tables and configuration; sync.py sends a table to HAProxy and reads it back;
-readers.py keeps the traffic log readers; process.py runs HAProxy; config.py and sites.py
+readers.py keeps the traffic log readers; process.py runs HAProxy; config.py, rules.py and sites.py
 write its configuration."""
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 
 from shipyard.errors import RouterError
 from shipyard.router.dataplane.metrics import TrackMetrics, UpstreamMetrics
-from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy import live, sites
-from shipyard.router.haproxy.config import Edge, Files, Server, ServiceConfig
-from shipyard.router.haproxy.logs import LOG_FORMAT, START_RULE
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.log_lines import LOG_FORMAT, START_RULE
 from shipyard.router.haproxy.process import HAProxyProcess, check_free
 from shipyard.router.haproxy.readers import Readers
 from shipyard.router.haproxy.saved import Saved
+from shipyard.router.haproxy.services import Edge, Server, ServiceConfig, server_name, service_config
 from shipyard.router.haproxy.sockets import Listeners, offer, take_copies
 from shipyard.router.haproxy.sync import Sync
 from shipyard.router.haproxy.tls import Certificates
@@ -209,7 +209,7 @@ class HAProxyRouter:
         tracks = {t: {**TrackMetrics().snapshot(), **doc["tracks"].get(t, {}), "release": table.releases.get(t, "")}
                   for t in {*table.tracks, *doc["tracks"]}}
         seen = doc["upstreams"]
-        ups = {u.id: {**UpstreamMetrics().snapshot(), **seen.get(cfg.server_name(u), {}), "track": t,
+        ups = {u.id: {**UpstreamMetrics().snapshot(), **seen.get(server_name(u), {}), "track": t,
                       "address": f"{u.host}:{u.port}"}
                for t, us in table.tracks.items() for u in us}
         await self._live_counts(table, tracks, ups)
@@ -289,9 +289,9 @@ class HAProxyRouter:
             if table is None:
                 out.append(ServiceConfig(s, edge.listen, redirect_http=edge.redirect_http, domains=edge.domains))
                 continue
-            servers = ({t: tuple(Server(cfg.server_name(u), u.host, u.port) for u in ups)
+            servers = ({t: tuple(Server(server_name(u), u.host, u.port) for u in ups)
                         for t, ups in table.tracks.items()} if with_servers else {})
-            out.append(cfg.service_config(edge.listen, table, servers, edge.redirect_http, edge.domains))
+            out.append(service_config(edge.listen, table, servers, edge.redirect_http, edge.domains))
         return out
 
     def _render(self) -> str:

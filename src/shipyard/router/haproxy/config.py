@@ -1,201 +1,37 @@
-"""haproxy.cfg for a set of services, and the map files that carry their routing tables.
+"""haproxy.cfg for a set of services.
 
 The configuration holds only what cannot change at runtime (listen addresses, the sticky
 key's header and cookie names, one backend per track, timeouts); everything a rollout
-changes lives in three maps per service that the Runtime API swaps atomically
-(`prepare map` / `add map @v` / `commit map @v`) and in dynamic servers (`add server`):
-
-- `<service>.buckets.map` (map_int): "first:last" bucket range -> track, so a request's track
-  is the one owning its user's bucket, exactly RoutingTable.track_at;
-- `<service>.tracks.map` (map_str): track or alias -> track, for X-Shipyard-Track;
-- `<service>.token.map` (map_str): "token" -> the preview token, compared in constant time
-  (secure_memcmp) with X-Shipyard-Preview-Token; no entry: overrides are off.
-
-The user key is the first sticky header, else the sticky cookie, else the client address (as
-text, like the embedded router's), hashed with `crc32,mod(10000)` = table.user_bucket; no key:
-`rand(10000)`. Every client X-Shipyard-* header is deleted before the request is forwarded.
+changes lives in three maps per service that the Runtime API swaps (maps.py) and in dynamic
+servers (`add server`). The frontend's rules (rules.py) pick each request's track from them.
 A failed connect is retried on another server of the track (`option redispatch`); a request
-whose instance closed without answering is retried too if it is idempotent, or if it was not
-the first of its client connection: HAProxy (`http-reuse safe`) sends a first request only
-over a new connection to the instance, and a later one may meet a kept-alive connection the
-instance closes as it arrives (HAProxy would close the client's connection instead, leaving
-the retry to the client); the embedded router replays that one too. The rule cannot see whether
-the connection was reused, so a later POST whose instance died while serving it on a new
-connection is replayed as well, where the embedded router answers 502.
+whose instance closed without answering is retried as rules.py says.
 Pure functions: rendered text is compared, so an unchanged set of services never reloads."""
 
 from __future__ import annotations
 
 import re
-import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 
 from shipyard.errors import RouterError
-from shipyard.router.table import BUCKETS, RoutingTable, Upstream
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.rules import (
+    PREVIEW_ACL,
+    backend_rules,
+    check_names,
+    forward_rules,
+    rule_text,
+    track_rules,
+)
+from shipyard.router.haproxy.services import Server, ServiceConfig, backend_name
 
-SLOTS = ("blue", "green", "baseline")
-"""Tracks every service has a backend for (the daemon's slots, a canary's baseline too), so a new
-slot needs no reload."""
-
-_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _TRACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-"""What the traffic log (logs.py) reads back out of `<service>__<track>`: a slot-like name."""
-_SERVICE = re.compile(r"^[a-z0-9-]+$")
-
-
-@dataclass(frozen=True)
-class Files:
-    """Where one HAProxy keeps its sockets and state (all under one directory)."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "haproxy.cfg"
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.root / "admin.sock"
-
-    @property
-    def master_socket(self) -> Path:
-        return self.root / "master.sock"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "haproxy.pid"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "servers.state"
-
-    @property
-    def maps(self) -> Path:
-        return self.root / "maps"
-
-    def map_file(self, service: str, kind: str) -> Path:
-        return self.maps / f"{service}.{kind}.map"
-
-    def log_socket(self, service: str) -> Path:
-        return self.root / f"{service}.log.sock"
-
-    def cert_file(self, service: str) -> Path:
-        """The service's certificate chain and key in one PEM (0600), as `crt` loads it and as
-        `set ssl cert` names it: the name stays when the certificate is rotated."""
-        return self.root / "tls" / f"{service}.pem"
-
-
-@dataclass(frozen=True)
-class Edge:
-    """Where a service is reached: what `ensure` was given (normalised). Persisted."""
-
-    listen: str
-    redirect_http: str | None = None
-    domains: tuple[str, ...] = ()
-    """Host names (exact, `*.` wildcards) routed to the service on a listen it may share; ()
-    : every Host, and the listen is its alone."""
-
-    def to_json(self) -> dict[str, object]:
-        return {"listen": self.listen, "redirect_http": self.redirect_http, "domains": list(self.domains)}
-
-    @classmethod
-    def from_json(cls, doc: object) -> Edge:
-        """A record, or the plain listen string of a router from before TLS."""
-        if isinstance(doc, str):
-            return cls(doc)
-        if not isinstance(doc, dict) or not isinstance(doc.get("listen"), str):
-            raise ValueError(f"not an edge record: {doc!r}")
-        redirect = doc.get("redirect_http")
-        return cls(doc["listen"], str(redirect) if redirect else None, tuple(str(d) for d in doc.get("domains") or ()))
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str
-    address: str
-    port: int
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """One service as the configuration sees it. `shape` is what only a reload can change."""
-
-    service: str
-    listen: str
-    tracks: tuple[str, ...] = SLOTS
-    sticky_header: str | None = None
-    sticky_cookie: str | None = None
-    sticky_client_address: bool = False
-    max_conns: int = 64
-    queue_timeout: float = 5.0
-    tls: bool | None = None
-    """Terminate TLS on `listen` with Files.cert_file(service) (the table has a certificate);
-    None: no table yet (nothing served, so nothing to clash with on a shared listen)."""
-    redirect_http: str | None = None
-    """A plain-HTTP listener answering 308 to the https side (tls.redirect_http)."""
-    domains: tuple[str, ...] = ()
-    """Edge.domains: with some, the service is routed by Host on a frontend of its listen
-    (sites.py), whose host maps hold them (not the configuration: a change needs no reload)."""
-    servers: dict[str, tuple[Server, ...]] = field(default_factory=dict, compare=False)
-    """Per track, the servers at the time of rendering (a restart starts with them)."""
-
-    @property
-    def shape(self) -> tuple[object, ...]:
-        return (self.service, self.listen, self.tracks, self.sticky_header, self.sticky_cookie,
-                self.sticky_client_address, self.max_conns, self.queue_timeout, bool(self.tls), self.redirect_http,
-                bool(self.domains))
-
-
-def backend_name(service: str, track: str) -> str:
-    """`<service>__<track>`: what the traffic log maps back to a track."""
-    return f"{service}__{track}"
-
-
-def server_name(up: Upstream) -> str:
-    """A server name HAProxy accepts, unique per (id, host, port): the same instance keeps it."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", up.id)[:48]
-    return f"{safe}-{zlib.crc32(f'{up.id}|{up.host}|{up.port}'.encode()):08x}"
-
-
-def service_config(listen: str, table: RoutingTable, servers: dict[str, tuple[Server, ...]],
-                   redirect_http: str | None = None, domains: tuple[str, ...] = ()) -> ServiceConfig:
-    """The configuration a table needs (its tracks beyond the slots get backends too)."""
-    tracks = tuple(dict.fromkeys((*SLOTS, *sorted(table.tracks))))
-    return ServiceConfig(table.service, listen, tracks, table.sticky_header, table.sticky_cookie,
-                         table.sticky_client_address, table.max_conns_per_instance, table.queue_timeout,
-                         table.tls is not None, redirect_http, domains, servers)
-
-
-def bucket_entries(table: RoutingTable) -> list[tuple[str, str]]:
-    """`first:last` (inclusive) -> track, for every track with users."""
-    return [(f"{first}:{end - 1}", name) for name, first, end in table.bucket_ranges()]
-
-
-def track_entries(table: RoutingTable) -> list[tuple[str, str]]:
-    return [*((t, t) for t in sorted(table.tracks)), *sorted(table.aliases.items())]
-
-
-def token_entries(table: RoutingTable) -> list[tuple[str, str]]:
-    return [("token", table.preview_token)] if table.preview_token else []
-
-
-MAP_KINDS = ("tracks", "token", "buckets")
-"""In the order they are committed: the bucket map, which moves users, last."""
-
-
-def map_entries(table: RoutingTable) -> dict[str, list[tuple[str, str]]]:
-    return {"tracks": track_entries(table), "token": token_entries(table), "buckets": bucket_entries(table)}
-
-
-def map_text(entries: Iterable[tuple[str, str]]) -> str:
-    return "".join(f"{k} {v}\n" for k, v in entries)
+"""What the traffic log (log_lines.py) reads back out of `<service>__<track>`: a slot-like name."""
 
 
 def render(services: Sequence[ServiceConfig], files: Files, log_format: str, start_rule: str = "") -> str:
     """The whole haproxy.cfg. `log_format` and `start_rule` (a first http-request rule that
-    stamps the request's arrival) are the traffic log's (logs.py). RouterError naming the
+    stamps the request's arrival) are the traffic log's (log_lines.py). RouterError naming the
     field for a name HAProxy cannot take."""
     out = [
         "# written by shipyard: traffic changes go through the Runtime API, not this file",
@@ -260,21 +96,6 @@ def ring_lines(site: str, files: Files) -> list[str]:
             ""]
 
 
-Rule = tuple[str, str, str]
-"""(rule, "if" / "unless" / "", condition): a frontend rule of one service, so a frontend
-shared by several (sites.py) can add "this request is for that service" to its condition."""
-
-
-def check_names(svc: ServiceConfig) -> None:
-    s = svc.service
-    if not _SERVICE.match(s):
-        raise RouterError(f"service name {s!r} cannot name a HAProxy frontend", "use [a-z0-9-] only")
-    for what, name in (("sticky header", svc.sticky_header), ("sticky cookie", svc.sticky_cookie)):
-        if name is not None and not _TOKEN.match(name):
-            raise RouterError(f"{what} {name!r} of {s} is not a plain HTTP token",
-                              "use letters, digits and - _ . in the spec's sticky names")
-
-
 def frontend_head(name: str, bind: str, site: str, log_format: str, start_rule: str) -> list[str]:
     return [
         f"frontend {name}",
@@ -284,75 +105,6 @@ def frontend_head(name: str, bind: str, site: str, log_format: str, start_rule: 
         "    option forwardfor",
         *([f"    {start_rule}"] if start_rule else []),
     ]
-
-
-PREVIEW_ACL = "acl sy_preview req.fhdr(x-shipyard-preview-token),secure_memcmp(txn.sy_tok)"
-
-
-def track_rules(svc: ServiceConfig, files: Files) -> list[Rule]:
-    """The service's track for a request: an override with the preview token, else the bucket
-    of its user key (sticky header, cookie, client address), else a random bucket."""
-    maps = {k: files.map_file(svc.service, k) for k in MAP_KINDS}
-    rules: list[Rule] = [
-        (f"http-request set-var(txn.sy_tok) str(token),map_str({maps['token']})", "if",
-         "{ req.fhdr(x-shipyard-preview-token) -m found }"),
-        (f"http-request set-var(txn.sy_track) req.fhdr(x-shipyard-track),map_str({maps['tracks']})", "if",
-         "sy_preview"),
-    ]
-    no_key = "!{ var(txn.sy_key) -m found }"
-    no_track = "{ var(txn.sy_track) -m found }"
-    buckets = f"map_int({maps['buckets']})"
-    if svc.sticky_header:
-        h = svc.sticky_header.lower()
-        rules.append((f"http-request set-var(txn.sy_key) req.fhdr({h},1)", "if", f"{{ req.fhdr({h},1) -m len gt 0 }}"))
-    if svc.sticky_cookie:
-        c = svc.sticky_cookie
-        rules.append((f"http-request set-var(txn.sy_key) req.cook({c})", "if", f"{no_key} {{ req.cook({c}) -m len gt 0 }}"))
-    if svc.sticky_client_address:
-        rules.append(("http-request set-var-fmt(txn.sy_key) \"%[src]\"", "if", no_key))
-    if len(rules) == 2:    # no user key: every request's bucket is random
-        return [*rules, (f"http-request set-var(txn.sy_track) rand({BUCKETS}),{buckets}", "unless", no_track)]
-    return [
-        *rules,
-        (f"http-request set-var(txn.sy_track) var(txn.sy_key),crc32,mod({BUCKETS}),{buckets}", "if",
-         f"{{ var(txn.sy_key) -m found }} !{no_track}"),
-        (f"http-request set-var(txn.sy_track) rand({BUCKETS}),{buckets}", "if", f"{no_key} !{no_track}"),
-    ]
-
-
-def forward_rules(tls: bool) -> list[str]:
-    """What every request gets before it is forwarded, whichever service it is for."""
-    return [
-        "http-request del-header x-shipyard- -m beg",
-        "http-request del-header proxy- -m beg",
-        "http-request del-header keep-alive",
-        "http-request del-header te",
-        f"http-request set-header x-forwarded-proto {'https' if tls else 'http'}",
-        "http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }",
-        ("http-request disable-l7-retry if { http_first_req } !METH_GET !METH_HEAD !METH_OPTIONS "
-         "!{ method PUT DELETE TRACE }"),
-    ]
-
-
-def backend_rules(svc: ServiceConfig) -> list[Rule]:
-    s = svc.service
-    return [
-        (f"http-request return status 503 content-type text/plain string \"shipyard: service {s} has no live "
-         "release\\n\" hdr x-shipyard-error 1", "unless", "{ var(txn.sy_track) -m found }"),
-        (f"use_backend {s}__%[var(txn.sy_track)]", "", ""),   # a request without a track got the 503
-    ]
-
-
-def rule_text(rule: Rule, acl: str | None = None) -> str:
-    """The rule as written alone (`acl` None), or only for requests matching `acl`."""
-    text, kind, cond = rule
-    if acl is None:
-        return f"{text} {kind} {cond}" if kind else text
-    if kind == "unless":
-        if cond.count("{") > 1 or not cond.startswith("{"):
-            raise ValueError(f"cannot negate a compound condition: {cond}")
-        return f"{text} if {acl} !{cond}"
-    return f"{text} if {acl} {cond}" if kind else f"{text} if {acl}"
 
 
 def _frontend(svc: ServiceConfig, files: Files, log_format: str, start_rule: str) -> list[str]:

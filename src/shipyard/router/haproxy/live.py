@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipyard.router.haproxy import config as cfg
+from shipyard.router.haproxy.services import backend_name, server_name
 from shipyard.router.table import RoutingTable
 
 OUT_OF_ROTATION = {"MAINT", "DRAIN", "DOWN", "NOLB"}
@@ -28,12 +28,12 @@ def fill(table: RoutingTable, rows: list[dict[str, str]], tracks: dict[str, dict
     `ups` (keyed by upstream id) from the service's `show stat` rows."""
     by_server = {(row.get("pxname", ""), row.get("svname", "")): row for row in rows}
     for track, t in tracks.items():
-        backend = cfg.backend_name(table.service, track)
+        backend = backend_name(table.service, track)
         t["inflight"] = as_int(by_server.get((backend, "BACKEND"), {}).get("scur"))
         t["queued"] = sum(as_int(row.get("qcur")) for (px, _sv), row in by_server.items() if px == backend)
     for track, us in table.tracks.items():
         for u in us:
-            row = by_server.get((cfg.backend_name(table.service, track), cfg.server_name(u)))
+            row = by_server.get((backend_name(table.service, track), server_name(u)))
             if row is not None and u.id in ups:
                 ups[u.id]["inflight"] = as_int(row.get("scur"))
                 ups[u.id]["ejected"] = row.get("status", "").split(" ", 1)[0] in OUT_OF_ROTATION

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shipyard.errors import RouterError
 from shipyard.procfs import pid_alive
-from shipyard.router.haproxy.config import Files
+from shipyard.router.haproxy.files import Files
 from shipyard.router.haproxy.runtime_api import RuntimeApi
 
 HAPROXY = "/usr/sbin/haproxy"

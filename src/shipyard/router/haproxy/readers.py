@@ -11,9 +11,10 @@ from collections.abc import Mapping
 
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import sites
-from shipyard.router.haproxy.config import Edge, Files
+from shipyard.router.haproxy.files import Files
 from shipyard.router.haproxy.logs import TrafficLog
 from shipyard.router.haproxy.process import HAProxyProcess
+from shipyard.router.haproxy.services import Edge
 
 CATCH_UP_TRIES = 20
 CATCH_UP_PAUSE = 0.01

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from shipyard.errors import RouterError
 from shipyard.fsutil import write_atomic
-from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy.config import Edge, Files
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.maps import MAP_KINDS, map_entries, map_text
+from shipyard.router.haproxy.services import Edge
 from shipyard.router.table import RoutingTable
 
 
@@ -47,7 +48,7 @@ class Saved:
 
     def forget(self, service: str) -> None:
         for path in (self.table_path(service), self.files.cert_file(service),
-                     *(self.files.map_file(service, k) for k in cfg.MAP_KINDS)):
+                     *(self.files.map_file(service, k) for k in MAP_KINDS)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -63,9 +64,9 @@ class Saved:
     def maps(self, service: str, table: RoutingTable | None) -> None:
         """The map files a restarted HAProxy loads (empty without a table); rewritten only when
         they change, since ensure renders the configuration every second."""
-        entries = cfg.map_entries(table) if table is not None else {k: [] for k in cfg.MAP_KINDS}
+        entries = map_entries(table) if table is not None else {k: [] for k in MAP_KINDS}
         for kind, rows in entries.items():
-            path, text = self.files.map_file(service, kind), cfg.map_text(rows)
+            path, text = self.files.map_file(service, kind), map_text(rows)
             with contextlib.suppress(OSError):
                 if path.read_text() == text:
                     continue
@@ -73,7 +74,7 @@ class Saved:
 
     def write_map(self, path: Path, rows: list[tuple[str, str]]) -> None:
         """A map file a restarted HAProxy loads, rewritten only when it changes."""
-        text = cfg.map_text(rows)
+        text = map_text(rows)
         with contextlib.suppress(OSError):
             if path.read_text() == text:
                 return

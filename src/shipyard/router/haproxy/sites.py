@@ -6,7 +6,7 @@ per address, `listen-<address>`: the request's Host (lowercased, port and a trai
 off) is looked up in two map files of that frontend, `<site>.hosts.map` (map_str: exact
 names) then `<site>.wild.map` (map_end: `.example.test` for `*.example.test`, longest first,
 so the longest wildcard suffix wins and `example.test` itself is not matched); no service:
-404 with a plain-text body naming the address and the host (as the embedded router's). Then the service's own rules (config.py
+404 with a plain-text body naming the address and the host (as the embedded router's). Then the service's own rules (rules.py
 track_rules, each guarded by "this request is for that service") and its backends, exactly
 as alone. The domains live in the maps, so changing them is a map swap; adding or removing a
 service changes the frontend's rules, a reload. With TLS the bind line carries every
@@ -23,8 +23,17 @@ from collections.abc import Sequence
 
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
-from shipyard.router.haproxy.config import Files, ServiceConfig
-from shipyard.router.haproxy.logs import SHARED_SITE
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.log_lines import SHARED_SITE
+from shipyard.router.haproxy.rules import (
+    PREVIEW_ACL,
+    backend_rules,
+    check_names,
+    forward_rules,
+    rule_text,
+    track_rules,
+)
+from shipyard.router.haproxy.services import ServiceConfig
 
 _DOMAIN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -151,16 +160,16 @@ def shared_frontend(site: str, svcs: Sequence[ServiceConfig], files: Files, log_
         "unless { var(txn.sy_host) -m len gt 0 }",
         f"    http-request return status 404 {PLAIN} lf-string \"shipyard: no service on {listen} answers for host "
         f"%[var(txn.sy_host),bytes(0,{SHOWN_HOST})]\\n\" hdr x-shipyard-error 1 unless {found}",
-        f"    {cfg.PREVIEW_ACL}",
+        f"    {PREVIEW_ACL}",
     ]
     for svc in svcs:
-        cfg.check_names(svc)
+        check_names(svc)
         acl = f"sy_for_{svc.service}"
         lines.append(f"    acl {acl} var(txn.sy_svc) -m str {svc.service}")
-        lines += [f"    {cfg.rule_text(r, acl)}" for r in cfg.track_rules(svc, files)]
-    lines += [f"    {r}" for r in cfg.forward_rules(tls)]
+        lines += [f"    {rule_text(r, acl)}" for r in track_rules(svc, files)]
+    lines += [f"    {r}" for r in forward_rules(tls)]
     for svc in svcs:
-        lines += [f"    {cfg.rule_text(r, f'sy_for_{svc.service}')}" for r in cfg.backend_rules(svc)]
+        lines += [f"    {rule_text(r, f'sy_for_{svc.service}')}" for r in backend_rules(svc)]
     return [*lines, ""]
 
 

@@ -2,7 +2,7 @@
 table (servers added, limits changed, maps swapped, the certificate replaced, old servers put
 in maintenance, then everything read back), the shared frontends' host maps, the deletion of
 servers in maintenance once their connections are gone, and the server-state file a restart
-loads. The adapter (adapter.py) decides when; this module knows how (config.py says which map
+loads. The adapter (adapter.py) decides when; this module knows how (maps.py says which map
 does what)."""
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import socket
 from shipyard.errors import RouterError
 from shipyard.router.haproxy import config as cfg
 from shipyard.router.haproxy import live, sites
-from shipyard.router.haproxy.config import Files, Server, ServiceConfig
+from shipyard.router.haproxy.files import Files
+from shipyard.router.haproxy.maps import MAP_KINDS, map_entries
 from shipyard.router.haproxy.process import HAProxyProcess
 from shipyard.router.haproxy.saved import Saved
+from shipyard.router.haproxy.services import Server, ServiceConfig, backend_name, server_name
 from shipyard.router.haproxy.tls import Certificates
 from shipyard.router.table import RoutingTable, Upstream
 
@@ -45,8 +47,8 @@ class Sync:
         s = table.service
         want = await self.servers(table)
         if previous is not None and previous.tracks == table.tracks:
-            old = cfg.map_entries(previous)
-            for kind, entries in cfg.map_entries(table).items():
+            old = map_entries(previous)
+            for kind, entries in map_entries(table).items():
                 await self._push_map(s, kind, entries, old[kind])
             self.saved.maps(s, table)
             await self._cert(table)     # after the maps: users move first
@@ -60,7 +62,7 @@ class Sync:
         live = await self.server_states(s)
         limits = await self._limits(s) if any(live.values()) else {}
         for track, servers in want.items():
-            backend = cfg.backend_name(s, track)
+            backend = backend_name(s, track)
             for srv in servers:
                 state = live.get(backend, {}).get(srv.name)
                 if state is None:
@@ -72,7 +74,7 @@ class Sync:
                     if state != "0":
                         await api.set_state(backend, srv.name, "ready")
                 self.pending.discard((backend, srv.name))
-        for kind, entries in cfg.map_entries(table).items():
+        for kind, entries in map_entries(table).items():
             await self._push_map(s, kind, entries)
         self.saved.maps(s, table)            # for a restart; after the change (a file rename costs ms)
         for backend, servers in live.items():
@@ -127,10 +129,10 @@ class Sync:
                          tries: int = READ_BACK_TRIES) -> bool:
         """What HAProxy says it serves must be the table: the maps and the servers in rotation."""
         api = self.proc.api
-        expect = {k: sorted(v) for k, v in cfg.map_entries(table).items()}
-        expect_servers = {cfg.backend_name(table.service, t): {srv.name for srv in ss} for t, ss in want.items() if ss}
+        expect = {k: sorted(v) for k, v in map_entries(table).items()}
+        expect_servers = {backend_name(table.service, t): {srv.name for srv in ss} for t, ss in want.items() if ss}
         for attempt in range(tries):
-            got = {k: sorted(await api.show_map(self.files.map_file(table.service, k))) for k in cfg.MAP_KINDS}
+            got = {k: sorted(await api.show_map(self.files.map_file(table.service, k))) for k in MAP_KINDS}
             live = await self.server_states(table.service)
             ready = {b: {n for n, st in ss.items() if st == "0"} for b, ss in live.items()}
             ready = {b: ns for b, ns in ready.items() if ns}
@@ -173,7 +175,7 @@ class Sync:
         """Per track, its instances as servers (host names resolved: dynamic servers need addresses)."""
         out: dict[str, tuple[Server, ...]] = {}
         for track, ups in table.tracks.items():
-            out[track] = tuple([Server(cfg.server_name(u), await _address(u), u.port) for u in ups])
+            out[track] = tuple([Server(server_name(u), await _address(u), u.port) for u in ups])
         return out
 
     async def hosts(self, configs: list[ServiceConfig]) -> None:

@@ -270,7 +270,7 @@ class HostConnection:
                 f"add the public key of {o.identity or '~/.ssh/id_*'} to ~{o.user}/.ssh/authorized_keys on "
                 "the host (password authentication is never used)") from None
         except (asyncssh.Error, OSError, TimeoutError) as e:
-            text = getattr(e, "reason", None) or str(e) or type(e).__name__
+            text = getattr(e, "reason", None) or _os_words(e, o.connect_timeout) or type(e).__name__
             raise HostUnreachable(self.name, f"cannot open an SSH connection to {self.name} ({where}): {text}",
                                   "check that the host is up and sshd listens there") from None
         try:
@@ -281,6 +281,17 @@ class HostConnection:
         if fact is not None:
             self._on_trust(fact)
         return conn
+
+
+def _os_words(e: BaseException, timeout: float) -> str:
+    """A failed connect in words ("[Errno 111] Connect call failed ('10.0.0.5', 22)" says less)."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port: is sshd running?)"
+    if isinstance(e, TimeoutError):
+        return f"no answer within {timeout:g}s (the host is down or a firewall drops the packets)"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    return str(e)
 
 
 class _Client(asyncssh.SSHClient):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shipyard.runtime.ssh.connections import SshConnections
+from shipyard.runtime.ssh.drift_scan import SshDriftScan
 from shipyard.runtime.ssh.hostkeys import TrustedKey
 from shipyard.runtime.ssh.options import SshOptions, options_from_spec, targets_from_spec
 from shipyard.runtime.ssh.runtime import SshRuntime
@@ -19,8 +20,10 @@ class SshFleet:
     """Implements shipyard.engine.ports.Fleet for an SshRuntime."""
 
     def __init__(self, runtime: SshRuntime, on_trust: Callable[[TrustedKey], None] | None = None,
-                 **tuning: object) -> None:
+                 drift: SshDriftScan | None = None, **tuning: object) -> None:
         self.runtime = runtime
+        self.drift = drift
+        """The fleet drift scanner, told of every host the runtime is (on the same connections)."""
         self._on_trust = on_trust
         """Told of every host key first trusted under trust_new_hosts (the daemon audits it)."""
         self._tuning = tuning
@@ -38,6 +41,8 @@ class SshFleet:
         if pool is None:
             pool = self._pools[options] = SshConnections(options, on_trust=self._on_trust)   # reads the identity: may raise
         self.runtime.add_targets(pool, targets)
+        if self.drift is not None:
+            self.drift.add_targets(pool, targets)
         self._used[service] = key
         # the handshakes (max_connects at once) before the first batch, not inside its starts'
         # connect wait: 100 hosts under load took longer than that for the last in line
@@ -50,8 +55,10 @@ class SshFleet:
         return self.runtime.unreachable_since(address) if self.runtime.knows(address) else None
 
     async def close(self) -> None:
-        """The runtime's helpers, then every pool's connections (instances stay running)."""
+        """The runtime's (and scanner's) helpers, then every pool's connections (instances stay running)."""
         await self.runtime.close()
+        if self.drift is not None:
+            await self.drift.close()
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()

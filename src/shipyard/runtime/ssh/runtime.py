@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shipyard.errors import RuntimeFailure, ShipyardError
@@ -34,7 +36,7 @@ from shipyard.fleet.remote import bundle
 from shipyard.fleet.remote.client import HelperClient, HelperError, ProcessState
 from shipyard.fleet.remote.transfer import ship_image
 from shipyard.images.store import ImageStore
-from shipyard.launching import instance_environment, substitute
+from shipyard.launching import REMOTE_BASE_ENV, remote_command
 from shipyard.rollout.records import Instance, LaunchSpec
 from shipyard.runtime.ports import PortAllocator
 from shipyard.runtime.ssh.connections import HostConnection, SshConnections
@@ -43,8 +45,7 @@ from shipyard.runtime.ssh.helper_session import HelperSession
 from shipyard.runtime.ssh.host_watch import HostWatch
 from shipyard.runtime.ssh.options import SshTarget
 
-REMOTE_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-"""What stands for the daemon's own PATH/LANG on a host (run.env may set others)."""
+__all__ = ["REMOTE_BASE_ENV", "SshRuntime"]
 IDLE_SESSIONS = 4
 LOG_BYTES_PER_LINE = 512
 """How much of a log's end is fetched per line asked for (long lines are cut at the start)."""
@@ -154,10 +155,7 @@ class SshRuntime:
             self._ports.note(launch.host, port)
             data_dir = f"{h.hello['instances_root']}/{launch.instance_id}/data"
             variables = {"PORT": str(port), "SHIPYARD_DATA_DIR": data_dir}
-            argv = [substitute(arg, variables) for arg in launch.command]
-            if "/" in argv[0] and not argv[0].startswith("/"):
-                argv[0] = f"{tree}/{argv[0]}"   # relative to the image tree, as on one machine
-            env = instance_environment(launch, variables, base=REMOTE_BASE_ENV)
+            argv, env = remote_command(dataclasses.replace(launch, tree=Path(tree)), variables)
             started = await client.start(launch.instance_id, argv, env, tree)
         key = (started.pid, started.start_time)
         h.watch.watch(key, launch.instance_id, ProcessState(*key, "running"))

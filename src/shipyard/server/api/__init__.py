@@ -12,7 +12,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from shipyard.engine.controller import Controller
-from shipyard.server.api import checklist, database, drift, history, images, rollouts, services, system
+from shipyard.server.api import (
+    checklist,
+    database,
+    drift,
+    fleet_hosts,
+    history,
+    images,
+    rollouts,
+    services,
+    system,
+)
 from shipyard.server.api.auth import ACTOR_HEADER, claimed_actor
 from shipyard.server.api.common import EXIT_HEADER, Api, error_response, wants_text
 from shipyard.server.api.hosts import HostGuard, HostPolicy
@@ -25,7 +35,8 @@ ENDPOINTS = [
     database.db_check, database.db_contract, rollouts.promote, rollouts.pause, rollouts.resume, rollouts.abort,
     rollouts.retry, rollouts.rollback, rollouts.rollout, services.events, services.logs, images.images,
     system.shutdown, rollouts.plan, history.audit, drift.drift_last, drift.drift_scan, system.metrics,
-    checklist.checklist_one, checklist.checklist_all,
+    checklist.checklist_one, checklist.checklist_all, fleet_hosts.hosts_list, fleet_hosts.hosts_check,
+    fleet_hosts.host_state, fleet_hosts.host_drain, fleet_hosts.host_undrain, fleet_hosts.host_remove,
 ]
 
 

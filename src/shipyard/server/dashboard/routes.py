@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from shipyard.engine.controller import Controller
 from shipyard.errors import NotFoundError, ShipyardError, SpecError
-from shipyard.server.dashboard.views import series_view, service_view, services_view
+from shipyard.server.dashboard.views import hosts_view, series_view, service_view, services_view
 from shipyard.server.params import number_param
 
 ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -41,7 +41,8 @@ def dashboard_routes(controller: Controller) -> list[Route]:
         return RedirectResponse("/dashboard/", status_code=308)
 
     async def services(_: Request) -> Response:
-        return JSONResponse({"now": time.time(), "services": await services_view(controller)})
+        return JSONResponse({"now": time.time(), "services": await services_view(controller),
+                             "hosts": hosts_view(controller)})
 
     async def one_service(request: Request) -> Response:
         return await _answer(lambda: service_view(controller, request.path_params["name"]))

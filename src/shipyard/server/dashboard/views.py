@@ -32,6 +32,17 @@ async def services_view(controller: Controller) -> list[dict[str, Any]]:
     return out
 
 
+def hosts_view(controller: Controller) -> list[dict[str, Any]]:
+    """The fleet hosts panel: each host once with its state and instances per service (the
+    store and the runtime's status cache; no SSH on a dashboard poll)."""
+    try:
+        rows = controller.queries.hosts.summary()
+    except ShipyardError:            # a stored spec that no longer parses: the panel is not the place to say
+        return []
+    return [scrub({"name": r["name"], "address": r["address"], "state": r["state"], "services": r["services"],
+                   "silent_seconds": r["silent_seconds"], "instances": r["instances"]}) for r in rows]
+
+
 async def service_view(controller: Controller, name: str) -> dict[str, Any]:
     status = controller.queries.status(name)
     split, split_source = await _split(controller, name, status)

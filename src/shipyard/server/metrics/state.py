@@ -15,6 +15,7 @@ from shipyard.engine.queries import Queries
 from shipyard.errors import StoreUnavailable
 from shipyard.rollout.model import Phase
 from shipyard.rollout.records import ServiceRecord
+from shipyard.server.metrics.hosts import host_families
 from shipyard.server.metrics.traffic import short
 
 
@@ -22,7 +23,7 @@ def state_families(controller: Controller, services: list[ServiceRecord]) -> lis
     store = controller.queries
     return [*_daemon(controller), *_rollouts(store, services), *_analysis(store),
             _instances(store, services), *_drift(controller, services), _router_restarts(store, services),
-            _store_refusals(store)]
+            _store_refusals(store), *host_families(store)]
 
 
 def _store_refusals(store: Queries) -> Metric:

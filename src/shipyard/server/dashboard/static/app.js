@@ -204,6 +204,27 @@ function card(name) {
   return el;
 }
 
+const HOST_STATE_CLASS = { up: "ok", unreachable: "bad", lost: "bad", draining: "warn", removed: "dim" };
+
+function drawHosts(hosts) {
+  // every value set with textContent (h's "text"): host names, addresses and services are data, never markup
+  const box = document.getElementById("hosts");
+  if (!hosts || !hosts.length) { box.hidden = true; box.replaceChildren(); return; }
+  const rows = hosts.map((x) => {
+    const insts = Object.entries(x.instances || {}).map(([svc, n]) => `${svc} ${n}`).join(", ") || "0";
+    const silent = x.silent_seconds ? ` (silent ${Math.round(x.silent_seconds)} s)` : "";
+    return h("tr", { "data-host": x.name },
+      h("td", { text: x.name }), h("td", { class: "dim", text: x.address }),
+      h("td", { class: `host-state ${HOST_STATE_CLASS[x.state] || ""}`, text: x.state + silent }),
+      h("td", { text: insts }));
+  });
+  box.hidden = false;
+  box.replaceChildren(h("h3", { text: `Fleet hosts (${hosts.length})` }),
+    h("table", { class: "hosts-table" },
+      h("thead", {}, h("tr", {}, ...["host", "address", "state", "instances"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, ...rows)));
+}
+
 function drawTracks(svc) {
   const box = h("div", { class: "box tracks" }, h("h3", { text: "Tracks" }));
   for (const t of svc.tracks) {
@@ -457,6 +478,7 @@ async function pollState() {
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     lastState = await resp.json();
     lastOk = Date.now();
+    drawHosts(lastState.hosts);
     const main = document.getElementById("services");
     const names = new Set(lastState.services.map((x) => x.service));
     for (const name of [...cards.keys()]) if (!names.has(name)) { cards.get(name).remove(); cards.delete(name); }
